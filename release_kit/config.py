@@ -1,0 +1,272 @@
+"""The gate's configuration: ``release-kit.toml`` or ``[tool.release-kit]`` in ``pyproject.toml``.
+
+Validated with pydantic; unknown keys are refused with the dotted key named, because a misspelt
+tolerance that silently falls back to a default is how a gate ends up passing what it should block.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InputError
+
+Task = Literal["regression", "classification"]
+REGRESSION_METRICS = ("mae", "rmse", "r2")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bounds(_Strict):
+    """The output contract: every prediction must lie in ``[min, max]``."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(min_length=1)
+    task: Task
+    target: str = Field(min_length=1)
+    features: list[str] = Field(min_length=1)
+    prediction: Literal["logits", "probabilities"] | None = None
+    bounds: Bounds | None = None
+    # "package.module:function" returning an nn.Module; needed for safetensors state dicts.
+    factory: str | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, features: list[str]) -> list[str]:
+        seen: set[str] = set()
+        dupes = [f for f in features if f in seen or seen.add(f)]
+        if dupes:
+            raise ValueError(f"duplicate feature(s): {', '.join(dupes)}")
+        return features
+
+    @model_validator(mode="after")
+    def _prediction_for_classification(self) -> ModelSpec:
+        if self.task == "classification" and self.prediction is None:
+            raise ValueError('classification needs prediction = "logits" or "probabilities"')
+        if self.task == "regression" and self.prediction is not None:
+            raise ValueError("prediction applies to classification only")
+        if self.target in self.features:
+            raise ValueError(f"target {self.target!r} is also listed in features")
+        return self
+
+
+class ModelSource(_Strict):
+    """Where a model comes from: a file or an MLflow URI, and the version it was released as."""
+
+    path: str | None = None
+    version: str | None = None
+    factory: str | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, version: str | None) -> str | None:
+        if version is not None:
+            _parse_version(version)
+        return version
+
+
+class DataSpec(_Strict):
+    golden: str | None = None
+    reference: str | None = None
+
+
+Tolerance = Annotated[float | str, Field(union_mode="left_to_right")]
+
+
+class QualitySpec(_Strict):
+    """How the quality stage decides.
+
+    ``tolerance`` maps a metric to how much worse than the baseline the candidate may be: a number in the
+    metric's own units, or a string such as ``"5%"`` relative to the baseline's value.
+    """
+
+    primary: str | None = None
+    tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    # Smallest improvement of the primary metric (same units as tolerance) that earns a minor bump.
+    min_effect: Tolerance = "1%"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    interval: Literal["analytic", "bootstrap"] = "analytic"
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    seed: int = 0
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerances_parse(cls, tolerance: dict[str, float | str]) -> dict[str, float | str]:
+        known = set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS)
+        for metric, value in tolerance.items():
+            if metric not in known:
+                raise ValueError(f"unknown metric {metric!r} (known: {', '.join(sorted(known))})")
+            parse_tolerance(value)
+        return tolerance
+
+    @field_validator("min_effect")
+    @classmethod
+    def _min_effect_parses(cls, value: float | str) -> float | str:
+        parse_tolerance(value)
+        return value
+
+
+class ChecksSpec(_Strict):
+    paths: list[str] = Field(default_factory=lambda: ["checks"])
+
+
+class GateSpec(_Strict):
+    stages: list[str] = Field(default_factory=lambda: ["quality"])
+
+
+class MlflowSpec(_Strict):
+    enabled: bool = True
+    # None: the embedded SQLite store under .release-kit/ (or $MLFLOW_TRACKING_URI when set).
+    tracking_uri: str | None = None
+    experiment: str = "release-kit"
+
+
+class ReleaseSpec(_Strict):
+    initial_version: str = "1.0.0"
+    templates: str | None = None
+
+    @field_validator("initial_version")
+    @classmethod
+    def _semver(cls, version: str) -> str:
+        _parse_version(version)
+        return version
+
+
+class Config(_Strict):
+    model: ModelSpec
+    candidate: ModelSource = ModelSource()
+    baseline: ModelSource = ModelSource()
+    data: DataSpec = DataSpec()
+    quality: QualitySpec = QualitySpec()
+    checks: ChecksSpec = ChecksSpec()
+    gate: GateSpec = GateSpec()
+    mlflow: MlflowSpec = MlflowSpec()
+    release: ReleaseSpec = ReleaseSpec()
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> Config:
+        allowed = metrics_for(self.model.task)
+        wrong = [m for m in self.quality.tolerance if m not in allowed]
+        if self.quality.primary is not None and self.quality.primary not in allowed:
+            wrong.append(self.quality.primary)
+        if wrong:
+            raise ValueError(
+                f"metric(s) {', '.join(wrong)} do not apply to {self.model.task} "
+                f"(use: {', '.join(allowed)})"
+            )
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.quality.primary or ("mae" if self.model.task == "regression" else "log_loss")
+
+
+def metrics_for(task: Task) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
+
+def parse_tolerance(value: float | str) -> tuple[float, bool]:
+    """``0.02`` → (0.02, absolute); ``"5%"`` → (0.05, relative). Negative tolerances are refused."""
+    if isinstance(value, str):
+        text = value.strip()
+        relative = text.endswith("%")
+        try:
+            number = float(text[:-1] if relative else text)
+        except ValueError:
+            raise ValueError(f"tolerance {value!r} is not a number or a percentage like '5%'") from None
+        if relative:
+            number /= 100.0
+    else:
+        number, relative = float(value), False
+    if number < 0:
+        raise ValueError(f"tolerance {value!r} is negative")
+    return number, relative
+
+
+def _parse_version(version: str) -> None:
+    import semver
+
+    try:
+        semver.Version.parse(version)
+    except ValueError:
+        raise ValueError(f"{version!r} is not a semantic version like 1.2.3") from None
+
+
+def _format_validation_error(error: ValidationError, source: Path) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'"
+    if first["type"] == "missing":
+        return f"{source}: missing required config key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: config key '{key}': {message}"
+
+
+def find_config(directory: Path) -> Path | None:
+    """``release-kit.toml`` first, then a ``pyproject.toml`` that has ``[tool.release-kit]``."""
+    candidate = directory / "release-kit.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = directory / "pyproject.toml"
+    if pyproject.is_file() and "release-kit" in _read_toml(pyproject).get("tool", {}):
+        return pyproject
+    return None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; relative paths inside it are resolved against its directory."""
+    raw = _read_toml(path)
+    if path.name == "pyproject.toml":
+        raw = raw.get("tool", {}).get("release-kit")
+        if raw is None:
+            raise InputError(f"{path}: no [tool.release-kit] table")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise InputError(_format_validation_error(error, path)) from None
+    return _resolve_paths(config, path.parent)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read config file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"{path}: invalid TOML: {error}") from None
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(value: str | None) -> str | None:
+        if value is None or "://" in value or value.startswith(("models:/", "runs:/")):
+            return value
+        return str((base / value).resolve()) if not Path(value).is_absolute() else value
+
+    return config.model_copy(
+        update={
+            "candidate": config.candidate.model_copy(update={"path": resolve(config.candidate.path)}),
+            "baseline": config.baseline.model_copy(update={"path": resolve(config.baseline.path)}),
+            "data": DataSpec(golden=resolve(config.data.golden), reference=resolve(config.data.reference)),
+            "checks": ChecksSpec(paths=[resolve(p) for p in config.checks.paths]),
+            "release": config.release.model_copy(update={"templates": resolve(config.release.templates)}),
+        }
+    )

@@ -1,0 +1,213 @@
+"""The library API behind ``release-kit check``.
+
+:func:`prepare` reads and validates every input (config, models, golden data, model outputs) before any
+check runs, so bad input fails fast as an :class:`~release_kit.errors.InputError` and nothing is written;
+:func:`run` then runs the stages and decides; :func:`check` does both and logs to MLflow.
+
+    from release_kit import gate
+    report = gate.check("release-kit.toml", candidate="models/candidate.pt", baseline="models/v1.pt")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Config, find_config, load_config
+from .errors import InputError
+from .report import Report
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import GoldenSet
+    from .engine import Listener
+    from .models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Both models' predictions on the golden rows: regression (N,), classification (N, C) probabilities."""
+
+    candidate: np.ndarray
+    baseline: np.ndarray | None
+
+    @property
+    def identical(self) -> bool:
+        import numpy as np
+
+        return self.baseline is not None and np.array_equal(self.candidate, self.baseline, equal_nan=True)
+
+
+@dataclass(frozen=True)
+class GateContext:
+    config: Config
+    project_dir: Path
+    candidate: LoadedModel
+    baseline: LoadedModel | None
+    golden: GoldenSet
+    predictions: Predictions
+
+
+def resolve_config(config: Config | str | Path | None, directory: Path | None = None) -> tuple[Config, Path]:
+    """A Config object, a config file, or (None) the one found in ``directory``; and the project dir."""
+    directory = Path(directory or Path.cwd())
+    if isinstance(config, Config):
+        return config, directory
+    path = Path(config) if config is not None else find_config(directory)
+    if path is None:
+        raise InputError(f"no release-kit.toml or [tool.release-kit] in pyproject.toml under {directory}")
+    return load_config(path), path.resolve().parent
+
+
+def prepare(
+    config: Config,
+    project_dir: Path,
+    *,
+    candidate: str | None = None,
+    baseline: str | None = None,
+    baseline_version: str | None = None,
+    data: str | None = None,
+    allow_pickle: bool = False,
+) -> GateContext:
+    """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``."""
+    from .data import load_golden
+    from .models import load_model, to_predictions
+    from .tracking import tracking_uri
+
+    spec = config.model
+    candidate_source = candidate or config.candidate.path
+    if not candidate_source:
+        raise InputError("no candidate model: pass --candidate or set [candidate] path")
+    baseline_source = baseline or config.baseline.path
+    golden_source = data or config.data.golden
+    if not golden_source:
+        raise InputError("no golden data: pass --data or set [data] golden")
+    if baseline_version is not None and not _is_semver(baseline_version):
+        raise InputError(f"--baseline-version {baseline_version!r} is not a semantic version like 1.2.3")
+
+    golden = load_golden(Path(golden_source), spec)
+    uri = tracking_uri(config, project_dir) if config.mlflow.enabled else None
+    candidate_model = load_model(
+        "candidate", candidate_source, spec, factory=config.candidate.factory,
+        version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri,
+    )
+    baseline_model = None
+    if baseline_source:
+        baseline_model = load_model(
+            "baseline", baseline_source, spec, factory=config.baseline.factory,
+            version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri,
+        )
+
+    n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
+    features = golden.features
+    predicted = {}
+    for model in filter(None, (candidate_model, baseline_model)):
+        predicted[model.role] = to_predictions(model.raw_outputs(features), spec, model.role, n_classes)
+    shapes = {role: values.shape for role, values in predicted.items()}
+    if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
+        raise InputError(
+            f"candidate outputs shape {shapes['candidate']} but baseline {shapes['baseline']}: "
+            "they do not predict the same thing"
+        )
+    return GateContext(
+        config=config,
+        project_dir=project_dir,
+        candidate=candidate_model,
+        baseline=baseline_model,
+        golden=golden,
+        predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
+    )
+
+
+def _is_semver(version: str) -> bool:
+    import semver
+
+    return semver.Version.is_valid(version)
+
+
+def run(gate: GateContext, *, stages: list[str] | None = None, listener: Listener | None = None) -> Report:
+    """Run the stages and user checks, decide the verdict and version, and build the report."""
+    from .engine import run_checks
+    from .versioning import decide
+
+    config = gate.config
+    stages = stages or config.gate.stages
+    user_paths = _user_check_paths(config)
+    results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener)
+    decision = decide(
+        config,
+        results,
+        has_baseline=gate.baseline is not None,
+        identical_predictions=gate.predictions.identical,
+        baseline_version=gate.baseline.version if gate.baseline else None,
+    )
+    return Report(
+        model=config.model.name,
+        task=config.model.task,
+        verdict=decision.verdict,
+        bump=decision.bump,
+        bump_reason=decision.reason,
+        checks=results,
+        candidate=gate.candidate.describe(),
+        baseline=gate.baseline.describe() if gate.baseline else None,
+        data={"golden": gate.golden.describe()},
+        current_version=decision.current_version,
+        next_version=decision.next_version,
+        first_release=decision.first_release,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        environment=environment(),
+    )
+
+
+def _user_check_paths(config: Config) -> list[Path]:
+    paths = [Path(p) for p in config.checks.paths]
+    explicit = "paths" in config.checks.model_fields_set
+    missing = [p for p in paths if not p.exists()]
+    if explicit and missing:
+        raise InputError(f"check path not found: {missing[0]} (from [checks] paths)")
+    return [p for p in paths if p.exists()]
+
+
+def environment() -> dict:
+    import torch
+
+    from . import __version__
+
+    return {
+        "release_kit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+def check(
+    config: Config | str | Path | None = None,
+    *,
+    candidate: str | None = None,
+    baseline: str | None = None,
+    baseline_version: str | None = None,
+    data: str | None = None,
+    stages: list[str] | None = None,
+    allow_pickle: bool = False,
+    log_to_mlflow: bool | None = None,
+    listener: Listener | None = None,
+    directory: Path | None = None,
+) -> Report:
+    """The whole gate: prepare, run, and (unless disabled) log the run and the report to MLflow."""
+    resolved, project_dir = resolve_config(config, directory)
+    gate = prepare(
+        resolved, project_dir, candidate=candidate, baseline=baseline,
+        baseline_version=baseline_version, data=data, allow_pickle=allow_pickle,
+    )
+    report = run(gate, stages=stages, listener=listener)
+    if resolved.mlflow.enabled if log_to_mlflow is None else log_to_mlflow:
+        from .tracking import log_gate_run
+
+        report.mlflow = log_gate_run(gate, report)
+    return report

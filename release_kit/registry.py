@@ -1,0 +1,120 @@
+"""The MLflow model registry: fetching models named by URI, and publishing a model file as a version.
+
+release-kit registers a model version as the model *file* itself (TorchScript, ``torch.export`` or
+safetensors) logged under the run's ``model/`` artifacts, with its semantic version in the
+``release_kit.version`` tag. Models logged by MLflow's pytorch flavor are pickles and load only with
+``--allow-pickle``.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .tracking import VERSION_TAG, _call, connect, ensure_experiment
+
+MODEL_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit", ".safetensors")
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    uri: str
+    path: Path
+    semver: str | None
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"uri": self.uri, "name": self.name, "version": self.version, "run_id": self.run_id}
+
+
+def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
+    import mlflow
+
+    if tracking_uri is None:
+        raise InputError(f"model {uri} needs MLflow, which is disabled in [mlflow]")
+    client = connect(tracking_uri)
+    name = version = run_id = semver = None
+    if uri.startswith("models:/"):
+        match = _MODELS_URI.match(uri)
+        if not match:
+            raise InputError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+        name = match["name"]
+        model_version = _model_version(client, tracking_uri, uri, name, match["alias"], match["version"])
+        version, run_id, source = model_version.version, model_version.run_id, model_version.source
+        semver = model_version.tags.get(VERSION_TAG)
+    else:
+        source = uri
+    target = Path(tempfile.mkdtemp(prefix="release-kit-model-"))
+    try:
+        local = _call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
+    except OSError as error:
+        raise InputError(f"cannot download model {uri}: {error}") from None
+    return FetchedModel(uri, _model_file(Path(local), uri), semver, name, version, run_id)
+
+
+def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | None, number: str | None):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return _call(tracking_uri, client.get_model_version_by_alias, name, alias)
+        return _call(tracking_uri, client.get_model_version, name, number)
+    except MlflowException as error:
+        raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {str(error).splitlines()[0]}") from None
+
+
+def _model_file(local: Path, uri: str) -> Path:
+    if local.is_file():
+        return local
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+    if len(files) != 1:
+        found = ", ".join(str(p.relative_to(local)) for p in files) or "none"
+        raise InputError(f"model {uri}: expected one model file in its artifacts, found {found}")
+    return files[0]
+
+
+def publish(
+    model_file: Path,
+    name: str,
+    semver: str,
+    *,
+    tracking_uri: str,
+    experiment: str = "release-kit",
+    alias: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Register ``model_file`` as version ``semver`` of ``name``; idempotent on (name, semver).
+
+    Returns the registry's version number. ``alias`` (e.g. ``champion``) is moved to it last.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = connect(tracking_uri)
+    existing = _call(tracking_uri, client.search_model_versions, f"name = '{name}' and tag.`{VERSION_TAG}` = '{semver}'")
+    if existing:
+        number = existing[0].version
+    else:
+        experiment_id = ensure_experiment(client, experiment, tracking_uri)
+        run = client.create_run(experiment_id, run_name=f"publish {name} {semver}")
+        client.log_artifact(run.info.run_id, str(model_file), artifact_path="model")
+        client.set_terminated(run.info.run_id)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        created = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+            tags={VERSION_TAG: semver, **(tags or {})},
+        )
+        number = created.version
+    if alias:
+        client.set_registered_model_alias(name, alias, number)
+    return number

@@ -1,0 +1,32 @@
+"""Built-in stages. Each is one module with the same shape:
+
+``NAME``: the stage's name in reports; ``checks(gate) -> list[StageCheck]``: the checks it contributes,
+each a named callable returning a :class:`~release_kit.report.CheckResult`. The engine collects every
+StageCheck as a pytest item, next to the user's own tests in ``checks/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+from ..errors import InputError
+from ..report import CheckResult
+
+BUILTIN = {
+    "quality": "release_kit.stages.quality",
+}
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    name: str
+    run: Callable[[], CheckResult]
+
+
+def load_stage(name: str) -> ModuleType:
+    if name not in BUILTIN:
+        raise InputError(f"unknown stage {name!r} (known: {', '.join(BUILTIN)})")
+    return importlib.import_module(BUILTIN[name])

@@ -1,0 +1,1 @@
+"""release-kit's shipped jinja2 templates (data only). Override any of them with ``[release] templates``."""
