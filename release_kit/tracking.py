@@ -43,7 +43,13 @@ def embedded_uri(project_dir: Path) -> str:
 
 def connect(uri: str) -> MlflowClient:
     """A client for tracking and registry at ``uri``; creates the embedded store's directory."""
+    import logging
+
     from mlflow import MlflowClient
+
+    # Schema-migration chatter on a new SQLite store is noise on a gate's terminal.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

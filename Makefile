@@ -1,0 +1,34 @@
+# release-kit: `make demo` runs the worked example end to end; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/power-forecast/demo.sh
+
+test: install
+	$(BIN)/python -m pytest
+
+# Everything, slow tests included.
+test-all: install
+	$(BIN)/python -m pytest -m ""
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .release-kit examples/power-forecast/data examples/power-forecast/models \
+	       examples/power-forecast/out examples/power-forecast/.release-kit
