@@ -123,6 +123,9 @@ class QualitySpec(_Strict):
 
 
 class ChecksSpec(_Strict):
+    """Where user checks live. The default ``checks`` (next to the config) may be absent; a path set
+    explicitly must exist."""
+
     paths: list[str] = Field(default_factory=lambda: ["checks"])
 
 
@@ -266,7 +269,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "candidate": config.candidate.model_copy(update={"path": resolve(config.candidate.path)}),
             "baseline": config.baseline.model_copy(update={"path": resolve(config.baseline.path)}),
             "data": DataSpec(golden=resolve(config.data.golden), reference=resolve(config.data.reference)),
-            "checks": ChecksSpec(paths=[resolve(p) for p in config.checks.paths]),
+            "checks": (
+                ChecksSpec(paths=[resolve(p) for p in config.checks.paths])
+                if "paths" in config.checks.model_fields_set
+                else ChecksSpec()
+            ),
             "release": config.release.model_copy(update={"templates": resolve(config.release.templates)}),
         }
     )

@@ -245,6 +245,23 @@ def _first_line(report) -> str:
     return relevant[-1].removeprefix("E ").strip()[:300]
 
 
+@contextlib.contextmanager
+def _forget_user_modules(user_paths: list[Path]):
+    """Unload check modules after the session: the next gate run in this process (another project's
+    ``checks/test_x.py``) must import its own files, not reuse these from ``sys.modules``."""
+    import sys
+
+    before = set(sys.modules)
+    roots = [path.resolve() for path in user_paths]
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None)
+            if file and any(Path(file).resolve().is_relative_to(root) for root in roots):
+                del sys.modules[name]
+
+
 def run_checks(
     gate: GateContext,
     stages: list[str],
@@ -268,7 +285,7 @@ def run_checks(
         *[str(path) for path in user_paths],
     ]
     output = io.StringIO()
-    with contextlib.redirect_stdout(output):
+    with contextlib.redirect_stdout(output), _forget_user_modules(user_paths):
         exit_code = pytest.main(args, plugins=[plugin])
     if exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
         lines = [line for line in output.getvalue().splitlines() if line.strip()]

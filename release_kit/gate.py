@@ -136,7 +136,7 @@ def run(gate: GateContext, *, stages: list[str] | None = None, listener: Listene
 
     config = gate.config
     stages = stages or config.gate.stages
-    user_paths = _user_check_paths(config)
+    user_paths = _user_check_paths(config, gate.project_dir)
     results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener)
     decision = decide(
         config,
@@ -163,8 +163,8 @@ def run(gate: GateContext, *, stages: list[str] | None = None, listener: Listene
     )
 
 
-def _user_check_paths(config: Config) -> list[Path]:
-    paths = [Path(p) for p in config.checks.paths]
+def _user_check_paths(config: Config, project_dir: Path) -> list[Path]:
+    paths = [project_dir / p for p in config.checks.paths]
     explicit = "paths" in config.checks.model_fields_set
     missing = [p for p in paths if not p.exists()]
     if explicit and missing:

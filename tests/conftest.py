@@ -1,0 +1,145 @@
+"""Shared fixtures: real models trained in seconds, real files, a project directory per test."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "power-forecast"
+sys.path.insert(0, str(EXAMPLE))
+
+import power_forecast as pf  # noqa: E402  (the example's own module)
+
+POWER_CONFIG = """
+[model]
+name = "power-forecast"
+task = "regression"
+target = "power_kw"
+features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]
+bounds = {{ min = 0.0, max = 6.0 }}
+
+[baseline]
+version = "1.0.0"
+
+[data]
+golden = "{golden}"
+
+[mlflow]
+enabled = false
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def power(tmp_path_factory) -> dict[str, Path]:
+    """The example's golden data and models (v1 baseline, better and night-negative candidates)."""
+    import build
+
+    directory = tmp_path_factory.mktemp("power")
+    paths = build.build(directory, register=False)
+    v1 = torch.jit.load(str(paths["v1"]))
+    module = pf.baseline_factory()
+    module.load_state_dict(v1.state_dict())
+    pf.save_safetensors(module, directory / "models" / "v1.safetensors")
+    return {
+        **paths,
+        "golden": directory / "data" / "golden.csv",
+        "train": directory / "data" / "train.csv",
+        "v1_safetensors": directory / "models" / "v1.safetensors",
+    }
+
+
+@pytest.fixture
+def project(tmp_path, power, monkeypatch):
+    """A project directory (the cwd) with a release-kit.toml for the power example; ``project.config(extra)``."""
+
+    class Project:
+        root = tmp_path
+
+        def config(self, extra: str = "", golden: Path | None = None) -> Path:
+            path = tmp_path / "release-kit.toml"
+            path.write_text(POWER_CONFIG.format(golden=golden or power["golden"], extra=textwrap.dedent(extra)))
+            return path
+
+        def write(self, name: str, text: str) -> Path:
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+            return path
+
+    monkeypatch.chdir(tmp_path)
+    instance = Project()
+    instance.config()
+    return instance
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in process: ``cli("check", "--candidate", ...)`` → click Result (stdout/stderr apart)."""
+    from release_kit.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+class TinyClassifier(torch.nn.Module):
+    def __init__(self, features: int, outputs: int, squash: str) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(features, outputs)
+        self.squash = squash
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        if self.squash == "sigmoid":
+            out = torch.sigmoid(out)
+        elif self.squash == "softmax":
+            out = torch.softmax(out, dim=1)
+        elif self.squash == "squeeze":
+            out = out.squeeze(-1)
+        return out
+
+
+def make_classification(rows: int, classes: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    logits = x @ rng.normal(size=(3, classes)) * 2
+    label = np.array([rng.choice(classes, p=np.exp(l) / np.exp(l).sum()) for l in logits])
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": label})
+
+
+def train_classifier(frame: pd.DataFrame, classes: int, *, epochs: int, squash: str) -> torch.nn.Module:
+    """Logistic regression trained with cross-entropy; ``squash`` chooses the output form."""
+    torch.manual_seed(0)
+    x = torch.tensor(frame[["a", "b", "c"]].to_numpy(np.float32))
+    y = torch.tensor(frame["label"].to_numpy())
+    binary = classes == 2 and squash in ("sigmoid", "squeeze")
+    model = TinyClassifier(3, 1 if binary else classes, "none")
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        out = model(x)
+        if binary:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y.float())
+        else:
+            loss = torch.nn.functional.cross_entropy(out, y)
+        loss.backward()
+        optimiser.step()
+    model.squash = squash
+    return model.eval()
+
+
+def save_scripted(model: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(model), str(path))
+    return path
