@@ -1,0 +1,231 @@
+"""Every bad input: exit 2, one line naming the problem, no traceback, no report written."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def assert_input_error(result, project, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("release-kit: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not (project.root / "report.json").exists()
+
+
+def check(cli, *args):
+    return cli("check", *args, "--report", "report.json")
+
+
+def test_missing_config_file(project, power, cli):
+    assert_input_error(check(cli, "--config", "nope.toml", "--candidate", power["better"]), project, "nope.toml")
+
+
+def test_no_config_anywhere(project, power, cli):
+    (project.root / "release-kit.toml").unlink()
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "no release-kit.toml")
+
+
+def test_invalid_toml(project, power, cli):
+    project.write("release-kit.toml", "[model\nname = 1\n")
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "invalid TOML")
+
+
+def test_unknown_config_key_is_named(project, power, cli):
+    project.config("[quality]\ntolerence = { mae = 0.1 }\n")
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "unknown config key 'quality.tolerence'")
+
+
+def test_unknown_nested_key_is_named(project, power, cli):
+    text = (project.root / "release-kit.toml").read_text().replace("bounds = {", "bounds = { mn = 1, ")
+    project.write("release-kit.toml", text)
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "'model.bounds.mn'")
+
+
+def test_missing_required_key(project, power, cli):
+    text = (project.root / "release-kit.toml").read_text().replace('target = "power_kw"\n', "")
+    project.write("release-kit.toml", text)
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "missing required config key 'model.target'")
+
+
+def test_missing_candidate_file(project, cli):
+    assert_input_error(check(cli, "--candidate", "models/nope.pt"), project, "candidate model file not found", "nope.pt")
+
+
+def test_missing_baseline_file(project, power, cli):
+    assert_input_error(check(cli, "--candidate", power["better"], "--baseline", "gone.pt2"), project, "baseline", "gone.pt2")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-0 files")
+def test_unreadable_model_file(project, power, cli):
+    path = project.write("locked.pt", "x")
+    path.chmod(0)
+    assert_input_error(check(cli, "--candidate", path), project, "locked.pt")
+
+
+def test_model_path_is_a_directory(project, cli):
+    (project.root / "models").mkdir()
+    assert_input_error(check(cli, "--candidate", "models"), project, "directory")
+
+
+def test_corrupt_model_file(project, power, cli):
+    data = power["better"].read_bytes()
+    path = project.root / "corrupt.pt2"
+    path.write_bytes(data[: len(data) // 2])
+    assert_input_error(check(cli, "--candidate", path), project, "corrupt.pt2")
+
+
+def test_garbage_model_file(project, cli):
+    path = project.write("garbage.bin", "definitely not a model")
+    assert_input_error(check(cli, "--candidate", path), project, "garbage.bin")
+
+
+def test_pickled_model_is_refused_without_allow_pickle(project, power, cli):
+    import power_forecast as pf
+
+    path = project.root / "pickled.pt"
+    torch.save(pf.baseline_factory(), path)
+    assert_input_error(check(cli, "--candidate", path), project, "pickled", "--allow-pickle")
+    allowed = cli("check", "--candidate", path, "--allow-pickle")
+    assert allowed.exit_code in (0, 1), allowed.output  # it loads and is judged
+
+
+def test_safetensors_without_factory(project, power, cli):
+    assert_input_error(check(cli, "--candidate", power["v1_safetensors"]), project, "factory")
+
+
+def test_safetensors_with_wrong_factory(project, power, cli):
+    project.config('[candidate]\nfactory = "power_forecast:nope"\n')
+    assert_input_error(check(cli, "--candidate", power["v1_safetensors"]), project, "power_forecast:nope")
+
+
+def test_model_input_width_differs_from_features(project, power, cli):
+    narrow = torch.nn.Sequential(torch.nn.Linear(4, 1))
+    path = project.root / "narrow.pt"
+    torch.jit.save(torch.jit.script(narrow), str(path))
+    assert_input_error(check(cli, "--candidate", path), project, "narrow.pt", "shape (3000, 5)")
+
+
+def test_output_shape_does_not_fit_regression(project, cli):
+    wide = torch.nn.Sequential(torch.nn.Linear(5, 3))
+    path = project.root / "wide.pt"
+    torch.jit.save(torch.jit.script(wide), str(path))
+    assert_input_error(check(cli, "--candidate", path), project, "output shape (N, 3)", "regression")
+
+
+def test_column_vector_output_counts_as_one_regression_output(project, power, cli):
+    wide = torch.nn.Sequential(torch.nn.Linear(5, 1))
+    path = project.root / "one.pt"
+    torch.jit.save(torch.jit.script(wide), str(path))
+    result = check(cli, "--candidate", path, "--baseline", power["v1"])
+    assert result.exit_code in (0, 1)  # (N,1) and (N,) both mean one regression output
+
+
+def test_empty_golden_set(project, power, cli):
+    header = power["golden"].read_text().splitlines()[0]
+    golden = project.write("empty.csv", header + "\n")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "empty.csv", "no rows")
+
+
+def test_zero_byte_golden_file(project, power, cli):
+    golden = project.write("zero.csv", "")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "zero.csv")
+
+
+def test_missing_data_file(project, power, cli):
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", "nope.csv"), project, "nope.csv")
+
+
+def test_unsupported_data_format(project, power, cli):
+    golden = project.write("golden.json", "{}")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.json", ".csv")
+
+
+@pytest.mark.parametrize("column", ["irradiance", "power_kw"])
+def test_missing_column(project, power, cli, column):
+    import pandas as pd
+
+    golden = project.root / "golden.csv"
+    pd.read_csv(power["golden"]).drop(columns=[column]).to_csv(golden, index=False)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"missing column(s): {column}")
+
+
+def test_nan_target(project, power, cli):
+    import pandas as pd
+
+    frame = pd.read_csv(power["golden"])
+    frame.loc[7, "power_kw"] = float("nan")
+    golden = project.root / "golden.parquet"
+    frame.to_parquet(golden)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "target column 'power_kw'", "NaN")
+
+
+def test_non_numeric_target(project, power, cli):
+    import pandas as pd
+
+    frame = pd.read_csv(power["golden"])
+    frame["power_kw"] = frame["power_kw"].astype(str)
+    frame.loc[3, "power_kw"] = "lots"
+    golden = project.root / "golden.csv"
+    frame.to_csv(golden, index=False)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "target column 'power_kw' is not numeric")
+
+
+def test_nan_feature(project, power, cli):
+    import pandas as pd
+
+    frame = pd.read_csv(power["golden"])
+    frame.loc[11, "temperature"] = float("nan")
+    golden = project.root / "golden.csv"
+    frame.to_csv(golden, index=False)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "feature column 'temperature'", "row 11")
+
+
+def test_corrupt_parquet(project, power, cli):
+    golden = project.write("golden.parquet", "PAR1 this is not parquet")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.parquet")
+
+
+def test_bad_baseline_version(project, power, cli):
+    assert_input_error(
+        check(cli, "--candidate", power["better"], "--baseline", power["v1"], "--baseline-version", "v1"), project, "'v1'"
+    )
+
+
+def test_unknown_stage(project, power, cli):
+    assert_input_error(check(cli, "--candidate", power["better"], "--stage", "vibes"), project, "unknown stage 'vibes'")
+
+
+def test_explicit_check_path_missing(project, power, cli):
+    project.config('[checks]\npaths = ["my-checks"]\n')
+    assert_input_error(check(cli, "--candidate", power["better"]), project, "my-checks")
+
+
+def test_unknown_registry_model(project, power, cli):
+    project.config()
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
+    project.write("release-kit.toml", text)
+    assert_input_error(
+        check(cli, "--candidate", power["better"], "--baseline", "models:/nobody@champion"), project, "models:/nobody@champion"
+    )
+
+
+def test_debug_shows_the_traceback(project, cli):
+    from release_kit.errors import InputError
+
+    with pytest.raises(InputError):
+        cli("--debug", "check", "--candidate", "models/nope.pt")
+
+
+def test_note_on_a_missing_or_foreign_report(project, cli):
+    result = cli("note", "--report", "missing.json")
+    assert result.exit_code == 2 and "missing.json" in result.stderr
+    project.write("foreign.json", '{"hello": 1}')
+    result = cli("note", "--report", "foreign.json")
+    assert result.exit_code == 2 and "not a release-kit report" in result.stderr
