@@ -112,9 +112,10 @@ class TinyClassifier(torch.nn.Module):
 
 
 def make_classification(rows: int, classes: int, seed: int) -> pd.DataFrame:
+    weights = np.random.default_rng(classes).normal(size=(3, classes)) * 2  # one concept per class count
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 3))
-    logits = x @ rng.normal(size=(3, classes)) * 2
+    logits = x @ weights
     label = np.array([rng.choice(classes, p=np.exp(l) / np.exp(l).sum()) for l in logits])
     return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": label})
 

@@ -1,0 +1,121 @@
+"""Classification through the whole gate: binary (N,) and (N, 1), multiclass (N, C); logits and probabilities."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_classification, save_scripted, train_classifier
+
+CONFIG = """
+[model]
+name = "churn"
+task = "classification"
+target = "label"
+features = ["a", "b", "c"]
+prediction = "{prediction}"
+
+[baseline]
+version = "2.3.0"
+
+[data]
+golden = "golden.csv"
+
+[mlflow]
+enabled = false
+"""
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("classification")
+    out = {}
+    for classes in (2, 3):
+        train = make_classification(3000, classes, seed=classes)
+        golden = make_classification(2000, classes, seed=10 + classes)
+        golden_path = directory / f"golden{classes}.csv"
+        golden.to_csv(golden_path, index=False)
+        out[classes] = (train, golden_path)
+    return directory, out
+
+
+@pytest.mark.parametrize(
+    ("classes", "squash", "prediction"),
+    [
+        (2, "squeeze", "logits"),  # binary logits, shape (N,)
+        (2, "sigmoid", "probabilities"),  # binary probabilities, shape (N, 1)
+        (3, "none", "logits"),  # multiclass logits (N, 3)
+        (3, "softmax", "probabilities"),  # multiclass probabilities (N, 3)
+    ],
+)
+def test_better_trained_classifier_passes_and_undertrained_is_blocked(tmp_path, monkeypatch, cli, datasets, classes, squash, prediction):
+    _, data = datasets
+    train, golden = data[classes]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction=prediction).replace("golden.csv", str(golden)))
+    weak = save_scripted(train_classifier(train, classes, epochs=2, squash=squash), tmp_path / "weak.pt")
+    strong = save_scripted(train_classifier(train, classes, epochs=150, squash=squash), tmp_path / "strong.pt")
+
+    passed = cli("check", "--candidate", strong, "--baseline", weak, "--format", "json")
+    assert passed.exit_code == 0, passed.output
+    report = json.loads(passed.stdout)
+    names = {c["name"]: c for c in report["checks"]}
+    assert set(names) == {"output_contract", "accuracy", "f1", "roc_auc", "log_loss"}
+    assert all(c["status"] == "pass" for c in report["checks"]), [c["summary"] for c in report["checks"]]
+    log_loss = names["log_loss"]["metrics"][0]
+    assert log_loss["ci_high"] < 0  # significantly better
+    assert (report["bump"], report["next_version"]) == ("minor", "2.4.0")
+
+    blocked = cli("check", "--candidate", weak, "--baseline", strong, "--format", "json")
+    assert blocked.exit_code == 1
+    assert json.loads(blocked.stdout)["verdict"] == "block"
+
+
+def test_class_count_mismatch_is_an_input_error(tmp_path, monkeypatch, cli, datasets):
+    _, data = datasets
+    train, golden = data[3]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", str(golden)))
+    binary = save_scripted(train_classifier(make_classification(500, 2, 1), 2, epochs=5, squash="squeeze"), tmp_path / "bin.pt")
+    result = cli("check", "--candidate", binary)
+    assert result.exit_code == 2
+    assert "outputs 2 class(es) but the target has class id 2" in result.stderr
+
+
+def test_non_integer_labels_are_an_input_error(tmp_path, monkeypatch, cli, datasets):
+    import pandas as pd
+
+    _, data = datasets
+    train, golden = data[2]
+    frame = pd.read_csv(golden)
+    frame["label"] = frame["label"].astype(float)
+    frame.loc[0, "label"] = 0.5
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", "bad.csv"))
+    model = save_scripted(train_classifier(train, 2, epochs=5, squash="squeeze"), tmp_path / "m.pt")
+    result = cli("check", "--candidate", model)
+    assert result.exit_code == 2 and "class ids" in result.stderr
+
+
+def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypatch, cli, datasets):
+    import torch
+
+    class SometimesNaN(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x[:, 0]
+            return torch.where(x[:, 1] > 1.5, torch.full_like(out, float("nan")), out)
+
+    _, data = datasets
+    _, golden = data[2]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", str(golden)))
+    path = save_scripted(SometimesNaN(), tmp_path / "nan.pt")
+    result = cli("check", "--candidate", path, "--baseline", path, "--format", "json")
+    assert result.exit_code == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["output_contract"]["status"] == "fail"
+    assert "non-finite" in checks["output_contract"]["summary"]
+    assert checks["roc_auc"]["status"] == "skip"
+    assert "non-finite" in checks["roc_auc"]["summary"]
