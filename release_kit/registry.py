@@ -47,7 +47,7 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
             raise InputError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
         name = match["name"]
         model_version = _model_version(client, tracking_uri, uri, name, match["alias"], match["version"])
-        version, run_id, source = model_version.version, model_version.run_id, model_version.source
+        version, run_id, source = str(model_version.version), model_version.run_id, model_version.source
         semver = model_version.tags.get(VERSION_TAG)
     else:
         source = uri
@@ -99,7 +99,7 @@ def publish(
     client = connect(tracking_uri)
     existing = _call(tracking_uri, client.search_model_versions, f"name = '{name}' and tag.`{VERSION_TAG}` = '{semver}'")
     if existing:
-        number = existing[0].version
+        number = str(existing[0].version)
     else:
         experiment_id = ensure_experiment(client, experiment, tracking_uri)
         run = client.create_run(experiment_id, run_name=f"publish {name} {semver}")
@@ -114,7 +114,7 @@ def publish(
             name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
             tags={VERSION_TAG: semver, **(tags or {})},
         )
-        number = created.version
+        number = str(created.version)
     if alias:
         client.set_registered_model_alias(name, alias, number)
     return number
