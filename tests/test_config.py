@@ -1,0 +1,91 @@
+"""Config parsing and validation beyond the CLI's bad-input cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from release_kit.config import Config, load_config, parse_tolerance
+from release_kit.errors import InputError
+
+MINIMAL = {"model": {"name": "m", "task": "regression", "target": "y", "features": ["a", "b"]}}
+
+
+def with_model(**changes):
+    return {"model": {**MINIMAL["model"], **changes}}
+
+
+def test_defaults():
+    config = Config.model_validate(MINIMAL)
+    assert config.primary_metric == "mae"
+    assert config.gate.stages == ["quality"]
+    assert config.mlflow.enabled and config.mlflow.tracking_uri is None
+    assert config.release.initial_version == "1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0.02, (0.02, False)), ("5%", (0.05, True)), (" 2.5 % ", (0.025, True)), ("0.1", (0.1, False))]
+)
+def test_tolerance_forms(value, expected):
+    assert parse_tolerance(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["-1%", -0.1, "lots", "%"])
+def test_bad_tolerances(value):
+    with pytest.raises(ValueError):
+        parse_tolerance(value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_model(task="ranking"), "model.task"),
+        (with_model(task="classification"), "prediction"),
+        (with_model(prediction="logits"), "classification only"),
+        (with_model(features=["a", "a"]), "duplicate feature"),
+        (with_model(features=["a", "y"]), "also listed in features"),
+        (with_model(bounds={"min": 2, "max": 1}), "greater than max"),
+        ({**MINIMAL, "quality": {"tolerance": {"accuracy": 0.1}}}, "do not apply to regression"),
+        ({**MINIMAL, "quality": {"tolerance": {"mape": 0.1}}}, "unknown metric 'mape'"),
+        ({**MINIMAL, "quality": {"primary": "roc_auc"}}, "do not apply"),
+        ({**MINIMAL, "baseline": {"version": "one"}}, "semantic version"),
+        ({**MINIMAL, "quality": {"confidence": 1.5}}, "quality.confidence"),
+    ],
+)
+def test_invalid_configs_name_the_key(tmp_path, data, message):
+    path = tmp_path / "release-kit.toml"
+    path.write_text(_to_toml(data))
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        load_config(path)
+
+
+def test_pyproject_without_table(tmp_path):
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[project]\nname = "x"\n')
+    with pytest.raises(InputError, match=r"no \[tool.release-kit\]"):
+        load_config(path)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    path = tmp_path / "sub" / "release-kit.toml"
+    path.parent.mkdir()
+    path.write_text(_to_toml({**MINIMAL, "data": {"golden": "g.csv"}, "baseline": {"path": "models:/m@champion"}}))
+    config = load_config(path)
+    assert config.data.golden == str(tmp_path / "sub" / "g.csv")
+    assert config.baseline.path == "models:/m@champion"
+
+
+def _to_toml(data: dict, prefix: str = "") -> str:
+    scalars, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append(_to_toml(value, f"{prefix}{key}."))
+        else:
+            scalars.append(f"{key} = {_value(value)}")
+    head = f"[{prefix[:-1]}]\n" if prefix and scalars else ""
+    return head + "\n".join(scalars) + "\n" + "".join(tables)
+
+
+def _value(value) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()

@@ -1,0 +1,26 @@
+"""The worked example's demo script, end to end, in a scratch copy of the example."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_demo_blocks_the_night_candidate_and_passes_the_better_one(tmp_path):
+    shutil.copytree(ROOT / "examples" / "power-forecast", tmp_path / "examples" / "power-forecast",
+                    ignore=shutil.ignore_patterns("data", "models", "out", ".release-kit", "__pycache__"))
+    shutil.copytree(ROOT / "checks", tmp_path / "checks")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "120"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    demo = subprocess.run(["bash", str(tmp_path / "examples" / "power-forecast" / "demo.sh")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "BLOCK" in demo.stdout and "exit 1: blocked" in demo.stdout
+    assert "PASS bump minor → 1.1.0" in demo.stdout
+    assert "## ✅ release-kit: `power-forecast` — PASS" in demo.stdout
+    assert (tmp_path / "examples" / "power-forecast" / ".release-kit" / "mlflow.db").is_file()

@@ -1,0 +1,65 @@
+"""Model formats are recognised by content; nothing is unpickled without --allow-pickle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from release_kit.config import ModelSpec
+from release_kit.errors import InputError
+from release_kit.models import detect_kind, load_model
+
+SPEC = ModelSpec(name="m", task="regression", target="power_kw",
+                 features=["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"])
+
+
+def test_formats_are_detected(power):
+    assert detect_kind(power["v1"]) == "torchscript"
+    assert detect_kind(power["better"]) == "torch.export"
+    assert detect_kind(power["v1_safetensors"]) == "safetensors"
+
+
+def test_export_program_predicts_any_batch_size(power):
+    model = load_model("candidate", str(power["better"]), SPEC)
+    for rows in (1, 7, 300):
+        out = model.raw_outputs(np.zeros((rows, 5), dtype=np.float32))
+        assert out.shape == (rows,)
+
+
+def test_all_formats_of_the_same_weights_agree(power):
+    features = np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32) * 10
+    scripted = load_model("a", str(power["v1"]), SPEC).raw_outputs(features)
+    from_safetensors = load_model("b", str(power["v1_safetensors"]), SPEC,
+                                  factory="power_forecast:baseline_factory").raw_outputs(features)
+    np.testing.assert_allclose(scripted, from_safetensors, rtol=1e-6)
+
+
+def test_pickle_renamed_to_an_export_suffix_is_not_unpickled(tmp_path, power):
+    import power_forecast as pf
+
+    path = tmp_path / "sneaky.pt2"
+    torch.save(pf.baseline_factory(), path)
+    with pytest.raises(InputError, match="torch.export"):
+        load_model("candidate", str(path), SPEC)
+
+
+def test_pickle_with_a_torchscript_suffix_is_detected(tmp_path):
+    path = tmp_path / "model.ts"
+    torch.save(torch.nn.Linear(5, 1), path)
+    assert detect_kind(path) == "pickle"
+    with pytest.raises(InputError, match="--allow-pickle"):
+        load_model("candidate", str(path), SPEC)
+    assert load_model("candidate", str(path), SPEC, allow_pickle=True).kind == "pickle"
+
+
+def test_model_returning_a_non_tensor_is_an_input_error(tmp_path):
+    class ReturnsDict(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"y": x.sum(1)}
+
+    path = tmp_path / "dict.pt"
+    torch.jit.save(torch.jit.script(ReturnsDict()), str(path))
+    model = load_model("candidate", str(path), SPEC)
+    with pytest.raises(InputError, match="returned dict, not a tensor"):
+        model.raw_outputs(np.zeros((3, 5), dtype=np.float32))
