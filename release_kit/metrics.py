@@ -109,27 +109,34 @@ def _f1(y, p):
 
 
 def _binary_auc(positive, scores):
-    """AUC by midranks with DeLong placement values as the influence."""
-    import numpy as np
-    from scipy.stats import rankdata
+    """AUC with DeLong placement values as the influence; ties count one half.
 
-    n_pos = int(positive.sum())
+    One stable sort, then per group of tied scores the counts of negatives (positives) below and tied:
+    V10 of a positive = share of negatives it outranks, V01 of a negative = share of positives above it.
+    """
+    import numpy as np
+
     n = len(scores)
+    n_pos = int(positive.sum())
     n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0 or not np.isfinite(scores).all():
         return math.nan, np.full(n, math.nan)
-    rank_all = rankdata(scores)
-    rank_pos = rankdata(scores[positive])
-    rank_neg = rankdata(scores[~positive])
-    auc = (rank_all[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    influence = np.empty(n)
-    # V10: share of negatives a positive outranks; V01: share of positives that outrank a negative.
-    v10 = (rank_all[positive] - rank_pos) / n_neg
-    v01 = 1.0 - (rank_all[~positive] - rank_neg) / n_pos
+    order = np.argsort(scores, kind="stable")
+    ordered, is_pos = scores[order], positive[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], n]
+    group = np.repeat(np.arange(len(starts)), ends - starts)
+    neg_cum = np.r_[0, np.cumsum(~is_pos)]
+    pos_cum = np.r_[0, np.cumsum(is_pos)]
+    neg_below, pos_below = neg_cum[starts], pos_cum[starts]
+    v10 = (neg_below + 0.5 * (neg_cum[ends] - neg_below))[group][is_pos] / n_neg
+    v01 = 1.0 - (pos_below + 0.5 * (pos_cum[ends] - pos_below))[group][~is_pos] / n_pos
+    auc = float(v10.mean())
     share = n_pos / n
-    influence[positive] = (v10 - auc) / share
-    influence[~positive] = (v01 - auc) / (1.0 - share)
-    return float(auc), influence
+    influence = np.empty(n)
+    influence[order[is_pos]] = (v10 - auc) / share
+    influence[order[~is_pos]] = (v01 - auc) / (1.0 - share)
+    return auc, influence
 
 
 def _roc_auc(y, p):
