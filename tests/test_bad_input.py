@@ -229,3 +229,13 @@ def test_note_on_a_missing_or_foreign_report(project, cli):
     project.write("foreign.json", '{"hello": 1}')
     result = cli("note", "--report", "foreign.json")
     assert result.exit_code == 2 and "not a release-kit report" in result.stderr
+
+
+def test_config_path_that_cannot_be_read(project, power, cli):
+    (project.root / "conf.toml").mkdir()
+    assert_input_error(check(cli, "--config", "conf.toml", "--candidate", power["better"]), project, "cannot read config file", "conf.toml")
+
+
+def test_data_path_that_cannot_be_read(project, power, cli):
+    (project.root / "golden.csv").mkdir()
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", "golden.csv"), project, "golden.csv")
