@@ -122,6 +122,90 @@ class QualitySpec(_Strict):
         return value
 
 
+class SliceSpec(_Strict):
+    """A declared slice: ``column`` with ``bins`` (edges) or ``categories``, or a boolean ``expr``."""
+
+    name: str | None = None
+    column: str | None = None
+    bins: list[float] | None = None
+    categories: list[str | int | float] | None = None
+    expr: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SliceSpec:
+        forms = [self.bins is not None, self.categories is not None, self.expr is not None]
+        if sum(forms) != 1:
+            raise ValueError("a slice needs exactly one of bins, categories or expr")
+        if (self.bins is not None or self.categories is not None) and not self.column:
+            raise ValueError("a slice with bins or categories needs a column")
+        if self.bins is not None:
+            if len(self.bins) < 2:
+                raise ValueError("bins needs at least two edges")
+            if any(b >= a for a, b in zip(self.bins[1:], self.bins)):
+                raise ValueError(f"bins must increase strictly: {self.bins}")
+        return self
+
+
+class FeatureDomain(_Strict):
+    """The search's range for one feature; ``integer`` draws whole numbers, ``values`` a fixed set."""
+
+    min: float | None = None
+    max: float | None = None
+    integer: bool | None = None
+    values: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeatureDomain:
+        if self.values is not None and not self.values:
+            raise ValueError("values is empty")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
+
+class MonotonicSpec(_Strict):
+    feature: str
+    direction: Literal["increasing", "decreasing"] = "increasing"
+    # Predictions may move against the direction by this much before it counts (numerical noise).
+    tolerance: float = Field(default=1e-6, ge=0)
+
+
+class SearchSpec(_Strict):
+    enabled: bool = True
+    max_examples: int = Field(default=300, ge=1)
+    seconds: float = Field(default=10.0, gt=0)
+    # |candidate − baseline| beyond this is a divergence; None: the search looks for contract breaks only.
+    divergence: float | None = Field(default=None, gt=0)
+
+
+class OutliersSpec(_Strict):
+    """The outlier-regression stage."""
+
+    k_mad: float = Field(default=5.0, gt=0)
+    # A sample "newly broke" when its error grew by more than k × MAD of the paired deltas and by more
+    # than this absolute amount.
+    min_error_increase: float = Field(default=0.0, ge=0)
+    # More than this share of newly broken rows (and more broken than fixed) fails the check.
+    max_newly_broken: float = Field(default=0.01, ge=0, le=1)
+    top_n: int = Field(default=10, ge=1)
+    min_slice_size: int = Field(default=30, ge=2)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    # How much worse a slice's mean loss may get: "5%" of the slice's baseline loss, or absolute.
+    slice_tolerance: Tolerance = "5%"
+    quantile_bins: int = Field(default=5, ge=2, le=20)
+    feature_pairs: int = Field(default=4, ge=0, le=10)
+    slices: list[SliceSpec] = Field(default_factory=list)
+    monotonic: list[MonotonicSpec] = Field(default_factory=list)
+    domain: dict[str, FeatureDomain] = Field(default_factory=dict)
+    search: SearchSpec = SearchSpec()
+
+    @field_validator("slice_tolerance")
+    @classmethod
+    def _tolerance_parses(cls, value: float | str) -> float | str:
+        parse_tolerance(value)
+        return value
+
+
 class ChecksSpec(_Strict):
     """Where user checks live. The default ``checks`` (next to the config) may be absent; a path set
     explicitly must exist."""
@@ -159,6 +243,7 @@ class Config(_Strict):
     quality: QualitySpec = QualitySpec()
     checks: ChecksSpec = ChecksSpec()
     gate: GateSpec = GateSpec()
+    outliers: OutliersSpec = OutliersSpec()
     mlflow: MlflowSpec = MlflowSpec()
     release: ReleaseSpec = ReleaseSpec()
 
@@ -173,6 +258,11 @@ class Config(_Strict):
                 f"metric(s) {', '.join(wrong)} do not apply to {self.model.task} "
                 f"(use: {', '.join(allowed)})"
             )
+        features = set(self.model.features)
+        unknown = [f"outliers.domain.{name}" for name in self.outliers.domain if name not in features]
+        unknown += [f"outliers.monotonic feature {m.feature!r}" for m in self.outliers.monotonic if m.feature not in features]
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not one of [model] features")
         return self
 
     @property

@@ -76,9 +76,15 @@ def _with_duration(result: CheckResult, seconds: float) -> CheckResult:
 
 
 class GatePlugin:
-    def __init__(self, context: GateContext, stages: list[str], user_paths: list[Path], listener: Listener | None):
+    def __init__(
+        self,
+        context: GateContext,
+        planned: list[tuple[str, list[StageCheck]]],
+        user_paths: list[Path],
+        listener: Listener | None,
+    ):
         self.context = context
-        self.stages = stages
+        self.planned = planned
         self.user_paths = user_paths
         self.listener = listener
         self.results: dict[str, CheckResult] = {}
@@ -113,6 +119,14 @@ class GatePlugin:
         """:class:`~release_kit.gate.Predictions` of both models on the golden set, computed once."""
         return self.context.predictions
 
+    @pytest.fixture(scope="session")
+    def input_domain(self):
+        """The model's input domain for Hypothesis (:mod:`release_kit.strategies`): golden ranges + config."""
+        from .strategies import domain_from_data
+
+        config = self.context.config
+        return domain_from_data(config.model.features, self.context.golden.features, config.outliers.domain)
+
     @pytest.fixture
     def record_metric(self, request) -> Callable[..., MetricDiff]:
         """Record a number into this check's report entry: ``record_metric("night_mae", 0.1, 0.12)``."""
@@ -145,12 +159,10 @@ class GatePlugin:
 
     def pytest_collection_modifyitems(self, session: pytest.Session, config, items: list) -> None:
         stage_items = []
-        for stage in self.stages:
-            module = load_stage(stage)
-            collector = StageCollector.from_parent(session, name=module.NAME, nodeid=f"release-kit/{module.NAME}")
+        for stage, stage_checks in self.planned:
+            collector = StageCollector.from_parent(session, name=stage, nodeid=f"release-kit/{stage}")
             stage_items += [
-                StageItem.from_parent(collector, name=check.name, check=check, stage=module.NAME)
-                for check in module.checks(self.context)
+                StageItem.from_parent(collector, name=check.name, check=check, stage=stage) for check in stage_checks
             ]
         items[:0] = stage_items
 
@@ -270,10 +282,14 @@ def run_checks(
     rootdir: Path,
     listener: Listener | None = None,
 ) -> list[CheckResult]:
-    """Run the built-in stages and user checks through pytest in this process; return every result."""
-    for stage in stages:
-        load_stage(stage)  # an unknown stage is a usage error before anything runs
-    plugin = GatePlugin(gate, stages, user_paths, listener)
+    """Run the built-in stages and user checks through pytest in this process; return every result.
+
+    Stages plan their checks before the session starts, so an unknown stage or a stage's bad config is an
+    :class:`InputError` (exit 2) and not a failed check.
+    """
+    modules = [load_stage(stage) for stage in stages]
+    planned = [(module.NAME, module.checks(gate)) for module in modules]
+    plugin = GatePlugin(gate, planned, user_paths, listener)
     args = [
         "-c", os.devnull,  # the user's own pytest config (addopts, plugins) is not the gate's
         # Nor are whatever pytest plugins happen to be installed (hypothesis's alone costs ~0.8 s of imports).

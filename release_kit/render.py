@@ -33,6 +33,20 @@ def _md(text: object) -> str:
     return value
 
 
+def _cell(value: object) -> str:
+    """A table cell: numbers compactly, None as a dash, text escaped."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return _num(value)
+    return _md(value)
+
+
+def _mermaid(text: object) -> str:
+    """Text inside a mermaid quoted string: no quotes or line breaks that would end it."""
+    return str(text).replace('"', "'").replace("\n", " ")
+
+
 def _arrow(diff: MetricDiff) -> str:
     better = diff.improvement_interval
     if better is None:
@@ -56,7 +70,7 @@ def _environment(templates_dir: str | Path | None):
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
     env = Environment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=_md, num=_num, signed=_signed, arrow=_arrow, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=_md, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
     env.globals.update(metric_rows=metric_rows)
     return env

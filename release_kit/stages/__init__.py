@@ -17,6 +17,7 @@ from ..report import CheckResult
 
 BUILTIN = {
     "quality": "release_kit.stages.quality",
+    "outliers": "release_kit.stages.outliers",
 }
 
 

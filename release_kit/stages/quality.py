@@ -118,58 +118,62 @@ def _undefined_reason(gate: GateContext, name: str, which: str) -> str:
 
 
 def output_contract(gate: GateContext) -> CheckResult:
-    """Every candidate prediction is finite and, for regression, inside ``[model.bounds]``."""
+    """Every candidate prediction is finite and, for regression, inside ``[model.bounds]``.
+
+    A violation fails whether or not the baseline had it too; the report tells the two apart.
+    """
     import numpy as np
 
+    from .. import contract
+
     spec = gate.config.model
-    bounds = spec.bounds
-    findings = {}
-    for role in ("candidate", "baseline"):
-        values = getattr(gate.predictions, role)
-        if values is None:
-            continue
-        finite = np.isfinite(values) if values.ndim == 1 else np.isfinite(values).all(axis=1)
-        kinds = {"non-finite": ~finite}
-        if bounds is not None and spec.task == "regression":
-            with np.errstate(invalid="ignore"):
-                if bounds.min is not None:
-                    kinds[f"below min {bounds.min:g}"] = values < bounds.min
-                if bounds.max is not None:
-                    kinds[f"above max {bounds.max:g}"] = values > bounds.max
-        findings[role] = {kind: mask for kind, mask in kinds.items() if mask.any()}
-
-    candidate = findings["candidate"]
-    baseline_counts = {k: int(m.sum()) for k, m in findings.get("baseline", {}).items()}
-    described = "finite"
-    if bounds is not None and spec.task == "regression":
-        described += f", within [{_bound(bounds.min, '−∞')}, {_bound(bounds.max, '+∞')}]"
+    candidate = contract.violations(gate.predictions.candidate, spec)
+    baseline = contract.violations(gate.predictions.baseline, spec) if gate.predictions.baseline is not None else {}
+    baseline_counts = {kind: int(mask.sum()) for kind, mask in baseline.items()}
+    rows = len(gate.golden)
     if not candidate:
-        summary = f"all {len(gate.golden)} candidate predictions {described}"
-        return CheckResult(NAME, "output_contract", Status.PASS, summary, details={"baseline_violations": baseline_counts})
-
+        return CheckResult(
+            NAME, "output_contract", Status.PASS, f"all {rows} candidate predictions {contract.describe(spec)}",
+            details={"baseline_violations": baseline_counts},
+        )
+    bad = np.logical_or.reduce(list(candidate.values()))
+    baseline_bad = np.logical_or.reduce(list(baseline.values())) if baseline else np.zeros(rows, dtype=bool)
+    introduced = int((bad & ~baseline_bad).sum())
     counts = {kind: int(mask.sum()) for kind, mask in candidate.items()}
-    any_bad = np.logical_or.reduce(list(candidate.values()))
-    rows = np.flatnonzero(any_bad)[:CONTRACT_EXAMPLES]
-    examples = [_example_row(gate, int(row)) for row in rows]
-    parts = ", ".join(f"{count} {kind}" for kind, count in counts.items())
-    summary = f"{int(any_bad.sum())} of {len(gate.golden)} candidate predictions break the contract ({parts})"
-    if baseline_counts:
-        summary += "; baseline had " + ", ".join(f"{c} {k}" for k, c in baseline_counts.items())
+    summary = (
+        f"{int(bad.sum())} of {rows} candidate predictions break the contract "
+        f"({', '.join(f'{count} {kind}' for kind, count in counts.items())}); "
+        f"{introduced} introduced by the candidate, {int(bad.sum()) - introduced} the baseline already had"
+    )
     return CheckResult(
         NAME, "output_contract", Status.FAIL, summary,
-        details={"violations": counts, "baseline_violations": baseline_counts, "examples": examples},
+        details={
+            "violations": counts,
+            "introduced": introduced,
+            "baseline_violations": baseline_counts,
+            "table": example_rows(gate, np.flatnonzero(bad)[:CONTRACT_EXAMPLES], "first offending rows"),
+        },
     )
 
 
-def _example_row(gate: GateContext, row: int) -> dict:
-    features = dict(zip(gate.config.model.features, map(float, gate.golden.features[row])))
-    prediction = gate.predictions.candidate[row]
-    value = float(prediction) if prediction.ndim == 0 else [float(v) for v in prediction]
-    return {"row": row, "features": features, "prediction": value}
+def example_rows(gate: GateContext, rows, title: str) -> dict:
+    """A details table of golden rows: features, truth and both models' predictions."""
+    features = gate.config.model.features
+    columns = ["row", *features, "truth", "baseline", "candidate"]
+    body = []
+    for row in rows:
+        row = int(row)
+        baseline = gate.predictions.baseline
+        body.append([
+            row, *map(float, gate.golden.features[row]), float(gate.golden.target[row]),
+            None if baseline is None else _scalar(baseline[row]), _scalar(gate.predictions.candidate[row]),
+        ])
+    return {"title": title, "columns": columns, "rows": body}
 
 
-def _bound(value: float | None, unbounded: str) -> str:
-    return unbounded if value is None else f"{value:g}"
+def _scalar(value):
+    """A regression prediction as a float; class probabilities as the highest class's probability."""
+    return float(value) if value.ndim == 0 else float(value.max())
 
 
 def _fmt(value: float) -> str:

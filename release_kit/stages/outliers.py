@@ -1,0 +1,426 @@
+"""Outlier-regression stage: what aggregate metrics hide.
+
+Per-sample paired analysis (rows that newly broke or were fixed, prediction-shift outliers), slices that
+regressed (declared in config, and discovered over quantile bins and feature pairs, Holm-controlled),
+monotonic constraints, and a Hypothesis search for inputs where the candidate breaks the output contract
+or diverges from the baseline. Checks that need a baseline skip on a first release.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..config import parse_tolerance
+from ..errors import InputError
+from ..report import CheckResult, Status
+from . import StageCheck
+from .quality import example_rows
+
+if TYPE_CHECKING:
+    from ..config import MonotonicSpec, SliceSpec
+    from ..gate import GateContext
+    from ..strategies import Domain
+
+NAME = "outliers"
+HISTOGRAM_BINS = 12
+MONOTONIC_ROWS = 2_000
+SLICE_TABLE_ROWS = 10
+
+
+def checks(gate: GateContext) -> list[StageCheck]:
+    """Validates the stage's config against the data up front (bad input is exit 2, not a failed check)."""
+    from ..strategies import domain_from_data
+
+    spec = gate.config.outliers
+    for declared in spec.slices:
+        _slice_masks(gate, declared)  # raises InputError for a missing column, NaN, a bad expression
+    if gate.config.model.task == "classification" and spec.monotonic and gate.predictions.candidate.shape[1] > 2:
+        raise InputError("[outliers] monotonic constraints need a regression or binary classification model")
+    domain = domain_from_data(gate.config.model.features, gate.golden.features, spec.domain)
+    found = [
+        StageCheck("newly_broken", partial(newly_broken, gate)),
+        StageCheck("prediction_shift", partial(prediction_shift, gate)),
+        StageCheck("slices", partial(discovered_slices, gate)),
+        *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, s)) for s in spec.slices],
+        *[StageCheck(f"monotonic:{m.feature}", partial(monotonic, gate, m, domain)) for m in spec.monotonic],
+        StageCheck("search:contract", partial(search_contract, gate, domain)),
+    ]
+    if spec.search.divergence is not None:
+        found.append(StageCheck("search:divergence", partial(search_divergence, gate, domain)))
+    return found
+
+
+# -- per-sample analysis -------------------------------------------------------------------------------
+
+
+def _no_baseline(name: str) -> CheckResult:
+    return CheckResult(NAME, name, Status.SKIP, "no baseline to compare against (first release)")
+
+
+def _losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
+    from ..paired import per_sample_loss
+
+    task, target, predictions = gate.config.model.task, gate.golden.target, gate.predictions
+    return per_sample_loss(task, target, predictions.candidate), per_sample_loss(task, target, predictions.baseline)
+
+
+def newly_broken(gate: GateContext) -> CheckResult:
+    if gate.predictions.baseline is None:
+        return _no_baseline("newly_broken")
+    from ..paired import newly_broken as robust_change
+
+    spec = gate.config.outliers
+    loss_c, loss_b = _losses(gate)
+    delta = loss_c - loss_b
+    if gate.config.model.task == "classification":
+        right_c = gate.predictions.candidate.argmax(axis=1) == gate.golden.target
+        right_b = gate.predictions.baseline.argmax(axis=1) == gate.golden.target
+        broke, fixed = right_b & ~right_c, ~right_b & right_c
+        rule = "decision flipped from right to wrong"
+    else:
+        change = robust_change(delta, spec.k_mad, spec.min_error_increase)
+        broke, fixed = change.broke, change.fixed
+        rule = f"absolute error grew by more than {change.threshold:.3g} ({spec.k_mad:g} × MAD of the changes)"
+    n, n_broke, n_fixed = len(delta), int(broke.sum()), int(fixed.sum())
+    worst = np.flatnonzero(broke)[np.argsort(-delta[broke], kind="stable")][: spec.top_n]
+    details = {
+        "broke": n_broke,
+        "fixed": n_fixed,
+        "rule": rule,
+        "histogram": _histogram(delta, "paired loss change per row (candidate − baseline)"),
+    }
+    if n_broke:
+        details["table"] = example_rows(gate, worst, f"top {len(worst)} newly broken rows")
+    summary = f"{n_broke} row(s) newly broke, {n_fixed} newly fixed ({rule})"
+    if n_broke > spec.max_newly_broken * n and n_broke > n_fixed:
+        status = Status.FAIL
+        summary += f"; more than {spec.max_newly_broken:.1%} of rows broke"
+    else:
+        status = Status.WARN if n_broke else Status.PASS
+    return CheckResult(NAME, "newly_broken", status, summary, details=details)
+
+
+def prediction_shift(gate: GateContext) -> CheckResult:
+    """Rows where the candidate moved far from the baseline relative to how far it moves elsewhere."""
+    if gate.predictions.baseline is None:
+        return _no_baseline("prediction_shift")
+    from ..paired import robust_outliers
+
+    spec = gate.config.outliers
+    candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
+    if gate.config.model.task == "classification":
+        rows = np.arange(len(gate.golden))
+        shift = np.abs(candidate[rows, gate.golden.target] - baseline[rows, gate.golden.target])
+        what = "confidence in the true class"
+    else:
+        shift = np.abs(candidate - baseline)
+        what = "prediction"
+    with np.errstate(invalid="ignore"):
+        shift = np.where(np.isfinite(shift), shift, np.inf)
+    outliers = robust_outliers(shift, spec.k_mad)
+    count = int(outliers.sum())
+    if not count:
+        return CheckResult(NAME, "prediction_shift", Status.PASS, f"no row's {what} shifted beyond {spec.k_mad:g} × MAD")
+    top = np.flatnonzero(outliers)[np.argsort(-shift[outliers], kind="stable")][: spec.top_n]
+    return CheckResult(
+        NAME, "prediction_shift", Status.WARN,
+        f"{count} row(s) whose {what} shifted beyond {spec.k_mad:g} × MAD (largest {float(shift[top[0]]):.3g})",
+        details={"shifted": count, "table": example_rows(gate, top, f"top {len(top)} shifted rows")},
+    )
+
+
+def _histogram(values: np.ndarray, title: str) -> dict:
+    finite = values[np.isfinite(values) & (values != 0)]
+    if len(finite) == 0:
+        return {"title": title, "labels": ["0"], "counts": [int(np.isfinite(values).sum())]}
+    low, high = np.quantile(finite, [0.005, 0.995])
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(np.clip(finite, low, high), bins=HISTOGRAM_BINS, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    return {"title": title, "labels": [f"{c:+.2g}" for c in centres], "counts": [int(c) for c in counts]}
+
+
+# -- slices --------------------------------------------------------------------------------------------
+
+
+def _loss_label(gate: GateContext) -> str:
+    return "MAE" if gate.config.model.task == "regression" else "log loss"
+
+
+def _slice_tolerance(gate: GateContext) -> tuple[float, bool]:
+    return parse_tolerance(gate.config.outliers.slice_tolerance)
+
+
+def discovered_slices(gate: GateContext) -> CheckResult:
+    if gate.predictions.baseline is None:
+        return _no_baseline("slices")
+    from ..paired import discover_slices
+
+    spec = gate.config.outliers
+    loss_c, loss_b = _losses(gate)
+    stats = discover_slices(
+        gate.golden.features, gate.config.model.features, loss_c - loss_b, loss_b,
+        tolerance=_slice_tolerance(gate), bins=spec.quantile_bins, pairs=spec.feature_pairs,
+        min_size=spec.min_slice_size, seed=gate.config.quality.seed,
+    )
+    return _slice_verdict(gate, "slices", stats, searched=f"{len(stats)} slices searched")
+
+
+def declared_slice(gate: GateContext, declared: SliceSpec) -> CheckResult:
+    name = f"slice:{_slice_name(declared)}"
+    if gate.predictions.baseline is None:
+        return _no_baseline(name)
+    from ..paired import SliceSums, holm, slice_stat
+
+    loss_c, loss_b = _losses(gate)
+    delta = loss_c - loss_b
+    stats = []
+    for description, mask in _slice_masks(gate, declared):
+        n = int(mask.sum())
+        if n < gate.config.outliers.min_slice_size:
+            continue
+        d = delta[mask]
+        sums = SliceSums(description, n, float(d.sum()), float((d * d).sum()), float(loss_b[mask].sum()))
+        stats.append(slice_stat(sums, _slice_tolerance(gate)))
+    if not stats:
+        return CheckResult(
+            NAME, name, Status.SKIP,
+            f"no part of the slice has the minimum {gate.config.outliers.min_slice_size} rows",
+        )
+    return _slice_verdict(gate, name, holm([s for s in stats if s is not None]), searched=f"{len(stats)} part(s)")
+
+
+def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckResult:
+    alpha = gate.config.outliers.alpha
+    label = _loss_label(gate)
+    failing = sorted((s for s in stats if s.p_adjusted < alpha), key=lambda s: -s.excess)
+    worst = max(stats, key=lambda s: s.delta, default=None)
+    columns = ["slice", "n", f"{label} baseline", "Δ", "95% interval", "tolerance", "p (Holm)"]
+    shown = failing or sorted(stats, key=lambda s: -s.delta)
+    table = {
+        "title": "regressed slices" if failing else "slices that moved most",
+        "columns": columns,
+        "rows": [
+            [s.description, s.n, s.baseline_loss, s.delta, f"[{s.ci_low:+.3g}, {s.ci_high:+.3g}]", s.tolerance, s.p_adjusted]
+            for s in shown[:SLICE_TABLE_ROWS]
+        ],
+    }
+    details = {"table": table, "searched": len(stats), "failing": len(failing)}
+    if failing:
+        more = f" and {len(failing) - 1} more" if len(failing) > 1 else ""
+        summary = f"{failing[0].words(label)}, worse than the tolerance of {failing[0].tolerance:.3g}{more} ({searched}, Holm α={alpha:g})"
+        return CheckResult(NAME, name, Status.FAIL, summary, details=details)
+    summary = f"no slice regressed beyond tolerance ({searched}, Holm α={alpha:g})"
+    if worst is not None:
+        summary += f"; largest change {worst.words(label)}"
+    return CheckResult(NAME, name, Status.PASS, summary, details=details)
+
+
+def _slice_name(declared: SliceSpec) -> str:
+    return declared.name or declared.column or declared.expr
+
+
+def _slice_masks(gate: GateContext, declared: SliceSpec) -> list[tuple[str, np.ndarray]]:
+    import pandas as pd
+
+    frame = gate.golden.frame
+    label = _slice_name(declared)
+    if declared.expr is not None:
+        try:
+            mask = frame.eval(declared.expr)
+        except Exception as error:  # pandas raises many types for a bad expression
+            raise InputError(f"[outliers.slices] {label!r}: cannot evaluate expr: {error}") from None
+        if not isinstance(mask, pd.Series) or not pd.api.types.is_bool_dtype(mask):
+            raise InputError(f"[outliers.slices] {label!r}: expr does not give true/false per row")
+        return [(declared.expr, mask.to_numpy())]
+    if declared.column not in frame.columns:
+        raise InputError(f"[outliers.slices] {label!r}: column '{declared.column}' is not in the golden set")
+    column = frame[declared.column]
+    if column.isna().any():
+        raise InputError(
+            f"[outliers.slices] {label!r}: column '{declared.column}' has {int(column.isna().sum())} NaN value(s)"
+        )
+    if declared.categories is not None:
+        return [(f"{declared.column} = {value}", (column == value).to_numpy()) for value in declared.categories]
+    if not pd.api.types.is_numeric_dtype(column):
+        raise InputError(f"[outliers.slices] {label!r}: bins need a numeric column, '{declared.column}' is not")
+    values = column.to_numpy(dtype=float)
+    edges = declared.bins
+    return [
+        (f"{edges[k]:g} ≤ {declared.column} < {edges[k + 1]:g}", (values >= edges[k]) & (values < edges[k + 1]))
+        for k in range(len(edges) - 1)
+    ]
+
+
+# -- model outputs on new inputs -----------------------------------------------------------------------
+
+
+def _outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
+    """Predictions for arbitrary input rows (the search's and the perturbation's), normalised per task."""
+    from ..models import to_predictions
+
+    model = getattr(gate, role)
+    return to_predictions(model.raw_outputs(rows.astype(np.float32)), gate.config.model, role)
+
+
+def _scalar_outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
+    out = _outputs(gate, role, rows)
+    return out if out.ndim == 1 else out[:, 1]  # binary: the positive class's probability
+
+
+def _step(gate: GateContext, feature: str) -> float:
+    column = gate.golden.features[:, gate.config.model.features.index(feature)]
+    low, high = np.quantile(column, [0.25, 0.75])
+    spread = float(high - low) or float(column.max() - column.min()) or 1.0
+    return 0.1 * spread
+
+
+def _monotonic_breaks(gate: GateContext, role: str, rows: np.ndarray, constraint: MonotonicSpec) -> np.ndarray:
+    index = gate.config.model.features.index(constraint.feature)
+    moved = rows.copy()
+    moved[:, index] += _step(gate, constraint.feature)
+    change = _scalar_outputs(gate, role, moved) - _scalar_outputs(gate, role, rows)
+    if constraint.direction == "decreasing":
+        change = -change
+    with np.errstate(invalid="ignore"):
+        return ~(change >= -constraint.tolerance)
+
+
+def monotonic(gate: GateContext, constraint: MonotonicSpec, domain: Domain) -> CheckResult:
+    """On golden rows, and then by search: raising the feature must not move predictions the wrong way."""
+    name = f"monotonic:{constraint.feature}"
+    rows = gate.golden.features[:MONOTONIC_ROWS]
+    broken = _monotonic_breaks(gate, "candidate", rows, constraint)
+    had = _monotonic_breaks(gate, "baseline", rows, constraint) if gate.baseline else np.zeros(len(rows), bool)
+    introduced = int((broken & ~had).sum())
+    phrase = f"{'non-decreasing' if constraint.direction == 'increasing' else 'non-increasing'} in {constraint.feature}"
+
+    def violates(row: np.ndarray) -> bool:
+        return bool(_monotonic_breaks(gate, "candidate", row[None], constraint)[0])
+
+    found = _search(gate, domain, violates)
+    details = {"golden_rows": len(rows), "golden_violations": int(broken.sum()), "introduced": introduced, "search": found.describe()}
+    if broken.any():
+        details["table"] = example_rows(gate, np.flatnonzero(broken)[: gate.config.outliers.top_n], "golden rows that break it")
+    if introduced:
+        return CheckResult(NAME, name, Status.FAIL, f"{introduced} of {len(rows)} golden rows break '{phrase}' (the baseline did not)", details=details)
+    if found.example is not None:
+        baseline_too = gate.baseline is not None and bool(_monotonic_breaks(gate, "baseline", found.example[None], constraint)[0])
+        status = Status.WARN if baseline_too else Status.FAIL
+        whose = "the baseline breaks it there too" if baseline_too else "the baseline does not"
+        return CheckResult(NAME, name, status, f"search found an input breaking '{phrase}' ({whose}): {found.words(gate)}", details=details)
+    if broken.any():
+        return CheckResult(NAME, name, Status.WARN, f"{int(broken.sum())} golden rows break '{phrase}', all of them already broken in the baseline", details=details)
+    return CheckResult(NAME, name, Status.PASS, f"predictions are {phrase} on {len(rows)} golden rows and {found.tried} searched inputs", details=details)
+
+
+# -- Hypothesis search ---------------------------------------------------------------------------------
+
+
+class Found:
+    def __init__(self, example: np.ndarray | None, tried: int, seconds: float, timed_out: bool, features: list[str]):
+        self.example, self.tried, self.seconds, self.timed_out, self.features = example, tried, seconds, timed_out, features
+
+    def words(self, gate: GateContext) -> str:
+        return ", ".join(f"{name}={value:g}" for name, value in zip(self.features, self.example))
+
+    def describe(self) -> dict:
+        return {
+            "tried": self.tried,
+            "seconds": round(self.seconds, 3),
+            "stopped_by_time_budget": self.timed_out,
+            "counterexample": None if self.example is None else dict(zip(self.features, map(float, self.example))),
+        }
+
+
+def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], bool]) -> Found:
+    """Hypothesis looks for an input that ``violates``; it shrinks what it finds to a minimal example.
+
+    Deterministic (derandomised, no example database), and bounded by ``[outliers.search] seconds``
+    shared among the stage's searches.
+    """
+    from hypothesis import HealthCheck, find, settings
+    from hypothesis.errors import NoSuchExample
+
+    from ..strategies import rows
+
+    spec = gate.config.outliers.search
+    features = gate.config.model.features
+    if not spec.enabled:
+        return Found(None, 0, 0.0, False, features)
+    searches = 1 + len(gate.config.outliers.monotonic) + (spec.divergence is not None)
+    budget = spec.seconds / searches
+    started = time.monotonic()
+    tried = 0
+    timed_out = False
+
+    def condition(row: np.ndarray) -> bool:
+        nonlocal tried, timed_out
+        if time.monotonic() - started > budget:
+            timed_out = True
+            return False
+        tried += 1
+        return violates(row)
+
+    options = settings(
+        max_examples=spec.max_examples, database=None, derandomize=True, deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    try:
+        example = find(rows(domain), condition, settings=options)
+    except NoSuchExample:
+        example = None
+    return Found(example, tried, time.monotonic() - started, timed_out, features)
+
+
+def _search_result(
+    gate: GateContext, name: str, found: Found, what: str, baseline_too: Callable[[np.ndarray], bool] | None
+) -> CheckResult:
+    """Pass when nothing was found; fail on a counterexample, or warn when the baseline breaks there too."""
+    details = {"search": found.describe()}
+    if not gate.config.outliers.search.enabled:
+        return CheckResult(NAME, name, Status.SKIP, "search disabled in [outliers.search]")
+    if found.example is None:
+        budget = " (stopped by the time budget)" if found.timed_out else ""
+        return CheckResult(NAME, name, Status.PASS, f"no input {what} in {found.tried} searched{budget}", details=details)
+    candidate = _outputs(gate, "candidate", found.example[None])[0]
+    details["candidate_output"] = np.asarray(candidate, dtype=float).tolist()
+    if gate.baseline is not None:
+        details["baseline_output"] = np.asarray(_outputs(gate, "baseline", found.example[None])[0], dtype=float).tolist()
+    if baseline_too is None or gate.baseline is None:
+        return CheckResult(NAME, name, Status.FAIL, f"found an input where the candidate {what}: {found.words(gate)}", details=details)
+    shared = baseline_too(found.example)
+    whose = "the baseline does too" if shared else "the baseline does not"
+    status = Status.WARN if shared else Status.FAIL
+    return CheckResult(NAME, name, status, f"found an input where the candidate {what} ({whose}): {found.words(gate)}", details=details)
+
+
+def search_contract(gate: GateContext, domain: Domain) -> CheckResult:
+    from .. import contract
+
+    spec = gate.config.model
+
+    def breaks(role: str, row: np.ndarray) -> bool:
+        return bool(contract.violations(_outputs(gate, role, row[None]), spec))
+
+    found = _search(gate, domain, partial(breaks, "candidate"))
+    return _search_result(gate, "search:contract", found, f"breaks the output contract ({contract.describe(spec)})", partial(breaks, "baseline"))
+
+
+def search_divergence(gate: GateContext, domain: Domain) -> CheckResult:
+    if gate.baseline is None:
+        return _no_baseline("search:divergence")
+    tolerance = gate.config.outliers.search.divergence
+
+    def diverges(row: np.ndarray) -> bool:
+        gap = np.abs(_outputs(gate, "candidate", row[None]) - _outputs(gate, "baseline", row[None]))
+        return not bool(np.all(gap <= tolerance))
+
+    found = _search(gate, domain, diverges)
+    return _search_result(gate, "search:divergence", found, f"differs from the baseline by more than {tolerance:g}", None)

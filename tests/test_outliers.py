@@ -1,0 +1,238 @@
+"""The outlier stage on models with known, injected defects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from release_kit import gate
+from release_kit.report import Status
+
+STAGES = '[gate]\nstages = ["quality", "outliers"]\n'
+
+
+class Defect(torch.nn.Module):
+    """Wraps a model and changes its output on one region of the input space."""
+
+    def __init__(self, inner: torch.nn.Module, region: str, amount: float, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.inner = inner
+        self.region = region
+        self.amount = amount
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if self.region == "warm":  # temperature above a threshold: a fifth of the golden rows
+            mask = x[:, 3] > self.threshold
+        elif self.region == "bright-night":  # irradiance > 900 before 6 am: never in real data
+            mask = (x[:, 4] > 900.0) & (x[:, 0] < 6.0)
+        else:  # "late-sun": after 10 pm with irradiance > 500: never in real data
+            mask = (x[:, 0] >= 22.0) & (x[:, 4] > 500.0)
+        return torch.where(mask, y + self.amount, y)
+
+
+@pytest.fixture(scope="module")
+def defects(power, tmp_path_factory):
+    import power_forecast as pf
+
+    directory = tmp_path_factory.mktemp("defects")
+    golden = pd.read_csv(power["golden"])
+    warm = float(golden["temperature"].quantile(0.8))
+    good = pf.train(pd.read_csv(power["train"]), hidden=48, epochs=400, seed=0)
+    v1 = torch.jit.load(str(power["v1"]))
+    models = {
+        "slice_only": Defect(good, "warm", 0.09, warm),
+        "nan_subrange": Defect(v1, "bright-night", float("nan")),
+        "divergence": Defect(v1, "late-sun", 3.0),
+    }
+    paths = {}
+    for name, module in models.items():
+        paths[name] = directory / f"{name}.pt"
+        torch.jit.save(torch.jit.script(module.eval()), str(paths[name]))
+    paths["warm_threshold"] = warm
+    return paths
+
+
+def by_name(report) -> dict:
+    return {f"{c.stage}::{c.name}": c for c in report.checks}
+
+
+def test_regression_confined_to_a_fifth_blocks_though_the_overall_metric_does_not(project, power, defects):
+    project.config(STAGES)
+    report = gate.check(candidate=str(defects["slice_only"]), baseline=str(power["v1"]))
+    checks = by_name(report)
+    assert checks["quality::mae"].status is not Status.FAIL, checks["quality::mae"].summary
+    slices = checks["outliers::slices"]
+    assert slices.status is Status.FAIL
+    assert slices.summary.startswith(f"temperature > {defects['warm_threshold']:.4g}"), slices.summary
+    assert "MAE +" in slices.summary and "(n=" in slices.summary
+    assert report.verdict.value == "block"
+    assert ["outliers::slices"] == [f"{c.stage}::{c.name}" for c in report.blocking]
+
+
+def test_night_negative_candidate_is_caught_by_slices_and_search(project, power):
+    project.config(STAGES)
+    report = gate.check(candidate=str(power["night"]), baseline=str(power["v1"]))
+    checks = by_name(report)
+    assert checks["outliers::slices"].summary.startswith("irradiance ≤ 0 (n=")
+    search = checks["outliers::search:contract"]
+    assert search.status is Status.FAIL
+    example = search.details["search"]["counterexample"]
+    assert example["irradiance"] == 0.0  # shrunk to the simplest night input
+    assert search.details["candidate_output"] < 0 <= search.details["baseline_output"]
+    assert "the baseline does not" in search.summary
+
+
+def test_nan_on_a_sub_range_only_the_search_finds(project, power, defects):
+    project.config(STAGES)
+    report = gate.check(candidate=str(defects["nan_subrange"]), baseline=str(power["v1"]))
+    checks = by_name(report)
+    assert checks["quality::output_contract"].status is Status.PASS  # the golden set never goes there
+    search = checks["outliers::search:contract"]
+    assert search.status is Status.FAIL, search.summary
+    example = search.details["search"]["counterexample"]
+    assert example["irradiance"] > 900 and example["hour"] < 6
+    assert search.details["candidate_output"] is None or not np.isfinite(search.details["candidate_output"])
+
+
+def test_divergence_only_a_search_finds(project, power, defects):
+    project.config(STAGES + "[outliers.search]\ndivergence = 1.0\n")
+    report = gate.check(candidate=str(defects["divergence"]), baseline=str(power["v1"]))
+    checks = by_name(report)
+    assert checks["quality::mae"].status is Status.PASS
+    assert checks["outliers::slices"].status is Status.PASS
+    divergence = checks["outliers::search:divergence"]
+    assert divergence.status is Status.FAIL
+    example = divergence.details["search"]["counterexample"]
+    assert example["hour"] >= 22 and example["irradiance"] > 500
+    assert abs(divergence.details["candidate_output"] - divergence.details["baseline_output"]) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_search_is_deterministic(project, power):
+    project.config(STAGES)
+    first = by_name(gate.check(candidate=str(power["night"]), baseline=str(power["v1"]), log_to_mlflow=False))
+    second = by_name(gate.check(candidate=str(power["night"]), baseline=str(power["v1"]), log_to_mlflow=False))
+    key = "outliers::search:contract"
+    assert first[key].details["search"]["counterexample"] == second[key].details["search"]["counterexample"]
+    assert not (project.root / ".hypothesis").exists()  # no example database written
+
+
+def test_better_candidate_passes_the_stage(project, power):
+    project.config(STAGES + '[outliers]\nmonotonic = [{ feature = "irradiance", tolerance = 0.01 }]\n')
+    report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
+    assert report.verdict.value == "pass", [(c.name, c.summary) for c in report.blocking]
+    checks = by_name(report)
+    assert checks["outliers::newly_broken"].details["fixed"] > checks["outliers::newly_broken"].details["broke"]
+    assert checks["outliers::monotonic:irradiance"].status is Status.PASS
+
+
+def test_monotonic_break_introduced_by_the_candidate_fails(project, power):
+    class Dimmer(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * torch.clamp(1.2 - x[:, 4] / 1000.0, 0.0, 1.0)  # bright → less power
+
+    path = project.root / "dimmer.pt"
+    torch.jit.save(torch.jit.script(Dimmer(torch.jit.load(str(power["v1"])))), str(path))
+    project.config(STAGES + '[outliers]\nmonotonic = [{ feature = "irradiance" }]\n')
+    check = by_name(gate.check(candidate=str(path), baseline=str(power["v1"])))["outliers::monotonic:irradiance"]
+    assert check.status is Status.FAIL
+    assert "(the baseline did not)" in check.summary and check.details["introduced"] > 0
+
+
+def test_declared_slices(project, power):
+    project.config(STAGES + """
+        [[outliers.slices]]
+        name = "irradiance bands"
+        column = "irradiance"
+        bins = [0, 1, 2000]
+
+        [[outliers.slices]]
+        column = "hour"
+        categories = [12, 13]
+
+        [[outliers.slices]]
+        name = "night"
+        expr = "irradiance == 0"
+    """.replace("\n        ", "\n"))
+    checks = by_name(gate.check(candidate=str(power["night"]), baseline=str(power["v1"])))
+    bands = checks["outliers::slice:irradiance bands"]
+    assert bands.status is Status.FAIL, bands.details
+    assert bands.summary.startswith("0 ≤ irradiance < 1 (n=")
+    assert bands.details["failing"] == 1  # the daylight band is not worse beyond tolerance
+    assert checks["outliers::slice:hour"].status is Status.PASS
+    night = checks["outliers::slice:night"]
+    assert night.status is Status.FAIL and night.summary.startswith("irradiance == 0 (n=")
+
+
+def test_first_release_skips_what_needs_a_baseline(project, power):
+    project.config(STAGES)
+    checks = by_name(gate.check(candidate=str(power["better"])))
+    for name in ("newly_broken", "prediction_shift", "slices"):
+        assert checks[f"outliers::{name}"].status is Status.SKIP
+    assert checks["outliers::search:contract"].status is Status.PASS
+
+
+def test_markdown_has_the_histogram_and_failing_slices(project, power, cli):
+    project.config(STAGES)
+    result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--format", "markdown")
+    assert result.exit_code == 1
+    assert "```mermaid\nxychart-beta" in result.stdout
+    assert "outliers::slices: regressed slices" in result.stdout
+    assert "| slice | n |" in result.stdout
+
+
+def test_user_property_test_with_release_kit_strategies(project, power):
+    project.config(STAGES)
+    project.write("checks/test_props.py", """
+        import numpy as np
+        from hypothesis import given, settings
+        from release_kit import strategies as rks
+
+        def test_never_above_peak(candidate, input_domain):
+            '''No input in the domain gets more than the plant's peak.'''
+            @settings(max_examples=50, database=None, derandomize=True)
+            @given(rks.batches(input_domain, max_rows=8))
+            def prop(rows):
+                assert rows.dtype == np.float32 and rows.shape[1] == 5
+                assert (candidate.raw_outputs(rows) <= 6.0).all()
+            prop()
+
+        def test_night_is_negative(candidate, input_domain):
+            @settings(max_examples=50, database=None, derandomize=True)
+            @given(rks.rows(input_domain))
+            def prop(row):
+                assert candidate.raw_outputs(row[None])[0] >= 0
+            prop()
+    """)
+    checks = by_name(gate.check(candidate=str(power["night"]), baseline=str(power["v1"])))
+    assert checks["checks::test_props.py::test_never_above_peak"].status is Status.PASS
+    night = checks["checks::test_props.py::test_night_is_negative"]
+    assert night.status is Status.FAIL
+
+
+def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
+    from conftest import make_classification, save_scripted, train_classifier
+
+    train, golden = make_classification(2000, 2, seed=2), make_classification(1500, 2, seed=12)
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    (tmp_path / "release-kit.toml").write_text(
+        '[model]\nname = "c"\ntask = "classification"\ntarget = "label"\nfeatures = ["a", "b", "c"]\n'
+        'prediction = "logits"\n[data]\ngolden = "golden.csv"\n[mlflow]\nenabled = false\n' + STAGES
+    )
+    monkeypatch.chdir(tmp_path)
+    weak = save_scripted(train_classifier(train, 2, epochs=3, squash="squeeze"), tmp_path / "weak.pt")
+    strong = save_scripted(train_classifier(train, 2, epochs=150, squash="squeeze"), tmp_path / "strong.pt")
+    checks = by_name(gate.check(candidate=str(strong), baseline=str(weak)))
+    flips = checks["outliers::newly_broken"]
+    assert "right to wrong" in flips.details["rule"]
+    assert flips.details["fixed"] > flips.details["broke"]
+    assert checks["outliers::slices"].status is Status.PASS
