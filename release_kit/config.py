@@ -193,7 +193,7 @@ class OutliersSpec(_Strict):
     # How much worse a slice's mean loss may get: "5%" of the slice's baseline loss, or absolute.
     slice_tolerance: Tolerance = "5%"
     quantile_bins: int = Field(default=5, ge=2, le=20)
-    feature_pairs: int = Field(default=4, ge=0, le=10)
+    feature_pairs: int = Field(default=3, ge=0, le=10)
     slices: list[SliceSpec] = Field(default_factory=list)
     monotonic: list[MonotonicSpec] = Field(default_factory=list)
     domain: dict[str, FeatureDomain] = Field(default_factory=dict)

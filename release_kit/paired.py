@@ -17,6 +17,7 @@ import numpy as np
 MAD_TO_SIGMA = 1.4826
 CATEGORICAL_MAX_LEVELS = 12
 EDGE_SAMPLE_ROWS = 200_000
+SCALE_SAMPLE_ROWS = 1_000_000
 
 
 def per_sample_loss(task: str, target: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -34,21 +35,27 @@ class RobustChange:
     threshold: float  # a change beyond median ± threshold counts
 
 
+def _robust_scale(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Median and MAD·1.4826, estimated on at most SCALE_SAMPLE_ROWS rows (a threshold, not a test)."""
+    if len(values) > SCALE_SAMPLE_ROWS:
+        values = values[np.random.default_rng(seed).integers(0, len(values), SCALE_SAMPLE_ROWS)]
+    centre = float(np.median(values))
+    return centre, MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
+
+
 def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float) -> RobustChange:
     """Rows whose loss grew (fell) beyond k × MAD of the deltas of the rows that changed at all.
 
     The MAD is taken over changed rows only: when most rows are untouched (night-time zeros, identical
     sub-networks) the plain MAD is 0 and every rounding difference would count as a break.
     """
-
     changed = delta[delta != 0]
     if len(changed) == 0:
         empty = np.zeros(len(delta), dtype=bool)
         return RobustChange(empty, empty, math.inf)
-    centre = float(np.median(changed))
-    spread = MAD_TO_SIGMA * float(np.median(np.abs(changed - centre)))
+    centre, spread = _robust_scale(changed)
     threshold = max(k_mad * spread, min_increase, 1e-12)
-    return RobustChange(delta - centre > threshold, centre - delta > threshold, threshold)
+    return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold)
 
 
 def robust_outliers(values: np.ndarray, k_mad: float) -> np.ndarray:
@@ -57,14 +64,11 @@ def robust_outliers(values: np.ndarray, k_mad: float) -> np.ndarray:
     Like :func:`newly_broken`, the scale comes from rows that moved at all.
     """
     moved = values[values != 0]
-    if len(moved) == 0:
-        return np.zeros(len(values), dtype=bool)
     finite = moved[np.isfinite(moved)]
     if len(finite) == 0:
         return values != 0
-    centre = float(np.median(finite))
-    spread = MAD_TO_SIGMA * float(np.median(np.abs(finite - centre)))
-    return values - centre > max(k_mad * spread, 1e-12)
+    centre, spread = _robust_scale(finite)
+    return values > centre + max(k_mad * spread, 1e-12)
 
 
 @dataclass(frozen=True)
@@ -139,20 +143,25 @@ class Binning:
     feature: str
     codes: np.ndarray  # uint8 bin per row
     labels: list[str]
-    edges: list[float] | None  # inner edges for numeric bins; None for categories
+    edges: list[float] | None  # inner edges for numeric bins; None for integer categories
 
 
 def bin_feature(name: str, column: np.ndarray, bins: int, rng: np.random.Generator) -> Binning:
+    """Integer features with few values: one bin per value. Others: quantile bins (edges from a sample).
 
+    Codes come from comparisons, not a binary search: with a handful of edges that is ~6× faster.
+    """
+    column = np.ascontiguousarray(column)  # a feature matrix's column is strided: every pass pays for it
     sample = column if len(column) <= EDGE_SAMPLE_ROWS else column[rng.integers(0, len(column), EDGE_SAMPLE_ROWS)]
-    levels = np.unique(sample)
-    if len(levels) <= CATEGORICAL_MAX_LEVELS and np.all(levels == np.round(levels)):
-        levels = np.unique(column) if len(column) > len(sample) else levels
-        if len(levels) <= CATEGORICAL_MAX_LEVELS:
-            codes = np.searchsorted(levels, column).astype(np.uint8)
-            return Binning(name, codes, [f"{name} = {_fmt(v)}" for v in levels], None)
-    edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1]))
-    codes = np.searchsorted(edges, column, side="left").astype(np.uint8)  # bin k: edges[k-1] < x ≤ edges[k]
+    if np.array_equal(sample, np.round(sample)):
+        low, high = float(column.min()), float(column.max())
+        if high - low < CATEGORICAL_MAX_LEVELS and np.array_equal(column, np.round(column)):
+            codes = (column - low).astype(np.uint8)
+            return Binning(name, codes, [f"{name} = {_fmt(low + k)}" for k in range(int(high - low) + 1)], None)
+    edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1])).astype(column.dtype)
+    codes = np.zeros(len(column), dtype=np.uint8)
+    for edge in edges:  # bin k: edges[k-1] < x ≤ edges[k]
+        codes += column > edge
     bounds = [-math.inf, *edges.tolist(), math.inf]
     labels = [_range_label(name, bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]
     return Binning(name, codes, labels, edges.tolist())
@@ -170,43 +179,45 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def binned_sums(codes: np.ndarray, size: int, delta, delta_sq, baseline) -> tuple[np.ndarray, ...]:
+def joint_sums(first: Binning, second: Binning | None, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Row count and weighted sums per cell of two features' bins: shape (1 + len(weights), B1, B2).
 
-    return (
-        np.bincount(codes, minlength=size).astype(float),
-        np.bincount(codes, weights=delta, minlength=size),
-        np.bincount(codes, weights=delta_sq, minlength=size),
-        np.bincount(codes, weights=baseline, minlength=size),
-    )
+    Each feature's own bin sums are this table's marginals, so pairing features halves the passes.
+    """
+    width = len(second.labels) if second is not None else 1
+    size = len(first.labels) * width
+    if second is None:
+        codes = first.codes
+    else:
+        codes = first.codes.astype(np.uint8 if size <= 256 else np.uint16) * width + second.codes
+    tables = [np.bincount(codes, minlength=size).astype(float)]
+    tables += [np.bincount(codes, weights=w, minlength=size) for w in weights]
+    return np.stack(tables).reshape(len(tables), len(first.labels), width)
 
 
-def feature_slices(binning: Binning, delta, delta_sq, baseline) -> Iterator[SliceSums]:
-    """Each bin, and for numeric features each tail ``x ≤ e`` / ``x > e`` of every inner edge."""
-    size = len(binning.labels)
-    count, s, q, b = binned_sums(binning.codes, size, delta, delta_sq, baseline)
+def feature_slices(binning: Binning, sums: np.ndarray) -> Iterator[SliceSums]:
+    """Each bin, and for numeric features each tail ``x ≤ e`` / ``x > e`` of every inner edge.
+
+    ``sums`` is (4, B): row count, Σdelta, Σdelta², Σbaseline loss per bin.
+    """
     for k, label in enumerate(binning.labels):
-        yield SliceSums(label, count[k], s[k], q[k], b[k])
-    if binning.edges is None or size <= 2:
+        yield SliceSums(label, *sums[:, k])
+    if binning.edges is None or len(binning.labels) <= 2:
         return
-    totals = count.sum(), s.sum(), q.sum(), b.sum()
-    running = [0.0, 0.0, 0.0, 0.0]
+    below = np.cumsum(sums, axis=1)
+    total = below[:, -1]
     for k, edge in enumerate(binning.edges[:-1]):  # the last edge's tails are the first and last bins
-        running = [r + part[k] for r, part in zip(running, (count, s, q, b))]
         if k == 0:
             continue  # x ≤ first edge is bin 0 itself
-        yield SliceSums(f"{binning.feature} ≤ {_fmt(edge)}", *running)
-        yield SliceSums(f"{binning.feature} > {_fmt(edge)}", *(t - r for t, r in zip(totals, running)))
+        yield SliceSums(f"{binning.feature} ≤ {_fmt(edge)}", *below[:, k])
+        yield SliceSums(f"{binning.feature} > {_fmt(edge)}", *(total - below[:, k]))
 
 
-def pair_slices(first: Binning, second: Binning, delta, delta_sq, baseline) -> Iterator[SliceSums]:
+def pair_slices(first: Binning, second: Binning, joint: np.ndarray) -> Iterator[SliceSums]:
     """Cells of two features' bins: ``a-range and b-range``."""
-    width = len(second.labels)
-    codes = first.codes.astype(np.int32) * width + second.codes
-    count, s, q, b = binned_sums(codes, len(first.labels) * width, delta, delta_sq, baseline)
     for i, label_a in enumerate(first.labels):
         for j, label_b in enumerate(second.labels):
-            cell = i * width + j
-            yield SliceSums(f"{label_a} and {label_b}", count[cell], s[cell], q[cell], b[cell])
+            yield SliceSums(f"{label_a} and {label_b}", *joint[:, i, j])
 
 
 def discover_slices(
@@ -217,31 +228,44 @@ def discover_slices(
     *,
     tolerance: tuple[float, bool],
     bins: int = 5,
-    pairs: int = 4,
+    pairs: int = 3,
     min_size: int = 30,
     seed: int = 0,
 ) -> list[SliceStat]:
     """Every single-feature slice, then cells of pairs among the ``pairs`` most suspicious features;
     Holm-adjusted over all slices searched (of at least ``min_size`` rows)."""
-
     rng = np.random.default_rng(seed)
-    delta_sq = delta * delta
+    weights = (delta, delta * delta, baseline_loss)
     binnings = [bin_feature(name, features[:, j], bins, rng) for j, name in enumerate(names)]
+    joints: dict[tuple[str, str], np.ndarray] = {}
+    marginals: dict[str, np.ndarray] = {}
+    for first, second in zip(binnings[0::2], binnings[1::2]):
+        joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
+        marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
+    if len(binnings) % 2:
+        marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
+
     stats: list[SliceStat] = []
     strongest: dict[str, float] = {}
+
+    def add(sums: SliceSums, feature: str | None = None) -> None:
+        stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
+        if stat is not None:
+            stats.append(stat)
+            if feature is not None:
+                strongest[feature] = min(strongest.get(feature, 1.0), stat.p_value)
+
     for binning in binnings:
-        for sums in feature_slices(binning, delta, delta_sq, baseline_loss):
-            stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
-            if stat is not None:
-                stats.append(stat)
-                strongest[binning.feature] = min(strongest.get(binning.feature, 1.0), stat.p_value)
-    top = sorted(strongest, key=strongest.get)[:pairs]
+        for sums in feature_slices(binning, marginals[binning.feature]):
+            add(sums, binning.feature)
+    top = set(sorted(strongest, key=strongest.get)[:pairs])
     chosen = [b for b in binnings if b.feature in top]
     for a in range(len(chosen)):
         for c in range(a + 1, len(chosen)):
-            for sums in pair_slices(chosen[a], chosen[c], delta, delta_sq, baseline_loss):
-                stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
-                if stat is not None:
-                    stats.append(stat)
+            first, second = chosen[a], chosen[c]
+            joint = joints.get((first.feature, second.feature))
+            if joint is None:
+                joint = joint_sums(first, second, weights)
+            for sums in pair_slices(first, second, joint):
+                add(sums)
     return holm(stats)
-

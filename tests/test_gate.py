@@ -25,8 +25,10 @@ def test_night_negative_candidate_is_blocked_with_exit_1(project, power, cli):
     assert contract["status"] == "fail"
     assert "below min 0" in contract["summary"]
     assert contract["details"]["violations"]["below min 0"] > 100
-    example = contract["details"]["examples"][0]
-    assert example["prediction"] < 0 and example["features"]["irradiance"] == 0.0
+    assert contract["details"]["introduced"] == contract["details"]["violations"]["below min 0"]
+    table = contract["details"]["table"]
+    first = dict(zip(table["columns"], table["rows"][0]))
+    assert first["candidate"] < 0 <= first["baseline"] and first["irradiance"] == 0.0
 
 
 def test_better_candidate_passes_with_a_minor_bump(project, power, cli):

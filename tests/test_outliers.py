@@ -236,3 +236,55 @@ def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
     assert "right to wrong" in flips.details["rule"]
     assert flips.details["fixed"] > flips.details["broke"]
     assert checks["outliers::slices"].status is Status.PASS
+
+
+# -- bad input: exit 2 with the key named, nothing written ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('[[outliers.slices]]\ncolumn = "bmi"\nbins = [0, 30, 60]\n', "column 'bmi' is not in the golden set"),
+        ('[[outliers.slices]]\ncolumn = "hour"\nbins = [0, 12, 6]\n', "bins must increase"),
+        ('[[outliers.slices]]\ncolumn = "hour"\nbins = "0-12"\n', "outliers.slices.0.bins"),
+        ('[[outliers.slices]]\ncolumn = "hour"\n', "exactly one of bins, categories or expr"),
+        ('[[outliers.slices]]\nexpr = "hour +"\n', "cannot evaluate expr"),
+        ('[[outliers.slices]]\nexpr = "hour * 2"\n', "does not give true/false"),
+        ("[outliers.domain]\nhour = { min = 20, max = 3 }\n", "greater than max"),
+        ("[outliers.domain]\ntemperature = { min = 500 }\n", "temperature: the range [500"),
+        ("[outliers.domain]\nhour = { values = [] }\n", "values is empty"),
+        ("[outliers.domain]\nwind = { min = 0, max = 3 }\n", "outliers.domain.wind is not one of [model] features"),
+        ('[outliers]\nmonotonic = [{ feature = "wind" }]\n', "monotonic feature 'wind'"),
+        ("[outliers]\nk_mad = -1\n", "outliers.k_mad"),
+    ],
+)
+def test_bad_stage_config_is_an_input_error(project, power, cli, extra, needle):
+    project.config(STAGES + extra)
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project.root / "r.json").exists()
+
+
+def test_nan_in_a_slicing_column_is_an_input_error(project, power, cli):
+    frame = pd.read_csv(power["golden"])
+    frame["site"] = np.where(np.arange(len(frame)) % 50 == 0, np.nan, 1.0)
+    frame.to_csv(project.root / "golden.csv", index=False)
+    project.config(STAGES + '[[outliers.slices]]\ncolumn = "site"\ncategories = [1]\n', golden=project.root / "golden.csv")
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2
+    assert "column 'site' has 60 NaN value(s)" in result.stderr
+    assert not (project.root / "r.json").exists()
+
+
+def test_slice_smaller_than_the_minimum_is_an_explicit_skip(project, power):
+    project.config(STAGES + '[[outliers.slices]]\nname = "tiny"\nexpr = "hour == 3 and day_of_year < 20"\n')
+    check = by_name(gate.check(candidate=str(power["better"]), baseline=str(power["v1"])))["outliers::slice:tiny"]
+    assert check.status is Status.SKIP and "minimum 30 rows" in check.summary
+
+
+def test_search_disabled_is_a_skip_not_a_pass(project, power):
+    project.config(STAGES + "[outliers.search]\nenabled = false\n")
+    check = by_name(gate.check(candidate=str(power["night"]), baseline=str(power["v1"])))["outliers::search:contract"]
+    assert check.status is Status.SKIP
