@@ -104,5 +104,39 @@ def note(report_path: Path, templates: Path | None) -> None:
     click.echo(render.render_markdown(load_report(report_path), templates_dir=templates), nl=False)
 
 
+@main.group()
+def data() -> None:
+    """Data-validation helpers (Great Expectations)."""
+
+
+@data.command("profile")
+@click.option("--reference", required=True, help="Dataset to profile (.csv, .parquet, or a SQL table as URL#table).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Where to write the GX suite JSON.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Take margins from [data.profile] of this config.")
+@click.option("--name", help="Suite name (default: the reference's file name).")
+def profile(reference: str, out_path: Path, config_path: Path | None, name: str | None) -> None:
+    """Profile a reference dataset into a GX expectation suite to review and commit."""
+    from .config import ProfileSpec
+    from .data import read_table
+    from .report import write_atomic
+    from .validation import profile as profile_frame
+
+    spec = ProfileSpec()
+    if config_path is not None:
+        from .config import load_config
+
+        spec = load_config(config_path).data.profile
+    frame = read_table(reference)
+    suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference)
+    suite.gx_suite()  # the profile must be a suite GX accepts
+    try:
+        write_atomic(out_path, suite.to_json())
+    except OSError as error:
+        from .errors import InputError
+
+        raise InputError(f"cannot write {out_path}: {error.strerror or error}") from None
+    click.echo(f"wrote {len(suite.expectations)} expectations for {len(frame.columns)} columns to {out_path}")
+
+
 if __name__ == "__main__":
     main()

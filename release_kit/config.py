@@ -81,9 +81,40 @@ class ModelSource(_Strict):
         return version
 
 
+class ProfileSpec(_Strict):
+    """How a reference dataset becomes an expectation suite."""
+
+    # Numeric ranges widen by this share of the observed range on each side.
+    range_margin: float = Field(default=0.1, ge=0)
+    # A column may have this much more null share than the reference had (absolute).
+    null_margin: float = Field(default=0.0, ge=0, le=1)
+    # Columns with at most this many distinct values (and not floats) get a category-set expectation.
+    max_categories: int = Field(default=20, ge=1)
+    min_rows: int = Field(default=1, ge=1)
+
+
+class DriftSpec(_Strict):
+    """Per-feature drift of the golden set from the reference: PSI for size, KS / chi-square for evidence."""
+
+    psi: float = Field(default=0.1, gt=0)  # a feature drifts when PSI ≥ this and its test is significant
+    alpha: float = Field(default=0.01, gt=0, lt=1)  # Holm over the features tested
+    action: Literal["warn", "fail"] = "warn"
+    bins: int = Field(default=10, ge=2, le=50)
+    # Two-sample tests compare at most this many rows per side (sampled); PSI always uses every row.
+    test_rows: int = Field(default=200_000, ge=1_000)
+
+
 class DataSpec(_Strict):
+    """Data sources are files (.csv, .parquet) or SQL tables written ``URL#table``."""
+
     golden: str | None = None
     reference: str | None = None
+    # The candidate's training data: validated against the same suites when set.
+    training: str | None = None
+    # A directory of GX expectation-suite JSON files, or one file.
+    suites: str = "checks/expectations"
+    profile: ProfileSpec = ProfileSpec()
+    drift: DriftSpec = DriftSpec()
 
 
 Tolerance = Annotated[float | str, Field(union_mode="left_to_right")]
@@ -350,6 +381,8 @@ def _read_toml(path: Path) -> dict:
 
 def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(value: str | None) -> str | None:
+        if value is not None and value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            return "sqlite:///" + str((base / value.removeprefix("sqlite:///")).resolve())
         if value is None or "://" in value or value.startswith(("models:/", "runs:/")):
             return value
         return str((base / value).resolve()) if not Path(value).is_absolute() else value
@@ -358,7 +391,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={
             "candidate": config.candidate.model_copy(update={"path": resolve(config.candidate.path)}),
             "baseline": config.baseline.model_copy(update={"path": resolve(config.baseline.path)}),
-            "data": DataSpec(golden=resolve(config.data.golden), reference=resolve(config.data.reference)),
+            "data": config.data.model_copy(
+                update={
+                    "golden": resolve(config.data.golden),
+                    "reference": resolve(config.data.reference),
+                    "training": resolve(config.data.training),
+                    "suites": resolve(config.data.suites),
+                }
+            ),
             "checks": (
                 ChecksSpec(paths=[resolve(p) for p in config.checks.paths])
                 if "paths" in config.checks.model_fields_set

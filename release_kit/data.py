@@ -20,7 +20,7 @@ SUFFIXES = (".csv", ".parquet", ".pq")
 
 @dataclass(frozen=True)
 class GoldenSet:
-    path: Path
+    path: Path | str  # a file, or a SQL source "URL#table"
     frame: pd.DataFrame
     features: np.ndarray  # float32 (N, F), columns in the model's feature order
     target: np.ndarray  # float64 for regression, int64 class ids for classification
@@ -41,9 +41,49 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def is_sql(source: str | Path) -> bool:
+    return "://" in str(source)
+
+
+def split_sql(source: str) -> tuple[str, str]:
+    """``sqlite:///data/golden.db#golden`` → (connection URL, table)."""
+    url, _, table = str(source).rpartition("#")
+    if not url or not table:
+        raise InputError(f"SQL data source {source!r} needs a table: write it as URL#table")
+    return url, table
+
+
+def _read_sql(source: str) -> pd.DataFrame:
+    import pandas as pd
+    import sqlalchemy
+
+    url, table = split_sql(source)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise InputError(f"SQLite database not found: {url.removeprefix('sqlite:///')}")
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            return pd.read_sql_table(table, connection)
+    except ValueError as error:  # pandas: table not found
+        raise InputError(f"{source}: {error}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        raise InputError(f"{source}: cannot read SQL table: {str(error).splitlines()[0]}") from None
+
+
+def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
+    """Content hash of a file; for a SQL table (no file to hash), a hash of the rows as read."""
+    if not is_sql(source):
+        return file_sha256(Path(source))
     import pandas as pd
 
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    import pandas as pd
+
+    if is_sql(path):
+        return _read_sql(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
@@ -65,11 +105,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise
 
 
-def load_golden(path: Path, spec: ModelSpec) -> GoldenSet:
+def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
     import numpy as np
     import pandas as pd
 
-    path = Path(path)
+    path = path if is_sql(path) else Path(path)
     frame = read_table(path)
     if frame.empty:
         raise InputError(f"{path}: the golden set has no rows")
@@ -90,7 +130,7 @@ def load_golden(path: Path, spec: ModelSpec) -> GoldenSet:
         )
 
     target = _target(frame[spec.target], path, spec)
-    return GoldenSet(path=path, frame=frame, features=features, target=target, sha256=file_sha256(path))
+    return GoldenSet(path=path, frame=frame, features=features, target=target, sha256=fingerprint(path, frame))
 
 
 def _target(column: pd.Series, path: Path, spec: ModelSpec) -> np.ndarray:

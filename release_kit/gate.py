@@ -89,7 +89,7 @@ def prepare(
     if baseline_version is not None and not _is_semver(baseline_version):
         raise InputError(f"--baseline-version {baseline_version!r} is not a semantic version like 1.2.3")
 
-    golden = load_golden(Path(golden_source), spec)
+    golden = load_golden(golden_source, spec)
     uri = tracking_uri(config, project_dir) if config.mlflow.enabled else None
     candidate_model = load_model(
         "candidate", candidate_source, spec, factory=config.candidate.factory,

@@ -126,13 +126,10 @@ def slice_stat(sums: SliceSums, tolerance: tuple[float, bool], confidence: float
 
 
 def holm(stats: list[SliceStat]) -> list[SliceStat]:
-    """Holm–Bonferroni adjusted p-values (valid under any dependence between overlapping slices)."""
-    order = sorted(range(len(stats)), key=lambda i: stats[i].p_value)
-    adjusted = [1.0] * len(stats)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(stats) - rank) * stats[index].p_value))
-        adjusted[index] = running
+    """The slices with Holm-adjusted p-values."""
+    from .multiple_testing import holm_adjust
+
+    adjusted = holm_adjust([stat.p_value for stat in stats])
     return [replace(stat, p_adjusted=value) for stat, value in zip(stats, adjusted)]
 
 

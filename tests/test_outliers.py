@@ -185,7 +185,7 @@ def test_markdown_has_the_histogram_and_failing_slices(project, power, cli):
     project.config(STAGES)
     result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--format", "markdown")
     assert result.exit_code == 1
-    assert "```mermaid\nxychart-beta" in result.stdout
+    assert "```mermaid\nxychart-beta" in result.stdout and "y-axis \"rows\"" in result.stdout
     assert "outliers::slices: regressed slices" in result.stdout
     assert "| slice | n |" in result.stdout
 

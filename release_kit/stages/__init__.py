@@ -18,6 +18,7 @@ from ..report import CheckResult
 BUILTIN = {
     "quality": "release_kit.stages.quality",
     "outliers": "release_kit.stages.outliers",
+    "data": "release_kit.stages.data",
 }
 
 

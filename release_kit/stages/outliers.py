@@ -92,7 +92,7 @@ def newly_broken(gate: GateContext) -> CheckResult:
         "broke": n_broke,
         "fixed": n_fixed,
         "rule": rule,
-        "histogram": _histogram(delta, "paired loss change per row (candidate − baseline)"),
+        "chart": _histogram(delta, "paired loss change per row (candidate − baseline)"),
     }
     if n_broke:
         details["table"] = example_rows(gate, worst, f"top {len(worst)} newly broken rows")
@@ -137,13 +137,13 @@ def prediction_shift(gate: GateContext) -> CheckResult:
 def _histogram(values: np.ndarray, title: str) -> dict:
     finite = values[np.isfinite(values) & (values != 0)]
     if len(finite) == 0:
-        return {"title": title, "labels": ["0"], "counts": [int(np.isfinite(values).sum())]}
+        return {"title": title, "labels": ["0"], "values": [int(np.isfinite(values).sum())], "y_label": "rows"}
     low, high = np.quantile(finite, [0.005, 0.995])
     if low == high:
         low, high = low - 0.5, high + 0.5
     counts, edges = np.histogram(np.clip(finite, low, high), bins=HISTOGRAM_BINS, range=(low, high))
     centres = (edges[:-1] + edges[1:]) / 2
-    return {"title": title, "labels": [f"{c:+.2g}" for c in centres], "counts": [int(c) for c in counts]}
+    return {"title": title, "labels": [f"{c:+.2g}" for c in centres], "values": [int(c) for c in counts], "y_label": "rows"}
 
 
 # -- slices --------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""Data-validation stage: the golden set (and the training data, when configured) against Great
+Expectations suites, and drift of the golden set from the reference.
+
+Suites are GX JSON files under ``[data] suites``; with none there, the reference is profiled into one.
+Each expectation is a check: met → pass, not met → fail (with unexpected and missing counts, and
+examples), not evaluable (a missing column) → error. Never a silent pass.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import InputError
+from ..report import CheckResult, Status
+from . import StageCheck
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..gate import GateContext
+    from ..validation import ExpectationOutcome, Suite
+
+NAME = "data"
+
+
+class _Once:
+    """Runs a validation the first time one of its expectations' checks asks, then remembers it."""
+
+    def __init__(self, run: Callable[[], list]):
+        self._run, self._value = run, None
+
+    def __call__(self) -> list:
+        if self._value is None:
+            self._value = self._run()
+        return self._value
+
+
+def checks(gate: GateContext) -> list[StageCheck]:
+    from ..data import read_table
+    from ..validation import load_suites, profile, validate
+
+    spec = gate.config.data
+    reference = read_table(spec.reference) if spec.reference else None
+    suites = load_suites(Path(spec.suites))
+    if not suites and reference is not None:
+        suites = [profile(reference, spec.profile, name=f"profile of {_source_name(spec.reference)}", source=spec.reference)]
+    for suite in suites:
+        suite.gx_suite()  # a configuration GX refuses is bad input: exit 2 before anything runs
+
+    datasets: list[tuple[str, Any, pd.DataFrame]] = [("golden", gate.golden.path, gate.golden.frame)]
+    if spec.training:
+        datasets.append(("training", spec.training, read_table(spec.training)))
+    found: list[StageCheck] = []
+    if not suites:
+        reason = f"no expectation suite under {spec.suites} and no [data] reference to profile"
+        found.append(StageCheck("suite", lambda: CheckResult(NAME, "suite", Status.SKIP, reason)))
+    for dataset, source, frame in datasets:
+        for suite in suites:
+            run = _Once(partial(validate, source, frame, suite))
+            names = _check_names(dataset, suite, several=len(suites) > 1)
+            found += [StageCheck(name, partial(expectation_check, run, index, name)) for index, name in enumerate(names)]
+    if reference is not None:
+        found.append(StageCheck("drift", partial(drift_check, gate, reference)))
+    return found
+
+
+def _source_name(source: str) -> str:
+    return source.rpartition("#")[2] if "://" in source else Path(source).name
+
+
+def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
+    prefix = f"{dataset}:{suite.name}" if several else dataset
+    names, seen = [], {}
+    for expectation in suite.expectations:
+        target = expectation.get("kwargs", {}).get("column", "table")
+        name = f"{prefix}/{target}:{expectation['type'].removeprefix('expect_')}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+def expectation_check(run: _Once, index: int, name: str) -> CheckResult:
+    outcome = run()[index]
+    described = describe(outcome)
+    if outcome.error:
+        return CheckResult(NAME, name, Status.ERROR, f"{described}: cannot evaluate: {outcome.error.splitlines()[0]}")
+    details = {k: outcome.result[k] for k in ("element_count", "unexpected_count", "unexpected_percent", "missing_count", "observed_value") if k in outcome.result}
+    if outcome.success:
+        return CheckResult(NAME, name, Status.PASS, f"{described}: met", details=details)
+    details["examples"] = outcome.result.get("partial_unexpected_list", [])
+    return CheckResult(NAME, name, Status.FAIL, f"{described}: {_failure(outcome)}", details=details)
+
+
+def describe(outcome: ExpectationOutcome) -> str:
+    kwargs, column = outcome.kwargs, outcome.column
+    short = outcome.type.removeprefix("expect_")
+    if short == "table_row_count_to_be_between":
+        return f"rows ≥ {kwargs.get('min_value')}" + (f" and ≤ {kwargs['max_value']}" if kwargs.get("max_value") is not None else "")
+    if short == "table_columns_to_match_ordered_list":
+        return f"columns are {', '.join(kwargs.get('column_list', []))} in this order"
+    if short == "column_values_to_be_between":
+        return f"{column} within [{_num(kwargs.get('min_value'))}, {_num(kwargs.get('max_value'))}]"
+    if short == "column_values_to_not_be_null":
+        mostly = kwargs.get("mostly")
+        return f"{column} not null" + (f" in at least {mostly:.2%} of rows" if mostly is not None else "")
+    if short == "column_values_to_be_in_set":
+        values = kwargs.get("value_set", [])
+        shown = ", ".join(map(str, values[:8])) + (", …" if len(values) > 8 else "")
+        return f"{column} in {{{shown}}}"
+    if short == "column_values_to_be_in_type_list":
+        types = kwargs.get("type_list", [])
+        kind = "numeric" if "float64" in types else "text" if "object" in types else "/".join(types)
+        return f"{column} is {kind}"
+    return f"{column or 'table'}: {short}"
+
+
+def _failure(outcome: ExpectationOutcome) -> str:
+    result = outcome.result
+    if "unexpected_count" in result:
+        unexpected, total = result.get("unexpected_count") or 0, result.get("element_count") or 0
+        missing = result.get("missing_count")
+        if outcome.type == "expect_column_values_to_not_be_null":
+            return f"{unexpected} of {total} values are null ({unexpected / max(total, 1):.2%})"
+        examples = ", ".join(map(str, result.get("partial_unexpected_list", [])[:5]))
+        text = f"{unexpected} of {total} values unexpected ({(result.get('unexpected_percent') or 0):.2f}% of non-null)"
+        text += f", e.g. {examples}" if examples else ""
+        return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
+    return f"observed {result.get('observed_value')!r}"
+
+
+def _num(value) -> str:
+    return "−∞" if value is None else f"{value:.4g}"
+
+
+def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
+    import numpy as np
+
+    from ..drift import drift
+
+    spec = gate.config.data.drift
+    features = gate.config.model.features
+    missing = [f for f in features if f not in reference.columns]
+    if missing:
+        return CheckResult(NAME, "drift", Status.ERROR, f"the reference lacks feature column(s) {', '.join(missing)}")
+    numeric = [f for f in features if np.issubdtype(reference[f].dtype, np.number)]
+    if len(numeric) < len(features):
+        skipped = sorted(set(features) - set(numeric))
+        return CheckResult(NAME, "drift", Status.ERROR, f"reference feature column(s) {', '.join(skipped)} are not numeric")
+    results = drift(
+        {f: reference[f].dropna().to_numpy(dtype=float) for f in features},
+        {f: gate.golden.features[:, i].astype(float) for i, f in enumerate(features)},
+        psi_threshold=spec.psi, alpha=spec.alpha, bins=spec.bins, test_rows=spec.test_rows, seed=gate.config.quality.seed,
+    )
+    drifted = [r for r in results if r.drifted]
+    table = {
+        "title": "drift per feature",
+        "columns": ["feature", "test", "PSI", "statistic", "p (Holm)", "drifted"],
+        "rows": [[r.feature, r.test, r.psi, r.statistic, r.p_adjusted, "yes" if r.drifted else "no"] for r in results],
+    }
+    chart = {"title": "PSI per feature (golden vs reference)", "labels": [r.feature for r in results],
+             "values": [round(r.psi, 4) for r in results], "y_label": "PSI"}
+    details = {"table": table, "chart": chart, "drifted": [r.feature for r in drifted]}
+    if drifted:
+        names = ", ".join(f"{r.feature} (PSI {r.psi:.2f})" for r in drifted)
+        status = Status.FAIL if spec.action == "fail" else Status.WARN
+        return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} features drifted from the reference: {names}", details=details)
+    worst = max(results, key=lambda r: r.psi)
+    return CheckResult(
+        NAME, "drift", Status.PASS,
+        f"no feature drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
+        details=details,
+    )

@@ -1,0 +1,189 @@
+"""Great Expectations (1.x) for the data-validation stage: profile a reference into a suite, load suites
+from GX's own JSON, and validate a dataset (pandas or a SQL table) against them.
+
+GX is imported only here, and only when the data stage runs: its import alone takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .config import ProfileSpec
+
+# GX sends usage statistics by default; a release gate in CI must not phone home.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+UNEXPECTED_EXAMPLES = 5
+NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64", "Float64"]
+TEXT_TYPES = ["object", "str", "string", "category"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An expectation suite as GX JSON (``{"name": ..., "expectations": [{"type", "kwargs"}, ...]}``)."""
+
+    name: str
+    expectations: list[dict[str, Any]]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "expectations": self.expectations, "meta": self.meta}, indent=2) + "\n"
+
+    def gx_suite(self):
+        """The real GX object; a configuration GX refuses is an InputError naming the suite."""
+        import great_expectations as gx
+
+        try:
+            suite = gx.ExpectationSuite(name=self.name, expectations=[dict(e) for e in self.expectations])
+        except Exception as error:  # GX raises pydantic and its own errors for a bad configuration
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{self.source}: invalid expectation suite: {first}") from None
+        # GX logs an unknown expectation type and drops it rather than raising: a silently smaller suite.
+        kept = {e.expectation_type for e in suite.expectations}
+        dropped = [e["type"] for e in self.expectations if e["type"] not in kept]
+        if dropped:
+            raise InputError(f"{self.source}: invalid expectation suite: unknown expectation type {dropped[0]!r}")
+        return suite
+
+
+def load_suites(location: Path) -> list[Suite]:
+    """Every ``*.json`` suite in a directory (sorted), or the one file named."""
+    files = sorted(location.glob("*.json")) if location.is_dir() else [location] if location.exists() else []
+    return [_load_suite(path) for path in files]
+
+
+def _load_suite(path: Path) -> Suite:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read expectation suite: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+        raise InputError(f"{path}: not a GX expectation suite (needs an 'expectations' list)")
+    for index, expectation in enumerate(data["expectations"]):
+        if not isinstance(expectation, dict) or "type" not in expectation:
+            raise InputError(f"{path}: expectation {index} has no 'type'")
+    return Suite(str(data.get("name") or path.stem), data["expectations"], str(path), data.get("meta") or {})
+
+
+def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str) -> Suite:
+    """A suite describing ``frame``: columns and order, types, null share, ranges, category sets, rows."""
+    import pandas as pd
+
+    expectations: list[dict[str, Any]] = [
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": spec.min_rows}},
+        {"type": "expect_table_columns_to_match_ordered_list", "kwargs": {"column_list": list(map(str, frame.columns))}},
+    ]
+    for column in frame.columns:
+        values = frame[column]
+        column = str(column)
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        types = NUMERIC_TYPES if numeric else ["bool"] if pd.api.types.is_bool_dtype(values) else TEXT_TYPES
+        expectations.append({"type": "expect_column_values_to_be_in_type_list", "kwargs": {"column": column, "type_list": types}})
+        allowed_nulls = float(values.isna().mean()) + spec.null_margin
+        not_null = {"column": column}
+        if allowed_nulls > 0:
+            not_null["mostly"] = max(0.0, round(1.0 - allowed_nulls, 6))
+        expectations.append({"type": "expect_column_values_to_not_be_null", "kwargs": not_null})
+        present = values.dropna()
+        if present.empty:
+            continue
+        distinct = present.unique()
+        whole = not numeric or pd.api.types.is_integer_dtype(values) or bool((present == present.round()).all())
+        if whole and len(distinct) <= spec.max_categories:
+            value_set = sorted(_plain(v) for v in distinct)
+            expectations.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": value_set}})
+        elif numeric:
+            low, high = float(present.min()), float(present.max())
+            margin = spec.range_margin * (high - low)
+            expectations.append({
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": column, "min_value": low - margin, "max_value": high + margin},
+            })
+    return Suite(name, expectations, source, {"profiled_from": source, "rows": len(frame)})
+
+
+def _plain(value):
+    """numpy scalars → Python values GX can serialise."""
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    type: str
+    kwargs: dict[str, Any]
+    success: bool
+    result: dict[str, Any]
+    error: str | None  # GX could not evaluate it (a missing column, say)
+
+    @property
+    def column(self) -> str | None:
+        return self.kwargs.get("column")
+
+
+def validate(source: str | Path, frame: pd.DataFrame | None, suite: Suite) -> list[ExpectationOutcome]:
+    """Run ``suite`` on a pandas frame, or (for ``URL#table`` sources) through GX's SQL datasource.
+
+    Outcomes come back in the suite's order, one per expectation.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from .data import is_sql, split_sql
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if is_sql(source):
+        url, table = split_sql(str(source))
+        datasource = (
+            context.data_sources.add_sqlite("release-kit", connection_string=url)
+            if url.startswith("sqlite")
+            else context.data_sources.add_sql("release-kit", connection_string=url)
+        )
+        batch = datasource.add_table_asset("data", table_name=table).add_batch_definition_whole_table("all").get_batch()
+    else:
+        asset = context.data_sources.add_pandas("release-kit").add_dataframe_asset("data")
+        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
+    gx_suite = suite.gx_suite()
+    result = batch.validate(
+        gx_suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": UNEXPECTED_EXAMPLES}
+    )
+    # Results come back in GX's own order, and expectations of a suite outside a GX context carry no id:
+    # match each expectation to its result by type and arguments (GX adds the batch id to the latter).
+    pending = list(result.results)
+    outcomes = []
+    for expectation in gx_suite.expectations:
+        config = expectation.configuration
+        found = next(r for r in pending if r.expectation_config.type == config.type and _same_kwargs(r.expectation_config.kwargs, config.kwargs))
+        pending.remove(found)
+        outcomes.append(
+            ExpectationOutcome(config.type, dict(config.kwargs), bool(found.success), dict(found.result or {}), _exception(found.exception_info))
+        )
+    return outcomes
+
+
+def _same_kwargs(returned: dict, configured: dict) -> bool:
+    return {k: v for k, v in returned.items() if k != "batch_id"} == dict(configured)
+
+
+def _exception(info: Any) -> str | None:
+    """GX 1.x reports a failure to evaluate in two shapes: flat ``{"raised_exception": True,
+    "exception_message": ...}``, or nested per metric ``{metric_id: {"raised_exception": ...}}``."""
+    if not isinstance(info, dict):
+        return None
+    if "raised_exception" in info:
+        return (info.get("exception_message") or "GX raised an exception") if info.get("raised_exception") else None
+    for nested in info.values():
+        message = _exception(nested)
+        if message:
+            return message
+    return None

@@ -1,0 +1,217 @@
+"""The data-validation stage with real Great Expectations runs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from release_kit import gate
+from release_kit.report import Status
+
+DATA = '[gate]\nstages = ["data"]\n'
+
+
+def data_checks(report) -> dict:
+    return {c.name: c for c in report.checks if c.stage == "data"}
+
+
+@pytest.fixture
+def with_reference(project, power):
+    def configure(data_keys: str = "", golden=None, reference=None, extra: str = "") -> None:
+        """``data_keys`` go into [data] (next to the reference); ``extra`` is appended as more tables."""
+        project.config(f"{DATA}\n{extra}", golden=golden)
+        text = (project.root / "release-kit.toml").read_text()
+        ref = reference or power["train"]
+        (project.root / "release-kit.toml").write_text(text.replace("[data]\n", f'[data]\nreference = "{ref}"\n{data_keys}', 1))
+
+    return configure
+
+
+def test_clean_golden_passes_against_a_profile_of_the_training_data(with_reference, power):
+    with_reference()
+    report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
+    checks = data_checks(report)
+    assert len(checks) == 21  # 20 profiled expectations + drift
+    assert all(c.status is Status.PASS for c in checks.values()), [c.summary for c in checks.values() if c.status is not Status.PASS]
+    assert "no feature drifted" in checks["drift"].summary
+
+
+def test_injected_nulls_and_impossible_values_block_the_gate(project, with_reference, power):
+    """The issue's 'done when': training data with nulls and impossible values, against the clean profile."""
+    train = pd.read_csv(power["train"])
+    train.loc[:40, "cloud_cover"] = np.nan
+    train.loc[100:104, "temperature"] = 999.0
+    train.loc[200:202, "hour"] = 31
+    bad = project.root / "train-bad.csv"
+    train.to_csv(bad, index=False)
+    with_reference(f'training = "{bad}"\n')
+    report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
+    assert report.verdict.value == "block"
+    checks = data_checks(report)
+    nulls = checks["training/cloud_cover:column_values_to_not_be_null"]
+    assert nulls.status is Status.FAIL and "41 of 8000 values are null" in nulls.summary
+    temperature = checks["training/temperature:column_values_to_be_between"]
+    assert temperature.status is Status.FAIL and "5 of 8000 values unexpected" in temperature.summary
+    assert "999.0" in temperature.summary
+    cloud_range = checks["training/cloud_cover:column_values_to_be_between"]
+    assert cloud_range.status is Status.PASS  # nulls are missing, not unexpected
+    assert checks["training/hour:column_values_to_be_between"].status is Status.FAIL
+    assert checks["golden/hour:column_values_to_be_between"].status is Status.PASS
+
+
+def test_missing_counts_are_reported_apart_from_unexpected(project, with_reference, power):
+    train = pd.read_csv(power["train"])
+    train.loc[:9, "temperature"] = np.nan
+    train.loc[10:12, "temperature"] = -500.0
+    path = project.root / "train.csv"
+    train.to_csv(path, index=False)
+    with_reference(f'training = "{path}"\n')
+    check = data_checks(gate.check(candidate=str(power["better"])))["training/temperature:column_values_to_be_between"]
+    assert check.details["unexpected_count"] == 3 and check.details["missing_count"] == 10
+    assert "10 missing (not counted as unexpected)" in check.summary
+
+
+def test_empty_training_data_fails(project, with_reference, power):
+    path = project.root / "empty.csv"
+    pd.read_csv(power["train"]).iloc[:0].to_csv(path, index=False)
+    with_reference(f'training = "{path}"\n')
+    checks = data_checks(gate.check(candidate=str(power["better"])))
+    rows = checks["training/table:table_row_count_to_be_between"]
+    assert rows.status is Status.FAIL and "observed 0" in rows.summary
+
+
+def test_suite_columns_the_data_lacks_are_errors_not_failures(project, with_reference, power):
+    reference = pd.read_csv(power["train"]).assign(site=1.5)
+    path = project.root / "reference.csv"
+    reference.to_csv(path, index=False)
+    with_reference(reference=path)
+    report = gate.check(candidate=str(power["better"]))
+    checks = data_checks(report)
+    site = checks["golden/site:column_values_to_be_between"]
+    assert site.status is Status.ERROR
+    assert 'column "site"' in site.summary and "does not exist" in site.summary
+    assert checks["golden/table:table_columns_to_match_ordered_list"].status is Status.FAIL
+    assert report.verdict.value == "block"
+
+
+def test_wrong_dtype(project, with_reference, power):
+    reference = pd.read_csv(power["train"]).assign(site=1.0)
+    golden = pd.read_csv(power["golden"]).assign(site="roof")
+    reference.to_csv(project.root / "reference.csv", index=False)
+    golden.to_csv(project.root / "golden.csv", index=False)
+    with_reference(golden=project.root / "golden.csv", reference=project.root / "reference.csv")
+    check = data_checks(gate.check(candidate=str(power["better"])))["golden/site:column_values_to_be_in_type_list"]
+    assert check.status is Status.FAIL and "site is numeric" in check.summary
+
+
+def test_user_suites_in_checks_expectations(project, power, cli):
+    project.config(DATA)
+    project.write("checks/expectations/physics.json", json.dumps({
+        "name": "physics",
+        "expectations": [
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "power_kw", "min_value": 0, "max_value": 5.5}},
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "irradiance", "min_value": 0, "max_value": 100}},
+        ],
+    }))
+    result = cli("check", "--candidate", power["better"], "--format", "json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["stage"] == "data"}
+    assert checks["golden/power_kw:column_values_to_be_between"]["status"] == "pass"
+    assert checks["golden/irradiance:column_values_to_be_between"]["status"] == "fail"
+    assert "drift" not in checks  # no reference configured
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("suite", "needle"),
+    [
+        ("{not json", "cannot read expectation suite"),
+        ('{"name": "x"}', "needs an 'expectations' list"),
+        ('{"expectations": [{"type": "expect_the_unexpected", "kwargs": {}}]}', "invalid expectation suite"),
+        ('{"expectations": [{"type": "expect_column_values_to_be_between", "kwargs": {"colum": "a"}}]}', "invalid expectation suite"),
+    ],
+)
+def test_bad_suite_file_is_an_input_error(project, power, cli, suite, needle):
+    project.config(DATA)
+    project.write("checks/expectations/bad.json", suite)
+    result = cli("check", "--candidate", power["better"], "--report", "r.json")
+    assert result.exit_code == 2 and needle in result.stderr and "bad.json" in result.stderr
+    assert not (project.root / "r.json").exists()
+
+
+def test_no_suite_and_no_reference_is_an_explicit_skip(project, power):
+    project.config(DATA)
+    checks = data_checks(gate.check(candidate=str(power["better"])))
+    assert [c.status for c in checks.values()] == [Status.SKIP]
+
+
+def test_drift_warns_by_default_and_fails_when_configured(project, with_reference, power):
+    golden = pd.read_csv(power["golden"])
+    golden["temperature"] += 8.0
+    golden.to_csv(project.root / "warm.csv", index=False)
+    with_reference(golden=project.root / "warm.csv")
+    drift = data_checks(gate.check(candidate=str(power["better"])))["drift"]
+    assert drift.status is Status.WARN and drift.details["drifted"] == ["temperature"]
+    assert "temperature (PSI" in drift.summary
+    with_reference(extra='[data.drift]\naction = "fail"\n', golden=project.root / "warm.csv")
+    assert data_checks(gate.check(candidate=str(power["better"])))["drift"].status is Status.FAIL
+
+
+def test_sql_table_sources_through_gx_sql_datasource(project, with_reference, power, cli):
+    database = project.root / "golden.db"
+    with sqlite3.connect(database) as connection:
+        pd.read_csv(power["golden"]).to_sql("golden", connection, index=False)
+        bad = pd.read_csv(power["train"])
+        bad.loc[:4, "irradiance"] = -500.0
+        bad.to_sql("training", connection, index=False)
+    with_reference('training = "sqlite:///golden.db#training"\n', golden="sqlite:///golden.db#golden")
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--format", "json")
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"] if c["stage"] == "data"}
+    assert checks["golden/irradiance:column_values_to_be_between"]["status"] == "pass"
+    assert checks["training/irradiance:column_values_to_be_between"]["status"] == "fail"
+    assert report["data"]["golden"]["path"].endswith("golden.db#golden")
+    assert len(report["data"]["golden"]["sha256"]) == 64
+
+
+def test_missing_sql_table_is_an_input_error(project, power, cli):
+    with sqlite3.connect(project.root / "g.db") as connection:
+        connection.execute("create table other (x int)")
+    result = cli("check", "--candidate", power["better"], "--data", "sqlite:///g.db#golden")
+    assert result.exit_code == 2 and "golden" in result.stderr
+
+
+def test_profile_command_writes_a_suite_the_gate_uses(project, power, cli):
+    result = cli("data", "profile", "--reference", power["train"], "--out", "checks/expectations/train.json")
+    assert result.exit_code == 0, result.output
+    suite = json.loads((project.root / "checks/expectations/train.json").read_text())
+    kinds = {e["type"] for e in suite["expectations"]}
+    assert {"expect_table_row_count_to_be_between", "expect_table_columns_to_match_ordered_list",
+            "expect_column_values_to_be_in_type_list", "expect_column_values_to_not_be_null",
+            "expect_column_values_to_be_between"} <= kinds
+    project.config(DATA)
+    assert all(c.status is Status.PASS for c in data_checks(gate.check(candidate=str(power["better"]))).values())
+
+
+def test_profile_command_bad_input(project, cli):
+    result = cli("data", "profile", "--reference", "nope.csv", "--out", "s.json")
+    assert result.exit_code == 2 and "nope.csv" in result.stderr
+    project.write("ref.csv", "a\n1\n")
+    (project.root / "blocked").write_text("a file where a directory should be")
+    result = cli("data", "profile", "--reference", "ref.csv", "--out", "blocked/s.json")
+    assert result.exit_code == 2 and "cannot write blocked/s.json" in result.stderr
+
+
+def test_great_expectations_is_not_imported_unless_the_stage_runs(project, power):
+    code = (
+        "import sys\nfrom release_kit import gate\n"
+        f"gate.check(candidate={str(power['better'])!r}, stages=['quality'])\n"
+        "print('great_expectations' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project.root, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
