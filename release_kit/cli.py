@@ -49,6 +49,7 @@ def main(debug: bool) -> None:
 @click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default from [gate] stages).")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models (runs arbitrary code from the file).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
+@click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
 def check(
     config_path: Path | None,
     candidate: str | None,
@@ -60,6 +61,7 @@ def check(
     stages: tuple[str, ...],
     allow_pickle: bool,
     no_mlflow: bool,
+    benchmark_json: Path | None,
 ) -> None:
     """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump."""
     from rich.console import Console
@@ -74,7 +76,7 @@ def check(
     err_console = Console(stderr=True)
     listener = render.ProgressListener(err_console)
     try:
-        report = gate.run(prepared, stages=list(stages) or None, listener=listener)
+        report = gate.run(prepared, stages=list(stages) or None, listener=listener, benchmark_json=benchmark_json)
     finally:
         listener.close()
     if config.mlflow.enabled and not no_mlflow:

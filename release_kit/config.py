@@ -237,6 +237,25 @@ class OutliersSpec(_Strict):
         return value
 
 
+class PerformanceSpec(_Strict):
+    """The performance stage: candidate and baseline timed in one process, interleaved, decided on intervals."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64], min_length=1)
+    threads: int = Field(default=1, ge=1)  # torch.set_num_threads on CPU while measuring (recorded)
+    rounds: int = Field(default=16, ge=4)  # A/B rounds, alternating which model goes first
+    round_seconds: float = Field(default=0.04, gt=0)  # time per model per round; sets the calls per round
+    warmup_seconds: float = Field(default=0.3, gt=0)
+    latency_budget: float = Field(default=0.10, ge=0)  # block when the ratio's lower bound > 1 + budget
+    memory_budget: float = Field(default=0.10, ge=0)
+    memory_slack_bytes: int = Field(default=1 << 20, ge=0)  # RSS moves in pages: ignore smaller changes
+    max_spread: float = Field(default=0.25, gt=0)  # IQR/median of round ratios above which it reruns
+    time_budget_seconds: float = Field(default=20.0, gt=0)  # per model pair, reruns included
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    resamples: int = Field(default=2000, ge=200)
+    seed: int = 0
+
+
 class ChecksSpec(_Strict):
     """Where user checks live. The default ``checks`` (next to the config) may be absent; a path set
     explicitly must exist."""
@@ -275,6 +294,7 @@ class Config(_Strict):
     checks: ChecksSpec = ChecksSpec()
     gate: GateSpec = GateSpec()
     outliers: OutliersSpec = OutliersSpec()
+    performance: PerformanceSpec = PerformanceSpec()
     mlflow: MlflowSpec = MlflowSpec()
     release: ReleaseSpec = ReleaseSpec()
 

@@ -191,7 +191,7 @@ class GatePlugin:
     def _user_outcome(self, item: pytest.Item, call: pytest.CallInfo, report) -> None:
         nodeid = item.nodeid
         name = _user_check_name(item)
-        metrics = tuple(self._recorded.get(nodeid, ()))
+        metrics = tuple(self._recorded.get(nodeid, ())) + _benchmark_metrics(item)
         previous = self.results.get(nodeid)
         if call.when == "setup":
             if report.failed:
@@ -225,6 +225,17 @@ class GatePlugin:
 
     def ordered_results(self) -> list[CheckResult]:
         return [self.results[nodeid] for nodeid in self._order]
+
+
+def _benchmark_metrics(item: pytest.Item) -> tuple[MetricDiff, ...]:
+    """A user check that used pytest-benchmark's ``benchmark`` fixture: its timing statistics (seconds)."""
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    stats = getattr(getattr(fixture, "stats", None), "stats", None)
+    if stats is None:
+        return ()
+    return tuple(
+        MetricDiff(f"benchmark_{name}_s", float(getattr(stats, name))) for name in ("median", "mean", "stddev", "min", "max")
+    )
 
 
 def _doc_line(item: pytest.Item) -> str:
@@ -281,6 +292,7 @@ def run_checks(
     *,
     rootdir: Path,
     listener: Listener | None = None,
+    benchmark_json: Path | None = None,
 ) -> list[CheckResult]:
     """Run the built-in stages and user checks through pytest in this process; return every result.
 
@@ -300,6 +312,9 @@ def run_checks(
         "--continue-on-collection-errors",
         "-q",
         *([] if user_paths else ["--noconftest"]),
+        # pytest-benchmark's `benchmark` fixture for user checks, when performance is being judged.
+        *(["-p", "pytest_benchmark.plugin"] if "performance" in stages or benchmark_json else []),
+        *([f"--benchmark-json={benchmark_json}"] if benchmark_json else []),
         *[str(path) for path in user_paths],
     ]
     output = io.StringIO()

@@ -129,7 +129,9 @@ def _is_semver(version: str) -> bool:
     return semver.Version.is_valid(version)
 
 
-def run(gate: GateContext, *, stages: list[str] | None = None, listener: Listener | None = None) -> Report:
+def run(
+    gate: GateContext, *, stages: list[str] | None = None, listener: Listener | None = None, benchmark_json: Path | None = None
+) -> Report:
     """Run the stages and user checks, decide the verdict and version, and build the report."""
     from .engine import run_checks
     from .versioning import decide
@@ -137,7 +139,7 @@ def run(gate: GateContext, *, stages: list[str] | None = None, listener: Listene
     config = gate.config
     stages = stages or config.gate.stages
     user_paths = _user_check_paths(config, gate.project_dir)
-    results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener)
+    results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener, benchmark_json=benchmark_json)
     decision = decide(
         config,
         results,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import InputError
 from ..report import CheckResult
@@ -19,6 +19,7 @@ BUILTIN = {
     "quality": "release_kit.stages.quality",
     "outliers": "release_kit.stages.outliers",
     "data": "release_kit.stages.data",
+    "performance": "release_kit.stages.performance",
 }
 
 
@@ -26,6 +27,18 @@ BUILTIN = {
 class StageCheck:
     name: str
     run: Callable[[], CheckResult]
+
+
+class Once:
+    """A computation several checks share (one validation, one measurement): run on first use, then kept."""
+
+    def __init__(self, run: Callable[[], Any]):
+        self._run, self._done, self._value = run, False, None
+
+    def __call__(self) -> Any:
+        if not self._done:
+            self._value, self._done = self._run(), True
+        return self._value
 
 
 def load_stage(name: str) -> ModuleType:

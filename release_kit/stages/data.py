@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..report import CheckResult, Status
-from . import StageCheck
+from . import Once, StageCheck
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,18 +23,6 @@ if TYPE_CHECKING:
     from ..validation import ExpectationOutcome, Suite
 
 NAME = "data"
-
-
-class _Once:
-    """Runs a validation the first time one of its expectations' checks asks, then remembers it."""
-
-    def __init__(self, run: Callable[[], list]):
-        self._run, self._value = run, None
-
-    def __call__(self) -> list:
-        if self._value is None:
-            self._value = self._run()
-        return self._value
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
@@ -58,7 +46,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
         found.append(StageCheck("suite", lambda: CheckResult(NAME, "suite", Status.SKIP, reason)))
     for dataset, source, frame in datasets:
         for suite in suites:
-            run = _Once(partial(validate, source, frame, suite))
+            run = Once(partial(validate, source, frame, suite))
             names = _check_names(dataset, suite, several=len(suites) > 1)
             found += [StageCheck(name, partial(expectation_check, run, index, name)) for index, name in enumerate(names)]
     if reference is not None:
@@ -81,7 +69,7 @@ def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
     return names
 
 
-def expectation_check(run: _Once, index: int, name: str) -> CheckResult:
+def expectation_check(run: Once, index: int, name: str) -> CheckResult:
     outcome = run()[index]
     described = describe(outcome)
     if outcome.error:

@@ -1,0 +1,223 @@
+"""Performance stage: latency, throughput and peak memory of candidate vs baseline, measured in this
+process on the same seeded inputs, interleaved (A B / B A rounds), decided on bootstrap intervals.
+
+A latency check fails only when the interval's lower bound of candidate/baseline exceeds
+1 + ``latency_budget``; noisy rounds (IQR/median of the per-round ratios above ``max_spread``) are rerun
+within the time budget and reported as inconclusive (a warning) if still noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import InputError
+from ..report import CheckResult, MetricDiff, Status
+from . import Once, StageCheck
+
+if TYPE_CHECKING:
+    from ..gate import GateContext
+    from ..models import LoadedModel
+    from ..timing import Measurement
+
+NAME = "performance"
+
+
+def checks(gate: GateContext) -> list[StageCheck]:
+    import torch
+
+    spec = gate.config.performance
+    device = spec.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("[performance] device = \"cuda\", but no CUDA device is available (torch.cuda.is_available() is False)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if gate.baseline is None:
+        return [StageCheck(f"latency:batch={n}", partial(_first_release, f"latency:batch={n}")) for n in spec.batch_sizes]
+    models = {role: _on_device(gate, getattr(gate, role), device) for role in ("candidate", "baseline")}
+    inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
+    for role, module in models.items():
+        for n, batch in inputs.items():
+            _trial(module, batch, role, getattr(gate, role).source)
+    cost = Once(partial(_cost, gate, models, inputs[max(spec.batch_sizes)]))
+    budget = spec.time_budget_seconds / len(spec.batch_sizes)
+    found = []
+    for n in spec.batch_sizes:
+        measured = Once(partial(_measure, gate, models, inputs[n], n, device, budget))
+        found.append(StageCheck(f"latency:batch={n}", partial(latency_check, gate, measured, cost, n)))
+        found.append(StageCheck(f"memory:batch={n}", partial(memory_check, gate, measured, n)))
+    return found
+
+
+def _first_release(name: str) -> CheckResult:
+    return CheckResult(NAME, name, Status.SKIP, "no baseline to compare against (first release)")
+
+
+def _on_device(gate: GateContext, model: LoadedModel, device: str):
+    """The module to time. On CUDA a fresh copy is loaded there, so the other stages keep the CPU one."""
+    if device == "cpu":
+        return model.module
+    from ..models import load_model
+
+    fresh = load_model(model.role, str(model.file), gate.config.model, factory=getattr(gate.config, model.role).factory,
+                       allow_pickle=model.kind == "pickle")
+    return fresh.module.to(device) if hasattr(fresh.module, "to") else fresh.module
+
+
+def _inputs(gate: GateContext, rows: int, device: str):
+    import torch
+
+    rng = np.random.default_rng(gate.config.performance.seed)
+    picked = gate.golden.features[rng.integers(0, len(gate.golden), rows)]
+    return torch.from_numpy(np.ascontiguousarray(picked)).to(device)
+
+
+def _trial(module, batch, role: str, source: str) -> None:
+    import torch
+
+    try:
+        with torch.inference_mode():
+            module(batch)
+    except Exception as error:  # the model's own code failed on the benchmark shape
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{role} model {source} fails on the benchmark batch of shape {tuple(batch.shape)}: {message}") from None
+
+
+def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, budget: float):
+    """Interleaved rounds; rerun with more rounds while the machine is too noisy and time remains."""
+    import torch
+
+    from ..timing import Timer, compare, ratio_interval
+
+    spec = gate.config.performance
+    previous_threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(spec.threads)
+    try:
+        started = time.monotonic()
+        timers = [Timer(models[role], batch, role) for role in ("candidate", "baseline")]
+        candidate, baseline = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
+                                      warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device)
+        reruns = 0
+        while True:
+            ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+            took = time.monotonic() - started
+            if ratio.spread <= spec.max_spread or took * (reruns + 2) / (reruns + 1) > budget:
+                break
+            more_c, more_b = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
+                                     warmup_seconds=spec.warmup_seconds / 4, batch_size=rows, device=device)
+            candidate = _joined(candidate, more_c)
+            baseline = _joined(baseline, more_b)
+            reruns += 1
+        p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+        return candidate, baseline, ratio, p90, reruns, time.monotonic() - started
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _joined(first: Measurement, more: Measurement) -> Measurement:
+    from dataclasses import replace
+
+    return replace(first, rounds=first.rounds + more.rounds)
+
+
+def _cost(gate: GateContext, models: dict, batch) -> dict:
+    """Parameter count and FLOPs per row (``torch.utils.flop_counter``) of both models."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    facts = {}
+    for role, module in models.items():
+        params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            module(batch)
+        facts[role] = {"parameters": params, "flops_per_row": counter.get_total_flops() / len(batch)}
+    return facts
+
+
+def fingerprint(device: str, threads: int) -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts = {"device": device, "torch": torch.__version__, "threads": threads, "cpu": cpu, "cpu_count": os.cpu_count(),
+             "platform": platform.platform()}
+    if device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        facts.update(gpu=properties.name, cuda=torch.version.cuda, gpu_memory_bytes=properties.total_memory,
+                     compute_capability=f"{properties.major}.{properties.minor}")
+    return facts
+
+
+def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> CheckResult:
+    spec = gate.config.performance
+    candidate, baseline, ratio, p90, reruns, seconds = measured()
+    facts = cost()
+    limit = 1 + spec.latency_budget
+    name = f"latency:batch={rows}"
+    ms = lambda m, q: m.percentile(q) / 1e6  # noqa: E731
+    table = {
+        "title": f"latency at batch {rows} ({candidate.device}, {spec.threads if candidate.device == 'cpu' else 'GPU'} thread(s))",
+        "columns": ["", "p50 ms", "p90 ms", "p99 ms", "rows/s", "cold start ms", "FLOPs/row", "parameters"],
+        "rows": [
+            [m.label, ms(m, 50), ms(m, 90), ms(m, 99), m.throughput, m.cold_start_ns / 1e6,
+             facts[m.label]["flops_per_row"], facts[m.label]["parameters"]]
+            for m in (candidate, baseline)
+        ] + [["ratio", ratio.value, p90.value, ms(candidate, 99) / ms(baseline, 99), baseline.throughput / candidate.throughput, None, None, None]],
+    }
+    details = {
+        "table": table,
+        "chart": {"title": f"p50 latency at batch {rows}", "labels": ["candidate", "baseline"],
+                  "values": [round(ms(candidate, 50), 4), round(ms(baseline, 50), 4)], "y_label": "ms"},
+        "p50_ratio": [ratio.value, ratio.low, ratio.high],
+        "p90_ratio": [p90.value, p90.low, p90.high],
+        "spread": ratio.spread,
+        "rounds": len(candidate.rounds),
+        "reruns": reruns,
+        "seconds": round(seconds, 3),
+        "cost": facts,
+        "fingerprint": fingerprint(candidate.device, spec.threads),
+    }
+    metrics = (
+        MetricDiff(f"p50_latency_ratio:batch={rows}", ratio.value, 1.0, ratio.value - 1, ratio.low - 1, ratio.high - 1, False, spec.latency_budget),
+        MetricDiff(f"p90_latency_ratio:batch={rows}", p90.value, 1.0, p90.value - 1, p90.low - 1, p90.high - 1, False, spec.latency_budget),
+        MetricDiff(f"p50_latency_ms:batch={rows}", ms(candidate, 50), ms(baseline, 50), ms(candidate, 50) - ms(baseline, 50)),
+    )
+    text = (f"p50 {ms(baseline, 50):.3g} → {ms(candidate, 50):.3g} ms, ratio {ratio.value:.3f} "
+            f"[{ratio.low:.3f}, {ratio.high:.3f}], p90 ratio {p90.value:.3f}")
+    if ratio.low > limit:
+        status, verdict = Status.FAIL, f"slower beyond the budget of +{spec.latency_budget:.0%}"
+    elif ratio.spread > spec.max_spread:
+        status, verdict = Status.WARN, f"inconclusive: rounds vary by {ratio.spread:.0%} (limit {spec.max_spread:.0%}) after {reruns} rerun(s)"
+    elif ratio.value > limit:
+        status, verdict = Status.WARN, f"may be slower than the budget of +{spec.latency_budget:.0%}; the interval cannot tell"
+    else:
+        status, verdict = Status.PASS, f"within the budget of +{spec.latency_budget:.0%}"
+    return CheckResult(NAME, name, status, f"{text}: {verdict}", metrics=metrics, details=details)
+
+
+def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:
+    spec = gate.config.performance
+    candidate, baseline, *_ = measured()
+    name = f"memory:batch={rows}"
+    if candidate.peak_memory_bytes is None or baseline.peak_memory_bytes is None:
+        return CheckResult(NAME, name, Status.SKIP, "peak memory cannot be measured on this platform (needs CUDA or Linux /proc)")
+    kind = "peak CUDA allocation" if candidate.device == "cuda" else "peak RSS increase"
+    c, b = candidate.peak_memory_bytes, baseline.peak_memory_bytes
+    allowed = b * (1 + spec.memory_budget) + spec.memory_slack_bytes
+    metrics = (MetricDiff(f"peak_memory_mib:batch={rows}", c / 2**20, b / 2**20, (c - b) / 2**20, tolerance=(allowed - b) / 2**20),)
+    text = f"{kind} {b / 2**20:.2f} → {c / 2**20:.2f} MiB per call"
+    if c > allowed:
+        return CheckResult(NAME, name, Status.FAIL, f"{text}: beyond the budget of +{spec.memory_budget:.0%}", metrics=metrics)
+    return CheckResult(NAME, name, Status.PASS, f"{text}: within the budget of +{spec.memory_budget:.0%}", metrics=metrics)

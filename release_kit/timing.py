@@ -1,0 +1,175 @@
+"""Timing value objects, in the spirit of ``torch.utils.benchmark``: a :class:`Timer` runs one model on one
+input and returns per-call latencies; :class:`Measurement` holds them; :func:`compare` interleaves two
+timers and :func:`ratio_interval` decides with a bootstrap over the paired rounds.
+
+On CUDA each call is bracketed by ``torch.cuda.Event`` pairs and the stream is synchronised before the
+times are read; on CPU ``time.perf_counter_ns`` brackets each call. Both run in ``inference_mode``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Measurement:
+    label: str
+    batch_size: int
+    device: str
+    rounds: list[np.ndarray]  # per-call latencies in ns, one array per round
+    cold_start_ns: int  # the very first call: lazy init, autotuning, allocator growth
+    warmup_calls: int
+    peak_memory_bytes: int | None  # CUDA: max_memory_allocated; CPU (Linux): RSS high-water increase
+
+    @property
+    def calls(self) -> np.ndarray:
+        return np.concatenate(self.rounds)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.calls, q))
+
+    @property
+    def median_ns(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def throughput(self) -> float:
+        """Rows per second at the median latency."""
+        return self.batch_size / (self.median_ns * 1e-9)
+
+    def round_stat(self, q: float) -> np.ndarray:
+        return np.array([np.percentile(r, q) for r in self.rounds])
+
+
+class Timer:
+    """Times ``fn(inputs)`` on one device."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], object], inputs: torch.Tensor, label: str) -> None:
+        self.fn, self.inputs, self.label = fn, inputs, label
+        self.cuda = inputs.is_cuda
+
+    def _once_ns(self) -> int:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.fn(self.inputs)
+            end.record()
+            torch.cuda.synchronize()
+            return int(start.elapsed_time(end) * 1e6)
+        started = time.perf_counter_ns()
+        self.fn(self.inputs)
+        return time.perf_counter_ns() - started
+
+    def cold_start_ns(self) -> int:
+        with torch.inference_mode():
+            return self._once_ns()
+
+    def warm_up(self, max_seconds: float, min_calls: int = 5) -> tuple[int, float]:
+        """Call until the per-call time settles (median of the last 5 within 5% of the 5 before), or the
+        time runs out; returns (calls made, settled per-call ns)."""
+        times: list[int] = []
+        deadline = time.perf_counter() + max_seconds
+        with torch.inference_mode():
+            while True:
+                times.append(self._once_ns())
+                if len(times) >= max(min_calls, 10):
+                    recent, before = np.median(times[-5:]), np.median(times[-10:-5])
+                    if abs(recent - before) <= 0.05 * before or time.perf_counter() > deadline:
+                        break
+                elif time.perf_counter() > deadline and len(times) >= min_calls:
+                    break
+        return len(times), float(np.median(times[-5:]))
+
+    def block(self, calls: int) -> np.ndarray:
+        """``calls`` back-to-back calls, each timed; per-call ns."""
+        out = np.empty(calls, dtype=np.int64)
+        with torch.inference_mode():
+            if self.cuda:
+                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
+                for start, end in events:
+                    start.record()
+                    self.fn(self.inputs)
+                    end.record()
+                torch.cuda.synchronize()
+                for i, (start, end) in enumerate(events):
+                    out[i] = int(start.elapsed_time(end) * 1e6)
+            else:
+                for i in range(calls):
+                    started = time.perf_counter_ns()
+                    self.fn(self.inputs)
+                    out[i] = time.perf_counter_ns() - started
+        return out
+
+    def peak_memory_bytes(self) -> int | None:
+        with torch.inference_mode():
+            if self.cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                self.fn(self.inputs)
+                torch.cuda.synchronize()
+                return int(torch.cuda.max_memory_allocated() - before)
+            return _rss_peak_increase(lambda: self.fn(self.inputs))
+
+
+def _rss_peak_increase(call: Callable[[], object]) -> int | None:
+    """Linux: reset the RSS high-water mark (``/proc/self/clear_refs`` ← 5), call, read ``VmHWM``."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        before = _status_bytes("VmRSS")
+        call()
+        return max(0, _status_bytes("VmHWM") - before)
+    except OSError:
+        return None
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str) -> tuple[Measurement, Measurement]:
+    """Warm both up, then ``rounds`` rounds of A B / B A blocks on the same input."""
+    cold = {t.label: t.cold_start_ns() for t in (candidate, baseline)}
+    warm = {t.label: t.warm_up(warmup_seconds) for t in (candidate, baseline)}
+    calls = {label: int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000)) for label, (_, per_call) in warm.items()}
+    samples: dict[str, list[np.ndarray]] = {candidate.label: [], baseline.label: []}
+    for index in range(rounds):
+        order = (candidate, baseline) if index % 2 == 0 else (baseline, candidate)
+        for timer in order:
+            samples[timer.label].append(timer.block(calls[timer.label]))
+    return tuple(
+        Measurement(t.label, batch_size, device, samples[t.label], cold[t.label], warm[t.label][0], t.peak_memory_bytes())
+        for t in (candidate, baseline)
+    )
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """candidate / baseline of a latency statistic, with a bootstrap interval over paired rounds."""
+
+    value: float
+    low: float
+    high: float
+    spread: float  # IQR / median of the per-round ratios: how noisy the machine was
+
+
+def ratio_interval(candidate: Measurement, baseline: Measurement, q: float, *, confidence: float, resamples: int, seed: int) -> Ratio:
+    c, b = candidate.round_stat(q), baseline.round_stat(q)
+    per_round = c / b
+    q25, q50, q75 = np.percentile(per_round, [25, 50, 75])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(c), size=(resamples, len(c)))
+    boot = np.median(c[picks], axis=1) / np.median(b[picks], axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    return Ratio(float(np.median(c) / np.median(b)), float(low), float(high), float((q75 - q25) / q50))
