@@ -254,6 +254,8 @@ class PerformanceSpec(_Strict):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     resamples: int = Field(default=2000, ge=200)
     seed: int = 0
+    # The device's peak (e.g. 67 for an H100's FP32 TFLOP/s): reports achieved throughput as a share of it.
+    peak_tflops: float | None = Field(default=None, gt=0)
 
 
 class ChecksSpec(_Strict):

@@ -169,12 +169,13 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
     ms = lambda m, q: m.percentile(q) / 1e6  # noqa: E731
     table = {
         "title": f"latency at batch {rows} ({candidate.device}, {spec.threads if candidate.device == 'cpu' else 'GPU'} thread(s))",
-        "columns": ["", "p50 ms", "p90 ms", "p99 ms", "rows/s", "cold start ms", "FLOPs/row", "parameters"],
+        "columns": ["model", "p50 ms", "p90 ms", "p99 ms", "rows/s", "cold start ms", "FLOPs/row", "GFLOP/s", "parameters"],
         "rows": [
             [m.label, ms(m, 50), ms(m, 90), ms(m, 99), m.throughput, m.cold_start_ns / 1e6,
-             facts[m.label]["flops_per_row"], facts[m.label]["parameters"]]
+             facts[m.label]["flops_per_row"], _achieved(facts, m) / 1e9, facts[m.label]["parameters"]]
             for m in (candidate, baseline)
-        ] + [["ratio", ratio.value, p90.value, ms(candidate, 99) / ms(baseline, 99), baseline.throughput / candidate.throughput, None, None, None]],
+        ] + [["ratio", ratio.value, p90.value, ms(candidate, 99) / ms(baseline, 99), baseline.throughput / candidate.throughput,
+              None, None, None, None]],
     }
     details = {
         "table": table,
@@ -189,6 +190,8 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
         "cost": facts,
         "fingerprint": fingerprint(candidate.device, spec.threads),
     }
+    if spec.peak_tflops is not None:
+        details["peak_fraction"] = {m.label: _achieved(facts, m) / (spec.peak_tflops * 1e12) for m in (candidate, baseline)}
     metrics = (
         MetricDiff(f"p50_latency_ratio:batch={rows}", ratio.value, 1.0, ratio.value - 1, ratio.low - 1, ratio.high - 1, False, spec.latency_budget),
         MetricDiff(f"p90_latency_ratio:batch={rows}", p90.value, 1.0, p90.value - 1, p90.low - 1, p90.high - 1, False, spec.latency_budget),
@@ -205,6 +208,11 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
     else:
         status, verdict = Status.PASS, f"within the budget of +{spec.latency_budget:.0%}"
     return CheckResult(NAME, name, status, f"{text}: {verdict}", metrics=metrics, details=details)
+
+
+def _achieved(facts: dict, measurement: Measurement) -> float:
+    """FLOP/s at the median latency."""
+    return facts[measurement.label]["flops_per_row"] * measurement.throughput
 
 
 def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:

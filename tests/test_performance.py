@@ -1,0 +1,182 @@
+"""The performance stage on real models: A/A, a slower candidate, memory, bad input, pytest-benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from release_kit import gate
+from release_kit.report import Status
+
+FAST = """
+[gate]
+stages = ["performance"]
+
+[performance]
+batch_sizes = [32]
+rounds = 8
+round_seconds = 0.02
+warmup_seconds = 0.1
+"""
+
+
+class Slow(torch.nn.Module):
+    """The wrapped model plus ~3× its work, all multiplied by zero: identical outputs, much slower."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        waste = self.inner(x) + self.inner(x * 2.0) + self.inner(x * 3.0)
+        return y + 0.0 * waste
+
+
+class Hungry(torch.nn.Module):
+    """The wrapped model plus a 64 MiB scratch tensor per call (input-dependent, so the JIT cannot fold it)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scratch = torch.ones(16 * 1024 * 1024) * x[0, 0]
+        return self.inner(x) + 0.0 * scratch[-1]
+
+
+def by_name(report) -> dict:
+    return {c.name: c for c in report.checks if c.stage == "performance"}
+
+
+def wrap(power, project, cls, name):
+    path = project.root / name
+    torch.jit.save(torch.jit.script(cls(torch.jit.load(str(power["v1"])))), str(path))
+    return path
+
+
+def test_same_model_is_not_blocked(project, power):
+    project.config(FAST)
+    checks = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))
+    latency = checks["latency:batch=32"]
+    assert latency.status is not Status.FAIL, latency.summary
+    low, high = latency.details["p50_ratio"][1:]
+    assert low < 1.10
+    fingerprint = latency.details["fingerprint"]
+    assert fingerprint["device"] == "cpu" and fingerprint["threads"] == 1 and fingerprint["torch"] == torch.__version__
+    cost = latency.details["cost"]
+    assert cost["candidate"] == cost["baseline"]
+    assert cost["candidate"]["parameters"] == 5 * 16 + 16 + 16 * 16 + 16 + 16 + 1  # PowerMLP(16)
+    assert cost["candidate"]["flops_per_row"] > 0
+
+
+def test_peak_fraction_when_the_device_peak_is_given(project, power):
+    project.config(FAST + "peak_tflops = 0.001\n")
+    latency = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))["latency:batch=32"]
+    fraction = latency.details["peak_fraction"]
+    assert 0 < fraction["candidate"] and 0 < fraction["baseline"]
+
+
+def test_slower_candidate_with_identical_outputs_is_blocked(project, power):
+    project.config(FAST)
+    slow = wrap(power, project, Slow, "slow.pt")
+    report = gate.check(candidate=str(slow), baseline=str(power["v1"]))
+    latency = by_name(report)["latency:batch=32"]
+    assert latency.status is Status.FAIL, latency.summary
+    assert latency.details["p50_ratio"][1] > 1.10
+    assert report.bump.value == "none" and report.verdict.value == "block"
+    assert "slower beyond the budget of +10%" in latency.summary
+
+
+def test_memory_hungry_candidate_is_blocked_on_memory(project, power):
+    project.config(FAST)
+    hungry = wrap(power, project, Hungry, "hungry.pt")
+    memory = by_name(gate.check(candidate=str(hungry), baseline=str(power["v1"])))["memory:batch=32"]
+    assert memory.status is Status.FAIL, memory.summary
+    assert memory.metrics[0].candidate > 32  # MiB
+
+
+def test_first_release_skips(project, power):
+    project.config(FAST)
+    checks = by_name(gate.check(candidate=str(power["v1"])))
+    assert [c.status for c in checks.values()] == [Status.SKIP]
+
+
+def test_markdown_has_the_latency_table_and_chart(project, power, cli):
+    project.config(FAST)
+    slow = wrap(power, project, Slow, "slow.pt")
+    result = cli("check", "--candidate", slow, "--baseline", power["v1"], "--format", "markdown")
+    assert result.exit_code == 1
+    assert "| model | p50 ms | p90 ms | p99 ms | rows/s | cold start ms | FLOPs/row | GFLOP/s | parameters |" in result.stdout
+    assert 'y-axis "ms"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("batch_sizes = [0]", "performance.batch_sizes.0"),
+        ('batch_sizes = [32]\ndevice = "tpu"', "performance.device"),
+        ("batch_sizes = []", "performance.batch_sizes"),
+    ],
+)
+def test_bad_performance_config(project, power, cli, extra, needle):
+    project.config(FAST.replace("batch_sizes = [32]", extra))
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2 and needle in result.stderr
+    assert not (project.root / "r.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
+def test_cuda_requested_without_cuda_is_an_input_error(project, power, cli):
+    project.config(FAST + 'device = "cuda"\n')
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"])
+    assert result.exit_code == 2 and "no CUDA device is available" in result.stderr
+
+
+def test_model_failing_on_the_benchmark_batch_is_an_input_error(project, power, cli):
+    class NeedsBig(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] < 100:
+                raise RuntimeError("batches below 100 rows are not supported")
+            return self.inner(x)
+
+    path = wrap(power, project, NeedsBig, "needs-big.pt")
+    project.config(FAST.replace("batch_sizes = [32]", "batch_sizes = [1]"))
+    result = cli("check", "--candidate", path, "--baseline", power["v1"])
+    assert result.exit_code == 2
+    assert "fails on the benchmark batch of shape (1, 5)" in result.stderr
+
+
+def test_user_benchmark_checks_land_in_the_report(project, power, cli):
+    project.config(FAST)
+    project.write("checks/test_speed.py", """
+        import torch
+
+        def test_candidate_speed(benchmark, candidate, golden):
+            rows = torch.from_numpy(golden.features[:64])
+            benchmark.pedantic(candidate.module, args=(rows,), rounds=5, iterations=3)
+    """)
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--format", "json",
+                 "--benchmark-json", "bench.json")
+    report = json.loads(result.stdout)
+    user = next(c for c in report["checks"] if c["stage"] == "checks")
+    assert user["status"] == "pass"
+    names = {m["name"] for m in user["metrics"]}
+    assert {"benchmark_median_s", "benchmark_mean_s"} <= names
+    saved = json.loads((project.root / "bench.json").read_text())
+    assert saved["benchmarks"][0]["name"] == "test_candidate_speed"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_timing_and_memory(project, power):
+    project.config(FAST + 'device = "cuda"\n')
+    checks = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))
+    latency = checks["latency:batch=32"]
+    assert latency.details["fingerprint"]["device"] == "cuda" and latency.details["fingerprint"]["gpu"]
+    assert checks["memory:batch=32"].status is not Status.SKIP
