@@ -256,6 +256,11 @@ class PerformanceSpec(_Strict):
     seed: int = 0
     # The device's peak (e.g. 67 for an H100's FP32 TFLOP/s): reports achieved throughput as a share of it.
     peak_tflops: float | None = Field(default=None, gt=0)
+    # Write the candidate's measurements here (with the machine's fingerprint), for a later stored comparison.
+    save_candidate: str | None = None
+    # Compare against measurements stored by an earlier run instead of timing the baseline live. Refused
+    # (an error check) unless the fingerprint and the baseline file's hash match. Live A/B is more robust.
+    stored_baseline: str | None = None
 
 
 class ChecksSpec(_Strict):
@@ -419,6 +424,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                     "reference": resolve(config.data.reference),
                     "training": resolve(config.data.training),
                     "suites": resolve(config.data.suites),
+                }
+            ),
+            "performance": config.performance.model_copy(
+                update={
+                    "save_candidate": resolve(config.performance.save_candidate),
+                    "stored_baseline": resolve(config.performance.stored_baseline),
                 }
             ),
             "checks": (

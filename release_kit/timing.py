@@ -45,6 +45,16 @@ class Measurement:
     def round_stat(self, q: float) -> np.ndarray:
         return np.array([np.percentile(r, q) for r in self.rounds])
 
+    def to_dict(self) -> dict:
+        return {"label": self.label, "batch_size": self.batch_size, "device": self.device,
+                "rounds": [r.tolist() for r in self.rounds], "cold_start_ns": self.cold_start_ns,
+                "warmup_calls": self.warmup_calls, "peak_memory_bytes": self.peak_memory_bytes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Measurement:
+        return cls(data["label"], int(data["batch_size"]), data["device"], [np.asarray(r, dtype=np.int64) for r in data["rounds"]],
+                   int(data["cold_start_ns"]), int(data["warmup_calls"]), data["peak_memory_bytes"])
+
 
 class Timer:
     """Times ``fn(inputs)`` on one device."""
@@ -135,6 +145,15 @@ def _status_bytes(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise OSError(f"{key} not in /proc/self/status")
+
+
+def measure(timer: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str) -> Measurement:
+    """One model alone (for storing, or against stored numbers): warm up, then ``rounds`` blocks."""
+    cold = timer.cold_start_ns()
+    calls_made, per_call = timer.warm_up(warmup_seconds)
+    calls = int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000))
+    blocks = [timer.block(calls) for _ in range(rounds)]
+    return Measurement(timer.label, batch_size, device, blocks, cold, calls_made, timer.peak_memory_bytes())
 
 
 def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str) -> tuple[Measurement, Measurement]:

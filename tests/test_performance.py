@@ -180,3 +180,33 @@ def test_cuda_timing_and_memory(project, power):
     latency = checks["latency:batch=32"]
     assert latency.details["fingerprint"]["device"] == "cuda" and latency.details["fingerprint"]["gpu"]
     assert checks["memory:batch=32"].status is not Status.SKIP
+
+
+def test_stored_baseline_numbers_are_used_only_from_the_same_machine_and_model(project, power):
+    project.config(FAST + 'save_candidate = "v1-perf.json"\n')
+    gate.check(candidate=str(power["v1"]), baseline=str(power["v1"]))
+    stored = json.loads((project.root / "v1-perf.json").read_text())
+    assert stored["schema"] == "release-kit-performance/1" and set(stored["measurements"]) == {"32"}
+
+    project.config(FAST + 'stored_baseline = "v1-perf.json"\n')
+    same = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))["latency:batch=32"]
+    assert same.status is not Status.ERROR, same.summary
+
+    stored["fingerprint"]["cpu"] = "some other CPU"
+    (project.root / "other.json").write_text(json.dumps(stored))
+    project.config(FAST + 'stored_baseline = "other.json"\n')
+    refused = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))
+    assert refused["latency:batch=32"].status is Status.ERROR
+    assert "another machine: cpu 'some other CPU' there" in refused["latency:batch=32"].summary
+    assert refused["memory:batch=32"].status is Status.ERROR
+
+    project.config(FAST + 'stored_baseline = "v1-perf.json"\n')
+    other_model = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["better"])))
+    assert "another model file" in other_model["latency:batch=32"].summary
+
+
+def test_unreadable_stored_baseline_is_an_input_error(project, power, cli):
+    project.write("bad.json", "{}")
+    project.config(FAST + 'stored_baseline = "bad.json"\n')
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"])
+    assert result.exit_code == 2 and "not a release-kit performance file" in result.stderr

@@ -39,6 +39,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if gate.baseline is None:
         return [StageCheck(f"latency:batch={n}", partial(_first_release, f"latency:batch={n}")) for n in spec.batch_sizes]
+    stored = _read_stored(spec.stored_baseline) if spec.stored_baseline else None
     models = {role: _on_device(gate, getattr(gate, role), device) for role in ("candidate", "baseline")}
     inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
     for role, module in models.items():
@@ -47,11 +48,106 @@ def checks(gate: GateContext) -> list[StageCheck]:
     cost = Once(partial(_cost, gate, models, inputs[max(spec.batch_sizes)]))
     budget = spec.time_budget_seconds / len(spec.batch_sizes)
     found = []
+    if spec.save_candidate:
+        _check_writable(spec.save_candidate)
+    recorder = CandidateRecorder(spec.save_candidate, gate, device) if spec.save_candidate else None
     for n in spec.batch_sizes:
-        measured = Once(partial(_measure, gate, models, inputs[n], n, device, budget))
+        if stored is not None:
+            measured = Once(partial(_against_stored, gate, models, inputs[n], n, device, stored))
+        else:
+            measured = Once(partial(_measure, gate, models, inputs[n], n, device, budget))
+        if recorder is not None:
+            measured = Once(partial(_recorded, recorder, measured))
         found.append(StageCheck(f"latency:batch={n}", partial(latency_check, gate, measured, cost, n)))
         found.append(StageCheck(f"memory:batch={n}", partial(memory_check, gate, measured, n)))
     return found
+
+
+class StoredMismatch(Exception):
+    """Stored numbers from another machine or another baseline: comparing them would mislead."""
+
+
+def _read_stored(path: str) -> dict:
+    import json
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except FileNotFoundError:
+        raise InputError(f"[performance] stored_baseline not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"[performance] stored_baseline {path}: cannot read: {error}") from None
+    if not isinstance(data, dict) or data.get("schema") != STORED_SCHEMA:
+        raise InputError(f"[performance] stored_baseline {path}: not a release-kit performance file ({STORED_SCHEMA})")
+    return data
+
+
+def _check_writable(path: str) -> None:
+    from pathlib import Path
+
+    folder = Path(path).parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"[performance] save_candidate: cannot write to {folder}")
+
+
+STORED_SCHEMA = "release-kit-performance/1"
+
+
+def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: str, stored: dict):
+    """The candidate timed live against the stored baseline numbers, after checking they are comparable."""
+    from ..timing import Measurement, Timer, measure, ratio_interval
+
+    spec = gate.config.performance
+    here = fingerprint(device, spec.threads)
+    differing = sorted(k for k in set(here) | set(stored["fingerprint"]) if k != "platform" and here.get(k) != stored["fingerprint"].get(k))
+    if differing:
+        first = differing[0]
+        raise StoredMismatch(
+            f"refusing to compare against numbers stored on another machine: {first} "
+            f"{stored['fingerprint'].get(first)!r} there, {here.get(first)!r} here"
+        )
+    if stored.get("model_sha256") != gate.baseline.sha256:
+        raise StoredMismatch("refusing to compare: the stored numbers are of another model file than this baseline")
+    if str(rows) not in stored["measurements"]:
+        raise StoredMismatch(f"no stored numbers for batch size {rows}")
+    baseline = Measurement.from_dict(stored["measurements"][str(rows)])
+    started = time.monotonic()
+    candidate = measure(Timer(models["candidate"], batch, "candidate"), rounds=len(baseline.rounds), round_seconds=spec.round_seconds,
+                        warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device)
+    ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    from dataclasses import replace
+
+    return candidate, replace(baseline, label="baseline"), ratio, p90, 0, time.monotonic() - started
+
+
+class CandidateRecorder:
+    """Keeps the candidate's measurements and rewrites the stored-numbers file (atomically) as each arrives,
+    so that a later run can use them as ``stored_baseline`` once this candidate is released."""
+
+    def __init__(self, path: str, gate: GateContext, device: str) -> None:
+        self.path = path
+        self.header = {
+            "schema": STORED_SCHEMA,
+            "fingerprint": fingerprint(device, gate.config.performance.threads),
+            "model_sha256": gate.candidate.sha256,
+            "model": gate.candidate.source,
+        }
+        self.measurements: dict[str, dict] = {}
+
+    def add(self, measurement: Measurement) -> None:
+        import json
+        from pathlib import Path
+
+        from ..report import write_atomic
+
+        self.measurements[str(measurement.batch_size)] = {**measurement.to_dict(), "label": "candidate"}
+        write_atomic(Path(self.path), json.dumps({**self.header, "measurements": self.measurements}) + "\n")
+
+
+def _recorded(recorder: CandidateRecorder, measured: Once):
+    result = measured()
+    recorder.add(result[0])
+    return result
 
 
 def _first_release(name: str) -> CheckResult:
@@ -162,7 +258,10 @@ def fingerprint(device: str, threads: int) -> dict:
 
 def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> CheckResult:
     spec = gate.config.performance
-    candidate, baseline, ratio, p90, reruns, seconds = measured()
+    try:
+        candidate, baseline, ratio, p90, reruns, seconds = measured()
+    except StoredMismatch as refusal:
+        return CheckResult(NAME, f"latency:batch={rows}", Status.ERROR, str(refusal))
     facts = cost()
     limit = 1 + spec.latency_budget
     name = f"latency:batch={rows}"
@@ -217,8 +316,11 @@ def _achieved(facts: dict, measurement: Measurement) -> float:
 
 def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:
     spec = gate.config.performance
-    candidate, baseline, *_ = measured()
     name = f"memory:batch={rows}"
+    try:
+        candidate, baseline, *_ = measured()
+    except StoredMismatch as refusal:
+        return CheckResult(NAME, name, Status.ERROR, str(refusal))
     if candidate.peak_memory_bytes is None or baseline.peak_memory_bytes is None:
         return CheckResult(NAME, name, Status.SKIP, "peak memory cannot be measured on this platform (needs CUDA or Linux /proc)")
     kind = "peak CUDA allocation" if candidate.device == "cuda" else "peak RSS increase"
