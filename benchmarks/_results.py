@@ -37,7 +37,7 @@ def median(values: list[float]) -> float:
 
 
 def write_section(name: str, title: str, body: str) -> None:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = f"<!-- bench:{name} -->\n## {title}\n\n_{stamp} · {machine()}_\n\n{body.strip()}\n<!-- /bench:{name} -->"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)

@@ -160,7 +160,7 @@ def run(
         current_version=decision.current_version,
         next_version=decision.next_version,
         first_release=decision.first_release,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         environment=environment(),
     )
 

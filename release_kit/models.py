@@ -10,7 +10,8 @@ import importlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
 
 from .data import file_sha256
 from .errors import InputError
@@ -236,7 +237,6 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
     """
     import numpy as np
 
-    n = raw.shape[0] if raw.ndim else 0
     if raw.ndim == 2 and raw.shape[1] == 1:
         raw = raw[:, 0]
     if spec.task == "regression":
@@ -259,7 +259,6 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
             f"{role} model outputs {probabilities.shape[1]} class(es) but the target has class id "
             f"{n_classes_seen - 1}"
         )
-    assert probabilities.shape[0] == n
     return probabilities
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..errors import InputError
 from ..report import CheckResult

@@ -8,10 +8,10 @@ or diverges from the baseline. Checks that need a baseline skip on a first relea
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 

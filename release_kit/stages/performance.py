@@ -43,7 +43,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     models = {role: _on_device(gate, getattr(gate, role), device) for role in ("candidate", "baseline")}
     inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
     for role, module in models.items():
-        for n, batch in inputs.items():
+        for batch in inputs.values():
             _trial(module, batch, role, getattr(gate, role).source)
     cost = Once(partial(_cost, gate, models, inputs[max(spec.batch_sizes)]))
     budget = spec.time_budget_seconds / len(spec.batch_sizes)
