@@ -251,9 +251,24 @@ def fingerprint(device: str, threads: int) -> dict:
              "platform": platform.platform()}
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
-        facts.update(gpu=properties.name, cuda=torch.version.cuda, gpu_memory_bytes=properties.total_memory,
+        facts.update(gpu=properties.name, cuda=torch.version.cuda, driver=_driver_version(), gpu_memory_bytes=properties.total_memory,
                      compute_capability=f"{properties.major}.{properties.minor}")
     return facts
+
+
+def _driver_version() -> str | None:
+    """torch does not expose the NVIDIA driver's version; nvidia-smi does, where it is installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
 
 
 def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> CheckResult:
