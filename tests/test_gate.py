@@ -214,3 +214,15 @@ def test_progress_listener_sees_every_check(project, power):
     report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]), listener=Listener())
     assert seen[0] == len(report.checks)
     assert seen[1:] == [c.name for c in report.checks]
+
+
+def test_bootstrap_intervals_reach_the_same_verdict(project, power):
+    project.config("[quality]\ninterval = \"bootstrap\"\nbootstrap_resamples = 200\n")
+    boot = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
+    project.config()
+    analytic = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
+    assert (boot.verdict, boot.bump, boot.next_version) == (analytic.verdict, analytic.bump, analytic.next_version)
+    b, a = boot.metric("mae"), analytic.metric("mae")
+    assert b.delta == pytest.approx(a.delta)
+    assert b.ci_low == pytest.approx(a.ci_low, rel=0.25) and b.ci_high == pytest.approx(a.ci_high, rel=0.25)
+    assert (b.ci_low, b.ci_high) != (a.ci_low, a.ci_high)  # really resampled, not the analytic interval
