@@ -245,7 +245,9 @@ def _doc_line(item: pytest.Item) -> str:
 
 
 def _user_check_name(item: pytest.Item) -> str:
-    return item.nodeid.split("/")[-1] if "::" in item.nodeid else item.nodeid
+    """``checks/sub/test_x.py::test_a[x/y]`` → ``test_x.py::test_a[x/y]``: only the path is shortened."""
+    path, separator, rest = item.nodeid.partition("::")
+    return f"{path.rsplit('/', 1)[-1]}{separator}{rest}"
 
 
 def _excinfo_line(call: pytest.CallInfo) -> str:

@@ -160,6 +160,10 @@ def test_user_checks_land_in_the_report(project, power):
 
         def test_needs_baseline(baseline):
             assert baseline.version == "1.0.0"
+
+        @pytest.mark.parametrize("unit", ["kW/h", "W"])
+        def test_units(unit):
+            assert unit
     """)
     project.write("checks/test_broken.py", "import does_not_exist\n")
     report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
@@ -174,6 +178,7 @@ def test_user_checks_land_in_the_report(project, power):
     assert by_name["test_user.py::test_skipped"].status is Status.SKIP
     assert by_name["test_user.py::test_skipped"].summary == "not today"
     assert by_name["test_user.py::test_needs_baseline"].status is Status.PASS
+    assert by_name["test_user.py::test_units[kW/h]"].status is Status.PASS
     broken = by_name["checks/test_broken.py"]
     assert broken.status is Status.ERROR and "does_not_exist" in broken.summary
     assert report.verdict.value == "block"
