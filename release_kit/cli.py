@@ -50,6 +50,10 @@ def main(debug: bool) -> None:
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models (runs arbitrary code from the file).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
 @click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
+@click.option("--waive", "waive", nargs=3, multiple=True, metavar="CHECK REASON BY",
+              help="Let the failing check 'stage::name' through, recording why and who (repeatable).")
+@click.option("--prerelease", help="Release as a pre-release with this label: 1.4.0-rc.1.")
+@click.option("--build-metadata", help="Append build metadata to the version: 1.4.0+abc123.")
 def check(
     config_path: Path | None,
     candidate: str | None,
@@ -62,6 +66,9 @@ def check(
     allow_pickle: bool,
     no_mlflow: bool,
     benchmark_json: Path | None,
+    waive: tuple[tuple[str, str, str], ...],
+    prerelease: str | None,
+    build_metadata: str | None,
 ) -> None:
     """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump."""
     from rich.console import Console
@@ -69,6 +76,7 @@ def check(
     from . import gate, render
 
     config, project_dir = gate.resolve_config(config_path)
+    config = gate.with_overrides(config, waivers=waive, prerelease=prerelease, build=build_metadata)
     prepared = gate.prepare(
         config, project_dir, candidate=candidate, baseline=baseline,
         baseline_version=baseline_version, data=data, allow_pickle=allow_pickle,

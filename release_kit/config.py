@@ -284,12 +284,22 @@ class MlflowSpec(_Strict):
 class ReleaseSpec(_Strict):
     initial_version: str = "1.0.0"
     templates: str | None = None
+    prerelease: str | None = Field(default=None, pattern=r"^[0-9A-Za-z-]+$")  # "rc" → 1.4.0-rc.1
+    build: str | None = Field(default=None, pattern=r"^[0-9A-Za-z.-]+$")  # build metadata → 1.4.0+abc123
 
     @field_validator("initial_version")
     @classmethod
     def _semver(cls, version: str) -> str:
         _parse_version(version)
         return version
+
+
+class Waiver(_Strict):
+    """An audited exception: the named check may fail without blocking, and the report says who and why."""
+
+    check: str = Field(pattern=r"^[^:]+::.+$")  # "stage::name", as in the report
+    reason: str = Field(min_length=1)
+    by: str = Field(min_length=1)
 
 
 class Config(_Strict):
@@ -304,6 +314,7 @@ class Config(_Strict):
     performance: PerformanceSpec = PerformanceSpec()
     mlflow: MlflowSpec = MlflowSpec()
     release: ReleaseSpec = ReleaseSpec()
+    waivers: list[Waiver] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> Config:

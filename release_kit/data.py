@@ -106,8 +106,6 @@ def read_table(path: Path | str) -> pd.DataFrame:
 
 
 def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
-    import numpy as np
-    import pandas as pd
 
     path = path if is_sql(path) else Path(path)
     frame = read_table(path)
@@ -117,20 +115,31 @@ def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
 
-    for column in spec.features:
+    features = feature_matrix(frame, spec.features, path)
+    target = _target(frame[spec.target], path, spec)
+    return GoldenSet(path=path, frame=frame, features=features, target=target, sha256=fingerprint(path, frame))
+
+
+def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
+    """float32 (N, F) in ``columns`` order; every column present, numeric and finite."""
+    import numpy as np
+    import pandas as pd
+
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
+    for column in columns:
         if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
             raise InputError(f"{path}: feature column '{column}' is not numeric")
-    features = frame[spec.features].to_numpy(dtype=np.float32)
+    features = frame[columns].to_numpy(dtype=np.float32)
     bad_rows = ~np.isfinite(features).all(axis=1)
     if bad_rows.any():
-        column = spec.features[int(np.argmax(~np.isfinite(features[bad_rows][0])))]
+        column = columns[int(np.argmax(~np.isfinite(features[bad_rows][0])))]
         raise InputError(
             f"{path}: feature column '{column}' has NaN or infinite values "
             f"({int(bad_rows.sum())} row(s), first at row {int(np.argmax(bad_rows))})"
         )
-
-    target = _target(frame[spec.target], path, spec)
-    return GoldenSet(path=path, frame=frame, features=features, target=target, sha256=fingerprint(path, frame))
+    return features
 
 
 def _target(column: pd.Series, path: Path, spec: ModelSpec) -> np.ndarray:

@@ -63,6 +63,33 @@ def resolve_config(config: Config | str | Path | None, directory: Path | None = 
     return load_config(path), path.resolve().parent
 
 
+def with_overrides(
+    config: Config,
+    *,
+    waivers: tuple[tuple[str, str, str], ...] = (),
+    prerelease: str | None = None,
+    build: str | None = None,
+) -> Config:
+    """Command-line waivers (check, reason, by) and version shaping on top of the config, validated alike."""
+    from pydantic import ValidationError
+
+    from .config import ReleaseSpec, Waiver
+
+    try:
+        extra = [Waiver(check=check, reason=reason, by=by) for check, reason, by in waivers]
+        release = config.release
+        if prerelease is not None or build is not None:
+            release = ReleaseSpec.model_validate({
+                **release.model_dump(),
+                **({"prerelease": prerelease} if prerelease is not None else {}),
+                **({"build": build} if build is not None else {}),
+            })
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InputError(f"--{'waive' if first['loc'][0] in ('check', 'reason', 'by') else first['loc'][0]}: {first['msg']}") from None
+    return config.model_copy(update={"waivers": [*config.waivers, *extra], "release": release})
+
+
 def prepare(
     config: Config,
     project_dir: Path,
@@ -74,7 +101,7 @@ def prepare(
     allow_pickle: bool = False,
 ) -> GateContext:
     """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``."""
-    from .data import load_golden
+    from .data import feature_matrix, load_golden
     from .models import load_model, to_predictions
     from .tracking import tracking_uri
 
@@ -103,10 +130,14 @@ def prepare(
         )
 
     n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
-    features = golden.features
+    inputs = {"candidate": golden.features}
+    if baseline_model is not None:
+        # A baseline released with other input features gets its own columns of the same golden rows.
+        recorded = baseline_model.signature.features if baseline_model.signature else tuple(spec.features)
+        inputs["baseline"] = golden.features if list(recorded) == spec.features else feature_matrix(golden.frame, list(recorded), golden.path)
     predicted = {}
     for model in filter(None, (candidate_model, baseline_model)):
-        predicted[model.role] = to_predictions(model.raw_outputs(features), spec, model.role, n_classes)
+        predicted[model.role] = to_predictions(model.raw_outputs(inputs[model.role]), spec, model.role, n_classes)
     shapes = {role: values.shape for role, values in predicted.items()}
     if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
         raise InputError(
@@ -140,12 +171,14 @@ def run(
     stages = stages or config.gate.stages
     user_paths = _user_check_paths(config, gate.project_dir)
     results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener, benchmark_json=benchmark_json)
+    contract = _contract(gate)
     decision = decide(
         config,
         results,
         has_baseline=gate.baseline is not None,
         identical_predictions=gate.predictions.identical,
         baseline_version=gate.baseline.version if gate.baseline else None,
+        contract=contract[1],
     )
     return Report(
         model=config.model.name,
@@ -162,7 +195,32 @@ def run(
         first_release=decision.first_release,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         environment=environment(),
+        contract=contract[0],
+        waivers=decision.waivers,
     )
+
+
+def candidate_signature(gate: GateContext):
+    """The candidate's contract: config plus its observed per-row output width."""
+    from .signature import of
+
+    predictions = gate.predictions.candidate
+    return of(gate.config, 1 if predictions.ndim == 1 else predictions.shape[1])
+
+
+def _contract(gate: GateContext):
+    """(the report's contract section, the comparison) — the comparison is None without a recorded baseline."""
+    import json
+
+    from .signature import compare
+
+    candidate = candidate_signature(gate)
+    section = {"candidate": json.loads(candidate.to_json()), "baseline": None, "compared": False, "breaking": [], "additive": []}
+    if gate.baseline is None or gate.baseline.signature is None:
+        return section, None
+    change = compare(gate.baseline.signature, candidate)
+    section.update(baseline=json.loads(gate.baseline.signature.to_json()), compared=True, breaking=change.breaking, additive=change.additive)
+    return section, change
 
 
 def _user_check_paths(config: Config, project_dir: Path) -> list[Path]:

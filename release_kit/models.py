@@ -7,6 +7,7 @@ cannot slip through: unpickling runs arbitrary code, so it needs the user's expl
 from __future__ import annotations
 
 import importlib
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from .data import file_sha256
 from .errors import InputError
+from .signature import Signature
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,9 +40,12 @@ class LoadedModel:
     module: Callable[..., Any]
     version: str | None = None
     registry: dict[str, Any] | None = field(default=None)
+    # The contract recorded when this model was released (registry models only).
+    signature: Signature | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
+            "signature": None if self.signature is None else json.loads(self.signature.to_json()),
             "source": self.source,
             "kind": self.kind,
             "file": str(self.file),
@@ -86,13 +91,18 @@ def load_model(
     allow_pickle: bool = False,
     tracking_uri: str | None = None,
 ) -> LoadedModel:
-    registry = None
+    registry = signature = None
     if source.startswith(REGISTRY_SCHEMES):
         from .registry import fetch_model
 
         fetched = fetch_model(source, tracking_uri=tracking_uri)
         path, registry = fetched.path, fetched.describe()
         version = version or fetched.semver
+        if fetched.signature:
+            try:
+                signature = Signature.from_json(fetched.signature)
+            except (ValueError, KeyError, TypeError) as error:
+                raise InputError(f"{role} model {source}: unreadable release_kit.signature tag: {error}") from None
     else:
         path = Path(source)
         if not path.exists():
@@ -116,6 +126,7 @@ def load_model(
         module=module,
         version=version,
         registry=registry,
+        signature=signature,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .signature import SIGNATURE_TAG, Signature
 from .tracking import VERSION_TAG, _call, connect, ensure_experiment
 
 MODEL_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit", ".safetensors")
@@ -29,6 +30,7 @@ class FetchedModel:
     name: str | None = None
     version: str | None = None
     run_id: str | None = None
+    signature: str | None = None  # JSON of the recorded release_kit.signature tag
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri, "name": self.name, "version": self.version, "run_id": self.run_id}
@@ -40,7 +42,7 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
     if tracking_uri is None:
         raise InputError(f"model {uri} needs MLflow, which is disabled in [mlflow]")
     client = connect(tracking_uri)
-    name = version = run_id = semver = None
+    name = version = run_id = semver = signature = None
     if uri.startswith("models:/"):
         match = _MODELS_URI.match(uri)
         if not match:
@@ -49,6 +51,7 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
         model_version = _model_version(client, tracking_uri, uri, name, match["alias"], match["version"])
         version, run_id, source = str(model_version.version), model_version.run_id, model_version.source
         semver = model_version.tags.get(VERSION_TAG)
+        signature = model_version.tags.get(SIGNATURE_TAG)
     else:
         source = uri
     target = Path(tempfile.mkdtemp(prefix="release-kit-model-"))
@@ -56,7 +59,7 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
         local = _call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
     except OSError as error:
         raise InputError(f"cannot download model {uri}: {error}") from None
-    return FetchedModel(uri, _model_file(Path(local), uri), semver, name, version, run_id)
+    return FetchedModel(uri, _model_file(Path(local), uri), semver, name, version, run_id, signature)
 
 
 def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | None, number: str | None):
@@ -89,9 +92,11 @@ def publish(
     experiment: str = "release-kit",
     alias: str | None = None,
     tags: dict[str, str] | None = None,
+    signature: Signature | None = None,
 ) -> str:
     """Register ``model_file`` as version ``semver`` of ``name``; idempotent on (name, semver).
 
+    ``signature`` (the model's contract) is recorded so that later candidates can be compared with it.
     Returns the registry's version number. ``alias`` (e.g. ``champion``) is moved to it last.
     """
     from mlflow.exceptions import MlflowException
@@ -112,7 +117,7 @@ def publish(
                 raise
         created = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
-            tags={VERSION_TAG: semver, **(tags or {})},
+            tags={VERSION_TAG: semver, **({SIGNATURE_TAG: signature.to_json()} if signature else {}), **(tags or {})},
         )
         number = str(created.version)
     if alias:

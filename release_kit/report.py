@@ -102,6 +102,9 @@ class Report:
     created_at: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     mlflow: dict[str, Any] | None = None
+    # The candidate's contract compared with the baseline's recorded one (None: nothing recorded).
+    contract: dict[str, Any] | None = None
+    waivers: list[dict[str, Any]] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
 
     @property

@@ -2,16 +2,22 @@
 
 Rules, first match wins (the report records which one fired):
 
-1. any check failed or could not run → **block** (no release);
+1. any check failed or could not run, and is not waived → **block** (no release);
 2. no baseline → **first release** at ``[release] initial_version``;
-3. bit-identical predictions → **none** (nothing to release);
-4. the primary metric improved and its interval clears ``[quality] min_effect`` → **minor**;
-5. anything else that passes → **patch**.
+3. the contract broke (features, task, output width, prediction kind, bounds other than widened) →
+   **major**;
+4. bit-identical predictions and an unchanged contract → **none** (nothing to release);
+5. the primary metric improved and its interval clears ``[quality] min_effect``, or the contract only
+   gained (widened bounds) → **minor**;
+6. anything else that passes → **patch**.
+
+Waivers (``[[waivers]]`` or ``--waive``) let a named failing check through; every one is recorded.
+``[release] prerelease`` / ``build`` shape the version: ``1.4.0-rc.1``, ``1.4.0+abc123``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import parse_tolerance
@@ -20,6 +26,7 @@ from .report import Bump, CheckResult, Verdict
 if TYPE_CHECKING:
     from .config import Config
     from .report import MetricDiff
+    from .signature import ContractChange
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Decision:
     current_version: str | None
     next_version: str | None
     first_release: bool = False
+    waivers: list[dict] = field(default_factory=list)
 
 
 def decide(
@@ -39,16 +47,29 @@ def decide(
     has_baseline: bool,
     identical_predictions: bool,
     baseline_version: str | None,
+    contract: ContractChange | None = None,
 ) -> Decision:
-    blocking = [check for check in checks if check.status.blocks]
+    waived = {w.check: w for w in config.waivers}
+    failing = {f"{c.stage}::{c.name}" for c in checks if c.status.blocks}
+    waivers = [{"check": w.check, "reason": w.reason, "by": w.by, "applied": w.check in failing} for w in config.waivers]
+    blocking = sorted(failing - set(waived))
+    release = config.release
+
+    def decision(bump: Bump, reason: str, current: str | None, first: bool = False) -> Decision:
+        version = next_version(current, bump, release.prerelease, release.build) if not first else _first(release)
+        return Decision(Verdict.PASS, bump, reason, current, version, first, waivers)
+
     if blocking:
-        names = ", ".join(f"{c.stage}::{c.name}" for c in blocking)
-        return Decision(Verdict.BLOCK, Bump.NONE, f"blocked by {len(blocking)} check(s): {names}", baseline_version, None)
+        reason = f"blocked by {len(blocking)} check(s): {', '.join(blocking)}"
+        return Decision(Verdict.BLOCK, Bump.NONE, reason, baseline_version, None, False, waivers)
     if not has_baseline:
-        initial = config.release.initial_version
-        return Decision(Verdict.PASS, Bump.MAJOR, f"first release: no baseline, version {initial}", None, initial, True)
-    if identical_predictions:
-        return Decision(Verdict.PASS, Bump.NONE, "predictions are bit-identical to the baseline's", baseline_version, baseline_version)
+        return decision(Bump.MAJOR, f"first release: no baseline, version {_first(release)}", None, first=True)
+    if contract is not None and contract.breaking:
+        return decision(Bump.MAJOR, "the contract changed: " + "; ".join(contract.breaking), baseline_version)
+    if identical_predictions and not (contract and contract.additive):
+        return decision(Bump.NONE, "predictions are bit-identical to the baseline's", baseline_version)
+    if contract is not None and contract.additive:
+        return decision(Bump.MINOR, "new capability: " + "; ".join(contract.additive), baseline_version)
 
     primary = _find_metric(checks, config.primary_metric)
     bump, reason = Bump.PATCH, "passes with no significant improvement of the primary metric"
@@ -67,18 +88,34 @@ def decide(
                 f"passes; {config.primary_metric} improvement's lower bound {low:.4g} does not clear "
                 f"the minimum effect {min_effect:.4g}"
             )
-    return Decision(Verdict.PASS, bump, reason, baseline_version, bump_version(baseline_version, bump))
+    return decision(bump, reason, baseline_version)
 
 
-def bump_version(version: str | None, bump: Bump) -> str | None:
-    if version is None:
+def _first(release) -> str:
+    return next_version(release.initial_version, None, release.prerelease, release.build)
+
+
+def next_version(current: str | None, bump: Bump | None, prerelease: str | None = None, build: str | None = None) -> str | None:
+    """The version after ``current`` for ``bump`` (None: ``current`` itself, e.g. a first release's
+    initial version), then as a pre-release (``-rc.N``) and with build metadata when asked.
+
+    ``none`` means no new release: the current version is returned as it is.
+    """
+    if current is None:
         return None
     import semver
 
-    current = semver.Version.parse(version)
+    version = semver.Version.parse(current)
     if bump is Bump.NONE:
-        return str(current)
-    return str(current.next_version(part=bump.value))
+        return str(version)
+    target = version if bump is None else version.next_version(part=bump.value)
+    if prerelease:
+        # A pre-release of the version already being pre-released continues its count (rc.1 → rc.2).
+        same_line = version.prerelease and version.finalize_version() == target.finalize_version()
+        target = (version if same_line else target.finalize_version()).bump_prerelease(prerelease)
+    if build:
+        target = target.replace(build=build)
+    return str(target)
 
 
 def _find_metric(checks: list[CheckResult], name: str) -> MetricDiff | None:
