@@ -38,9 +38,12 @@ def build(directory: Path, *, register: bool = True) -> dict[str, Path]:
     )
     if register:
         from release_kit.registry import publish
+        from release_kit.signature import Signature
         from release_kit.tracking import embedded_uri
 
-        publish(paths["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(directory), alias="champion")
+        # v1's contract, recorded with it so that later candidates are compared against it.
+        contract = Signature("regression", tuple(pf.FEATURES), "float32", 1, None, (0.0, 6.0))
+        publish(paths["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(directory), alias="champion", signature=contract)
     return paths
 
 
