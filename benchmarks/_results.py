@@ -7,8 +7,6 @@ stamped with the date and the machine, so figures from different runs never mix 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
 import re
 import statistics
 from pathlib import Path
@@ -18,18 +16,9 @@ HEADER = "# Benchmark results\n\nWritten by the scripts in this directory (`make
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
+    from release_kit.environment import summary
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    return summary()
 
 
 def median(values: list[float]) -> float:

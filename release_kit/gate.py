@@ -11,7 +11,6 @@ check runs, so bad input fails fast as an :class:`~release_kit.errors.InputError
 from __future__ import annotations
 
 import datetime as dt
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,6 +164,7 @@ def run(
 ) -> Report:
     """Run the stages and user checks, decide the verdict and version, and build the report."""
     from .engine import run_checks
+    from .environment import software
     from .versioning import decide
 
     config = gate.config
@@ -194,7 +194,7 @@ def run(
         next_version=decision.next_version,
         first_release=decision.first_release,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        environment=environment(),
+        environment=software(),
         contract=contract[0],
         waivers=decision.waivers,
     )
@@ -230,20 +230,6 @@ def _user_check_paths(config: Config, project_dir: Path) -> list[Path]:
     if explicit and missing:
         raise InputError(f"check path not found: {missing[0]} (from [checks] paths)")
     return [p for p in paths if p.exists()]
-
-
-def environment() -> dict:
-    import torch
-
-    from . import __version__
-
-    return {
-        "release_kit": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
 
 
 def check(

@@ -239,15 +239,9 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
 def fingerprint(device: str, threads: int) -> dict:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts = {"device": device, "torch": torch.__version__, "threads": threads, "cpu": cpu, "cpu_count": os.cpu_count(),
+    from ..environment import cpu_model
+
+    facts = {"device": device, "torch": torch.__version__, "threads": threads, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
              "platform": platform.platform()}
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
