@@ -210,3 +210,10 @@ def test_unreadable_stored_baseline_is_an_input_error(project, power, cli):
     project.config(FAST + 'stored_baseline = "bad.json"\n')
     result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"])
     assert result.exit_code == 2 and "not a release-kit performance file" in result.stderr
+
+
+def test_unwritable_save_candidate_is_an_input_error(project, power, cli):
+    project.config(FAST + 'save_candidate = "missing-folder/perf.json"\n')
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2 and "save_candidate: cannot write to" in result.stderr
+    assert not (project.root / "r.json").exists()

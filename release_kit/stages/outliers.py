@@ -18,7 +18,7 @@ import numpy as np
 from ..config import parse_tolerance
 from ..errors import InputError
 from ..report import CheckResult, Status
-from . import StageCheck
+from . import Once, StageCheck
 from .quality import example_rows
 
 if TYPE_CHECKING:
@@ -42,11 +42,12 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if gate.config.model.task == "classification" and spec.monotonic and gate.predictions.candidate.shape[1] > 2:
         raise InputError("[outliers] monotonic constraints need a regression or binary classification model")
     domain = domain_from_data(gate.config.model.features, gate.golden.features, spec.domain)
+    losses = Once(partial(_losses, gate))  # both models' per-sample losses, shared by the checks below
     found = [
-        StageCheck("newly_broken", partial(newly_broken, gate)),
+        StageCheck("newly_broken", partial(newly_broken, gate, losses)),
         StageCheck("prediction_shift", partial(prediction_shift, gate)),
-        StageCheck("slices", partial(discovered_slices, gate)),
-        *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, s)) for s in spec.slices],
+        StageCheck("slices", partial(discovered_slices, gate, losses)),
+        *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
         *[StageCheck(f"monotonic:{m.feature}", partial(monotonic, gate, m, domain)) for m in spec.monotonic],
         StageCheck("search:contract", partial(search_contract, gate, domain)),
     ]
@@ -69,13 +70,13 @@ def _losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
     return per_sample_loss(task, target, predictions.candidate), per_sample_loss(task, target, predictions.baseline)
 
 
-def newly_broken(gate: GateContext) -> CheckResult:
+def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
     if gate.predictions.baseline is None:
         return _no_baseline("newly_broken")
     from ..paired import newly_broken as robust_change
 
     spec = gate.config.outliers
-    loss_c, loss_b = _losses(gate)
+    loss_c, loss_b = losses()
     delta = loss_c - loss_b
     if gate.config.model.task == "classification":
         right_c = gate.predictions.candidate.argmax(axis=1) == gate.golden.target
@@ -157,13 +158,13 @@ def _slice_tolerance(gate: GateContext) -> tuple[float, bool]:
     return parse_tolerance(gate.config.outliers.slice_tolerance)
 
 
-def discovered_slices(gate: GateContext) -> CheckResult:
+def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
     if gate.predictions.baseline is None:
         return _no_baseline("slices")
     from ..paired import discover_slices
 
     spec = gate.config.outliers
-    loss_c, loss_b = _losses(gate)
+    loss_c, loss_b = losses()
     stats = discover_slices(
         gate.golden.features, gate.config.model.features, loss_c - loss_b, loss_b,
         tolerance=_slice_tolerance(gate), bins=spec.quantile_bins, pairs=spec.feature_pairs,
@@ -172,13 +173,13 @@ def discovered_slices(gate: GateContext) -> CheckResult:
     return _slice_verdict(gate, "slices", stats, searched=f"{len(stats)} slices searched")
 
 
-def declared_slice(gate: GateContext, declared: SliceSpec) -> CheckResult:
+def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> CheckResult:
     name = f"slice:{_slice_name(declared)}"
     if gate.predictions.baseline is None:
         return _no_baseline(name)
     from ..paired import SliceSums, holm, slice_stat
 
-    loss_c, loss_b = _losses(gate)
+    loss_c, loss_b = losses()
     delta = loss_c - loss_b
     stats = []
     for description, mask in _slice_masks(gate, declared):
