@@ -35,10 +35,16 @@ class RobustChange:
     threshold: float  # a change beyond median ± threshold counts
 
 
-def _robust_scale(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Median and MAD·1.4826, estimated on at most SCALE_SAMPLE_ROWS rows (a threshold, not a test)."""
+def _moved_sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The finite, non-zero values (rows that moved), from at most SCALE_SAMPLE_ROWS sampled rows: the
+    scale is a threshold, not a test, and sampling first avoids full-size copies of large arrays."""
     if len(values) > SCALE_SAMPLE_ROWS:
         values = values[np.random.default_rng(seed).integers(0, len(values), SCALE_SAMPLE_ROWS)]
+    return values[(values != 0) & np.isfinite(values)]
+
+
+def _robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD·1.4826."""
     centre = float(np.median(values))
     return centre, MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
 
@@ -49,7 +55,7 @@ def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float) -> Robust
     The MAD is taken over changed rows only: when most rows are untouched (night-time zeros, identical
     sub-networks) the plain MAD is 0 and every rounding difference would count as a break.
     """
-    changed = delta[delta != 0]
+    changed = _moved_sample(delta)
     if len(changed) == 0:
         empty = np.zeros(len(delta), dtype=bool)
         return RobustChange(empty, empty, math.inf)
@@ -63,8 +69,7 @@ def robust_outliers(values: np.ndarray, k_mad: float) -> np.ndarray:
 
     Like :func:`newly_broken`, the scale comes from rows that moved at all.
     """
-    moved = values[values != 0]
-    finite = moved[np.isfinite(moved)]
+    finite = _moved_sample(values)
     if len(finite) == 0:
         return values != 0
     centre, spread = _robust_scale(finite)
@@ -187,6 +192,7 @@ def joint_sums(first: Binning, second: Binning | None, weights: tuple[np.ndarray
         codes = first.codes
     else:
         codes = first.codes.astype(np.uint8 if size <= 256 else np.uint16) * width + second.codes
+    codes = codes.astype(np.intp)  # bincount converts to intp on every call: do it once for the 1 + 3 passes
     tables = [np.bincount(codes, minlength=size).astype(float)]
     tables += [np.bincount(codes, weights=w, minlength=size) for w in weights]
     return np.stack(tables).reshape(len(tables), len(first.labels), width)
