@@ -23,6 +23,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_range(low: float | None, high: float | None) -> None:
+    """A range given as min/max: both ends optional, never inverted."""
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min ({low:g}) is greater than max ({high:g})")
+
+
 class Bounds(_Strict):
     """The output contract: every prediction must lie in ``[min, max]``."""
 
@@ -31,8 +37,7 @@ class Bounds(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Bounds:
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        _check_range(self.min, self.max)
         return self
 
 
@@ -189,8 +194,7 @@ class FeatureDomain(_Strict):
     def _ordered(self) -> FeatureDomain:
         if self.values is not None and not self.values:
             raise ValueError("values is empty")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        _check_range(self.min, self.max)
         return self
 
 

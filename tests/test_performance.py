@@ -217,3 +217,11 @@ def test_unwritable_save_candidate_is_an_input_error(project, power, cli):
     result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--report", "r.json")
     assert result.exit_code == 2 and "save_candidate: cannot write to" in result.stderr
     assert not (project.root / "r.json").exists()
+
+
+def test_unwritable_benchmark_json_is_an_input_error(project, power, cli):
+    project.config(FAST)
+    result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--report", "r.json",
+                 "--benchmark-json", "missing-folder/bench.json")
+    assert result.exit_code == 2 and "--benchmark-json: cannot write to missing-folder" in result.stderr
+    assert not (project.root / "r.json").exists()
