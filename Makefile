@@ -31,4 +31,5 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .release-kit examples/power-forecast/data examples/power-forecast/models \
-	       examples/power-forecast/out examples/power-forecast/.release-kit
+	       examples/power-forecast/out examples/power-forecast/.release-kit \
+	       examples/power-forecast/workspace

@@ -38,59 +38,63 @@ def main(debug: bool) -> None:
     """Decide whether a candidate PyTorch model may be released, and what version it is."""
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="release-kit.toml or pyproject.toml (default: found in the current directory).")
-@click.option("--candidate", help="Candidate model: file (.pt TorchScript, .pt2 export, .safetensors) or MLflow URI.")
-@click.option("--baseline", help="Baseline model (the previous release): file or MLflow URI such as models:/NAME@champion.")
-@click.option("--baseline-version", help="Semantic version of a file baseline (registry baselines carry their own).")
-@click.option("--data", help="Golden dataset (.csv or .parquet).")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--format", "output_format", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True, help="What to print on stdout.")
-@click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default from [gate] stages).")
-@click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models (runs arbitrary code from the file).")
-@click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
-@click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
-@click.option("--waive", "waive", nargs=3, multiple=True, metavar="CHECK REASON BY",
-              help="Let the failing check 'stage::name' through, recording why and who (repeatable).")
-@click.option("--prerelease", help="Release as a pre-release with this label: 1.4.0-rc.1.")
-@click.option("--build-metadata", help="Append build metadata to the version: 1.4.0+abc123.")
-def check(
-    config_path: Path | None,
-    candidate: str | None,
-    baseline: str | None,
-    baseline_version: str | None,
-    data: str | None,
-    report_path: Path | None,
-    output_format: str,
-    stages: tuple[str, ...],
-    allow_pickle: bool,
-    no_mlflow: bool,
-    benchmark_json: Path | None,
-    waive: tuple[tuple[str, str, str], ...],
-    prerelease: str | None,
-    build_metadata: str | None,
-) -> None:
-    """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump."""
+def _gate_options(command):
+    """The inputs of a gate run, shared by ``check`` and ``release`` (which runs the gate without --report)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(path_type=Path), help="release-kit.toml or pyproject.toml (default: found in the current directory)."),
+        click.option("--candidate", help="Candidate model: file (.pt TorchScript, .pt2 export, .safetensors) or MLflow URI."),
+        click.option("--baseline", help="Baseline model (the previous release): file or MLflow URI such as models:/NAME@champion; 'none' for a first release."),
+        click.option("--baseline-version", help="Semantic version of a file baseline (registry baselines carry their own)."),
+        click.option("--data", help="Golden dataset (.csv or .parquet)."),
+        click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default from [gate] stages)."),
+        click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models (runs arbitrary code from the file)."),
+        click.option("--no-mlflow", is_flag=True, help="Do not log the gate run to MLflow."),
+        click.option("--waive", "waive", nargs=3, multiple=True, metavar="CHECK REASON BY",
+                     help="Let the failing check 'stage::name' through, recording why and who (repeatable)."),
+        click.option("--prerelease", help="Release as a pre-release with this label: 1.4.0-rc.1."),
+        click.option("--build-metadata", help="Append build metadata to the version: 1.4.0+abc123."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
+    """Resolve the config, run the gate with a progress bar on stderr, log it; → (config, project dir, report)."""
     from rich.console import Console
 
     from . import gate, render
 
-    config, project_dir = gate.resolve_config(config_path)
-    config = gate.with_overrides(config, waivers=waive, prerelease=prerelease, build=build_metadata)
+    config, project_dir = gate.resolve_config(inputs["config_path"])
+    config = gate.with_overrides(config, waivers=inputs["waive"], prerelease=inputs["prerelease"], build=inputs["build_metadata"])
     prepared = gate.prepare(
-        config, project_dir, candidate=candidate, baseline=baseline,
-        baseline_version=baseline_version, data=data, allow_pickle=allow_pickle,
+        config, project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
+        baseline_version=inputs["baseline_version"], data=inputs["data"], allow_pickle=inputs["allow_pickle"],
     )
-    err_console = Console(stderr=True)
-    listener = render.ProgressListener(err_console)
+    listener = render.ProgressListener(Console(stderr=True))
     try:
-        report = gate.run(prepared, stages=list(stages) or None, listener=listener, benchmark_json=benchmark_json)
+        report = gate.run(prepared, stages=list(inputs["stages"]) or None, listener=listener, benchmark_json=benchmark_json)
     finally:
         listener.close()
-    if config.mlflow.enabled and not no_mlflow:
+    if config.mlflow.enabled and not inputs["no_mlflow"]:
         from .tracking import log_gate_run
 
         report.mlflow = log_gate_run(prepared, report)
+    return config, project_dir, report
+
+
+@main.command()
+@_gate_options
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--format", "output_format", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True, help="What to print on stdout.")
+@click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
+def check(report_path: Path | None, output_format: str, benchmark_json: Path | None, **inputs) -> None:
+    """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump."""
+    from rich.console import Console
+
+    from . import render
+
+    config, _, report = _run_gate(inputs, benchmark_json=benchmark_json)
     if report_path is not None:
         report.write(report_path)
 
@@ -106,12 +110,138 @@ def check(
 @main.command()
 @click.option("--report", "report_path", type=click.Path(path_type=Path), required=True, help="A report written by `check --report`.")
 @click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Directory of templates overriding the shipped ones.")
-def note(report_path: Path, templates: Path | None) -> None:
-    """Render a saved report as markdown."""
+@click.option("--format", "output_format", type=click.Choice(["markdown", "html"]), default="markdown", show_default=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write the note to this file instead of stdout.")
+def note(report_path: Path, templates: Path | None, output_format: str, out_path: Path | None) -> None:
+    """Render a saved report as markdown, or as one self-contained HTML page."""
     from . import render
     from .report import load_report
 
-    click.echo(render.render_markdown(load_report(report_path), templates_dir=templates), nl=False)
+    report = load_report(report_path)
+    text = (render.render_html if output_format == "html" else render.render_markdown)(report, templates_dir=templates)
+    if out_path is None:
+        click.echo(text, nl=False)
+    else:
+        _write(out_path, text)
+
+
+def _write(path: Path, text: str) -> None:
+    from .errors import InputError
+    from .report import write_atomic
+
+    try:
+        write_atomic(path, text)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@main.command()
+@_gate_options
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Release from this saved report (default: run the gate now).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--allow-dirty", is_flag=True, help="Release from a git tree with uncommitted changes (recorded in the manifest).")
+@click.option("--note-out", type=click.Path(path_type=Path), help="Also write the release note (markdown) to this file.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out: Path | None, output_format: str, **inputs) -> None:
+    """Cut the release the gate decided: registry version, tags, manifest, git tag, CHANGELOG, then the alias.
+
+    Every step checks first and is skipped when already done, so re-running after a failure completes
+    the same release. Exit codes: 0 released (or nothing to release), 1 refused (blocked, or something
+    moved meanwhile), 2 input error.
+    """
+    import json
+
+    from rich.console import Console
+
+    from . import gate, release as releases
+
+    if report_path is not None:
+        from .report import load_report
+
+        config, project_dir = gate.resolve_config(inputs["config_path"])
+        report = load_report(report_path)
+    else:
+        config, project_dir, report = _run_gate(inputs)
+    err = Console(stderr=True, highlight=False)
+    try:
+        plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty)
+    except releases.NothingToRelease as reason:
+        click.echo(f"release-kit: {reason}", err=True)
+        sys.exit(EXIT_PASS)
+    except releases.ReleaseConflict as conflict:
+        click.echo(f"release-kit: not released: {conflict}", err=True)
+        sys.exit(EXIT_BLOCK)
+    marks = {"done": "[green]✓[/]", "already": "[dim]= done before:[/]", "skipped": "[dim]- skipped[/]", "planned": "[cyan]→ would[/]"}
+    err.print(f"[bold]{'Plan' if dry_run else 'Releasing'} {plan.model} {plan.version}[/] (release id {plan.release_id})")
+    try:
+        state = releases.execute(
+            plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {o.detail}", soft_wrap=True)
+        )
+    except releases.ReleaseConflict as conflict:
+        click.echo(f"release-kit: stopped: {conflict}", err=True)
+        sys.exit(EXIT_BLOCK)
+    if note_out is not None and not dry_run:
+        _write(note_out, plan.note)
+    if output_format == "json":
+        click.echo(json.dumps({
+            "model": plan.model, "version": plan.version, "release_id": plan.release_id, "dry_run": dry_run,
+            "registry_version": state.number, "tag": plan.tag_name, "steps": [o.to_dict() for o in state.outcomes],
+        }, indent=2))
+    else:
+        click.echo(plan.note, nl=False)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config to take the model name and MLflow store from.")
+@click.option("--model", "model_name", help="Registered model name (default: [model] name).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def history(config_path: Path | None, model_name: str | None, output_format: str) -> None:
+    """The release ledger: every released version with its date, bump, metrics, data, sha and aliases."""
+    import json
+
+    from rich.console import Console
+
+    from . import ledger, render
+
+    config, uri, name = _registry_target(config_path, model_name)
+    entries = ledger.history(uri, name, config.mlflow.experiment)
+    if output_format == "json":
+        click.echo(json.dumps([entry.to_dict() for entry in entries], indent=2))
+    else:
+        render.print_history(name, entries, Console())
+
+
+@main.command()
+@click.option("--to", "target", required=True, help="The semantic version to move the alias back to.")
+@click.option("--reason", required=True, help="Why (recorded in the registry and shown by `history`).")
+@click.option("--by", "by", help="Who (default: $USER).")
+@click.option("--alias", help="The alias to move (default: [release] alias).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+@click.option("--model", "model_name", help="Registered model name (default: [model] name).")
+def rollback(target: str, reason: str, by: str | None, alias: str | None, config_path: Path | None, model_name: str | None) -> None:
+    """Move the alias back to an earlier released version, and record why."""
+    import os
+
+    from . import ledger
+
+    config, uri, name = _registry_target(config_path, model_name)
+    alias = alias or config.release.alias or "champion"
+    moved = ledger.rollback(
+        uri, name, alias, target, reason=reason, by=by or os.environ.get("USER") or "unknown", experiment=config.mlflow.experiment
+    )
+    click.echo(moved)
+
+
+def _registry_target(config_path: Path | None, model_name: str | None):
+    """(config, tracking URI, model name) from the config, the name overridable."""
+    from . import gate
+    from .errors import InputError
+    from .tracking import tracking_uri
+
+    config, project_dir = gate.resolve_config(config_path)
+    if not config.mlflow.enabled:
+        raise InputError("MLflow is disabled in [mlflow]: there is no registry to read")
+    return config, tracking_uri(config, project_dir), model_name or config.model.name
 
 
 @main.group()

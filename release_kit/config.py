@@ -288,6 +288,10 @@ class MlflowSpec(_Strict):
 class ReleaseSpec(_Strict):
     initial_version: str = "1.0.0"
     templates: str | None = None
+    changelog: str = "CHANGELOG.md"  # relative to the config's directory; "" for none
+    git_tag: bool = True
+    tag_format: str = "{model}-v{version}"
+    alias: str = Field(default="champion", pattern=r"^([A-Za-z_][A-Za-z0-9_-]*)?$")  # "" leaves aliases alone
     prerelease: str | None = Field(default=None, pattern=r"^[0-9A-Za-z-]+$")  # "rc" → 1.4.0-rc.1
     build: str | None = Field(default=None, pattern=r"^[0-9A-Za-z.-]+$")  # build metadata → 1.4.0+abc123
 
@@ -296,6 +300,15 @@ class ReleaseSpec(_Strict):
     def _semver(cls, version: str) -> str:
         _parse_version(version)
         return version
+
+    @field_validator("tag_format")
+    @classmethod
+    def _tag_fields(cls, template: str) -> str:
+        try:
+            template.format(model="m", version="1.0.0")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"{template!r} may use only {{model}} and {{version}} ({error})") from None
+        return template
 
 
 class Waiver(_Strict):

@@ -108,7 +108,8 @@ def prepare(
     candidate_source = candidate or config.candidate.path
     if not candidate_source:
         raise InputError("no candidate model: pass --candidate or set [candidate] path")
-    baseline_source = baseline or config.baseline.path
+    # "none" on the command line: no baseline at all, a first release, whatever the config names.
+    baseline_source = None if baseline == "none" else baseline or config.baseline.path
     golden_source = data or config.data.golden
     if not golden_source:
         raise InputError("no golden data: pass --data or set [data] golden")

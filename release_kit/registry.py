@@ -83,6 +83,56 @@ def _model_file(local: Path, uri: str) -> Path:
     return files[0]
 
 
+def find_versions(client, uri: str, name: str, tag: str, value: str) -> list:
+    """Versions of ``name`` whose ``tag`` equals ``value``, lowest version number first."""
+    found = _call(uri, client.search_model_versions, f"name = '{_quote(name)}' and tag.`{tag}` = '{_quote(value)}'")
+    return sorted(found, key=lambda version: int(version.version))
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def register_version(
+    model_file: Path,
+    name: str,
+    *,
+    key: tuple[str, str],
+    tags: dict[str, str],
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+):
+    """The registered version of ``name`` that carries the tag ``key``, created when there is none.
+
+    The registry assigns version numbers, so two processes registering the same key at once can both
+    create one. Each re-reads after creating, the lowest number wins, and the loser deletes its own:
+    exactly one version per key remains, whichever process finishes first.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = connect(tracking_uri)
+    existing = find_versions(client, tracking_uri, name, *key)
+    if existing:
+        return existing[0]
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run = _call(tracking_uri, client.create_run, experiment_id, run_name=run_name, tags={key[0]: key[1]})
+    client.log_artifact(run.info.run_id, str(model_file), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags={key[0]: key[1], **tags}
+    )
+    winner = find_versions(client, tracking_uri, name, *key)[0]
+    if winner.version != created.version:
+        client.delete_model_version(name, created.version)
+    return winner
+
+
 def publish(
     model_file: Path,
     name: str,
@@ -96,30 +146,15 @@ def publish(
 ) -> str:
     """Register ``model_file`` as version ``semver`` of ``name``; idempotent on (name, semver).
 
-    ``signature`` (the model's contract) is recorded so that later candidates can be compared with it.
-    Returns the registry's version number. ``alias`` (e.g. ``champion``) is moved to it last.
+    A plain registration (seeding a registry, importing an old model); ``release-kit release`` is the
+    full release. ``signature`` (the model's contract) is recorded so that later candidates can be
+    compared with it. Returns the registry's version number; ``alias`` (e.g. ``champion``) is moved to it.
     """
-    from mlflow.exceptions import MlflowException
-
-    client = connect(tracking_uri)
-    existing = _call(tracking_uri, client.search_model_versions, f"name = '{name}' and tag.`{VERSION_TAG}` = '{semver}'")
-    if existing:
-        number = str(existing[0].version)
-    else:
-        experiment_id = ensure_experiment(client, experiment, tracking_uri)
-        run = client.create_run(experiment_id, run_name=f"publish {name} {semver}")
-        client.log_artifact(run.info.run_id, str(model_file), artifact_path="model")
-        client.set_terminated(run.info.run_id)
-        try:
-            client.create_registered_model(name)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        created = client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
-            tags={VERSION_TAG: semver, **({SIGNATURE_TAG: signature.to_json()} if signature else {}), **(tags or {})},
-        )
-        number = str(created.version)
+    version = register_version(
+        model_file, name, key=(VERSION_TAG, semver),
+        tags={**({SIGNATURE_TAG: signature.to_json()} if signature else {}), **(tags or {})},
+        tracking_uri=tracking_uri, experiment=experiment, run_name=f"publish {name} {semver}",
+    )
     if alias:
-        client.set_registered_model_alias(name, alias, number)
-    return number
+        connect(tracking_uri).set_registered_model_alias(name, alias, version.version)
+    return str(version.version)

@@ -62,7 +62,10 @@ def metric_rows(report: Report) -> list[MetricDiff]:
     return [diff for check in report.checks for diff in check.metrics if diff.baseline is not None]
 
 
-def _environment(templates_dir: str | Path | None):
+CHART_TEMPLATES = {"mermaid": "chart.mermaid.j2", "svg": "chart.svg.j2"}
+
+
+def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
     from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
 
     loaders = [PackageLoader("release_templates", ".")]
@@ -72,18 +75,49 @@ def _environment(templates_dir: str | Path | None):
     env.filters.update(
         md=_md, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
-    env.globals.update(metric_rows=metric_rows)
+    env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env
 
 
-def render_markdown(report: Report, *, templates_dir: str | Path | None = None, confidence: float = 0.95) -> str:
+def _render(name: str, templates_dir: str | Path | None, *, charts: str = "mermaid", **context) -> str:
+    """Render a template; a template error (an unknown variable, a syntax error) is the user's input error."""
     from jinja2 import TemplateError
 
     try:
-        template = _environment(templates_dir).get_template("report.md.j2")
-        return template.render(report=report, confidence=confidence)
+        return _environment(templates_dir, charts).get_template(name).render(**context)
     except TemplateError as error:
-        raise InputError(f"cannot render template report.md.j2: {error}") from None
+        where = f" (line {error.lineno} of {error.name})" if getattr(error, "lineno", None) and getattr(error, "name", None) else ""
+        raise InputError(f"cannot render template {name}{where}: {error}") from None
+
+
+def render_markdown(report: Report, *, templates_dir: str | Path | None = None, confidence: float = 0.95) -> str:
+    return _render("report.md.j2", templates_dir, report=report, confidence=confidence)
+
+
+def render_html(report: Report, *, templates_dir: str | Path | None = None, confidence: float = 0.95) -> str:
+    """The report as one self-contained HTML page: the markdown note rendered, charts as inline SVG."""
+    markdown = _render("report.md.j2", templates_dir, charts="svg", report=report, confidence=confidence)
+    title = f"release-kit · {report.model} · {report.verdict.value}"
+    return _render("page.html.j2", templates_dir, title=title, body=markdown_to_html(markdown))
+
+
+def markdown_to_html(markdown: str) -> str:
+    """GitHub-flavoured enough for our templates: tables, raw HTML blocks (details, figures) passed through.
+
+    Raw HTML is safe here because every user-supplied string in the templates goes through the ``md``
+    filter, which escapes ``<`` and ``>``.
+    """
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(markdown)
+
+
+def render_release_note(report: Report, release: dict, *, templates_dir: str | Path | None = None, confidence: float = 0.95) -> str:
+    return _render("release-note.md.j2", templates_dir, report=report, release=release, confidence=confidence)
+
+
+def render_changelog_entry(report: Report, release: dict, *, templates_dir: str | Path | None = None) -> str:
+    return _render("changelog-entry.md.j2", templates_dir, report=report, release=release)
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -102,6 +136,24 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"[bold green]PASS[/] bump [bold]{report.bump.value}[/]{version}: {report.bump_reason}")
     else:
         console.print(f"[bold red]BLOCK[/]: {report.bump_reason}")
+
+
+def print_history(model: str, entries: list, console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"release-kit · {model} releases", title_justify="left", expand=True)
+    for column in ("version", "released", "bump", "quality", "data", "git", "alias"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("version", "released", "bump"))
+    for entry in entries:
+        quality = ", ".join(f"{name.rpartition('.')[2]} {value}" for name, value in entry.metrics.items() if name.startswith("quality."))
+        rolled = "".join(f"\n↩ {event['at'][:10]} from {escape(event['from'])}: {escape(event['reason'])}" for event in entry.rollbacks)
+        table.add_row(
+            f"[bold]{escape(entry.version)}[/] #{entry.registry_version}", entry.released_at[:10], entry.bump or "—",
+            escape(quality) or "—", ", ".join(f"{role} {sha[:8]}" for role, sha in entry.data.items()) or "—",
+            (entry.git_sha or "—")[:8], " ".join(f"@{escape(alias)}" for alias in entry.aliases) + rolled,
+        )
+    console.print(table)
 
 
 class ProgressListener:

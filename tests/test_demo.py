@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,9 +12,9 @@ from pathlib import Path
 from conftest import ROOT
 
 
-def test_demo_blocks_the_night_candidate_and_passes_the_better_one(tmp_path):
+def test_demo_blocks_the_night_candidate_then_releases_the_better_one(tmp_path):
     shutil.copytree(ROOT / "examples" / "power-forecast", tmp_path / "examples" / "power-forecast",
-                    ignore=shutil.ignore_patterns("data", "models", "out", ".release-kit", "__pycache__"))
+                    ignore=shutil.ignore_patterns("data", "models", "out", "workspace", ".release-kit", "__pycache__"))
     shutil.copytree(ROOT / "checks", tmp_path / "checks")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "120"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -22,5 +23,12 @@ def test_demo_blocks_the_night_candidate_and_passes_the_better_one(tmp_path):
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "BLOCK" in demo.stdout and "exit 1: blocked" in demo.stdout
     assert "PASS bump minor → 1.1.0" in demo.stdout
-    assert "## ✅ release-kit: `power-forecast` — PASS" in demo.stdout
-    assert (tmp_path / "examples" / "power-forecast" / ".release-kit" / "mlflow.db").is_file()
+    # The release: the note printed, v1.1.0 in the embedded registry, the git tag and the CHANGELOG entry.
+    assert "# power-forecast 1.1.0\n" in demo.stdout and "## ✅ release-kit: `power-forecast` — PASS" in demo.stdout
+    work = tmp_path / "examples" / "power-forecast" / "workspace"
+    assert (work / ".release-kit" / "mlflow.db").is_file()
+    assert "git tags: power-forecast-v1.1.0\n" in demo.stdout
+    assert "## [1.1.0] - " in (work / "CHANGELOG.md").read_text()
+    ledger = subprocess.run(["release-kit", "history", "--format", "json"], cwd=work, capture_output=True, text=True, env=env)
+    releases = {entry["version"]: entry for entry in json.loads(ledger.stdout)}
+    assert releases["1.1.0"]["aliases"] == ["champion"] and releases["1.1.0"]["bump"] == "minor"

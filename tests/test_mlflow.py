@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
-import pytest
+from conftest import free_port
 
 from release_kit import gate
 from release_kit.registry import publish
@@ -70,44 +65,6 @@ def test_unreachable_tracking_server_is_a_clear_error(project, power, cli, monke
     assert result.exit_code == 2
     assert "cannot reach MLflow at http://127.0.0.1:" in result.stderr
     assert not (project.root / "r.json").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
-        ],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail("mlflow server exited: " + (root / "server.log").read_text()[-2000:])
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.terminate()
-        pytest.fail("mlflow server did not become healthy in 90 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def test_registry_baseline_on_a_live_mlflow_server(project, power, cli, mlflow_server, monkeypatch):

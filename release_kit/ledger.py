@@ -1,0 +1,121 @@
+"""The release ledger in the registry: ``history`` reads it, ``rollback`` moves an alias back and records why.
+
+A release is a registered version with release-kit's tags; a rollback is an MLflow run tagged
+``release_kit.event = rollback`` (from, to, alias, reason, who), so the record survives the alias moving again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import InputError
+from .tracking import VERSION_TAG, _call, connect, ensure_experiment
+
+EVENT_TAG = "release_kit.event"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    version: str  # the semantic version
+    registry_version: str  # the registry's number
+    released_at: str
+    bump: str | None
+    git_sha: str | None
+    metrics: dict[str, str]
+    data: dict[str, str]
+    aliases: list[str]
+    release_id: str | None
+    rollbacks: list[dict[str, str]] = field(default_factory=list)  # rollbacks that moved an alias here
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def history(uri: str, model: str, experiment: str = "release-kit") -> list[LedgerEntry]:
+    """Every released version of ``model``, newest first."""
+    import semver
+
+    client = connect(uri)
+    versions = [v for v in _call(uri, client.search_model_versions, f"name = '{model}'") if VERSION_TAG in v.tags]
+    if not versions:
+        raise InputError(f"no released versions of {model!r} in the registry at {uri}")
+    rollbacks = _rollbacks(client, uri, model, experiment)
+    # Searched versions carry no aliases in every store; the registered model has them all.
+    aliases: dict[str, list[str]] = {}
+    for alias, number in _call(uri, client.get_registered_model, model).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
+    entries = []
+    for version in versions:
+        tags = version.tags
+        entries.append(LedgerEntry(
+            version=tags[VERSION_TAG],
+            registry_version=str(version.version),
+            released_at=dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC).isoformat(timespec="seconds"),
+            bump=tags.get("release_kit.bump"),
+            git_sha=tags.get("release_kit.git_sha"),
+            metrics={k.removeprefix("release_kit.metric."): v for k, v in sorted(tags.items()) if k.startswith("release_kit.metric.")},
+            data={k.removeprefix("release_kit.data."): v for k, v in sorted(tags.items()) if k.startswith("release_kit.data.")},
+            aliases=sorted(aliases.get(str(version.version), [])),
+            release_id=tags.get("release_kit.release_id"),
+            rollbacks=[event for event in rollbacks if event["to"] == tags[VERSION_TAG]],
+        ))
+    return sorted(entries, key=lambda entry: semver.Version.parse(entry.version), reverse=True)
+
+
+def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, str]]:
+    found = _call(uri, client.get_experiment_by_name, experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{model}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    keys = ("from", "to", "alias", "reason", "by")
+    return [
+        {**{key: run.data.tags.get(f"release_kit.rollback.{key}", "") for key in keys},
+         "at": dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC).isoformat(timespec="seconds")}
+        for run in runs
+    ]
+
+
+def rollback(uri: str, model: str, alias: str, target: str, *, reason: str, by: str, experiment: str = "release-kit") -> str:
+    """Point ``alias`` at released version ``target`` again; the why is recorded before the alias moves."""
+    from mlflow.exceptions import MlflowException
+
+    from .registry import find_versions
+
+    if not reason.strip():
+        raise InputError("--reason must say why")
+    client = connect(uri)
+    found = find_versions(client, uri, model, VERSION_TAG, target)
+    if not found:
+        released = ", ".join(entry.version for entry in history(uri, model, experiment))
+        raise InputError(f"{model} has no released version {target!r} (released: {released})")
+    number = str(found[0].version)
+    try:
+        current = _call(uri, client.get_model_version_by_alias, model, alias)
+    except MlflowException:
+        current = None
+    if current is not None and str(current.version) == number:
+        return f"@{alias} of {model} already points to {target} (version {number}); nothing to do"
+    current_semver = current.tags.get(VERSION_TAG, f"version {current.version}") if current is not None else "(unset)"
+
+    run = client.create_run(
+        ensure_experiment(client, experiment, uri),
+        run_name=f"rollback {model} {current_semver} → {target}",
+        tags={
+            EVENT_TAG: "rollback", "release_kit.model": model, "release_kit.rollback.from": current_semver,
+            "release_kit.rollback.to": target, "release_kit.rollback.alias": alias,
+            "release_kit.rollback.reason": reason[:4000], "release_kit.rollback.by": by,
+        },
+    )
+    try:
+        client.set_registered_model_alias(model, alias, number)
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")  # the record says it did not happen
+        raise
+    client.set_terminated(run.info.run_id)
+    return f"moved @{alias} of {model} from {current_semver} to {target} (version {number}): {reason}"

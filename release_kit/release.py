@@ -1,0 +1,546 @@
+"""Cutting a release: the planner and its ordered, idempotent "ensure" steps.
+
+:func:`plan` reads everything and validates it before anything is written: the report passed, the model
+file is the one the report checked, the registry is reachable and holds no other model under this version,
+the alias still points where the check saw it, the git tree is clean and the tag free, the CHANGELOG is
+writable, and the note and the CHANGELOG entry render. :func:`execute` then runs the steps in order:
+
+1. ``register``  — the model version, found by this release's id tag or created (the registry numbers it);
+2. ``tags``      — semver, git sha, data fingerprints, metrics, verdict, report URI on the version;
+3. ``artifacts`` — the manifest, the note and the report, logged with the version's run;
+4. ``git-tag``   — ``<model>-v<version>`` on the commit the manifest records;
+5. ``changelog`` — the Keep a Changelog entry;
+6. ``alias``     — moved last, after re-reading it: if it moved since the plan, the release stops there.
+
+Each step checks the state first and does nothing when it is already done, so a release that crashed
+after any step ends, when re-run, in exactly one version, one tag and one CHANGELOG entry. The release id
+is a hash of (model, version, model file), so the re-run finds the version the crashed run created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError, ReleaseKitError
+from .report import Report, Verdict
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .git import GitRepo
+
+RELEASE_ID_TAG = "release_kit.release_id"
+ARTIFACT_DIR = "release"
+
+
+class ReleaseConflict(ReleaseKitError):
+    """The registry or the repository changed under the release (exit code 1: nothing more was done)."""
+
+
+class NothingToRelease(ReleaseKitError):
+    """The gate passed with bump ``none``: no new version (exit code 0)."""
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Everything a release writes, decided and rendered before the first write."""
+
+    report: Report
+    model: str
+    version: str
+    release_id: str
+    tracking_uri: str
+    experiment: str
+    model_file: Path
+    tags: dict[str, str]
+    manifest: dict[str, Any]
+    note: str
+    changelog_entry: str
+    changelog: Path | None
+    git: GitRepo | None
+    commit: str | None
+    tag_name: str | None
+    alias: str | None
+    alias_expected: str | None  # the alias's version number when planned (None: not set)
+    alias_skipped: str | None  # why the alias is not moved (pre-release, disabled)
+    lock_dir: Path
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass
+class ReleaseState:
+    """What the steps learned or created so far (the registry's version number and run)."""
+
+    number: str | None = None
+    run_id: str | None = None
+    outcomes: list[StepOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: str
+    action: str  # "done" (acted now) | "already" (found done) | "skipped" | "planned" (dry run)
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"step": self.step, "action": self.action, "detail": self.detail}
+
+
+class Step:
+    """One ensure-step: ``describe`` the intent, ``is_done`` reads the state, ``apply`` acts."""
+
+    name = ""
+
+    def describe(self, plan: ReleasePlan) -> str:
+        raise NotImplementedError
+
+    def is_done(self, plan: ReleasePlan, state: ReleaseState) -> bool:
+        raise NotImplementedError
+
+    def apply(self, plan: ReleasePlan, state: ReleaseState) -> None:
+        raise NotImplementedError
+
+    def skip_reason(self, plan: ReleasePlan) -> str | None:
+        return None
+
+
+def _client(plan: ReleasePlan):
+    from .tracking import connect
+
+    return connect(plan.tracking_uri)
+
+
+class Register(Step):
+    name = "register"
+
+    def describe(self, plan):
+        return f"register {plan.model} {plan.version} (release id {plan.release_id}) at {plan.tracking_uri}"
+
+    def is_done(self, plan, state):
+        from .registry import find_versions
+
+        found = find_versions(_client(plan), plan.tracking_uri, plan.model, RELEASE_ID_TAG, plan.release_id)
+        if found:
+            state.number, state.run_id = str(found[0].version), found[0].run_id
+        return bool(found)
+
+    def apply(self, plan, state):
+        from .registry import register_version
+        from .tracking import VERSION_TAG
+
+        version = register_version(
+            plan.model_file, plan.model, key=(RELEASE_ID_TAG, plan.release_id), tags={VERSION_TAG: plan.version},
+            tracking_uri=plan.tracking_uri, experiment=plan.experiment, run_name=f"release {plan.model} {plan.version}",
+        )
+        state.number, state.run_id = str(version.version), version.run_id
+
+
+def _tags(plan: ReleasePlan, state: ReleaseState) -> dict[str, str]:
+    return {**plan.tags, "release_kit.report_uri": f"runs:/{state.run_id}/{ARTIFACT_DIR}/report.json"}
+
+
+class Tags(Step):
+    name = "tags"
+
+    def describe(self, plan):
+        return f"set {len(plan.tags) + 1} tags on the version (semver, git sha, data, metrics, verdict, report URI)"
+
+    def is_done(self, plan, state):
+        if state.number is None:
+            return False
+        current = _client(plan).get_model_version(plan.model, state.number).tags
+        return all(current.get(key) == value for key, value in _tags(plan, state).items())
+
+    def apply(self, plan, state):
+        client = _client(plan)
+        for key, value in _tags(plan, state).items():
+            _settle(
+                lambda key=key, value=value: client.set_model_version_tag(plan.model, state.number, key, value),
+                lambda key=key, value=value: client.get_model_version(plan.model, state.number).tags.get(key) == value,
+            )
+
+
+class Artifacts(Step):
+    name = "artifacts"
+    files = ("manifest.json", "release-note.md", "report.json")
+
+    def describe(self, plan):
+        return f"log {', '.join(self.files)} under {ARTIFACT_DIR}/ of the version's run"
+
+    def is_done(self, plan, state):
+        if state.run_id is None:
+            return False
+        logged = {Path(a.path).name for a in _client(plan).list_artifacts(state.run_id, ARTIFACT_DIR)}
+        return set(self.files) <= logged
+
+    def apply(self, plan, state):
+        contents = {
+            "manifest.json": json.dumps(plan.manifest, indent=2, sort_keys=True) + "\n",
+            "release-note.md": plan.note,
+            "report.json": plan.report.to_json(),
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            for name, text in contents.items():
+                (Path(folder) / name).write_text(text, encoding="utf-8")
+            # The report last: its presence is what marks the step done.
+            for name in self.files:
+                _client(plan).log_artifact(state.run_id, str(Path(folder) / name), artifact_path=ARTIFACT_DIR)
+
+
+class GitTag(Step):
+    name = "git-tag"
+
+    def describe(self, plan):
+        return f"tag {plan.commit[:12]} as {plan.tag_name}" if plan.tag_name else "no git tag"
+
+    def skip_reason(self, plan):
+        return None if plan.tag_name else "[release] git_tag = false"
+
+    def is_done(self, plan, state):
+        return plan.git.tag_commit(plan.tag_name) == plan.commit
+
+    def apply(self, plan, state):
+        plan.git.create_tag(plan.tag_name, plan.commit, f"{plan.model} {plan.version}\n\nrelease id {plan.release_id}")
+
+
+class Changelog(Step):
+    name = "changelog"
+
+    def describe(self, plan):
+        return f"add the {plan.version} entry to {plan.changelog}" if plan.changelog else "no CHANGELOG"
+
+    def skip_reason(self, plan):
+        return None if plan.changelog else "[release] changelog = \"\""
+
+    def is_done(self, plan, state):
+        from .changelog import has_entry
+
+        return plan.changelog.exists() and has_entry(plan.changelog.read_text(encoding="utf-8"), plan.version)
+
+    def apply(self, plan, state):
+        from .changelog import write_entry
+
+        write_entry(plan.changelog, plan.version, plan.changelog_entry)
+
+
+class Alias(Step):
+    name = "alias"
+
+    def describe(self, plan):
+        was = f"version {plan.alias_expected}" if plan.alias_expected else "unset"
+        return f"move @{plan.alias} to this version (now {was}; re-read first)" if plan.alias else "no alias"
+
+    def skip_reason(self, plan):
+        return plan.alias_skipped
+
+    def is_done(self, plan, state):
+        return state.number is not None and _alias_target(plan.model, plan.alias, plan.tracking_uri) == state.number
+
+    def apply(self, plan, state):
+        now = _alias_target(plan.model, plan.alias, plan.tracking_uri)
+        if now == state.number:
+            return  # a concurrent run of this same release moved it
+        if now != plan.alias_expected:
+            raise ReleaseConflict(
+                f"@{plan.alias} of {plan.model} moved to version {now} while releasing (planned from "
+                f"{plan.alias_expected or 'unset'}); not moved. Re-run the check against the new {plan.alias}."
+            )
+        client = _client(plan)
+        _settle(
+            lambda: client.set_registered_model_alias(plan.model, plan.alias, state.number),
+            lambda: _alias_target(plan.model, plan.alias, plan.tracking_uri) == state.number,
+        )
+
+
+def _settle(write: Callable[[], None], written: Callable[[], bool], attempts: int = 3) -> None:
+    """Write, tolerating a concurrent writer of the same value.
+
+    MLflow's server inserts a tag without an upsert, so two releases tagging the same version at once
+    can fail one insert with a unique-constraint error although the value is there: re-read before failing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except MlflowException:
+            if written():
+                return
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+STEPS: tuple[Step, ...] = (Register(), Tags(), Artifacts(), GitTag(), Changelog(), Alias())
+
+
+def _alias_target(model: str, alias: str, uri: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import _call, connect
+
+    try:
+        return str(_call(uri, connect(uri).get_model_version_by_alias, model, alias).version)
+    except MlflowException:
+        return None
+
+
+def release_id(model: str, version: str, model_sha256: str) -> str:
+    return hashlib.sha256(f"{model}\n{version}\n{model_sha256}".encode()).hexdigest()[:20]
+
+
+def plan(
+    config: Config,
+    project_dir: Path,
+    report: Report,
+    *,
+    allow_dirty: bool = False,
+    today: dt.date | None = None,
+) -> ReleasePlan:
+    """Validate and render the whole release; raises before anything is written."""
+    from . import manifest as manifests
+    from .git import GitRepo
+    from .render import render_changelog_entry, render_release_note
+    from .tracking import tracking_uri
+
+    spec = config.release
+    if report.verdict is not Verdict.PASS:
+        raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
+    if report.bump.value == "none" or not report.next_version:
+        raise NothingToRelease(f"nothing to release: {report.bump_reason}")
+    if report.model != config.model.name:
+        raise InputError(f"the report is for model {report.model!r} but the config's [model] name is {config.model.name!r}")
+    if not config.mlflow.enabled:
+        raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
+    version, model = report.next_version, report.model
+    model_file = _model_file(report, config, project_dir)
+    uri = tracking_uri(config, project_dir)
+    rid = release_id(model, version, report.candidate["sha256"])
+
+    changelog = (project_dir / spec.changelog) if spec.changelog else None
+    if changelog is not None:
+        _check_writable(changelog)
+
+    git = GitRepo.find(project_dir)
+    if spec.git_tag and git is None:
+        raise InputError(f"{project_dir} is not in a git repository (a release tags its commit; set [release] git_tag = false to skip)")
+    dirty = git.changed_files(ignore=tuple(filter(None, [changelog]))) if git else []
+    if dirty and not allow_dirty:
+        shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+        raise InputError(f"the git tree has uncommitted changes ({shown}); commit them or pass --allow-dirty")
+    commit = git.head() if git else None
+    tag_name = None
+    if spec.git_tag:
+        tag_name = spec.tag_format.format(model=model, version=version)
+        if not git.valid_tag_name(tag_name):
+            raise InputError(f"[release] tag_format gives {tag_name!r}, which is not a valid git tag name")
+        at = git.tag_commit(tag_name)
+        if at is not None and at != commit:
+            raise ReleaseConflict(f"git tag {tag_name} already exists at {at[:12]}, not at this commit {commit[:12]}")
+
+    existing = _registered_under(uri, model, version, rid)
+    alias, alias_skipped = spec.alias or None, None
+    if alias is None:
+        alias_skipped = '[release] alias = ""'
+    elif version and "-" in version.split("+")[0]:
+        alias, alias_skipped = None, f"pre-release {version} does not move @{spec.alias}"
+    alias_now = _alias_target(model, alias, uri) if alias else None
+    if alias:
+        _check_alias(report, model, alias, alias_now, existing)
+
+    created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    manifest = manifests.build(config, report, model_file=model_file, git=git, dirty=dirty, created_at=created_at)
+    previous = _previous_manifest(report, uri)
+    changes = manifests.changes(previous, manifest)
+    release = {
+        "model": model,
+        "version": version,
+        "date": (today or dt.datetime.now(dt.UTC).date()).isoformat(),
+        "previous": report.current_version,
+        "tag": tag_name,
+        "alias": alias,
+        "commit": commit,
+        "dirty": bool(dirty),
+        "release_id": rid,
+        "changes": changes,
+        "previous_manifest": previous is not None,
+    }
+    note = render_release_note(report, release, templates_dir=spec.templates, confidence=config.quality.confidence)
+    entry = render_changelog_entry(report, release, templates_dir=spec.templates)
+    return ReleasePlan(
+        report=report, model=model, version=version, release_id=rid, tracking_uri=uri, experiment=config.mlflow.experiment,
+        model_file=model_file, tags=_version_tags(report, manifest, rid, commit, dirty), manifest=manifest, note=note,
+        changelog_entry=entry, changelog=changelog, git=git, commit=commit, tag_name=tag_name,
+        alias=alias, alias_expected=alias_now, alias_skipped=alias_skipped, lock_dir=project_dir / ".release-kit", steps=STEPS,
+    )
+
+
+def execute(plan: ReleasePlan, *, dry_run: bool = False, on_step: Callable[[StepOutcome], None] | None = None) -> ReleaseState:
+    """Run the plan's steps in order; with ``dry_run``, only report what each would do.
+
+    ``on_step`` hears each step's outcome as it ends (the CLI prints them; tests stop a release there).
+    """
+    from .tracking import _call
+
+    state = ReleaseState()
+    with _exclusive(plan.lock_dir, enabled=not dry_run):
+        for step in plan.steps:
+            skip = step.skip_reason(plan)
+            if skip:
+                outcome = StepOutcome(step.name, "skipped", skip)
+            elif _call(plan.tracking_uri, step.is_done, plan, state):
+                outcome = StepOutcome(step.name, "already", step.describe(plan))
+            elif dry_run:
+                outcome = StepOutcome(step.name, "planned", step.describe(plan))
+            else:
+                _call(plan.tracking_uri, step.apply, plan, state)
+                outcome = StepOutcome(step.name, "done", step.describe(plan))
+            state.outcomes.append(outcome)
+            if on_step is not None:
+                on_step(outcome)
+    return state
+
+
+@contextmanager
+def _exclusive(directory: Path, *, enabled: bool):
+    """One release at a time per project directory on this machine (CI serialises across machines
+    with a concurrency group; the registry's release-id tag keeps the version unique either way)."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "release.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
+    """The model file the report checked, verified by its hash (a registry candidate is fetched again)."""
+    from .data import file_sha256
+
+    expected = report.candidate["sha256"]
+    source = report.candidate["source"]
+    for option in (report.candidate.get("file"), source):
+        if option and "://" not in option and not option.startswith(("models:/", "runs:/")):
+            path = Path(option) if Path(option).is_absolute() else project_dir / option
+            if path.is_file():
+                if file_sha256(path) != expected:
+                    raise InputError(f"model file {path} changed since the check (sha256 differs from the report's); re-run the check")
+                return path
+    if source.startswith(("models:/", "runs:/")):
+        from .registry import fetch_model
+        from .tracking import tracking_uri
+
+        fetched = fetch_model(source, tracking_uri=tracking_uri(config, project_dir))
+        if file_sha256(fetched.path) != expected:
+            raise InputError(f"model {source} is not the file the check saw (sha256 differs); re-run the check")
+        return fetched.path
+    raise InputError(f"candidate model file not found: {source}")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the registry was written, when the CHANGELOG cannot be written."""
+    if path.exists():
+        if not path.is_file():
+            raise InputError(f"cannot write CHANGELOG {path}: not a file")
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise InputError(f"cannot write CHANGELOG {path}: permission denied")
+        return
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write CHANGELOG {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write CHANGELOG {path}: permission denied")
+
+
+def _registered_under(uri: str, model: str, version: str, rid: str) -> list:
+    """This release's versions already registered (by an earlier, interrupted run); another model file
+    under the same semver is a conflict."""
+    from .registry import find_versions
+    from .tracking import VERSION_TAG, connect
+
+    client = connect(uri)
+    same_version = find_versions(client, uri, model, VERSION_TAG, version)
+    others = [v for v in same_version if v.tags.get(RELEASE_ID_TAG) != rid]
+    if others:
+        raise ReleaseConflict(
+            f"{model} {version} is already registered (version {others[0].version}) with another model file; "
+            "a version is released once"
+        )
+    return same_version
+
+
+def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, existing: list) -> None:
+    """The alias must still point at the baseline the check compared against."""
+    checked = (report.baseline or {}).get("registry") or {}
+    ours = {str(v.version) for v in existing}
+    if checked.get("name") == model and checked.get("version") and alias_now not in ours and alias_now != checked["version"]:
+        raise ReleaseConflict(
+            f"@{alias} of {model} now points to version {alias_now or '(unset)'}, but the check compared against "
+            f"version {checked['version']}; re-run the check against the current @{alias}"
+        )
+
+
+def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
+    """The manifest released with the baseline, when the baseline came from the registry and has one."""
+    run_id = ((report.baseline or {}).get("registry") or {}).get("run_id")
+    if not run_id:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/manifest.json", dst_path=folder, tracking_uri=uri
+            )
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError):
+        return None  # released before release-kit recorded manifests, or by hand
+
+
+def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> dict[str, str]:
+    from .tracking import VERSION_TAG
+
+    tags = {
+        VERSION_TAG: report.next_version,
+        RELEASE_ID_TAG: rid,
+        "release_kit.git_sha": commit or "none",
+        "release_kit.git_dirty": str(bool(dirty)).lower(),
+        "release_kit.verdict": report.verdict.value,
+        "release_kit.bump": report.bump.value,
+        "release_kit.bump_reason": report.bump_reason[:4000],
+        "release_kit.model_sha256": report.candidate["sha256"],
+    }
+    if report.contract and report.contract.get("candidate"):
+        from .signature import SIGNATURE_TAG
+
+        tags[SIGNATURE_TAG] = json.dumps(report.contract["candidate"], sort_keys=True)
+    for role, data in manifest["data"].items():
+        tags[f"release_kit.data.{role}"] = data["sha256"]
+    for check in report.checks:
+        for diff in check.metrics:
+            if diff.baseline is not None:
+                key = re.sub(r"[^\w./ -]", "_", f"release_kit.metric.{check.stage}.{diff.name}")
+                tags[key] = f"{diff.candidate:.6g}"
+    if report.waivers:
+        tags["release_kit.waivers"] = json.dumps(report.waivers)[:4000]
+    return tags

@@ -1,0 +1,196 @@
+"""Release notes, CHANGELOG entries and the HTML note: golden files with dates and versions pinned, the
+Keep a Changelog writer, and the HTML page rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from release_kit import changelog, render
+from release_kit.errors import InputError
+from release_kit.report import Bump, CheckResult, MetricDiff, Report, Status, Verdict
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def pinned_report() -> Report:
+    """A passing minor release with every section of the note filled, nothing time- or machine-dependent."""
+    return Report(
+        model="power-forecast",
+        task="regression",
+        verdict=Verdict.PASS,
+        bump=Bump.MINOR,
+        bump_reason="mae improved by at least 0.0248 (interval's lower bound), clearing the minimum effect 0.000939",
+        checks=[
+            CheckResult("quality", "mae", Status.PASS, "mae 0.04695 → 0.01988",
+                        (MetricDiff("mae", 0.01988, 0.04695, -0.02707, -0.0294, -0.0248, False, 0.0023),)),
+            CheckResult("quality", "r2", Status.PASS, "r2 0.9963 → 0.9994",
+                        (MetricDiff("r2", 0.9994, 0.9963, 0.0031, 0.0027, 0.0034, True, 0.02),)),
+            CheckResult("outliers", "slices", Status.WARN, "slice hour ≥ 18 | <b>dusk</b> @team regressed by 4%",
+                        details={"chart": {"title": "loss change", "labels": ["-0.1", "0", "+0.1"], "values": [3, 40, 2], "y_label": "rows"},
+                                 "table": {"title": "worst slices", "columns": ["slice", "rows", "Δ mae"], "rows": [["hour ≥ 18", 212, 0.004]]}}),
+            CheckResult("data", "drift", Status.FAIL, "irradiance drifted (PSI 0.31)"),
+        ],
+        candidate={"source": "models/candidate-better.pt2", "sha256": "b" * 64, "kind": "torch.export"},
+        baseline={"source": "models:/power-forecast@champion", "sha256": "a" * 64, "version": "1.0.0"},
+        data={"golden": {"path": "data/golden.csv", "rows": 3000, "sha256": "c" * 64}},
+        current_version="1.0.0",
+        next_version="1.1.0",
+        created_at="2026-11-21T12:00:00+00:00",
+        environment={"release_kit": "0.1.0"},
+        contract={"compared": True, "breaking": [], "additive": ["bounds widened: max 6.0 → 8.0"]},
+        waivers=[{"check": "data::drift", "reason": "new sensors, reviewed", "by": "ana", "applied": True}],
+    )
+
+
+RELEASE = {
+    "model": "power-forecast", "version": "1.1.0", "date": "2026-11-21", "previous": "1.0.0",
+    "tag": "power-forecast-v1.1.0", "alias": "champion", "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
+    "release_id": "6b9fcf13dca48900bbd8", "previous_manifest": True,
+    "changes": [
+        {"what": "code (git sha)", "before": "fedcba987654", "after": "0123456789ab"},
+        {"what": "package torch", "before": "2.12.0", "after": "2.13.0"},
+    ],
+}
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; ``UPDATE_GOLDEN=1`` rewrites the file (review the diff)."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+
+
+def test_release_note_matches_the_golden_file():
+    assert_golden("release-note.md", render.render_release_note(pinned_report(), RELEASE))
+
+
+def test_changelog_entry_matches_the_golden_file():
+    assert_golden("changelog-entry.md", render.render_changelog_entry(pinned_report(), RELEASE))
+
+
+def test_note_escapes_untrusted_text():
+    note = render.render_release_note(pinned_report(), RELEASE)
+    assert "<b>" not in note and "&lt;b&gt;dusk&lt;/b&gt;" in note
+    assert "@team" not in note and "@\u200bteam" in note  # no @-mention ping
+    assert "\\| &lt;b&gt;" in note  # a pipe cannot end the table cell
+
+
+def test_a_user_template_overrides_the_shipped_one(tmp_path):
+    (tmp_path / "changelog-entry.md.j2").write_text("## [{{ release.version }}] - {{ release.date }}\n\n- {{ report.bump }}\n")
+    assert render.render_changelog_entry(pinned_report(), RELEASE, templates_dir=tmp_path) == "## [1.1.0] - 2026-11-21\n\n- minor\n"
+
+
+def test_template_syntax_error_names_the_template_and_line(tmp_path):
+    (tmp_path / "release-note.md.j2").write_text("# {{ release.version }}\n{% if %}\n")
+    with pytest.raises(InputError, match=r"cannot render template release-note.md.j2 \(line 2 of release-note.md.j2\)"):
+        render.render_release_note(pinned_report(), RELEASE, templates_dir=tmp_path)
+
+
+# Keep a Changelog --------------------------------------------------------------------------------------
+
+EXISTING = """# Changelog
+
+Intro text that must stay.
+
+## [Unreleased]
+
+- work in progress
+
+## [2.0.0] - 2026-10-01
+
+- two
+
+## [1.0.0] - 2026-01-01
+
+- one
+
+[2.0.0]: https://example.com/2.0.0
+[1.0.0]: https://example.com/1.0.0
+"""
+
+
+@pytest.mark.parametrize(("version", "order"), [
+    ("2.1.0", ["Unreleased", "2.1.0", "2.0.0", "1.0.0"]),
+    ("1.5.0", ["Unreleased", "2.0.0", "1.5.0", "1.0.0"]),
+    ("0.9.0", ["Unreleased", "2.0.0", "1.0.0", "0.9.0"]),
+    ("2.0.0-rc.1", ["Unreleased", "2.0.0", "2.0.0-rc.1", "1.0.0"]),
+])
+def test_entry_goes_in_version_order_below_unreleased(version, order):
+    updated = changelog.insert(EXISTING, version, f"## [{version}] - 2026-11-21\n\n- new\n")
+    assert changelog.versions(updated) == order
+    assert "Intro text that must stay." in updated and "- work in progress" in updated
+    assert updated.rstrip().endswith("[1.0.0]: https://example.com/1.0.0")  # link definitions stay last
+
+
+def test_first_entry_creates_the_keep_a_changelog_header(tmp_path):
+    path = tmp_path / "CHANGELOG.md"
+    assert changelog.write_entry(path, "1.0.0", "## [1.0.0] - 2026-11-21\n\n- first\n")
+    text = path.read_text()
+    assert text.startswith("# Changelog\n") and "keepachangelog.com" in text and changelog.versions(text) == ["1.0.0"]
+    assert not changelog.write_entry(path, "1.0.0", "## [1.0.0] - 2026-11-22\n\n- again\n")  # once per version
+    assert path.read_text() == text
+
+
+def semvers(patch_max: int = 3):
+    return st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, patch_max)).map(lambda v: ".".join(map(str, v)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(existing=st.lists(semvers(), unique=True, max_size=6), new=semvers(patch_max=4))
+def test_inserting_never_loses_or_reorders_entries(existing, new):
+    import semver
+
+    if new in existing:
+        return
+    ordered = sorted(existing, key=semver.Version.parse, reverse=True)
+    text = changelog.HEADER + "".join(f"\n## [{v}] - 2026-01-01\n\n- body of {v}\n" for v in ordered)
+    updated = changelog.insert(text, new, f"## [{new}] - 2026-11-21\n\n- new\n")
+    assert [v for v in changelog.versions(updated) if v != new] == ordered
+    assert changelog.versions(updated) == sorted([*existing, new], key=semver.Version.parse, reverse=True)
+    assert all(f"- body of {v}\n" in updated for v in existing)
+
+
+# HTML in a real browser ----------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_html_note_is_one_self_contained_page():
+    html = render.render_html(pinned_report())
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html
+    assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", html)  # nothing loaded from elsewhere
+    assert "<table>" in html and "<svg" in html and "```" not in html  # tables and charts rendered, no raw markdown
+    assert "&lt;b&gt;dusk" in html and "<b>dusk" not in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium); .ci/run installs it")
+def test_html_note_renders_in_headless_chromium(tmp_path, cli, monkeypatch):
+    report_path = tmp_path / "report.json"
+    pinned_report().write(report_path)
+    page = tmp_path / "note.html"
+    result = cli("note", "--report", report_path, "--format", "html", "--out", page)
+    assert result.exit_code == 0, result.output
+
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = dom.stdout
+    # The browser parsed the page into the structure the note promises.
+    assert re.search(r"<h2>✅ release-kit: <code>power-forecast</code> — PASS</h2>", rendered)
+    assert len(re.findall(r"<rect ", rendered)) == 3  # the chart's three bars, drawn as SVG
+    assert re.search(r"<td>mae ▲</td>\s*<td[^>]*>0.04695</td>", rendered)
+    assert "<b>dusk</b>" not in rendered and "&lt;b&gt;dusk&lt;/b&gt;" in rendered
+
+    shot = tmp_path / "note.png"
+    done = subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.stat().st_size > 10_000  # a real, non-blank picture

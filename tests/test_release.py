@@ -1,0 +1,516 @@
+"""`release-kit release`, `history` and `rollback` with real parts: the embedded SQLite registry and a live
+`mlflow server`, a real git repository in a temp dir, real model files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+import power_forecast as pf
+from release_kit import gate
+from release_kit import release as releases
+from release_kit.changelog import versions as changelog_versions
+from release_kit.registry import publish
+from release_kit.signature import Signature
+from release_kit.tracking import VERSION_TAG, embedded_uri
+
+CONFIG = """
+[model]
+name = "power-forecast"
+task = "regression"
+target = "power_kw"
+features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]
+bounds = {{ min = 0.0, max = 6.0 }}
+
+[baseline]
+path = "models:/power-forecast@champion"
+
+[data]
+golden = "{golden}"
+reference = "{reference}"
+
+[mlflow]
+{mlflow}
+
+[release]
+{release}
+"""
+V1_CONTRACT = Signature("regression", tuple(pf.FEATURES), "float32", 1, None, (0.0, 6.0))
+
+
+class Repo:
+    """A model team's git repository with a release-kit config, v1.0.0 released as @champion."""
+
+    def __init__(self, root: Path, power: dict[str, Path], uri: str | None = None) -> None:
+        self.root, self.power = root, power
+        self.uri = uri or embedded_uri(root)
+        self.configure()
+        (root / ".gitignore").write_text(".release-kit/\nout/\n")
+        self.git("init", "--quiet", "--initial-branch=main")
+        self.git("add", ".")
+        self.git("commit", "--quiet", "-m", "model repo")
+
+    def configure(self, mlflow: str = "", release: str = "") -> None:
+        server = f'tracking_uri = "{self.uri}"' if self.uri.startswith("http") else ""
+        (self.root / "release-kit.toml").write_text(CONFIG.format(
+            golden=self.power["golden"], reference=self.power["train"], mlflow=textwrap.dedent(mlflow) or server,
+            release=textwrap.dedent(release),
+        ))
+
+    def git(self, *args: str) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+        return subprocess.run(["git", *args], cwd=self.root, check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+    def publish_v1(self) -> None:
+        publish(self.power["v1"], "power-forecast", "1.0.0", tracking_uri=self.uri, alias="champion", signature=V1_CONTRACT)
+
+    def report(self, candidate: str = "better", name: str = "report.json", **kwargs) -> Path:
+        report = gate.check(candidate=str(self.power[candidate]), log_to_mlflow=False, directory=self.root, **kwargs)
+        path = self.root / "out" / name
+        report.write(path)
+        return path
+
+    def plan(self, report: Path, **kwargs) -> releases.ReleasePlan:
+        from release_kit.report import load_report
+
+        config, project_dir = gate.resolve_config(None, self.root)
+        return releases.plan(config, project_dir, load_report(report), **kwargs)
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def versions(self) -> dict[str, str]:
+        """semver → registry number, for every registered version of the model."""
+        found = self.client().search_model_versions("name = 'power-forecast'")
+        return {v.tags[VERSION_TAG]: str(v.version) for v in found}
+
+    def version_count(self, semver: str) -> int:
+        return sum(1 for v in self.client().search_model_versions("name = 'power-forecast'") if v.tags.get(VERSION_TAG) == semver)
+
+    def champion(self) -> str:
+        return self.client().get_model_version_by_alias("power-forecast", "champion").tags[VERSION_TAG]
+
+    def tags(self) -> list[str]:
+        return self.git("tag", "--list").split()
+
+    def changelog(self) -> list[str]:
+        path = self.root / "CHANGELOG.md"
+        return changelog_versions(path.read_text()) if path.exists() else []
+
+
+@pytest.fixture
+def repo(tmp_path, power, monkeypatch) -> Repo:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    instance = Repo(tmp_path, power)
+    instance.publish_v1()
+    return instance
+
+
+def test_release_registers_tags_logs_and_moves_the_alias_last(repo, cli):
+    report_path = repo.report()
+    head = repo.git("rev-parse", "HEAD")
+
+    result = cli("release", "--report", report_path, "--note-out", "out/note.md")
+    assert result.exit_code == 0, result.output
+    assert repo.versions() == {"1.0.0": "1", "1.1.0": "2"}
+    assert repo.champion() == "1.1.0"
+    assert repo.tags() == ["power-forecast-v1.1.0"]
+    assert repo.git("rev-list", "-n", "1", "power-forecast-v1.1.0") == head
+    assert repo.changelog() == ["1.1.0"]
+    assert result.stdout.startswith("# power-forecast 1.1.0\n")
+    assert (repo.root / "out" / "note.md").read_text() == result.stdout
+
+    report = json.loads(report_path.read_text())
+    version = repo.client().get_model_version("power-forecast", "2")
+    tags = version.tags
+    assert tags[VERSION_TAG] == "1.1.0" and tags["release_kit.git_sha"] == head and tags["release_kit.git_dirty"] == "false"
+    assert tags["release_kit.verdict"] == "pass" and tags["release_kit.bump"] == "minor"
+    assert tags["release_kit.data.golden"] == report["data"]["golden"]["sha256"]
+    assert float(tags["release_kit.metric.quality.mae"]) == pytest.approx(next(
+        m["candidate"] for c in report["checks"] for m in c["metrics"] if m["name"] == "mae"), rel=1e-5)
+    assert tags["release_kit.report_uri"] == f"runs:/{version.run_id}/release/report.json"
+    # The next candidate is compared with the contract recorded here.
+    assert Signature.from_json(tags["release_kit.signature"]) == V1_CONTRACT
+
+    import mlflow
+
+    manifest = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path="release/manifest.json", tracking_uri=repo.uri)).read_text())
+    assert manifest["version"] == "1.1.0" and manifest["code"] == {"git_sha": head, "dirty": False, "changed_files": []}
+    assert manifest["model_file"]["sha256"] == report["candidate"]["sha256"]
+    from release_kit.data import file_sha256
+
+    assert manifest["data"]["reference"]["sha256"] == file_sha256(repo.power["train"])
+    assert manifest["environment"]["packages"]["torch"].startswith("2.")
+    assert manifest["config"]["model"]["name"] == "power-forecast"
+    logged = {Path(a.path).name for a in repo.client().list_artifacts(version.run_id, "release")}
+    assert logged == {"manifest.json", "release-note.md", "report.json"}
+
+    # Released once: a second run finds every step done and changes nothing.
+    again = cli("release", "--report", report_path, "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert {step["action"] for step in json.loads(again.stdout)["steps"]} == {"already"}
+    assert repo.versions() == {"1.0.0": "1", "1.1.0": "2"} and repo.changelog() == ["1.1.0"]
+
+
+def test_release_without_a_report_runs_the_gate_first(repo, cli):
+    result = cli("release", "--candidate", repo.power["better"], "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["version"] == "1.1.0" and repo.champion() == "1.1.0"
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(repo, cli):
+    report_path = repo.report()
+    result = cli("release", "--report", report_path, "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert [step["step"] for step in plan["steps"]] == [step.name for step in releases.STEPS]
+    assert {step["action"] for step in plan["steps"]} == {"planned"}
+    assert repo.versions() == {"1.0.0": "1"} and repo.champion() == "1.0.0"
+    assert repo.tags() == [] and not (repo.root / "CHANGELOG.md").exists()
+    assert "→ would alias: move @champion" in result.stderr
+
+
+@pytest.mark.parametrize("crash_after", [step.name for step in releases.STEPS[:-1]])
+def test_a_crash_after_any_step_then_a_rerun_ends_in_one_clean_release(repo, crash_after):
+    report_path = repo.report()
+
+    class Crash(Exception):
+        pass
+
+    def crash(outcome):
+        if outcome.step == crash_after:
+            raise Crash
+
+    with pytest.raises(Crash):
+        releases.execute(repo.plan(report_path), on_step=crash)
+    assert repo.champion() == "1.0.0"  # the alias moves last
+
+    state = releases.execute(repo.plan(report_path))
+    done_before = [o.step for o in state.outcomes if o.action == "already"]
+    assert done_before == [step.name for step in releases.STEPS[: releases.STEPS.index(next(s for s in releases.STEPS if s.name == crash_after)) + 1]]
+    assert repo.version_count("1.1.0") == 1
+    assert repo.tags() == ["power-forecast-v1.1.0"]
+    assert repo.changelog() == ["1.1.0"]
+    assert repo.champion() == "1.1.0"
+
+
+def test_a_killed_release_process_is_completed_by_a_rerun(repo, cli):
+    """A hard kill (no exception handlers, no cleanup) right after the version was registered."""
+    report_path = repo.report()
+    script = textwrap.dedent(f"""
+        import os
+        from release_kit import gate, release
+        from release_kit.report import load_report
+        config, project = gate.resolve_config(None)
+        plan = release.plan(config, project, load_report({str(report_path)!r}))
+        release.execute(plan, on_step=lambda o: os._exit(9) if o.step == "register" else None)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], cwd=repo.root, capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    assert repo.version_count("1.1.0") == 1 and repo.tags() == [] and repo.champion() == "1.0.0"
+
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 0, result.output
+    assert repo.version_count("1.1.0") == 1 and repo.tags() == ["power-forecast-v1.1.0"] and repo.changelog() == ["1.1.0"]
+    assert repo.champion() == "1.1.0"
+
+
+def test_registration_race_keeps_one_version_per_release_id(repo, monkeypatch):
+    """Two processes that both searched before either created: the lower number wins, the other deletes its own."""
+    from release_kit import registry
+
+    report_path = repo.report()
+    plan = repo.plan(report_path)
+    rival = registry.register_version(
+        plan.model_file, plan.model, key=(releases.RELEASE_ID_TAG, plan.release_id), tags={VERSION_TAG: plan.version},
+        tracking_uri=repo.uri, experiment="release-kit", run_name="rival",
+    )
+    real_find = registry.find_versions
+    calls = []
+
+    def stale_first_read(*args):
+        calls.append(args)
+        return [] if len(calls) == 1 else real_find(*args)  # the rival's version is not visible yet
+
+    monkeypatch.setattr(registry, "find_versions", stale_first_read)
+    ours = registry.register_version(
+        plan.model_file, plan.model, key=(releases.RELEASE_ID_TAG, plan.release_id), tags={VERSION_TAG: plan.version},
+        tracking_uri=repo.uri, experiment="release-kit", run_name="ours",
+    )
+    assert len(calls) == 2 and ours.version == rival.version
+    assert repo.version_count("1.1.0") == 1
+
+
+def test_two_releases_at_once_on_a_live_server_make_one_version(tmp_path, power, mlflow_server, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = Repo(tmp_path / "a", power, mlflow_server), Repo(tmp_path / "b", power, mlflow_server)
+    first.publish_v1()
+    report_path = first.report()
+    script = textwrap.dedent(f"""
+        import pathlib, sys, time
+        from release_kit import gate, release
+        from release_kit.report import load_report
+        config, project = gate.resolve_config(None)
+        plan = release.plan(config, project, load_report({str(report_path)!r}))
+        pathlib.Path("ready").touch()
+        while not pathlib.Path({str(tmp_path / "go")!r}).exists():
+            time.sleep(0.01)
+        state = release.execute(plan)
+        print(state.number)
+    """)
+    processes = [subprocess.Popen([sys.executable, "-c", script], cwd=r.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r in (first, second)]
+    deadline = time.monotonic() + 120
+    while not all((r.root / "ready").exists() for r in (first, second)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [p.communicate() for p in processes]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    numbers = {out.strip() for out, _ in outputs}
+    assert len(numbers) == 1  # both processes ended on the same registered version
+    assert first.version_count("1.1.0") == 1
+    assert first.champion() == "1.1.0"
+    assert first.versions()["1.1.0"] == numbers.pop()
+
+
+def test_release_on_a_live_server_then_history_and_rollback(tmp_path, power, mlflow_server, monkeypatch, cli):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    repo = Repo(tmp_path, power, mlflow_server)
+    repo.configure(mlflow=f'tracking_uri = "{mlflow_server}"\nexperiment = "live-release"')
+    repo.git("commit", "--quiet", "-am", "experiment")
+    repo.publish_v1()
+    result = cli("release", "--report", repo.report())
+    assert result.exit_code == 0, result.output
+    assert repo.champion() == "1.1.0" and not (tmp_path / ".release-kit" / "mlflow.db").exists()
+
+    rolled = cli("rollback", "--to", "1.0.0", "--reason", "night forecasts drift in production", "--by", "oncall")
+    assert rolled.exit_code == 0, rolled.output
+    assert "from 1.1.0 to 1.0.0" in rolled.stdout and repo.champion() == "1.0.0"
+    assert "nothing to do" in cli("rollback", "--to", "1.0.0", "--reason", "again").stdout
+
+    ledger = json.loads(cli("history", "--format", "json").stdout)
+    assert [entry["version"] for entry in ledger] == ["1.1.0", "1.0.0"]
+    assert ledger[1]["aliases"] == ["champion"] and ledger[0]["aliases"] == []
+    assert ledger[0]["bump"] == "minor" and ledger[0]["git_sha"] == repo.git("rev-parse", "HEAD")
+    assert ledger[1]["rollbacks"][0] | {"at": None} == {
+        "from": "1.1.0", "to": "1.0.0", "alias": "champion", "reason": "night forecasts drift in production", "by": "oncall", "at": None,
+    }
+    monkeypatch.setenv("COLUMNS", "200")
+    table = cli("history").stdout
+    assert "1.1.0" in table and "@champion" in table and "night forecasts drift" in table
+
+    unknown = cli("rollback", "--to", "0.9.0", "--reason", "x")
+    assert unknown.exit_code == 2 and "no released version '0.9.0' (released: 1.1.0, 1.0.0)" in unknown.stderr
+
+
+def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, monkeypatch, cli):
+    """A model's whole life in release-kit: first release (no baseline), then a minor release whose note
+    compares the two reproducibility manifests."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    repo = Repo(tmp_path, power)
+    first = cli("release", "--candidate", power["v1"], "--baseline", "none", "--format", "json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["version"] == "1.0.0" and repo.champion() == "1.0.0"
+
+    repo.configure(release='tag_format = "release/{model}/{version}"')
+    repo.git("commit", "--quiet", "-am", "tag format")
+    second = cli("release", "--candidate", power["better"])
+    assert second.exit_code == 0, second.output
+    note = second.stdout
+    assert "### What changed since 1.0.0" in note
+    assert "| model file |" in note and "| code (git sha) |" in note and "| config release.tag_format |" in note
+    assert repo.tags() == ["power-forecast-v1.0.0", "release/power-forecast/1.1.0"]
+    assert repo.changelog() == ["1.1.0", "1.0.0"]
+    assert repo.champion() == "1.1.0"
+
+
+def test_pre_release_does_not_move_the_alias(repo, cli):
+    result = cli("release", "--candidate", repo.power["better"], "--prerelease", "rc", "--format", "json")
+    assert result.exit_code == 0, result.output
+    steps = {step["step"]: step for step in json.loads(result.stdout)["steps"]}
+    assert steps["alias"]["action"] == "skipped" and "pre-release 1.1.0-rc.1" in steps["alias"]["detail"]
+    assert repo.versions()["1.1.0-rc.1"] and repo.champion() == "1.0.0"
+    assert repo.changelog() == ["1.1.0-rc.1"]
+
+
+def test_the_alias_moving_during_a_release_stops_it_before_the_alias(repo):
+    report_path = repo.report()
+    plan = repo.plan(report_path)
+
+    def someone_else_moves_it(outcome):
+        if outcome.step == "changelog":
+            publish(repo.power["night"], "power-forecast", "1.0.1", tracking_uri=repo.uri, alias="champion")
+
+    with pytest.raises(releases.ReleaseConflict, match="moved to version 3 while releasing"):
+        releases.execute(plan, on_step=someone_else_moves_it)
+    assert repo.champion() == "1.0.1"
+
+
+# Refused before anything is written -------------------------------------------------------------------
+
+
+def assert_nothing_released(repo: Repo) -> None:
+    assert repo.versions() == {"1.0.0": "1"} and repo.champion() == "1.0.0"
+    assert repo.tags() == [] and not (repo.root / "CHANGELOG.md").exists()
+
+
+def test_blocked_report_is_not_released(repo, cli):
+    result = cli("release", "--report", repo.report("night"))
+    assert result.exit_code == 1 and "not released: the gate blocked this candidate" in result.stderr
+    assert_nothing_released(repo)
+
+
+def test_identical_model_has_nothing_to_release(repo, cli):
+    result = cli("release", "--report", repo.report("v1"))
+    assert result.exit_code == 0 and "nothing to release: predictions are bit-identical" in result.stderr
+    assert_nothing_released(repo)
+
+
+def test_dirty_tree_is_refused_unless_allowed(repo, cli):
+    report_path = repo.report()
+    (repo.root / "release-kit.toml").write_text((repo.root / "release-kit.toml").read_text() + "\n# edited\n")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "release-kit: error: the git tree has uncommitted changes (release-kit.toml); commit them or pass --allow-dirty"
+    )
+    assert_nothing_released(repo)
+
+    allowed = cli("release", "--report", report_path, "--allow-dirty")
+    assert allowed.exit_code == 0, allowed.output
+    version = repo.client().get_model_version("power-forecast", "2")
+    assert version.tags["release_kit.git_dirty"] == "true"
+    assert "(with uncommitted changes)" in allowed.stdout
+
+
+def test_unknown_template_variable_is_an_input_error(repo, cli):
+    report_path = repo.report()
+    templates = repo.root / "templates"
+    templates.mkdir()
+    (templates / "release-note.md.j2").write_text("# {{ release.model }} {{ release.codename }}\n")
+    repo.configure(release=f'templates = "{templates}"')
+    repo.git("add", ".")
+    repo.git("commit", "--quiet", "-m", "templates")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "release-kit: error: cannot render template release-note.md.j2: 'dict object' has no attribute 'codename'"
+    ]
+    assert_nothing_released(repo)
+
+
+def test_unwritable_changelog_is_an_input_error(repo, cli):
+    report_path = repo.report()
+    (repo.root / "docs").write_text("a file where the CHANGELOG's directory should be")
+    repo.configure(release='changelog = "docs/CHANGELOG.md"')
+    repo.git("add", ".")
+    repo.git("commit", "--quiet", "-m", "changelog path")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2
+    assert "cannot write CHANGELOG" in result.stderr and "docs/CHANGELOG.md" in result.stderr
+    assert repo.versions() == {"1.0.0": "1"} and repo.tags() == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_read_only_changelog_is_an_input_error(repo, cli):
+    report_path = repo.report()
+    changelog = repo.root / "CHANGELOG.md"
+    changelog.write_text("# Changelog\n")
+    changelog.chmod(0o444)
+    repo.git("add", ".")
+    repo.git("commit", "--quiet", "-m", "changelog")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2 and "cannot write CHANGELOG" in result.stderr
+    assert repo.versions() == {"1.0.0": "1"} and repo.tags() == []
+
+
+def test_unreachable_registry_is_a_clear_error(repo, cli, monkeypatch):
+    report_path = repo.report()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    repo.configure(mlflow=f'tracking_uri = "http://127.0.0.1:{free_port()}"')
+    repo.git("commit", "--quiet", "-am", "server")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("release-kit: error: cannot reach MLflow at http://127.0.0.1:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert repo.tags() == [] and not (repo.root / "CHANGELOG.md").exists()
+
+
+def test_model_file_changed_since_the_check_is_refused(repo, cli, tmp_path):
+    copy = tmp_path / "candidate.pt2"
+    copy.write_bytes(repo.power["better"].read_bytes())
+    report = gate.check(candidate=str(copy), log_to_mlflow=False, directory=repo.root)
+    report.write(repo.root / "out" / "r.json")
+    copy.write_bytes(repo.power["night"].read_bytes())
+    result = cli("release", "--report", repo.root / "out" / "r.json")
+    assert result.exit_code == 2 and f"model file {copy} changed since the check" in result.stderr
+    assert_nothing_released(repo)
+
+
+def test_alias_moved_since_the_check_is_refused(repo, cli):
+    report_path = repo.report()
+    publish(repo.power["v1_safetensors"], "power-forecast", "1.0.1", tracking_uri=repo.uri, alias="champion")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 1
+    assert "@champion of power-forecast now points to version 2, but the check compared against version 1" in result.stderr
+    assert repo.tags() == [] and not (repo.root / "CHANGELOG.md").exists()
+
+
+def test_version_taken_by_another_model_file_is_refused(repo, cli):
+    publish(repo.power["night"], "power-forecast", "1.1.0", tracking_uri=repo.uri)
+    result = cli("release", "--report", repo.report())
+    assert result.exit_code == 1 and "power-forecast 1.1.0 is already registered (version 2) with another model file" in result.stderr
+    assert repo.tags() == [] and repo.champion() == "1.0.0"
+
+
+def test_existing_tag_on_another_commit_is_refused(repo, cli):
+    report_path = repo.report()
+    repo.git("tag", "power-forecast-v1.1.0")
+    repo.git("commit", "--quiet", "--allow-empty", "-m", "later")
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 1 and "git tag power-forecast-v1.1.0 already exists at" in result.stderr
+    assert repo.versions() == {"1.0.0": "1"}
+
+
+def test_outside_a_git_repository_is_an_input_error(tmp_path, power, cli, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(golden=power["golden"], reference=power["train"], mlflow="", release=""))
+    publish(power["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(tmp_path), alias="champion", signature=V1_CONTRACT)
+    result = cli("release", "--candidate", power["better"], "--no-mlflow")
+    assert result.exit_code == 2 and "is not in a git repository" in result.stderr and "git_tag = false" in result.stderr
+
+    (tmp_path / "release-kit.toml").write_text(
+        CONFIG.format(golden=power["golden"], reference=power["train"], mlflow="", release="git_tag = false"))
+    released = cli("release", "--candidate", power["better"], "--format", "json")
+    assert released.exit_code == 0, released.output
+    steps = {step["step"]: step["action"] for step in json.loads(released.stdout)["steps"]}
+    assert steps["git-tag"] == "skipped" and steps["alias"] == "done"
+
+
+def test_report_for_another_model_is_refused(repo, cli):
+    report_path = repo.report()
+    data = json.loads(report_path.read_text())
+    data["model"] = "wind-forecast"
+    report_path.write_text(json.dumps(data))
+    result = cli("release", "--report", report_path)
+    assert result.exit_code == 2 and "the report is for model 'wind-forecast'" in result.stderr
+    assert_nothing_released(repo)
