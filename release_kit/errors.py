@@ -13,3 +13,8 @@ class ReleaseKitError(Exception):
 
 class InputError(ReleaseKitError):
     """Bad config, model or data supplied by the user (exit code 2)."""
+
+
+class RegistryUnavailable(ReleaseKitError):
+    """The run may not use the model registry (``--registry off``, or a fork's pull request without
+    credentials) and a model needs it: the gate is skipped (exit code 3), which never counts as a pass."""

@@ -98,8 +98,13 @@ def prepare(
     baseline_version: str | None = None,
     data: str | None = None,
     allow_pickle: bool = False,
+    registry: bool = True,
 ) -> GateContext:
-    """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``."""
+    """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``.
+
+    ``registry=False``: the registry may not be used; a registry baseline is replaced by ``[baseline]
+    fallback``, and without one (or for a registry candidate) :class:`RegistryUnavailable` is raised.
+    """
     from .data import feature_matrix, load_golden
     from .models import load_model, to_predictions
     from .tracking import tracking_uri
@@ -115,9 +120,13 @@ def prepare(
         raise InputError("no golden data: pass --data or set [data] golden")
     if baseline_version is not None and not _is_semver(baseline_version):
         raise InputError(f"--baseline-version {baseline_version!r} is not a semantic version like 1.2.3")
+    if not registry:
+        candidate_source, baseline_source, baseline_version = _without_registry(
+            config, candidate_source, baseline_source, baseline_version
+        )
 
     golden = load_golden(golden_source, spec)
-    uri = tracking_uri(config, project_dir) if config.mlflow.enabled else None
+    uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
     candidate_model = load_model(
         "candidate", candidate_source, spec, factory=config.candidate.factory,
         version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri,
@@ -152,6 +161,21 @@ def prepare(
         golden=golden,
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
     )
+
+
+def _without_registry(config: Config, candidate: str, baseline: str | None, baseline_version: str | None):
+    from .errors import RegistryUnavailable
+    from .models import REGISTRY_SCHEMES
+
+    if candidate.startswith(REGISTRY_SCHEMES):
+        raise RegistryUnavailable(f"the candidate {candidate} is in the registry, which this run may not use")
+    if baseline is not None and baseline.startswith(REGISTRY_SCHEMES):
+        if not config.baseline.fallback:
+            raise RegistryUnavailable(
+                f"the baseline {baseline} is in the registry, which this run may not use, and [baseline] has no fallback"
+            )
+        return candidate, config.baseline.fallback, baseline_version or config.baseline.fallback_version
+    return candidate, baseline, baseline_version
 
 
 def _is_semver(version: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +26,29 @@ def _signed(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:+.3g}"
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
 def _md(text: object) -> str:
-    """Escape text for a markdown table cell: no table breaks, no raw HTML, no @-mention pings."""
-    value = str(text)
-    for raw, escaped in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("\n", " ")):
+    """Escape untrusted text (check names, summaries, titles) for GitHub markdown, tables included.
+
+    No raw HTML, no links or emphasis, no @-mention pings (a zero-width space after @), no line breaks
+    that would end a table row.
+    """
+    value = _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    for raw, escaped in (("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("\r", " "), ("\n", " ")):
         value = value.replace(raw, escaped)
     return value
+
+
+def _code(text: object) -> str:
+    """Untrusted text as an inline code span: a fence longer than any run of backticks inside, so the
+    text cannot close it; pipes escaped for tables (GitHub honours ``\\|`` even in code); @ defused; one line."""
+    value = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|").replace("@", "@\u200b")
+    longest = max((len(run) for run in re.findall(r"`+", value)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def _cell(value: object) -> str:
@@ -73,7 +91,7 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
     env = Environment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=_md, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=_md, code=_code, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
     env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env

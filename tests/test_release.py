@@ -336,7 +336,7 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
     assert second.exit_code == 0, second.output
     note = second.stdout
     assert "### What changed since 1.0.0" in note
-    assert "| model file |" in note and "| code (git sha) |" in note and "| config release.tag_format |" in note
+    assert "| model file |" in note and "| code (git sha) |" in note and "| config release.tag\\_format |" in note
     assert repo.tags() == ["power-forecast-v1.0.0", "release/power-forecast/1.1.0"]
     assert repo.changelog() == ["1.1.0", "1.0.0"]
     assert repo.champion() == "1.1.0"
@@ -514,3 +514,21 @@ def test_report_for_another_model_is_refused(repo, cli):
     result = cli("release", "--report", report_path)
     assert result.exit_code == 2 and "the report is for model 'wind-forecast'" in result.stderr
     assert_nothing_released(repo)
+
+
+def test_release_in_github_actions_sets_outputs_and_the_summary(repo, cli, tmp_path, monkeypatch):
+    output, summary = tmp_path / "github-output", tmp_path / "github-summary"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = cli("release", "--report", repo.report(), "--format", "github", "--note-out", "release-note.md")
+    assert result.exit_code == 0, result.output
+    text = output.read_text()
+    for name, value in (("version", "1.1.0"), ("tag", "power-forecast-v1.1.0"), ("note", "release-note.md")):
+        assert f"{name}<<" in text and f"\n{value}\n" in text
+    assert summary.read_text() == (repo.root / "release-note.md").read_text()
+
+    output.write_text("")
+    nothing = cli("release", "--report", repo.report("better", name="again.json", baseline="models:/power-forecast@champion"),
+                  "--format", "github")
+    assert nothing.exit_code == 0 and "nothing to release" in nothing.stderr
+    assert "\n\n" in output.read_text() and "1.1.0" not in output.read_text()  # empty outputs: the workflow skips publishing

@@ -1,0 +1,114 @@
+"""``release-kit init``: scaffold a model repository from the templates in :mod:`release_kit.scaffold`.
+
+Everything is rendered and validated first; then, unless a file would be overwritten (``force`` aside),
+every file is written. A half-scaffolded repository is never left behind by bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_ACTION = "release-kit/release-kit@v0"
+GITIGNORE_LINES = (".release-kit/", "release-kit-report.json", "release-kit-junit.xml", "release-kit-comment.md", "release-note.md")
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    files: dict[str, str]  # relative path → content
+    gitignore: str  # the .gitignore after adding release-kit's generated files
+
+
+def plan(directory: Path, *, name: str, task: str, target: str, features: list[str] | None, data: str | None,
+         action: str = DEFAULT_ACTION) -> Scaffold:
+    if features is None:
+        if data is None:
+            raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
+        features = _columns(directory, data, target)
+    features = [f.strip() for f in features if f.strip()]
+    # JSON strings are TOML basic strings: any name or path is quoted safely.
+    config_text = _render(
+        "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
+        features=json.dumps(features), data=json.dumps(data) if data else None, baseline=json.dumps(f"models:/{name}@champion"),
+        action_repo=action.split("@")[0],
+    )
+    _validate(config_text)
+
+    files = {"release-kit.toml": config_text}
+    scaffold = resources.files("release_kit.scaffold")
+    files["checks/test_model_basics.py"] = scaffold.joinpath("checks", "test_model_basics.py").read_text(encoding="utf-8")
+    for workflow in ("release-gate.yml", "release.yml"):
+        files[f".github/workflows/{workflow}"] = _render(f"workflows/{workflow}.j2", action=action)
+    templates = resources.files("release_templates")
+    for entry in sorted(templates.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".j2"):
+            files[f"release_templates/{entry.name}"] = entry.read_text(encoding="utf-8")
+
+    ignore_path = directory / ".gitignore"
+    existing = ignore_path.read_text(encoding="utf-8") if ignore_path.is_file() else ""
+    missing = [line for line in GITIGNORE_LINES if line not in existing.splitlines()]
+    gitignore = existing + ("" if not existing or existing.endswith("\n") else "\n")
+    if missing:
+        gitignore += "# release-kit's generated state and outputs\n" + "\n".join(missing) + "\n"
+    return Scaffold(files, gitignore)
+
+
+def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[str]:
+    """Write the scaffold; refuses (writing nothing) when a file exists, unless ``force``."""
+    from .report import write_atomic
+
+    taken = [path for path in scaffold.files if (directory / path).exists()]
+    if taken and not force:
+        shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise InputError(f"{directory}: {shown} already exist; nothing written (--force overwrites)")
+    blocked = [p for p in scaffold.files if any(parent.is_file() for parent in (directory / p).parents if parent != directory)]
+    if blocked:
+        raise InputError(f"{directory}: cannot create {blocked[0]}: a file is in the way; nothing written")
+    written = []
+    try:
+        for path, text in scaffold.files.items():
+            write_atomic(directory / path, text)
+            written.append(path)
+        write_atomic(directory / ".gitignore", scaffold.gitignore)
+    except OSError as error:
+        raise InputError(f"cannot write into {directory}: {error.strerror or error}") from None
+    return written
+
+
+def _columns(directory: Path, data: str, target: str) -> list[str]:
+    from .data import read_table
+
+    path = Path(data) if Path(data).is_absolute() else directory / data
+    columns = [str(c) for c in read_table(path).columns]
+    if target not in columns:
+        raise InputError(f"{data}: no column {target!r} (the --target); columns are {', '.join(columns)}")
+    return [c for c in columns if c != target]
+
+
+def _render(template: str, **context) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("release_kit", "scaffold"), undefined=StrictUndefined, keep_trailing_newline=True,
+        variable_start_string="[[", variable_end_string="]]", block_start_string="[%", block_end_string="%]",
+    )
+    return env.get_template(template).render(**context)
+
+
+def _validate(config_text: str) -> None:
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from .config import Config, _format_validation_error
+
+    try:
+        Config.model_validate(tomllib.loads(config_text))
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"the values given make an invalid release-kit.toml: {error}") from None
+    except ValidationError as error:
+        raise InputError(_format_validation_error(error, Path("release-kit.toml"))) from None
