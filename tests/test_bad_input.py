@@ -239,3 +239,20 @@ def test_config_path_that_cannot_be_read(project, power, cli):
 def test_data_path_that_cannot_be_read(project, power, cli):
     (project.root / "golden.csv").mkdir()
     assert_input_error(check(cli, "--candidate", power["better"], "--data", "golden.csv"), project, "golden.csv")
+
+
+def test_note_out_and_junit_paths_that_cannot_be_written(project, power, cli):
+    (project.root / "blocker").write_text("a file, not a directory")
+    result = cli("check", "--candidate", power["better"], "--report", "r.json")
+    assert result.exit_code == 0, result.output
+    note = cli("note", "--report", "r.json", "--format", "html", "--out", "blocker/note.html")
+    assert note.exit_code == 2 and note.stderr.startswith("release-kit: error: cannot write blocker/note.html")
+    junit = cli("check", "--candidate", power["better"], "--junit", "blocker/junit.xml")
+    assert junit.exit_code == 2 and "cannot write blocker/junit.xml" in junit.stderr
+
+
+def test_fallback_version_must_be_semver(project, power, cli):
+    config = project.root / "release-kit.toml"
+    config.write_text(config.read_text().replace('version = "1.0.0"', 'version = "1.0.0"\nfallback = "v1.pt"\nfallback_version = "one"'))
+    result = check(cli, "--candidate", power["better"])
+    assert result.exit_code == 2 and "baseline.fallback_version" in result.stderr
