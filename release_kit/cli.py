@@ -226,8 +226,13 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     from . import gate, release as releases
 
     if report_path is not None:
+        from .errors import InputError
         from .report import load_report
 
+        ignored = [f"--{name.replace('_', '-')}" for name, value in inputs.items()
+                   if name not in ("config_path", "registry_mode") and value not in (None, False, ())]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)} shape(s) a gate run; with --report the saved report decides (drop one or the other)")
         config, project_dir = gate.resolve_config(inputs["config_path"])
         report = load_report(report_path)
     else:

@@ -34,7 +34,6 @@ class Event:
     pr_number: int | None = None
     pr_title: str | None = None
     head_ref: str | None = None
-    base_ref: str | None = None
     from_fork: bool = False
 
     @classmethod
@@ -58,7 +57,6 @@ class Event:
             pr_number=pr.get("number"),
             pr_title=pr.get("title"),
             head_ref=head.get("ref"),
-            base_ref=base.get("ref"),
             from_fork=bool((head.get("repo") or {}).get("fork")) or (head_repo is not None and head_repo != base_repo),
         )
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .registry import _quote
 from .tracking import VERSION_TAG, _call, connect, ensure_experiment
 
 EVENT_TAG = "release_kit.event"
@@ -38,7 +39,7 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
     import semver
 
     client = connect(uri)
-    versions = [v for v in _call(uri, client.search_model_versions, f"name = '{model}'") if VERSION_TAG in v.tags]
+    versions = [v for v in _call(uri, client.search_model_versions, f"name = '{_quote(model)}'") if VERSION_TAG in v.tags]
     if not versions:
         raise InputError(f"no released versions of {model!r} in the registry at {uri}")
     rollbacks = _rollbacks(client, uri, model, experiment)
@@ -70,7 +71,7 @@ def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, 
         return []
     runs = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{model}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{_quote(model)}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
     keys = ("from", "to", "alias", "reason", "by")

@@ -532,3 +532,12 @@ def test_release_in_github_actions_sets_outputs_and_the_summary(repo, cli, tmp_p
                   "--format", "github")
     assert nothing.exit_code == 0 and "nothing to release" in nothing.stderr
     assert "\n\n" in output.read_text() and "1.1.0" not in output.read_text()  # empty outputs: the workflow skips publishing
+
+
+def test_gate_flags_with_a_saved_report_are_refused(repo, cli):
+    result = cli("release", "--report", repo.report(), "--prerelease", "rc", "--candidate", "other.pt")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "release-kit: error: --prerelease, --candidate shape(s) a gate run; with --report the saved report decides (drop one or the other)"
+    )
+    assert_nothing_released(repo)
