@@ -164,7 +164,7 @@ def print_history(model: str, entries: list, console: Console) -> None:
     for column in ("version", "released", "bump", "quality", "data", "git", "alias"):
         table.add_column(column, overflow="fold", no_wrap=column in ("version", "released", "bump"))
     for entry in entries:
-        quality = ", ".join(f"{name.rpartition('.')[2]} {value}" for name, value in entry.metrics.items() if name.startswith("quality."))
+        quality = ", ".join(f"{name.rpartition('.')[2]} {_num(float(value))}" for name, value in entry.metrics.items() if name.startswith("quality."))
         rolled = "".join(f"\n↩ {event['at'][:10]} from {escape(event['from'])}: {escape(event['reason'])}" for event in entry.rollbacks)
         table.add_row(
             f"[bold]{escape(entry.version)}[/] #{entry.registry_version}", entry.released_at[:10], entry.bump or "—",
