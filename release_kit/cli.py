@@ -382,7 +382,6 @@ def profile(reference: str, out_path: Path, config_path: Path | None, name: str 
     """Profile a reference dataset into a GX expectation suite to review and commit."""
     from .config import ProfileSpec
     from .data import read_table
-    from .report import write_atomic
     from .validation import profile as profile_frame
 
     spec = ProfileSpec()
@@ -393,12 +392,7 @@ def profile(reference: str, out_path: Path, config_path: Path | None, name: str 
     frame = read_table(reference)
     suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference)
     suite.gx_suite()  # the profile must be a suite GX accepts
-    try:
-        write_atomic(out_path, suite.to_json())
-    except OSError as error:
-        from .errors import InputError
-
-        raise InputError(f"cannot write {out_path}: {error.strerror or error}") from None
+    _write(out_path, suite.to_json())
     click.echo(f"wrote {len(suite.expectations)} expectations for {len(frame.columns)} columns to {out_path}")
 
 

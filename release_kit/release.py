@@ -74,7 +74,6 @@ class ReleasePlan:
     alias_expected: str | None  # the alias's version number when planned (None: not set)
     alias_skipped: str | None  # why the alias is not moved (pre-release, disabled)
     lock_dir: Path
-    steps: tuple[Step, ...] = ()
 
 
 @dataclass
@@ -382,7 +381,7 @@ def plan(
         report=report, model=model, version=version, release_id=rid, tracking_uri=uri, experiment=config.mlflow.experiment,
         model_file=model_file, tags=_version_tags(report, manifest, rid, commit, dirty), manifest=manifest, note=note,
         changelog_entry=entry, changelog=changelog, git=git, commit=commit, tag_name=tag_name,
-        alias=alias, alias_expected=alias_now, alias_skipped=alias_skipped, lock_dir=project_dir / ".release-kit", steps=STEPS,
+        alias=alias, alias_expected=alias_now, alias_skipped=alias_skipped, lock_dir=project_dir / ".release-kit",
     )
 
 
@@ -395,7 +394,7 @@ def execute(plan: ReleasePlan, *, dry_run: bool = False, on_step: Callable[[Step
 
     state = ReleaseState()
     with _exclusive(plan.lock_dir, enabled=not dry_run):
-        for step in plan.steps:
+        for step in STEPS:
             skip = step.skip_reason(plan)
             if skip:
                 outcome = StepOutcome(step.name, "skipped", skip)

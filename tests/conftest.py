@@ -22,14 +22,17 @@ sys.path.insert(0, str(EXAMPLE))
 
 import power_forecast as pf  # noqa: E402  (the example's own module)
 
-POWER_CONFIG = """
+# The example's [model] section, shared by the test configs (braces doubled for str.format).
+POWER_MODEL = """
 [model]
 name = "power-forecast"
 task = "regression"
 target = "power_kw"
 features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]
 bounds = {{ min = 0.0, max = 6.0 }}
+"""
 
+POWER_CONFIG = POWER_MODEL + """
 [baseline]
 version = "1.0.0"
 

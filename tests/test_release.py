@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import POWER_MODEL, free_port
 
 import power_forecast as pf
 from release_kit import gate
@@ -22,14 +22,7 @@ from release_kit.registry import publish
 from release_kit.signature import Signature
 from release_kit.tracking import VERSION_TAG, embedded_uri
 
-CONFIG = """
-[model]
-name = "power-forecast"
-task = "regression"
-target = "power_kw"
-features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]
-bounds = {{ min = 0.0, max = 6.0 }}
-
+CONFIG = POWER_MODEL + """
 [baseline]
 path = "models:/power-forecast@champion"
 
@@ -541,3 +534,12 @@ def test_gate_flags_with_a_saved_report_are_refused(repo, cli):
         "release-kit: error: --prerelease, --candidate shape(s) a gate run; with --report the saved report decides (drop one or the other)"
     )
     assert_nothing_released(repo)
+
+
+def test_history_and_rollback_bad_input(repo, cli):
+    unknown = cli("history", "--model", "wind-forecast")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip().splitlines() == [f"release-kit: error: no released versions of 'wind-forecast' in the registry at {repo.uri}"]
+    blank = cli("rollback", "--to", "1.0.0", "--reason", "  ")
+    assert blank.exit_code == 2 and "--reason must say why" in blank.stderr
+    assert repo.champion() == "1.0.0"
