@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from .errors import InputError
-from .report import write_atomic
+from .outputs import write_atomic
 
 HEADER = """# Changelog
 

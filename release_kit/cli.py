@@ -1,6 +1,7 @@
-"""The ``release-kit`` command: a thin layer over :mod:`release_kit.gate`.
+"""The ``release-kit`` command: a thin layer over :mod:`release_kit.gate` and the other library modules.
 
-Exit codes: 0 pass (release allowed), 1 blocked by the gate, 2 usage, config or input error.
+Exit codes: 0 pass (release allowed), 1 blocked by a gate decision, 2 usage, config or input error,
+3 skipped (the registry could not be used), 4 internal error (a bug: one line, the traceback with --debug).
 Only click is imported at start-up; everything else loads inside the command that needs it.
 """
 
@@ -13,22 +14,34 @@ import click
 
 from . import __version__
 
-EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED = 0, 1, 2, 3
+# The values of release_kit.errors.EXIT_*, repeated so that `--help` need not import anything else.
+EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
 
 class _Group(click.Group):
-    """Turns release-kit's own errors into one line on stderr and exit code 2 (traceback with --debug)."""
+    """Turns every error into one line on stderr and its exit code (the traceback with --debug): release-kit's
+    own errors exit 2; anything unexpected is an internal error, exit 4, never 1 (which means "blocked")."""
 
     def invoke(self, ctx: click.Context):
         from .errors import ReleaseKitError
 
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
         except ReleaseKitError as error:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"release-kit: error: {error}", err=True)
             ctx.exit(EXIT_INPUT)
+        except Exception as error:  # a bug in release-kit or a library it drives
+            if ctx.params.get("debug"):
+                raise
+            from .errors import first_line
+
+            click.echo(f"release-kit: internal error: {type(error).__name__}: {first_line(error, 200)} "
+                       "(rerun with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,9 +59,9 @@ def _gate_options(command):
         click.option("--baseline", help="Baseline model (the previous release): file or MLflow URI such as models:/NAME@champion; 'none' for a first release."),
         click.option("--baseline-version", help="Semantic version of a file baseline (registry baselines carry their own)."),
         click.option("--data", help="Golden dataset (.csv or .parquet)."),
-        click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default from [gate] stages)."),
-        click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models (runs arbitrary code from the file)."),
-        click.option("--no-mlflow", is_flag=True, help="Do not log the gate run to MLflow."),
+        click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default: [gate] stages, all four)."),
+        click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models and pickled parts of .pt2 archives (runs arbitrary code from the file)."),
+        click.option("--no-mlflow", is_flag=True, help="Do not log the gate run to MLflow (a report from such a run cannot be released with --report)."),
         click.option("--waive", "waive", nargs=3, multiple=True, metavar="CHECK REASON BY",
                      help="Let the failing check 'stage::name' through, recording why and who (repeatable)."),
         click.option("--prerelease", help="Release as a pre-release with this label: 1.4.0-rc.1."),
@@ -63,36 +76,23 @@ def _gate_options(command):
 
 
 def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
-    """Resolve the config, run the gate with a progress bar on stderr, log it; → (config, project dir, report)."""
+    """The library's gate with a progress bar on stderr; → (config, project dir, report)."""
     from rich.console import Console
 
     from . import gate, render
 
     config, project_dir = gate.resolve_config(inputs["config_path"])
-    config = gate.with_overrides(config, waivers=inputs["waive"], prerelease=inputs["prerelease"], build=inputs["build_metadata"])
-    registry = _registry_allowed(inputs["registry_mode"])
-    prepared = gate.prepare(
-        config, project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
-        baseline_version=inputs["baseline_version"], data=inputs["data"], allow_pickle=inputs["allow_pickle"], registry=registry,
-    )
     listener = render.ProgressListener(Console(stderr=True))
     try:
-        report = gate.run(prepared, stages=list(inputs["stages"]) or None, listener=listener, benchmark_json=benchmark_json)
+        return config, project_dir, gate.check(
+            config, directory=project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
+            baseline_version=inputs["baseline_version"], data=inputs["data"], stages=list(inputs["stages"]) or None,
+            allow_pickle=inputs["allow_pickle"], log_to_mlflow=False if inputs["no_mlflow"] else None,
+            registry=inputs["registry_mode"], waivers=tuple(inputs["waive"]), prerelease=inputs["prerelease"],
+            build=inputs["build_metadata"], listener=listener, benchmark_json=benchmark_json,
+        )
     finally:
         listener.close()
-    if config.mlflow.enabled and registry and not inputs["no_mlflow"]:
-        from .tracking import log_gate_run
-
-        report.mlflow = log_gate_run(prepared, report)
-    return config, project_dir, report
-
-
-def _registry_allowed(mode: str) -> bool:
-    if mode == "auto":
-        from .github import Event
-
-        return not Event.from_environment().from_fork
-    return mode == "required"
 
 
 @main.command()
@@ -104,74 +104,69 @@ def _registry_allowed(mode: str) -> bool:
 @click.option("--comment-out", type=click.Path(path_type=Path), default="release-kit-comment.md", show_default=True,
               help="With --format github: where to write the sticky PR comment's body.")
 @click.option("--benchmark-json", type=click.Path(path_type=Path), help="Write pytest-benchmark's JSON for user checks that use the `benchmark` fixture.")
-def check(report_path: Path | None, output_format: str, junit_path: Path | None, comment_out: Path, benchmark_json: Path | None, **inputs) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Text format: list passing checks too (collapsed into a count by default).")
+def check(report_path: Path | None, output_format: str, junit_path: Path | None, comment_out: Path, benchmark_json: Path | None,
+          verbose: bool, **inputs) -> None:
     """Compare the candidate with the baseline on the golden set and decide: pass or block, and the bump.
 
-    Exit codes: 0 pass, 1 blocked, 2 input error, 3 skipped (the registry could not be used).
+    Exit codes: 0 pass, 1 blocked, 2 input error, 3 skipped (the registry could not be used), 4 internal error.
     """
     from rich.console import Console
 
     from . import render
     from .errors import RegistryUnavailable
+    from .outputs import Outputs
 
+    github = output_format == "github"
+    # Every file this run writes is checked before the gate runs, and written only when all is rendered.
+    outputs = Outputs()
+    outputs.declare(report_path, "--report")
+    outputs.declare(junit_path, "--junit")
+    outputs.declare(benchmark_json, "--benchmark-json")
+    if github:
+        from . import github as gh
+
+        outputs.declare(comment_out, "--comment-out")
+        gh.check_runner_files()
+    outputs.check()
     try:
         config, _, report = _run_gate(inputs, benchmark_json=benchmark_json)
     except RegistryUnavailable as reason:
-        _skipped(str(reason), github=output_format == "github")
+        _skipped(str(reason), github=github)
+    templates = config.release.templates
     if report_path is not None:
-        report.write(report_path)
+        outputs.add(report_path, report.to_json())
     if junit_path is not None:
         from .junit import to_junit
 
-        _write(junit_path, to_junit(report))
-
-    def markdown() -> str:
-        return render.render_markdown(report, templates_dir=config.release.templates, confidence=config.quality.confidence)
-
+        outputs.add(junit_path, to_junit(report))
     if output_format == "json":
+        outputs.write()
         click.echo(report.to_json(), nl=False)
     elif output_format == "markdown":
-        click.echo(markdown(), nl=False)
-    elif output_format == "github":
-        _github_outputs(report, markdown(), report_path=report_path, comment_out=comment_out)
+        text = render.render_markdown(report, templates_dir=templates)
+        outputs.write()
+        click.echo(text, nl=False)
+    elif github:
+        from . import github as gh
+
+        markdown = render.render_markdown(report, templates_dir=templates)
+        outputs.add(comment_out, gh.comment_body(report, event=gh.Event.from_environment(), link=gh.run_url()))
+        outputs.write()
+        gh.publish_check(report, markdown, report_path=report_path, comment_out=comment_out, echo=click.echo)
     else:
-        render.print_report(report, Console())
+        outputs.write()
+        render.print_report(report, Console(), verbose=verbose)
     sys.exit(EXIT_PASS if report.verdict.value == "pass" else EXIT_BLOCK)
-
-
-def _github_outputs(report, markdown: str, *, report_path: Path | None, comment_out: Path) -> None:
-    """Step summary, outputs, annotations (stdout) and the comment body, for a GitHub Actions step."""
-    from . import github
-
-    event = github.Event.from_environment()
-    body = github.comment_body(markdown, model=report.model, event=event, link=github.run_url())
-    _write(comment_out, body)
-    github.write_summary(markdown)
-    github.write_outputs({
-        "verdict": report.verdict.value,
-        "bump": report.bump.value,
-        "next_version": report.next_version or "",
-        "report": str(report_path or ""),
-        "comment": str(comment_out),
-    })
-    for line in github.annotations(report):
-        click.echo(line)
-    version = f" → {report.next_version}" if report.next_version else ""
-    click.echo(f"release-kit: {report.verdict.value.upper()} ({report.bump.value}{version}): {report.bump_reason}")
 
 
 def _skipped(reason: str, *, github: bool) -> None:
     """The gate could not compare: say so everywhere a result is read, and exit 3 (never a pass)."""
-    message = f"skipped, not passed: {reason}"
     if github:
         from . import github as gh
-        from .render import _md
 
-        gh.write_summary(f"## ⏭️ release-kit: skipped\n\n{_md(reason)}\n\nNothing was compared, so this is **not a pass**. "
-                         "Set `[baseline] fallback` to a model file in the repository to gate pull requests from forks.\n")
-        gh.write_outputs({"verdict": "skipped", "bump": "", "next_version": "", "report": "", "comment": ""})
-        click.echo(f"::warning title=release-kit skipped::{gh.escape_data(reason)}")
-    click.echo(f"release-kit: {message}", err=True)
+        gh.publish_skipped(reason, echo=click.echo)
+    click.echo(f"release-kit: skipped, not passed: {reason}", err=True)
     sys.exit(EXIT_SKIPPED)
 
 
@@ -183,29 +178,25 @@ def _skipped(reason: str, *, github: bool) -> None:
 def note(report_path: Path, templates: Path | None, output_format: str, out_path: Path | None) -> None:
     """Render a saved report as markdown, or as one self-contained HTML page."""
     from . import render
+    from .outputs import Outputs
     from .report import load_report
 
+    outputs = Outputs()
+    outputs.declare(out_path, "--out")
+    outputs.check()
     report = load_report(report_path)
     text = (render.render_html if output_format == "html" else render.render_markdown)(report, templates_dir=templates)
     if out_path is None:
         click.echo(text, nl=False)
     else:
-        _write(out_path, text)
-
-
-def _write(path: Path, text: str) -> None:
-    from .errors import InputError
-    from .report import write_atomic
-
-    try:
-        write_atomic(path, text)
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+        outputs.add(out_path, text)
+        outputs.write()
 
 
 @main.command()
 @_gate_options
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Release from this saved report (default: run the gate now).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Release from this saved report (default: run the gate now). It must match a gate run logged in MLflow.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--allow-dirty", is_flag=True, help="Release from a git tree with uncommitted changes (recorded in the manifest).")
 @click.option("--note-out", type=click.Path(path_type=Path), help="Also write the release note (markdown) to this file.")
@@ -215,8 +206,10 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     """Cut the release the gate decided: registry version, tags, manifest, git tag, CHANGELOG, then the alias.
 
     Every step checks first and is skipped when already done, so re-running after a failure completes
-    the same release. Exit codes: 0 released (or nothing to release), 1 refused (blocked, or something
-    moved meanwhile), 2 input error.
+    the same release. A saved --report is accepted only when it is the report of a gate run logged in
+    MLflow (its digest is recorded there), and its verdict, bump and version are derived again.
+    Exit codes: 0 released (or nothing to release), 1 refused (blocked, or something moved meanwhile),
+    2 input error, 4 internal error.
     """
     import json
 
@@ -224,7 +217,16 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     from rich.markup import escape
 
     from . import gate, release as releases
+    from .outputs import Outputs
 
+    github = output_format == "github"
+    outputs = Outputs()
+    outputs.declare(note_out, "--note-out")
+    if github:
+        from . import github as gh
+
+        gh.check_runner_files()
+    outputs.check()
     if report_path is not None:
         from .errors import InputError
         from .report import load_report
@@ -239,13 +241,11 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
         config, project_dir, report = _run_gate(inputs)
     err = Console(stderr=True, highlight=False)
     try:
-        plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty)
+        plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty, from_file=report_path is not None)
     except releases.NothingToRelease as reason:
         click.echo(f"release-kit: {reason}", err=True)
-        if output_format == "github":
-            from . import github
-
-            github.write_outputs({"version": "", "tag": "", "note": ""})
+        if github:
+            gh.write_outputs({"version": "", "tag": "", "note": ""})
         sys.exit(EXIT_PASS)
     except releases.ReleaseConflict as conflict:
         click.echo(f"release-kit: not released: {conflict}", err=True)
@@ -259,13 +259,12 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     except releases.ReleaseConflict as conflict:
         click.echo(f"release-kit: stopped: {conflict}", err=True)
         sys.exit(EXIT_BLOCK)
-    if note_out is not None and not dry_run:
-        _write(note_out, plan.note)
-    if output_format == "github" and not dry_run:
-        from . import github
-
-        github.write_summary(plan.note)
-        github.write_outputs({"version": plan.version, "tag": plan.tag_name or "", "note": str(note_out or "")})
+    if not dry_run:
+        outputs.add(note_out, plan.note)
+        outputs.write()
+        if github:
+            gh.write_summary(plan.note)
+            gh.write_outputs({"version": plan.version, "tag": plan.tag_name or "", "note": str(note_out or "")})
     if output_format == "json":
         click.echo(json.dumps({
             "model": plan.model, "version": plan.version, "release_id": plan.release_id, "dry_run": dry_run,
@@ -319,17 +318,20 @@ def rollback(target: str, reason: str, by: str | None, alias: str | None, config
 @main.command()
 @click.option("--name", required=True, help="The model's registered name.")
 @click.option("--task", type=click.Choice(["regression", "classification"]), required=True)
+@click.option("--prediction", type=click.Choice(["logits", "probabilities"]),
+              help="Classification: what the model outputs (required with --task classification).")
 @click.option("--target", required=True, help="The target column of the golden data.")
 @click.option("--features", help="Feature columns, comma-separated, in the order the model takes them.")
 @click.option("--data", help="Golden dataset: sets [data] golden, and the features are its columns but the target (unless --features).")
 @click.option("--action", help="The composite action the workflows use (default: release-kit/release-kit@v0).")
 @click.option("--directory", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(name: str, task: str, target: str, features: str | None, data: str | None, action: str | None, directory: Path, force: bool) -> None:
+def init(name: str, task: str, prediction: str | None, target: str, features: str | None, data: str | None, action: str | None,
+         directory: Path, force: bool) -> None:
     """Scaffold a model repository: release-kit.toml, checks/, release_templates/ and the two workflows."""
     from . import scaffolding
 
-    scaffold = scaffolding.plan(directory, name=name, task=task, target=target,
+    scaffold = scaffolding.plan(directory, name=name, task=task, prediction=prediction, target=target,
                                 features=features.split(",") if features else None, data=data,
                                 action=action or scaffolding.DEFAULT_ACTION)
     for path in scaffolding.write(directory, scaffold, force=force):
@@ -343,16 +345,20 @@ def github_group() -> None:
 
 
 @github_group.command("comment")
-@click.option("--body", "body_path", type=click.Path(path_type=Path), required=True, help="The body written by `check --format github`.")
-def github_comment(body_path: Path) -> None:
-    """Create or update the pull request's sticky release-kit comment (needs GITHUB_TOKEN with pull-requests: write)."""
-    from . import github
-    from .errors import InputError
+@click.option("--report", "report_path", type=click.Path(path_type=Path), required=True,
+              help="The JSON report the gate job wrote (untrusted: validated, and the comment is built from it here).")
+def github_comment(report_path: Path) -> None:
+    """Create or update the pull request's sticky release-kit comment (needs GITHUB_TOKEN with pull-requests: write).
 
-    try:
-        body = body_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read comment body {body_path}: {error}") from None
+    The body is rendered here, with the shipped templates only, from the report's validated fields: a gate
+    job runs pull-request code, so nothing it produced is posted as it is. Only a comment written by the
+    token's own identity is ever edited.
+    """
+    from . import github
+    from .report import load_report
+
+    report = load_report(report_path)
+    body = github.comment_body(report, event=github.Event.from_environment(), link=github.run_url())
     click.echo(f"release-kit: PR comment {github.post_sticky_comment(body)}")
 
 
@@ -376,23 +382,26 @@ def data() -> None:
 @data.command("profile")
 @click.option("--reference", required=True, help="Dataset to profile (.csv, .parquet, or a SQL table as URL#table).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Where to write the GX suite JSON.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Take margins from [data.profile] of this config.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Take [data.profile] (margins, categorical columns, mostly) from this config (default: the one found here, if any).")
 @click.option("--name", help="Suite name (default: the reference's file name).")
 def profile(reference: str, out_path: Path, config_path: Path | None, name: str | None) -> None:
     """Profile a reference dataset into a GX expectation suite to review and commit."""
-    from .config import ProfileSpec
+    from .config import ProfileSpec, find_config, load_config
     from .data import read_table
+    from .outputs import Outputs
     from .validation import profile as profile_frame
 
-    spec = ProfileSpec()
-    if config_path is not None:
-        from .config import load_config
-
-        spec = load_config(config_path).data.profile
+    outputs = Outputs()
+    outputs.declare(out_path, "--out")
+    outputs.check()
+    found = config_path if config_path is not None else find_config(Path.cwd())
+    spec = load_config(found).data.profile if found is not None else ProfileSpec()
     frame = read_table(reference)
     suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference)
     suite.gx_suite()  # the profile must be a suite GX accepts
-    _write(out_path, suite.to_json())
+    outputs.add(out_path, suite.to_json())
+    outputs.write()
     click.echo(f"wrote {len(suite.expectations)} expectations for {len(frame.columns)} columns to {out_path}")
 
 

@@ -6,6 +6,7 @@ tolerance that silently falls back to a default is how a gate ends up passing wh
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +21,8 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN compares false with everything, so a NaN bound or budget would let anything through: refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_range(low: float | None, high: float | None) -> None:
@@ -97,8 +99,12 @@ class ProfileSpec(_Strict):
     range_margin: float = Field(default=0.1, ge=0)
     # A column may have this much more null share than the reference had (absolute).
     null_margin: float = Field(default=0.0, ge=0, le=1)
-    # Columns with at most this many distinct values (and not floats) get a category-set expectation.
+    # Non-numeric columns with at most this many distinct values get a category-set expectation; numeric
+    # columns only when named in ``categorical`` (whole-valued numbers such as pixel counts are not categories).
     max_categories: int = Field(default=20, ge=1)
+    categorical: list[str] = Field(default_factory=list)
+    # The share of rows each profiled expectation must hold for (GX ``mostly``): 1.0 allows no exception.
+    mostly: float = Field(default=1.0, gt=0, le=1)
     min_rows: int = Field(default=1, ge=1)
 
 
@@ -144,6 +150,8 @@ class QualitySpec(_Strict):
     interval: Literal["analytic", "bootstrap"] = "analytic"
     bootstrap_resamples: int = Field(default=1000, ge=100)
     seed: int = 0
+    # Fewer usable golden rows than this and no metric is decided (an interval from 2 rows says nothing).
+    min_rows: int = Field(default=20, ge=2)
 
     @field_validator("tolerance")
     @classmethod
@@ -278,8 +286,28 @@ class ChecksSpec(_Strict):
     paths: list[str] = Field(default_factory=lambda: ["checks"])
 
 
+STAGES = ("quality", "outliers", "performance", "data")
+
+
 class GateSpec(_Strict):
-    stages: list[str] = Field(default_factory=lambda: ["quality"])
+    """What the gate runs. Every built-in stage by default: a gate that skips a stage silently passes what
+    that stage would block."""
+
+    stages: list[str] = Field(default_factory=lambda: list(STAGES))
+    # A single model call (one batch) that runs longer than this ends the run as an input error.
+    model_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        if not stages:
+            raise ValueError(f"is empty, so the gate would decide nothing (use any of: {', '.join(STAGES)})")
+        unknown = [stage for stage in stages if stage not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+        if len(set(stages)) != len(stages):
+            raise ValueError("names a stage twice")
+        return stages
 
 
 class MlflowSpec(_Strict):
@@ -377,6 +405,8 @@ def parse_tolerance(value: float | str) -> tuple[float, bool]:
             number /= 100.0
     else:
         number, relative = float(value), False
+    if not math.isfinite(number):
+        raise ValueError(f"tolerance {value!r} is not a finite number")
     if number < 0:
         raise ValueError(f"tolerance {value!r} is negative")
     return number, relative
@@ -391,7 +421,7 @@ def _parse_version(version: str) -> None:
         raise ValueError(f"{version!r} is not a semantic version like 1.2.3") from None
 
 
-def _format_validation_error(error: ValidationError, source: Path) -> str:
+def format_validation_error(error: ValidationError, source: Path) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -423,7 +453,7 @@ def load_config(path: Path) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise InputError(_format_validation_error(error, path)) from None
+        raise InputError(format_validation_error(error, path)) from None
     return _resolve_paths(config, path.parent)
 
 

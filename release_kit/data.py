@@ -19,18 +19,49 @@ SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 @dataclass(frozen=True)
+class ExcludedRows:
+    """Golden rows no model can be judged on: a feature or the target is NaN or infinite, or a
+    classification target is not a class id. The data stage reports them (and blocks); the other stages
+    run on the remaining rows and say how many they left out."""
+
+    rows: np.ndarray  # row numbers in the file (0-based, header excluded)
+    columns: dict[str, int]  # column → number of rows with a bad value there
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def note(self) -> str:
+        """The sentence other stages append to a summary ("" when nothing was excluded)."""
+        if not len(self):
+            return ""
+        return f" ({len(self)} golden row(s) with NaN/inf or impossible values left out; see data::golden_rows)"
+
+
+@dataclass(frozen=True)
 class GoldenSet:
     path: Path | str  # a file, or a SQL source "URL#table"
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # the usable rows (index reset), aligned with features and target
     features: np.ndarray  # float32 (N, F), columns in the model's feature order
     target: np.ndarray  # float64 for regression, int64 class ids for classification
     sha256: str
+    all_rows: pd.DataFrame | None = None  # every row as read, for the data stage (None: same as frame)
+    excluded: ExcludedRows | None = None
 
     def __len__(self) -> int:
         return len(self.target)
 
+    @property
+    def read(self) -> pd.DataFrame:
+        """Every row as read from the source."""
+        return self.frame if self.all_rows is None else self.all_rows
+
+    @property
+    def note(self) -> str:
+        return self.excluded.note() if self.excluded is not None else ""
+
     def describe(self) -> dict:
-        return {"path": str(self.path), "rows": len(self), "sha256": self.sha256}
+        return {"path": str(self.path), "rows": len(self.read), "used_rows": len(self), "sha256": self.sha256,
+                "excluded_rows": 0 if self.excluded is None else len(self.excluded)}
 
 
 def file_sha256(path: Path) -> str:
@@ -106,6 +137,10 @@ def read_table(path: Path | str) -> pd.DataFrame:
 
 
 def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
+    """Read the golden set. A missing or non-numeric column is an input error; rows with NaN/inf (or, for
+    classification, a target that is no class id) are set aside in ``excluded`` for the data stage."""
+    import numpy as np
+    import pandas as pd
 
     path = path if is_sql(path) else Path(path)
     frame = read_table(path)
@@ -114,23 +149,53 @@ def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
     missing = [column for column in [*spec.features, spec.target] if column not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
+    for column in spec.features:
+        _require_numeric(frame[column], path, f"feature column '{column}'")
+    target_column = frame[spec.target]
+    if pd.api.types.is_bool_dtype(target_column):
+        target_column = target_column.astype("int64")
+    _require_numeric(target_column, path, f"target column '{spec.target}'")
 
-    features = feature_matrix(frame, spec.features, path)
-    target = _target(frame[spec.target], path, spec)
-    return GoldenSet(path=path, frame=frame, features=features, target=target, sha256=fingerprint(path, frame))
+    features = frame[spec.features].to_numpy(dtype=np.float32)
+    target = target_column.to_numpy(dtype=np.float64)
+    bad = {column: ~np.isfinite(features[:, i]) for i, column in enumerate(spec.features)}
+    bad_target = ~np.isfinite(target)
+    if spec.task == "classification":
+        with np.errstate(invalid="ignore"):
+            bad_target |= (target < 0) | (target != np.floor(target))
+    bad[spec.target] = bad_target
+    excluded_mask = np.logical_or.reduce(list(bad.values()))
+    excluded = ExcludedRows(np.flatnonzero(excluded_mask), {c: int(m.sum()) for c, m in bad.items() if m.any()})
+    if excluded_mask.all():
+        column = max(excluded.columns, key=excluded.columns.get)
+        raise InputError(f"{path}: no usable golden row: every row has NaN/inf or impossible values (e.g. column '{column}')")
+    keep = ~excluded_mask
+    usable = frame[keep].reset_index(drop=True) if excluded_mask.any() else frame
+    target = target[keep]
+    if spec.task == "classification":
+        target = target.astype(np.int64)
+    return GoldenSet(
+        path=path, frame=usable, features=np.ascontiguousarray(features[keep]), target=target,
+        sha256=fingerprint(path, frame), all_rows=frame if excluded_mask.any() else None, excluded=excluded,
+    )
+
+
+def _require_numeric(column, path, what: str) -> None:
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise InputError(f"{path}: {what} is not numeric")
 
 
 def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
     """float32 (N, F) in ``columns`` order; every column present, numeric and finite."""
     import numpy as np
-    import pandas as pd
 
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
     for column in columns:
-        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
-            raise InputError(f"{path}: feature column '{column}' is not numeric")
+        _require_numeric(frame[column], path, f"feature column '{column}'")
     features = frame[columns].to_numpy(dtype=np.float32)
     bad_rows = ~np.isfinite(features).all(axis=1)
     if bad_rows.any():
@@ -140,24 +205,3 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
             f"({int(bad_rows.sum())} row(s), first at row {int(np.argmax(bad_rows))})"
         )
     return features
-
-
-def _target(column: pd.Series, path: Path, spec: ModelSpec) -> np.ndarray:
-    import numpy as np
-    import pandas as pd
-
-    name = spec.target
-    if pd.api.types.is_bool_dtype(column):
-        column = column.astype("int64")
-    if not pd.api.types.is_numeric_dtype(column):
-        raise InputError(f"{path}: target column '{name}' is not numeric")
-    values = column.to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        count = int((~np.isfinite(values)).sum())
-        raise InputError(f"{path}: target column '{name}' has {count} NaN or infinite value(s)")
-    if spec.task == "regression":
-        return values
-    labels = values.astype(np.int64)
-    if (labels != values).any() or (labels < 0).any():
-        raise InputError(f"{path}: classification target '{name}' must hold class ids 0, 1, 2, …")
-    return labels

@@ -307,6 +307,13 @@ def run_checks(
         raise InputError(f"--benchmark-json: cannot write to {Path(benchmark_json).parent}")
     modules = [load_stage(stage) for stage in stages]
     planned = [(module.NAME, module.checks(gate)) for module in modules]
+    if gate.golden.excluded is not None and len(gate.golden.excluded) and "data" not in stages:
+        # Unusable golden rows block whatever stages were chosen: the other stages left them out.
+        from functools import partial
+
+        from .stages.data import golden_rows
+
+        planned.append(("data", [StageCheck("golden_rows", partial(golden_rows, gate))]))
     plugin = GatePlugin(gate, planned, user_paths, listener)
     args = [
         "-c", os.devnull,  # the user's own pytest config (addopts, plugins) is not the gate's

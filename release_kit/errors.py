@@ -1,10 +1,15 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the exit codes they map to.
 
 Every problem with the user's input (config, model file, data) is an :class:`InputError`: the CLI prints its
-message as one line and exits 2, with no traceback unless ``--debug``.
+message as one line and exits 2, with no traceback unless ``--debug``. Anything else that escapes is a bug in
+release-kit (exit 4), never "blocked" (exit 1): only a gate decision blocks.
 """
 
 from __future__ import annotations
+
+import re
+
+EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
 
 class ReleaseKitError(Exception):
@@ -18,3 +23,24 @@ class InputError(ReleaseKitError):
 class RegistryUnavailable(ReleaseKitError):
     """The run may not use the model registry (``--registry off``, or a fork's pull request without
     credentials) and a model needs it: the gate is skipped (exit code 3), which never counts as a pass."""
+
+
+# TorchScript wraps the real error under a fixed first line and a C++/TorchScript traceback; the cause is
+# the last "SomethingError: message" line.
+_TORCHSCRIPT_WRAPPER = "The following operation failed in the TorchScript interpreter."
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The one line of an exception a user should read: its first line, or for TorchScript's interpreter
+    errors the underlying cause; the exception's type when it has no message."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    line = lines[0]
+    if line.strip() == _TORCHSCRIPT_WRAPPER or "Traceback of TorchScript" in text:
+        causes = [m for m in map(_ERROR_LINE.match, lines) if m]
+        if causes:
+            line = f"{causes[-1][1]}: {causes[-1][2]}"
+    return line.strip()[:limit]

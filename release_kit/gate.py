@@ -1,8 +1,10 @@
-"""The library API behind ``release-kit check``.
+"""The library API behind ``release-kit check``: :func:`check` is the one orchestrator.
 
-:func:`prepare` reads and validates every input (config, models, golden data, model outputs) before any
-check runs, so bad input fails fast as an :class:`~release_kit.errors.InputError` and nothing is written;
-:func:`run` then runs the stages and decides; :func:`check` does both and logs to MLflow.
+:func:`prepare` reads and validates every input (config, models, golden data, model outputs, where the run
+will be tracked) before any check runs, so bad input fails fast as an
+:class:`~release_kit.errors.InputError` and nothing is written; :func:`run` then runs the stages and
+decides; :func:`check` does both, with command-line overrides, and logs the run to MLflow. The CLI adds
+only parsing and rendering.
 
     from release_kit import gate
     report = gate.check("release-kit.toml", candidate="models/candidate.pt", baseline="models/v1.pt")
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, find_config, load_config
 from .errors import InputError
+from .models import REGISTRY_SCHEMES
 from .report import Report
 
 if TYPE_CHECKING:
@@ -49,6 +52,9 @@ class GateContext:
     baseline: LoadedModel | None
     golden: GoldenSet
     predictions: Predictions
+    # Semantic versions of this model already released in the registry (empty without one): the next
+    # version is counted from the highest of the bumped line, so a rollback never leads to a reused version.
+    released: tuple[str, ...] = ()
 
 
 def resolve_config(config: Config | str | Path | None, directory: Path | None = None) -> tuple[Config, Path]:
@@ -99,15 +105,17 @@ def prepare(
     data: str | None = None,
     allow_pickle: bool = False,
     registry: bool = True,
+    track: bool = False,
 ) -> GateContext:
     """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``.
 
     ``registry=False``: the registry may not be used; a registry baseline is replaced by ``[baseline]
     fallback``, and without one (or for a registry candidate) :class:`RegistryUnavailable` is raised.
+    ``track``: the run will be logged to MLflow, so its store must be writable now, not after the checks.
     """
     from .data import feature_matrix, load_golden
     from .models import load_model, to_predictions
-    from .tracking import tracking_uri
+    from .tracking import check_store_writable, released_versions, tracking_uri
 
     spec = config.model
     candidate_source = candidate or config.candidate.path
@@ -127,6 +135,8 @@ def prepare(
 
     golden = load_golden(golden_source, spec)
     uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
+    if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
+        check_store_writable(uri)
     candidate_model = load_model(
         "candidate", candidate_source, spec, factory=config.candidate.factory,
         version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri,
@@ -145,8 +155,10 @@ def prepare(
         recorded = baseline_model.signature.features if baseline_model.signature else tuple(spec.features)
         inputs["baseline"] = golden.features if list(recorded) == spec.features else feature_matrix(golden.frame, list(recorded), golden.path)
     predicted = {}
+    timeout = config.gate.model_timeout_seconds
     for model in filter(None, (candidate_model, baseline_model)):
-        predicted[model.role] = to_predictions(model.raw_outputs(inputs[model.role]), spec, model.role, n_classes)
+        raw = model.raw_outputs(inputs[model.role], timeout=timeout)
+        predicted[model.role] = to_predictions(raw, spec, model.role, n_classes)
     shapes = {role: values.shape for role, values in predicted.items()}
     if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
         raise InputError(
@@ -160,13 +172,24 @@ def prepare(
         baseline=baseline_model,
         golden=golden,
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
+        released=released_versions(uri, spec.name) if uri is not None else (),
     )
+
+
+def registry_allowed(mode: str) -> bool:
+    """``--registry``: ``required`` and ``off`` say it; ``auto`` is off in a pull request from a fork,
+    which gets no secrets (and so no registry credentials)."""
+    if mode not in ("auto", "required", "off"):
+        raise InputError(f"registry mode {mode!r} is not auto, required or off")
+    if mode == "auto":
+        from .github import Event
+
+        return not Event.from_environment().from_fork
+    return mode == "required"
 
 
 def _without_registry(config: Config, candidate: str, baseline: str | None, baseline_version: str | None):
     from .errors import RegistryUnavailable
-    from .models import REGISTRY_SCHEMES
-
     if candidate.startswith(REGISTRY_SCHEMES):
         raise RegistryUnavailable(f"the candidate {candidate} is in the registry, which this run may not use")
     if baseline is not None and baseline.startswith(REGISTRY_SCHEMES):
@@ -184,16 +207,14 @@ def _is_semver(version: str) -> bool:
     return semver.Version.is_valid(version)
 
 
-def run(
-    gate: GateContext, *, stages: list[str] | None = None, listener: Listener | None = None, benchmark_json: Path | None = None
-) -> Report:
-    """Run the stages and user checks, decide the verdict and version, and build the report."""
+def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: Path | None = None) -> Report:
+    """Run ``[gate] stages`` and the user checks, decide the verdict and version, and build the report."""
     from .engine import run_checks
     from .environment import software
     from .versioning import decide
 
     config = gate.config
-    stages = stages or config.gate.stages
+    stages = config.gate.stages
     user_paths = _user_check_paths(config, gate.project_dir)
     results = run_checks(gate, stages, user_paths, rootdir=gate.project_dir, listener=listener, benchmark_json=benchmark_json)
     contract = _contract(gate)
@@ -204,6 +225,7 @@ def run(
         identical_predictions=gate.predictions.identical,
         baseline_version=gate.baseline.version if gate.baseline else None,
         contract=contract[1],
+        released=gate.released,
     )
     return Report(
         model=config.model.name,
@@ -215,6 +237,7 @@ def run(
         candidate=gate.candidate.describe(),
         baseline=gate.baseline.describe() if gate.baseline else None,
         data={"golden": gate.golden.describe()},
+        released=list(gate.released),
         current_version=decision.current_version,
         next_version=decision.next_version,
         first_release=decision.first_release,
@@ -267,18 +290,46 @@ def check(
     stages: list[str] | None = None,
     allow_pickle: bool = False,
     log_to_mlflow: bool | None = None,
+    registry: str = "auto",
+    waivers: tuple[tuple[str, str, str], ...] = (),
+    prerelease: str | None = None,
+    build: str | None = None,
     listener: Listener | None = None,
+    benchmark_json: Path | None = None,
     directory: Path | None = None,
 ) -> Report:
-    """The whole gate: prepare, run, and (unless disabled) log the run and the report to MLflow."""
+    """The whole gate, exactly as ``release-kit check`` runs it.
+
+    ``config`` is a Config, a file, or None (found in ``directory``). ``registry``: ``auto`` | ``required``
+    | ``off`` (see :func:`registry_allowed`); without the registry a registry baseline falls back to
+    ``[baseline] fallback`` or raises :class:`~release_kit.errors.RegistryUnavailable`. ``waivers`` are
+    (check, reason, by) on top of the config's; ``prerelease``/``build`` shape the version. The run is
+    logged to MLflow unless ``log_to_mlflow`` is False, MLflow is disabled, or the registry may not be used.
+    """
     resolved, project_dir = resolve_config(config, directory)
+    resolved = with_overrides(resolved, waivers=waivers, prerelease=prerelease, build=build)
+    if stages:
+        resolved = resolved.model_copy(update={"gate": _validated_stages(resolved, stages)})
+    use_registry = registry_allowed(registry)
+    track = resolved.mlflow.enabled and use_registry and log_to_mlflow is not False
     gate = prepare(
-        resolved, project_dir, candidate=candidate, baseline=baseline,
-        baseline_version=baseline_version, data=data, allow_pickle=allow_pickle,
+        resolved, project_dir, candidate=candidate, baseline=baseline, baseline_version=baseline_version,
+        data=data, allow_pickle=allow_pickle, registry=use_registry, track=track,
     )
-    report = run(gate, stages=stages, listener=listener)
-    if resolved.mlflow.enabled if log_to_mlflow is None else log_to_mlflow:
+    report = run(gate, listener=listener, benchmark_json=benchmark_json)
+    if track:
         from .tracking import log_gate_run
 
         report.mlflow = log_gate_run(gate, report)
     return report
+
+
+def _validated_stages(config: Config, stages: list[str]):
+    from pydantic import ValidationError
+
+    from .config import GateSpec
+
+    try:
+        return GateSpec.model_validate({**config.gate.model_dump(), "stages": list(stages)})
+    except ValidationError as error:
+        raise InputError(f"--stage: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None

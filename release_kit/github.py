@@ -117,22 +117,31 @@ def _append(path: str, text: str) -> None:
         raise InputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def comment_body(markdown: str, *, model: str, event: Event, link: str | None, limit: int = COMMENT_LIMIT) -> str:
-    """The sticky PR comment: hidden marker, a header naming the PR, the report, cut to fit ``limit``.
+def comment_body(report: Report, *, event: Event, link: str | None, limit: int = COMMENT_LIMIT) -> str:
+    """The sticky PR comment for ``report``: hidden marker, a header naming the PR, the report rendered with
+    the shipped templates only (the report may come from a job that ran PR code: every string in it is
+    escaped again here), cut to fit ``limit``.
 
     The cut is made at a line boundary before the limit and says where the full report is, so the comment
     never exceeds GitHub's maximum and never ends in a broken table row.
     """
-    from .render import _code, _md
+    from .render import render_markdown
+
+    return fit_comment(render_markdown(report), model=report.model, event=event, link=link, limit=limit)
+
+
+def fit_comment(markdown: str, *, model: str, event: Event, link: str | None, limit: int = COMMENT_LIMIT) -> str:
+    """Marker, PR header and ``markdown``, cut at a line boundary to fit ``limit``."""
+    from .render import code_span, escape_markdown
 
     marker = MARKER.format(model=_marker_safe(model))
     header = ""
     if event.pr_number is not None:
         header = f"<sub>release-kit gate for #{int(event.pr_number)}"
         if event.pr_title:
-            header += f" · {_md(event.pr_title)}"
+            header += f" · {escape_markdown(event.pr_title)}"
         if event.head_ref:
-            header += f" · branch {_code(event.head_ref)}"
+            header += f" · branch {code_span(event.head_ref)}"
         header += "</sub>\n\n"
     body = f"{marker}\n{header}{markdown}"
     if len(body) <= limit:
@@ -148,6 +157,43 @@ def comment_body(markdown: str, *, model: str, event: Event, link: str | None, l
     if kept.count("\n```") % 2:
         kept += "\n```"
     return (kept + tail)[:limit]
+
+
+def check_runner_files(env: dict[str, str] | None = None) -> None:
+    """The runner's summary and output files must be writable before the gate runs, not after."""
+    from .outputs import check_writable
+
+    env = os.environ if env is None else env
+    for name in ("GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
+        if env.get(name):
+            check_writable(Path(env[name]), f"${name}")
+
+
+def publish_check(report: Report, markdown: str, *, report_path: Path | None, comment_out: Path, echo) -> None:
+    """A gate's result on the runner: step summary, step outputs, annotations, and one verdict line."""
+    write_summary(markdown)
+    write_outputs({
+        "verdict": report.verdict.value,
+        "bump": report.bump.value if report.bump else "",
+        "next_version": report.next_version or "",
+        "report": str(report_path or ""),
+        "comment": str(comment_out),
+    })
+    for line in annotations(report):
+        echo(line)
+    version = f" → {report.next_version}" if report.next_version else ""
+    bump = report.bump.value if report.bump else "no release"
+    echo(f"release-kit: {report.verdict.value.upper()} ({bump}{version}): {report.bump_reason}")
+
+
+def publish_skipped(reason: str, *, echo) -> None:
+    """The gate compared nothing: the summary and outputs say "skipped", which is never a pass."""
+    from .render import escape_markdown
+
+    write_summary(f"## ⏭️ release-kit: skipped\n\n{escape_markdown(reason)}\n\nNothing was compared, so this is **not a pass**. "
+                  "Set `[baseline] fallback` to a model file in the repository to gate pull requests from forks.\n")
+    write_outputs({"verdict": "skipped", "bump": "", "next_version": "", "report": "", "comment": ""})
+    echo(f"::warning title=release-kit skipped::{escape_data(reason)}")
 
 
 def _marker_safe(model: str) -> str:
@@ -176,11 +222,13 @@ def post_sticky_comment(body: str, env: dict[str, str] | None = None) -> str:
     if len(body) > COMMENT_LIMIT:
         raise InputError(f"the comment body has {len(body)} characters, over GitHub's {COMMENT_LIMIT}")
 
+    author = _token_identity(api, token, env)
     page = 1
     while True:
         comments = _request("GET", f"{api}/repos/{repository}/issues/{event.pr_number}/comments?per_page=100&page={page}", token)
         for comment in comments:
-            if str(comment.get("body", "")).startswith(marker):
+            # Anyone can post a comment that starts with the marker; only ours is ever edited.
+            if str(comment.get("body", "")).startswith(marker) and (comment.get("user") or {}).get("login") == author:
                 _request("PATCH", f"{api}/repos/{repository}/issues/comments/{comment['id']}", token, {"body": body})
                 return "updated"
         if len(comments) < 100:
@@ -188,6 +236,20 @@ def post_sticky_comment(body: str, env: dict[str, str] | None = None) -> str:
         page += 1
     _request("POST", f"{api}/repos/{repository}/issues/{event.pr_number}/comments", token, {"body": body})
     return "created"
+
+
+# GITHUB_TOKEN is an installation token: GET /user refuses it, and its comments are this bot's.
+ACTIONS_BOT = "github-actions[bot]"
+
+
+def _token_identity(api: str, token: str, env) -> str:
+    """The login the token posts as: GET /user for a user's token, else the Actions bot (or
+    ``$RELEASE_KIT_COMMENT_AUTHOR`` for another GitHub App)."""
+    try:
+        user = _request("GET", f"{api}/user", token)
+    except ReleaseKitError:
+        return env.get("RELEASE_KIT_COMMENT_AUTHOR") or ACTIONS_BOT
+    return str((user or {}).get("login") or env.get("RELEASE_KIT_COMMENT_AUTHOR") or ACTIONS_BOT)
 
 
 def _request(method: str, url: str, token: str, payload: dict[str, Any] | None = None) -> Any:

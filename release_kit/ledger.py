@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .registry import _quote
-from .tracking import VERSION_TAG, _call, connect, ensure_experiment
+from .tracking import VERSION_TAG, call_store, connect, ensure_experiment, quote_filter
 
 EVENT_TAG = "release_kit.event"
 
@@ -39,13 +38,13 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
     import semver
 
     client = connect(uri)
-    versions = [v for v in _call(uri, client.search_model_versions, f"name = '{_quote(model)}'") if VERSION_TAG in v.tags]
+    versions = [v for v in call_store(uri, client.search_model_versions, f"name = '{quote_filter(model)}'") if VERSION_TAG in v.tags]
     if not versions:
         raise InputError(f"no released versions of {model!r} in the registry at {uri}")
     rollbacks = _rollbacks(client, uri, model, experiment)
     # Searched versions carry no aliases in every store; the registered model has them all.
     aliases: dict[str, list[str]] = {}
-    for alias, number in _call(uri, client.get_registered_model, model).aliases.items():
+    for alias, number in call_store(uri, client.get_registered_model, model).aliases.items():
         aliases.setdefault(str(number), []).append(alias)
     entries = []
     for version in versions:
@@ -66,12 +65,12 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
 
 
 def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, str]]:
-    found = _call(uri, client.get_experiment_by_name, experiment)
+    found = call_store(uri, client.get_experiment_by_name, experiment)
     if found is None:
         return []
     runs = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{_quote(model)}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{quote_filter(model)}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
     keys = ("from", "to", "alias", "reason", "by")
@@ -97,7 +96,7 @@ def rollback(uri: str, model: str, alias: str, target: str, *, reason: str, by: 
         raise InputError(f"{model} has no released version {target!r} (released: {released})")
     number = str(found[0].version)
     try:
-        current = _call(uri, client.get_model_version_by_alias, model, alias)
+        current = call_store(uri, client.get_model_version_by_alias, model, alias)
     except MlflowException:
         current = None
     if current is not None and str(current.version) == number:

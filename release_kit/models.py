@@ -6,16 +6,22 @@ cannot slip through: unpickling runs arbitrary code, so it needs the user's expl
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import importlib
 import json
+import os
+import sys
+import threading
 import zipfile
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from collections.abc import Callable
 
 from .data import file_sha256
-from .errors import InputError
+from .errors import EXIT_INPUT, InputError, first_line
 from .signature import Signature
 
 if TYPE_CHECKING:
@@ -42,6 +48,8 @@ class LoadedModel:
     registry: dict[str, Any] | None = field(default=None)
     # The contract recorded when this model was released (registry models only).
     signature: Signature | None = None
+    # The user trusted this file's pickled parts (--allow-pickle): a reload (e.g. onto the GPU) may too.
+    allow_pickle: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -54,8 +62,11 @@ class LoadedModel:
             "registry": self.registry,
         }
 
-    def raw_outputs(self, features: np.ndarray) -> np.ndarray:
-        """Run the model on float32 rows in batches, in inference mode; returns float64 outputs."""
+    def raw_outputs(self, features: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
+        """Run the model on float32 rows in batches, in inference mode; returns float64 outputs.
+
+        Each call must return within ``timeout`` seconds (``[gate] model_timeout_seconds``).
+        """
         import numpy as np
         import torch
 
@@ -64,21 +75,72 @@ class LoadedModel:
             for start in range(0, max(len(features), 1), PREDICT_BATCH_ROWS):
                 batch = torch.from_numpy(np.ascontiguousarray(features[start : start + PREDICT_BATCH_ROWS]))
                 try:
-                    result = self.module(batch)
+                    with call_deadline(timeout, f"{self.role} model {self.source}"):
+                        result = self.module(batch)
+                except InputError:
+                    raise
                 except Exception as error:  # the model's own code failed on this input
-                    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     raise InputError(
                         f"{self.role} model {self.source} failed on input of shape {tuple(batch.shape)} "
-                        f"({batch.shape[1]} features in [model] features order): {message}"
+                        f"({batch.shape[1]} features in [model] features order): {first_line(error)}"
                     ) from None
-                if isinstance(result, (tuple, list)) and len(result) == 1:
-                    result = result[0]
-                if not isinstance(result, torch.Tensor):
-                    raise InputError(
-                        f"{self.role} model {self.source} returned {type(result).__name__}, not a tensor"
-                    )
-                outputs.append(result.detach().to("cpu", torch.float64).numpy())
+                outputs.append(self._checked_output(result))
         return np.concatenate(outputs, axis=0)
+
+    def _checked_output(self, result: Any) -> np.ndarray:
+        import torch
+
+        if isinstance(result, (tuple, list)) and len(result) == 1:
+            result = result[0]
+        if not isinstance(result, torch.Tensor):
+            raise InputError(f"{self.role} model {self.source} returned {type(result).__name__}, not a tensor")
+        if result.is_complex():
+            raise InputError(f"{self.role} model {self.source} returned complex numbers ({result.dtype}); predictions must be real")
+        if result.ndim == 0:
+            raise InputError(f"{self.role} model {self.source} returned a single number (a 0-d tensor), not one prediction per row")
+        if not (result.is_floating_point() or result.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
+            raise InputError(f"{self.role} model {self.source} returned {result.dtype}, not numbers")
+        return result.detach().to("cpu", torch.float64).numpy()
+
+
+# A hung model gets this long to notice the interrupt before the process ends (it may be stuck in native code).
+_DEADLINE_GRACE_SECONDS = 5.0
+
+
+@contextmanager
+def call_deadline(seconds: float | None, what: str):
+    """End a model call that runs longer than ``seconds`` with an :class:`InputError` naming ``what``.
+
+    A watchdog thread interrupts the main thread; a call stuck in native code that cannot be interrupted
+    ends the process with the same one line and exit code 2. Only the main thread can be interrupted, so
+    elsewhere (and with ``seconds`` None) the call runs unguarded.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    done, fired = threading.Event(), threading.Event()
+    message = f"{what} did not return within {seconds:g} s ([gate] model_timeout_seconds)"
+
+    def watch() -> None:
+        if done.wait(seconds):
+            return
+        fired.set()
+        _thread.interrupt_main()
+        if not done.wait(_DEADLINE_GRACE_SECONDS):
+            sys.stderr.write(f"release-kit: error: {message}\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INPUT)
+
+    watcher = threading.Thread(target=watch, name="release-kit-model-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise InputError(message) from None
+        raise
+    finally:
+        done.set()
 
 
 def load_model(
@@ -116,7 +178,7 @@ def load_model(
             f"{role} model {path} is a pickled model; unpickling can run arbitrary code, so it is refused "
             "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
         )
-    module = _LOADERS[kind](path, role, factory or spec.factory)
+    module = _LOADERS[kind](path, role, factory or spec.factory, allow_pickle)
     return LoadedModel(
         role=role,
         source=source,
@@ -127,24 +189,36 @@ def load_model(
         version=version,
         registry=registry,
         signature=signature,
+        allow_pickle=allow_pickle,
     )
 
 
+# The first bytes of a pickle (protocol 2 and later) and of torch.save's legacy format, which is one.
+_PICKLE_MAGIC = b"\x80"
+
+
 def detect_kind(path: Path) -> ModelKind:
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    """The model format, read from the file's content (a suffix proves nothing)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise InputError(f"cannot read model {path}: {error.strerror or error}") from None
+    if not head:
+        raise InputError(f"model file {path} is empty")
+    if path.suffix.lower() == ".safetensors":
         return "safetensors"
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile:
-        if suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin"):
+        if head.startswith(_PICKLE_MAGIC) and len(head) > 1 and 2 <= head[1] <= 5:
             return "pickle"  # torch.save's legacy (non-zip) format is a plain pickle
-        raise InputError(f"cannot read model {path}: not a TorchScript, torch.export or safetensors file") from None
+        raise InputError(f"cannot read model {path}: not a TorchScript, torch.export, safetensors or pickled model file") from None
     except OSError as error:
-        raise InputError(f"cannot read model {path}: {error}") from None
+        raise InputError(f"cannot read model {path}: {error.strerror or error}") from None
     parts = {part for name in names for part in name.split("/")[1:2]}
-    if suffix == ".pt2" or "archive_format" in parts or "models" in parts:
+    if "archive_format" in parts or "models" in parts:
         return "torch.export"
     if "code" in parts:
         return "torchscript"
@@ -153,33 +227,118 @@ def detect_kind(path: Path) -> ModelKind:
     raise InputError(f"cannot read model {path}: unrecognised archive (no TorchScript code, no export program)")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _load_torchscript(path: Path, role: str, factory: str | None) -> Callable:
+def _load_torchscript(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
     import torch
 
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # torch raises RuntimeError subclasses with multi-line C++ traces
-        raise InputError(f"cannot load {role} TorchScript model {path}: {_first_line(error)}") from None
+        raise InputError(f"cannot load {role} TorchScript model {path}: {first_line(error)}") from None
     return module.eval()
 
 
-def _load_export(path: Path, role: str, factory: str | None) -> Callable:
+def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
     import torch
 
+    if not allow_pickle:
+        inspect_export_archive(path, role)
     try:
-        program = torch.export.load(str(path))
+        with contextlib.nullcontext() if allow_pickle else _weights_only_torch_load():
+            program = torch.export.load(str(path))
     except Exception as error:
-        raise InputError(f"cannot load {role} torch.export program {path}: {_first_line(error)}") from None
+        raise InputError(f"cannot load {role} torch.export program {path}: {first_line(error)}") from None
     # Exported modules refuse .eval(); they were traced in the mode they were exported in.
     return program.module()
 
 
-def _load_safetensors(path: Path, role: str, factory: str | None) -> Callable:
+def _refuse_pickled(role: str, path: Path, entry: str, why: str) -> InputError:
+    return InputError(
+        f"{role} model {path} holds a pickled record ({entry}: {why}); unpickling can run arbitrary code, "
+        "so it is refused (pass --allow-pickle to trust this file)"
+    )
+
+
+# Entries of a torch.export archive that hold no code: JSON, raw tensor bytes, version stamps. Sample
+# inputs are a torch.save file, loaded here with weights_only=True before torch may try anything else.
+_EXPORT_PLAIN = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+
+
+def inspect_export_archive(path: Path, role: str) -> None:
+    """Refuse a ``torch.export`` archive that would make ``torch.export.load`` unpickle anything.
+
+    torch unpickles weights and constants whose config says ``use_pickle``, custom and opaque objects,
+    legacy ``.pt`` weight files, and the sample inputs when they do not load as plain tensors: each is
+    a way for a crafted file to run code. Anything this does not recognise is refused too.
+    """
+    import io
+
+    import torch
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                _, _, entry = name.partition("/")
+                if info.is_dir() or entry in _EXPORT_PLAIN or entry.startswith("extra/"):
+                    continue
+                if entry.startswith("models/") and entry.endswith(".json"):
+                    continue
+                if entry.startswith(("data/weights/", "data/constants/")):
+                    folder, _, file = entry.rpartition("/")
+                    if file.endswith("_config.json"):
+                        _inspect_payload_config(archive.read(name), role, path, entry)
+                        continue
+                    if file.startswith(("weight_", "tensor_")) and not file.endswith(".pt"):
+                        continue
+                    raise _refuse_pickled(role, path, entry, "not a raw tensor file")
+                if entry.startswith("data/sample_inputs/"):
+                    try:
+                        torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                    except Exception as error:  # refused by the weights-only unpickler
+                        raise _refuse_pickled(role, path, entry, f"not plain tensors: {first_line(error, 120)}") from None
+                    continue
+                raise _refuse_pickled(role, path, entry, "an entry release-kit does not know to be safe")
+    except zipfile.BadZipFile as error:
+        raise InputError(f"cannot read {role} torch.export program {path}: {error}") from None
+
+
+def _inspect_payload_config(raw: bytes, role: str, path: Path, entry: str) -> None:
+    try:
+        config = json.loads(raw)
+        payloads = config.get("config", {})
+        items = payloads.items()
+    except (ValueError, AttributeError):
+        raise InputError(f"cannot read {role} torch.export program {path}: {entry} is not a payload config") from None
+    for fqn, meta in items:
+        if not isinstance(meta, dict):
+            raise InputError(f"cannot read {role} torch.export program {path}: {entry} entry {fqn!r} is malformed")
+        name = str(meta.get("path_name", ""))
+        if meta.get("use_pickle"):
+            raise _refuse_pickled(role, path, entry, f"{fqn} is stored with use_pickle")
+        if not name.startswith(("weight_", "tensor_")):
+            raise _refuse_pickled(role, path, entry, f"{fqn} is a pickled object ({name})")
+
+
+@contextmanager
+def _weights_only_torch_load():
+    """While loading an untrusted archive, every ``torch.load`` is weights-only, whatever its caller asks:
+    torch's export loader falls back to full unpickling when the weights-only load fails."""
+    import torch
+
+    original = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = weights_only_load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -192,27 +351,27 @@ def _load_safetensors(path: Path, role: str, factory: str | None) -> Callable:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
-        raise InputError(f"cannot load {role} safetensors file {path}: {_first_line(error)}") from None
+        raise InputError(f"cannot load {role} safetensors file {path}: {first_line(error)}") from None
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise InputError(f"{role} weights {path} do not fit factory {factory}: {_first_line(error)}") from None
+        raise InputError(f"{role} weights {path} do not fit factory {factory}: {first_line(error)}") from None
     return module.eval()
 
 
-def _load_pickle(path: Path, role: str, factory: str | None) -> Callable:
+def _load_pickle(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
     import torch
 
     try:
         module = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as error:
-        raise InputError(f"cannot load pickled {role} model {path}: {_first_line(error)}") from None
+        raise InputError(f"cannot load pickled {role} model {path}: {first_line(error)}") from None
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"{role} model {path} unpickled to {type(module).__name__}, not a torch.nn.Module")
     return module.eval()
 
 
-_LOADERS: dict[ModelKind, Callable[[Path, str, str | None], Callable]] = {
+_LOADERS: dict[ModelKind, Callable[[Path, str, str | None, bool], Callable]] = {
     "torchscript": _load_torchscript,
     "torch.export": _load_export,
     "safetensors": _load_safetensors,

@@ -49,18 +49,25 @@ def _robust_scale(values: np.ndarray) -> tuple[float, float]:
     return centre, MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
 
 
-def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float) -> RobustChange:
+MEAN_AD_TO_SIGMA = 1.2533  # mean absolute deviation → σ for a normal distribution
+
+
+def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolution: float = 0.0) -> RobustChange:
     """Rows whose loss grew (fell) beyond k × MAD of the deltas of the rows that changed at all.
 
     The MAD is taken over changed rows only: when most rows are untouched (night-time zeros, identical
-    sub-networks) the plain MAD is 0 and every rounding difference would count as a break.
+    sub-networks) the plain MAD is 0 and every rounding difference would count as a break. When most
+    changes are equal (a constant shift), the MAD of the changes is ~0 too: the mean absolute deviation
+    stands in, and no change below ``resolution`` (the predictions' rounding) ever counts.
     """
     changed = _moved_sample(delta)
     if len(changed) == 0:
         empty = np.zeros(len(delta), dtype=bool)
         return RobustChange(empty, empty, math.inf)
     centre, spread = _robust_scale(changed)
-    threshold = max(k_mad * spread, min_increase, 1e-12)
+    if spread <= max(resolution, 1e-9 * float(np.mean(np.abs(changed)))):
+        spread = MEAN_AD_TO_SIGMA * float(np.mean(np.abs(changed - centre)))
+    threshold = max(k_mad * spread, min_increase, resolution, 1e-12)
     return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold)
 
 
@@ -272,3 +279,42 @@ def discover_slices(
             for sums in pair_slices(first, second, joint):
                 add(sums)
     return holm(stats)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A one-feature rule that holds every moved row: ``feature > low`` / ``feature < high`` / ``low ≤ feature ≤ high``."""
+
+    feature: str
+    low: float | None
+    high: float | None
+    inside: int  # golden rows the rule holds for
+    share_moved: float  # of those, the share that moved
+
+    def words(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"{self.low:.4g} ≤ {self.feature} ≤ {self.high:.4g}"
+        if self.low is not None:
+            return f"{self.feature} ≥ {self.low:.4g}"
+        return f"{self.feature} ≤ {self.high:.4g}"
+
+
+def confined_region(features: np.ndarray, names: list[str], moved: np.ndarray, max_share: float = 0.5) -> Region | None:
+    """The tightest single-feature interval holding every moved row, when it holds at most ``max_share`` of
+    all rows (else the change is not confined); among features, the one whose interval holds fewest rows.
+
+    One pass per feature (a min, a max and a count): linear in rows × features.
+    """
+    if not moved.any():
+        return None
+    best: Region | None = None
+    n = len(moved)
+    for index, name in enumerate(names):
+        column = features[:, index]
+        low, high = float(column[moved].min()), float(column[moved].max())
+        inside = int(((column >= low) & (column <= high)).sum())
+        if inside > max_share * n or (best is not None and inside >= best.inside):
+            continue
+        full_low, full_high = float(column.min()), float(column.max())
+        best = Region(name, None if low <= full_low else low, None if high >= full_high else high, inside, int(moved.sum()) / inside)
+    return best

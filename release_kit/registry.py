@@ -8,6 +8,7 @@ safetensors) logged under the run's ``model/`` artifacts, with its semantic vers
 
 from __future__ import annotations
 
+import atexit
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from .errors import InputError
 from .signature import SIGNATURE_TAG, Signature
-from .tracking import VERSION_TAG, _call, connect, ensure_experiment
+from .tracking import VERSION_TAG, call_store, connect, ensure_experiment, quote_filter
 
 MODEL_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit", ".safetensors")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
@@ -54,12 +55,32 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
         signature = model_version.tags.get(SIGNATURE_TAG)
     else:
         source = uri
-    target = Path(tempfile.mkdtemp(prefix="release-kit-model-"))
+    target = _download_folder()
     try:
-        local = _call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
+        local = call_store(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
     except OSError as error:
         raise InputError(f"cannot download model {uri}: {error}") from None
     return FetchedModel(uri, _model_file(Path(local), uri), semver, name, version, run_id, signature)
+
+
+_DOWNLOADS: list[Path] = []
+
+
+def _download_folder() -> Path:
+    """A temporary folder for one downloaded model, removed when the process exits (the loaded model
+    and its file stay usable until then: a GPU reload and the release re-read it)."""
+    if not _DOWNLOADS:
+        atexit.register(_remove_downloads)
+    folder = Path(tempfile.mkdtemp(prefix="release-kit-model-"))
+    _DOWNLOADS.append(folder)
+    return folder
+
+
+def _remove_downloads() -> None:
+    import shutil
+
+    while _DOWNLOADS:
+        shutil.rmtree(_DOWNLOADS.pop(), ignore_errors=True)
 
 
 def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | None, number: str | None):
@@ -67,8 +88,8 @@ def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | 
 
     try:
         if alias is not None:
-            return _call(tracking_uri, client.get_model_version_by_alias, name, alias)
-        return _call(tracking_uri, client.get_model_version, name, number)
+            return call_store(tracking_uri, client.get_model_version_by_alias, name, alias)
+        return call_store(tracking_uri, client.get_model_version, name, number)
     except MlflowException as error:
         raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {str(error).splitlines()[0]}") from None
 
@@ -85,12 +106,8 @@ def _model_file(local: Path, uri: str) -> Path:
 
 def find_versions(client, uri: str, name: str, tag: str, value: str) -> list:
     """Versions of ``name`` whose ``tag`` equals ``value``, lowest version number first."""
-    found = _call(uri, client.search_model_versions, f"name = '{_quote(name)}' and tag.`{tag}` = '{_quote(value)}'")
+    found = call_store(uri, client.search_model_versions, f"name = '{quote_filter(name)}' and tag.`{tag}` = '{quote_filter(value)}'")
     return sorted(found, key=lambda version: int(version.version))
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def register_version(
@@ -116,7 +133,7 @@ def register_version(
     if existing:
         return existing[0]
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
-    run = _call(tracking_uri, client.create_run, experiment_id, run_name=run_name, tags={key[0]: key[1]})
+    run = call_store(tracking_uri, client.create_run, experiment_id, run_name=run_name, tags={key[0]: key[1]})
     client.log_artifact(run.info.run_id, str(model_file), artifact_path="model")
     client.set_terminated(run.info.run_id)
     try:

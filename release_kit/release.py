@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -287,10 +286,10 @@ STEPS: tuple[Step, ...] = (Register(), Tags(), Artifacts(), GitTag(), Changelog(
 def _alias_target(model: str, alias: str, uri: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
-    from .tracking import _call, connect
+    from .tracking import call_store, connect
 
     try:
-        return str(_call(uri, connect(uri).get_model_version_by_alias, model, alias).version)
+        return str(call_store(uri, connect(uri).get_model_version_by_alias, model, alias).version)
     except MlflowException:
         return None
 
@@ -306,25 +305,33 @@ def plan(
     *,
     allow_dirty: bool = False,
     today: dt.date | None = None,
+    from_file: bool = False,
 ) -> ReleasePlan:
-    """Validate and render the whole release; raises before anything is written."""
+    """Validate and render the whole release; raises before anything is written.
+
+    ``from_file``: the report was read from a file (``release --report``), so it is trusted only when it
+    is a gate run's report logged in this config's MLflow store, and its verdict, bump and version agree
+    with what the checks it holds decide (see :func:`verify_report`).
+    """
     from . import manifest as manifests
     from .git import GitRepo
     from .render import render_changelog_entry, render_release_note
     from .tracking import tracking_uri
 
     spec = config.release
-    if report.verdict is not Verdict.PASS:
-        raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
-    if report.bump.value == "none" or not report.next_version:
-        raise NothingToRelease(f"nothing to release: {report.bump_reason}")
     if report.model != config.model.name:
         raise InputError(f"the report is for model {report.model!r} but the config's [model] name is {config.model.name!r}")
     if not config.mlflow.enabled:
         raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
+    uri = tracking_uri(config, project_dir)
+    if from_file:
+        verify_report(config, report, uri)
+    if report.verdict is not Verdict.PASS:
+        raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
+    if report.bump is None or report.bump.value == "none" or not report.next_version:
+        raise NothingToRelease(f"nothing to release: {report.bump_reason}")
     version, model = report.next_version, report.model
     model_file = _model_file(report, config, project_dir)
-    uri = tracking_uri(config, project_dir)
     rid = release_id(model, version, report.candidate["sha256"])
 
     changelog = (project_dir / spec.changelog) if spec.changelog else None
@@ -390,7 +397,7 @@ def execute(plan: ReleasePlan, *, dry_run: bool = False, on_step: Callable[[Step
 
     ``on_step`` hears each step's outcome as it ends (the CLI prints them; tests stop a release there).
     """
-    from .tracking import _call
+    from .tracking import call_store
 
     state = ReleaseState()
     with _exclusive(plan.lock_dir, enabled=not dry_run):
@@ -398,12 +405,12 @@ def execute(plan: ReleasePlan, *, dry_run: bool = False, on_step: Callable[[Step
             skip = step.skip_reason(plan)
             if skip:
                 outcome = StepOutcome(step.name, "skipped", skip)
-            elif _call(plan.tracking_uri, step.is_done, plan, state):
+            elif call_store(plan.tracking_uri, step.is_done, plan, state):
                 outcome = StepOutcome(step.name, "already", step.describe(plan))
             elif dry_run:
                 outcome = StepOutcome(step.name, "planned", step.describe(plan))
             else:
-                _call(plan.tracking_uri, step.apply, plan, state)
+                call_store(plan.tracking_uri, step.apply, plan, state)
                 outcome = StepOutcome(step.name, "done", step.describe(plan))
             state.outcomes.append(outcome)
             if on_step is not None:
@@ -429,18 +436,102 @@ def _exclusive(directory: Path, *, enabled: bool):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def verify_report(config: Config, report: Report, uri: str) -> None:
+    """A saved report is released only when it is genuine and its decision follows from its checks.
+
+    Genuine: a FINISHED gate run of this model in this config's store records the report's digest (so a
+    report edited after the run, or made up, is refused). Consistent: the verdict, the bump and the next
+    version are derived again from the report's checks, waivers and contract with this config's policy and
+    the versions released now; any disagreement is refused.
+    """
+    import semver
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import MODEL_TAG, REPORT_SHA256_TAG, call_store, connect
+    from .versioning import highest_in_line, next_version
+
+    run_id = (report.mlflow or {}).get("run_id")
+    if not run_id:
+        raise InputError("the report names no logged gate run (was it checked with --no-mlflow?); release without --report to run the gate")
+    try:
+        run = call_store(uri, connect(uri).get_run, str(run_id))
+    except MlflowException:
+        raise InputError(f"the report's gate run {run_id} is not in the MLflow store at {uri}; release without --report to run the gate") from None
+    tags = run.data.tags
+    if tags.get(MODEL_TAG) != config.model.name or run.info.status != "FINISHED":
+        raise InputError(f"MLflow run {run_id} is not a finished gate run of {config.model.name}")
+    if tags.get(REPORT_SHA256_TAG) != report.digest():
+        raise InputError(f"the report does not match what gate run {run_id} logged (its content was changed): refusing to release from it")
+    for role, section in (("candidate", report.candidate), ("baseline", report.baseline)):
+        if section is not None and not isinstance(section.get("sha256"), str):
+            raise InputError(f"the report's {role} has no sha256")
+    if report.current_version is not None and not semver.Version.is_valid(report.current_version):
+        raise InputError(f"the report's current version {report.current_version!r} is not a semantic version")
+    _rederive(config, report, uri, highest_in_line, next_version)
+
+
+def _rederive(config: Config, report: Report, uri: str, highest_in_line, next_version) -> None:
+    from .config import Waiver
+    from .report import Bump
+    from .tracking import released_versions
+    from .versioning import decide
+
+    waivers = [Waiver(check=w["check"], reason=w["reason"], by=w["by"]) for w in report.waivers]
+    policy = config.model_copy(update={"waivers": waivers})
+    released = set(released_versions(uri, report.model))
+    if report.next_version in released and _registered_by_this_release(uri, report):
+        released.discard(report.next_version)  # a re-run of this same release, completing it
+    decided = decide(
+        policy, report.checks, has_baseline=report.baseline is not None,
+        identical_predictions=report.bump is Bump.NONE, baseline_version=report.current_version,
+        contract=_contract_change(report), released=sorted(released),
+    )
+    if decided.verdict is not report.verdict:
+        raise InputError(f"the report says {report.verdict.value} but its checks decide {decided.verdict.value}: refusing to release from it")
+    if decided.verdict is Verdict.PASS and (decided.bump is not report.bump or decided.next_version != report.next_version):
+        raise ReleaseConflict(
+            f"the report says {report.bump.value if report.bump else 'no bump'} → {report.next_version}, but its checks and "
+            f"the registry now give {decided.bump.value if decided.bump else 'none'} → {decided.next_version}; re-run the check"
+        )
+
+
+def _registered_by_this_release(uri: str, report: Report) -> bool:
+    from .registry import find_versions
+    from .tracking import connect
+
+    rid = release_id(report.model, report.next_version, report.candidate["sha256"])
+    return bool(find_versions(connect(uri), uri, report.model, RELEASE_ID_TAG, rid))
+
+
+def _contract_change(report: Report):
+    from .signature import ContractChange
+
+    section = report.contract or {}
+    if not section.get("compared"):
+        return None
+    return ContractChange(breaking=list(section.get("breaking", [])), additive=list(section.get("additive", [])))
+
+
 def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
-    """The model file the report checked, verified by its hash (a registry candidate is fetched again)."""
+    """The model file the report checked, verified by its hash (a registry candidate is fetched again).
+
+    A file must lie inside the project and load as a model with the safe loaders: a report cannot make
+    a release register an arbitrary file.
+    """
     from .data import file_sha256
 
     expected = report.candidate["sha256"]
     source = report.candidate["source"]
+    root = project_dir.resolve()
     for option in (report.candidate.get("file"), source):
         if option and "://" not in option and not option.startswith(("models:/", "runs:/")):
-            path = Path(option) if Path(option).is_absolute() else project_dir / option
+            path = (Path(option) if Path(option).is_absolute() else project_dir / option).resolve()
+            if not path.is_relative_to(root):
+                raise InputError(f"candidate model file {path} is outside the project {root}: refusing to release it")
             if path.is_file():
                 if file_sha256(path) != expected:
                     raise InputError(f"model file {path} changed since the check (sha256 differs from the report's); re-run the check")
+                _require_model(path, config)
                 return path
     if source.startswith(("models:/", "runs:/")):
         from .registry import fetch_model
@@ -449,8 +540,16 @@ def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
         fetched = fetch_model(source, tracking_uri=tracking_uri(config, project_dir))
         if file_sha256(fetched.path) != expected:
             raise InputError(f"model {source} is not the file the check saw (sha256 differs); re-run the check")
+        _require_model(fetched.path, config)
         return fetched.path
     raise InputError(f"candidate model file not found: {source}")
+
+
+def _require_model(path: Path, config: Config) -> None:
+    """The file loads as a model with the safe loaders (no pickle), as the gate loaded it."""
+    from .models import load_model
+
+    load_model("candidate", str(path), config.model, factory=config.candidate.factory)
 
 
 def _check_writable(path: Path) -> None:
@@ -517,7 +616,7 @@ def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
 
 
 def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> dict[str, str]:
-    from .tracking import VERSION_TAG
+    from .tracking import VERSION_TAG, mlflow_key
 
     tags = {
         VERSION_TAG: report.next_version,
@@ -525,7 +624,7 @@ def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: st
         "release_kit.git_sha": commit or "none",
         "release_kit.git_dirty": str(bool(dirty)).lower(),
         "release_kit.verdict": report.verdict.value,
-        "release_kit.bump": report.bump.value,
+        "release_kit.bump": report.bump.value if report.bump else "",
         "release_kit.bump_reason": report.bump_reason[:4000],
         "release_kit.model_sha256": report.candidate["sha256"],
     }
@@ -538,7 +637,7 @@ def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: st
     for check in report.checks:
         for diff in check.metrics:
             if diff.baseline is not None:
-                key = re.sub(r"[^\w./ -]", "_", f"release_kit.metric.{check.stage}.{diff.name}")
+                key = mlflow_key(f"release_kit.metric.{check.stage}.{diff.name}")
                 tags[key] = f"{diff.candidate:.6g}"
     if report.waivers:
         tags["release_kit.waivers"] = json.dumps(report.waivers)[:4000]

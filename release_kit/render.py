@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,7 +29,7 @@ def _signed(value: float | None) -> str:
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
-def _md(text: object) -> str:
+def escape_markdown(text: object) -> str:
     """Escape untrusted text (check names, summaries, titles) for GitHub markdown, tables included.
 
     No raw HTML, no links or emphasis, no @-mention pings (a zero-width space after @), no line breaks
@@ -41,7 +41,7 @@ def _md(text: object) -> str:
     return value
 
 
-def _code(text: object) -> str:
+def code_span(text: object) -> str:
     """Untrusted text as an inline code span: a fence longer than any run of backticks inside, so the
     text cannot close it; pipes escaped for tables (GitHub honours ``\\|`` even in code); @ defused; one line."""
     value = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|").replace("@", "@\u200b")
@@ -57,7 +57,7 @@ def _cell(value: object) -> str:
         return "—"
     if isinstance(value, float):
         return _num(value)
-    return _md(value)
+    return escape_markdown(value)
 
 
 def _mermaid(text: object) -> str:
@@ -84,14 +84,19 @@ CHART_TEMPLATES = {"mermaid": "chart.mermaid.j2", "svg": "chart.svg.j2"}
 
 
 def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
-    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
+    """Every template, shipped or the user's, renders in jinja2's sandbox: a template is data from the
+    repository (a pull request can change it), so it may format values but never reach Python internals."""
+    from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
 
     loaders = [PackageLoader("release_templates", ".")]
     if templates_dir is not None:
+        if not Path(templates_dir).is_dir():
+            raise InputError(f"templates directory not found: {templates_dir} ([release] templates or --templates)")
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
-    env = Environment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
+    env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=_md, code=_code, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=escape_markdown, code=code_span, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
     env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env
@@ -100,9 +105,13 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
 def _render(name: str, templates_dir: str | Path | None, *, charts: str = "mermaid", **context) -> str:
     """Render a template; a template error (an unknown variable, a syntax error) is the user's input error."""
     from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
 
+    env = _environment(templates_dir, charts)
     try:
-        return _environment(templates_dir, charts).get_template(name).render(**context)
+        return env.get_template(name).render(**context)
+    except SecurityError as error:
+        raise InputError(f"template {name} tried something the sandbox refuses: {first_line(error)}") from None
     except TemplateError as error:
         where = f" (line {error.lineno} of {error.name})" if getattr(error, "lineno", None) and getattr(error, "name", None) else ""
         raise InputError(f"cannot render template {name}{where}: {error}") from None
@@ -138,22 +147,50 @@ def render_changelog_entry(report: Report, release: dict, *, templates_dir: str 
     return _render("changelog-entry.md.j2", templates_dir, report=report, release=release)
 
 
-def print_report(report: Report, console: Console) -> None:
+# Failures first: what a reader must act on comes before what merely passed.
+STATUS_ORDER = {"fail": 0, "error": 1, "warn": 2, "skip": 3, "pass": 4}
+
+
+def status_counts(report: Report) -> str:
+    """"2 fail · 1 warn · 30 pass" in the order a reader cares about."""
+    counts: dict[str, int] = {}
+    for check in report.checks:
+        counts[check.status.value] = counts.get(check.status.value, 0) + 1
+    return " · ".join(f"{counts[s]} {s}" for s in sorted(counts, key=STATUS_ORDER.get))
+
+
+def print_report(report: Report, console: Console, *, verbose: bool = False) -> None:
+    """The terminal report: a summary line, then failures, errors and warnings (passing and skipped checks
+    collapsed into a count unless ``verbose``), then the verdict naming the waivers it relied on."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"release-kit · {report.model}", title_justify="left", expand=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("check", style="cyan", overflow="fold", ratio=2)
-    table.add_column("summary", overflow="fold", ratio=5)
-    for check in report.checks:
-        status = check.status.value
-        table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", f"{check.stage}::{check.name}", check.summary)
-    console.print(table)
+    console.print(f"[bold]release-kit · {escape(report.model)}[/]: {len(report.checks)} checks: {status_counts(report)}")
+    shown = sorted(
+        (c for c in report.checks if verbose or c.status.value in ("fail", "error", "warn")),
+        key=lambda c: STATUS_ORDER[c.status.value],
+    )
+    if shown:
+        table = Table(expand=True, show_lines=False)
+        table.add_column("status", no_wrap=True)
+        # Check names are identifiers: never broken mid-word (the summary column takes the rest).
+        table.add_column("check", style="cyan", no_wrap=True, overflow="ellipsis", max_width=48)
+        table.add_column("summary", overflow="fold", ratio=1)
+        for check in shown:
+            status = check.status.value
+            table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", escape(f"{check.stage}::{check.name}"), escape(check.summary))
+        console.print(table)
+    hidden = len(report.checks) - len(shown)
+    if hidden:
+        console.print(f"[dim]{hidden} passing or skipped check(s) not shown (--verbose lists them)[/]")
+    waived = [w["check"] for w in report.waivers if w.get("applied")]
+    waiver_note = f" [yellow](waived: {escape(', '.join(waived))})[/]" if waived else ""
     if report.verdict.value == "pass":
         version = f" → {report.next_version}" if report.next_version else ""
-        console.print(f"[bold green]PASS[/] bump [bold]{report.bump.value}[/]{version}: {report.bump_reason}")
+        bump = report.bump.value if report.bump else "none"
+        console.print(f"[bold green]PASS[/] bump [bold]{bump}[/]{escape(version)}: {escape(report.bump_reason)}{waiver_note}")
     else:
-        console.print(f"[bold red]BLOCK[/]: {report.bump_reason}")
+        console.print(f"[bold red]BLOCK[/]: {escape(report.bump_reason)}{waiver_note}")
 
 
 def print_history(model: str, entries: list, console: Console) -> None:

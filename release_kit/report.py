@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+# 1.1: a blocked report's bump is null ("none" means bit-identical predictions: nothing to release);
+# golden.used_rows/excluded_rows; released (versions already in the registry).
+SCHEMA_VERSION = "1.1"
 
 
 class Status(StrEnum):
@@ -90,7 +90,7 @@ class Report:
     model: str
     task: str
     verdict: Verdict
-    bump: Bump
+    bump: Bump | None  # None when blocked: no release, so no bump
     bump_reason: str
     checks: list[CheckResult]
     candidate: dict[str, Any]
@@ -105,6 +105,7 @@ class Report:
     # The candidate's contract compared with the baseline's recorded one (None: nothing recorded).
     contract: dict[str, Any] | None = None
     waivers: list[dict[str, Any]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -124,14 +125,24 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
+    def digest(self) -> str:
+        """sha256 of the report's content, its ``mlflow`` section aside (written after the run is logged):
+        the gate run records it, and ``release --report`` accepts only a report with a logged digest."""
+        import hashlib
+
+        content = {key: value for key, value in self.to_dict().items() if key != "mlflow"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
     def write(self, path: Path) -> None:
+        from .outputs import write_atomic
+
         write_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
         fields = dict(data)
         fields["verdict"] = Verdict(fields["verdict"])
-        fields["bump"] = Bump(fields["bump"])
+        fields["bump"] = None if fields["bump"] is None else Bump(fields["bump"])
         fields["checks"] = [
             CheckResult(
                 **{
@@ -154,22 +165,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(item) for item in value]
     return value
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_report(path: Path) -> Report:

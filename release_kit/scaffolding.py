@@ -24,16 +24,21 @@ class Scaffold:
 
 
 def plan(directory: Path, *, name: str, task: str, target: str, features: list[str] | None, data: str | None,
-         action: str = DEFAULT_ACTION) -> Scaffold:
+         action: str = DEFAULT_ACTION, prediction: str | None = None) -> Scaffold:
     if features is None:
         if data is None:
             raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
         features = _columns(directory, data, target)
     features = [f.strip() for f in features if f.strip()]
+    if task == "classification" and prediction is None:
+        raise InputError("--task classification needs --prediction logits or --prediction probabilities (what the model outputs)")
+    if task == "regression" and prediction is not None:
+        raise InputError("--prediction applies to --task classification only")
     # JSON strings are TOML basic strings: any name or path is quoted safely.
     config_text = _render(
         "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
-        features=json.dumps(features), data=json.dumps(data) if data else None, baseline=json.dumps(f"models:/{name}@champion"),
+        features=json.dumps(features), data=json.dumps(data) if data else None,
+        prediction=json.dumps(prediction) if prediction else None, baseline=json.dumps(f"models:/{name}@champion"),
         action_repo=action.split("@")[0],
     )
     _validate(config_text)
@@ -59,7 +64,7 @@ def plan(directory: Path, *, name: str, task: str, target: str, features: list[s
 
 def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[str]:
     """Write the scaffold; refuses (writing nothing) when a file exists, unless ``force``."""
-    from .report import write_atomic
+    from .outputs import write_atomic
 
     taken = [path for path in scaffold.files if (directory / path).exists()]
     if taken and not force:
@@ -104,11 +109,11 @@ def _validate(config_text: str) -> None:
 
     from pydantic import ValidationError
 
-    from .config import Config, _format_validation_error
+    from .config import Config, format_validation_error
 
     try:
         Config.model_validate(tomllib.loads(config_text))
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"the values given make an invalid release-kit.toml: {error}") from None
     except ValidationError as error:
-        raise InputError(_format_validation_error(error, Path("release-kit.toml"))) from None
+        raise InputError(format_validation_error(error, Path("release-kit.toml"))) from None

@@ -116,6 +116,9 @@ class Timer:
         return out
 
     def peak_memory_bytes(self) -> int | None:
+        """What the model holds and allocates: its weights and buffers, plus the peak a call adds (CUDA:
+        the allocator's peak; CPU: the RSS high-water mark, which sees the large activations)."""
+        weights = weight_bytes(self.fn)
         with torch.inference_mode():
             if self.cuda:
                 torch.cuda.synchronize()
@@ -123,8 +126,23 @@ class Timer:
                 before = torch.cuda.memory_allocated()
                 self.fn(self.inputs)
                 torch.cuda.synchronize()
-                return int(torch.cuda.max_memory_allocated() - before)
-            return _rss_peak_increase(lambda: self.fn(self.inputs))
+                return weights + int(torch.cuda.max_memory_allocated() - before)
+            activations = _rss_peak_increase(lambda: self.fn(self.inputs))
+            return None if activations is None else weights + activations
+
+
+def weight_bytes(module: object) -> int:
+    """Bytes of a module's parameters and buffers, each storage counted once (tied weights share one)."""
+    seen: set[int] = set()
+    total = 0
+    for method in ("parameters", "buffers"):
+        tensors = getattr(module, method, None)
+        for tensor in tensors() if callable(tensors) else ():
+            pointer = tensor.untyped_storage().data_ptr()
+            if pointer not in seen:
+                seen.add(pointer)
+                total += tensor.untyped_storage().nbytes()
+    return total
 
 
 def _rss_peak_increase(call: Callable[[], object]) -> int | None:

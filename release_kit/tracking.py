@@ -7,6 +7,7 @@ With no tracking URI in config or ``$MLFLOW_TRACKING_URI``, everything goes to a
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,33 @@ if TYPE_CHECKING:
 
 STATE_DIR = ".release-kit"
 VERSION_TAG = "release_kit.version"
+# Tags of a gate run: what release --report checks a report against.
+VERDICT_TAG = "release_kit.verdict"
+BUMP_TAG = "release_kit.bump"
+MODEL_TAG = "release_kit.model"
+NEXT_VERSION_TAG = "release_kit.next_version"
+REPORT_SHA256_TAG = "release_kit.report_sha256"
+CANDIDATE_SHA256_TAG = "release_kit.candidate_sha256"
 
-# MLflow's default HTTP retry policy waits minutes on an unreachable server; a gate should fail fast.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# MLflow prints run links on stdout for HTTP servers, which would corrupt `--format json` output.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+_MLFLOW_DEFAULTS = {
+    # MLflow's default HTTP retry policy waits minutes on an unreachable server; a gate should fail fast.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow prints run links on stdout for HTTP servers, which would corrupt `--format json` output.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+_KEY_LIMIT = 250  # MLflow's maximum metric, param and tag key length
+_KEY_UNSAFE = re.compile(r"[^\w./ -]")
+
+
+def mlflow_key(name: str) -> str:
+    """A check or metric name as a valid MLflow key (metrics, params, tags alike): characters MLflow refuses
+    (``:``, ``=``, ``[`` …) become ``_``, and the key fits MLflow's length limit.
+
+    ``performance.p50_latency_ratio:batch=1.candidate`` → ``performance.p50_latency_ratio_batch_1.candidate``.
+    """
+    return _KEY_UNSAFE.sub("_", name)[:_KEY_LIMIT]
 
 
 def tracking_uri(config: Config, project_dir: Path) -> str:
@@ -43,10 +64,40 @@ def embedded_uri(project_dir: Path) -> str:
     return f"sqlite:///{(Path(project_dir) / STATE_DIR / 'mlflow.db').resolve()}"
 
 
+def check_store_writable(uri: str) -> None:
+    """The embedded store must be creatable and writable before a gate runs for minutes and then logs."""
+    if uri.startswith("sqlite:///"):
+        from .outputs import check_writable
+
+        check_writable(Path(uri.removeprefix("sqlite:///")), "the embedded MLflow store (set [mlflow] tracking_uri, or --no-mlflow)")
+
+
+def released_versions(uri: str, model: str) -> tuple[str, ...]:
+    """Every semantic version of ``model`` in the registry (empty when the model or the embedded store
+    does not exist yet)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return ()
+    from mlflow.exceptions import MlflowException
+
+    client = connect(uri)
+    try:
+        found = call_store(uri, client.search_model_versions, f"name = '{quote_filter(model)}'")
+    except MlflowException:
+        return ()
+    return tuple(sorted({v.tags[VERSION_TAG] for v in found if VERSION_TAG in v.tags}))
+
+
+def quote_filter(text: str) -> str:
+    """A value inside a single-quoted MLflow search-filter string."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for tracking and registry at ``uri``; creates the embedded store's directory."""
     import logging
 
+    for name, value in _MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     from mlflow import MlflowClient
 
     # Schema-migration chatter on a new SQLite store is noise on a gate's terminal.
@@ -59,7 +110,7 @@ def connect(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    experiment = _call(uri, client.get_experiment_by_name, name)
+    experiment = call_store(uri, client.get_experiment_by_name, name)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
@@ -67,10 +118,10 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         # Without this, MLflow puts artifacts in ./mlruns of whatever directory the process runs in.
         store = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
         artifact_location = store.resolve().as_uri()
-    return _call(uri, client.create_experiment, name, artifact_location=artifact_location)
+    return call_store(uri, client.create_experiment, name, artifact_location=artifact_location)
 
 
-def _call(uri: str, function, *args, **kwargs):
+def call_store(uri: str, function, *args, **kwargs):
     """Run an MLflow call; turn connection failures into one clear line."""
     from mlflow.exceptions import MlflowException
 
@@ -88,14 +139,16 @@ def log_gate_run(gate: GateContext, report: Report) -> dict[str, Any]:
     uri = tracking_uri(gate.config, gate.project_dir)
     client = connect(uri)
     experiment_id = ensure_experiment(client, gate.config.mlflow.experiment, uri)
-    run = _call(
+    run = call_store(
         uri, client.create_run, experiment_id,
         run_name=f"check {report.model} {report.next_version or ''}".strip(),
         tags={
-            "release_kit.verdict": report.verdict.value,
-            "release_kit.bump": report.bump.value,
-            "release_kit.model": report.model,
-            **({"release_kit.next_version": report.next_version} if report.next_version else {}),
+            VERDICT_TAG: report.verdict.value,
+            BUMP_TAG: report.bump.value if report.bump else "",
+            MODEL_TAG: report.model,
+            REPORT_SHA256_TAG: report.digest(),
+            CANDIDATE_SHA256_TAG: report.candidate["sha256"],
+            **({NEXT_VERSION_TAG: report.next_version} if report.next_version else {}),
         },
     )
     run_id = run.info.run_id
@@ -124,7 +177,7 @@ def log_gate_run(gate: GateContext, report: Report) -> dict[str, Any]:
 def _params(values: dict[str, Any]):
     from mlflow.entities import Param
 
-    return [Param(key, str(value)[:6000]) for key, value in values.items()]
+    return [Param(mlflow_key(key), str(value)[:6000]) for key, value in values.items()]
 
 
 def _metrics(report: Report):
@@ -140,5 +193,5 @@ def _metrics(report: Report):
             prefix = f"{check.stage}.{diff.name}".replace(" ", "_")
             for suffix, value in (("candidate", diff.candidate), ("baseline", diff.baseline), ("delta", diff.delta)):
                 if value is not None and math.isfinite(value):
-                    metrics.append(Metric(f"{prefix}.{suffix}", float(value), now, 0))
+                    metrics.append(Metric(mlflow_key(f"{prefix}.{suffix}"), float(value), now, 0))
     return metrics

@@ -76,8 +76,14 @@ def _load_suite(path: Path) -> Suite:
 
 
 def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str) -> Suite:
-    """A suite describing ``frame``: columns and order, types, null share, ranges, category sets, rows."""
+    """A suite describing ``frame``: columns and order, types, null share, ranges, category sets, rows.
+
+    Numeric columns get a range (widened by ``range_margin``); category sets are for non-numeric columns
+    and the numeric ones named in ``categorical``; ``mostly`` < 1 tolerates that share of exceptions.
+    """
     import pandas as pd
+
+    tolerated = {"mostly": spec.mostly} if spec.mostly < 1 else {}
 
     expectations: list[dict[str, Any]] = [
         {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": spec.min_rows}},
@@ -98,16 +104,16 @@ def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str) -
         if present.empty:
             continue
         distinct = present.unique()
-        whole = not numeric or pd.api.types.is_integer_dtype(values) or bool((present == present.round()).all())
-        if whole and len(distinct) <= spec.max_categories:
+        categorical = column in spec.categorical or not numeric
+        if categorical and len(distinct) <= spec.max_categories:
             value_set = sorted(_plain(v) for v in distinct)
-            expectations.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": value_set}})
+            expectations.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": value_set, **tolerated}})
         elif numeric:
             low, high = float(present.min()), float(present.max())
             margin = spec.range_margin * (high - low)
             expectations.append({
                 "type": "expect_column_values_to_be_between",
-                "kwargs": {"column": column, "min_value": low - margin, "max_value": high + margin},
+                "kwargs": {"column": column, "min_value": low - margin, "max_value": high + margin, **tolerated},
             })
     return Suite(name, expectations, source, {"profiled_from": source, "rows": len(frame)})
 

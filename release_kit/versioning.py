@@ -2,7 +2,9 @@
 
 Rules, first match wins (the report records which one fired):
 
-1. any check failed or could not run, and is not waived → **block** (no release);
+0. nothing was decided — no check passed or failed, or (with a baseline) no quality metric could be
+   compared — → **block**: a gate that decided nothing does not pass;
+1. any check failed or could not run, and is not waived → **block** (no release, bump null);
 2. no baseline → **first release** at ``[release] initial_version``;
 3. the contract broke (features, task, output width, prediction kind, bounds other than widened) →
    **major**;
@@ -12,7 +14,9 @@ Rules, first match wins (the report records which one fired):
 6. anything else that passes → **patch**.
 
 Waivers (``[[waivers]]`` or ``--waive``) let a named failing check through; every one is recorded.
-``[release] prerelease`` / ``build`` shape the version: ``1.4.0-rc.1``, ``1.4.0+abc123``.
+``[release] prerelease`` / ``build`` shape the version: ``1.4.0-rc.1``, ``1.4.0+abc123``. The next version
+counts from the highest version already released in the bumped line (a rollback moves the alias back, but
+the versions released after it stay taken).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import parse_tolerance
-from .report import Bump, CheckResult, Verdict
+from .report import Bump, CheckResult, Status, Verdict
 
 if TYPE_CHECKING:
     from .config import Config
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    bump: Bump
+    bump: Bump | None
     reason: str
     current_version: str | None
     next_version: str | None
@@ -48,6 +52,7 @@ def decide(
     identical_predictions: bool,
     baseline_version: str | None,
     contract: ContractChange | None = None,
+    released: tuple[str, ...] | list[str] = (),
 ) -> Decision:
     waived = {w.check: w for w in config.waivers}
     failing = {f"{c.stage}::{c.name}" for c in checks if c.status.blocks}
@@ -56,12 +61,22 @@ def decide(
     release = config.release
 
     def decision(bump: Bump, reason: str, current: str | None, first: bool = False) -> Decision:
-        version = next_version(current, bump, release.prerelease, release.build) if not first else _first(release)
+        if first:
+            version = _first(release)
+        else:
+            version = next_version(highest_in_line(current, bump, released), bump, release.prerelease, release.build)
         return Decision(Verdict.PASS, bump, reason, current, version, first, waivers)
 
+    def blocked(reason: str) -> Decision:
+        return Decision(Verdict.BLOCK, None, reason, baseline_version, None, False, waivers)
+
     if blocking:
-        reason = f"blocked by {len(blocking)} check(s): {', '.join(blocking)}"
-        return Decision(Verdict.BLOCK, Bump.NONE, reason, baseline_version, None, False, waivers)
+        applied = [w["check"] for w in waivers if w["applied"]]
+        waived_note = f" ({len(applied)} waived: {', '.join(applied)})" if applied else ""
+        return blocked(f"blocked by {len(blocking)} check(s): {', '.join(blocking)}{waived_note}")
+    undecided = _undecided(checks, has_baseline)
+    if undecided:
+        return blocked(undecided)
     if not has_baseline:
         return decision(Bump.MAJOR, f"first release: no baseline, version {_first(release)}", None, first=True)
     if contract is not None and contract.breaking:
@@ -89,6 +104,45 @@ def decide(
                 f"the minimum effect {min_effect:.4g}"
             )
     return decision(bump, reason, baseline_version)
+
+
+def _undecided(checks: list[CheckResult], has_baseline: bool) -> str | None:
+    """Why the checks decided nothing (None when they decided): no check passed or failed, or with a
+    baseline no quality metric could be compared (too few rows, undefined metrics, no intervals)."""
+    decisive = (Status.PASS, Status.FAIL, Status.ERROR)
+    if not any(check.status in decisive for check in checks):
+        return f"nothing was decided: none of the {len(checks)} check(s) passed or failed (all skipped or inconclusive)"
+    quality = [c for c in checks if c.stage == "quality" and c.name != "output_contract"]
+    if has_baseline and quality and not any(c.status in decisive for c in quality):
+        return "no quality metric could be decided: " + "; ".join(f"{c.name}: {c.summary}" for c in quality[:3])
+    return None
+
+
+def highest_in_line(current: str | None, bump: Bump | None, released: tuple[str, ...] | list[str]) -> str | None:
+    """The version to bump from: ``current``, or a higher released version in the line the bump moves in
+    (same major for a minor bump, same major.minor for a patch, any for a major), so that the result is
+    never a version already released."""
+    if current is None or bump in (None, Bump.NONE) or not released:
+        return current
+    import semver
+
+    base = semver.Version.parse(current)
+    same_line = {
+        Bump.MAJOR: lambda v: True,
+        Bump.MINOR: lambda v: v.major == base.major,
+        Bump.PATCH: lambda v: (v.major, v.minor) == (base.major, base.minor),
+    }[bump]
+    candidates = [base] + [v for v in map(_parsed, released) if v is not None and same_line(v)]
+    return str(max(candidates))
+
+
+def _parsed(text: str):
+    import semver
+
+    try:
+        return semver.Version.parse(text)
+    except (ValueError, TypeError):
+        return None
 
 
 def _first(release) -> str:

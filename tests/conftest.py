@@ -41,8 +41,12 @@ golden = "{golden}"
 
 [mlflow]
 enabled = false
-{extra}
+{gate}{extra}
 """
+# Unit-level tests of one stage narrow the gate to quality unless they name their own [gate]; the default
+# (every stage, tracking on) is exercised end to end in test_pipeline.py and test_demo.py.
+QUALITY_ONLY = '[gate]\nstages = ["quality"]\n'
+
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +77,9 @@ def project(tmp_path, power, monkeypatch):
 
         def config(self, extra: str = "", golden: Path | None = None) -> Path:
             path = tmp_path / "release-kit.toml"
-            path.write_text(POWER_CONFIG.format(golden=golden or power["golden"], extra=textwrap.dedent(extra)))
+            extra = textwrap.dedent(extra)
+            gate = "" if "[gate]" in extra else QUALITY_ONLY
+            path.write_text(POWER_CONFIG.format(golden=golden or power["golden"], extra=extra, gate=gate))
             return path
 
         def write(self, name: str, text: str) -> Path:

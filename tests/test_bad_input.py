@@ -156,6 +156,22 @@ def test_missing_column(project, power, cli, column):
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"missing column(s): {column}")
 
 
+def assert_golden_rows_block(result, project, row: int, column: str) -> None:
+    """Bad golden rows are a gate decision with a report (issue: Trust II), not an input error."""
+    import json
+
+    assert result.exit_code == 1, result.output
+    report = json.loads((project.root / "report.json").read_text())
+    checks = {f"{c['stage']}::{c['name']}": c for c in report["checks"]}
+    rows = checks["data::golden_rows"]
+    assert rows["status"] == "fail"
+    assert rows["details"]["rows"] == [row] and rows["details"]["columns"] == {column: 1}
+    assert f"rows {row}" in rows["summary"] and column in rows["summary"]
+    assert "1 golden row(s) with NaN/inf or impossible values left out" in checks["quality::mae"]["summary"]
+    assert report["data"]["golden"]["used_rows"] == report["data"]["golden"]["rows"] - 1
+    assert report["bump"] is None and "data::golden_rows" in report["bump_reason"]
+
+
 def test_nan_target(project, power, cli):
     import pandas as pd
 
@@ -163,7 +179,7 @@ def test_nan_target(project, power, cli):
     frame.loc[7, "power_kw"] = float("nan")
     golden = project.root / "golden.parquet"
     frame.to_parquet(golden)
-    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "target column 'power_kw'", "NaN")
+    assert_golden_rows_block(check(cli, "--candidate", power["better"], "--baseline", power["v1"], "--data", golden), project, 7, "power_kw")
 
 
 def test_non_numeric_target(project, power, cli):
@@ -181,10 +197,20 @@ def test_nan_feature(project, power, cli):
     import pandas as pd
 
     frame = pd.read_csv(power["golden"])
-    frame.loc[11, "temperature"] = float("nan")
+    frame.loc[11, "temperature"] = float("inf")
     golden = project.root / "golden.csv"
     frame.to_csv(golden, index=False)
-    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "feature column 'temperature'", "row 11")
+    assert_golden_rows_block(check(cli, "--candidate", power["better"], "--baseline", power["v1"], "--data", golden), project, 11, "temperature")
+
+
+def test_golden_set_without_a_usable_row(project, power, cli):
+    import pandas as pd
+
+    frame = pd.read_csv(power["golden"]).head(5)
+    frame["temperature"] = float("nan")
+    golden = project.root / "golden.csv"
+    frame.to_csv(golden, index=False)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "no usable golden row", "temperature")
 
 
 def test_corrupt_parquet(project, power, cli):

@@ -22,6 +22,9 @@ version = "2.3.0"
 [data]
 golden = "golden.csv"
 
+[gate]
+stages = ["quality"]  # this file tests the quality stage's classification metrics
+
 [mlflow]
 enabled = false
 """
@@ -83,7 +86,9 @@ def test_class_count_mismatch_is_an_input_error(tmp_path, monkeypatch, cli, data
     assert "outputs 2 class(es) but the target has class id 2" in result.stderr
 
 
-def test_non_integer_labels_are_an_input_error(tmp_path, monkeypatch, cli, datasets):
+def test_non_integer_labels_are_golden_rows_that_block(tmp_path, monkeypatch, cli, datasets):
+    """A label that is no class id is an impossible value in a golden row: the data stage names it and
+    blocks (exit 1, with a report); the quality stage runs on the other rows."""
     import pandas as pd
 
     _, data = datasets
@@ -95,8 +100,11 @@ def test_non_integer_labels_are_an_input_error(tmp_path, monkeypatch, cli, datas
     monkeypatch.chdir(tmp_path)
     (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", "bad.csv"))
     model = save_scripted(train_classifier(train, 2, epochs=5, squash="squeeze"), tmp_path / "m.pt")
-    result = cli("check", "--candidate", model)
-    assert result.exit_code == 2 and "class ids" in result.stderr
+    result = cli("check", "--candidate", model, "--format", "json")
+    assert result.exit_code == 1, result.output
+    checks = {f"{c['stage']}::{c['name']}": c for c in json.loads(result.stdout)["checks"]}
+    assert checks["data::golden_rows"]["status"] == "fail" and checks["data::golden_rows"]["details"]["rows"] == [0]
+    assert checks["data::golden_rows"]["details"]["columns"] == {"label": 1}
 
 
 def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypatch, cli, datasets):
@@ -117,5 +125,5 @@ def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypat
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["output_contract"]["status"] == "fail"
     assert "non-finite" in checks["output_contract"]["summary"]
-    assert checks["roc_auc"]["status"] == "skip"
+    assert checks["roc_auc"]["status"] == "warn"  # could not decide: never a pass, never silently skipped
     assert "non-finite" in checks["roc_auc"]["summary"]

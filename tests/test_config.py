@@ -17,7 +17,7 @@ def with_model(**changes):
 def test_defaults():
     config = Config.model_validate(MINIMAL)
     assert config.primary_metric == "mae"
-    assert config.gate.stages == ["quality"]
+    assert config.gate.stages == ["quality", "outliers", "performance", "data"]  # the whole pipeline by default
     assert config.mlflow.enabled and config.mlflow.tracking_uri is None
     assert config.release.initial_version == "1.0.0"
 

@@ -37,7 +37,7 @@ def test_clean_golden_passes_against_a_profile_of_the_training_data(with_referen
     with_reference()
     report = gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))
     checks = data_checks(report)
-    assert len(checks) == 21  # 20 profiled expectations + drift
+    assert len(checks) == 22  # 20 profiled expectations + drift + golden_rows
     assert all(c.status is Status.PASS for c in checks.values()), [c.summary for c in checks.values() if c.status is not Status.PASS]
     assert "no feature drifted" in checks["drift"].summary
 
@@ -147,7 +147,8 @@ def test_bad_suite_file_is_an_input_error(project, power, cli, suite, needle):
 def test_no_suite_and_no_reference_is_an_explicit_skip(project, power):
     project.config(DATA)
     checks = data_checks(gate.check(candidate=str(power["better"])))
-    assert [c.status for c in checks.values()] == [Status.SKIP]
+    assert {name: c.status for name, c in checks.items()} == {"golden_rows": Status.PASS, "suite": Status.SKIP}
+    assert "[data] reference" in checks["suite"].summary and "release-kit data profile" in checks["suite"].summary
 
 
 def test_drift_warns_by_default_and_fails_when_configured(project, with_reference, power):

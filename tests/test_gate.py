@@ -19,7 +19,7 @@ def test_night_negative_candidate_is_blocked_with_exit_1(project, power, cli):
     assert result.exit_code == 1, result.output
     report = json.loads((project.root / "report.json").read_text())
     assert report["verdict"] == "block"
-    assert report["bump"] == "none"
+    assert report["bump"] is None  # schema 1.1: a blocked report has no bump
     assert report["next_version"] is None
     contract = next(c for c in report["checks"] if c["name"] == "output_contract")
     assert contract["status"] == "fail"

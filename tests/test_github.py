@@ -83,7 +83,10 @@ def test_release_workflow_triggers_permissions_and_concurrency(source, tmp_path)
     assert list(release["on"]) == ["push"] and release["on"]["push"]["branches"] == ["main"]
     assert release["permissions"] == {}
     assert release["concurrency"]["cancel-in-progress"] is False and release["concurrency"]["group"]
-    assert release["jobs"]["release"]["permissions"] == {"contents": "write"}
+    # The job that runs the gate reads; only the publish job, which runs no model or check, writes.
+    assert release["jobs"]["release"]["permissions"] == {"contents": "read"}
+    assert release["jobs"]["publish"]["permissions"] == {"contents": "write"}
+    assert release["jobs"]["publish"]["needs"] == "release"
 
 
 def test_own_ci_runs_the_readme_test_command():
@@ -177,14 +180,14 @@ def test_github_format_writes_summary_outputs_annotations_and_comment(project, p
     assert result.exit_code == 1
 
     assert read_outputs(runner["output"]) == {
-        "verdict": "block", "bump": "none", "next_version": "", "report": "r.json", "comment": "comment.md",
+        "verdict": "block", "bump": "", "next_version": "", "report": "r.json", "comment": "comment.md",
     }
     summary = runner["summary"].read_text()
     assert summary.startswith("## ⛔ release-kit: `power-forecast` — BLOCK")
     errors = [line for line in result.stdout.splitlines() if line.startswith("::error ")]
     assert errors and all(line.startswith("::error title=release-kit quality%3A%3A") for line in errors)
     assert any("output_contract" in line for line in errors)
-    assert result.stdout.splitlines()[-1].startswith("release-kit: BLOCK (none)")
+    assert result.stdout.splitlines()[-1].startswith("release-kit: BLOCK (no release)")
 
     comment = (project.root / "comment.md").read_text()
     assert comment.startswith("<!-- release-kit:sticky-comment model=power-forecast -->\n<sub>release-kit gate for #42 · ")
@@ -199,7 +202,7 @@ def test_comment_is_cut_under_the_limit_with_a_link_to_the_full_report():
     rows = "".join(f"| check {i} | {'x' * 200} |\n" for i in range(600))
     markdown = f"## report\n\n<details><summary>all</summary>\n\n| a | b |\n|---|---|\n{rows}\n</details>\n"
     event = github.Event("pull_request", pr_number=7)
-    body = github.comment_body(markdown, model="m", event=event, link="https://github.com/a/b/actions/runs/1")
+    body = github.fit_comment(markdown, model="m", event=event, link="https://github.com/a/b/actions/runs/1")
     assert len(markdown) > github.COMMENT_LIMIT >= len(body)
     assert body.startswith("<!-- release-kit:sticky-comment model=m -->\n")
     assert body.rstrip().endswith("the full report is in the [workflow run](https://github.com/a/b/actions/runs/1) (artifact `release-kit-report`).")
@@ -207,7 +210,7 @@ def test_comment_is_cut_under_the_limit_with_a_link_to_the_full_report():
     assert kept_rows and all(line.endswith("|") for line in kept_rows)  # no row cut in half
     assert body.count("<details>") == body.count("</details>")
 
-    small = github.comment_body("## ok\n", model="m", event=event, link=None)
+    small = github.fit_comment("## ok\n", model="m", event=event, link=None)
     assert small.endswith("## ok\n") and "Cut to fit" not in small
 
 
@@ -221,10 +224,10 @@ hostile = st.lists(
 def test_hostile_titles_branches_and_check_names_render_safely(title, branch, check_name, summary):
     import re
 
-    from release_kit.render import _md, markdown_to_html
+    from release_kit.render import escape_markdown, markdown_to_html
 
     event = github.Event("pull_request", pr_number=3, pr_title=title, head_ref=branch)
-    body = github.comment_body("body\n", model="m", event=event, link=None)
+    body = github.fit_comment("body\n", model="m", event=event, link=None)
     header = body.splitlines()[1]
     assert body.splitlines()[0] == "<!-- release-kit:sticky-comment model=m -->"
     assert body.count("\n") == 4  # marker, header, blank line, body: the title cannot add lines
@@ -234,7 +237,7 @@ def test_hostile_titles_branches_and_check_names_render_safely(title, branch, ch
     assert set(re.findall(r"</?([a-zA-Z][\w-]*)", html)) <= {"p", "sub", "code"}
     assert not re.search(r"@(?!\u200b)", header)  # every @ is defused, in code spans too
 
-    cell = _md(check_name)
+    cell = escape_markdown(check_name)
     assert "\n" not in cell and "\r" not in cell and "<" not in cell
     assert not re.search(r"(?<!\\)\|", cell)  # a pipe cannot end a table cell
 
@@ -278,7 +281,8 @@ class FakeGitHub:
     """Issue comments of one repository, served over HTTP like the REST API (two pages when asked)."""
 
     def __init__(self):
-        self.comments = [{"id": 1, "body": "LGTM"}, {"id": 2, "body": "quoting <!-- release-kit:sticky-comment model=m --> here"}]
+        self.comments = [{"id": 1, "body": "LGTM", "user": {"login": "alice"}},
+                         {"id": 2, "body": "quoting <!-- release-kit:sticky-comment model=m --> here", "user": {"login": "bob"}}]
         self.requests = []
         fake = self
 
@@ -298,13 +302,16 @@ class FakeGitHub:
                 fake.requests.append(("GET", self.path, self.headers.get("Authorization")))
                 from urllib.parse import parse_qs, urlsplit
 
+                if urlsplit(self.path).path == "/user":  # an installation token (GITHUB_TOKEN) may not read it
+                    self._reply(403, {"message": "Resource not accessible by integration"})
+                    return
                 page = int(parse_qs(urlsplit(self.path).query).get("page", ["1"])[0])
                 self._reply(200, fake.comments[(page - 1) * 100: page * 100])
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(("POST", self.path, self.headers.get("Authorization")))
-                fake.comments.append({"id": 1000 + len(fake.comments), "body": body["body"]})
+                fake.comments.append({"id": 1000 + len(fake.comments), "body": body["body"], "user": {"login": "github-actions[bot]"}})
                 self._reply(201, fake.comments[-1])
 
             def do_PATCH(self):
@@ -329,34 +336,72 @@ def fake_github(runner, monkeypatch):
     fake.server.shutdown()
 
 
-def test_sticky_comment_is_created_once_then_updated_in_place(fake_github, cli, tmp_path):
-    body = tmp_path / "comment.md"
-    marker = "<!-- release-kit:sticky-comment model=m -->"
-    body.write_text(f"{marker}\nfirst push\n")
-    created = cli("github", "comment", "--body", body)
-    assert created.stdout == "release-kit: PR comment created\n", created.stderr
-    body.write_text(f"{marker}\nsecond push\n")
-    assert cli("github", "comment", "--body", body).stdout == "release-kit: PR comment updated\n"
+def write_report(path: Path, reason: str, *, model: str = "m") -> Path:
+    from release_kit.report import Bump, CheckResult, Report, Status, Verdict
 
-    ours = [c for c in fake_github.comments if c["body"].startswith(marker)]
-    assert len(ours) == 1 and ours[0]["body"].endswith("second push\n")
-    assert fake_github.comments[:2] == [{"id": 1, "body": "LGTM"}, {"id": 2, "body": "quoting <!-- release-kit:sticky-comment model=m --> here"}]
+    report = Report(model=model, task="regression", verdict=Verdict.PASS, bump=Bump.PATCH, bump_reason=reason,
+                    checks=[CheckResult("quality", "mae", Status.PASS, "fine")],
+                    candidate={"source": "c.pt", "sha256": "c" * 64}, baseline=None, data={"golden": {"rows": 10}},
+                    environment={"release_kit": "0.1.0"})
+    path.write_text(report.to_json())
+    return path
+
+
+MARKER_M = "<!-- release-kit:sticky-comment model=m -->"
+
+
+def test_sticky_comment_is_created_once_then_updated_in_place(fake_github, cli, tmp_path):
+    report = tmp_path / "report.json"
+    write_report(report, "first push")
+    created = cli("github", "comment", "--report", report)
+    assert created.stdout == "release-kit: PR comment created\n", created.stderr
+    write_report(report, "second push")
+    assert cli("github", "comment", "--report", report).stdout == "release-kit: PR comment updated\n"
+
+    ours = [c for c in fake_github.comments if c["body"].startswith(MARKER_M)]
+    assert len(ours) == 1 and "second push" in ours[0]["body"] and "first push" not in ours[0]["body"]
+    assert [c["id"] for c in fake_github.comments[:2]] == [1, 2] and fake_github.comments[0]["body"] == "LGTM"
     assert all(auth == "Bearer t0ken" for *_, auth in fake_github.requests)
     assert [r[1] for r in fake_github.requests if r[0] == "POST"] == ["/repos/acme/models/issues/42/comments"]
 
     # Past the first page of 100 comments, the marker is still found.
-    fake_github.comments[:0] = [{"id": 5000 + i, "body": "noise"} for i in range(150)]
-    body.write_text(f"{marker}\nthird push\n")
-    assert cli("github", "comment", "--body", body).stdout == "release-kit: PR comment updated\n"
-    assert sum(c["body"].startswith(marker) for c in fake_github.comments) == 1
+    fake_github.comments[:0] = [{"id": 5000 + i, "body": "noise", "user": {"login": "x"}} for i in range(150)]
+    write_report(report, "third push")
+    assert cli("github", "comment", "--report", report).stdout == "release-kit: PR comment updated\n"
+    assert sum(c["body"].startswith(MARKER_M) for c in fake_github.comments) == 1
 
 
-def test_comment_body_without_the_marker_is_refused(fake_github, cli, tmp_path):
-    body = tmp_path / "comment.md"
-    body.write_text("hello\n")
-    result = cli("github", "comment", "--body", body)
-    assert result.exit_code == 2 and "does not start with release-kit's marker" in result.stderr
-    assert [r for r in fake_github.requests if r[0] != "GET"] == []
+def test_a_planted_marker_comment_is_never_edited(fake_github, cli, tmp_path):
+    """Anyone can post a comment that starts with the marker (to hide the real BLOCK behind a 403, or to
+    have the bot edit their text): only a comment the token's own identity wrote is edited."""
+    fake_github.comments.append({"id": 7, "body": f"{MARKER_M}\nall green, ship it", "user": {"login": "mallory"}})
+    result = cli("github", "comment", "--report", write_report(tmp_path / "report.json", "real verdict"))
+    assert result.stdout == "release-kit: PR comment created\n", result.stderr
+    assert fake_github.comments[2] == {"id": 7, "body": f"{MARKER_M}\nall green, ship it", "user": {"login": "mallory"}}
+    assert not [r for r in fake_github.requests if r[0] == "PATCH"]
+    ours = [c for c in fake_github.comments if c["user"]["login"] == "github-actions[bot]"]
+    assert len(ours) == 1 and "real verdict" in ours[0]["body"]
+
+
+def test_the_comment_is_built_from_the_report_and_escaped_again(fake_github, cli, tmp_path):
+    """The gate job ran PR code, so its report is untrusted: the comment renders it with the shipped
+    templates, escaping every string; a file that is no report is refused."""
+    from release_kit.report import CheckResult, Status
+
+    path = write_report(tmp_path / "report.json", "x")
+    data = json.loads(path.read_text())
+    data["checks"].append({**CheckResult("checks", "<img src=x onerror=alert(1)>", Status.FAIL, "[click](https://evil) @org").__dict__,
+                           "status": "fail", "metrics": []})
+    path.write_text(json.dumps(data))
+    result = cli("github", "comment", "--report", path)
+    assert result.exit_code == 0, result.stderr
+    body = fake_github.comments[-1]["body"]
+    assert "<img" not in body and "&lt;img" in body and "](https://evil)" not in body and "@\u200borg" in body
+
+    path.write_text(f"{MARKER_M}\nmy own comment\n")
+    refused = cli("github", "comment", "--report", path)
+    assert refused.exit_code == 2 and refused.stderr.startswith("release-kit: error: cannot read report")
+    assert len([r for r in fake_github.requests if r[0] in ("POST", "PATCH")]) == 1  # nothing posted for the refused file
 
 
 def test_github_api_failure_is_one_line(runner, cli, tmp_path, monkeypatch):
@@ -364,9 +409,7 @@ def test_github_api_failure_is_one_line(runner, cli, tmp_path, monkeypatch):
 
     monkeypatch.setenv("GITHUB_API_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("GITHUB_TOKEN", "t")
-    body = tmp_path / "comment.md"
-    body.write_text("<!-- release-kit:sticky-comment model=m -->\nx\n")
-    result = cli("github", "comment", "--body", body)
+    result = cli("github", "comment", "--report", write_report(tmp_path / "report.json", "x"))
     assert result.exit_code == 2 and result.stderr.startswith("release-kit: error: cannot reach the GitHub API at http://127.0.0.1:")
 
 

@@ -16,12 +16,12 @@ SPEC = ModelSpec(name="m", task="regression", target="power_kw",
 
 def test_formats_are_detected(power):
     assert detect_kind(power["v1"]) == "torchscript"
-    assert detect_kind(power["better"]) == "torch.export"
+    assert detect_kind(power["better_export"]) == "torch.export"
     assert detect_kind(power["v1_safetensors"]) == "safetensors"
 
 
 def test_export_program_predicts_any_batch_size(power):
-    model = load_model("candidate", str(power["better"]), SPEC)
+    model = load_model("candidate", str(power["better_export"]), SPEC)
     for rows in (1, 7, 300):
         out = model.raw_outputs(np.zeros((rows, 5), dtype=np.float32))
         assert out.shape == (rows,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,12 @@ path = "models:/power-forecast@champion"
 golden = "{golden}"
 reference = "{reference}"
 
+[gate]
+stages = ["quality", "outliers"]
+
+[outliers.search]
+seconds = 1
+
 [mlflow]
 {mlflow}
 
@@ -46,7 +53,10 @@ class Repo:
         self.root, self.power = root, power
         self.uri = uri or embedded_uri(root)
         self.configure()
-        (root / ".gitignore").write_text(".release-kit/\nout/\n")
+        # The models live in the project (a release registers only a file inside it).
+        shutil.copytree(power["v1"].parent, root / "models", dirs_exist_ok=True)
+        self.models = {name: root / "models" / path.name for name, path in power.items() if path.parent == power["v1"].parent}
+        (root / ".gitignore").write_text(".release-kit/\nout/\nmodels/\n")
         self.git("init", "--quiet", "--initial-branch=main")
         self.git("add", ".")
         self.git("commit", "--quiet", "-m", "model repo")
@@ -67,7 +77,7 @@ class Repo:
         publish(self.power["v1"], "power-forecast", "1.0.0", tracking_uri=self.uri, alias="champion", signature=V1_CONTRACT)
 
     def report(self, candidate: str = "better", name: str = "report.json", **kwargs) -> Path:
-        report = gate.check(candidate=str(self.power[candidate]), log_to_mlflow=False, directory=self.root, **kwargs)
+        report = gate.check(candidate=str(self.models.get(candidate, self.power[candidate])), directory=self.root, **kwargs)
         path = self.root / "out" / name
         report.write(path)
         return path
@@ -159,7 +169,7 @@ def test_release_registers_tags_logs_and_moves_the_alias_last(repo, cli):
 
 
 def test_release_without_a_report_runs_the_gate_first(repo, cli):
-    result = cli("release", "--candidate", repo.power["better"], "--format", "json")
+    result = cli("release", "--candidate", repo.models["better"], "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["version"] == "1.1.0" and repo.champion() == "1.1.0"
 
@@ -319,13 +329,13 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     repo = Repo(tmp_path, power)
-    first = cli("release", "--candidate", power["v1"], "--baseline", "none", "--format", "json")
+    first = cli("release", "--candidate", repo.models["v1"], "--baseline", "none", "--format", "json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["version"] == "1.0.0" and repo.champion() == "1.0.0"
 
     repo.configure(release='tag_format = "release/{model}/{version}"')
     repo.git("commit", "--quiet", "-am", "tag format")
-    second = cli("release", "--candidate", power["better"])
+    second = cli("release", "--candidate", repo.models["better"])
     assert second.exit_code == 0, second.output
     note = second.stdout
     assert "### What changed since 1.0.0" in note
@@ -336,7 +346,7 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
 
 
 def test_pre_release_does_not_move_the_alias(repo, cli):
-    result = cli("release", "--candidate", repo.power["better"], "--prerelease", "rc", "--format", "json")
+    result = cli("release", "--candidate", repo.models["better"], "--prerelease", "rc", "--format", "json")
     assert result.exit_code == 0, result.output
     steps = {step["step"]: step for step in json.loads(result.stdout)["steps"]}
     assert steps["alias"]["action"] == "skipped" and "pre-release 1.1.0-rc.1" in steps["alias"]["detail"]
@@ -488,12 +498,13 @@ def test_outside_a_git_repository_is_an_input_error(tmp_path, power, cli, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "release-kit.toml").write_text(CONFIG.format(golden=power["golden"], reference=power["train"], mlflow="", release=""))
     publish(power["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(tmp_path), alias="champion", signature=V1_CONTRACT)
-    result = cli("release", "--candidate", power["better"], "--no-mlflow")
+    shutil.copy(power["better"], tmp_path / "better.pt")
+    result = cli("release", "--candidate", "better.pt", "--no-mlflow")
     assert result.exit_code == 2 and "is not in a git repository" in result.stderr and "git_tag = false" in result.stderr
 
     (tmp_path / "release-kit.toml").write_text(
         CONFIG.format(golden=power["golden"], reference=power["train"], mlflow="", release="git_tag = false"))
-    released = cli("release", "--candidate", power["better"], "--format", "json")
+    released = cli("release", "--candidate", "better.pt", "--format", "json")
     assert released.exit_code == 0, released.output
     steps = {step["step"]: step["action"] for step in json.loads(released.stdout)["steps"]}
     assert steps["git-tag"] == "skipped" and steps["alias"] == "done"

@@ -35,7 +35,7 @@ if [[ $code -ne 1 ]]; then echo "demo: expected the gate to block candidate A (e
 echo "→ exit $code: blocked, as it should be"
 
 banner "Candidate B: more capacity and training steps (genuinely better)"
-release-kit check --candidate models/candidate-better.pt2 --report out/better.json
+release-kit check --candidate models/candidate-better.pt --report out/better.json
 echo "→ exit 0: release allowed"
 
 banner "Release candidate B (release-kit release --report out/better.json); the note follows"

@@ -36,12 +36,14 @@ def checks(gate: GateContext) -> list[StageCheck]:
     for suite in suites:
         suite.gx_suite()  # a configuration GX refuses is bad input: exit 2 before anything runs
 
-    datasets: list[tuple[str, Any, pd.DataFrame]] = [("golden", gate.golden.path, gate.golden.frame)]
+    datasets: list[tuple[str, Any, pd.DataFrame]] = [("golden", gate.golden.path, gate.golden.read)]
     if spec.training:
         datasets.append(("training", spec.training, read_table(spec.training)))
-    found: list[StageCheck] = []
+    found: list[StageCheck] = [StageCheck("golden_rows", partial(golden_rows, gate))]
     if not suites:
-        reason = f"no expectation suite under {spec.suites} and no [data] reference to profile"
+        reason = (f"no expectation suite under {spec.suites} and no [data] reference to profile: nothing to validate "
+                  "the golden set against. Enable it with [data] reference = \"<training data>\" (profiled into a suite) "
+                  "or suites from `release-kit data profile`")
         found.append(StageCheck("suite", lambda: CheckResult(NAME, "suite", Status.SKIP, reason)))
     for dataset, source, frame in datasets:
         for suite in suites:
@@ -51,6 +53,42 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if reference is not None:
         found.append(StageCheck("drift", partial(drift_check, gate, reference)))
     return found
+
+
+GOLDEN_ROW_EXAMPLES = 10
+
+
+def golden_rows(gate: GateContext) -> CheckResult:
+    """Every golden row has finite features and a valid target; rows that do not are named, and block."""
+    excluded = gate.golden.excluded
+    total = len(gate.golden.read)
+    if excluded is None or not len(excluded):
+        return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total} golden rows have finite features and a valid target")
+    columns = ", ".join(f"{column} ({count})" for column, count in sorted(excluded.columns.items(), key=lambda item: -item[1]))
+    shown = ", ".join(str(int(row)) for row in excluded.rows[:GOLDEN_ROW_EXAMPLES])
+    more = f" and {len(excluded) - GOLDEN_ROW_EXAMPLES} more" if len(excluded) > GOLDEN_ROW_EXAMPLES else ""
+    frame = gate.golden.read
+    spec = gate.config.model
+    table = {
+        "title": f"first {min(len(excluded), GOLDEN_ROW_EXAMPLES)} unusable golden rows",
+        "columns": ["row", *spec.features, spec.target],
+        "rows": [[int(row), *(_plain_cell(frame[c].iloc[int(row)]) for c in [*spec.features, spec.target])]
+                 for row in excluded.rows[:GOLDEN_ROW_EXAMPLES]],
+    }
+    return CheckResult(
+        NAME, "golden_rows", Status.FAIL,
+        f"{len(excluded)} of {total} golden rows have NaN/inf or impossible values (by column: {columns}); "
+        f"rows {shown}{more}. The other stages ran on the remaining {len(gate.golden)} rows",
+        details={"rows": [int(r) for r in excluded.rows], "columns": excluded.columns, "table": table},
+    )
+
+
+def _plain_cell(value):
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value.item() if hasattr(value, "item") else value
 
 
 def _source_name(source: str) -> str:

@@ -46,6 +46,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     found = [
         StageCheck("newly_broken", partial(newly_broken, gate, losses)),
         StageCheck("prediction_shift", partial(prediction_shift, gate)),
+        StageCheck("moved_region", partial(moved_region, gate)),
         StageCheck("slices", partial(discovered_slices, gate, losses)),
         *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
         *[StageCheck(f"monotonic:{m.feature}", partial(monotonic, gate, m, domain)) for m in spec.monotonic],
@@ -84,7 +85,10 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
         broke, fixed = right_b & ~right_c, ~right_b & right_c
         rule = "decision flipped from right to wrong"
     else:
-        change = robust_change(delta, spec.k_mad, spec.min_error_increase)
+        # Below this a change is float32 rounding of the predictions, not a break (a constant tiny shift
+        # must not make half the rows "newly broken").
+        resolution = 1e-5 * float(np.median(np.abs(gate.golden.target)) + np.median(loss_b))
+        change = robust_change(delta, spec.k_mad, spec.min_error_increase, resolution)
         broke, fixed = change.broke, change.fixed
         rule = f"absolute error grew by more than {change.threshold:.3g} ({spec.k_mad:g} × MAD of the changes)"
     n, n_broke, n_fixed = len(delta), int(broke.sum()), int(fixed.sum())
@@ -132,6 +136,40 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         NAME, "prediction_shift", Status.WARN,
         f"{count} row(s) whose {what} shifted beyond {spec.k_mad:g} × MAD (largest {float(shift[top[0]]):.3g})",
         details={"shifted": count, "table": example_rows(gate, top, f"top {len(top)} shifted rows")},
+    )
+
+
+def moved_region(gate: GateContext) -> CheckResult:
+    """Where the candidate's predictions (classification: decisions) changed, as one rule over a feature —
+    "all 31 rows whose prediction moved have age > 60" — so that a change confined to a region is named even
+    when the golden set is too small to prove it worse. A warning when the change is confined; never a fail."""
+    if gate.predictions.baseline is None:
+        return _no_baseline("moved_region")
+    from ..paired import confined_region
+
+    candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
+    if gate.config.model.task == "classification":
+        moved = candidate.argmax(axis=1) != baseline.argmax(axis=1)
+        what = "decision"
+    else:
+        scale = float(np.median(np.abs(gate.golden.target))) + float(np.median(np.abs(baseline)))
+        with np.errstate(invalid="ignore"):
+            moved = ~(np.abs(candidate - baseline) <= 1e-5 * max(scale, 1e-12))
+        what = "prediction"
+    n, count = len(moved), int(moved.sum())
+    if count == 0:
+        return CheckResult(NAME, "moved_region", Status.PASS, f"no row's {what} changed")
+    region = confined_region(gate.golden.features, gate.config.model.features, moved)
+    if region is None or count == n:
+        return CheckResult(NAME, "moved_region", Status.PASS,
+                           f"{count} of {n} rows' {what}s changed, spread over the golden set (no single region holds them)")
+    rows = np.flatnonzero(moved)[: gate.config.outliers.top_n]
+    return CheckResult(
+        NAME, "moved_region", Status.WARN,
+        f"all {count} row(s) whose {what} changed have {region.words()} ({region.inside} of {n} rows have it; "
+        f"{region.share_moved:.0%} of those changed): a behaviour change confined to this region",
+        details={"region": region.words(), "moved": count, "inside": region.inside,
+                 "table": example_rows(gate, rows, f"first {len(rows)} rows whose {what} changed")},
     )
 
 
@@ -198,8 +236,16 @@ def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> Chec
 
 
 def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckResult:
+    import math
+
     alpha = gate.config.outliers.alpha
     label = _loss_label(gate)
+    undefined = [s for s in stats if not all(map(math.isfinite, (s.delta, s.ci_low, s.ci_high, s.p_adjusted)))]
+    stats = [s for s in stats if s not in undefined]
+    if undefined and not stats:
+        # Statistics that are NaN decide nothing: never "no slice regressed".
+        return CheckResult(NAME, name, Status.WARN,
+                           f"could not test {len(undefined)} slice(s): their statistics are undefined (NaN), e.g. {undefined[0].description}")
     failing = sorted((s for s in stats if s.p_adjusted < alpha), key=lambda s: -s.excess)
     worst = max(stats, key=lambda s: s.delta, default=None)
     columns = ["slice", "n", f"{label} baseline", "Δ", "95% interval", "tolerance", "p (Holm)"]
@@ -220,6 +266,10 @@ def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckR
     summary = f"no slice regressed beyond tolerance ({searched}, Holm α={alpha:g})"
     if worst is not None:
         summary += f"; largest change {worst.words(label)}"
+    if undefined:
+        return CheckResult(NAME, name, Status.WARN, summary + f"; {len(undefined)} slice(s) could not be tested (NaN statistics)", details=details)
+    if not stats:
+        return CheckResult(NAME, name, Status.WARN, f"no slice could be tested ({searched}): too few rows per slice", details=details)
     return CheckResult(NAME, name, Status.PASS, summary, details=details)
 
 
@@ -347,7 +397,7 @@ def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], 
     shared among the stage's searches.
     """
     from hypothesis import HealthCheck, find, settings
-    from hypothesis.errors import NoSuchExample
+    from hypothesis.errors import HypothesisException, NoSuchExample
 
     from ..strategies import rows
 
@@ -360,14 +410,19 @@ def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], 
     started = time.monotonic()
     tried = 0
     timed_out = False
+    best: list[np.ndarray] = []  # every counterexample seen, so that one survives a shrink cut short
 
     def condition(row: np.ndarray) -> bool:
         nonlocal tried, timed_out
         if time.monotonic() - started > budget:
+            # Past the budget the search stops finding (and shrinking); what it found stays in ``best``.
             timed_out = True
-            return False
+            return bool(best) and _same_row(row, best[-1])
         tried += 1
-        return violates(row)
+        found = violates(row)
+        if found:
+            best.append(np.array(row, copy=True))
+        return found
 
     options = settings(
         max_examples=spec.max_examples, database=None, derandomize=True, deadline=None,
@@ -377,7 +432,17 @@ def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], 
         example = find(rows(domain), condition, settings=options)
     except NoSuchExample:
         example = None
+    except HypothesisException:
+        # A shrink cut short by the budget can look flaky to Hypothesis (an example that failed, then
+        # "passed" once time ran out): the smallest counterexample seen is still a counterexample.
+        example = None
+    if example is None and best:
+        example = min(best, key=lambda row: float(np.sum(np.abs(row))))
     return Found(example, tried, time.monotonic() - started, timed_out, features)
+
+
+def _same_row(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
 
 
 def _search_result(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..report import CheckResult, MetricDiff, Status
 from . import Once, StageCheck
 
@@ -44,7 +44,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
     for role, module in models.items():
         for batch in inputs.values():
-            _trial(module, batch, role, getattr(gate, role).source)
+            _trial(module, batch, role, getattr(gate, role).source, gate.config.gate.model_timeout_seconds)
     cost = Once(partial(_cost, gate, models, inputs[max(spec.batch_sizes)]))
     budget = spec.time_budget_seconds / len(spec.batch_sizes)
     found = []
@@ -138,7 +138,7 @@ class CandidateRecorder:
         import json
         from pathlib import Path
 
-        from ..report import write_atomic
+        from ..outputs import write_atomic
 
         self.measurements[str(measurement.batch_size)] = {**measurement.to_dict(), "label": "candidate"}
         write_atomic(Path(self.path), json.dumps({**self.header, "measurements": self.measurements}) + "\n")
@@ -161,7 +161,7 @@ def _on_device(gate: GateContext, model: LoadedModel, device: str):
     from ..models import load_model
 
     fresh = load_model(model.role, str(model.file), gate.config.model, factory=getattr(gate.config, model.role).factory,
-                       allow_pickle=model.kind == "pickle")
+                       allow_pickle=model.allow_pickle)
     return fresh.module.to(device) if hasattr(fresh.module, "to") else fresh.module
 
 
@@ -173,15 +173,18 @@ def _inputs(gate: GateContext, rows: int, device: str):
     return torch.from_numpy(np.ascontiguousarray(picked)).to(device)
 
 
-def _trial(module, batch, role: str, source: str) -> None:
+def _trial(module, batch, role: str, source: str, timeout: float) -> None:
     import torch
 
+    from ..models import call_deadline
+
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), call_deadline(timeout, f"{role} model {source}"):
             module(batch)
+    except InputError:
+        raise
     except Exception as error:  # the model's own code failed on the benchmark shape
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{role} model {source} fails on the benchmark batch of shape {tuple(batch.shape)}: {message}") from None
+        raise InputError(f"{role} model {source} fails on the benchmark batch of shape {tuple(batch.shape)}: {first_line(error)}") from None
 
 
 def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, budget: float):
@@ -332,7 +335,7 @@ def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:
         return CheckResult(NAME, name, Status.ERROR, str(refusal))
     if candidate.peak_memory_bytes is None or baseline.peak_memory_bytes is None:
         return CheckResult(NAME, name, Status.SKIP, "peak memory cannot be measured on this platform (needs CUDA or Linux /proc)")
-    kind = "peak CUDA allocation" if candidate.device == "cuda" else "peak RSS increase"
+    kind = "weights + peak CUDA allocation" if candidate.device == "cuda" else "weights + peak RSS increase"
     c, b = candidate.peak_memory_bytes, baseline.peak_memory_bytes
     allowed = b * (1 + spec.memory_budget) + spec.memory_slack_bytes
     metrics = (MetricDiff(f"peak_memory_mib:batch={rows}", c / 2**20, b / 2**20, (c - b) / 2**20, tolerance=(allowed - b) / 2**20),)

@@ -65,6 +65,14 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
             metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),),
         )
 
+    if len(target) < quality.min_rows:
+        value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
+        return CheckResult(
+            NAME, name, Status.WARN,
+            f"{metric.label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {len(target)} usable "
+            f"row(s), fewer than [quality] min_rows = {quality.min_rows}{gate.golden.note}",
+            metrics=(MetricDiff(name, value_c, value_b, value_c - value_b, higher_is_better=metric.higher_is_better),),
+        )
     if quality.interval == "bootstrap":
         diff = metrics.paired_bootstrap(
             metric, target, predictions.candidate, predictions.baseline,
@@ -73,12 +81,21 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
     else:
         diff = metrics.paired_interval(metric, target, predictions.candidate, predictions.baseline, quality.confidence)
 
+    note = gate.golden.note
     if not (math.isfinite(diff.candidate) and math.isfinite(diff.baseline)):
         which = "candidate" if not math.isfinite(diff.candidate) else "baseline"
         reason = _undefined_reason(gate, name, which)
+        # Could not decide: a warning (never a pass); a gate where no metric decides is blocked.
         return CheckResult(
-            NAME, name, Status.SKIP, f"{metric.label} undefined: {reason}",
+            NAME, name, Status.WARN, f"{metric.label} could not be compared: {reason}{note}",
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, higher_is_better=metric.higher_is_better),),
+        )
+    if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
+        return CheckResult(
+            NAME, name, Status.WARN,
+            f"{metric.label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)}: no interval, so no decision: "
+            f"the golden set ({len(gate.golden)} usable rows) is too small or its changes are degenerate{note}",
+            metrics=(MetricDiff(name, diff.candidate, diff.baseline, diff.delta, higher_is_better=metric.higher_is_better),),
         )
 
     tolerance = tolerance_for(gate, name, diff.baseline)
@@ -101,7 +118,7 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
         status, verdict = Status.PASS, "better than baseline"
     else:
         status, verdict = Status.PASS, f"no significant change (tolerance {_fmt(tolerance)})"
-    return CheckResult(NAME, name, status, f"{change}: {verdict}", metrics=(result,))
+    return CheckResult(NAME, name, status, f"{change}: {verdict}{note}", metrics=(result,))
 
 
 def _undefined_reason(gate: GateContext, name: str, which: str) -> str:
@@ -133,7 +150,7 @@ def output_contract(gate: GateContext) -> CheckResult:
     rows = len(gate.golden)
     if not candidate:
         return CheckResult(
-            NAME, "output_contract", Status.PASS, f"all {rows} candidate predictions {contract.describe(spec)}",
+            NAME, "output_contract", Status.PASS, f"all {rows} candidate predictions {contract.describe(spec)}{gate.golden.note}",
             details={"baseline_violations": baseline_counts},
         )
     bad = np.logical_or.reduce(list(candidate.values()))
@@ -144,6 +161,7 @@ def output_contract(gate: GateContext) -> CheckResult:
         f"{int(bad.sum())} of {rows} candidate predictions break the contract "
         f"({', '.join(f'{count} {kind}' for kind, count in counts.items())}); "
         f"{introduced} introduced by the candidate, {int(bad.sum()) - introduced} the baseline already had"
+        f"{gate.golden.note}"
     )
     return CheckResult(
         NAME, "output_contract", Status.FAIL, summary,

@@ -1,0 +1,434 @@
+"""Trust II: the gate users run. The CLI in a subprocess with the default config (every stage, MLflow tracking
+on), exit codes that mean what they say, and no silent pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import POWER_MODEL, free_port, save_scripted
+
+STAGES = {"quality", "outliers", "performance", "data"}
+# The defaults, made quicker: fewer timing rounds and a shorter search (the code paths are the same).
+QUICK = """
+[performance]
+rounds = 4
+round_seconds = 0.01
+warmup_seconds = 0.05
+time_budget_seconds = 2
+
+[outliers.search]
+seconds = 1
+"""
+
+
+def write_project(root: Path, power, *, extra: str = "", tracking_uri: str | None = None, golden: Path | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(power["v1"].parent, root / "models", dirs_exist_ok=True)
+    mlflow = f'\n[mlflow]\ntracking_uri = "{tracking_uri}"\n' if tracking_uri else ""
+    (root / "release-kit.toml").write_text(POWER_MODEL.replace("{{", "{").replace("}}", "}") + f"""
+[baseline]
+path = "models/v1.pt"
+version = "1.0.0"
+
+[data]
+golden = "{golden or power['golden']}"
+reference = "{power['train']}"
+{QUICK}{mlflow}{extra}""")
+    return root
+
+
+def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**environment, **(env or {})}, timeout=timeout)
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def gate_run(uri: str, report: dict):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(report["mlflow"]["run_id"])
+
+
+# The whole pipeline, as users run it ------------------------------------------------------------------------
+
+
+def test_default_check_runs_every_stage_with_embedded_tracking(tmp_path, power):
+    root = write_project(tmp_path / "p", power)
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((root / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} >= STAGES
+    assert report["verdict"] == "pass" and report["bump"] == "minor" and report["next_version"] == "1.1.0"
+    assert not [c for c in report["checks"] if c["status"] in ("fail", "error")]
+
+    run = gate_run(f"sqlite:///{root / '.release-kit' / 'mlflow.db'}", report)
+    keys = set(run.data.metrics)
+    assert "performance.p50_latency_ratio_batch_1.candidate" in keys and "quality.mae.delta" in keys
+    assert run.data.tags["release_kit.report_sha256"] and run.info.status == "FINISHED"
+    # The terminal output: a summary line first; passing checks collapsed.
+    assert result.stdout.splitlines()[0].startswith("release-kit · power-forecast: ")
+    assert "passing or skipped check(s) not shown" in result.stdout
+
+
+def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_server):
+    root = write_project(tmp_path / "p", power, tracking_uri=mlflow_server)
+    result = run_cli(root, "check", "--candidate", "models/candidate-night.pt", "--report", "report.json", "--format", "json")
+    assert result.returncode == 1, result.stderr[-3000:]
+    report = json.loads((root / "report.json").read_text())
+    assert report == json.loads(result.stdout)
+    assert {c["stage"] for c in report["checks"]} >= STAGES
+    assert report["verdict"] == "block" and report["bump"] is None and report["next_version"] is None
+    run = gate_run(mlflow_server, report)
+    assert run.data.tags["release_kit.verdict"] == "block"
+    assert any(key.startswith("performance.") for key in run.data.metrics)
+    assert not (root / ".release-kit" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("stages", [["quality", "performance"], ["outliers", "data"], ["performance", "data"]])
+def test_stage_combinations_track_cleanly(project, power, cli, tmp_path, stages):
+    """Every stage's metric names become valid MLflow keys, in any combination (embedded store)."""
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "") + QUICK
+    project.write("release-kit.toml", text + f'\n[gate]\nstages = {json.dumps(stages)}\n\n[data.profile]\nmostly = 0.99\n'
+                  + f'[data.drift]\naction = "warn"\n')
+    (project.root / "release-kit.toml").write_text((project.root / "release-kit.toml").read_text().replace(
+        f'golden = "{power["golden"]}"', f'golden = "{power["golden"]}"\nreference = "{power["train"]}"'))
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--format", "json")
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout)
+    assert {c["stage"] for c in report["checks"]} == set(stages)
+    assert report["mlflow"]["run_id"]
+
+
+# Exit codes -------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_in_a_subprocess_exits_2_and_writes_nothing(tmp_path, power):
+    root = write_project(tmp_path / "p", power)
+    before = files_under(root)
+    result = run_cli(root, "check", "--candidate", "models/missing.pt", "--report", "report.json", "--junit", "junit.xml")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "missing.pt" in result.stderr
+    assert files_under(root) == before
+
+
+@pytest.mark.parametrize("flag", ["--report", "--junit", "--benchmark-json"])
+def test_an_unwritable_output_is_refused_before_the_gate_runs(project, power, cli, flag):
+    (project.root / "blocker").write_text("a file, not a folder")
+    args = ["check", "--candidate", power["better"], "--stage", "quality"]
+    if flag != "--report":
+        args += ["--report", "report.json"]
+    result = cli(*args, flag, "blocker/out")
+    assert result.exit_code == 2 and flag in result.stderr and "not a directory" in result.stderr, result.output
+    assert not (project.root / "report.json").exists()
+
+
+def test_an_unwritable_embedded_store_is_refused_before_the_gate_runs(project, power, cli):
+    (project.root / "blocker").write_text("a file")
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", 'tracking_uri = "sqlite:///blocker/mlflow.db"')
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 2 and "embedded MLflow store" in result.stderr, result.output
+    assert not (project.root / "report.json").exists()
+
+
+def test_github_runner_files_are_checked_before_the_gate_runs(project, power, cli, monkeypatch):
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project.root / "nope" / "x" / "summary"))
+    (project.root / "nope").write_text("file")
+    result = cli("check", "--candidate", power["better"], "--format", "github", "--report", "report.json")
+    assert result.exit_code == 2 and "$GITHUB_STEP_SUMMARY" in result.stderr
+    assert not (project.root / "report.json").exists() and not (project.root / "release-kit-comment.md").exists()
+
+
+def test_an_internal_error_exits_4_never_1(project, power, cli, monkeypatch):
+    from release_kit import engine
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(engine, "run_checks", broken)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 4, result.output
+    assert result.stderr == "release-kit: internal error: ZeroDivisionError: a bug (rerun with --debug for the traceback)\n"
+    assert not (project.root / "report.json").exists()
+
+
+# No silent pass ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ("[gate]\nstages = []\n", "gate.stages"),
+    ('[quality]\ntolerance = { mae = "nan%" }\n', "quality.tolerance"),
+    ("[quality]\ntolerance = { mae = nan }\n", "quality.tolerance"),
+    ('[quality]\nmin_effect = "inf"\n', "quality.min_effect"),
+    ('[outliers]\nslice_tolerance = "nan"\n', "outliers.slice_tolerance"),
+])
+def test_configs_that_would_decide_nothing_are_refused(project, power, cli, extra, needle):
+    project.config(extra)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+
+
+def test_nan_bounds_are_refused(project, power, cli):
+    text = (project.root / "release-kit.toml").read_text().replace("min = 0.0", "min = nan")
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", power["better"])
+    assert result.exit_code == 2 and "model.bounds.min" in result.stderr
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_tiny_golden_set_decides_nothing(project, power, cli, rows):
+    golden = project.root / "tiny.csv"
+    pd.read_csv(power["golden"]).head(rows).to_csv(golden, index=False)
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--data", golden, "--stage", "quality",
+                 "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    metrics = [c for c in report["checks"] if c["name"] in ("mae", "rmse", "r2")]
+    assert all(c["status"] == "warn" and "too small" in c["summary"] or "min_rows" in c["summary"] for c in metrics)
+    assert "no quality metric could be decided" in report["bump_reason"]
+    assert "no significant change" not in result.stdout
+
+
+def test_every_metric_undefined_decides_nothing(project, power, cli):
+    frame = pd.read_csv(power["golden"])
+    frame["power_kw"] = 1e308
+    golden = project.root / "huge.csv"
+    frame.to_csv(golden, index=False)
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--data", golden, "--stage", "quality",
+                 "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "block" and "could be decided" in report["bump_reason"]
+
+
+def test_a_constant_tiny_shift_breaks_no_rows(project, power, cli, tmp_path):
+    import power_forecast as pf
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 1e-4
+
+    v1 = torch.jit.load(str(power["v1"]))
+    module = pf.baseline_factory()
+    module.load_state_dict(v1.state_dict())
+    shifted = save_scripted(Shifted(module.eval()), tmp_path / "shifted.pt")
+    result = cli("check", "--candidate", shifted, "--baseline", power["v1"], "--stage", "outliers", "--format", "json")
+    report = json.loads(result.stdout)
+    broken = next(c for c in report["checks"] if c["name"] == "newly_broken")
+    assert broken["details"]["broke"] < 10, broken["summary"]
+    assert broken["status"] != "fail"
+
+
+def test_the_search_keeps_a_counterexample_when_time_runs_out(project, power):
+    """A slow model and a budget that ends mid-shrink: the counterexample found is reported, not lost."""
+    import time
+
+    from release_kit.gate import prepare, resolve_config
+    from release_kit.stages.outliers import _search
+    from release_kit.strategies import domain_from_data
+
+    config, root = resolve_config(project.config("[outliers.search]\nseconds = 0.3\nmax_examples = 1000\n"))
+    gate = prepare(config, root, candidate=str(power["better"]))
+
+    def violates(row):
+        time.sleep(0.02)
+        return bool(row[0] > 1)
+
+    domain = domain_from_data(config.model.features, gate.golden.features, {})
+    found = _search(gate, domain, violates)
+    assert found.example is not None and found.example[0] > 1
+
+
+def test_a_hung_model_ends_the_run_with_one_line(tmp_path, power):
+    """TorchScript stuck in a loop cannot be interrupted: the watchdog ends the run, exit 2, naming the model."""
+
+    class Hang(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            total = x.sum()
+            i = 0
+            while i < 4_000_000_000:
+                total = total + 1.0
+                i += 1
+            return x[:, 0] + total
+
+    save_scripted(Hang(), tmp_path / "hang.pt")
+    root = write_project(tmp_path / "p", power, extra="\n[gate]\nmodel_timeout_seconds = 1\n")
+    result = run_cli(root, "check", "--candidate", tmp_path / "hang.pt", "--report", "report.json", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "candidate model" in result.stderr and "hang.pt" in result.stderr and "did not return within 1 s" in result.stderr
+    assert not (root / "report.json").exists()
+
+
+def test_a_slow_python_model_is_interrupted(project, power, cli, tmp_path, monkeypatch):
+    import time
+
+    from release_kit import models
+
+    original = models.LoadedModel.raw_outputs
+
+    def slow(self, features, *, timeout=None):
+        if self.role == "candidate":
+            with models.call_deadline(0.2, f"{self.role} model {self.source}"):
+                time.sleep(5)
+        return original(self, features, timeout=timeout)
+
+    monkeypatch.setattr(models.LoadedModel, "raw_outputs", slow)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 2 and "did not return within 0.2 s" in result.stderr
+
+
+class Raising(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 5:
+            raise ValueError("weights were trained for 6 features")
+        return x
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("torchscript-error", "weights were trained for 6 features"),
+    ("empty", "is empty"),
+    ("garbage", "not a TorchScript, torch.export, safetensors or pickled model file"),
+    ("complex", "complex numbers"),
+    ("scalar", "0-d tensor"),
+])
+def test_model_errors_keep_their_real_cause(project, power, cli, tmp_path, kind, needle):
+    path = tmp_path / "model.pt"
+    if kind == "torchscript-error":
+        save_scripted(Raising(), path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(os.urandom(512))
+    elif kind == "complex":
+        class Complex(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.complex(x[:, 0], x[:, 1])
+        save_scripted(Complex(), path)
+    else:
+        class Scalar(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x.sum()
+        save_scripted(Scalar(), path)
+    result = cli("check", "--candidate", path, "--report", "report.json")
+    assert result.exit_code == 2 and needle in result.stderr, result.stderr
+    assert "pickled model" not in result.stderr and "TorchScript interpreter" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_where_predictions_moved_is_named(project, power, cli, tmp_path):
+    import power_forecast as pf
+
+    class ChangedAtHighIrradiance(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            return torch.where(x[:, 4] > 0.9, out * 1.01, out)
+
+    v1 = torch.jit.load(str(power["v1"]))
+    module = pf.baseline_factory()
+    module.load_state_dict(v1.state_dict())
+    changed = save_scripted(ChangedAtHighIrradiance(module.eval()), tmp_path / "changed.pt")
+    result = cli("check", "--candidate", changed, "--baseline", power["v1"], "--stage", "outliers", "--format", "json")
+    moved = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "moved_region")
+    assert moved["status"] == "warn" and "irradiance" in moved["summary"], moved["summary"]
+
+
+# Fixes found by the newcomer ---------------------------------------------------------------------------------
+
+
+def test_the_default_profile_keeps_whole_numbers_numeric(power):
+    from release_kit.config import ProfileSpec
+    from release_kit.validation import profile
+
+    frame = pd.DataFrame({"pixels": np.arange(100) % 17, "colour": ["red", "blue"] * 50, "x": np.linspace(0, 1, 100)})
+    suite = profile(frame, ProfileSpec(), name="t", source="t")
+    kinds = {(e["kwargs"].get("column"), e["type"]) for e in suite.expectations}
+    assert ("pixels", "expect_column_values_to_be_between") in kinds
+    assert ("pixels", "expect_column_values_to_be_in_set") not in kinds
+    assert ("colour", "expect_column_values_to_be_in_set") in kinds
+    declared = profile(frame, ProfileSpec(categorical=["pixels"], mostly=0.95), name="t", source="t")
+    in_set = next(e for e in declared.expectations if e["kwargs"].get("column") == "pixels" and e["type"].endswith("in_set"))
+    assert in_set["kwargs"]["mostly"] == 0.95
+
+
+def test_data_profile_reads_the_config_found_here(project, power, cli):
+    project.config('[data.profile]\ncategorical = ["hour"]\n')
+    result = cli("data", "profile", "--reference", power["train"], "--out", "suite.json")
+    assert result.exit_code == 0, result.output
+    suite = json.loads((project.root / "suite.json").read_text())
+    assert any(e["kwargs"].get("column") == "hour" and e["type"].endswith("in_set") for e in suite["expectations"])
+
+
+def test_cpu_memory_counts_what_the_model_holds(project, power):
+    from release_kit.timing import Timer
+
+    small = torch.nn.Linear(5, 1)
+    big = torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Linear(1, 512 * 512, bias=False))  # +1 MiB of weights
+    x = torch.zeros(1, 5)
+    memory = {name: Timer(module, x, name).peak_memory_bytes() for name, module in (("small", small), ("big", big))}
+    if memory["small"] is None:
+        pytest.skip("no /proc on this platform")
+    assert memory["small"] > 0
+    assert memory["big"] - memory["small"] >= 2**20
+
+
+def test_after_a_rollback_the_next_release_takes_a_new_version():
+    from release_kit.config import Config
+    from release_kit.report import Bump, CheckResult, Status
+    from release_kit.versioning import decide
+
+    config = Config.model_validate({"model": {"name": "m", "task": "regression", "target": "y", "features": ["a"]}})
+    checks = [CheckResult("quality", "mae", Status.PASS, "better")]
+    # 1.0.0, 1.1.0 and 2.0.0 were released; @champion was rolled back to 1.0.0.
+    released = ("1.0.0", "1.1.0", "1.1.1", "2.0.0")
+    minor = decide(config, checks, has_baseline=True, identical_predictions=False, baseline_version="1.0.0", released=released)
+    assert minor.bump is Bump.PATCH and minor.next_version == "1.0.1"
+    from release_kit.versioning import highest_in_line, next_version
+
+    assert next_version(highest_in_line("1.0.0", Bump.MINOR, released), Bump.MINOR) == "1.2.0"
+    assert next_version(highest_in_line("1.1.0", Bump.PATCH, released), Bump.PATCH) == "1.1.2"
+    assert next_version(highest_in_line("1.0.0", Bump.MAJOR, released), Bump.MAJOR) == "3.0.0"
+
+
+def test_init_for_classification_needs_and_writes_prediction(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused = cli("init", "--name", "m", "--task", "classification", "--target", "y", "--features", "a,b")
+    assert refused.exit_code == 2 and "--prediction" in refused.stderr and not list(tmp_path.iterdir())
+    result = cli("init", "--name", "m", "--task", "classification", "--prediction", "logits", "--target", "y", "--features", "a,b")
+    assert result.exit_code == 0, result.output
+    from release_kit.config import load_config
+
+    assert load_config(tmp_path / "release-kit.toml").model.prediction == "logits"
+
+
+def test_terminal_output_puts_failures_first_and_names_waivers(project, power, cli):
+    project.config('[[waivers]]\ncheck = "quality::output_contract"\nreason = "night offset known"\nby = "ana"\n')
+    result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("release-kit · power-forecast: ") and " fail" in lines[0]
+    statuses = [line.split("│")[1].strip() for line in lines if line.startswith("│") and line.split("│")[1].strip()]
+    order = {"fail": 0, "error": 1, "warn": 2}
+    assert statuses == sorted(statuses, key=order.get)
+    assert "waived: quality::output_contract" in result.stdout.replace("\n", "")
+    verbose = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality", "--verbose")
+    assert "quality::output_contract" in verbose.stdout and "not shown" not in verbose.stdout
