@@ -172,7 +172,7 @@ def prepare(
         baseline=baseline_model,
         golden=golden,
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
-        released=released_versions(uri, spec.name) if uri is not None else (),
+        released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
     )
 
 

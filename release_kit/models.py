@@ -214,7 +214,7 @@ def detect_kind(path: Path) -> ModelKind:
     except zipfile.BadZipFile:
         if head.startswith(_PICKLE_MAGIC) and len(head) > 1 and 2 <= head[1] <= 5:
             return "pickle"  # torch.save's legacy (non-zip) format is a plain pickle
-        raise InputError(f"cannot read model {path}: not a TorchScript, torch.export, safetensors or pickled model file") from None
+        raise InputError(f"cannot read model {path}: not a model file release-kit can read (TorchScript, torch.export or safetensors)") from None
     except OSError as error:
         raise InputError(f"cannot read model {path}: {error.strerror or error}") from None
     parts = {part for name in names for part in name.split("/")[1:2]}

@@ -134,10 +134,12 @@ class Register(Step):
 
     def apply(self, plan, state):
         from .registry import register_version
-        from .tracking import VERSION_TAG
+        from .tracking import MODEL_SHA256_TAG, VERSION_TAG
 
+        # The file's hash from the start: a re-run after a crash here must see this version as its own.
         version = register_version(
-            plan.model_file, plan.model, key=(RELEASE_ID_TAG, plan.release_id), tags={VERSION_TAG: plan.version},
+            plan.model_file, plan.model, key=(RELEASE_ID_TAG, plan.release_id),
+            tags={VERSION_TAG: plan.version, MODEL_SHA256_TAG: plan.report.candidate["sha256"]},
             tracking_uri=plan.tracking_uri, experiment=plan.experiment, run_name=f"release {plan.model} {plan.version}",
         )
         state.number, state.run_id = str(version.version), version.run_id
@@ -324,8 +326,7 @@ def plan(
     if not config.mlflow.enabled:
         raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
     uri = tracking_uri(config, project_dir)
-    if from_file:
-        verify_report(config, report, uri)
+    rederived = verify_report(config, report, uri) if from_file else None
     if report.verdict is not Verdict.PASS:
         raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
     if report.bump is None or report.bump.value == "none" or not report.next_version:
@@ -356,6 +357,11 @@ def plan(
             raise ReleaseConflict(f"git tag {tag_name} already exists at {at[:12]}, not at this commit {commit[:12]}")
 
     existing = _registered_under(uri, model, version, rid)
+    if rederived is not None and (rederived.bump is not report.bump or rederived.next_version != version):
+        raise ReleaseConflict(
+            f"the report says {report.bump.value} → {version}, but its checks and the registry now give "
+            f"{rederived.bump.value if rederived.bump else 'none'} → {rederived.next_version}; re-run the check"
+        )
     alias, alias_skipped = spec.alias or None, None
     if alias is None:
         alias_skipped = '[release] alias = ""'
@@ -436,7 +442,7 @@ def _exclusive(directory: Path, *, enabled: bool):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def verify_report(config: Config, report: Report, uri: str) -> None:
+def verify_report(config: Config, report: Report, uri: str):
     """A saved report is released only when it is genuine and its decision follows from its checks.
 
     Genuine: a FINISHED gate run of this model in this config's store records the report's digest (so a
@@ -448,7 +454,6 @@ def verify_report(config: Config, report: Report, uri: str) -> None:
     from mlflow.exceptions import MlflowException
 
     from .tracking import MODEL_TAG, REPORT_SHA256_TAG, call_store, connect
-    from .versioning import highest_in_line, next_version
 
     run_id = (report.mlflow or {}).get("run_id")
     if not run_id:
@@ -467,10 +472,12 @@ def verify_report(config: Config, report: Report, uri: str) -> None:
             raise InputError(f"the report's {role} has no sha256")
     if report.current_version is not None and not semver.Version.is_valid(report.current_version):
         raise InputError(f"the report's current version {report.current_version!r} is not a semantic version")
-    _rederive(config, report, uri, highest_in_line, next_version)
+    return _rederive(config, report, uri)
 
 
-def _rederive(config: Config, report: Report, uri: str, highest_in_line, next_version) -> None:
+def _rederive(config: Config, report: Report, uri: str):
+    """The decision the report's checks give under this config and the registry as it is now; a verdict
+    that differs is refused here, a bump or version that differs by the caller (after its conflict checks)."""
     from .config import Waiver
     from .report import Bump
     from .tracking import released_versions
@@ -478,29 +485,14 @@ def _rederive(config: Config, report: Report, uri: str, highest_in_line, next_ve
 
     waivers = [Waiver(check=w["check"], reason=w["reason"], by=w["by"]) for w in report.waivers]
     policy = config.model_copy(update={"waivers": waivers})
-    released = set(released_versions(uri, report.model))
-    if report.next_version in released and _registered_by_this_release(uri, report):
-        released.discard(report.next_version)  # a re-run of this same release, completing it
     decided = decide(
         policy, report.checks, has_baseline=report.baseline is not None,
         identical_predictions=report.bump is Bump.NONE, baseline_version=report.current_version,
-        contract=_contract_change(report), released=sorted(released),
+        contract=_contract_change(report), released=released_versions(uri, report.model, except_file=report.candidate["sha256"]),
     )
     if decided.verdict is not report.verdict:
         raise InputError(f"the report says {report.verdict.value} but its checks decide {decided.verdict.value}: refusing to release from it")
-    if decided.verdict is Verdict.PASS and (decided.bump is not report.bump or decided.next_version != report.next_version):
-        raise ReleaseConflict(
-            f"the report says {report.bump.value if report.bump else 'no bump'} → {report.next_version}, but its checks and "
-            f"the registry now give {decided.bump.value if decided.bump else 'none'} → {decided.next_version}; re-run the check"
-        )
-
-
-def _registered_by_this_release(uri: str, report: Report) -> bool:
-    from .registry import find_versions
-    from .tracking import connect
-
-    rid = release_id(report.model, report.next_version, report.candidate["sha256"])
-    return bool(find_versions(connect(uri), uri, report.model, RELEASE_ID_TAG, rid))
+    return decided
 
 
 def _contract_change(report: Report):
@@ -616,7 +608,7 @@ def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
 
 
 def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> dict[str, str]:
-    from .tracking import VERSION_TAG, mlflow_key
+    from .tracking import MODEL_SHA256_TAG, VERSION_TAG, mlflow_key
 
     tags = {
         VERSION_TAG: report.next_version,
@@ -626,7 +618,7 @@ def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: st
         "release_kit.verdict": report.verdict.value,
         "release_kit.bump": report.bump.value if report.bump else "",
         "release_kit.bump_reason": report.bump_reason[:4000],
-        "release_kit.model_sha256": report.candidate["sha256"],
+        MODEL_SHA256_TAG: report.candidate["sha256"],
     }
     if report.contract and report.contract.get("candidate"):
         from .signature import SIGNATURE_TAG

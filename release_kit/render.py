@@ -232,4 +232,5 @@ class ProgressListener:
             self.progress.update(self.task, advance=1, description=f"{result.stage}::{result.name}")
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.task is not None:  # a progress that never started prints nothing, not even a newline
+            self.progress.stop()

@@ -30,6 +30,8 @@ MODEL_TAG = "release_kit.model"
 NEXT_VERSION_TAG = "release_kit.next_version"
 REPORT_SHA256_TAG = "release_kit.report_sha256"
 CANDIDATE_SHA256_TAG = "release_kit.candidate_sha256"
+# On a released version: the model file's sha256.
+MODEL_SHA256_TAG = "release_kit.model_sha256"
 
 _MLFLOW_DEFAULTS = {
     # MLflow's default HTTP retry policy waits minutes on an unreachable server; a gate should fail fast.
@@ -72,9 +74,10 @@ def check_store_writable(uri: str) -> None:
         check_writable(Path(uri.removeprefix("sqlite:///")), "the embedded MLflow store (set [mlflow] tracking_uri, or --no-mlflow)")
 
 
-def released_versions(uri: str, model: str) -> tuple[str, ...]:
+def released_versions(uri: str, model: str, *, except_file: str | None = None) -> tuple[str, ...]:
     """Every semantic version of ``model`` in the registry (empty when the model or the embedded store
-    does not exist yet)."""
+    does not exist yet), leaving out versions released from the model file with sha256 ``except_file``:
+    releasing that file again is the same release, not a new version."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return ()
     from mlflow.exceptions import MlflowException
@@ -84,7 +87,10 @@ def released_versions(uri: str, model: str) -> tuple[str, ...]:
         found = call_store(uri, client.search_model_versions, f"name = '{quote_filter(model)}'")
     except MlflowException:
         return ()
-    return tuple(sorted({v.tags[VERSION_TAG] for v in found if VERSION_TAG in v.tags}))
+    return tuple(sorted({
+        v.tags[VERSION_TAG] for v in found
+        if VERSION_TAG in v.tags and (except_file is None or v.tags.get(MODEL_SHA256_TAG) != except_file)
+    }))
 
 
 def quote_filter(text: str) -> str:

@@ -258,7 +258,8 @@ def test_the_release_candidate_must_be_a_model_inside_the_project(released_proje
 
 def test_the_action_never_releases_from_a_report_in_the_tree():
     action = (ROOT / "action.yml").read_text()
-    release_branch = action.split("release)", 1)[1].split(";;", 1)[0]
+    release_branch = action.split("\n          release)", 1)[1].split(";;", 1)[0]
+    assert "release-kit release" in release_branch
     assert "--report" not in release_branch and "INPUT_REPORT" not in release_branch
 
 
