@@ -23,7 +23,7 @@ from .report import CheckResult, MetricDiff, Status
 from .stages import StageCheck, load_stage
 
 if TYPE_CHECKING:
-    from .gate import GateContext
+    from .context import GateContext
 
 USER_STAGE = "checks"
 _RESULT = pytest.StashKey[CheckResult]()
@@ -117,7 +117,7 @@ class GatePlugin:
 
     @pytest.fixture(scope="session")
     def predictions(self):
-        """:class:`~release_kit.gate.Predictions` of both models on the golden set, computed once."""
+        """:class:`~release_kit.context.Predictions` of both models on the golden set, computed once."""
         return self.context.predictions
 
     @pytest.fixture(scope="session")
@@ -321,6 +321,8 @@ def run_checks(
         "--disable-plugin-autoload",
         "--rootdir", str(rootdir),
         "-p", "no:cacheprovider",
+        # Its teardown runs gc.collect() twice per session: most of a quick gate's time in a big process.
+        "-p", "no:unraisableexception",
         "--import-mode=importlib",
         "--continue-on-collection-errors",
         "-q",

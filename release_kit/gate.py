@@ -13,48 +13,17 @@ only parsing and rendering.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, find_config, load_config
+from .context import GateContext, Predictions
 from .errors import InputError
 from .models import REGISTRY_SCHEMES
 from .report import Report
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from .data import GoldenSet
     from .engine import Listener
-    from .models import LoadedModel
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Both models' predictions on the golden rows: regression (N,), classification (N, C) probabilities."""
-
-    candidate: np.ndarray
-    baseline: np.ndarray | None
-
-    @property
-    def identical(self) -> bool:
-        import numpy as np
-
-        return self.baseline is not None and np.array_equal(self.candidate, self.baseline, equal_nan=True)
-
-
-@dataclass(frozen=True)
-class GateContext:
-    config: Config
-    project_dir: Path
-    candidate: LoadedModel
-    baseline: LoadedModel | None
-    golden: GoldenSet
-    predictions: Predictions
-    # Semantic versions of this model already released in the registry (empty without one): the next
-    # version is counted from the highest of the bumped line, so a rollback never leads to a reused version.
-    released: tuple[str, ...] = ()
 
 
 def resolve_config(config: Config | str | Path | None, directory: Path | None = None) -> tuple[Config, Path]:
@@ -318,9 +287,9 @@ def check(
     )
     report = run(gate, listener=listener, benchmark_json=benchmark_json)
     if track:
-        from .tracking import log_gate_run
+        from .tracking import log_gate_run, tracking_uri
 
-        report.mlflow = log_gate_run(gate, report)
+        report.mlflow = log_gate_run(tracking_uri(resolved, project_dir), resolved.mlflow.experiment, report)
     return report
 
 

@@ -174,7 +174,7 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
         table = Table(expand=True, show_lines=False)
         table.add_column("status", no_wrap=True)
         # Check names are identifiers: never broken mid-word (the summary column takes the rest).
-        table.add_column("check", style="cyan", no_wrap=True, overflow="ellipsis", max_width=48)
+        table.add_column("check", style="cyan", no_wrap=True, overflow="ellipsis", max_width=max(24, console.width // 3))
         table.add_column("summary", overflow="fold", ratio=1)
         for check in shown:
             status = check.status.value

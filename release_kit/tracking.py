@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from .config import Config
-    from .gate import GateContext
     from .report import Report
 
 STATE_DIR = ".release-kit"
@@ -140,11 +139,11 @@ def call_store(uri: str, function, *args, **kwargs):
         raise
 
 
-def log_gate_run(gate: GateContext, report: Report) -> dict[str, Any]:
-    """One MLflow run per gate run: params, metrics, verdict tags and the report as an artifact."""
-    uri = tracking_uri(gate.config, gate.project_dir)
+def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
+    """One MLflow run per gate run: params, metrics, verdict tags (the report's digest among them, which
+    ``release --report`` checks) and the report as an artifact."""
     client = connect(uri)
-    experiment_id = ensure_experiment(client, gate.config.mlflow.experiment, uri)
+    experiment_id = ensure_experiment(client, experiment, uri)
     run = call_store(
         uri, client.create_run, experiment_id,
         run_name=f"check {report.model} {report.next_version or ''}".strip(),
@@ -166,8 +165,8 @@ def log_gate_run(gate: GateContext, report: Report) -> dict[str, Any]:
             "candidate": report.candidate["source"],
             "candidate_sha256": report.candidate["sha256"],
             "baseline": report.baseline["source"] if report.baseline else "none",
-            "golden_sha256": gate.golden.sha256,
-            "golden_rows": len(gate.golden),
+            "golden_sha256": report.data["golden"]["sha256"],
+            "golden_rows": report.data["golden"]["used_rows"],
         }
         client.log_batch(run_id, params=_params(params), metrics=_metrics(report))
         with tempfile.TemporaryDirectory() as folder:

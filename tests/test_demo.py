@@ -32,3 +32,10 @@ def test_demo_blocks_the_night_candidate_then_releases_the_better_one(tmp_path):
     ledger = subprocess.run(["release-kit", "history", "--format", "json"], cwd=work, capture_output=True, text=True, env=env)
     releases = {entry["version"]: entry for entry in json.loads(ledger.stdout)}
     assert releases["1.1.0"]["aliases"] == ["champion"] and releases["1.1.0"]["bump"] == "minor"
+    # The default gate: every stage ran, with tracking on, and the good candidate passed all of them.
+    better = json.loads((work / "out" / "better.json").read_text())
+    assert {c["stage"] for c in better["checks"]} >= {"quality", "outliers", "performance", "data"}
+    assert not [c["name"] for c in better["checks"] if c["status"] in ("fail", "error")]
+    assert better["mlflow"]["run_id"]
+    night = json.loads((work / "out" / "night.json").read_text())
+    assert night["bump"] is None and night["verdict"] == "block"

@@ -18,7 +18,7 @@ from . import Once, StageCheck
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..gate import GateContext
+    from ..context import GateContext
     from ..validation import ExpectationOutcome, Suite
 
 NAME = "data"

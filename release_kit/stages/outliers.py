@@ -23,7 +23,7 @@ from .quality import example_rows
 
 if TYPE_CHECKING:
     from ..config import MonotonicSpec, SliceSpec
-    from ..gate import GateContext
+    from ..context import GateContext
     from ..strategies import Domain
 
 NAME = "outliers"

@@ -21,7 +21,7 @@ from ..report import CheckResult, MetricDiff, Status
 from . import Once, StageCheck
 
 if TYPE_CHECKING:
-    from ..gate import GateContext
+    from ..context import GateContext
     from ..models import LoadedModel
     from ..timing import Measurement
 

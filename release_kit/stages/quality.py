@@ -16,7 +16,7 @@ from ..report import CheckResult, MetricDiff, Status
 from . import StageCheck
 
 if TYPE_CHECKING:
-    from ..gate import GateContext
+    from ..context import GateContext
 
 NAME = "quality"
 

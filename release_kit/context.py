@@ -1,0 +1,43 @@
+"""What a gate run knows once its inputs are loaded: the run context every stage, the engine and user checks
+read. It sits below the API (:mod:`release_kit.gate`) so that nothing imports upward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .config import Config
+    from .data import GoldenSet
+    from .models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Both models' predictions on the golden rows: regression (N,), classification (N, C) probabilities."""
+
+    candidate: np.ndarray
+    baseline: np.ndarray | None
+
+    @property
+    def identical(self) -> bool:
+        import numpy as np
+
+        return self.baseline is not None and np.array_equal(self.candidate, self.baseline, equal_nan=True)
+
+
+@dataclass(frozen=True)
+class GateContext:
+    config: Config
+    project_dir: Path
+    candidate: LoadedModel
+    baseline: LoadedModel | None
+    golden: GoldenSet
+    predictions: Predictions
+    # Semantic versions of this model already released in the registry (empty without one): the next
+    # version is counted from the highest of the bumped line, so a rollback never leads to a reused version.
+    released: tuple[str, ...] = ()
