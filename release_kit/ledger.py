@@ -35,8 +35,6 @@ class LedgerEntry:
 
 def history(uri: str, model: str, experiment: str = "release-kit") -> list[LedgerEntry]:
     """Every released version of ``model``, newest first."""
-    import semver
-
     client = connect(uri)
     versions = [v for v in call_store(uri, client.search_model_versions, f"name = '{quote_filter(model)}'") if VERSION_TAG in v.tags]
     if not versions:
@@ -61,7 +59,17 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
             release_id=tags.get("release_kit.release_id"),
             rollbacks=[event for event in rollbacks if event["to"] == tags[VERSION_TAG]],
         ))
-    return sorted(entries, key=lambda entry: semver.Version.parse(entry.version), reverse=True)
+    return sorted(entries, key=_version_order, reverse=True)
+
+
+def _version_order(entry: LedgerEntry):
+    """Semantic order; a tag that is no semantic version (written by another tool) sorts last, never crashes."""
+    import semver
+
+    try:
+        return (1, semver.Version.parse(entry.version), "")
+    except ValueError:
+        return (0, semver.Version(0), entry.version)
 
 
 def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, str]]:

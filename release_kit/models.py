@@ -6,11 +6,11 @@ cannot slip through: unpickling runs arbitrary code, so it needs the user's expl
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import zipfile
@@ -125,7 +125,9 @@ def call_deadline(seconds: float | None, what: str):
         if done.wait(seconds):
             return
         fired.set()
-        _thread.interrupt_main()
+        # A real SIGINT to the main thread: it also breaks a blocking system call (a sleep, a read), which
+        # _thread.interrupt_main() would wait out.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         if not done.wait(_DEADLINE_GRACE_SECONDS):
             sys.stderr.write(f"release-kit: error: {message}\n")
             sys.stderr.flush()

@@ -369,3 +369,14 @@ def test_registry_downloads_are_removed_when_the_run_ends(released_project, tmp_
                      env={"TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     assert not list(scratch.glob("release-kit-model-*"))
+
+
+def test_history_survives_a_version_tag_that_is_no_semver(power, tmp_path):
+    """A registry written by another tool (or by the old half-release) must not break `history`."""
+    from release_kit.ledger import history
+    from release_kit.registry import publish
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    publish(power["v1"], "m", "1.0.0", tracking_uri=uri)
+    publish(power["better"], "m", "not-a-version", tracking_uri=uri)
+    assert [entry.version for entry in history(uri, "m")] == ["1.0.0", "not-a-version"]
