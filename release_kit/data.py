@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,7 +98,7 @@ def _read_sql(source: str) -> pd.DataFrame:
     except ValueError as error:  # pandas: table not found
         raise InputError(f"{source}: {error}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
-        raise InputError(f"{source}: cannot read SQL table: {str(error).splitlines()[0]}") from None
+        raise InputError(f"{source}: cannot read SQL table: {first_line(error)}") from None
 
 
 def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
@@ -128,8 +128,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the data file is empty") from None
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: cannot read data: {first_line}") from None
+        raise InputError(f"{path}: cannot read data: {first_line(error)}") from None
     except Exception as error:  # pyarrow raises its own hierarchy for corrupt Parquet files
         if type(error).__module__.startswith("pyarrow"):
             raise InputError(f"{path}: cannot read Parquet data: {error}") from None

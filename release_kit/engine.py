@@ -314,6 +314,9 @@ def run_checks(
         from .stages.data import golden_rows
 
         planned.append(("data", [StageCheck("golden_rows", partial(golden_rows, gate))]))
+    plugins = dict.fromkeys(p for module in modules for p in getattr(module, "PYTEST_PLUGINS", ()))
+    if benchmark_json:
+        plugins["pytest_benchmark.plugin"] = None
     plugin = GatePlugin(gate, planned, user_paths, listener)
     args = [
         "-c", os.devnull,  # the user's own pytest config (addopts, plugins) is not the gate's
@@ -327,8 +330,8 @@ def run_checks(
         "--continue-on-collection-errors",
         "-q",
         *([] if user_paths else ["--noconftest"]),
-        # pytest-benchmark's `benchmark` fixture for user checks, when performance is being judged.
-        *(["-p", "pytest_benchmark.plugin"] if "performance" in stages or benchmark_json else []),
+        # The plugins the selected stages declare; pytest-benchmark's too when its JSON is asked for.
+        *[arg for plugin in plugins for arg in ("-p", plugin)],
         *([f"--benchmark-json={benchmark_json}"] if benchmark_json else []),
         *[str(path) for path in user_paths],
     ]

@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .tracking import VERSION_TAG, call_store, connect, ensure_experiment, quote_filter
-
-EVENT_TAG = "release_kit.event"
+from .tags import VERSION_TAG, ReleaseTags, RollbackTags
+from .tracking import call_store, connect, ensure_experiment, quote_filter
 
 
 @dataclass(frozen=True)
@@ -46,18 +45,18 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
         aliases.setdefault(str(number), []).append(alias)
     entries = []
     for version in versions:
-        tags = version.tags
+        tags = ReleaseTags.from_tags(version.tags)
         entries.append(LedgerEntry(
-            version=tags[VERSION_TAG],
+            version=tags.version,
             registry_version=str(version.version),
             released_at=dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC).isoformat(timespec="seconds"),
-            bump=tags.get("release_kit.bump"),
-            git_sha=tags.get("release_kit.git_sha"),
-            metrics={k.removeprefix("release_kit.metric."): v for k, v in sorted(tags.items()) if k.startswith("release_kit.metric.")},
-            data={k.removeprefix("release_kit.data."): v for k, v in sorted(tags.items()) if k.startswith("release_kit.data.")},
+            bump=tags.bump,
+            git_sha=tags.git_sha,
+            metrics=tags.metrics,
+            data=tags.data,
             aliases=sorted(aliases.get(str(version.version), [])),
-            release_id=tags.get("release_kit.release_id"),
-            rollbacks=[event for event in rollbacks if event["to"] == tags[VERSION_TAG]],
+            release_id=tags.release_id,
+            rollbacks=[event for event in rollbacks if event["to"] == tags.version],
         ))
     return sorted(entries, key=_version_order, reverse=True)
 
@@ -77,16 +76,14 @@ def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, 
     if found is None:
         return []
     runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{EVENT_TAG}` = 'rollback' and tags.`release_kit.model` = '{quote_filter(model)}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
+        [found.experiment_id], filter_string=RollbackTags.search_filter(quote_filter(model)), order_by=["attributes.start_time DESC"],
     )
-    keys = ("from", "to", "alias", "reason", "by")
-    return [
-        {**{key: run.data.tags.get(f"release_kit.rollback.{key}", "") for key in keys},
-         "at": dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC).isoformat(timespec="seconds")}
-        for run in runs
-    ]
+    events = []
+    for run in runs:
+        event = RollbackTags.from_tags(run.data.tags)
+        events.append({"from": event.from_version, "to": event.to_version, "alias": event.alias, "reason": event.reason,
+                       "by": event.by, "at": dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC).isoformat(timespec="seconds")})
+    return events
 
 
 def rollback(uri: str, model: str, alias: str, target: str, *, reason: str, by: str, experiment: str = "release-kit") -> str:
@@ -114,11 +111,7 @@ def rollback(uri: str, model: str, alias: str, target: str, *, reason: str, by: 
     run = client.create_run(
         ensure_experiment(client, experiment, uri),
         run_name=f"rollback {model} {current_semver} → {target}",
-        tags={
-            EVENT_TAG: "rollback", "release_kit.model": model, "release_kit.rollback.from": current_semver,
-            "release_kit.rollback.to": target, "release_kit.rollback.alias": alias,
-            "release_kit.rollback.reason": reason[:4000], "release_kit.rollback.by": by,
-        },
+        tags=RollbackTags(model, current_semver, target, alias, reason, by).to_tags(),
     )
     try:
         client.set_registered_model_alias(model, alias, number)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .signature import SIGNATURE_TAG, Signature
-from .tracking import VERSION_TAG, call_store, connect, ensure_experiment, quote_filter
+from .errors import InputError, first_line
+from .signature import Signature
+from .tags import SIGNATURE_TAG, VERSION_TAG
+from .tracking import call_store, connect, ensure_experiment, quote_filter
 
 MODEL_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit", ".safetensors")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
@@ -91,7 +92,7 @@ def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | 
             return call_store(tracking_uri, client.get_model_version_by_alias, name, alias)
         return call_store(tracking_uri, client.get_model_version, name, number)
     except MlflowException as error:
-        raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {first_line(error)}") from None
 
 
 def _model_file(local: Path, uri: str) -> Path:

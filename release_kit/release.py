@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, ReleaseKitError
 from .report import Report, Verdict
+from .tags import MODEL_SHA256_TAG, RELEASE_ID_TAG, VERSION_TAG, ReleaseTags
 
 if TYPE_CHECKING:
     from .config import Config
     from .git import GitRepo
 
-RELEASE_ID_TAG = "release_kit.release_id"
 ARTIFACT_DIR = "release"
 
 
@@ -61,7 +61,7 @@ class ReleasePlan:
     tracking_uri: str
     experiment: str
     model_file: Path
-    tags: dict[str, str]
+    tags: ReleaseTags  # without the report URI, known once the version's run exists
     manifest: dict[str, Any]
     note: str
     changelog_entry: str
@@ -134,26 +134,27 @@ class Register(Step):
 
     def apply(self, plan, state):
         from .registry import register_version
-        from .tracking import MODEL_SHA256_TAG, VERSION_TAG
 
         # The file's hash from the start: a re-run after a crash here must see this version as its own.
         version = register_version(
             plan.model_file, plan.model, key=(RELEASE_ID_TAG, plan.release_id),
-            tags={VERSION_TAG: plan.version, MODEL_SHA256_TAG: plan.report.candidate["sha256"]},
+            tags={VERSION_TAG: plan.version, MODEL_SHA256_TAG: plan.tags.model_sha256},
             tracking_uri=plan.tracking_uri, experiment=plan.experiment, run_name=f"release {plan.model} {plan.version}",
         )
         state.number, state.run_id = str(version.version), version.run_id
 
 
 def _tags(plan: ReleasePlan, state: ReleaseState) -> dict[str, str]:
-    return {**plan.tags, "release_kit.report_uri": f"runs:/{state.run_id}/{ARTIFACT_DIR}/report.json"}
+    from dataclasses import replace
+
+    return replace(plan.tags, report_uri=f"runs:/{state.run_id}/{ARTIFACT_DIR}/report.json").to_tags()
 
 
 class Tags(Step):
     name = "tags"
 
     def describe(self, plan):
-        return f"set {len(plan.tags) + 1} tags on the version (semver, git sha, data, metrics, verdict, report URI)"
+        return f"set {len(plan.tags.to_tags()) + 1} tags on the version (semver, git sha, data, metrics, verdict, report URI)"
 
     def is_done(self, plan, state):
         if state.number is None:
@@ -453,7 +454,8 @@ def verify_report(config: Config, report: Report, uri: str):
     import semver
     from mlflow.exceptions import MlflowException
 
-    from .tracking import MODEL_TAG, REPORT_SHA256_TAG, call_store, connect
+    from .tags import GateRunTags
+    from .tracking import call_store, connect
 
     run_id = (report.mlflow or {}).get("run_id")
     if not run_id:
@@ -462,10 +464,10 @@ def verify_report(config: Config, report: Report, uri: str):
         run = call_store(uri, connect(uri).get_run, str(run_id))
     except MlflowException:
         raise InputError(f"the report's gate run {run_id} is not in the MLflow store at {uri}; release without --report to run the gate") from None
-    tags = run.data.tags
-    if tags.get(MODEL_TAG) != config.model.name or run.info.status != "FINISHED":
+    logged = GateRunTags.from_tags(run.data.tags)
+    if logged is None or logged.model != config.model.name or run.info.status != "FINISHED":
         raise InputError(f"MLflow run {run_id} is not a finished gate run of {config.model.name}")
-    if tags.get(REPORT_SHA256_TAG) != report.digest():
+    if logged.report_sha256 != report.digest():
         raise InputError(f"the report does not match what gate run {run_id} logged (its content was changed): refusing to release from it")
     for role, section in (("candidate", report.candidate), ("baseline", report.baseline)):
         if section is not None and not isinstance(section.get("sha256"), str):
@@ -565,7 +567,7 @@ def _registered_under(uri: str, model: str, version: str, rid: str) -> list:
     """This release's versions already registered (by an earlier, interrupted run); another model file
     under the same semver is a conflict."""
     from .registry import find_versions
-    from .tracking import VERSION_TAG, connect
+    from .tracking import connect
 
     client = connect(uri)
     same_version = find_versions(client, uri, model, VERSION_TAG, version)
@@ -607,30 +609,13 @@ def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
         return None  # released before release-kit recorded manifests, or by hand
 
 
-def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> dict[str, str]:
-    from .tracking import MODEL_SHA256_TAG, VERSION_TAG, mlflow_key
-
-    tags = {
-        VERSION_TAG: report.next_version,
-        RELEASE_ID_TAG: rid,
-        "release_kit.git_sha": commit or "none",
-        "release_kit.git_dirty": str(bool(dirty)).lower(),
-        "release_kit.verdict": report.verdict.value,
-        "release_kit.bump": report.bump.value if report.bump else "",
-        "release_kit.bump_reason": report.bump_reason[:4000],
-        MODEL_SHA256_TAG: report.candidate["sha256"],
-    }
-    if report.contract and report.contract.get("candidate"):
-        from .signature import SIGNATURE_TAG
-
-        tags[SIGNATURE_TAG] = json.dumps(report.contract["candidate"], sort_keys=True)
-    for role, data in manifest["data"].items():
-        tags[f"release_kit.data.{role}"] = data["sha256"]
-    for check in report.checks:
-        for diff in check.metrics:
-            if diff.baseline is not None:
-                key = mlflow_key(f"release_kit.metric.{check.stage}.{diff.name}")
-                tags[key] = f"{diff.candidate:.6g}"
-    if report.waivers:
-        tags["release_kit.waivers"] = json.dumps(report.waivers)[:4000]
-    return tags
+def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> ReleaseTags:
+    signature = json.dumps(report.contract["candidate"], sort_keys=True) if report.contract and report.contract.get("candidate") else None
+    return ReleaseTags(
+        version=report.next_version, release_id=rid, model_sha256=report.candidate["sha256"], git_sha=commit or "none",
+        git_dirty=bool(dirty), verdict=report.verdict.value, bump=report.bump.value if report.bump else None,
+        bump_reason=report.bump_reason, signature=signature, waivers=json.dumps(report.waivers) if report.waivers else None,
+        data={role: data["sha256"] for role, data in manifest["data"].items()},
+        metrics={f"{check.stage}.{diff.name}": f"{diff.candidate:.6g}" for check in report.checks for diff in check.metrics
+                 if diff.baseline is not None},
+    )

@@ -11,7 +11,6 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SIGNATURE_TAG = "release_kit.signature"
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ With no tracking URI in config or ``$MLFLOW_TRACKING_URI``, everything goes to a
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReleaseKitError
+from .errors import ReleaseKitError, first_line
+from .tags import MODEL_SHA256_TAG, VERSION_TAG, GateRunTags, mlflow_key
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -21,17 +21,6 @@ if TYPE_CHECKING:
     from .report import Report
 
 STATE_DIR = ".release-kit"
-VERSION_TAG = "release_kit.version"
-# Tags of a gate run: what release --report checks a report against.
-VERDICT_TAG = "release_kit.verdict"
-BUMP_TAG = "release_kit.bump"
-MODEL_TAG = "release_kit.model"
-NEXT_VERSION_TAG = "release_kit.next_version"
-REPORT_SHA256_TAG = "release_kit.report_sha256"
-CANDIDATE_SHA256_TAG = "release_kit.candidate_sha256"
-# On a released version: the model file's sha256.
-MODEL_SHA256_TAG = "release_kit.model_sha256"
-
 _MLFLOW_DEFAULTS = {
     # MLflow's default HTTP retry policy waits minutes on an unreachable server; a gate should fail fast.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -40,19 +29,6 @@ _MLFLOW_DEFAULTS = {
     # MLflow prints run links on stdout for HTTP servers, which would corrupt `--format json` output.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-_KEY_LIMIT = 250  # MLflow's maximum metric, param and tag key length
-_KEY_UNSAFE = re.compile(r"[^\w./ -]")
-
-
-def mlflow_key(name: str) -> str:
-    """A check or metric name as a valid MLflow key (metrics, params, tags alike): characters MLflow refuses
-    (``:``, ``=``, ``[`` …) become ``_``, and the key fits MLflow's length limit.
-
-    ``performance.p50_latency_ratio:batch=1.candidate`` → ``performance.p50_latency_ratio_batch_1.candidate``.
-    """
-    return _KEY_UNSAFE.sub("_", name)[:_KEY_LIMIT]
-
-
 def tracking_uri(config: Config, project_dir: Path) -> str:
     if config.mlflow.tracking_uri:
         return config.mlflow.tracking_uri
@@ -135,7 +111,7 @@ def call_store(uri: str, function, *args, **kwargs):
     except MlflowException as error:
         text = str(error)
         if any(word in text for word in ("Max retries", "Connection", "connect", "API request")):
-            raise ReleaseKitError(f"cannot reach MLflow at {uri}: {text.splitlines()[0][:200]}") from None
+            raise ReleaseKitError(f"cannot reach MLflow at {uri}: {first_line(error, 200)}") from None
         raise
 
 
@@ -147,14 +123,10 @@ def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
     run = call_store(
         uri, client.create_run, experiment_id,
         run_name=f"check {report.model} {report.next_version or ''}".strip(),
-        tags={
-            VERDICT_TAG: report.verdict.value,
-            BUMP_TAG: report.bump.value if report.bump else "",
-            MODEL_TAG: report.model,
-            REPORT_SHA256_TAG: report.digest(),
-            CANDIDATE_SHA256_TAG: report.candidate["sha256"],
-            **({NEXT_VERSION_TAG: report.next_version} if report.next_version else {}),
-        },
+        tags=GateRunTags(
+            model=report.model, verdict=report.verdict.value, bump=report.bump.value if report.bump else None,
+            report_sha256=report.digest(), candidate_sha256=report.candidate["sha256"], next_version=report.next_version,
+        ).to_tags(),
     )
     run_id = run.info.run_id
     status = "FAILED"

@@ -12,15 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .config import ProfileSpec
 
-# GX sends usage statistics by default; a release gate in CI must not phone home.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 UNEXPECTED_EXAMPLES = 5
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64",
                  "float16", "float32", "float64", "Float64"]
@@ -41,19 +39,27 @@ class Suite:
 
     def gx_suite(self):
         """The real GX object; a configuration GX refuses is an InputError naming the suite."""
-        import great_expectations as gx
+        gx = _import_gx()
 
         try:
             suite = gx.ExpectationSuite(name=self.name, expectations=[dict(e) for e in self.expectations])
         except Exception as error:  # GX raises pydantic and its own errors for a bad configuration
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"{self.source}: invalid expectation suite: {first}") from None
+            raise InputError(f"{self.source}: invalid expectation suite: {first_line(error)}") from None
         # GX logs an unknown expectation type and drops it rather than raising: a silently smaller suite.
         kept = {e.expectation_type for e in suite.expectations}
         dropped = [e["type"] for e in self.expectations if e["type"] not in kept]
         if dropped:
             raise InputError(f"{self.source}: invalid expectation suite: unknown expectation type {dropped[0]!r}")
         return suite
+
+
+def _import_gx():
+    # GX sends usage statistics by default; a release gate in CI must not phone home. Set before the
+    # import, here rather than at this module's import, which should change nothing.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations
+
+    return great_expectations
 
 
 def load_suites(location: Path) -> list[Suite]:
@@ -141,7 +147,7 @@ def validate(source: str | Path, frame: pd.DataFrame | None, suite: Suite) -> li
 
     Outcomes come back in the suite's order, one per expectation.
     """
-    import great_expectations as gx
+    gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     from .data import is_sql, split_sql

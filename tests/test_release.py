@@ -21,7 +21,8 @@ from release_kit import release as releases
 from release_kit.changelog import versions as changelog_versions
 from release_kit.registry import publish
 from release_kit.signature import Signature
-from release_kit.tracking import VERSION_TAG, embedded_uri
+from release_kit.tags import VERSION_TAG
+from release_kit.tracking import embedded_uri
 
 CONFIG = POWER_MODEL + """
 [baseline]

@@ -18,8 +18,7 @@ import numpy as np
 from ..config import parse_tolerance
 from ..errors import InputError
 from ..report import CheckResult, Status
-from . import Once, StageCheck
-from .quality import example_rows
+from . import Once, StageCheck, example_rows, no_baseline
 
 if TYPE_CHECKING:
     from ..config import MonotonicSpec, SliceSpec
@@ -60,10 +59,6 @@ def checks(gate: GateContext) -> list[StageCheck]:
 # -- per-sample analysis -------------------------------------------------------------------------------
 
 
-def _no_baseline(name: str) -> CheckResult:
-    return CheckResult(NAME, name, Status.SKIP, "no baseline to compare against (first release)")
-
-
 def _losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
     from ..paired import per_sample_loss
 
@@ -73,7 +68,7 @@ def _losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
 
 def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
     if gate.predictions.baseline is None:
-        return _no_baseline("newly_broken")
+        return no_baseline(NAME, "newly_broken")
     from ..paired import newly_broken as robust_change
 
     spec = gate.config.outliers
@@ -113,7 +108,7 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
 def prediction_shift(gate: GateContext) -> CheckResult:
     """Rows where the candidate moved far from the baseline relative to how far it moves elsewhere."""
     if gate.predictions.baseline is None:
-        return _no_baseline("prediction_shift")
+        return no_baseline(NAME, "prediction_shift")
     from ..paired import robust_outliers
 
     spec = gate.config.outliers
@@ -144,7 +139,7 @@ def moved_region(gate: GateContext) -> CheckResult:
     "all 31 rows whose prediction moved have age > 60" — so that a change confined to a region is named even
     when the golden set is too small to prove it worse. A warning when the change is confined; never a fail."""
     if gate.predictions.baseline is None:
-        return _no_baseline("moved_region")
+        return no_baseline(NAME, "moved_region")
     from ..paired import confined_region
 
     candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
@@ -198,7 +193,7 @@ def _slice_tolerance(gate: GateContext) -> tuple[float, bool]:
 
 def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
     if gate.predictions.baseline is None:
-        return _no_baseline("slices")
+        return no_baseline(NAME, "slices")
     from ..paired import discover_slices
 
     spec = gate.config.outliers
@@ -214,7 +209,7 @@ def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
 def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> CheckResult:
     name = f"slice:{_slice_name(declared)}"
     if gate.predictions.baseline is None:
-        return _no_baseline(name)
+        return no_baseline(NAME, name)
     from ..paired import SliceSums, holm, slice_stat
 
     loss_c, loss_b = losses()
@@ -481,7 +476,7 @@ def search_contract(gate: GateContext, domain: Domain) -> CheckResult:
 
 def search_divergence(gate: GateContext, domain: Domain) -> CheckResult:
     if gate.baseline is None:
-        return _no_baseline("search:divergence")
+        return no_baseline(NAME, "search:divergence")
     tolerance = gate.config.outliers.search.divergence
 
     def diverges(row: np.ndarray) -> bool:

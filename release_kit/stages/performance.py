@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, first_line
 from ..report import CheckResult, MetricDiff, Status
-from . import Once, StageCheck
+from . import Once, StageCheck, no_baseline
 
 if TYPE_CHECKING:
     from ..context import GateContext
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ..timing import Measurement
 
 NAME = "performance"
+# User checks may use pytest-benchmark's ``benchmark`` fixture while performance is judged.
+PYTEST_PLUGINS = ("pytest_benchmark.plugin",)
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
@@ -38,7 +40,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if gate.baseline is None:
-        return [StageCheck(f"latency:batch={n}", partial(_first_release, f"latency:batch={n}")) for n in spec.batch_sizes]
+        return [StageCheck(f"latency:batch={n}", partial(no_baseline, NAME, f"latency:batch={n}")) for n in spec.batch_sizes]
     stored = _read_stored(spec.stored_baseline) if spec.stored_baseline else None
     models = {role: _on_device(gate, getattr(gate, role), device) for role in ("candidate", "baseline")}
     inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
@@ -148,10 +150,6 @@ def _recorded(recorder: CandidateRecorder, measured: Once):
     result = measured()
     recorder.add(result[0])
     return result
-
-
-def _first_release(name: str) -> CheckResult:
-    return CheckResult(NAME, name, Status.SKIP, "no baseline to compare against (first release)")
 
 
 def _on_device(gate: GateContext, model: LoadedModel, device: str):

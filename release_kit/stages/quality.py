@@ -8,12 +8,13 @@ past the tolerance but does not lie beyond it (the golden set cannot tell).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 from ..config import metrics_for, parse_tolerance
 from ..report import CheckResult, MetricDiff, Status
-from . import StageCheck
+from . import StageCheck, example_rows, no_baseline
 
 if TYPE_CHECKING:
     from ..context import GateContext
@@ -57,13 +58,8 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
 
     if predictions.baseline is None:
         value = metrics.single(metric, target, predictions.candidate)
-        return CheckResult(
-            NAME,
-            name,
-            Status.SKIP,
-            f"{metric.label} {_fmt(value)}; no baseline to compare against (first release)",
-            metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),),
-        )
+        skip = no_baseline(NAME, name, f"{metric.label} {_fmt(value)}")
+        return replace(skip, metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),))
 
     if len(target) < quality.min_rows:
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
@@ -172,26 +168,6 @@ def output_contract(gate: GateContext) -> CheckResult:
             "table": example_rows(gate, np.flatnonzero(bad)[:CONTRACT_EXAMPLES], "first offending rows"),
         },
     )
-
-
-def example_rows(gate: GateContext, rows, title: str) -> dict:
-    """A details table of golden rows: features, truth and both models' predictions."""
-    features = gate.config.model.features
-    columns = ["row", *features, "truth", "baseline", "candidate"]
-    body = []
-    for row in rows:
-        row = int(row)
-        baseline = gate.predictions.baseline
-        body.append([
-            row, *map(float, gate.golden.features[row]), float(gate.golden.target[row]),
-            None if baseline is None else _scalar(baseline[row]), _scalar(gate.predictions.candidate[row]),
-        ])
-    return {"title": title, "columns": columns, "rows": body}
-
-
-def _scalar(value):
-    """A regression prediction as a float; class probabilities as the highest class's probability."""
-    return float(value) if value.ndim == 0 else float(value.max())
 
 
 def _fmt(value: float) -> str:
