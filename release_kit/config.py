@@ -9,15 +9,13 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
 Task = Literal["regression", "classification"]
-REGRESSION_METRICS = ("mae", "rmse", "r2")
-CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 
 
 class _Strict(BaseModel):
@@ -132,7 +130,7 @@ class DataSpec(_Strict):
     drift: DriftSpec = DriftSpec()
 
 
-Tolerance = Annotated[float | str, Field(union_mode="left_to_right")]
+ToleranceField = Annotated[float | str, Field(union_mode="left_to_right")]  # parsed by parse_tolerance
 
 
 class QualitySpec(_Strict):
@@ -143,9 +141,9 @@ class QualitySpec(_Strict):
     """
 
     primary: str | None = None
-    tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    tolerance: dict[str, ToleranceField] = Field(default_factory=dict)
     # Smallest improvement of the primary metric (same units as tolerance) that earns a minor bump.
-    min_effect: Tolerance = "1%"
+    min_effect: ToleranceField = "1%"
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     interval: Literal["analytic", "bootstrap"] = "analytic"
     bootstrap_resamples: int = Field(default=1000, ge=100)
@@ -156,7 +154,9 @@ class QualitySpec(_Strict):
     @field_validator("tolerance")
     @classmethod
     def _tolerances_parse(cls, tolerance: dict[str, float | str]) -> dict[str, float | str]:
-        known = set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS)
+        from .metrics import METRICS
+
+        known = set(METRICS)
         for metric, value in tolerance.items():
             if metric not in known:
                 raise ValueError(f"unknown metric {metric!r} (known: {', '.join(sorted(known))})")
@@ -238,7 +238,7 @@ class OutliersSpec(_Strict):
     min_slice_size: int = Field(default=30, ge=2)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     # How much worse a slice's mean loss may get: "5%" of the slice's baseline loss, or absolute.
-    slice_tolerance: Tolerance = "5%"
+    slice_tolerance: ToleranceField = "5%"
     quantile_bins: int = Field(default=5, ge=2, le=20)
     feature_pairs: int = Field(default=3, ge=0, le=10)
     slices: list[SliceSpec] = Field(default_factory=list)
@@ -385,15 +385,36 @@ class Config(_Strict):
 
     @property
     def primary_metric(self) -> str:
-        return self.quality.primary or ("mae" if self.model.task == "regression" else "log_loss")
+        from .metrics import PRIMARY
+
+        return self.quality.primary or PRIMARY[self.model.task]
+
+    def tolerance(self, metric: str) -> Tolerance:
+        """How much worse than the baseline ``metric`` may get: [quality] tolerance, else its default."""
+        from .metrics import METRICS
+
+        return parse_tolerance(self.quality.tolerance.get(metric, METRICS[metric].default_tolerance))
 
 
 def metrics_for(task: Task) -> tuple[str, ...]:
-    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+    from .metrics import metrics_for as registered
+
+    return registered(task)
 
 
-def parse_tolerance(value: float | str) -> tuple[float, bool]:
-    """``0.02`` → (0.02, absolute); ``"5%"`` → (0.05, relative). Negative tolerances are refused."""
+class Tolerance(NamedTuple):
+    """A tolerance as parsed once: an amount in the metric's units, or a share of a reference value."""
+
+    amount: float
+    relative: bool
+
+    def of(self, reference: float) -> float:
+        """The tolerance in the metric's units, for a reference (baseline) value."""
+        return self.amount * abs(reference) if self.relative else self.amount
+
+
+def parse_tolerance(value: float | str) -> Tolerance:
+    """``0.02`` → (0.02, absolute); ``"5%"`` → (0.05, relative). Negative and non-finite ones are refused."""
     if isinstance(value, str):
         text = value.strip()
         relative = text.endswith("%")
@@ -409,7 +430,7 @@ def parse_tolerance(value: float | str) -> tuple[float, bool]:
         raise ValueError(f"tolerance {value!r} is not a finite number")
     if number < 0:
         raise ValueError(f"tolerance {value!r} is negative")
-    return number, relative
+    return Tolerance(number, relative)
 
 
 def _parse_version(version: str) -> None:

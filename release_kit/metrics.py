@@ -28,9 +28,15 @@ Estimator = Callable[["np.ndarray", "np.ndarray"], "tuple[float, np.ndarray]"]
 
 @dataclass(frozen=True)
 class Metric:
+    """One entry of the metric registry: everything release-kit knows about a metric, in one place."""
+
     name: str
     label: str
+    task: str  # "regression" | "classification"
     higher_is_better: bool
+    # How much worse than the baseline the gate tolerates by default: "5%" relative to the baseline's value
+    # (metrics in the target's units), or an absolute amount (bounded scores).
+    default_tolerance: float | str
     estimate: Estimator  # (target, predictions) -> (value, influence per sample)
 
 
@@ -152,15 +158,22 @@ def _roc_auc(y, p):
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("mae", "MAE", False, _mae),
-        Metric("rmse", "RMSE", False, _rmse),
-        Metric("r2", "R²", True, _r2),
-        Metric("accuracy", "accuracy", True, _accuracy),
-        Metric("f1", "F1", True, _f1),
-        Metric("roc_auc", "ROC AUC", True, _roc_auc),
-        Metric("log_loss", "log loss", False, _log_loss),
+        Metric("mae", "MAE", "regression", False, "5%", _mae),
+        Metric("rmse", "RMSE", "regression", False, "5%", _rmse),
+        Metric("r2", "R²", "regression", True, 0.02, _r2),
+        Metric("accuracy", "accuracy", "classification", True, 0.01, _accuracy),
+        Metric("f1", "F1", "classification", True, 0.02, _f1),
+        Metric("roc_auc", "ROC AUC", "classification", True, 0.01, _roc_auc),
+        Metric("log_loss", "log loss", "classification", False, "5%", _log_loss),
     )
 }
+# The metric that decides a minor bump when [quality] primary is not set.
+PRIMARY = {"regression": "mae", "classification": "log_loss"}
+
+
+def metrics_for(task: str) -> tuple[str, ...]:
+    """The metrics the quality stage computes for ``task``, in report order."""
+    return tuple(name for name, metric in METRICS.items() if metric.task == task)
 
 
 def single(metric: Metric, target, predictions) -> float:

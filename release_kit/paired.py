@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from collections.abc import Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import Tolerance
 
 MAD_TO_SIGMA = 1.4826
 CATEGORICAL_MAX_LEVELS = 12
@@ -116,7 +120,7 @@ class SliceSums:
     sum_baseline: float
 
 
-def slice_stat(sums: SliceSums, tolerance: tuple[float, bool], confidence: float = 0.95) -> SliceStat | None:
+def slice_stat(sums: SliceSums, tolerance: Tolerance, confidence: float = 0.95) -> SliceStat | None:
     """Mean, interval and one-sided p-value from a slice's sums; None when the slice has < 2 rows."""
     from scipy.stats import t
 
@@ -127,8 +131,7 @@ def slice_stat(sums: SliceSums, tolerance: tuple[float, bool], confidence: float
     variance = max((sums.sum_delta_sq - n * mean * mean) / (n - 1), 0.0)
     se = math.sqrt(variance / n)
     baseline = sums.sum_baseline / n
-    amount, relative = tolerance
-    allowed = amount * baseline if relative else amount
+    allowed = tolerance.of(baseline)
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
     if se == 0:
         p = 0.0 if mean > allowed else 1.0
@@ -236,7 +239,7 @@ def discover_slices(
     delta: np.ndarray,
     baseline_loss: np.ndarray,
     *,
-    tolerance: tuple[float, bool],
+    tolerance: Tolerance,
     bins: int = 5,
     pairs: int = 3,
     min_size: int = 30,

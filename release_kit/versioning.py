@@ -89,8 +89,7 @@ def decide(
     primary = _find_metric(checks, config.primary_metric)
     bump, reason = Bump.PATCH, "passes with no significant improvement of the primary metric"
     if primary is not None and primary.improvement_interval is not None and primary.baseline is not None:
-        amount, relative = parse_tolerance(config.quality.min_effect)
-        min_effect = amount * abs(primary.baseline) if relative else amount
+        min_effect = parse_tolerance(config.quality.min_effect).of(primary.baseline)
         low = primary.improvement_interval[0]
         if low >= min_effect and low > 0:
             bump = Bump.MINOR

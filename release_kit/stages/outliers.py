@@ -21,7 +21,7 @@ from ..report import CheckResult, Status
 from . import Once, StageCheck, example_rows, no_baseline
 
 if TYPE_CHECKING:
-    from ..config import MonotonicSpec, SliceSpec
+    from ..config import MonotonicSpec, SliceSpec, Tolerance
     from ..context import GateContext
     from ..strategies import Domain
 
@@ -187,7 +187,7 @@ def _loss_label(gate: GateContext) -> str:
     return "MAE" if gate.config.model.task == "regression" else "log loss"
 
 
-def _slice_tolerance(gate: GateContext) -> tuple[float, bool]:
+def _slice_tolerance(gate: GateContext) -> Tolerance:
     return parse_tolerance(gate.config.outliers.slice_tolerance)
 
 

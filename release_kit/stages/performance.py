@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from . import Once, StageCheck, no_baseline
 if TYPE_CHECKING:
     from ..context import GateContext
     from ..models import LoadedModel
-    from ..timing import Measurement
+    from ..timing import Measurement, Ratio
 
 NAME = "performance"
 # User checks may use pytest-benchmark's ``benchmark`` fixture while performance is judged.
@@ -63,6 +64,18 @@ def checks(gate: GateContext) -> list[StageCheck]:
         found.append(StageCheck(f"latency:batch={n}", partial(latency_check, gate, measured, cost, n)))
         found.append(StageCheck(f"memory:batch={n}", partial(memory_check, gate, measured, n)))
     return found
+
+
+@dataclass(frozen=True)
+class ABResult:
+    """One batch size's comparison: both measurements, the p50 and p90 ratio intervals, and what it cost."""
+
+    candidate: Measurement
+    baseline: Measurement
+    ratio: Ratio  # p50, candidate / baseline
+    p90: Ratio
+    reruns: int
+    seconds: float
 
 
 class StoredMismatch(Exception):
@@ -119,7 +132,7 @@ def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: s
     p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
     from dataclasses import replace
 
-    return candidate, replace(baseline, label="baseline"), ratio, p90, 0, time.monotonic() - started
+    return ABResult(candidate, replace(baseline, label="baseline"), ratio, p90, 0, time.monotonic() - started)
 
 
 class CandidateRecorder:
@@ -148,7 +161,7 @@ class CandidateRecorder:
 
 def _recorded(recorder: CandidateRecorder, measured: Once):
     result = measured()
-    recorder.add(result[0])
+    recorder.add(result.candidate)
     return result
 
 
@@ -212,7 +225,7 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
             baseline = _joined(baseline, more_b)
             reruns += 1
         p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
-        return candidate, baseline, ratio, p90, reruns, time.monotonic() - started
+        return ABResult(candidate, baseline, ratio, p90, reruns, time.monotonic() - started)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -269,7 +282,9 @@ def _driver_version() -> str | None:
 def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> CheckResult:
     spec = gate.config.performance
     try:
-        candidate, baseline, ratio, p90, reruns, seconds = measured()
+        result: ABResult = measured()
+        candidate, baseline, ratio, p90, reruns, seconds = (result.candidate, result.baseline, result.ratio, result.p90,
+                                                            result.reruns, result.seconds)
     except StoredMismatch as refusal:
         return CheckResult(NAME, f"latency:batch={rows}", Status.ERROR, str(refusal))
     facts = cost()
@@ -328,7 +343,8 @@ def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:
     spec = gate.config.performance
     name = f"memory:batch={rows}"
     try:
-        candidate, baseline, *_ = measured()
+        result = measured()
+        candidate, baseline = result.candidate, result.baseline
     except StoredMismatch as refusal:
         return CheckResult(NAME, name, Status.ERROR, str(refusal))
     if candidate.peak_memory_bytes is None or baseline.peak_memory_bytes is None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..config import metrics_for, parse_tolerance
+from ..config import metrics_for
 from ..report import CheckResult, MetricDiff, Status
 from . import StageCheck, example_rows, no_baseline
 
@@ -21,17 +21,6 @@ if TYPE_CHECKING:
 
 NAME = "quality"
 
-# How much worse than the baseline each metric may get by default: relative ("%") for metrics in the
-# target's units, absolute for bounded scores.
-DEFAULT_TOLERANCE: dict[str, float | str] = {
-    "mae": "5%",
-    "rmse": "5%",
-    "r2": 0.02,
-    "accuracy": 0.01,
-    "f1": 0.02,
-    "roc_auc": 0.01,
-    "log_loss": "5%",
-}
 CONTRACT_EXAMPLES = 5
 
 
@@ -40,12 +29,6 @@ def checks(gate: GateContext) -> list[StageCheck]:
         StageCheck(name, partial(metric_check, gate, name)) for name in metrics_for(gate.config.model.task)
     ]
     return [StageCheck("output_contract", partial(output_contract, gate)), *metric_checks]
-
-
-def tolerance_for(gate: GateContext, metric: str, baseline_value: float) -> float:
-    raw = gate.config.quality.tolerance.get(metric, DEFAULT_TOLERANCE[metric])
-    amount, relative = parse_tolerance(raw)
-    return amount * abs(baseline_value) if relative else amount
 
 
 def metric_check(gate: GateContext, name: str) -> CheckResult:
@@ -94,7 +77,7 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, diff.delta, higher_is_better=metric.higher_is_better),),
         )
 
-    tolerance = tolerance_for(gate, name, diff.baseline)
+    tolerance = gate.config.tolerance(name).of(diff.baseline)
     result = MetricDiff(
         name, diff.candidate, diff.baseline, diff.delta, diff.ci_low, diff.ci_high,
         higher_is_better=metric.higher_is_better, tolerance=tolerance,
