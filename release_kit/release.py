@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -317,6 +316,7 @@ def plan(
     with what the checks it holds decide (see :func:`verify_report`).
     """
     from . import manifest as manifests
+    from .outputs import check_writable
     from .git import GitRepo
     from .render import render_changelog_entry, render_release_note
     from .tracking import tracking_uri
@@ -338,7 +338,7 @@ def plan(
 
     changelog = (project_dir / spec.changelog) if spec.changelog else None
     if changelog is not None:
-        _check_writable(changelog)
+        check_writable(changelog, "CHANGELOG")  # now, not after the registry was written
 
     git = GitRepo.find(project_dir)
     if spec.git_tag and git is None:
@@ -544,23 +544,6 @@ def _require_model(path: Path, config: Config) -> None:
     from .models import load_model
 
     load_model("candidate", str(path), config.model, factory=config.candidate.factory)
-
-
-def _check_writable(path: Path) -> None:
-    """Fail now, not after the registry was written, when the CHANGELOG cannot be written."""
-    if path.exists():
-        if not path.is_file():
-            raise InputError(f"cannot write CHANGELOG {path}: not a file")
-        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-            raise InputError(f"cannot write CHANGELOG {path}: permission denied")
-        return
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"cannot write CHANGELOG {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write CHANGELOG {path}: permission denied")
 
 
 def _registered_under(uri: str, model: str, version: str, rid: str) -> list:

@@ -435,7 +435,7 @@ def test_unwritable_changelog_is_an_input_error(repo, cli):
     repo.git("commit", "--quiet", "-m", "changelog path")
     result = cli("release", "--report", report_path)
     assert result.exit_code == 2
-    assert "cannot write CHANGELOG" in result.stderr and "docs/CHANGELOG.md" in result.stderr
+    assert "cannot write" in result.stderr and "(CHANGELOG)" in result.stderr and "docs/CHANGELOG.md" in result.stderr
     assert repo.versions() == {"1.0.0": "1"} and repo.tags() == []
 
 
@@ -448,7 +448,7 @@ def test_read_only_changelog_is_an_input_error(repo, cli):
     repo.git("add", ".")
     repo.git("commit", "--quiet", "-m", "changelog")
     result = cli("release", "--report", report_path)
-    assert result.exit_code == 2 and "cannot write CHANGELOG" in result.stderr
+    assert result.exit_code == 2 and "cannot write" in result.stderr and "(CHANGELOG)" in result.stderr
     assert repo.versions() == {"1.0.0": "1"} and repo.tags() == []
 
 
