@@ -16,6 +16,7 @@ from . import __version__
 
 # The values of release_kit.errors.EXIT_*, repeated so that `--help` need not import anything else.
 EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT (Ctrl-C)
 
 
 class _Group(click.Group):
@@ -27,8 +28,11 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except KeyboardInterrupt:  # click would call it "Aborted!" and exit 1, the code for "blocked"
+            click.echo("release-kit: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except ReleaseKitError as error:
             if ctx.params.get("debug"):
                 raise

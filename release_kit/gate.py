@@ -106,15 +106,16 @@ def prepare(
     uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
     if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
         check_store_writable(uri)
+    timeout = config.gate.model_timeout_seconds
     candidate_model = load_model(
         "candidate", candidate_source, spec, factory=config.candidate.factory,
-        version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri,
+        version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
     )
     baseline_model = None
     if baseline_source:
         baseline_model = load_model(
             "baseline", baseline_source, spec, factory=config.baseline.factory,
-            version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri,
+            version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
         )
 
     n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
@@ -124,9 +125,8 @@ def prepare(
         recorded = baseline_model.signature.features if baseline_model.signature else tuple(spec.features)
         inputs["baseline"] = golden.features if list(recorded) == spec.features else feature_matrix(golden.frame, list(recorded), golden.path)
     predicted = {}
-    timeout = config.gate.model_timeout_seconds
     for model in filter(None, (candidate_model, baseline_model)):
-        raw = model.raw_outputs(inputs[model.role], timeout=timeout)
+        raw = model.raw_outputs(inputs[model.role])
         predicted[model.role] = to_predictions(raw, spec, model.role, n_classes)
     shapes = {role: values.shape for role, values in predicted.items()}
     if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:

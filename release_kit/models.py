@@ -50,6 +50,8 @@ class LoadedModel:
     signature: Signature | None = None
     # The user trusted this file's pickled parts (--allow-pickle): a reload (e.g. onto the GPU) may too.
     allow_pickle: bool = False
+    # Every call through raw_outputs (the gate's, the search's, user checks') must return within this.
+    timeout: float | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,11 +67,12 @@ class LoadedModel:
     def raw_outputs(self, features: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
         """Run the model on float32 rows in batches, in inference mode; returns float64 outputs.
 
-        Each call must return within ``timeout`` seconds (``[gate] model_timeout_seconds``).
+        Each call must return within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``).
         """
         import numpy as np
         import torch
 
+        timeout = self.timeout if timeout is None else timeout
         outputs = []
         with torch.inference_mode():
             for start in range(0, max(len(features), 1), PREDICT_BATCH_ROWS):
@@ -154,6 +157,7 @@ def load_model(
     version: str | None = None,
     allow_pickle: bool = False,
     tracking_uri: str | None = None,
+    timeout: float | None = None,
 ) -> LoadedModel:
     registry = signature = None
     if source.startswith(REGISTRY_SCHEMES):
@@ -192,6 +196,7 @@ def load_model(
         registry=registry,
         signature=signature,
         allow_pickle=allow_pickle,
+        timeout=timeout,
     )
 
 

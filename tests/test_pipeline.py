@@ -164,6 +164,19 @@ def test_an_internal_error_exits_4_never_1(project, power, cli, monkeypatch):
     assert not (project.root / "report.json").exists()
 
 
+def test_ctrl_c_is_not_blocked(project, power, cli, monkeypatch):
+    """An interrupted run is no gate decision: exit 130 (the shell's SIGINT code), never 1."""
+    from release_kit import engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_checks", interrupted)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 130 and result.stderr == "release-kit: interrupted\n"
+    assert not (project.root / "report.json").exists()
+
+
 # No silent pass ---------------------------------------------------------------------------------------------
 
 
