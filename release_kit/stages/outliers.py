@@ -8,7 +8,6 @@ or diverges from the baseline. Checks that need a baseline skip on a first relea
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import TYPE_CHECKING
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from . import Once, StageCheck, example_rows, no_baseline
 
 if TYPE_CHECKING:
     from ..config import MonotonicSpec, SliceSpec, Tolerance
+    from ..search import SearchResult
     from ..context import GateContext
     from ..strategies import Domain
 
@@ -360,7 +360,7 @@ def monotonic(gate: GateContext, constraint: MonotonicSpec, domain: Domain) -> C
         baseline_too = gate.baseline is not None and bool(_monotonic_breaks(gate, "baseline", found.example[None], constraint)[0])
         status = Status.WARN if baseline_too else Status.FAIL
         whose = "the baseline breaks it there too" if baseline_too else "the baseline does not"
-        return CheckResult(NAME, name, status, f"search found an input breaking '{phrase}' ({whose}): {found.words(gate)}", details=details)
+        return CheckResult(NAME, name, status, f"search found an input breaking '{phrase}' ({whose}): {found.words()}", details=details)
     if broken.any():
         return CheckResult(NAME, name, Status.WARN, f"{int(broken.sum())} golden rows break '{phrase}', all of them already broken in the baseline", details=details)
     return CheckResult(NAME, name, Status.PASS, f"predictions are {phrase} on {len(rows)} golden rows and {found.tried} searched inputs", details=details)
@@ -369,79 +369,21 @@ def monotonic(gate: GateContext, constraint: MonotonicSpec, domain: Domain) -> C
 # -- Hypothesis search ---------------------------------------------------------------------------------
 
 
-class Found:
-    def __init__(self, example: np.ndarray | None, tried: int, seconds: float, timed_out: bool, features: list[str]):
-        self.example, self.tried, self.seconds, self.timed_out, self.features = example, tried, seconds, timed_out, features
-
-    def words(self, gate: GateContext) -> str:
-        return ", ".join(f"{name}={value:g}" for name, value in zip(self.features, self.example))
-
-    def describe(self) -> dict:
-        return {
-            "tried": self.tried,
-            "seconds": round(self.seconds, 3),
-            "stopped_by_time_budget": self.timed_out,
-            "counterexample": None if self.example is None else dict(zip(self.features, map(float, self.example))),
-        }
-
-
-def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], bool]) -> Found:
-    """Hypothesis looks for an input that ``violates``; it shrinks what it finds to a minimal example.
-
-    Deterministic (derandomised, no example database), and bounded by ``[outliers.search] seconds``
-    shared among the stage's searches.
-    """
-    from hypothesis import HealthCheck, find, settings
-    from hypothesis.errors import HypothesisException, NoSuchExample
-
+def _search(gate: GateContext, domain: Domain, violates: Callable[[np.ndarray], bool]) -> SearchResult:
+    """One of the stage's searches, with its share of ``[outliers.search] seconds``."""
+    from ..search import SearchResult, search
     from ..strategies import rows
 
     spec = gate.config.outliers.search
     features = gate.config.model.features
     if not spec.enabled:
-        return Found(None, 0, 0.0, False, features)
+        return SearchResult(None, 0, 0.0, False, tuple(features))
     searches = 1 + len(gate.config.outliers.monotonic) + (spec.divergence is not None)
-    budget = spec.seconds / searches
-    started = time.monotonic()
-    tried = 0
-    timed_out = False
-    best: list[np.ndarray] = []  # every counterexample seen, so that one survives a shrink cut short
-
-    def condition(row: np.ndarray) -> bool:
-        nonlocal tried, timed_out
-        if time.monotonic() - started > budget:
-            # Past the budget the search stops finding (and shrinking); what it found stays in ``best``.
-            timed_out = True
-            return bool(best) and _same_row(row, best[-1])
-        tried += 1
-        found = violates(row)
-        if found:
-            best.append(np.array(row, copy=True))
-        return found
-
-    options = settings(
-        max_examples=spec.max_examples, database=None, derandomize=True, deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    try:
-        example = find(rows(domain), condition, settings=options)
-    except NoSuchExample:
-        example = None
-    except HypothesisException:
-        # A shrink cut short by the budget can look flaky to Hypothesis (an example that failed, then
-        # "passed" once time ran out): the smallest counterexample seen is still a counterexample.
-        example = None
-    if example is None and best:
-        example = min(best, key=lambda row: float(np.sum(np.abs(row))))
-    return Found(example, tried, time.monotonic() - started, timed_out, features)
-
-
-def _same_row(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    return search(rows(domain), violates, seconds=spec.seconds / searches, max_examples=spec.max_examples, features=features)
 
 
 def _search_result(
-    gate: GateContext, name: str, found: Found, what: str, baseline_too: Callable[[np.ndarray], bool] | None
+    gate: GateContext, name: str, found: SearchResult, what: str, baseline_too: Callable[[np.ndarray], bool] | None
 ) -> CheckResult:
     """Pass when nothing was found; fail on a counterexample, or warn when the baseline breaks there too."""
     details = {"search": found.describe()}
@@ -455,11 +397,11 @@ def _search_result(
     if gate.baseline is not None:
         details["baseline_output"] = np.asarray(_outputs(gate, "baseline", found.example[None])[0], dtype=float).tolist()
     if baseline_too is None or gate.baseline is None:
-        return CheckResult(NAME, name, Status.FAIL, f"found an input where the candidate {what}: {found.words(gate)}", details=details)
+        return CheckResult(NAME, name, Status.FAIL, f"found an input where the candidate {what}: {found.words()}", details=details)
     shared = baseline_too(found.example)
     whose = "the baseline does too" if shared else "the baseline does not"
     status = Status.WARN if shared else Status.FAIL
-    return CheckResult(NAME, name, status, f"found an input where the candidate {what} ({whose}): {found.words(gate)}", details=details)
+    return CheckResult(NAME, name, status, f"found an input where the candidate {what} ({whose}): {found.words()}", details=details)
 
 
 def search_contract(gate: GateContext, domain: Domain) -> CheckResult:

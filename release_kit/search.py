@@ -1,0 +1,74 @@
+"""The Hypothesis search behind the outlier stage: find an input that breaks a property, within a budget.
+
+Deterministic (derandomised, no example database) and bounded by seconds as well as examples. What it
+finds is kept even when the budget ends mid-shrink: Hypothesis would otherwise call the cut-short shrink
+flaky and report nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    example: np.ndarray | None  # the (shrunk) counterexample, None when none was found
+    tried: int
+    seconds: float
+    timed_out: bool
+    features: tuple[str, ...]
+
+    def words(self) -> str:
+        return ", ".join(f"{name}={value:g}" for name, value in zip(self.features, self.example))
+
+    def describe(self) -> dict:
+        return {
+            "tried": self.tried,
+            "seconds": round(self.seconds, 3),
+            "stopped_by_time_budget": self.timed_out,
+            "counterexample": None if self.example is None else dict(zip(self.features, map(float, self.example))),
+        }
+
+
+def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: float, max_examples: int,
+           features: list[str] | tuple[str, ...]) -> SearchResult:
+    """Hypothesis looks for a row that ``violates``, and shrinks what it finds to a minimal example."""
+    from hypothesis import HealthCheck, find, settings
+    from hypothesis.errors import HypothesisException, NoSuchExample
+
+    started = time.monotonic()
+    tried = 0
+    timed_out = False
+    last: np.ndarray | None = None  # the latest counterexample: Hypothesis's current best
+    smallest: np.ndarray | None = None
+
+    def condition(row: np.ndarray) -> bool:
+        nonlocal tried, timed_out, last, smallest
+        if time.monotonic() - started > seconds:
+            # Past the budget nothing new is found; the current best still fails, so the search ends on it.
+            timed_out = True
+            return last is not None and bool(np.array_equal(row, last, equal_nan=True))
+        tried += 1
+        found = violates(row)
+        if found:
+            last = np.array(row, copy=True)
+            if smallest is None or float(np.abs(last).sum()) < float(np.abs(smallest).sum()):
+                smallest = last
+        return found
+
+    options = settings(max_examples=max_examples, database=None, derandomize=True, deadline=None,
+                       suppress_health_check=list(HealthCheck))
+    try:
+        example = find(strategy, condition, settings=options)
+    except NoSuchExample:
+        example = None
+    except HypothesisException:  # a shrink cut short can look flaky to Hypothesis: keep what was found
+        example = None
+    if example is None:
+        example = smallest
+    return SearchResult(example, tried, time.monotonic() - started, timed_out, tuple(features))
