@@ -53,6 +53,17 @@ class Suite:
         return suite
 
 
+def gx_compatible(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as plain ``object`` columns. pandas 3 reads text as its ``str`` dtype, which GX 1.x's
+    type check does not recognise (it reports "str is not in [object, str, string]"): every text column
+    would fail its type expectation."""
+    import pandas as pd
+
+    text = [c for c in frame.columns
+            if pd.api.types.is_string_dtype(frame[c].dtype) and not pd.api.types.is_object_dtype(frame[c].dtype)]
+    return frame.astype({c: object for c in text}) if text else frame
+
+
 def _import_gx():
     # GX sends usage statistics by default; a release gate in CI must not phone home. Set before the
     # import, here rather than at this module's import, which should change nothing.
@@ -164,7 +175,7 @@ def validate(source: str | Path, frame: pd.DataFrame | None, suite: Suite) -> li
         batch = datasource.add_table_asset("data", table_name=table).add_batch_definition_whole_table("all").get_batch()
     else:
         asset = context.data_sources.add_pandas("release-kit").add_dataframe_asset("data")
-        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
+        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": gx_compatible(frame)})
     gx_suite = suite.gx_suite()
     result = batch.validate(
         gx_suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": UNEXPECTED_EXAMPLES}

@@ -447,3 +447,51 @@ def test_terminal_output_puts_failures_first_and_names_waivers(project, power, c
     assert "waived: quality::output_contract" in result.stdout.replace("\n", "")
     verbose = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality", "--verbose")
     assert "quality::output_contract" in verbose.stdout and "not shown" not in verbose.stdout
+
+
+def test_text_columns_pass_their_profiled_type(tmp_path):
+    """pandas 3 reads text as its `str` dtype, which GX's type check does not know: a text column must not
+    fail its own profile."""
+    from release_kit.config import ProfileSpec
+    from release_kit.validation import profile, validate
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"segment": ["north", "south"] * 20, "x": np.arange(40.0)}).to_csv(path, index=False)
+    frame = pd.read_csv(path)
+    suite = profile(frame, ProfileSpec(), name="t", source=str(path))
+    outcomes = validate(path, frame, suite)
+    assert all(o.success for o in outcomes), [(o.type, o.column, o.result.get("observed_value")) for o in outcomes if not o.success]
+
+
+def test_a_classifier_with_a_text_column_through_the_default_pipeline(tmp_path):
+    """Another kind of model and data, as a user runs it: every stage, tracking on, a text metadata column."""
+    from conftest import make_classification, train_classifier
+
+    train, golden = make_classification(3000, 3, seed=1), make_classification(1500, 3, seed=2)
+    for frame in (train, golden):
+        frame["segment"] = np.where(frame["a"] > 0, "north", "south")
+    train.to_csv(tmp_path / "train.csv", index=False)
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "weak.pt")
+    save_scripted(train_classifier(train, 3, epochs=200, squash="none"), tmp_path / "strong.pt")
+    (tmp_path / "release-kit.toml").write_text(f"""
+[model]
+name = "churn"
+task = "classification"
+target = "label"
+features = ["a", "b", "c"]
+prediction = "logits"
+
+[baseline]
+path = "weak.pt"
+version = "2.3.0"
+
+[data]
+golden = "golden.csv"
+reference = "train.csv"
+{QUICK}""")
+    result = run_cli(tmp_path, "check", "--candidate", "strong.pt", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} >= STAGES
+    assert report["bump"] == "minor" and report["next_version"] == "2.4.0" and report["mlflow"]["run_id"]
