@@ -29,12 +29,13 @@ _ROLLBACK = "release_kit.rollback."
 _TAG_LIMIT = 4000  # well under MLflow's tag value limit; long reasons are cut
 
 _KEY_LIMIT = 250  # MLflow's maximum metric, param and tag key length
-_KEY_UNSAFE = re.compile(r"[^\w./ -]")
+# Slashes too: MLflow treats keys as paths and refuses ones that normalise to another ("a/./b", "a/").
+_KEY_UNSAFE = re.compile(r"[^\w. -]")
 
 
 def mlflow_key(name: str) -> str:
     """A check or metric name as a valid MLflow key (metrics, params, tags alike): characters MLflow refuses
-    (``:``, ``=``, ``[`` …) become ``_``, and the key fits MLflow's length limit.
+    (``:``, ``=``, ``[`` …) and path separators become ``_``, and the key fits MLflow's length limit.
 
     ``performance.p50_latency_ratio:batch=1.candidate`` → ``performance.p50_latency_ratio_batch_1.candidate``.
     """

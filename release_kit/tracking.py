@@ -164,11 +164,12 @@ def _metrics(report: Report):
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = []
+    metrics: dict[str, Metric] = {}  # two names that map to one key (``a:b``, ``a=b``): the first is logged
     for check in report.checks:
         for diff in check.metrics:
             prefix = f"{check.stage}.{diff.name}".replace(" ", "_")
             for suffix, value in (("candidate", diff.candidate), ("baseline", diff.baseline), ("delta", diff.delta)):
-                if value is not None and math.isfinite(value):
-                    metrics.append(Metric(mlflow_key(f"{prefix}.{suffix}"), float(value), now, 0))
-    return metrics
+                key = mlflow_key(f"{prefix}.{suffix}")
+                if value is not None and math.isfinite(value) and key not in metrics:
+                    metrics[key] = Metric(key, float(value), now, 0)
+    return list(metrics.values())
