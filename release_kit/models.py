@@ -354,7 +354,16 @@ def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: 
             f"{role} model {path} is a safetensors state dict: name a factory "
             "('package.module:function') in [model] factory or [" + role + "] factory"
         )
-    module = resolve_factory(factory)()
+    import torch
+
+    try:
+        module = resolve_factory(factory)()
+    except InputError:
+        raise
+    except Exception as error:  # the user's factory code failed
+        raise InputError(f"factory {factory} for {role} model {path} failed: {type(error).__name__}: {first_line(error)}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"factory {factory} for {role} model {path} returned {type(module).__name__}, not a torch.nn.Module")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:

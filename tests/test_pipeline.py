@@ -495,3 +495,17 @@ reference = "train.csv"
     report = json.loads((tmp_path / "report.json").read_text())
     assert {c["stage"] for c in report["checks"]} >= STAGES
     assert report["bump"] == "minor" and report["next_version"] == "2.4.0" and report["mlflow"]["run_id"]
+
+
+@pytest.mark.parametrize(("factory", "needle"), [
+    ("os:getcwd", "returned str, not a torch.nn.Module"),
+    ("power_forecast:train", "failed: TypeError"),
+])
+def test_a_factory_that_fails_is_an_input_error(project, power, cli, factory, needle):
+    result = cli("check", "--candidate", power["v1_safetensors"], "--report", "report.json")
+    assert result.exit_code == 2 and "factory" in result.stderr  # none configured: named in the error
+    text = (project.root / "release-kit.toml").read_text().replace("[baseline]", f'[candidate]\nfactory = "{factory}"\n\n[baseline]')
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", power["v1_safetensors"], "--report", "report.json")
+    assert result.exit_code == 2 and needle in result.stderr, result.stderr
+    assert not (project.root / "report.json").exists()
