@@ -475,7 +475,12 @@ def load_config(path: Path) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as error:
         raise InputError(format_validation_error(error, path)) from None
-    return _resolve_paths(config, path.parent)
+    resolved = _resolve_paths(config, path.parent)
+    templates = resolved.release.templates
+    if templates is not None and not Path(templates).is_dir():
+        # Found now, before a gate runs for minutes and then cannot render its report.
+        raise InputError(f"{path}: config key 'release.templates': templates directory not found: {templates}")
+    return resolved
 
 
 def _read_toml(path: Path) -> dict:
