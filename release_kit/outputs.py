@@ -42,8 +42,9 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def check_writable(path: Path, what: str, *, create_parents: bool = True) -> None:
-    """Refuse now (InputError naming ``what``) a path that could not be written later."""
+def check_writable(path: Path, what: str) -> None:
+    """Refuse now (InputError naming ``what``) a path that could not be written later (missing folders
+    are created when it is written)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"cannot write {path} ({what}): it is a directory")
@@ -52,8 +53,6 @@ def check_writable(path: Path, what: str, *, create_parents: bool = True) -> Non
             raise InputError(f"cannot write {path} ({what}): permission denied")
         return
     folder = path.parent
-    if not create_parents and not folder.is_dir():
-        raise InputError(f"cannot write {path} ({what}): folder {folder} does not exist")
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
@@ -69,10 +68,10 @@ class Outputs:
         self._declared: dict[Path, str] = {}
         self._pending: list[tuple[Path, str, str]] = []
 
-    def declare(self, path: Path | None, what: str) -> Path | None:
+    def declare(self, path: Path | None, what: str) -> None:
+        """A file this command will write (None: an option not given)."""
         if path is not None:
             self._declared[Path(path)] = what
-        return path
 
     def check(self) -> None:
         for path, what in self._declared.items():
