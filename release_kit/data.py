@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .config import ModelSpec
+    from .report import DatasetRef
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -59,9 +60,11 @@ class GoldenSet:
     def note(self) -> str:
         return self.excluded.note() if self.excluded is not None else ""
 
-    def describe(self) -> dict:
-        return {"path": str(self.path), "rows": len(self.read), "used_rows": len(self), "sha256": self.sha256,
-                "excluded_rows": 0 if self.excluded is None else len(self.excluded)}
+    def describe(self) -> DatasetRef:
+        from .report import DatasetRef
+
+        return DatasetRef(path=str(self.path), rows=len(self.read), sha256=self.sha256, used_rows=len(self),
+                          excluded_rows=0 if self.excluded is None else len(self.excluded))
 
 
 def file_sha256(path: Path) -> str:

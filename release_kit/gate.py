@@ -128,6 +128,8 @@ def prepare(
     for model in filter(None, (candidate_model, baseline_model)):
         raw = model.raw_outputs(inputs[model.role])
         predicted[model.role] = to_predictions(raw, spec, model.role, n_classes)
+    if "performance" in config.gate.stages and baseline_model is not None:
+        _check_batch_sizes(config, golden, (candidate_model, baseline_model))
     shapes = {role: values.shape for role, values in predicted.items()}
     if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
         raise InputError(
@@ -143,6 +145,17 @@ def prepare(
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
         released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
     )
+
+
+def _check_batch_sizes(config: Config, golden, models) -> None:
+    """The performance stage times both models at each ``[performance] batch_sizes``: a model that cannot
+    take one of them is bad input, found here with the other input checks (a stage's planning runs no model)."""
+    import numpy as np
+
+    for rows in config.performance.batch_sizes:
+        batch = np.resize(golden.features, (rows, golden.features.shape[1]))
+        for model in models:
+            model.check_batch(batch, "benchmark batch")
 
 
 def registry_allowed(mode: str) -> bool:
@@ -231,12 +244,15 @@ def _contract(gate: GateContext):
 
     from .signature import compare
 
+    from .report import ContractSection
+
     candidate = candidate_signature(gate)
-    section = {"candidate": json.loads(candidate.to_json()), "baseline": None, "compared": False, "breaking": [], "additive": []}
+    mine = json.loads(candidate.to_json())
     if gate.baseline is None or gate.baseline.signature is None:
-        return section, None
+        return ContractSection(candidate=mine), None
     change = compare(gate.baseline.signature, candidate)
-    section.update(baseline=json.loads(gate.baseline.signature.to_json()), compared=True, breaking=change.breaking, additive=change.additive)
+    section = ContractSection(candidate=mine, baseline=json.loads(gate.baseline.signature.to_json()), compared=True,
+                              breaking=change.breaking, additive=change.additive)
     return section, change
 
 

@@ -36,7 +36,7 @@ def data_fingerprints(config: Config, report: Report) -> dict[str, dict[str, Any
     """Content hashes of the datasets named in ``[data]``; the golden set's is the one the gate checked."""
     from .data import fingerprint, read_table
 
-    fingerprints = {"golden": {"source": report.data["golden"]["path"], "sha256": report.data["golden"]["sha256"]}}
+    fingerprints = {"golden": {"source": report.data["golden"].path, "sha256": report.data["golden"].sha256}}
     for role in ("reference", "training"):
         source = getattr(config.data, role)
         if source:
@@ -66,11 +66,11 @@ def build(config: Config, report: Report, *, model_file: Path, git: GitRepo | No
             "bump_reason": report.bump_reason,
             "stages": sorted({check.stage for check in report.checks}),
             "baseline": None if report.baseline is None else {
-                "source": report.baseline["source"], "version": report.baseline.get("version"), "sha256": report.baseline["sha256"],
+                "source": report.baseline.source, "version": report.baseline.version, "sha256": report.baseline.sha256,
             },
         },
         "data": data_fingerprints(config, report),
-        "model_file": {"name": model_file.name, "sha256": report.candidate["sha256"], "kind": report.candidate["kind"]},
+        "model_file": {"name": model_file.name, "sha256": report.candidate.sha256, "kind": report.candidate.kind},
         "environment": {
             **software(),
             "implementation": platform.python_implementation(),

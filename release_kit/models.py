@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .config import ModelSpec
+    from .report import ModelRef, RegistryRef
 
 ModelKind = Literal["torchscript", "torch.export", "safetensors", "pickle"]
 REGISTRY_SCHEMES = ("models:/", "runs:/")
@@ -45,7 +46,7 @@ class LoadedModel:
     sha256: str
     module: Callable[..., Any]
     version: str | None = None
-    registry: dict[str, Any] | None = field(default=None)
+    registry: RegistryRef | None = field(default=None)
     # The contract recorded when this model was released (registry models only).
     signature: Signature | None = None
     # The user trusted this file's pickled parts (--allow-pickle): a reload (e.g. onto the GPU) may too.
@@ -53,16 +54,13 @@ class LoadedModel:
     # Every call through raw_outputs (the gate's, the search's, user checks') must return within this.
     timeout: float | None = None
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "signature": None if self.signature is None else json.loads(self.signature.to_json()),
-            "source": self.source,
-            "kind": self.kind,
-            "file": str(self.file),
-            "sha256": self.sha256,
-            "version": self.version,
-            "registry": self.registry,
-        }
+    def describe(self) -> ModelRef:
+        from .report import ModelRef
+
+        return ModelRef(
+            source=self.source, sha256=self.sha256, kind=self.kind, file=str(self.file), version=self.version,
+            registry=self.registry, signature=None if self.signature is None else json.loads(self.signature.to_json()),
+        )
 
     def raw_outputs(self, features: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
         """Run the model on float32 rows in batches, in inference mode; returns float64 outputs.
@@ -89,6 +87,20 @@ class LoadedModel:
                     ) from None
                 outputs.append(self._checked_output(result))
         return np.concatenate(outputs, axis=0)
+
+    def check_batch(self, features: np.ndarray, why: str) -> None:
+        """Call the model once on exactly these rows (a batch it will be timed on); a failure is bad input."""
+        import numpy as np
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(features))
+        try:
+            with torch.inference_mode(), call_deadline(self.timeout, f"{self.role} model {self.source}"):
+                self.module(batch)
+        except InputError:
+            raise
+        except Exception as error:  # the model's own code failed on this batch size
+            raise InputError(f"{self.role} model {self.source} fails on the {why} of shape {tuple(batch.shape)}: {first_line(error)}") from None
 
     def _checked_output(self, result: Any) -> np.ndarray:
         import torch

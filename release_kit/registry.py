@@ -13,12 +13,15 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import InputError, first_line
 from .signature import Signature
 from .tags import SIGNATURE_TAG, VERSION_TAG
 from .tracking import call_store, connect, ensure_experiment, quote_filter
+
+if TYPE_CHECKING:
+    from .report import RegistryRef
 
 MODEL_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit", ".safetensors")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
@@ -34,8 +37,10 @@ class FetchedModel:
     run_id: str | None = None
     signature: str | None = None  # JSON of the recorded release_kit.signature tag
 
-    def describe(self) -> dict[str, Any]:
-        return {"uri": self.uri, "name": self.name, "version": self.version, "run_id": self.run_id}
+    def describe(self) -> RegistryRef:
+        from .report import RegistryRef
+
+        return RegistryRef(uri=self.uri, name=self.name, version=self.version, run_id=self.run_id)
 
 
 def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:

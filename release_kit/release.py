@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -318,7 +318,7 @@ def plan(
     from . import manifest as manifests
     from .outputs import check_writable
     from .git import GitRepo
-    from .render import render_changelog_entry, render_release_note
+    from .render import ReleaseContext, render_changelog_entry, render_release_note
     from .tracking import tracking_uri
 
     spec = config.release
@@ -334,7 +334,7 @@ def plan(
         raise NothingToRelease(f"nothing to release: {report.bump_reason}")
     version, model = report.next_version, report.model
     model_file = _model_file(report, config, project_dir)
-    rid = release_id(model, version, report.candidate["sha256"])
+    rid = release_id(model, version, report.candidate.sha256)
 
     changelog = (project_dir / spec.changelog) if spec.changelog else None
     if changelog is not None:
@@ -376,19 +376,11 @@ def plan(
     manifest = manifests.build(config, report, model_file=model_file, git=git, dirty=dirty, created_at=created_at)
     previous = _previous_manifest(report, uri)
     changes = manifests.changes(previous, manifest)
-    release = {
-        "model": model,
-        "version": version,
-        "date": (today or dt.datetime.now(dt.UTC).date()).isoformat(),
-        "previous": report.current_version,
-        "tag": tag_name,
-        "alias": alias,
-        "commit": commit,
-        "dirty": bool(dirty),
-        "release_id": rid,
-        "changes": changes,
-        "previous_manifest": previous is not None,
-    }
+    release = ReleaseContext(
+        model=model, version=version, date=(today or dt.datetime.now(dt.UTC).date()).isoformat(),
+        previous=report.current_version, tag=tag_name, alias=alias, commit=commit, dirty=bool(dirty), release_id=rid,
+        changes=changes, previous_manifest=previous is not None,
+    )
     note = render_release_note(report, release, templates_dir=spec.templates, confidence=config.quality.confidence)
     entry = render_changelog_entry(report, release, templates_dir=spec.templates)
     return ReleasePlan(
@@ -457,7 +449,7 @@ def verify_report(config: Config, report: Report, uri: str):
     from .tags import GateRunTags
     from .tracking import call_store, connect
 
-    run_id = (report.mlflow or {}).get("run_id")
+    run_id = report.mlflow.run_id if report.mlflow else None
     if not run_id:
         raise InputError("the report names no logged gate run (was it checked with --no-mlflow?); release without --report to run the gate")
     try:
@@ -485,12 +477,12 @@ def _rederive(config: Config, report: Report, uri: str):
     from .tracking import released_versions
     from .versioning import decide
 
-    waivers = [Waiver(check=w["check"], reason=w["reason"], by=w["by"]) for w in report.waivers]
+    waivers = [Waiver(check=w.check, reason=w.reason, by=w.by) for w in report.waivers]
     policy = config.model_copy(update={"waivers": waivers})
     decided = decide(
         policy, report.checks, has_baseline=report.baseline is not None,
         identical_predictions=report.bump is Bump.NONE, baseline_version=report.current_version,
-        contract=_contract_change(report), released=released_versions(uri, report.model, except_file=report.candidate["sha256"]),
+        contract=_contract_change(report), released=released_versions(uri, report.model, except_file=report.candidate.sha256),
     )
     if decided.verdict is not report.verdict:
         raise InputError(f"the report says {report.verdict.value} but its checks decide {decided.verdict.value}: refusing to release from it")
@@ -500,10 +492,9 @@ def _rederive(config: Config, report: Report, uri: str):
 def _contract_change(report: Report):
     from .signature import ContractChange
 
-    section = report.contract or {}
-    if not section.get("compared"):
+    if report.contract is None or not report.contract.compared:
         return None
-    return ContractChange(breaking=list(section.get("breaking", [])), additive=list(section.get("additive", [])))
+    return ContractChange(breaking=list(report.contract.breaking), additive=list(report.contract.additive))
 
 
 def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
@@ -514,10 +505,10 @@ def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
     """
     from .data import file_sha256
 
-    expected = report.candidate["sha256"]
-    source = report.candidate["source"]
+    expected = report.candidate.sha256
+    source = report.candidate.source
     root = project_dir.resolve()
-    for option in (report.candidate.get("file"), source):
+    for option in (report.candidate.file, source):
         if option and "://" not in option and not option.startswith(("models:/", "runs:/")):
             path = (Path(option) if Path(option).is_absolute() else project_dir / option).resolve()
             if not path.is_relative_to(root):
@@ -565,18 +556,19 @@ def _registered_under(uri: str, model: str, version: str, rid: str) -> list:
 
 def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, existing: list) -> None:
     """The alias must still point at the baseline the check compared against."""
-    checked = (report.baseline or {}).get("registry") or {}
+    checked = report.baseline.registry if report.baseline else None
     ours = {str(v.version) for v in existing}
-    if checked.get("name") == model and checked.get("version") and alias_now not in ours and alias_now != checked["version"]:
+    if checked and checked.name == model and checked.version and alias_now not in ours and alias_now != checked.version:
         raise ReleaseConflict(
             f"@{alias} of {model} now points to version {alias_now or '(unset)'}, but the check compared against "
-            f"version {checked['version']}; re-run the check against the current @{alias}"
+            f"version {checked.version}; re-run the check against the current @{alias}"
         )
 
 
 def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
     """The manifest released with the baseline, when the baseline came from the registry and has one."""
-    run_id = ((report.baseline or {}).get("registry") or {}).get("run_id")
+    registry = report.baseline.registry if report.baseline else None
+    run_id = registry.run_id if registry else None
     if not run_id:
         return None
     import mlflow
@@ -593,11 +585,12 @@ def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:
 
 
 def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: str | None, dirty: list[str]) -> ReleaseTags:
-    signature = json.dumps(report.contract["candidate"], sort_keys=True) if report.contract and report.contract.get("candidate") else None
+    signature = json.dumps(report.contract.candidate, sort_keys=True) if report.contract and report.contract.candidate else None
     return ReleaseTags(
-        version=report.next_version, release_id=rid, model_sha256=report.candidate["sha256"], git_sha=commit or "none",
+        version=report.next_version, release_id=rid, model_sha256=report.candidate.sha256, git_sha=commit or "none",
         git_dirty=bool(dirty), verdict=report.verdict.value, bump=report.bump.value if report.bump else None,
-        bump_reason=report.bump_reason, signature=signature, waivers=json.dumps(report.waivers) if report.waivers else None,
+        bump_reason=report.bump_reason, signature=signature,
+        waivers=json.dumps([asdict(w) for w in report.waivers]) if report.waivers else None,
         data={role: data["sha256"] for role, data in manifest["data"].items()},
         metrics={f"{check.stage}.{diff.name}": f"{diff.candidate:.6g}" for check in report.checks for diff in check.metrics
                  if diff.baseline is not None},

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, first_line
+from .report import Record
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,12 +141,31 @@ def markdown_to_html(markdown: str) -> str:
     return MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(markdown)
 
 
-def render_release_note(report: Report, release: dict, *, templates_dir: str | Path | None = None, confidence: float = 0.95) -> str:
-    return _render("release-note.md.j2", templates_dir, report=report, release=release, confidence=confidence)
+@dataclass(frozen=True)
+class ReleaseContext(Record):
+    """What the release templates (release-note.md.j2, changelog-entry.md.j2) know of the release, besides
+    the report: ``release.version``, ``release.changes`` …"""
+
+    model: str
+    version: str
+    date: str  # ISO date
+    previous: str | None  # the version released before, None on a first release
+    tag: str | None  # the git tag, None without one
+    alias: str | None  # the alias moved, None when none is
+    commit: str | None
+    dirty: bool
+    release_id: str
+    changes: list[dict[str, Any]] = field(default_factory=list)  # {"what", "before", "after"} since the previous manifest
+    previous_manifest: bool = False  # whether the previous release had a manifest to compare with
 
 
-def render_changelog_entry(report: Report, release: dict, *, templates_dir: str | Path | None = None) -> str:
-    return _render("changelog-entry.md.j2", templates_dir, report=report, release=release)
+def render_release_note(report: Report, release: ReleaseContext | dict, *, templates_dir: str | Path | None = None,
+                        confidence: float = 0.95) -> str:
+    return _render("release-note.md.j2", templates_dir, report=report, release=ReleaseContext.from_dict(release), confidence=confidence)
+
+
+def render_changelog_entry(report: Report, release: ReleaseContext | dict, *, templates_dir: str | Path | None = None) -> str:
+    return _render("changelog-entry.md.j2", templates_dir, report=report, release=ReleaseContext.from_dict(release))
 
 
 # Failures first: what a reader must act on comes before what merely passed.
@@ -183,7 +204,7 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
     hidden = len(report.checks) - len(shown)
     if hidden:
         console.print(f"[dim]{hidden} passing or skipped check(s) not shown (--verbose lists them)[/]")
-    waived = [w["check"] for w in report.waivers if w.get("applied")]
+    waived = [w.check for w in report.waivers if w.applied]
     waiver_note = f" [yellow](waived: {escape(', '.join(waived))})[/]" if waived else ""
     if report.verdict.value == "pass":
         version = f" → {report.next_version}" if report.next_version else ""

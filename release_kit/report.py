@@ -74,6 +74,118 @@ class MetricDiff:
         return None if worse is None else (-worse[1], -worse[0])
 
 
+class Record:
+    """A typed section of the report that still reads like the JSON it is written as: ``ref.sha256`` in code,
+    and ``ref["sha256"]`` or ``ref.get("version")`` for templates and scripts written against the JSON (the
+    templates ``release-kit init`` copies into a repository among them)."""
+
+    __dataclass_fields__: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default
+
+    def keys(self):
+        return self.__dataclass_fields__.keys()
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        """The section from its JSON form (keys a newer 1.x schema added are ignored); a value already
+        typed passes through."""
+        if data is None or isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RegistryRef(Record):
+    """Where a registry model came from."""
+
+    uri: str | None = None
+    name: str | None = None
+    version: str | None = None  # the registry's number
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelRef(Record):
+    """A model the gate loaded: its source, format, file and hash, and (from the registry) its release."""
+
+    source: str
+    sha256: str
+    kind: str | None = None
+    file: str | None = None
+    version: str | None = None  # the semantic version it was released as
+    registry: RegistryRef | None = None
+    signature: dict[str, Any] | None = None  # the contract recorded with it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", RegistryRef.from_dict(self.registry))
+
+
+@dataclass(frozen=True)
+class DatasetRef(Record):
+    path: str
+    rows: int
+    sha256: str
+    used_rows: int | None = None  # rows the stages used (the others had NaN/inf or impossible values)
+    excluded_rows: int = 0
+
+
+@dataclass(frozen=True)
+class ContractSection(Record):
+    """The candidate's contract compared with the baseline's recorded one."""
+
+    candidate: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    compared: bool = False
+    breaking: list[str] = field(default_factory=list)
+    additive: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WaiverRecord(Record):
+    check: str
+    reason: str
+    by: str
+    applied: bool = False  # the check did fail, so the waiver was needed
+
+
+@dataclass(frozen=True)
+class MlflowRef(Record):
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Table(Record):
+    """A details table a check shows under its summary (rows of cells: numbers, text or None)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass(frozen=True)
+class Chart(Record):
+    """A bar chart a check shows: one value per label, the y axis named."""
+
+    title: str
+    labels: list[str]
+    values: list[float]
+    y_label: str = ""
+
+
+_DETAIL_TYPES = {"table": Table, "chart": Chart}
+
+
 @dataclass(frozen=True)
 class CheckResult:
     stage: str
@@ -81,8 +193,14 @@ class CheckResult:
     status: Status
     summary: str
     metrics: tuple[MetricDiff, ...] = ()
+    # Free-form facts; "table" and "chart" are the typed values templates render.
     details: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if any(key in self.details and isinstance(self.details[key], dict) for key in _DETAIL_TYPES):
+            typed = {key: _DETAIL_TYPES[key].from_dict(value) if key in _DETAIL_TYPES else value for key, value in self.details.items()}
+            object.__setattr__(self, "details", typed)
 
 
 @dataclass
@@ -93,20 +211,24 @@ class Report:
     bump: Bump | None  # None when blocked: no release, so no bump
     bump_reason: str
     checks: list[CheckResult]
-    candidate: dict[str, Any]
-    baseline: dict[str, Any] | None
-    data: dict[str, Any]
+    candidate: ModelRef
+    baseline: ModelRef | None
+    data: dict[str, DatasetRef]  # "golden" (and any other dataset the gate read)
     current_version: str | None = None
     next_version: str | None = None
     first_release: bool = False
     created_at: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
-    mlflow: dict[str, Any] | None = None
-    # The candidate's contract compared with the baseline's recorded one (None: nothing recorded).
-    contract: dict[str, Any] | None = None
-    waivers: list[dict[str, Any]] = field(default_factory=list)
+    mlflow: MlflowRef | None = None
+    contract: ContractSection | None = None
+    waivers: list[WaiverRecord] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Sections given (or set later) in their JSON form become their typed values.
+        coerce = _SECTIONS.get(name)
+        super().__setattr__(name, value if coerce is None or value is None else coerce(value))
 
     @property
     def blocking(self) -> list[CheckResult]:
@@ -154,6 +276,16 @@ class Report:
             for check in fields["checks"]
         ]
         return cls(**fields)
+
+
+_SECTIONS = {
+    "candidate": ModelRef.from_dict,
+    "baseline": ModelRef.from_dict,
+    "data": lambda data: {name: DatasetRef.from_dict(ref) for name, ref in data.items()},
+    "mlflow": MlflowRef.from_dict,
+    "contract": ContractSection.from_dict,
+    "waivers": lambda waivers: [WaiverRecord.from_dict(waiver) for waiver in waivers],
+}
 
 
 def _finite_or_none(value: Any) -> Any:

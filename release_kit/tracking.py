@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from .config import Config
-    from .report import Report
+    from .report import MlflowRef, Report
 
 STATE_DIR = ".release-kit"
 _MLFLOW_DEFAULTS = {
@@ -115,9 +115,11 @@ def call_store(uri: str, function, *args, **kwargs):
         raise
 
 
-def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
+def log_gate_run(uri: str, experiment: str, report: Report) -> MlflowRef:
     """One MLflow run per gate run: params, metrics, verdict tags (the report's digest among them, which
     ``release --report`` checks) and the report as an artifact."""
+    from .report import MlflowRef
+
     client = connect(uri)
     experiment_id = ensure_experiment(client, experiment, uri)
     run = call_store(
@@ -125,7 +127,7 @@ def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
         run_name=f"check {report.model} {report.next_version or ''}".strip(),
         tags=GateRunTags(
             model=report.model, verdict=report.verdict.value, bump=report.bump.value if report.bump else None,
-            report_sha256=report.digest(), candidate_sha256=report.candidate["sha256"], next_version=report.next_version,
+            report_sha256=report.digest(), candidate_sha256=report.candidate.sha256, next_version=report.next_version,
         ).to_tags(),
     )
     run_id = run.info.run_id
@@ -134,11 +136,11 @@ def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
         params = {
             "model": report.model,
             "task": report.task,
-            "candidate": report.candidate["source"],
-            "candidate_sha256": report.candidate["sha256"],
-            "baseline": report.baseline["source"] if report.baseline else "none",
-            "golden_sha256": report.data["golden"]["sha256"],
-            "golden_rows": report.data["golden"]["used_rows"],
+            "candidate": report.candidate.source,
+            "candidate_sha256": report.candidate.sha256,
+            "baseline": report.baseline.source if report.baseline else "none",
+            "golden_sha256": report.data["golden"].sha256,
+            "golden_rows": report.data["golden"].used_rows,
         }
         client.log_batch(run_id, params=_params(params), metrics=_metrics(report))
         with tempfile.TemporaryDirectory() as folder:
@@ -148,7 +150,7 @@ def log_gate_run(uri: str, experiment: str, report: Report) -> dict[str, Any]:
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
-    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
+    return MlflowRef(tracking_uri=uri, experiment_id=experiment_id, run_id=run_id)
 
 
 def _params(values: dict[str, Any]):

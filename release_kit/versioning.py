@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import parse_tolerance
-from .report import Bump, CheckResult, Status, Verdict
+from .report import Bump, CheckResult, Status, Verdict, WaiverRecord
 
 if TYPE_CHECKING:
     from .config import Config
@@ -41,7 +41,7 @@ class Decision:
     current_version: str | None
     next_version: str | None
     first_release: bool = False
-    waivers: list[dict] = field(default_factory=list)
+    waivers: list[WaiverRecord] = field(default_factory=list)
 
 
 def decide(
@@ -56,7 +56,7 @@ def decide(
 ) -> Decision:
     waived = {w.check: w for w in config.waivers}
     failing = {f"{c.stage}::{c.name}" for c in checks if c.status.blocks}
-    waivers = [{"check": w.check, "reason": w.reason, "by": w.by, "applied": w.check in failing} for w in config.waivers]
+    waivers = [WaiverRecord(w.check, w.reason, w.by, applied=w.check in failing) for w in config.waivers]
     blocking = sorted(failing - set(waived))
     release = config.release
 
@@ -71,7 +71,7 @@ def decide(
         return Decision(Verdict.BLOCK, None, reason, baseline_version, None, False, waivers)
 
     if blocking:
-        applied = [w["check"] for w in waivers if w["applied"]]
+        applied = [w.check for w in waivers if w.applied]
         waived_note = f" ({len(applied)} waived: {', '.join(applied)})" if applied else ""
         return blocked(f"blocked by {len(blocking)} check(s): {', '.join(blocking)}{waived_note}")
     undecided = _undecided(checks, has_baseline)

@@ -341,7 +341,7 @@ def write_report(path: Path, reason: str, *, model: str = "m") -> Path:
 
     report = Report(model=model, task="regression", verdict=Verdict.PASS, bump=Bump.PATCH, bump_reason=reason,
                     checks=[CheckResult("quality", "mae", Status.PASS, "fine")],
-                    candidate={"source": "c.pt", "sha256": "c" * 64}, baseline=None, data={"golden": {"rows": 10}},
+                    candidate={"source": "c.pt", "sha256": "c" * 64}, baseline=None, data={"golden": {"path": "g.csv", "rows": 10, "sha256": "g" * 64}},
                     environment={"release_kit": "0.1.0"})
     path.write_text(report.to_json())
     return path

@@ -422,7 +422,7 @@ def test_unknown_template_variable_is_an_input_error(repo, cli):
     result = cli("release", "--report", report_path)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "release-kit: error: cannot render template release-note.md.j2: 'dict object' has no attribute 'codename'"
+        "release-kit: error: cannot render template release-note.md.j2: 'release_kit.render.ReleaseContext object' has no attribute 'codename'"
     ]
     assert_nothing_released(repo)
 

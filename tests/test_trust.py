@@ -218,7 +218,7 @@ def assert_nothing_released(root: Path) -> None:
     ("pass.json", {"next_version": "not-a-version"}, "does not match what gate run"),
     ("pass.json", {"candidate.file": "/etc/passwd", "candidate.source": "/etc/passwd"}, "does not match what gate run"),
     ("pass.json", {"mlflow": None}, "names no logged gate run"),
-    ("pass.json", {"mlflow": {"run_id": "0" * 32}}, "is not in the MLflow store"),
+    ("pass.json", {"mlflow": {"tracking_uri": "elsewhere", "experiment_id": "1", "run_id": "0" * 32}}, "is not in the MLflow store"),
 ])
 def test_a_forged_report_releases_nothing(released_project, source, changes, needle):
     forged = forge(released_project, source, **changes)

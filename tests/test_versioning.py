@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -154,7 +155,7 @@ def test_waivers_let_named_failures_through_and_are_recorded(project, power, cli
 def test_config_waivers(project, power):
     project.config('[[waivers]]\ncheck = "quality::mae"\nreason = "accepted for the winter model"\nby = "carol"\n')
     report = gate.check(candidate=str(power["v1"]), baseline=str(power["better"]))
-    assert report.waivers == [{"check": "quality::mae", "reason": "accepted for the winter model", "by": "carol", "applied": True}]
+    assert [asdict(w) for w in report.waivers] == [{"check": "quality::mae", "reason": "accepted for the winter model", "by": "carol", "applied": True}]
 
 
 @pytest.mark.parametrize(

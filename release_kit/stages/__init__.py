@@ -3,10 +3,12 @@
 A stage is a module with:
 
 - ``NAME``: the stage's name in reports (``quality::mae``);
-- ``checks(gate) -> list[StageCheck]``: its *plan*. Planning validates the stage's config against the
-  inputs (bad config or data is an :class:`~release_kit.errors.InputError`, exit 2, before any check runs)
-  and builds shared lazy values (:class:`Once`); a check's callable does the work and returns a
-  :class:`~release_kit.report.CheckResult`, never raising for a finding;
+- ``checks(gate) -> list[StageCheck]``: its *plan*. Planning is cheap: it validates the stage's config
+  against the inputs (bad config or data is an :class:`~release_kit.errors.InputError`, exit 2, before
+  any check runs) and builds shared lazy values (:class:`Once`), but runs no model (input checks that need
+  a model call belong in :func:`release_kit.gate.prepare`). A check's callable does the work and returns a
+  :class:`~release_kit.report.CheckResult`, never raising for a finding; its details' ``table`` and
+  ``chart`` are :class:`~release_kit.report.Table` and :class:`~release_kit.report.Chart` values;
 - optionally ``PYTEST_PLUGINS``: pytest plugins the stage's checks need in the gate's session.
 
 The engine collects every StageCheck as a pytest item, next to the user's own tests in ``checks/``. What
@@ -23,7 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError
-from ..report import CheckResult, Status
+from ..report import CheckResult, Status, Table
 
 if TYPE_CHECKING:
     from ..context import GateContext
@@ -68,7 +70,7 @@ def no_baseline(stage: str, name: str, measured: str = "") -> CheckResult:
     return CheckResult(stage, name, Status.SKIP, f"{prefix}no baseline to compare against (first release)")
 
 
-def example_rows(gate: GateContext, rows, title: str) -> dict:
+def example_rows(gate: GateContext, rows, title: str) -> Table:
     """A details table of golden rows: features, truth and both models' predictions."""
     features = gate.config.model.features
     columns = ["row", *features, "truth", "baseline", "candidate"]
@@ -79,7 +81,7 @@ def example_rows(gate: GateContext, rows, title: str) -> dict:
             row, *map(float, gate.golden.features[row]), float(gate.golden.target[row]),
             None if baseline is None else _scalar(baseline[row]), _scalar(gate.predictions.candidate[row]),
         ])
-    return {"title": title, "columns": columns, "rows": body}
+    return Table(title, columns, body)
 
 
 def _scalar(value):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import parse_tolerance
 from ..errors import InputError
-from ..report import CheckResult, Status
+from ..report import Chart, CheckResult, Status
 from . import Once, StageCheck, example_rows, no_baseline
 
 if TYPE_CHECKING:
@@ -168,16 +168,16 @@ def moved_region(gate: GateContext) -> CheckResult:
     )
 
 
-def _histogram(values: np.ndarray, title: str) -> dict:
+def _histogram(values: np.ndarray, title: str) -> Chart:
     finite = values[np.isfinite(values) & (values != 0)]
     if len(finite) == 0:
-        return {"title": title, "labels": ["0"], "values": [int(np.isfinite(values).sum())], "y_label": "rows"}
+        return Chart(title, ["0"], [int(np.isfinite(values).sum())], "rows")
     low, high = np.quantile(finite, [0.005, 0.995])
     if low == high:
         low, high = low - 0.5, high + 0.5
     counts, edges = np.histogram(np.clip(finite, low, high), bins=HISTOGRAM_BINS, range=(low, high))
     centres = (edges[:-1] + edges[1:]) / 2
-    return {"title": title, "labels": [f"{c:+.2g}" for c in centres], "values": [int(c) for c in counts], "y_label": "rows"}
+    return Chart(title, [f"{c:+.2g}" for c in centres], [int(c) for c in counts], "rows")
 
 
 # -- slices --------------------------------------------------------------------------------------------

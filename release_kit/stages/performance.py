@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError, first_line
+from ..errors import InputError
 from ..report import CheckResult, MetricDiff, Status
 from . import Once, StageCheck, no_baseline
 
@@ -43,11 +43,9 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if gate.baseline is None:
         return [StageCheck(f"latency:batch={n}", partial(no_baseline, NAME, f"latency:batch={n}")) for n in spec.batch_sizes]
     stored = _read_stored(spec.stored_baseline) if spec.stored_baseline else None
+    # No model runs while planning: gate.prepare already ran both at every batch size measured here.
     models = {role: _on_device(gate, getattr(gate, role), device) for role in ("candidate", "baseline")}
     inputs = {n: _inputs(gate, n, device) for n in spec.batch_sizes}
-    for role, module in models.items():
-        for batch in inputs.values():
-            _trial(module, batch, role, getattr(gate, role).source, gate.config.gate.model_timeout_seconds)
     cost = Once(partial(_cost, gate, models, inputs[max(spec.batch_sizes)]))
     budget = spec.time_budget_seconds / len(spec.batch_sizes)
     found = []
@@ -182,20 +180,6 @@ def _inputs(gate: GateContext, rows: int, device: str):
     rng = np.random.default_rng(gate.config.performance.seed)
     picked = gate.golden.features[rng.integers(0, len(gate.golden), rows)]
     return torch.from_numpy(np.ascontiguousarray(picked)).to(device)
-
-
-def _trial(module, batch, role: str, source: str, timeout: float) -> None:
-    import torch
-
-    from ..models import call_deadline
-
-    try:
-        with torch.inference_mode(), call_deadline(timeout, f"{role} model {source}"):
-            module(batch)
-    except InputError:
-        raise
-    except Exception as error:  # the model's own code failed on the benchmark shape
-        raise InputError(f"{role} model {source} fails on the benchmark batch of shape {tuple(batch.shape)}: {first_line(error)}") from None
 
 
 def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, budget: float):
