@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-
-# The values of release_kit.errors.EXIT_*, repeated so that `--help` need not import anything else.
-EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED, EXIT_INTERNAL = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT (Ctrl-C)
+from .errors import (
+    EXIT_BLOCK, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_SKIPPED, InputError, RegistryUnavailable,
+    ReleaseKitError, first_line,
+)
 
 
 class _Group(click.Group):
@@ -24,8 +24,6 @@ class _Group(click.Group):
     own errors exit 2; anything unexpected is an internal error, exit 4, never 1 (which means "blocked")."""
 
     def invoke(self, ctx: click.Context):
-        from .errors import ReleaseKitError
-
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
@@ -41,8 +39,6 @@ class _Group(click.Group):
         except Exception as error:  # a bug in release-kit or a library it drives
             if ctx.params.get("debug"):
                 raise
-            from .errors import first_line
-
             click.echo(f"release-kit: internal error: {type(error).__name__}: {first_line(error, 200)} "
                        "(rerun with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
@@ -118,7 +114,6 @@ def check(report_path: Path | None, output_format: str, junit_path: Path | None,
     from rich.console import Console
 
     from . import render
-    from .errors import RegistryUnavailable
     from .outputs import Outputs
 
     github = output_format == "github"
@@ -232,7 +227,6 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
         gh.check_runner_files()
     outputs.check()
     if report_path is not None:
-        from .errors import InputError
         from .report import load_report
 
         ignored = [f"--{name.replace('_', '-')}" for name, value in inputs.items()
@@ -369,7 +363,6 @@ def github_comment(report_path: Path) -> None:
 def _registry_target(config_path: Path | None, model_name: str | None):
     """(config, tracking URI, model name) from the config, the name overridable."""
     from . import gate
-    from .errors import InputError
     from .tracking import tracking_uri
 
     config, project_dir = gate.resolve_config(config_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 EXIT_PASS, EXIT_BLOCK, EXIT_INPUT, EXIT_SKIPPED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT (Ctrl-C): no decision, so never 1
 
 
 class ReleaseKitError(Exception):

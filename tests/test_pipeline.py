@@ -429,6 +429,9 @@ def test_init_for_classification_needs_and_writes_prediction(tmp_path, cli, monk
     monkeypatch.chdir(tmp_path)
     refused = cli("init", "--name", "m", "--task", "classification", "--target", "y", "--features", "a,b")
     assert refused.exit_code == 2 and "--prediction" in refused.stderr and not list(tmp_path.iterdir())
+    wrong = cli("init", "--name", "m", "--task", "regression", "--prediction", "logits", "--target", "y", "--features", "a,b")
+    assert wrong.exit_code == 2 and "--prediction applies to --task classification only" in wrong.stderr
+    assert not list(tmp_path.iterdir())
     result = cli("init", "--name", "m", "--task", "classification", "--prediction", "logits", "--target", "y", "--features", "a,b")
     assert result.exit_code == 0, result.output
     from release_kit.config import load_config
