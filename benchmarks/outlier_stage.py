@@ -38,7 +38,7 @@ def analysis(features, target, candidate, baseline):
     del loss_c
     change = paired.newly_broken(delta, 5.0, 0.0)
     shifted = paired.robust_outliers(np.abs(candidate - baseline), 5.0)
-    stats = paired.discover_slices(features, [f"x{j}" for j in range(FEATURES)], delta, loss_b, tolerance=Tolerance(0.05, True))
+    stats = paired.discover_slices([(f"x{j}", features[:, j]) for j in range(FEATURES)], delta, loss_b, tolerance=Tolerance(0.05, True))
     return change, shifted, stats
 
 

@@ -11,7 +11,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import InputError
 
@@ -42,20 +43,33 @@ class Bounds(_Strict):
 
 
 class ModelSpec(_Strict):
+    """The model under gate. ``features`` and ``target`` name a table golden set's columns; a tensor golden
+    set (.npz, .safetensors, a dataset factory) has neither: its arrays are the inputs and the target."""
+
     name: str = Field(min_length=1)
     task: Task
-    target: str = Field(min_length=1)
-    features: list[str] = Field(min_length=1)
+    features: list[str] | None = Field(default=None, min_length=1)
+    target: str | None = Field(default=None, min_length=1, validate_default=True)
     prediction: Literal["logits", "probabilities"] | None = None
-    bounds: Bounds | None = None
+    # One range for every output, or one per output of a multi-output regressor.
+    bounds: Bounds | list[Bounds] | None = None
+    # Class names by class id, for reports ("recall of class 'triangle'"); ids are used without them.
+    classes: list[str] | None = Field(default=None, min_length=2)
     # "package.module:function" returning an nn.Module; needed for safetensors state dicts.
     factory: str | None = None
 
+    @field_validator("target")
+    @classmethod
+    def _target_with_features(cls, target: str | None, info: ValidationInfo) -> str | None:
+        if target is None and info.data.get("features") is not None:
+            raise PydanticCustomError("missing", "Field required")  # reported as a missing config key
+        return target
+
     @field_validator("features")
     @classmethod
-    def _unique(cls, features: list[str]) -> list[str]:
+    def _unique(cls, features: list[str] | None) -> list[str] | None:
         seen: set[str] = set()
-        dupes = [f for f in features if f in seen or seen.add(f)]
+        dupes = [f for f in features or () if f in seen or seen.add(f)]
         if dupes:
             raise ValueError(f"duplicate feature(s): {', '.join(dupes)}")
         return features
@@ -66,9 +80,25 @@ class ModelSpec(_Strict):
             raise ValueError('classification needs prediction = "logits" or "probabilities"')
         if self.task == "regression" and self.prediction is not None:
             raise ValueError("prediction applies to classification only")
-        if self.target in self.features:
+        if self.features is None and self.target is not None:
+            raise ValueError("target needs features: a table golden set names both, a tensor one neither")
+        if self.features is not None and self.target in self.features:
             raise ValueError(f"target {self.target!r} is also listed in features")
+        if self.classes is not None and self.task != "classification":
+            raise ValueError("classes applies to classification only")
+        if isinstance(self.bounds, list) and self.task != "regression":
+            raise ValueError("per-output bounds apply to regression only")
         return self
+
+    @property
+    def tabular(self) -> bool:
+        """The golden set is a table whose columns are named here (else a tensor file or dataset)."""
+        return self.features is not None
+
+    def class_name(self, class_id: int) -> str:
+        if self.classes is not None and 0 <= class_id < len(self.classes):
+            return f"{class_id} ({self.classes[class_id]})"
+        return str(class_id)
 
 
 class ModelSource(_Strict):
@@ -118,9 +148,15 @@ class DriftSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """Data sources are files (.csv, .parquet) or SQL tables written ``URL#table``."""
+    """Data sources are tables (.csv, .parquet, SQL tables written ``URL#table``) or tensor files (.npz,
+    .safetensors: arrays ``inputs`` or ``inputs.0``, ``inputs.1``, … and ``target``)."""
 
     golden: str | None = None
+    # Tensor golden sets: a table of N rows in the golden order (slices, reports, GX suites).
+    metadata: str | None = None
+    # Instead of ``golden``: "package.module:function" returning a torch Dataset of (inputs, target[, meta]).
+    # It runs the user's code, like a model factory.
+    dataset: str | None = None
     reference: str | None = None
     # The candidate's training data: validated against the same suites when set.
     training: str | None = None
@@ -128,6 +164,23 @@ class DataSpec(_Strict):
     suites: str = "checks/expectations"
     profile: ProfileSpec = ProfileSpec()
     drift: DriftSpec = DriftSpec()
+    # Tensor inputs: the sample axis (batch axis excluded) whose entries are channels for the per-channel
+    # statistics; None: the default by rank ((C, H, W) → 0, (F,) → 0, (H, W) or (T, F) → the whole sample).
+    channel_axis: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_golden(self) -> DataSpec:
+        if self.golden is not None and self.dataset is not None:
+            raise ValueError("set golden or dataset, not both")
+        return self
+
+
+class InferenceSpec(_Strict):
+    """How golden-set inference runs (the performance stage times on its own ``[performance] device``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Samples per model call; None: 65,536 rows for a table, 256 samples for tensor inputs.
+    batch_size: int | None = Field(default=None, ge=1)
 
 
 ToleranceField = Annotated[float | str, Field(union_mode="left_to_right")]  # parsed by parse_tolerance
@@ -210,6 +263,25 @@ class FeatureDomain(_Strict):
         return self
 
 
+class RobustnessSpec(_Strict):
+    """The differential robustness search for tensor inputs: perturbations of golden samples within this
+    budget where the candidate's decision flips (or its output breaks the contract) and the baseline's does
+    not. Amounts are in units of the input's standard deviation over the golden set; None: the default
+    for the input's rank (noise only for vectors; noise, brightness, contrast and shifts for images)."""
+
+    enabled: bool = True
+    noise: float | None = Field(default=None, ge=0)  # additive noise, each value in ±noise·σ
+    brightness: float | None = Field(default=None, ge=0)  # an offset in ±brightness·σ
+    contrast: float | None = Field(default=None, ge=0, lt=1)  # scale around the sample's mean by 1 ± contrast
+    shift: int | None = Field(default=None, ge=0)  # move the last two axes by up to this many positions
+    samples: int = Field(default=200, ge=2)  # golden samples perturbed (drawn among those both models get right)
+    draws: int = Field(default=8, ge=1)  # random perturbations per sample for the flip rates
+    # Block when the candidate's flip rate exceeds the baseline's by more than this (interval's lower bound).
+    max_flip_increase: float = Field(default=0.02, ge=0, le=1)
+    # Regression: a prediction moving by more than this (in target standard deviations) is a flip.
+    regression_change: float = Field(default=0.5, gt=0)
+
+
 class MonotonicSpec(_Strict):
     feature: str
     direction: Literal["increasing", "decreasing"] = "increasing"
@@ -245,6 +317,7 @@ class OutliersSpec(_Strict):
     monotonic: list[MonotonicSpec] = Field(default_factory=list)
     domain: dict[str, FeatureDomain] = Field(default_factory=dict)
     search: SearchSpec = SearchSpec()
+    robustness: RobustnessSpec = RobustnessSpec()
 
     @field_validator("slice_tolerance")
     @classmethod
@@ -356,6 +429,7 @@ class Config(_Strict):
     candidate: ModelSource = ModelSource()
     baseline: ModelSource = ModelSource()
     data: DataSpec = DataSpec()
+    inference: InferenceSpec = InferenceSpec()
     quality: QualitySpec = QualitySpec()
     checks: ChecksSpec = ChecksSpec()
     gate: GateSpec = GateSpec()
@@ -376,7 +450,7 @@ class Config(_Strict):
                 f"metric(s) {', '.join(wrong)} do not apply to {self.model.task} "
                 f"(use: {', '.join(allowed)})"
             )
-        features = set(self.model.features)
+        features = set(self.model.features or ())
         unknown = [f"outliers.domain.{name}" for name in self.outliers.domain if name not in features]
         unknown += [f"outliers.monotonic feature {m.feature!r}" for m in self.outliers.monotonic if m.feature not in features]
         if unknown:
@@ -443,14 +517,22 @@ def _parse_version(version: str) -> None:
 
 
 def format_validation_error(error: ValidationError, source: Path) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    errors = error.errors()
+    # A key that takes one of several forms (bounds: a table or a list of tables) reports each form's
+    # error under a tag such as "list[…]": the first error of the form the input has is the one to show.
+    first = next((e for e in errors if "list[" in "".join(map(str, e["loc"])) and isinstance(e.get("input"), list)), errors[0])
+    key = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or _plain_key(part)) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{key}'"
     if first["type"] == "missing":
         return f"{source}: missing required config key '{key}'"
     message = first["msg"].removeprefix("Value error, ")
     return f"{source}: config key '{key}': {message}"
+
+
+def _plain_key(part: str) -> bool:
+    """A config key, not a pydantic union tag such as ``function-after[_ordered(), Bounds]``."""
+    return "[" not in part and "(" not in part
 
 
 def find_config(directory: Path) -> Path | None:
@@ -511,6 +593,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "data": config.data.model_copy(
                 update={
                     "golden": resolve(config.data.golden),
+                    "metadata": resolve(config.data.metadata),
                     "reference": resolve(config.data.reference),
                     "training": resolve(config.data.training),
                     "suites": resolve(config.data.suites),

@@ -1,4 +1,7 @@
-"""Golden data: a CSV or Parquet file with the model's feature columns and the target."""
+"""Golden data: a table (CSV, Parquet, SQL) with the model's feature columns and the target, or tensors
+(.npz, .safetensors, a dataset factory) holding the model's inputs and the target, with an optional
+metadata table of the same rows.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
     from .report import DatasetRef
 
 SUFFIXES = (".csv", ".parquet", ".pq")
+TENSOR_SUFFIXES = (".npz", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,65 @@ class ExcludedRows:
 
 @dataclass(frozen=True)
 class GoldenSet:
-    path: Path | str  # a file, or a SQL source "URL#table"
-    frame: pd.DataFrame  # the usable rows (index reset), aligned with features and target
-    features: np.ndarray  # float32 (N, F), columns in the model's feature order
-    target: np.ndarray  # float64 for regression, int64 class ids for classification
+    path: Path | str  # a file, a SQL source "URL#table", or a dataset factory "package.module:function"
+    # The usable rows (index reset), aligned with inputs and target: a table's columns, or a tensor set's
+    # metadata (a frame without columns when there is none).
+    frame: pd.DataFrame
+    # The model's positional inputs, each (N, ...): a table's float32 (N, F) features in [model] features
+    # order, or a tensor set's arrays (floating ones as float32, integer ones as stored).
+    inputs: tuple[np.ndarray, ...]
+    # Regression: float64 (N,) or (N, K) for K outputs. Classification: int64 class ids (N,).
+    target: np.ndarray
     sha256: str
     all_rows: pd.DataFrame | None = None  # every row as read, for the data stage (None: same as frame)
     excluded: ExcludedRows | None = None
+    tabular: bool = True
+    input_names: tuple[str, ...] = ("features",)  # the arrays' names in the file ("inputs", "inputs.0", …)
+    feature_names: tuple[str, ...] = ()  # a table's feature columns, in the model's order
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        if isinstance(self.inputs, np.ndarray):  # one array: a table's feature matrix
+            object.__setattr__(self, "inputs", (self.inputs,))
 
     def __len__(self) -> int:
         return len(self.target)
+
+    @property
+    def features(self) -> np.ndarray:
+        """A table's float32 (N, F) feature matrix (tensor sets have inputs, not features)."""
+        if not self.tabular:
+            raise AttributeError("a tensor golden set has inputs, not a feature table")
+        return self.inputs[0]
+
+    @property
+    def outputs(self) -> int:
+        """Outputs per sample the target asks of a regressor: K for an (N, K) target, else 1."""
+        return self.target.shape[1] if self.target.ndim == 2 else 1
+
+    def take(self, rows) -> tuple[np.ndarray, ...]:
+        """The inputs of these samples, for a model call."""
+        return tuple(array[rows] for array in self.inputs)
+
+    def slice_columns(self) -> list[tuple[str, np.ndarray]]:
+        """Per-row columns to slice and localise changes by: a table's features; a tensor set's metadata
+        columns that are numeric, or categorical with at most 255 values. Columns with NaN are left out."""
+        import numpy as np
+        import pandas as pd
+
+        if self.tabular:
+            return [(name, self.inputs[0][:, j]) for j, name in enumerate(self.feature_names)]
+        columns = []
+        for name in self.frame.columns:
+            column = self.frame[name]
+            if column.isna().any():
+                continue
+            if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+                columns.append((str(name), column.to_numpy(dtype=np.float64)))
+            elif column.nunique() <= 255:
+                columns.append((str(name), column.astype(str).to_numpy(dtype=object)))
+        return columns
 
     @property
     def read(self) -> pd.DataFrame:
@@ -138,7 +191,35 @@ def read_table(path: Path | str) -> pd.DataFrame:
         raise
 
 
-def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
+def is_tensor_source(source: str | Path) -> bool:
+    return Path(str(source)).suffix.lower() in TENSOR_SUFFIXES
+
+
+def load_golden(
+    source: Path | str | None, spec: ModelSpec, *, metadata: str | None = None, dataset: str | None = None
+) -> GoldenSet:
+    """The golden set from a table, a tensor file (with its optional ``metadata`` table) or a ``dataset``
+    factory; which one must agree with ``[model]``: a table needs features and target, tensors neither."""
+    if dataset is not None:
+        if spec.tabular:
+            raise InputError("[data] dataset: a dataset's items are tensors, so [model] takes no features or target")
+        return _load_dataset_golden(dataset, spec, metadata)
+    if source is None:
+        raise InputError("no golden data: pass --data or set [data] golden")
+    tensors = not is_sql(source) and is_tensor_source(source)
+    if tensors and spec.tabular:
+        raise InputError(f"{source}: a tensor golden set holds the inputs and the target; remove [model] features and target")
+    if not tensors and not spec.tabular:
+        raise InputError(f"{source}: a table golden set needs [model] features and target (or use a .npz/.safetensors file)")
+    if metadata is not None and not tensors:
+        raise InputError("[data] metadata: only a tensor golden set takes a metadata table (a table's own columns are its metadata)")
+    if tensors:
+        path = Path(source)
+        return _tensor_golden(path, read_tensors(path), spec, metadata, file_sha256(path) if path.is_file() else "")
+    return _load_table_golden(source, spec)
+
+
+def _load_table_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
     """Read the golden set. A missing or non-numeric column is an input error; rows with NaN/inf (or, for
     classification, a target that is no class id) are set aside in ``excluded`` for the data stage."""
     import numpy as np
@@ -177,8 +258,9 @@ def load_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
     if spec.task == "classification":
         target = target.astype(np.int64)
     return GoldenSet(
-        path=path, frame=usable, features=np.ascontiguousarray(features[keep]), target=target,
+        path=path, frame=usable, inputs=(np.ascontiguousarray(features[keep]),), target=target,
         sha256=fingerprint(path, frame), all_rows=frame if excluded_mask.any() else None, excluded=excluded,
+        feature_names=tuple(spec.features),
     )
 
 
@@ -207,3 +289,177 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
             f"({int(bad_rows.sum())} row(s), first at row {int(np.argmax(bad_rows))})"
         )
     return features
+
+
+# -- tensor golden sets --------------------------------------------------------------------------------
+
+
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` (never unpickled) or ``.safetensors`` file, by name."""
+    import numpy as np
+
+    if not path.exists():
+        raise InputError(f"data file not found: {path}")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {}
+                for name in archive.files:
+                    try:
+                        arrays[name] = archive[name]
+                    except ValueError as error:  # an object array: loading it would unpickle
+                        raise InputError(
+                            f"{path}: array {name!r} is a pickled object array, which is refused (unpickling can run "
+                            f"code); store numbers ({first_line(error, 80)})"
+                        ) from None
+                return arrays
+        except InputError:
+            raise
+        except (OSError, ValueError, EOFError) as error:
+            raise InputError(f"{path}: cannot read .npz file: {first_line(error)}") from None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise InputError(f"{path}: cannot read .safetensors file: {first_line(error)}") from None
+    import torch
+
+    # numpy has no bfloat16: such arrays are widened to float32, which holds every bfloat16 value exactly.
+    return {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
+
+
+def input_arrays(arrays: dict[str, np.ndarray], source) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
+    """``inputs`` alone, or ``inputs.0``, ``inputs.1``, … (contiguous from 0), in positional order."""
+    numbered = sorted((name for name in arrays if name.startswith("inputs.")), key=lambda n: (len(n), n))
+    if "inputs" in arrays and numbered:
+        raise InputError(f"{source}: has both 'inputs' and {numbered[0]!r}: use one array 'inputs' or numbered 'inputs.0', 'inputs.1', …")
+    if "inputs" in arrays:
+        names = ["inputs"]
+    else:
+        names = [f"inputs.{k}" for k in range(len(numbered))]
+        if not numbered or sorted(numbered) != sorted(names):
+            have = ", ".join(sorted(arrays)) or "none"
+            raise InputError(f"{source}: no array 'inputs' (or 'inputs.0', 'inputs.1', … from 0 without gaps); arrays: {have}")
+    return tuple(names), tuple(arrays[name] for name in names)
+
+
+def as_model_input(array: np.ndarray, name: str, source) -> np.ndarray:
+    import numpy as np
+
+    if array.ndim == 0:
+        raise InputError(f"{source}: array {name!r} is a single number, not one sample per row")
+    if array.dtype.kind == "f":
+        return np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind in "iub":
+        return np.ascontiguousarray(array)
+    raise InputError(f"{source}: array {name!r} has dtype {array.dtype}, not numbers")
+
+
+def _tensor_golden(source, arrays: dict[str, np.ndarray], spec: ModelSpec, metadata: str | None, sha256: str) -> GoldenSet:
+    import numpy as np
+    import pandas as pd
+
+    names, raw_inputs = input_arrays(arrays, source)
+    if "target" not in arrays:
+        raise InputError(f"{source}: no array 'target'; arrays: {', '.join(sorted(arrays))}")
+    inputs = tuple(as_model_input(array, name, source) for name, array in zip(names, raw_inputs))
+    target = arrays["target"]
+    if target.dtype.kind not in "iufb":
+        raise InputError(f"{source}: array 'target' has dtype {target.dtype}, not numbers")
+    n = len(target) if target.ndim else 0
+    for name, array in zip(names, inputs):
+        if len(array) != n:
+            raise InputError(f"{source}: array {name!r} has {len(array)} samples but 'target' has {n}")
+    if n == 0:
+        raise InputError(f"{source}: the golden set has no samples")
+    if spec.task == "classification" and target.ndim != 1:
+        raise InputError(f"{source}: a classification 'target' must be (N,) class ids, not shape {target.shape}")
+    if target.ndim > 2:
+        raise InputError(f"{source}: a regression 'target' must be (N,) or (N, K), not shape {target.shape}")
+    target = target.astype(np.float64)
+
+    bad: dict[str, np.ndarray] = {}
+    for name, array in zip(names, inputs):
+        if array.dtype.kind == "f":
+            bad[name] = ~np.isfinite(array.reshape(n, -1)).all(axis=1)
+    bad_target = ~np.isfinite(target.reshape(n, -1)).all(axis=1)
+    if spec.task == "classification":
+        with np.errstate(invalid="ignore"):
+            bad_target |= (target < 0) | (target != np.floor(target))
+    bad["target"] = bad_target
+    excluded_mask = np.logical_or.reduce(list(bad.values()))
+    excluded = ExcludedRows(np.flatnonzero(excluded_mask), {c: int(m.sum()) for c, m in bad.items() if m.any()})
+    if excluded_mask.all():
+        raise InputError(f"{source}: no usable golden sample: every sample has NaN/inf or impossible values")
+
+    frame = _metadata(metadata, n) if metadata is not None else pd.DataFrame(index=pd.RangeIndex(n))
+    keep = ~excluded_mask
+    if excluded_mask.any():
+        inputs = tuple(np.ascontiguousarray(array[keep]) for array in inputs)
+        target = target[keep]
+        usable = frame[keep].reset_index(drop=True)
+    else:
+        usable = frame
+    if spec.task == "classification":
+        target = target.astype(np.int64)
+    return GoldenSet(
+        path=source, frame=usable, inputs=inputs, target=target, sha256=sha256,
+        all_rows=frame if excluded_mask.any() else None, excluded=excluded, tabular=False, input_names=names,
+    )
+
+
+def _metadata(source: str, n: int) -> pd.DataFrame:
+    frame = read_table(source)
+    if len(frame) != n:
+        raise InputError(f"{source}: the metadata table has {len(frame)} rows but the golden set has {n} samples (same rows, same order)")
+    return frame.reset_index(drop=True)
+
+
+def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None) -> GoldenSet:
+    """A golden set from the user's ``torch.utils.data.Dataset`` of (inputs, target[, meta])."""
+    import numpy as np
+    import torch
+
+    from .factories import call_factory
+
+    dataset = call_factory(reference, "[data] dataset")
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise InputError(f"[data] dataset {reference} returned {type(dataset).__name__}, not a map-style torch Dataset")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1024, shuffle=False)
+    inputs: list[list[np.ndarray]] = []
+    targets, metas = [], []
+    try:
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+                raise InputError(f"[data] dataset {reference}: items must be (inputs, target) or (inputs, target, meta)")
+            parts = batch[0] if isinstance(batch[0], (tuple, list)) else [batch[0]]
+            inputs.append([torch.as_tensor(part).numpy() for part in parts])
+            targets.append(torch.as_tensor(batch[1]).numpy())
+            if len(batch) == 3:
+                metas.append({key: np.asarray(value) for key, value in dict(batch[2]).items()})
+    except InputError:
+        raise
+    except Exception as error:  # the user's dataset code failed
+        raise InputError(f"[data] dataset {reference} failed: {type(error).__name__}: {first_line(error)}") from None
+    if not targets:
+        raise InputError(f"[data] dataset {reference} is empty")
+    width = len(inputs[0])
+    arrays = {("inputs" if width == 1 else f"inputs.{k}"): np.concatenate([b[k] for b in inputs]) for k in range(width)}
+    arrays["target"] = np.concatenate(targets)
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
+    golden = _tensor_golden(reference, arrays, spec, metadata, digest.hexdigest())
+    if metas and metadata is None:
+        import pandas as pd
+
+        frame = pd.DataFrame({key: np.concatenate([m[key] for m in metas]) for key in metas[0]})
+        keep = np.ones(len(frame), dtype=bool)
+        if golden.excluded is not None:
+            keep[golden.excluded.rows] = False
+        from dataclasses import replace
+
+        golden = replace(golden, frame=frame[keep].reset_index(drop=True), all_rows=frame if not keep.all() else None)
+    return golden

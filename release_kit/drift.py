@@ -68,3 +68,34 @@ def drift(
     return [
         replace(f, p_adjusted=p, drifted=p < alpha and f.psi >= psi_threshold) for f, p in zip(found, adjusted)
     ]
+
+
+# Beyond this many channels the per-channel statistics would swamp the report: the whole sample is summarised.
+MAX_CHANNELS = 64
+
+
+def default_channel_axis(sample_shape: tuple[int, ...]) -> int | None:
+    """(C, H, W) → 0; (F,) → 0 (each value its own channel); (H, W), (T, F) and others → the whole sample."""
+    if len(sample_shape) in (1, 3) and sample_shape[0] <= MAX_CHANNELS:
+        return 0
+    return None
+
+
+def sample_summaries(name: str, array: np.ndarray, channel_axis: int | None) -> dict[str, np.ndarray]:
+    """Per-sample mean and standard deviation of each channel of a tensor input (N, ...): the per-row
+    "features" whose distributions the drift check compares. A channel of one value contributes its value."""
+    n = len(array)
+    if channel_axis is None or array.ndim < 2:
+        flat = array.reshape(n, -1).astype(np.float64)
+        channels = {name: flat}
+    else:
+        moved = np.moveaxis(array, channel_axis + 1, 1).reshape(n, array.shape[channel_axis + 1], -1).astype(np.float64)
+        channels = {f"{name}[{c}]": moved[:, c, :] for c in range(moved.shape[1])}
+    summaries: dict[str, np.ndarray] = {}
+    for label, values in channels.items():
+        if values.shape[1] == 1:
+            summaries[label] = values[:, 0]
+            continue
+        summaries[f"{label} mean"] = values.mean(axis=1)
+        summaries[f"{label} std"] = values.std(axis=1)
+    return summaries

@@ -83,7 +83,7 @@ def prepare(
     ``track``: the run will be logged to MLflow, so its store must be writable now, not after the checks.
     """
     from .data import feature_matrix, load_golden
-    from .models import load_model, to_predictions
+    from .models import PREDICT_BATCH_ROWS, TENSOR_BATCH_SAMPLES, inference_device, load_model, to_predictions
     from .tracking import check_store_writable, released_versions, tracking_uri
 
     spec = config.model
@@ -93,7 +93,8 @@ def prepare(
     # "none" on the command line: no baseline at all, a first release, whatever the config names.
     baseline_source = None if baseline == "none" else baseline or config.baseline.path
     golden_source = data or config.data.golden
-    if not golden_source:
+    dataset = None if data else config.data.dataset
+    if not golden_source and not dataset:
         raise InputError("no golden data: pass --data or set [data] golden")
     if baseline_version is not None and not _is_semver(baseline_version):
         raise InputError(f"--baseline-version {baseline_version!r} is not a semantic version like 1.2.3")
@@ -102,7 +103,7 @@ def prepare(
             config, candidate_source, baseline_source, baseline_version
         )
 
-    golden = load_golden(golden_source, spec)
+    golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset)
     uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
     if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
         check_store_writable(uri)
@@ -118,16 +119,25 @@ def prepare(
             version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
         )
 
+    if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
+        raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
+    device = inference_device(config.inference.device)
+    batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if golden.tabular else TENSOR_BATCH_SAMPLES)
+    for model in filter(None, (candidate_model, baseline_model)):
+        model.batch_size = batch_size
+        model.to_device(device)
     n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
-    inputs = {"candidate": golden.features}
+    inputs = {"candidate": golden.inputs}
     if baseline_model is not None:
-        # A baseline released with other input features gets its own columns of the same golden rows.
-        recorded = baseline_model.signature.features if baseline_model.signature else tuple(spec.features)
-        inputs["baseline"] = golden.features if list(recorded) == spec.features else feature_matrix(golden.frame, list(recorded), golden.path)
+        inputs["baseline"] = golden.inputs
+        recorded = baseline_model.signature.features if baseline_model.signature else None
+        if golden.tabular and recorded and list(recorded) != spec.features:
+            # A baseline released with other input features gets its own columns of the same golden rows.
+            inputs["baseline"] = (feature_matrix(golden.frame, list(recorded), golden.path),)
     predicted = {}
     for model in filter(None, (candidate_model, baseline_model)):
         raw = model.raw_outputs(inputs[model.role])
-        predicted[model.role] = to_predictions(raw, spec, model.role, n_classes)
+        predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
     if "performance" in config.gate.stages and baseline_model is not None:
         _check_batch_sizes(config, golden, (candidate_model, baseline_model))
     shapes = {role: values.shape for role, values in predicted.items()}
@@ -153,7 +163,7 @@ def _check_batch_sizes(config: Config, golden, models) -> None:
     import numpy as np
 
     for rows in config.performance.batch_sizes:
-        batch = np.resize(golden.features, (rows, golden.features.shape[1]))
+        batch = golden.take(np.arange(rows) % len(golden))
         for model in models:
             model.check_batch(batch, "benchmark batch")
 
@@ -235,7 +245,7 @@ def candidate_signature(gate: GateContext):
     from .signature import of
 
     predictions = gate.predictions.candidate
-    return of(gate.config, 1 if predictions.ndim == 1 else predictions.shape[1])
+    return of(gate.config, gate.golden, 1 if predictions.ndim == 1 else predictions.shape[1])
 
 
 def _contract(gate: GateContext):

@@ -77,6 +77,21 @@ def _r2(y, p):
     return 1.0 - float(squared.mean()) / variance, -squared / variance
 
 
+def _averaged_over_outputs(estimate: Estimator) -> Estimator:
+    """A regression metric of an (N, K) target: the uniform average of the K per-output values (and of
+    their influence vectors, so the paired interval of the average follows). (N,) targets pass through."""
+
+    def averaged(y, p):
+        import numpy as np
+
+        if y.ndim == 1:
+            return estimate(y, p)
+        parts = [estimate(y[:, k], p[:, k]) for k in range(y.shape[1])]
+        return float(np.mean([value for value, _ in parts])), np.mean([psi for _, psi in parts], axis=0)
+
+    return averaged
+
+
 def _accuracy(y, p):
     correct = (p.argmax(axis=1) == y).astype(float)
     return float(correct.mean()), correct
@@ -158,9 +173,9 @@ def _roc_auc(y, p):
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("mae", "MAE", "regression", False, "5%", _mae),
-        Metric("rmse", "RMSE", "regression", False, "5%", _rmse),
-        Metric("r2", "R²", "regression", True, 0.02, _r2),
+        Metric("mae", "MAE", "regression", False, "5%", _averaged_over_outputs(_mae)),
+        Metric("rmse", "RMSE", "regression", False, "5%", _averaged_over_outputs(_rmse)),
+        Metric("r2", "R²", "regression", True, 0.02, _averaged_over_outputs(_r2)),
         Metric("accuracy", "accuracy", "classification", True, 0.01, _accuracy),
         Metric("f1", "F1", "classification", True, 0.02, _f1),
         Metric("roc_auc", "ROC AUC", "classification", True, 0.01, _roc_auc),

@@ -7,7 +7,6 @@ cannot slip through: unpickling runs arbitrary code, so it needs the user's expl
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .data import file_sha256
+from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
 from .signature import Signature
 
@@ -32,7 +32,21 @@ if TYPE_CHECKING:
 
 ModelKind = Literal["torchscript", "torch.export", "safetensors", "pickle"]
 REGISTRY_SCHEMES = ("models:/", "runs:/")
-PREDICT_BATCH_ROWS = 65_536
+PREDICT_BATCH_ROWS = 65_536  # a table's rows per call: small rows, so large batches amortise the call
+TENSOR_BATCH_SAMPLES = 256  # images and sequences: activations grow with the sample, so smaller batches
+
+
+def inference_device(requested: str) -> str:
+    """``[inference] device``: ``auto`` is CUDA when torch sees a GPU, else the CPU; ``cuda`` without one
+    is bad input (a gate that silently ran elsewhere would measure and decide something else)."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    if requested == "cuda" and not available:
+        raise InputError("[inference] device = \"cuda\" but torch sees no CUDA device here (use \"auto\" or \"cpu\")")
+    return "cuda" if available else "cpu"
 
 
 @dataclass
@@ -53,6 +67,8 @@ class LoadedModel:
     allow_pickle: bool = False
     # Every call through raw_outputs (the gate's, the search's, user checks') must return within this.
     timeout: float | None = None
+    batch_size: int = PREDICT_BATCH_ROWS  # samples per model call ([inference] batch_size)
+    device: str = "cpu"  # where golden-set inference runs ([inference] device)
 
     def describe(self) -> ModelRef:
         from .report import ModelRef
@@ -62,45 +78,65 @@ class LoadedModel:
             registry=self.registry, signature=None if self.signature is None else json.loads(self.signature.to_json()),
         )
 
-    def raw_outputs(self, features: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
-        """Run the model on float32 rows in batches, in inference mode; returns float64 outputs.
+    def raw_outputs(self, inputs: np.ndarray | tuple[np.ndarray, ...], *, timeout: float | None = None) -> np.ndarray:
+        """Run the model on samples in batches of ``batch_size``, in inference mode; returns float64 outputs.
 
-        Each call must return within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``).
+        ``inputs`` is one array (N, ...) or a tuple of them, passed positionally. Each call must return
+        within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``).
         """
         import numpy as np
         import torch
 
+        arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         timeout = self.timeout if timeout is None else timeout
         outputs = []
+        rows = len(arrays[0])
         with torch.inference_mode():
-            for start in range(0, max(len(features), 1), PREDICT_BATCH_ROWS):
-                batch = torch.from_numpy(np.ascontiguousarray(features[start : start + PREDICT_BATCH_ROWS]))
+            for start in range(0, max(rows, 1), self.batch_size):
+                batch = self._batch(tuple(array[start : start + self.batch_size] for array in arrays))
                 try:
                     with call_deadline(timeout, f"{self.role} model {self.source}"):
-                        result = self.module(batch)
+                        result = self.module(*batch)
                 except InputError:
                     raise
                 except Exception as error:  # the model's own code failed on this input
                     raise InputError(
-                        f"{self.role} model {self.source} failed on input of shape {tuple(batch.shape)} "
-                        f"({batch.shape[1]} features in [model] features order): {first_line(error)}"
+                        f"{self.role} model {self.source} failed on input of shape {_shapes(batch)}: {first_line(error)}"
                     ) from None
                 outputs.append(self._checked_output(result))
         return np.concatenate(outputs, axis=0)
 
-    def check_batch(self, features: np.ndarray, why: str) -> None:
-        """Call the model once on exactly these rows (a batch it will be timed on); a failure is bad input."""
+    def _batch(self, arrays: tuple[np.ndarray, ...]) -> tuple:
+        """Tensors on the model's device: on CUDA through pinned memory, copied without blocking."""
         import numpy as np
         import torch
 
-        batch = torch.from_numpy(np.ascontiguousarray(features))
+        tensors = tuple(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays)
+        if self.device == "cpu":
+            return tensors
+        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+
+    def to_device(self, device: str) -> None:
+        """Move the model for golden-set inference (``cuda`` or ``cpu``)."""
+        if device != self.device and hasattr(self.module, "to"):
+            try:
+                self.module = self.module.to(device)
+            except Exception as error:  # e.g. an exported program pinned to its device
+                raise InputError(f"{self.role} model {self.source} cannot move to {device}: {first_line(error)}") from None
+        self.device = device
+
+    def check_batch(self, inputs: np.ndarray | tuple[np.ndarray, ...], why: str) -> None:
+        """Call the model once on exactly these samples (a batch it will be timed on); a failure is bad input."""
+        import torch
+
+        batch = self._batch(inputs if isinstance(inputs, tuple) else (inputs,))
         try:
             with torch.inference_mode(), call_deadline(self.timeout, f"{self.role} model {self.source}"):
-                self.module(batch)
+                self.module(*batch)
         except InputError:
             raise
         except Exception as error:  # the model's own code failed on this batch size
-            raise InputError(f"{self.role} model {self.source} fails on the {why} of shape {tuple(batch.shape)}: {first_line(error)}") from None
+            raise InputError(f"{self.role} model {self.source} fails on the {why} of shape {_shapes(batch)}: {first_line(error)}") from None
 
     def _checked_output(self, result: Any) -> np.ndarray:
         import torch
@@ -116,6 +152,13 @@ class LoadedModel:
         if not (result.is_floating_point() or result.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
             raise InputError(f"{self.role} model {self.source} returned {result.dtype}, not numbers")
         return result.detach().to("cpu", torch.float64).numpy()
+
+
+def _shapes(batch: tuple) -> str:
+    """``(64, 5)``; ``(64, 1, 32, 32) and (64, 3) int64`` for several inputs (dtypes other than float32 named)."""
+    import torch
+
+    return " and ".join(f"{tuple(t.shape)}" + ("" if t.dtype == torch.float32 else f" {str(t.dtype).removeprefix('torch.')}") for t in batch)
 
 
 # A hung model gets this long to notice the interrupt before the process ends (it may be stuck in native code).
@@ -407,29 +450,10 @@ _LOADERS: dict[ModelKind, Callable[[Path, str, str | None, bool], Callable]] = {
 }
 
 
-def resolve_factory(reference: str) -> Callable[[], Any]:
-    """``"package.module:function"`` → the function (imported from the working directory too)."""
-    import sys
-
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise InputError(f"factory {reference!r} is not of the form 'package.module:function'")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise InputError(f"cannot import factory module {module_name!r}: {error}") from None
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise InputError(f"factory {reference!r}: {module_name} has no callable {attribute!r}")
-    return function
-
-
-def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: int | None = None) -> np.ndarray:
+def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: int | None = None, *, outputs: int = 1) -> np.ndarray:
     """Shape-check raw outputs for the task and normalise them.
 
-    Regression → (N,) values. Classification → (N, C) class probabilities; binary models may output
+    Regression → (N,) values, or (N, K) for a target of K ``outputs``. Classification → (N, C) class probabilities; binary models may output
     (N,) or (N, 1) (the positive class), multiclass (N, C). Non-finite values are kept: the output
     contract reports them, they are not an input error.
     """
@@ -437,6 +461,10 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
 
     if raw.ndim == 2 and raw.shape[1] == 1:
         raw = raw[:, 0]
+    if spec.task == "regression" and outputs > 1:
+        if raw.ndim != 2 or raw.shape[1] != outputs:
+            raise InputError(f"{role} model output shape {_shape(raw)} does not fit the target's {outputs} outputs (expected (N, {outputs}))")
+        return raw
     if spec.task == "regression":
         if raw.ndim != 1:
             raise InputError(

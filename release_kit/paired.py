@@ -25,9 +25,10 @@ SCALE_SAMPLE_ROWS = 1_000_000
 
 
 def per_sample_loss(task: str, target: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-
+    """Absolute error (averaged over a multi-output regressor's outputs), or log loss of the true class."""
     if task == "regression":
-        return np.abs(predictions - target)
+        error = np.abs(predictions - target)
+        return error if error.ndim == 1 else error.mean(axis=1)
     picked = predictions[np.arange(len(target)), target]
     return -np.log(np.clip(picked, 1e-15, 1.0))
 
@@ -159,10 +160,14 @@ class Binning:
 
 
 def bin_feature(name: str, column: np.ndarray, bins: int, rng: np.random.Generator) -> Binning:
-    """Integer features with few values: one bin per value. Others: quantile bins (edges from a sample).
+    """Categories (text) and integer features with few values: one bin per value. Others: quantile bins
+    (edges from a sample).
 
     Codes come from comparisons, not a binary search: with a handful of edges that is ~6× faster.
     """
+    if column.dtype.kind in "OUS":
+        values, codes = np.unique(column, return_inverse=True)
+        return Binning(name, codes.astype(np.uint8), [f"{name} = {value}" for value in values], None)
     column = np.ascontiguousarray(column)  # a feature matrix's column is strided: every pass pays for it
     sample = column if len(column) <= EDGE_SAMPLE_ROWS else column[rng.integers(0, len(column), EDGE_SAMPLE_ROWS)]
     if np.array_equal(sample, np.round(sample)):
@@ -234,8 +239,7 @@ def pair_slices(first: Binning, second: Binning, joint: np.ndarray) -> Iterator[
 
 
 def discover_slices(
-    features: np.ndarray,
-    names: list[str],
+    columns: list[tuple[str, np.ndarray]],
     delta: np.ndarray,
     baseline_loss: np.ndarray,
     *,
@@ -245,11 +249,12 @@ def discover_slices(
     min_size: int = 30,
     seed: int = 0,
 ) -> list[SliceStat]:
-    """Every single-feature slice, then cells of pairs among the ``pairs`` most suspicious features;
-    Holm-adjusted over all slices searched (of at least ``min_size`` rows)."""
+    """Every single-column slice, then cells of pairs among the ``pairs`` most suspicious columns;
+    Holm-adjusted over all slices searched (of at least ``min_size`` rows). ``columns``: (name, values)
+    per row; numeric, or text categories (at most 255)."""
     rng = np.random.default_rng(seed)
     weights = (delta, delta * delta, baseline_loss)
-    binnings = [bin_feature(name, features[:, j], bins, rng) for j, name in enumerate(names)]
+    binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
     joints: dict[tuple[str, str], np.ndarray] = {}
     marginals: dict[str, np.ndarray] = {}
     for first, second in zip(binnings[0::2], binnings[1::2]):
@@ -302,7 +307,7 @@ class Region:
         return f"{self.feature} ≤ {self.high:.4g}"
 
 
-def confined_region(features: np.ndarray, names: list[str], moved: np.ndarray, max_share: float = 0.5) -> Region | None:
+def confined_region(columns: list[tuple[str, np.ndarray]], moved: np.ndarray, max_share: float = 0.5) -> Region | None:
     """The tightest single-feature interval holding every moved row, when it holds at most ``max_share`` of
     all rows (else the change is not confined); among features, the one whose interval holds fewest rows.
 
@@ -312,8 +317,9 @@ def confined_region(features: np.ndarray, names: list[str], moved: np.ndarray, m
         return None
     best: Region | None = None
     n = len(moved)
-    for index, name in enumerate(names):
-        column = features[:, index]
+    for name, column in columns:
+        if column.dtype.kind not in "iufb":
+            continue  # categories have no interval
         low, high = float(column[moved].min()), float(column[moved].max())
         inside = int(((column >= low) & (column <= high)).sum())
         if inside > max_share * n or (best is not None and inside >= best.inside):
@@ -321,3 +327,78 @@ def confined_region(features: np.ndarray, names: list[str], moved: np.ndarray, m
         full_low, full_high = float(column.min()), float(column.max())
         best = Region(name, None if low <= full_low else low, None if high >= full_high else high, inside, int(moved.sum()) / inside)
     return best
+
+
+@dataclass(frozen=True)
+class ClassStat:
+    """Recall (rows of this true class) or precision (rows predicted as this class) of one class, candidate
+    vs baseline, with a paired interval and a one-sided test of ``H0: the drop ≤ tolerance``."""
+
+    measure: str  # "recall" | "precision"
+    class_id: int
+    n: int  # rows of the class (recall) or predicted as it by either model (precision)
+    baseline: float
+    candidate: float
+    ci_low: float
+    ci_high: float
+    tolerance: float
+    p_value: float
+    p_adjusted: float = math.nan
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+
+def class_changes(target: np.ndarray, predicted_c: np.ndarray, predicted_b: np.ndarray, classes: int,
+                  tolerance: Tolerance, min_size: int, confidence: float = 0.95) -> list[ClassStat]:
+    """Per-class recall and precision of both models, each difference with an influence-function interval.
+
+    Recall of class c is a mean over its rows, so its paired influence is the per-row change of
+    correctness there; precision is the ratio TP/predicted, linearised like F1. Each row enters at most
+    two classes' sums, so every class costs a few ``np.bincount`` passes: linear in rows, not rows × classes.
+    """
+    from scipy.stats import norm
+
+    n = len(target)
+    right_c = (predicted_c == target).astype(float)
+    right_b = (predicted_b == target).astype(float)
+    stats: list[ClassStat] = []
+
+    size = np.bincount(target, minlength=classes).astype(float)
+    recall_c = np.bincount(target, right_c, classes) / np.maximum(size, 1)
+    recall_b = np.bincount(target, right_b, classes) / np.maximum(size, 1)
+    change = (right_c - recall_c[target]) - (right_b - recall_b[target])
+    share = size / n
+    spread = np.bincount(target, change * change, classes) / n / np.maximum(share, 1e-300) ** 2
+    for c in np.flatnonzero(size >= min_size):
+        stats.append(_class_stat("recall", int(c), int(size[c]), recall_b[c], recall_c[c], spread[c], n, tolerance, confidence, norm))
+
+    called_c = np.bincount(predicted_c, minlength=classes).astype(float)
+    called_b = np.bincount(predicted_b, minlength=classes).astype(float)
+    precision_c = np.bincount(predicted_c, right_c, classes) / np.maximum(called_c, 1)
+    precision_b = np.bincount(predicted_b, right_b, classes) / np.maximum(called_b, 1)
+    # ψ of precision P = mean(a)/mean(b), a = TP, b = predicted as c: (a − P·b)/mean(b), per model.
+    psi_c = (right_c - precision_c[predicted_c]) / np.maximum(called_c[predicted_c] / n, 1e-300)
+    psi_b = (right_b - precision_b[predicted_b]) / np.maximum(called_b[predicted_b] / n, 1e-300)
+    same = predicted_c == predicted_b
+    squares = np.bincount(predicted_c[same], (psi_c[same] - psi_b[same]) ** 2, classes)
+    squares += np.bincount(predicted_c[~same], psi_c[~same] ** 2, classes)
+    squares += np.bincount(predicted_b[~same], psi_b[~same] ** 2, classes)
+    either = called_c + called_b - np.bincount(predicted_c[same], minlength=classes)
+    for c in np.flatnonzero((called_c >= min_size) & (called_b >= min_size)):
+        stats.append(_class_stat("precision", int(c), int(either[c]), precision_b[c], precision_c[c], squares[c] / n, n, tolerance, confidence, norm))
+    return stats
+
+
+def _class_stat(measure, class_id, size, baseline, candidate, variance, n, tolerance, confidence, norm) -> ClassStat:
+    se = math.sqrt(max(float(variance), 0.0) / n)
+    delta = float(candidate - baseline)
+    half = float(norm.ppf(0.5 + confidence / 2)) * se
+    allowed = tolerance.of(float(baseline))
+    drop = -delta
+    if se == 0:
+        p = 0.0 if drop > allowed else 1.0
+    else:
+        p = float(norm.sf((drop - allowed) / se))
+    return ClassStat(measure, class_id, size, float(baseline), float(candidate), delta - half, delta + half, allowed, p)

@@ -39,7 +39,9 @@ def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: fl
            features: list[str] | tuple[str, ...]) -> SearchResult:
     """Hypothesis looks for a row that ``violates``, and shrinks what it finds to a minimal example."""
     from hypothesis import HealthCheck, find, settings
-    from hypothesis.errors import HypothesisException, NoSuchExample
+    from hypothesis.errors import HypothesisException, InvalidArgument, NoSuchExample
+
+    from .errors import ReleaseKitError
 
     started = time.monotonic()
     tried = 0
@@ -67,6 +69,8 @@ def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: fl
         example = find(strategy, condition, settings=options)
     except NoSuchExample:
         example = None
+    except InvalidArgument as error:  # a strategy built wrong: a bug to report, never "nothing found"
+        raise ReleaseKitError(f"the search's strategy is invalid: {error}") from None
     except HypothesisException:  # a shrink cut short can look flaky to Hypothesis: keep what was found
         example = None
     if example is None:

@@ -70,23 +70,47 @@ def no_baseline(stage: str, name: str, measured: str = "") -> CheckResult:
     return CheckResult(stage, name, Status.SKIP, f"{prefix}no baseline to compare against (first release)")
 
 
+# A tensor set's details table shows at most this many metadata columns (the table must fit a page).
+EXAMPLE_METADATA_COLUMNS = 6
+
+
 def example_rows(gate: GateContext, rows, title: str) -> Table:
-    """A details table of golden rows: features, truth and both models' predictions."""
-    features = gate.config.model.features
-    columns = ["row", *features, "truth", "baseline", "candidate"]
+    """A details table of golden rows: a table's features (a tensor set's sample index and metadata), the
+    truth and both models' predictions."""
+    golden = gate.golden
     baseline = gate.predictions.baseline
+    if golden.tabular:
+        columns = ["row", *golden.feature_names]
+    else:
+        metadata = [str(c) for c in golden.frame.columns[:EXAMPLE_METADATA_COLUMNS]]
+        columns = ["sample", *metadata]
     body = []
     for row in map(int, rows):
+        described = list(map(float, golden.features[row])) if golden.tabular else [_cell(golden.frame.iloc[row, k]) for k in range(len(columns) - 1)]
         body.append([
-            row, *map(float, gate.golden.features[row]), float(gate.golden.target[row]),
-            None if baseline is None else _scalar(baseline[row]), _scalar(gate.predictions.candidate[row]),
+            row, *described, _scalar(golden.target[row], gate),
+            None if baseline is None else _scalar(baseline[row], gate), _scalar(gate.predictions.candidate[row], gate),
         ])
-    return Table(title, columns, body)
+    return Table(title, [*columns, "truth", "baseline", "candidate"], body)
 
 
-def _scalar(value):
-    """A regression prediction as a float; class probabilities as the highest class's probability."""
-    return float(value) if value.ndim == 0 else float(value.max())
+def _scalar(value, gate: GateContext):
+    """A regression prediction as a float (several outputs as a list); class probabilities of a tensor set as
+    "class (probability)", of a table as the highest class's probability."""
+    if value.ndim == 0:
+        if gate.config.model.task == "classification" and not gate.golden.tabular:
+            return gate.config.model.class_name(int(value))
+        return float(value)
+    if gate.config.model.task == "regression":
+        return "[" + ", ".join(f"{float(v):.4g}" for v in value) + "]"
+    if gate.golden.tabular:
+        return float(value.max())
+    best = int(value.argmax())
+    return f"{gate.config.model.class_name(best)} ({float(value[best]):.2f})"
+
+
+def _cell(value):
+    return value.item() if hasattr(value, "item") else value
 
 
 def load_stage(name: str) -> ModuleType:

@@ -25,11 +25,17 @@ NAME = "data"
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
-    from ..data import read_table
+    from ..data import is_tensor_source, read_table
+    from ..errors import InputError
     from ..validation import load_suites, profile, validate
 
     spec = gate.config.data
-    reference = read_table(spec.reference) if spec.reference else None
+    golden = gate.golden
+    tensor_reference = spec.reference is not None and is_tensor_source(spec.reference)
+    if spec.reference and tensor_reference == golden.tabular:
+        raise InputError(f"[data] reference {spec.reference}: a table golden set is compared with a table, a tensor golden set "
+                         "with a tensor file of the same layout (.npz or .safetensors)")
+    reference = read_table(spec.reference) if spec.reference and not tensor_reference else None
     suites = load_suites(Path(spec.suites))
     if not suites and reference is not None:
         suites = [profile(reference, spec.profile, name=f"profile of {_source_name(spec.reference)}", source=spec.reference)]
@@ -52,7 +58,77 @@ def checks(gate: GateContext) -> list[StageCheck]:
             found += [StageCheck(name, partial(expectation_check, run, index, name)) for index, name in enumerate(names)]
     if reference is not None:
         found.append(StageCheck("drift", partial(drift_check, gate, reference)))
+    if tensor_reference:
+        found += _tensor_checks(gate, spec.reference)
     return found
+
+
+def _tensor_checks(gate: GateContext, source: str) -> list[StageCheck]:
+    """Layout, value range and per-channel drift of the golden tensors against the reference tensors."""
+    from ..data import as_model_input, input_arrays, read_tensors
+
+    names, arrays = input_arrays(read_tensors(Path(source)), source)
+    reference = tuple(as_model_input(array, name, source) for name, array in zip(names, arrays))
+    return [
+        StageCheck("tensor:layout", partial(tensor_layout, gate, names, reference)),
+        StageCheck("tensor:range", partial(tensor_range, gate, names, reference)),
+        StageCheck("drift", partial(tensor_drift, gate, names, reference)),
+    ]
+
+
+def _layout(name: str, array) -> str:
+    return f"{name} (N, {', '.join(map(str, array.shape[1:]))}) {array.dtype}"
+
+
+def tensor_layout(gate: GateContext, names: tuple[str, ...], reference: tuple) -> CheckResult:
+    golden = gate.golden
+    mine = [_layout(n, a) for n, a in zip(golden.input_names, golden.inputs)]
+    theirs = [_layout(n, a) for n, a in zip(names, reference)]
+    if mine == theirs:
+        return CheckResult(NAME, "tensor:layout", Status.PASS, f"golden inputs have the reference's layout: {'; '.join(mine)}")
+    return CheckResult(NAME, "tensor:layout", Status.FAIL,
+                       f"golden inputs {'; '.join(mine)} differ from the reference's {'; '.join(theirs)}",
+                       details={"golden": mine, "reference": theirs})
+
+
+def tensor_range(gate: GateContext, names: tuple[str, ...], reference: tuple) -> CheckResult:
+    """Each golden input's values within the reference's range, widened by [data.profile] range_margin."""
+
+    profile = gate.config.data.profile
+    rows, outside = [], []
+    for name, golden, ref in zip(gate.golden.input_names, gate.golden.inputs, reference):
+        low, high = float(ref.min()), float(ref.max())
+        margin = profile.range_margin * ((high - low) or 1.0)
+        allowed = (low - margin, high + margin)
+        share = float(((golden < allowed[0]) | (golden > allowed[1])).mean())
+        rows.append([name, float(golden.min()), float(golden.max()), f"[{allowed[0]:.4g}, {allowed[1]:.4g}]", share])
+        if share > 1.0 - profile.mostly + 1e-12:
+            outside.append(f"{name}: {share:.2%} of values outside [{allowed[0]:.4g}, {allowed[1]:.4g}]")
+    table = {"title": "golden value range vs reference", "columns": ["input", "min", "max", "allowed", "share outside"], "rows": rows}
+    if outside:
+        return CheckResult(NAME, "tensor:range", Status.FAIL, "; ".join(outside), details={"table": table})
+    return CheckResult(NAME, "tensor:range", Status.PASS,
+                       f"every golden input value lies in the reference's range (± {profile.range_margin:g} of it)", details={"table": table})
+
+
+def tensor_drift(gate: GateContext, names: tuple[str, ...], reference: tuple) -> CheckResult:
+    """Per-channel drift: the distributions of each sample's channel means and standard deviations, golden
+    vs reference, by PSI and a two-sample test (integer inputs such as token ids: their values' distribution)."""
+    from ..drift import default_channel_axis, sample_summaries
+
+    axis_setting = gate.config.data.channel_axis
+    current, before = {}, {}
+    for name, golden, ref in zip(gate.golden.input_names, gate.golden.inputs, reference):
+        if golden.shape[1:] != ref.shape[1:]:
+            return CheckResult(NAME, "drift", Status.ERROR, f"cannot compare {name}: golden samples {golden.shape[1:]} vs reference {ref.shape[1:]} (see tensor:layout)")
+        axis = axis_setting if axis_setting is not None else default_channel_axis(golden.shape[1:])
+        if axis is not None and axis >= golden.ndim - 1:
+            from ..errors import InputError
+
+            raise InputError(f"[data] channel_axis = {axis}: {name}'s samples have only {golden.ndim - 1} axes")
+        current.update(sample_summaries(name, golden, axis))
+        before.update(sample_summaries(name, ref, axis))
+    return _drift_result(gate, before, current, what="channel statistics")
 
 
 GOLDEN_ROW_EXAMPLES = 10
@@ -63,18 +139,28 @@ def golden_rows(gate: GateContext) -> CheckResult:
     excluded = gate.golden.excluded
     total = len(gate.golden.read)
     if excluded is None or not len(excluded):
-        return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total} golden rows have finite features and a valid target")
+        what = "features" if gate.golden.tabular else "inputs"
+        return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total} golden rows have finite {what} and a valid target")
     columns = ", ".join(f"{column} ({count})" for column, count in sorted(excluded.columns.items(), key=lambda item: -item[1]))
     shown = ", ".join(str(int(row)) for row in excluded.rows[:GOLDEN_ROW_EXAMPLES])
     more = f" and {len(excluded) - GOLDEN_ROW_EXAMPLES} more" if len(excluded) > GOLDEN_ROW_EXAMPLES else ""
     frame = gate.golden.read
     spec = gate.config.model
-    table = {
-        "title": f"first {min(len(excluded), GOLDEN_ROW_EXAMPLES)} unusable golden rows",
-        "columns": ["row", *spec.features, spec.target],
-        "rows": [[int(row), *(_plain_cell(frame[c].iloc[int(row)]) for c in [*spec.features, spec.target])]
-                 for row in excluded.rows[:GOLDEN_ROW_EXAMPLES]],
-    }
+    if gate.golden.tabular:
+        table = {
+            "title": f"first {min(len(excluded), GOLDEN_ROW_EXAMPLES)} unusable golden rows",
+            "columns": ["row", *spec.features, spec.target],
+            "rows": [[int(row), *(_plain_cell(frame[c].iloc[int(row)]) for c in [*spec.features, spec.target])]
+                     for row in excluded.rows[:GOLDEN_ROW_EXAMPLES]],
+        }
+    else:  # a tensor set: which arrays are bad is in the summary; the rows' metadata says which samples
+        shown_columns = [str(c) for c in frame.columns[:6]]
+        table = {
+            "title": f"first {min(len(excluded), GOLDEN_ROW_EXAMPLES)} unusable golden samples",
+            "columns": ["sample", *shown_columns],
+            "rows": [[int(row), *(_plain_cell(frame[c].iloc[int(row)]) for c in frame.columns[:6])]
+                     for row in excluded.rows[:GOLDEN_ROW_EXAMPLES]],
+        }
     return CheckResult(
         NAME, "golden_rows", Status.FAIL,
         f"{len(excluded)} of {total} golden rows have NaN/inf or impossible values (by column: {columns}); "
@@ -162,9 +248,6 @@ def _num(value) -> str:
 def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
     import numpy as np
 
-    from ..drift import drift
-
-    spec = gate.config.data.drift
     features = gate.config.model.features
     missing = [f for f in features if f not in reference.columns]
     if missing:
@@ -173,27 +256,36 @@ def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
     if len(numeric) < len(features):
         skipped = sorted(set(features) - set(numeric))
         return CheckResult(NAME, "drift", Status.ERROR, f"reference feature column(s) {', '.join(skipped)} are not numeric")
-    results = drift(
+    return _drift_result(
+        gate,
         {f: reference[f].dropna().to_numpy(dtype=float) for f in features},
         {f: gate.golden.features[:, i].astype(float) for i, f in enumerate(features)},
-        psi_threshold=spec.psi, alpha=spec.alpha, bins=spec.bins, test_rows=spec.test_rows, seed=gate.config.quality.seed,
+        what="features",
     )
+
+
+def _drift_result(gate: GateContext, before: dict, current: dict, what: str) -> CheckResult:
+    from ..drift import drift
+
+    spec = gate.config.data.drift
+    results = drift(before, current, psi_threshold=spec.psi, alpha=spec.alpha, bins=spec.bins, test_rows=spec.test_rows,
+                    seed=gate.config.quality.seed)
     drifted = [r for r in results if r.drifted]
     table = {
-        "title": "drift per feature",
-        "columns": ["feature", "test", "PSI", "statistic", "p (Holm)", "drifted"],
+        "title": f"drift per {'feature' if what == 'features' else 'channel statistic'}",
+        "columns": ["feature" if what == "features" else "statistic", "test", "PSI", "statistic", "p (Holm)", "drifted"],
         "rows": [[r.feature, r.test, r.psi, r.statistic, r.p_adjusted, "yes" if r.drifted else "no"] for r in results],
     }
-    chart = {"title": "PSI per feature (golden vs reference)", "labels": [r.feature for r in results],
+    chart = {"title": f"PSI per {'feature' if what == 'features' else 'channel statistic'} (golden vs reference)", "labels": [r.feature for r in results],
              "values": [round(r.psi, 4) for r in results], "y_label": "PSI"}
     details = {"table": table, "chart": chart, "drifted": [r.feature for r in drifted]}
     if drifted:
         names = ", ".join(f"{r.feature} (PSI {r.psi:.2f})" for r in drifted)
         status = Status.FAIL if spec.action == "fail" else Status.WARN
-        return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} features drifted from the reference: {names}", details=details)
+        return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} {what} drifted from the reference: {names}", details=details)
     worst = max(results, key=lambda r: r.psi)
     return CheckResult(
         NAME, "drift", Status.PASS,
-        f"no feature drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
+        f"none of {len(results)} {what} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
         details=details,
     )

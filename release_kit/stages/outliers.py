@@ -38,16 +38,26 @@ def checks(gate: GateContext) -> list[StageCheck]:
     spec = gate.config.outliers
     for declared in spec.slices:
         _slice_masks(gate, declared)  # raises InputError for a missing column, NaN, a bad expression
-    if gate.config.model.task == "classification" and spec.monotonic and gate.predictions.candidate.shape[1] > 2:
+    classification = gate.config.model.task == "classification"
+    if classification and spec.monotonic and gate.predictions.candidate.shape[1] > 2:
         raise InputError("[outliers] monotonic constraints need a regression or binary classification model")
-    domain = domain_from_data(gate.config.model.features, gate.golden.features, spec.domain)
     losses = Once(partial(_losses, gate))  # both models' per-sample losses, shared by the checks below
     found = [
         StageCheck("newly_broken", partial(newly_broken, gate, losses)),
         StageCheck("prediction_shift", partial(prediction_shift, gate)),
         StageCheck("moved_region", partial(moved_region, gate)),
         StageCheck("slices", partial(discovered_slices, gate, losses)),
+        *([StageCheck("classes", partial(class_slices, gate))] if classification else []),
         *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
+    ]
+    if not gate.golden.tabular:
+        # Tensor inputs have no per-feature domain to draw from: the search perturbs golden samples instead.
+        if spec.monotonic or spec.domain or spec.search.divergence is not None:
+            raise InputError("[outliers] monotonic, domain and search.divergence need a table golden set "
+                             "(tensor inputs are searched by [outliers.robustness])")
+        return [*found, StageCheck("search:robustness", partial(search_robustness, gate))]
+    domain = domain_from_data(gate.config.model.features, gate.golden.features, spec.domain)
+    found += [
         *[StageCheck(f"monotonic:{m.feature}", partial(monotonic, gate, m, domain)) for m in spec.monotonic],
         StageCheck("search:contract", partial(search_contract, gate, domain)),
     ]
@@ -119,6 +129,7 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         what = "confidence in the true class"
     else:
         shift = np.abs(candidate - baseline)
+        shift = shift if shift.ndim == 1 else shift.mean(axis=1)
         what = "prediction"
     with np.errstate(invalid="ignore"):
         shift = np.where(np.isfinite(shift), shift, np.inf)
@@ -150,11 +161,16 @@ def moved_region(gate: GateContext) -> CheckResult:
         scale = float(np.median(np.abs(gate.golden.target))) + float(np.median(np.abs(baseline)))
         with np.errstate(invalid="ignore"):
             moved = ~(np.abs(candidate - baseline) <= 1e-5 * max(scale, 1e-12))
+        moved = moved if moved.ndim == 1 else moved.any(axis=1)
         what = "prediction"
     n, count = len(moved), int(moved.sum())
     if count == 0:
         return CheckResult(NAME, "moved_region", Status.PASS, f"no row's {what} changed")
-    region = confined_region(gate.golden.features, gate.config.model.features, moved)
+    columns = gate.golden.slice_columns()
+    if not columns:
+        return CheckResult(NAME, "moved_region", Status.SKIP,
+                           f"{count} of {n} samples' {what}s changed; no metadata columns to say where (set [data] metadata)")
+    region = confined_region(columns, moved)
     if region is None or count == n:
         return CheckResult(NAME, "moved_region", Status.PASS,
                            f"{count} of {n} rows' {what}s changed, spread over the golden set (no single region holds them)")
@@ -197,13 +213,59 @@ def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
     from ..paired import discover_slices
 
     spec = gate.config.outliers
+    columns = gate.golden.slice_columns()
+    if not columns:
+        return CheckResult(NAME, "slices", Status.SKIP, "no metadata columns to slice the golden samples by (set [data] metadata)")
     loss_c, loss_b = losses()
     stats = discover_slices(
-        gate.golden.features, gate.config.model.features, loss_c - loss_b, loss_b,
+        columns, loss_c - loss_b, loss_b,
         tolerance=_slice_tolerance(gate), bins=spec.quantile_bins, pairs=spec.feature_pairs,
         min_size=spec.min_slice_size, seed=gate.config.quality.seed,
     )
     return _slice_verdict(gate, "slices", stats, searched=f"{len(stats)} slices searched")
+
+
+def class_slices(gate: GateContext) -> CheckResult:
+    """Recall of every true class and precision of every predicted class, candidate vs baseline, Holm over
+    all of them: a class the candidate broke is named even when overall accuracy hides it."""
+    if gate.predictions.baseline is None:
+        return no_baseline(NAME, "classes")
+    import math
+
+    from ..multiple_testing import holm_adjust
+    from ..paired import class_changes
+
+    spec = gate.config.outliers
+    model = gate.config.model
+    candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
+    stats = class_changes(gate.golden.target, candidate.argmax(axis=1), baseline.argmax(axis=1), candidate.shape[1],
+                          _slice_tolerance(gate), spec.min_slice_size)
+    if not stats:
+        return CheckResult(NAME, "classes", Status.WARN, f"no class has the minimum {spec.min_slice_size} rows: per-class changes not tested")
+    from dataclasses import replace
+
+    stats = [replace(s, p_adjusted=p) for s, p in zip(stats, holm_adjust([s.p_value for s in stats]))]
+    failing = sorted((s for s in stats if s.p_adjusted < spec.alpha), key=lambda s: s.delta)
+
+    def words(s) -> str:
+        return (f"{s.measure} of class {model.class_name(s.class_id)} {'dropped' if s.delta < 0 else 'rose'} from "
+                f"{s.baseline:.2f} to {s.candidate:.2f} (n={s.n}, Δ {s.delta:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}])")
+
+    shown = failing or sorted(stats, key=lambda s: s.delta)
+    table = {
+        "title": "classes that regressed" if failing else "classes that moved most",
+        "columns": ["class", "measure", "n", "baseline", "candidate", "Δ", "95% interval", "tolerance", "p (Holm)"],
+        "rows": [[model.class_name(s.class_id), s.measure, s.n, s.baseline, s.candidate, s.delta,
+                  f"[{s.ci_low:+.3g}, {s.ci_high:+.3g}]", s.tolerance, s.p_adjusted] for s in shown[:SLICE_TABLE_ROWS]],
+    }
+    details = {"table": table, "tested": len(stats), "failing": len(failing)}
+    searched = f"{len(stats)} class recalls and precisions, Holm α={spec.alpha:g}"
+    if failing:
+        more = f"; and {len(failing) - 1} more" if len(failing) > 1 else ""
+        return CheckResult(NAME, "classes", Status.FAIL, f"{words(failing[0])}, beyond the tolerance of {failing[0].tolerance:.3g}{more} ({searched})", details=details)
+    if any(not math.isfinite(s.p_adjusted) for s in stats):
+        return CheckResult(NAME, "classes", Status.WARN, f"some class statistics are undefined (NaN) ({searched})", details=details)
+    return CheckResult(NAME, "classes", Status.PASS, f"no class regressed beyond tolerance ({searched}); largest drop: {words(shown[0])}", details=details)
 
 
 def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> CheckResult:
@@ -312,7 +374,7 @@ def _outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
     from ..models import to_predictions
 
     model = getattr(gate, role)
-    return to_predictions(model.raw_outputs(rows.astype(np.float32)), gate.config.model, role)
+    return to_predictions(model.raw_outputs(rows.astype(np.float32)), gate.config.model, role, outputs=gate.golden.outputs)
 
 
 def _scalar_outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
@@ -427,3 +489,178 @@ def search_divergence(gate: GateContext, domain: Domain) -> CheckResult:
 
     found = _search(gate, domain, diverges)
     return _search_result(gate, "search:divergence", found, f"differs from the baseline by more than {tolerance:g}", None)
+
+
+# -- differential robustness search (tensor inputs) ----------------------------------------------------
+
+
+def _decisions(gate: GateContext, role: str, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(decision per sample, contract broken per sample): the class for classification, the prediction
+    for regression."""
+    from .. import contract
+    from ..models import to_predictions
+
+    model = getattr(gate, role)
+    outputs = to_predictions(model.raw_outputs(inputs), gate.config.model, role, outputs=gate.golden.outputs)
+    broken = np.zeros(len(outputs), dtype=bool)
+    for mask in contract.violations(outputs, gate.config.model).values():
+        broken |= mask
+    decision = outputs.argmax(axis=1) if gate.config.model.task == "classification" else outputs
+    return decision, broken
+
+
+def _search_samples(gate: GateContext, count: int) -> np.ndarray:
+    """Golden samples to perturb, drawn at random (seeded): for classification among those both models
+    get right, so that a flip is a new mistake, not a changed one."""
+    n = len(gate.golden)
+    pool = np.arange(n)
+    if gate.config.model.task == "classification":
+        right = gate.predictions.candidate.argmax(axis=1) == gate.golden.target
+        if gate.predictions.baseline is not None:
+            right &= gate.predictions.baseline.argmax(axis=1) == gate.golden.target
+        pool = np.flatnonzero(right) if right.sum() >= 2 else pool
+    rng = np.random.default_rng(gate.config.quality.seed)
+    return np.sort(rng.choice(pool, min(count, len(pool)), replace=False))
+
+
+def _perturbed_batch(golden, rows: np.ndarray, vectors: np.ndarray, scales) -> tuple[np.ndarray, ...]:
+    from .. import perturbations
+
+    parts = [perturbations.apply(v, golden.take(rows[int(v[0]) : int(v[0]) + 1]), scales) for v in vectors]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(len(golden.inputs)))
+
+
+def search_robustness(gate: GateContext) -> CheckResult:
+    """How often small perturbations of golden samples flip each model's decision (or break the output
+    contract), candidate vs baseline; then a Hypothesis search for one perturbation that flips the candidate
+    and not the baseline, shrunk to the smallest, to show. A model near its decision boundary flips
+    somewhere; the candidate blocks when it flips more often than the baseline by more than
+    ``max_flip_increase`` (the paired interval's lower bound), or breaks the contract where the baseline does not."""
+    from scipy.stats import t
+
+    from .. import perturbations
+    from ..search import search
+
+    name = "search:robustness"
+    spec = gate.config.outliers.robustness
+    golden = gate.golden
+    if not spec.enabled or not gate.config.outliers.search.enabled:
+        return CheckResult(NAME, name, Status.SKIP, "robustness search disabled in [outliers.robustness] or [outliers.search]")
+    floating = [a for a in golden.inputs if a.dtype.kind == "f"]
+    if not floating:
+        return CheckResult(NAME, name, Status.SKIP, "every input is integer (e.g. token ids): no perturbation budget applies to them")
+    budget = perturbations.budget_for(floating[0].shape[1:], spec)
+    if budget.empty:
+        return CheckResult(NAME, name, Status.SKIP, "the [outliers.robustness] budget is zero: nothing to search")
+    rows = _search_samples(gate, spec.samples)
+    scales = tuple((float(a.std()) or 1.0) if a.dtype.kind == "f" else 1.0 for a in golden.inputs)
+    roles = [role for role in ("candidate", "baseline") if getattr(gate, role) is not None]
+    originals = {role: _decisions(gate, role, golden.take(rows))[0] for role in roles}
+    regression_change = spec.regression_change * (float(np.std(golden.target)) or 1.0)
+
+    def changed(role: str, indices: np.ndarray, perturbed: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        decision, broken = _decisions(gate, role, perturbed)
+        before = originals[role][indices]
+        if gate.config.model.task == "classification":
+            return decision != before, broken
+        moved = np.abs(decision - before) > regression_change
+        return (moved if moved.ndim == 1 else moved.any(axis=1)), broken
+
+    # 1. Flip rates under random draws within the budget, paired by sample.
+    vectors = perturbations.random_draws(budget, len(rows), spec.draws, np.random.default_rng(gate.config.quality.seed))
+    batch = _perturbed_batch(golden, rows, vectors, scales)
+    indices = vectors[:, 0].astype(int)
+    flips = {role: changed(role, indices, batch) for role in roles}
+    rate = {role: flips[role][0].reshape(len(rows), spec.draws).mean(axis=1) for role in roles}
+    breaks = {role: flips[role][1] for role in roles}
+    details = {"budget": budget.words(), "samples": len(rows), "draws": spec.draws,
+               "flip_rate_candidate": float(rate["candidate"].mean())}
+    rates = f"flip rate {rate['candidate'].mean():.1%}"
+    failing, text = False, ""
+    if gate.baseline is not None:
+        d = rate["candidate"] - rate["baseline"]
+        half = float(t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
+        low, high = float(d.mean()) - half, float(d.mean()) + half
+        details.update({"flip_rate_baseline": float(rate["baseline"].mean()), "flip_rate_increase": [low, high]})
+        rates = (f"flip rate {rate['baseline'].mean():.1%} → {rate['candidate'].mean():.1%} "
+                 f"(Δ {d.mean():+.1%} [{low:+.1%}, {high:+.1%}])")
+        failing = low > spec.max_flip_increase
+        new_breaks = int((breaks["candidate"] & ~breaks["baseline"]).sum())
+    else:
+        new_breaks = int(breaks["candidate"].sum())
+    details["contract_breaks"] = new_breaks
+
+    # 2. One perturbation that flips the candidate and not the baseline, found and shrunk by Hypothesis.
+    def flips_only_candidate(vector: np.ndarray) -> bool:
+        perturbed = _perturbed_batch(golden, rows, vector[None], scales)
+        index = np.array([int(vector[0])])
+        flipped, broken = changed("candidate", index, perturbed)
+        if not (flipped[0] or broken[0]):
+            return False
+        return gate.baseline is None or not any(x[0] for x in changed("baseline", index, perturbed))
+
+    settings = gate.config.outliers.search
+    found = search(perturbations.perturbations(budget, len(rows)), flips_only_candidate, seconds=settings.seconds,
+                   max_examples=settings.max_examples, features=perturbations.FIELDS)
+    details["search"] = found.describe()
+    drawn = f"{len(vectors)} random perturbations of {len(rows)} golden samples within {budget.words()}"
+    if found.example is not None:
+        vector = found.example
+        row = int(rows[int(vector[0])])
+        perturbed = _perturbed_batch(golden, rows, vector[None], scales)
+        before = originals["candidate"][int(vector[0])]
+        after = _decisions(gate, "candidate", perturbed)[0][0]
+        model = gate.config.model
+        if model.task == "classification" and before != after:
+            what = f"the candidate's decision flips from {model.class_name(int(before))} to {model.class_name(int(after))}"
+        elif model.task == "regression" and before is not None:
+            what = f"the candidate's prediction moves from {np.round(before, 4).tolist()} to {np.round(after, 4).tolist()}"
+        else:
+            what = "the candidate's output breaks the contract"
+        whose = "" if gate.baseline is None else "; the baseline's does not"
+        text = f"; e.g. golden sample {row} under {perturbations.words(vector, budget)}: {what}{whose}"
+        details.update({"sample": row, "perturbation": perturbations.words(vector, budget), "metadata": _metadata_row(gate, row)})
+        thumbnails = _thumbnails(golden.take([row]), perturbed)
+        if thumbnails:
+            details["images"] = thumbnails
+    if new_breaks:
+        whose = "" if gate.baseline is None else " where the baseline's did not"
+        return CheckResult(NAME, name, Status.FAIL, f"{new_breaks} perturbed sample(s) broke the candidate's output contract{whose} ({drawn}){text}", details=details)
+    if gate.baseline is None:
+        status = Status.WARN if rate["candidate"].mean() > spec.max_flip_increase else Status.PASS
+        return CheckResult(NAME, name, status, f"{rates} (first release: no baseline to compare) ({drawn}){text}", details=details)
+    if failing:
+        return CheckResult(NAME, name, Status.FAIL, f"less robust than the baseline: {rates}, beyond +{spec.max_flip_increase:.0%} ({drawn}){text}", details=details)
+    if found.tried == 0:
+        return CheckResult(NAME, name, Status.WARN, f"{rates}; the search tried no perturbation ({drawn})", details=details)
+    if found.example is not None and rate["candidate"].mean() > rate["baseline"].mean():
+        return CheckResult(NAME, name, Status.WARN, f"{rates}: not significantly less robust ({drawn}){text}", details=details)
+    verdict = "as robust as the baseline or more" if found.example is not None else "no perturbation flips the candidate and not the baseline"
+    return CheckResult(NAME, name, Status.PASS, f"{rates}: {verdict} ({drawn}, {found.tried} searched){text}", details=details)
+
+
+def _metadata_row(gate: GateContext, row: int) -> dict:
+    frame = gate.golden.frame
+    if not len(frame.columns):
+        return {}
+    return {str(k): (v.item() if hasattr(v, "item") else v) for k, v in frame.iloc[row].items()}
+
+
+THUMBNAIL_MAX_SIDE = 64
+
+
+def _thumbnails(original: tuple[np.ndarray, ...], perturbed: tuple[np.ndarray, ...]) -> list[dict]:
+    """Grey-level pixels (0–255) of a 2-D image input before and after, for the HTML note; [] otherwise."""
+    first = next((i for i, a in enumerate(original) if a.dtype.kind == "f"), None)
+    if first is None:
+        return []
+    images = []
+    for title, array in (("golden", original[first][0]), ("perturbed", perturbed[first][0])):
+        image = array[0] if array.ndim == 3 and array.shape[0] in (1, 3) else array
+        if image.ndim != 2 or max(image.shape) > THUMBNAIL_MAX_SIDE:
+            return []
+        images.append((title, image.astype(np.float64)))
+    low = min(float(image.min()) for _, image in images)
+    high = max(float(image.max()) for _, image in images)
+    span = (high - low) or 1.0
+    return [{"title": title, "pixels": np.round((image - low) / span * 255).astype(int).tolist()} for title, image in images]

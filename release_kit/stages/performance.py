@@ -164,8 +164,9 @@ def _recorded(recorder: CandidateRecorder, measured: Once):
 
 
 def _on_device(gate: GateContext, model: LoadedModel, device: str):
-    """The module to time. On CUDA a fresh copy is loaded there, so the other stages keep the CPU one."""
-    if device == "cpu":
+    """The module to time: the loaded one when it is on this device already, else a fresh copy loaded
+    there, so that the other stages keep theirs."""
+    if device == model.device:
         return model.module
     from ..models import load_model
 
@@ -178,8 +179,8 @@ def _inputs(gate: GateContext, rows: int, device: str):
     import torch
 
     rng = np.random.default_rng(gate.config.performance.seed)
-    picked = gate.golden.features[rng.integers(0, len(gate.golden), rows)]
-    return torch.from_numpy(np.ascontiguousarray(picked)).to(device)
+    picked = gate.golden.take(rng.integers(0, len(gate.golden), rows))
+    return tuple(torch.from_numpy(np.ascontiguousarray(array)).to(device) for array in picked)
 
 
 def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, budget: float):
@@ -229,8 +230,8 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
     for role, module in models.items():
         params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            module(batch)
-        facts[role] = {"parameters": params, "flops_per_row": counter.get_total_flops() / len(batch)}
+            module(*batch)
+        facts[role] = {"parameters": params, "flops_per_row": counter.get_total_flops() / len(batch[0])}
     return facts
 
 

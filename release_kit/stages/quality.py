@@ -25,30 +25,47 @@ CONTRACT_EXAMPLES = 5
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
+    """The output contract and every metric of the task; a multi-output regressor's metrics are averaged
+    over its outputs, and its primary metric is also checked output by output."""
     metric_checks = [
         StageCheck(name, partial(metric_check, gate, name)) for name in metrics_for(gate.config.model.task)
     ]
+    target = gate.golden.target
+    if target.ndim == 2:
+        primary = gate.config.primary_metric
+        metric_checks += [
+            StageCheck(f"{primary}:output_{k}", partial(metric_check, gate, primary, output=k)) for k in range(target.shape[1])
+        ]
     return [StageCheck("output_contract", partial(output_contract, gate)), *metric_checks]
 
 
-def metric_check(gate: GateContext, name: str) -> CheckResult:
+def metric_check(gate: GateContext, metric_name: str, output: int | None = None) -> CheckResult:
+    """One metric, candidate vs baseline (``output``: of that output of a multi-output regressor only)."""
     from .. import metrics
+    from ..context import Predictions
 
-    metric = metrics.METRICS[name]
+    metric = metrics.METRICS[metric_name]
     target = gate.golden.target
     predictions = gate.predictions
+    name = metric_name
+    if output is not None:
+        name = f"{metric_name}:output_{output}"
+        target = target[:, output]
+        predictions = Predictions(predictions.candidate[:, output],
+                                  None if predictions.baseline is None else predictions.baseline[:, output])
     quality = gate.config.quality
+    label = metric.label if output is None else f"{metric.label} of output {output}"
 
     if predictions.baseline is None:
         value = metrics.single(metric, target, predictions.candidate)
-        skip = no_baseline(NAME, name, f"{metric.label} {_fmt(value)}")
+        skip = no_baseline(NAME, name, f"{label} {_fmt(value)}")
         return replace(skip, metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),))
 
     if len(target) < quality.min_rows:
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
         return CheckResult(
             NAME, name, Status.WARN,
-            f"{metric.label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {len(target)} usable "
+            f"{label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {len(target)} usable "
             f"row(s), fewer than [quality] min_rows = {quality.min_rows}{gate.golden.note}",
             metrics=(MetricDiff(name, value_c, value_b, value_c - value_b, higher_is_better=metric.higher_is_better),),
         )
@@ -63,28 +80,28 @@ def metric_check(gate: GateContext, name: str) -> CheckResult:
     note = gate.golden.note
     if not (math.isfinite(diff.candidate) and math.isfinite(diff.baseline)):
         which = "candidate" if not math.isfinite(diff.candidate) else "baseline"
-        reason = _undefined_reason(gate, name, which)
+        reason = _undefined_reason(gate, metric_name, which)
         # Could not decide: a warning (never a pass); a gate where no metric decides is blocked.
         return CheckResult(
-            NAME, name, Status.WARN, f"{metric.label} could not be compared: {reason}{note}",
+            NAME, name, Status.WARN, f"{label} could not be compared: {reason}{note}",
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, higher_is_better=metric.higher_is_better),),
         )
     if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
         return CheckResult(
             NAME, name, Status.WARN,
-            f"{metric.label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)}: no interval, so no decision: "
+            f"{label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)}: no interval, so no decision: "
             f"the golden set ({len(gate.golden)} usable rows) is too small or its changes are degenerate{note}",
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, diff.delta, higher_is_better=metric.higher_is_better),),
         )
 
-    tolerance = gate.config.tolerance(name).of(diff.baseline)
+    tolerance = gate.config.tolerance(metric_name).of(diff.baseline)
     result = MetricDiff(
         name, diff.candidate, diff.baseline, diff.delta, diff.ci_low, diff.ci_high,
         higher_is_better=metric.higher_is_better, tolerance=tolerance,
     )
     low, high = result.worsening_interval or (math.nan, math.nan)
     change = (
-        f"{metric.label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)} "
+        f"{label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)} "
         f"({_signed(diff.delta)} [{_signed(diff.ci_low)}, {_signed(diff.ci_high)}])"
     )
     if low > tolerance:
