@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -165,6 +166,66 @@ def _shapes(batch: tuple) -> str:
 _DEADLINE_GRACE_SECONDS = 5.0
 
 
+class _Watchdog:
+    """One thread for the process that guards one model call at a time (calls run on the main thread).
+
+    Arming and disarming take a lock and wake nobody: the thread sleeps until the earliest deadline it
+    knows, then looks again. A thread per call cost ~1 ms each, 10% of a CNN's golden-set inference.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._call = 0  # the guarded call's number; 0: none
+        self._deadline = 0.0
+        self._message = ""
+        self._fired = 0  # the number of the call that was interrupted
+        self._sleeping_until: float | None = None  # None: waiting for a call
+        threading.Thread(target=self._watch, name="release-kit-model-deadline", daemon=True).start()
+
+    def arm(self, seconds: float, message: str) -> int:
+        with self._condition:
+            self._call += 1
+            self._deadline, self._message = time.monotonic() + seconds, message
+            if self._sleeping_until is None or self._sleeping_until > self._deadline:
+                self._condition.notify()
+            return self._call
+
+    def disarm(self, call: int) -> bool:
+        """End the guard of ``call``; whether its deadline fired."""
+        with self._condition:
+            self._deadline = 0.0 if self._call == call else self._deadline
+            self._condition.notify()  # a fired deadline's grace wait ends now
+            return self._fired == call
+
+    def _watch(self) -> None:
+        with self._condition:
+            while True:
+                if not self._deadline:
+                    self._sleeping_until = None
+                    self._condition.wait()
+                    continue
+                now = time.monotonic()
+                if now < self._deadline:
+                    self._sleeping_until = self._deadline
+                    self._condition.wait(self._deadline - now)
+                    continue
+                call, message = self._call, self._message
+                self._fired = call
+                # A real SIGINT to the main thread: it also breaks a blocking system call (a sleep, a read),
+                # which _thread.interrupt_main() would wait out.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                grace_end = now + _DEADLINE_GRACE_SECONDS
+                while self._deadline and self._call == call and time.monotonic() < grace_end:
+                    self._condition.wait(grace_end - time.monotonic())
+                if self._deadline and self._call == call:  # stuck in native code: end the process
+                    sys.stderr.write(f"release-kit: error: {message}\n")
+                    sys.stderr.flush()
+                    os._exit(EXIT_INPUT)
+
+
+_watchdog: _Watchdog | None = None
+
+
 @contextmanager
 def call_deadline(seconds: float | None, what: str):
     """End a model call that runs longer than ``seconds`` with an :class:`InputError` naming ``what``.
@@ -173,34 +234,25 @@ def call_deadline(seconds: float | None, what: str):
     ends the process with the same one line and exit code 2. Only the main thread can be interrupted, so
     elsewhere (and with ``seconds`` None) the call runs unguarded.
     """
+    global _watchdog
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    done, fired = threading.Event(), threading.Event()
+    if _watchdog is None:
+        _watchdog = _Watchdog()
     message = f"{what} did not return within {seconds:g} s ([gate] model_timeout_seconds)"
-
-    def watch() -> None:
-        if done.wait(seconds):
-            return
-        fired.set()
-        # A real SIGINT to the main thread: it also breaks a blocking system call (a sleep, a read), which
-        # _thread.interrupt_main() would wait out.
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        if not done.wait(_DEADLINE_GRACE_SECONDS):
-            sys.stderr.write(f"release-kit: error: {message}\n")
-            sys.stderr.flush()
-            os._exit(EXIT_INPUT)
-
-    watcher = threading.Thread(target=watch, name="release-kit-model-deadline", daemon=True)
-    watcher.start()
+    call = _watchdog.arm(seconds, message)
+    fired = False
     try:
         yield
     except KeyboardInterrupt:
-        if fired.is_set():
+        fired = _watchdog.disarm(call)
+        if fired:
             raise InputError(message) from None
         raise
     finally:
-        done.set()
+        if not fired:
+            _watchdog.disarm(call)
 
 
 def load_model(

@@ -286,6 +286,6 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str) -> 
     worst = max(results, key=lambda r: r.psi)
     return CheckResult(
         NAME, "drift", Status.PASS,
-        f"none of {len(results)} {what} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
+        f"no {'feature' if what == 'features' else 'channel statistic'} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
         details=details,
     )

@@ -41,7 +41,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     classification = gate.config.model.task == "classification"
     if classification and spec.monotonic and gate.predictions.candidate.shape[1] > 2:
         raise InputError("[outliers] monotonic constraints need a regression or binary classification model")
-    losses = Once(partial(_losses, gate))  # both models' per-sample losses, shared by the checks below
+    losses = Once(partial(per_sample_losses, gate))  # both models' per-sample losses, shared by the checks below
     found = [
         StageCheck("newly_broken", partial(newly_broken, gate, losses)),
         StageCheck("prediction_shift", partial(prediction_shift, gate)),
@@ -69,7 +69,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
 # -- per-sample analysis -------------------------------------------------------------------------------
 
 
-def _losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
+def per_sample_losses(gate: GateContext) -> tuple[np.ndarray, np.ndarray]:
     from ..paired import per_sample_loss
 
     task, target, predictions = gate.config.model.task, gate.golden.target, gate.predictions

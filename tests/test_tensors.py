@@ -1,0 +1,421 @@
+"""Any PyTorch model: tensor golden sets (.npz, .safetensors, a dataset factory), several inputs, multi-output
+regression, class and metadata slices, the differential robustness search, tensor drift, and their bad input.
+Real models, real files, the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, save_scripted
+
+SHAPES = ROOT / "examples" / "shape-classifier"
+sys.path.insert(0, str(SHAPES))
+
+import shapes  # noqa: E402  (the example's own module)
+
+QUICK = """
+[performance]
+rounds = 4
+round_seconds = 0.01
+warmup_seconds = 0.05
+time_budget_seconds = 2
+
+[outliers.search]
+seconds = 3
+"""
+
+
+@pytest.fixture(scope="session")
+def shape_example(tmp_path_factory) -> Path:
+    """The shape-classifier example built once: data/ and models/ (baseline and three candidates)."""
+    sys.path.insert(0, str(SHAPES))
+    from importlib import util
+
+    spec = util.spec_from_file_location("shapes_build", SHAPES / "build.py")
+    build = util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    directory = tmp_path_factory.mktemp("shapes")
+    build.build(directory)
+    return directory
+
+
+def shape_project(root: Path, example: Path, extra: str = "", *, quick: bool = True) -> Path:
+    """A copy of the example's project with the example's config (made quicker), plus ``extra``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in ("data", "models"):
+        shutil.copytree(example / folder, root / folder, dirs_exist_ok=True)
+    text = (SHAPES / "release-kit.toml").read_text()
+    if quick:
+        text = text.replace("[outliers.search]\nseconds = 8\n", "").replace('[performance]\nbatch_sizes = [1, 64]\n', "") + QUICK
+    (root / "release-kit.toml").write_text(text + textwrap.dedent(extra))
+    return root
+
+
+def run_cli(cwd: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=environment, timeout=timeout)
+
+
+def checks_by_name(report: dict) -> dict[str, dict]:
+    return {f"{c['stage']}::{c['name']}": c for c in report["checks"]}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("release-kit: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# The example, as users run it: the CLI in a subprocess, default stages, tracking on -----------------------
+
+
+def test_the_better_cnn_passes_every_stage_with_tracking(tmp_path, shape_example):
+    root = shape_project(tmp_path / "p", shape_example)
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((root / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
+    assert report["verdict"] == "pass" and report["bump"] == "minor"
+    checks = checks_by_name(report)
+    assert checks["outliers::search:robustness"]["status"] == "pass"
+    assert checks["outliers::classes"]["status"] == "pass"
+    assert checks["data::tensor:layout"]["status"] == "pass" and checks["data::drift"]["status"] == "pass"
+    # Slices over the metadata columns, not over pixels.
+    assert checks["outliers::slices"]["details"]["searched"] > 20
+    # The contract records the input's shape with a free batch dimension, and the output width.
+    assert report["contract"]["candidate"]["inputs"] == [{"shape": [None, 1, 32, 32], "dtype": "float32"}]
+    assert report["contract"]["candidate"]["outputs"] == 4
+    assert report["mlflow"]["run_id"] and (root / ".release-kit" / "mlflow.db").is_file()
+
+
+def test_a_broken_class_is_named_by_the_class_slices(tmp_path, shape_example, cli, monkeypatch):
+    root = shape_project(tmp_path / "p", shape_example)
+    monkeypatch.chdir(root)
+    result = cli("check", "--candidate", "models/candidate-triangle.pt", "--stage", "outliers", "--format", "json")
+    assert result.exit_code == 1, result.output[-2000:]
+    classes = checks_by_name(json.loads(result.stdout))["outliers::classes"]
+    assert classes["status"] == "fail"
+    assert classes["summary"].startswith("recall of class 2 (triangle) dropped from 0.")
+    assert classes["details"]["table"]["rows"][0][:2] == ["2 (triangle)", "recall"]
+
+
+def test_the_robustness_search_finds_a_flip_only_the_candidate_has(tmp_path, shape_example, cli, monkeypatch):
+    root = shape_project(tmp_path / "p", shape_example)
+    monkeypatch.chdir(root)
+    result = cli("check", "--candidate", "models/candidate-unstable.pt", "--stage", "outliers", "--format", "json",
+                 "--report", "report.json")
+    assert result.exit_code == 1, result.output[-2000:]
+    report = json.loads(result.stdout)
+    robustness = checks_by_name(report)["outliers::search:robustness"]
+    assert robustness["status"] == "fail", robustness["summary"]
+    details = robustness["details"]
+    assert details["flip_rate_candidate"] > 0.3 > details["flip_rate_baseline"]
+    assert "the baseline's does not" in robustness["summary"]
+    # The example is real: perturbing that sample that way flips the candidate and not the baseline.
+    sample = details["sample"]
+    assert details["metadata"].keys() == {"x", "y", "size", "brightness", "contrast", "noise"}
+    assert [image["title"] for image in details["images"]] == ["golden", "perturbed"]
+    assert len(details["images"][0]["pixels"]) == 32
+    # Everything else about this candidate is the better model's: quality alone would have released it.
+    assert report["checks"] and all(c["status"] != "fail" for c in report["checks"] if c["name"] != "search:robustness")
+    assert sample >= 0
+    # The HTML note shows the golden image and its perturbation as thumbnails.
+    assert cli("note", "--report", "report.json", "--format", "html", "--out", "note.html").exit_code == 0
+    page = (root / "note.html").read_text()
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" width="96" height="110"') == 2
+    assert page.count('<rect x="93" y="107" width="3" height="3"') == 2
+
+
+def test_a_metadata_slice_regression_is_found(tmp_path, shape_example, cli, monkeypatch):
+    """A candidate that mixes up classes on bright images only: the slices over the metadata name brightness."""
+
+    class BrightBug(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = self.inner(images)
+            bright = (images.flatten(1).median(dim=1).values > 0.3).unsqueeze(1)
+            return torch.where(bright, logits.roll(1, dims=1), logits)
+
+    root = shape_project(tmp_path / "p", shape_example)
+    better = torch.jit.load(str(root / "models" / "candidate-better.pt"))
+    save_scripted(BrightBug(better), root / "models" / "bright-bug.pt")
+    monkeypatch.chdir(root)
+    result = cli("check", "--candidate", "models/bright-bug.pt", "--stage", "outliers", "--format", "json")
+    assert result.exit_code == 1
+    slices = checks_by_name(json.loads(result.stdout))["outliers::slices"]
+    assert slices["status"] == "fail"
+    assert "brightness >" in slices["summary"], slices["summary"]
+
+
+def test_tensor_drift_and_range_against_the_reference(tmp_path, shape_example, cli, monkeypatch):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["data"]\n')
+    golden = np.load(root / "data" / "golden.npz")
+    # A reference taken with a dimmer, lower-contrast sensor: brightness and contrast drift, values exceed it.
+    np.savez(root / "data" / "reference.npz", inputs=golden["inputs"] * 0.5, target=golden["target"])
+    monkeypatch.chdir(root)
+    result = cli("check", "--candidate", "models/candidate-better.pt", "--format", "json")
+    checks = checks_by_name(json.loads(result.stdout))
+    drift = checks["data::drift"]
+    assert drift["status"] == "warn" and "inputs[0] mean" in drift["details"]["drifted"], drift["summary"]
+    assert checks["data::tensor:range"]["status"] == "fail"
+    assert checks["data::tensor:layout"]["status"] == "pass"
+    # Drift alone warns (the default action); the range check blocks.
+    assert result.exit_code == 1
+
+    np.savez(root / "data" / "reference.npz", inputs=golden["inputs"][:, :, :16, :16], target=golden["target"])
+    result = cli("check", "--candidate", "models/candidate-better.pt", "--format", "json")
+    checks = checks_by_name(json.loads(result.stdout))
+    assert checks["data::tensor:layout"]["status"] == "fail"
+    assert "(N, 1, 16, 16)" in checks["data::tensor:layout"]["summary"]
+
+
+# Several inputs, multi-output regression, safetensors golden files, dataset factories -------------------------
+
+
+class TwoInputRegressor(torch.nn.Module):
+    """Two positional inputs (an image-like (N, 2, 4) and a vector (N, 3)) → two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = torch.nn.Linear(8, 2)
+        self.vector = torch.nn.Linear(3, 2)
+
+    def forward(self, grid: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return self.image(grid.flatten(1)) + self.vector(vector)
+
+
+def two_input_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    grid = rng.normal(size=(n, 2, 4)).astype(np.float32)
+    vector = rng.normal(size=(n, 3)).astype(np.float32)
+    target = np.stack([grid[:, 0].sum(1) + vector[:, 0], grid[:, 1].mean(1) - vector[:, 2]], axis=1)
+    return grid, vector, target + rng.normal(0, 0.1, target.shape)
+
+
+def fit(model: torch.nn.Module, grid, vector, target, steps: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    x1, x2, y = torch.from_numpy(grid), torch.from_numpy(vector), torch.from_numpy(target.astype(np.float32))
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.mse_loss(model(x1, x2), y).backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("two-inputs")
+    grid, vector, target = two_input_data(2_000, seed=1)
+    save_scripted(fit(TwoInputRegressor(), grid, vector, target, 30), directory / "v1.pt")
+    save_scripted(fit(TwoInputRegressor(), grid, vector, target, 300), directory / "better.pt")
+    golden_grid, golden_vector, golden_target = two_input_data(600, seed=2)
+    from safetensors.numpy import save_file
+
+    save_file({"inputs.0": golden_grid, "inputs.1": golden_vector, "target": golden_target}, str(directory / "golden.safetensors"))
+    return directory
+
+
+def two_input_config(root: Path, data: Path, extra: str = "") -> None:
+    (root / "release-kit.toml").write_text(textwrap.dedent(f"""
+        [model]
+        name = "two-inputs"
+        task = "regression"
+        bounds = [{{ min = -50, max = 50 }}, {{ min = -50, max = 50 }}]
+
+        [baseline]
+        path = "{data / 'v1.pt'}"
+        version = "2.0.0"
+
+        [data]
+        golden = "{data / 'golden.safetensors'}"
+
+        [mlflow]
+        enabled = false
+        """) + textwrap.dedent(extra) + QUICK)
+
+
+def test_several_inputs_and_multi_output_regression(tmp_path, two_inputs, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    two_input_config(tmp_path, two_inputs)
+    result = cli("check", "--candidate", two_inputs / "better.pt", "--format", "json")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    checks = checks_by_name(report)
+    # Aggregate metrics over both outputs, and the primary metric per output.
+    assert {"quality::mae", "quality::rmse", "quality::r2", "quality::mae:output_0", "quality::mae:output_1"} <= checks.keys()
+    assert all(checks[name]["status"] == "pass" for name in ("quality::mae", "quality::mae:output_0", "quality::mae:output_1"))
+    mae = checks["quality::mae"]["metrics"][0]
+    per_output = [checks[f"quality::mae:output_{k}"]["metrics"][0]["candidate"] for k in (0, 1)]
+    assert mae["candidate"] == pytest.approx(np.mean(per_output))
+    assert report["contract"]["candidate"]["inputs"] == [{"shape": [None, 2, 4], "dtype": "float32"}, {"shape": [None, 3], "dtype": "float32"}]
+    assert report["contract"]["candidate"]["outputs"] == 2
+    assert report["verdict"] == "pass" and report["bump"] == "minor"
+
+
+def test_per_output_bounds_break_the_contract(tmp_path, two_inputs, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    two_input_config(tmp_path, two_inputs)
+    text = (tmp_path / "release-kit.toml").read_text().replace("{ min = -50, max = 50 }]", "{ min = -0.5, max = 0.5 }]")
+    (tmp_path / "release-kit.toml").write_text(text)
+    result = cli("check", "--candidate", two_inputs / "better.pt", "--stage", "quality", "--format", "json")
+    assert result.exit_code == 1
+    contract = checks_by_name(json.loads(result.stdout))["quality::output_contract"]
+    assert contract["status"] == "fail"
+    assert "output 1 above max 0.5" in contract["details"]["violations"]
+    assert not any(kind.startswith("output 0") for kind in contract["details"]["violations"])
+
+
+def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "golden_data.py").write_text(textwrap.dedent(f"""
+        import numpy as np
+        import torch
+        from safetensors.numpy import load_file
+
+        class Golden(torch.utils.data.Dataset):
+            def __init__(self):
+                self.arrays = load_file("{two_inputs / 'golden.safetensors'}")
+
+            def __len__(self):
+                return len(self.arrays["target"])
+
+            def __getitem__(self, i):
+                inputs = (torch.from_numpy(self.arrays["inputs.0"][i]), torch.from_numpy(self.arrays["inputs.1"][i]))
+                return inputs, torch.from_numpy(self.arrays["target"][i]), {{"site": "north" if i % 2 else "south"}}
+
+        def golden():
+            return Golden()
+        """))
+    two_input_config(tmp_path, two_inputs)
+    text = (tmp_path / "release-kit.toml").read_text().replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'dataset = "golden_data:golden"')
+    (tmp_path / "release-kit.toml").write_text(text + '[gate]\nstages = ["quality", "outliers"]\n')
+    result = cli("check", "--candidate", two_inputs / "better.pt", "--format", "json")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    assert report["data"]["golden"]["rows"] == 600 and report["data"]["golden"]["path"] == "golden_data:golden"
+    slices = checks_by_name(report)["outliers::slices"]
+    assert slices["status"] == "pass" and slices["details"]["searched"] >= 2  # site = north, site = south
+
+
+def test_several_inputs_from_an_npz_with_cli_data_override(tmp_path, two_inputs, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    two_input_config(tmp_path, two_inputs, '[gate]\nstages = ["quality"]\n')
+    grid, vector, target = two_input_data(300, seed=3)
+    np.savez(tmp_path / "other.npz", **{"inputs.0": grid, "inputs.1": vector, "target": target})
+    result = cli("check", "--candidate", two_inputs / "better.pt", "--data", "other.npz", "--format", "json")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert json.loads(result.stdout)["data"]["golden"]["rows"] == 300
+
+
+def test_a_changed_input_shape_is_a_breaking_contract_change():
+    from release_kit.signature import InputSpec, Signature, compare
+
+    def contract(shape, dtype="float32", outputs=4):
+        return Signature("classification", (), dtype, outputs, "logits", None, (InputSpec((None, *shape), dtype),))
+
+    assert compare(contract((1, 32, 32)), contract((1, 32, 32))).breaking == []
+    assert compare(contract((1, 32, 32)), contract((3, 32, 32))).breaking == ["inputs changed from (N, 1, 32, 32) float32 to (N, 3, 32, 32) float32"]
+    assert compare(contract((128,), "int64"), contract((128,), "int32")).breaking == ["inputs changed from (N, 128) int64 to (N, 128) int32"]
+    assert compare(contract((1, 32, 32)), contract((1, 32, 32), outputs=5)).breaking == ["output width changed from 4 to 5"]
+    original = contract((1, 32, 32))
+    assert Signature.from_json(original.to_json()) == original
+
+
+# Bad input: exit 2, one line naming the file and the problem ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arrays", "needles"),
+    [
+        (lambda g: {"inputs": np.repeat(g["inputs"], 3, axis=1), "target": g["target"]},
+         ["candidate model", "failed on input of shape (256, 3, 32, 32)"]),
+        (lambda g: {"inputs": g["inputs"], "target": g["target"][:-5]}, ["array 'inputs' has 1500 samples but 'target' has 1495"]),
+        (lambda g: {"images": g["inputs"], "target": g["target"]}, ["no array 'inputs'", "arrays: images, target"]),
+        (lambda g: {"inputs": g["inputs"]}, ["no array 'target'"]),
+        (lambda g: {"inputs.0": g["inputs"], "inputs.2": g["inputs"], "target": g["target"]}, ["from 0 without gaps"]),
+        (lambda g: {"inputs": g["inputs"], "target": np.array([{"x": 1}] * len(g["target"]), dtype=object)},
+         ["array 'target' is a pickled object array, which is refused"]),
+    ],
+    ids=["shape-mismatch", "length-mismatch", "missing-inputs", "missing-target", "gap", "pickled-object-array"],
+)
+def test_bad_tensor_golden_sets_exit_2_with_one_line(tmp_path, shape_example, arrays, needles):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    golden = dict(np.load(root / "data" / "golden.npz"))
+    np.savez(root / "data" / "golden.npz", **arrays(golden))
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--report", "report.json")
+    assert_one_line_error(result, *needles)
+    assert not (root / "report.json").exists()
+
+
+def test_a_pickled_npz_is_refused_and_never_unpickled(tmp_path, shape_example):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    golden = dict(np.load(root / "data" / "golden.npz"))
+    np.savez(root / "data" / "golden.npz", inputs=golden["inputs"], target=golden["target"],
+             extra=np.array([Payload()], dtype=object))
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt")
+    assert_one_line_error(result, "golden.npz", "array 'extra' is a pickled object array")
+    assert not marker.exists()
+
+
+def test_metadata_with_another_row_count(tmp_path, shape_example):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    meta = pd.read_csv(root / "data" / "golden-meta.csv")
+    meta.iloc[:-1].to_csv(root / "data" / "golden-meta.csv", index=False)
+    assert_one_line_error(run_cli(root, "check", "--candidate", "models/candidate-better.pt"),
+                          "golden-meta.csv", "1499 rows but the golden set has 1500 samples")
+
+
+def test_table_keys_with_a_tensor_golden_set(tmp_path, shape_example):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    text = (root / "release-kit.toml").read_text().replace('prediction = "logits"', 'prediction = "logits"\nfeatures = ["a"]\ntarget = "y"')
+    (root / "release-kit.toml").write_text(text)
+    assert_one_line_error(run_cli(root, "check", "--candidate", "models/candidate-better.pt"),
+                          "golden.npz", "remove [model] features and target")
+
+
+def test_cuda_requested_without_a_gpu_is_bad_input(tmp_path, shape_example):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    text = (root / "release-kit.toml").read_text().replace('device = "auto"', 'device = "cuda"')
+    (root / "release-kit.toml").write_text(text)
+    assert_one_line_error(run_cli(root, "check", "--candidate", "models/candidate-better.pt"), "[inference] device = \"cuda\"")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_golden_inference_on_the_gpu_matches_the_cpu(tmp_path, shape_example, cli, monkeypatch):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    monkeypatch.chdir(root)
+    reports = {}
+    for device in ("cpu", "cuda"):
+        text = (SHAPES / "release-kit.toml").read_text().replace('device = "auto"', f'device = "{device}"')
+        (root / "release-kit.toml").write_text(text + '[gate]\nstages = ["quality"]\n[mlflow]\nenabled = false\n')
+        result = cli("check", "--candidate", "models/candidate-better.pt", "--format", "json")
+        reports[device] = checks_by_name(json.loads(result.stdout))
+    for name in ("quality::accuracy", "quality::log_loss"):
+        assert reports["cuda"][name]["metrics"][0]["candidate"] == pytest.approx(reports["cpu"][name]["metrics"][0]["candidate"], rel=1e-4)
