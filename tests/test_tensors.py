@@ -19,9 +19,8 @@ import torch
 from conftest import ROOT, save_scripted
 
 SHAPES = ROOT / "examples" / "shape-classifier"
-sys.path.insert(0, str(SHAPES))
+sys.path.insert(0, str(SHAPES))  # the example's own module, for the build fixture
 
-import shapes  # noqa: E402  (the example's own module)
 
 QUICK = """
 [performance]
