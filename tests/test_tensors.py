@@ -111,6 +111,30 @@ def test_a_broken_class_is_named_by_the_class_slices(tmp_path, shape_example, cl
     assert classes["status"] == "fail"
     assert classes["summary"].startswith("recall of class 2 (triangle) dropped from 0.")
     assert classes["details"]["table"]["rows"][0][:2] == ["2 (triangle)", "recall"]
+    # Newly broken samples are listed by index, with their metadata, the truth and both decisions.
+    broken = checks_by_name(json.loads(result.stdout))["outliers::newly_broken"]["details"]["table"]
+    assert broken["columns"] == ["sample", "x", "y", "size", "brightness", "contrast", "noise", "truth", "baseline", "candidate"]
+    first = broken["rows"][0]
+    assert first[7] == "2 (triangle)" and first[8].startswith("2 (triangle) (") and not first[9].startswith("2 (")
+
+
+def test_gx_suites_validate_the_metadata_table(tmp_path, shape_example, cli, monkeypatch):
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["data"]\n')
+    (root / "checks" / "expectations").mkdir(parents=True)
+    (root / "checks" / "expectations" / "sensor.json").write_text(json.dumps({
+        "name": "sensor",
+        "expectations": [
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "noise", "min_value": 0, "max_value": 0.06}},
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "brightness", "min_value": 0, "max_value": 0.3}},
+        ],
+    }))
+    monkeypatch.chdir(root)
+    result = cli("check", "--candidate", "models/candidate-better.pt", "--format", "json")
+    checks = checks_by_name(json.loads(result.stdout))
+    assert checks["data::golden/noise:column_values_to_be_between"]["status"] == "pass"
+    brightness = checks["data::golden/brightness:column_values_to_be_between"]
+    assert brightness["status"] == "fail" and "of 1500 values unexpected" in brightness["summary"]
+    assert result.exit_code == 1
 
 
 def test_the_robustness_search_finds_a_flip_only_the_candidate_has(tmp_path, shape_example, cli, monkeypatch):
