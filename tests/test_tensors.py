@@ -19,7 +19,8 @@ import torch
 from conftest import ROOT, save_scripted
 
 SHAPES = ROOT / "examples" / "shape-classifier"
-sys.path.insert(0, str(SHAPES))  # the example's own module, for the build fixture
+# Appended, not prepended: conftest puts the power example (its own build.py) first on the path.
+sys.path.append(str(SHAPES))  # shapes.py, which the shape example's build.py imports
 
 
 QUICK = """
@@ -37,7 +38,6 @@ seconds = 3
 @pytest.fixture(scope="session")
 def shape_example(tmp_path_factory) -> Path:
     """The shape-classifier example built once: data/ and models/ (baseline and three candidates)."""
-    sys.path.insert(0, str(SHAPES))
     from importlib import util
 
     spec = util.spec_from_file_location("shapes_build", SHAPES / "build.py")
