@@ -230,15 +230,8 @@ def postgres(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def mlflow_server(request, tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with proxied artifacts, on its own SQLite store and, as a second
-    parameter, on a PostgreSQL database (a shared tracking server's production setup)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    if request.param == "postgresql":
-        backend = request.getfixturevalue("postgres")(f"mlflow_{root.name.replace('-', '_').lower()}")
-    else:
-        backend = f"sqlite:///{root / 'server.db'}"
+def _mlflow_server(root: Path, backend: str):
+    """Run `mlflow server` on 127.0.0.1 with ``backend`` as its store and proxied artifacts; yield its URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -265,3 +258,22 @@ def mlflow_server(request, tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    yield from _mlflow_server(root, f"sqlite:///{root / 'server.db'}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mlflow_backends(request, tmp_path_factory):
+    """The same, on SQLite and, as a second parameter, on a PostgreSQL database (a shared tracking server's
+    production setup): for the tests of check, release, concurrent releases, history and rollback."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    if request.param == "postgresql":
+        backend = request.getfixturevalue("postgres")(f"mlflow_{root.name.replace('-', '_').lower()}")
+    else:
+        backend = f"sqlite:///{root / 'server.db'}"
+    yield from _mlflow_server(root, backend)

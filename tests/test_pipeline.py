@@ -84,7 +84,8 @@ def test_default_check_runs_every_stage_with_embedded_tracking(tmp_path, power):
     assert "passing or skipped check(s) not shown" in result.stdout
 
 
-def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_server):
+def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_backends):
+    mlflow_server = mlflow_backends
     root = write_project(tmp_path / "p", power, tracking_uri=mlflow_server)
     result = run_cli(root, "check", "--candidate", "models/candidate-night.pt", "--report", "report.json", "--format", "json")
     assert result.returncode == 1, result.stderr[-3000:]

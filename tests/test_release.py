@@ -258,7 +258,8 @@ def test_registration_race_keeps_one_version_per_release_id(repo, monkeypatch):
     assert repo.version_count("1.1.0") == 1
 
 
-def test_two_releases_at_once_on_a_live_server_make_one_version(tmp_path, power, mlflow_server, monkeypatch):
+def test_two_releases_at_once_on_a_live_server_make_one_version(tmp_path, power, mlflow_backends, monkeypatch):
+    mlflow_server = mlflow_backends
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -299,7 +300,8 @@ def test_two_releases_at_once_on_a_live_server_make_one_version(tmp_path, power,
     assert first.versions()["1.1.0"] == numbers.pop()
 
 
-def test_release_on_a_live_server_then_history_and_rollback(tmp_path, power, mlflow_server, monkeypatch, cli):
+def test_release_on_a_live_server_then_history_and_rollback(tmp_path, power, mlflow_backends, monkeypatch, cli):
+    mlflow_server = mlflow_backends
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     repo = Repo(tmp_path, power, mlflow_server)
