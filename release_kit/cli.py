@@ -58,7 +58,9 @@ def _gate_options(command):
         click.option("--candidate", help="Candidate model: file (.pt TorchScript, .pt2 export, .safetensors) or MLflow URI."),
         click.option("--baseline", help="Baseline model (the previous release): file or MLflow URI such as models:/NAME@champion; 'none' for a first release."),
         click.option("--baseline-version", help="Semantic version of a file baseline (registry baselines carry their own)."),
-        click.option("--data", help="Golden dataset (.csv or .parquet)."),
+        click.option("--data", help="Golden dataset: .csv, .parquet (a directory or glob of Parquet files is streamed), .npz or .safetensors."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), help="How a streamed golden set runs: in this process or on Ray (default: [run] engine)."),
+        click.option("--max-rows", type=click.IntRange(min=1), help="Gate on the first N golden rows only (default: [run] max_rows, all)."),
         click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default: [gate] stages, all four)."),
         click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models and pickled parts of .pt2 archives (runs arbitrary code from the file)."),
         click.option("--no-mlflow", is_flag=True, help="Do not log the gate run to MLflow (a report from such a run cannot be released with --report)."),
@@ -90,6 +92,7 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
             allow_pickle=inputs["allow_pickle"], log_to_mlflow=False if inputs["no_mlflow"] else None,
             registry=inputs["registry_mode"], waivers=tuple(inputs["waive"]), prerelease=inputs["prerelease"],
             build=inputs["build_metadata"], listener=listener, benchmark_json=benchmark_json,
+            engine=inputs["engine"], max_rows=inputs["max_rows"],
         )
     finally:
         listener.close()

@@ -175,6 +175,20 @@ class DataSpec(_Strict):
         return self
 
 
+class RunSpec(_Strict):
+    """How a large golden set is read: a directory or glob of Parquet files (or one larger than a batch) is
+    streamed in batches of ``chunk_rows`` and reduced into mergeable statistics, in this process
+    (``local``) or on Ray (``ray``, ``pip install 'release-kit[ray]'``)."""
+
+    engine: Literal["local", "ray"] = "local"
+    chunk_rows: int = Field(default=1_000_000, ge=1)
+    ray_address: str = ""  # empty: start a local Ray; else an existing cluster ("ray://head:10001", "auto")
+    ray_workers: int | None = Field(default=None, ge=1)  # actors, each holding both models; None: one per CPU
+    # The quality metrics are exact over every row; the other stages run on a uniform sample of this many rows.
+    sample_rows: int = Field(default=1_000_000, ge=100)
+    max_rows: int | None = Field(default=None, ge=1)  # gate on the first rows only (also --max-rows)
+
+
 class InferenceSpec(_Strict):
     """How golden-set inference runs (the performance stage times on its own ``[performance] device``)."""
 
@@ -430,6 +444,7 @@ class Config(_Strict):
     baseline: ModelSource = ModelSource()
     data: DataSpec = DataSpec()
     inference: InferenceSpec = InferenceSpec()
+    run: RunSpec = RunSpec()
     quality: QualitySpec = QualitySpec()
     checks: ChecksSpec = ChecksSpec()
     gate: GateSpec = GateSpec()

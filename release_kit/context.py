@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .data import GoldenSet
     from .models import LoadedModel
+    from .scale.stats import ScanSummary
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,6 @@ class GateContext:
     # Semantic versions of this model already released in the registry (empty without one): the next
     # version is counted from the highest of the bumped line, so a rollback never leads to a reused version.
     released: tuple[str, ...] = ()
+    # A streamed golden set's mergeable statistics over every row (golden and predictions are then its
+    # uniform sample); None when the golden set was read whole.
+    scan: ScanSummary | None = None

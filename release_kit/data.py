@@ -29,11 +29,12 @@ class ExcludedRows:
     classification target is not a class id. The data stage reports them (and blocks); the other stages
     run on the remaining rows and say how many they left out."""
 
-    rows: np.ndarray  # row numbers in the file (0-based, header excluded)
+    rows: np.ndarray  # row numbers in the file (0-based, header excluded); none kept when streamed
     columns: dict[str, int]  # column → number of rows with a bad value there
+    count: int | None = None  # how many rows, when ``rows`` does not list them all
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) if self.count is None else self.count
 
     def note(self) -> str:
         """The sentence other stages append to a summary ("" when nothing was excluded)."""
@@ -59,6 +60,10 @@ class GoldenSet:
     tabular: bool = True
     input_names: tuple[str, ...] = ("features",)  # the arrays' names in the file ("inputs", "inputs.0", …)
     feature_names: tuple[str, ...] = ()  # a table's feature columns, in the model's order
+    # A streamed golden set: frame, inputs and target are a uniform sample of ``sampled_from`` usable rows
+    # out of ``total_rows`` read.
+    sampled_from: int | None = None
+    total_rows: int | None = None
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -111,12 +116,21 @@ class GoldenSet:
 
     @property
     def note(self) -> str:
-        return self.excluded.note() if self.excluded is not None else ""
+        """What a stage appends to its summary: rows left out, and a streamed set's sampling."""
+        text = self.excluded.note() if self.excluded is not None else ""
+        if self.sampled_from is not None and self.sampled_from > len(self):
+            text += f" (on a uniform sample of {len(self):,} of {self.sampled_from:,} rows)"
+        return text
+
+    @property
+    def rows_read(self) -> int:
+        return self.total_rows if self.total_rows is not None else len(self.read)
 
     def describe(self) -> DatasetRef:
         from .report import DatasetRef
 
-        return DatasetRef(path=str(self.path), rows=len(self.read), sha256=self.sha256, used_rows=len(self),
+        used = self.sampled_from if self.sampled_from is not None else len(self)
+        return DatasetRef(path=str(self.path), rows=self.rows_read, sha256=self.sha256, used_rows=used,
                           excluded_rows=0 if self.excluded is None else len(self.excluded))
 
 
@@ -196,14 +210,16 @@ def is_tensor_source(source: str | Path) -> bool:
 
 
 def load_golden(
-    source: Path | str | None, spec: ModelSpec, *, metadata: str | None = None, dataset: str | None = None
+    source: Path | str | None, spec: ModelSpec, *, metadata: str | None = None, dataset: str | None = None,
+    max_rows: int | None = None,
 ) -> GoldenSet:
     """The golden set from a table, a tensor file (with its optional ``metadata`` table) or a ``dataset``
-    factory; which one must agree with ``[model]``: a table needs features and target, tensors neither."""
+    factory; which one must agree with ``[model]``: a table needs features and target, tensors neither.
+    ``max_rows``: only the first rows (samples)."""
     if dataset is not None:
         if spec.tabular:
             raise InputError("[data] dataset: a dataset's items are tensors, so [model] takes no features or target")
-        return _load_dataset_golden(dataset, spec, metadata)
+        return _load_dataset_golden(dataset, spec, metadata, max_rows)
     if source is None:
         raise InputError("no golden data: pass --data or set [data] golden")
     tensors = not is_sql(source) and is_tensor_source(source)
@@ -215,11 +231,12 @@ def load_golden(
         raise InputError("[data] metadata: only a tensor golden set takes a metadata table (a table's own columns are its metadata)")
     if tensors:
         path = Path(source)
-        return _tensor_golden(path, read_tensors(path), spec, metadata, file_sha256(path) if path.is_file() else "")
-    return _load_table_golden(source, spec)
+        arrays = read_tensors(path)
+        return _tensor_golden(path, arrays, spec, metadata, file_sha256(path) if path.is_file() else "", max_rows)
+    return _load_table_golden(source, spec, max_rows)
 
 
-def _load_table_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
+def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None = None) -> GoldenSet:
     """Read the golden set. A missing or non-numeric column is an input error; rows with NaN/inf (or, for
     classification, a target that is no class id) are set aside in ``excluded`` for the data stage."""
     import numpy as np
@@ -227,6 +244,8 @@ def _load_table_golden(path: Path | str, spec: ModelSpec) -> GoldenSet:
 
     path = path if is_sql(path) else Path(path)
     frame = read_table(path)
+    if max_rows is not None and len(frame) > max_rows:
+        frame = frame.head(max_rows)
     if frame.empty:
         raise InputError(f"{path}: the golden set has no rows")
     missing = [column for column in [*spec.features, spec.target] if column not in frame.columns]
@@ -357,9 +376,13 @@ def as_model_input(array: np.ndarray, name: str, source) -> np.ndarray:
     raise InputError(f"{source}: array {name!r} has dtype {array.dtype}, not numbers")
 
 
-def _tensor_golden(source, arrays: dict[str, np.ndarray], spec: ModelSpec, metadata: str | None, sha256: str) -> GoldenSet:
+def _tensor_golden(source, arrays: dict[str, np.ndarray], spec: ModelSpec, metadata: str | None, sha256: str,
+                   max_rows: int | None = None) -> GoldenSet:
     import numpy as np
     import pandas as pd
+
+    if max_rows is not None:
+        arrays = {name: array[:max_rows] if array.ndim else array for name, array in arrays.items()}
 
     names, raw_inputs = input_arrays(arrays, source)
     if "target" not in arrays:
@@ -394,7 +417,7 @@ def _tensor_golden(source, arrays: dict[str, np.ndarray], spec: ModelSpec, metad
     if excluded_mask.all():
         raise InputError(f"{source}: no usable golden sample: every sample has NaN/inf or impossible values")
 
-    frame = _metadata(metadata, n) if metadata is not None else pd.DataFrame(index=pd.RangeIndex(n))
+    frame = _metadata(metadata, n, max_rows) if metadata is not None else pd.DataFrame(index=pd.RangeIndex(n))
     keep = ~excluded_mask
     if excluded_mask.any():
         inputs = tuple(np.ascontiguousarray(array[keep]) for array in inputs)
@@ -410,14 +433,16 @@ def _tensor_golden(source, arrays: dict[str, np.ndarray], spec: ModelSpec, metad
     )
 
 
-def _metadata(source: str, n: int) -> pd.DataFrame:
+def _metadata(source: str, n: int, max_rows: int | None = None) -> pd.DataFrame:
     frame = read_table(source)
+    if max_rows is not None:
+        frame = frame.head(max_rows)
     if len(frame) != n:
         raise InputError(f"{source}: the metadata table has {len(frame)} rows but the golden set has {n} samples (same rows, same order)")
     return frame.reset_index(drop=True)
 
 
-def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None) -> GoldenSet:
+def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None, max_rows: int | None = None) -> GoldenSet:
     """A golden set from the user's ``torch.utils.data.Dataset`` of (inputs, target[, meta])."""
     import numpy as np
     import torch
@@ -451,11 +476,12 @@ def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None) 
     digest = hashlib.sha256()
     for name in sorted(arrays):
         digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
-    golden = _tensor_golden(reference, arrays, spec, metadata, digest.hexdigest())
+    golden = _tensor_golden(reference, arrays, spec, metadata, digest.hexdigest(), max_rows)
     if metas and metadata is None:
         import pandas as pd
 
         frame = pd.DataFrame({key: np.concatenate([m[key] for m in metas]) for key in metas[0]})
+        frame = frame.head(len(golden.target) + (len(golden.excluded) if golden.excluded is not None else 0))
         keep = np.ones(len(frame), dtype=bool)
         if golden.excluded is not None:
             keep[golden.excluded.rows] = False

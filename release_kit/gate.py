@@ -75,6 +75,7 @@ def prepare(
     allow_pickle: bool = False,
     registry: bool = True,
     track: bool = False,
+    progress=None,
 ) -> GateContext:
     """Load and validate every input. Arguments override the config's ``[candidate]``/``[baseline]``/``[data]``.
 
@@ -103,7 +104,11 @@ def prepare(
             config, candidate_source, baseline_source, baseline_version
         )
 
-    golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset)
+    run_spec = config.run
+    streamed = _streamed_source(config, golden_source, dataset)
+    golden = None
+    if streamed is None:
+        golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset, max_rows=run_spec.max_rows)
     uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
     if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
         check_store_writable(uri)
@@ -118,26 +123,31 @@ def prepare(
             "baseline", baseline_source, spec, factory=config.baseline.factory,
             version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
         )
+    models = [m for m in (candidate_model, baseline_model) if m is not None]
+    # A baseline released with other input features gets its own columns of the same golden rows.
+    recorded = baseline_model.signature.features if baseline_model is not None and baseline_model.signature else None
+    baseline_features = list(recorded) if spec.tabular and recorded and list(recorded) != spec.features else None
 
-    if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
-        raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
     device = inference_device(config.inference.device)
-    batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if golden.tabular else TENSOR_BATCH_SAMPLES)
-    for model in filter(None, (candidate_model, baseline_model)):
+    tabular = golden.tabular if golden is not None else True
+    batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if tabular else TENSOR_BATCH_SAMPLES)
+    for model in models:
         model.batch_size = batch_size
         model.to_device(device)
-    n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
-    inputs = {"candidate": golden.inputs}
-    if baseline_model is not None:
-        inputs["baseline"] = golden.inputs
-        recorded = baseline_model.signature.features if baseline_model.signature else None
-        if golden.tabular and recorded and list(recorded) != spec.features:
-            # A baseline released with other input features gets its own columns of the same golden rows.
-            inputs["baseline"] = (feature_matrix(golden.frame, list(recorded), golden.path),)
-    predicted = {}
-    for model in filter(None, (candidate_model, baseline_model)):
-        raw = model.raw_outputs(inputs[model.role])
-        predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
+    scan = None
+    if streamed is not None:
+        scan, golden, predicted = _scan(config, streamed, models, baseline_features, progress)
+    else:
+        if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
+            raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
+        n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
+        inputs = {"candidate": golden.inputs, "baseline": golden.inputs}
+        if baseline_features is not None:
+            inputs["baseline"] = (feature_matrix(golden.frame, baseline_features, golden.path),)
+        predicted = {}
+        for model in models:
+            raw = model.raw_outputs(inputs[model.role])
+            predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
     if "performance" in config.gate.stages and baseline_model is not None:
         _check_batch_sizes(config, golden, (candidate_model, baseline_model))
     shapes = {role: values.shape for role, values in predicted.items()}
@@ -154,7 +164,58 @@ def prepare(
         golden=golden,
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
         released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
+        scan=scan,
     )
+
+
+def _streamed_source(config: Config, source: str | None, dataset: str | None):
+    """The Parquet source to stream, or None to read the golden set whole: a directory or glob of Parquet
+    files, a Parquet file with more rows than ``[run] chunk_rows``, or any Parquet source on Ray."""
+    from .data import is_sql
+    from .scale.source import ParquetSource, is_streamable
+
+    if dataset is not None or source is None or is_sql(source) or not config.model.tabular or not is_streamable(source):
+        return None
+    path = Path(source)
+    if path.is_file() and config.run.engine == "local":
+        parquet = ParquetSource.resolve(source)
+        return parquet if parquet.rows() > config.run.chunk_rows else None
+    return ParquetSource.resolve(source)
+
+
+def _scan(config: Config, source, models, baseline_features, progress):
+    """Stream the golden set through both models on the configured engine; the sample stands in for the
+    golden set in the stages that need rows, the scan's sums decide the quality metrics over every row."""
+    import numpy as np
+    import pandas as pd
+
+    from .data import ExcludedRows, GoldenSet
+    from .scale.engines import ScanPlan, run_local, run_ray
+
+    spec, run_spec = config.model, config.run
+    roles = {m.role: m for m in models}
+    features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
+    plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows)
+    options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
+    if run_spec.engine == "ray":
+        summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)
+    else:
+        summary = run_local(source, plan, roles, **options)
+    if summary.used_rows == 0:
+        raise InputError(f"{source.name}: no usable golden row: every row has NaN/inf or impossible values")
+    sample = summary.sample.ordered()
+    frame = pd.DataFrame(sample["features"], columns=spec.features)
+    frame[spec.target] = sample["target"]
+    excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
+    golden = GoldenSet(
+        path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],
+        sha256=source.sha256(), excluded=excluded, feature_names=tuple(spec.features),
+        sampled_from=summary.used_rows, total_rows=summary.rows,
+    )
+    predicted = {"candidate": sample["candidate"]}
+    if "baseline" in sample:
+        predicted["baseline"] = sample["baseline"]
+    return summary, golden, predicted
 
 
 def _check_batch_sizes(config: Config, golden, models) -> None:
@@ -292,8 +353,13 @@ def check(
     listener: Listener | None = None,
     benchmark_json: Path | None = None,
     directory: Path | None = None,
+    engine: str | None = None,
+    max_rows: int | None = None,
 ) -> Report:
     """The whole gate, exactly as ``release-kit check`` runs it.
+
+    ``engine`` (``local`` | ``ray``) and ``max_rows`` override ``[run]``; a streamed golden set reports its
+    progress to ``listener.rows(count, seconds)`` when the listener has that method.
 
     ``config`` is a Config, a file, or None (found in ``directory``). ``registry``: ``auto`` | ``required``
     | ``off`` (see :func:`registry_allowed`); without the registry a registry baseline falls back to
@@ -305,11 +371,14 @@ def check(
     resolved = with_overrides(resolved, waivers=waivers, prerelease=prerelease, build=build)
     if stages:
         resolved = resolved.model_copy(update={"gate": _validated_stages(resolved, stages)})
+    if engine is not None or max_rows is not None:
+        resolved = resolved.model_copy(update={"run": _validated_run(resolved, engine, max_rows)})
     use_registry = registry_allowed(registry)
     track = resolved.mlflow.enabled and use_registry and log_to_mlflow is not False
     gate = prepare(
         resolved, project_dir, candidate=candidate, baseline=baseline, baseline_version=baseline_version,
         data=data, allow_pickle=allow_pickle, registry=use_registry, track=track,
+        progress=getattr(listener, "rows", None),
     )
     report = run(gate, listener=listener, benchmark_json=benchmark_json)
     if track:
@@ -328,3 +397,17 @@ def _validated_stages(config: Config, stages: list[str]):
         return GateSpec.model_validate({**config.gate.model_dump(), "stages": list(stages)})
     except ValidationError as error:
         raise InputError(f"--stage: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _validated_run(config: Config, engine: str | None, max_rows: int | None):
+    from pydantic import ValidationError
+
+    from .config import RunSpec
+
+    update = {**({"engine": engine} if engine is not None else {}), **({"max_rows": max_rows} if max_rows is not None else {})}
+    try:
+        return RunSpec.model_validate({**config.run.model_dump(), **update})
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--engine" if first["loc"][0] == "engine" else "--max-rows"
+        raise InputError(f"{flag}: {first['msg']}") from None

@@ -69,6 +69,7 @@ class LoadedModel:
     # Every call through raw_outputs (the gate's, the search's, user checks') must return within this.
     timeout: float | None = None
     batch_size: int = PREDICT_BATCH_ROWS  # samples per model call ([inference] batch_size)
+    factory: str | None = None  # a safetensors model's factory, to load it again elsewhere (a Ray actor)
     device: str = "cpu"  # where golden-set inference runs ([inference] device)
 
     def describe(self) -> ModelRef:
@@ -293,6 +294,7 @@ def load_model(
         )
     module = _LOADERS[kind](path, role, factory or spec.factory, allow_pickle)
     return LoadedModel(
+        factory=factory or spec.factory,
         role=role,
         source=source,
         kind=kind,

@@ -243,8 +243,19 @@ class ProgressListener:
             TimeElapsedColumn(), console=console, transient=True,
         )
         self.task = None
+        self.rows_task = None
+
+    def rows(self, count: int, seconds: float) -> None:
+        """A streamed golden set's progress: rows through both models so far, and the rate."""
+        if self.rows_task is None:
+            self.progress.start()
+            self.rows_task = self.progress.add_task("", total=None)
+        rate = count / seconds if seconds > 0 else 0.0
+        self.progress.update(self.rows_task, description=f"golden rows: {count:,} ({rate:,.0f} rows/s)")
 
     def started(self, total: int) -> None:
+        if self.rows_task is not None:
+            self.progress.remove_task(self.rows_task)
         self.progress.start()
         self.task = self.progress.add_task("", total=total)
 
@@ -253,5 +264,5 @@ class ProgressListener:
             self.progress.update(self.task, advance=1, description=f"{result.stage}::{result.name}")
 
     def close(self) -> None:
-        if self.task is not None:  # a progress that never started prints nothing, not even a newline
+        if self.task is not None or self.rows_task is not None:  # one never started prints nothing, not even a newline
             self.progress.stop()

@@ -55,12 +55,53 @@ def checks(gate: GateContext) -> list[StageCheck]:
         for suite in suites:
             run = Once(partial(validate, source, frame, suite))
             names = _check_names(dataset, suite, several=len(suites) > 1)
-            found += [StageCheck(name, partial(expectation_check, run, index, name)) for index, name in enumerate(names)]
+            note = golden.note if dataset == "golden" and golden.sampled_from is not None else ""
+            found += [StageCheck(name, partial(expectation_check, run, index, name, note)) for index, name in enumerate(names)]
+    if gate.scan is not None and suites:
+        found.append(StageCheck("whole_set", partial(whole_set, gate, suites)))
     if reference is not None:
         found.append(StageCheck("drift", partial(drift_check, gate, reference)))
     if tensor_reference:
         found += _tensor_checks(gate, spec.reference)
     return found
+
+
+def whole_set(gate: GateContext, suites: list[Suite]) -> CheckResult:
+    """A streamed golden set: GX validates its uniform sample; this holds the suites' range and not-null
+    expectations against counts over every row (the finite minimum and maximum, NaN/null per column), so
+    a value outside a range that the sample missed still fails."""
+    counts = gate.scan.counts
+    rows = gate.scan.rows
+    broken, checked = [], 0
+    for suite in suites:
+        for expectation in suite.expectations:
+            kwargs = expectation.get("kwargs", {})
+            column = kwargs.get("column")
+            if column not in counts.bad:
+                continue
+            kind = expectation["type"]
+            if kind == "expect_column_values_to_be_between":
+                checked += 1
+                low, high = kwargs.get("min_value"), kwargs.get("max_value")
+                if low is not None and counts.low.get(column, low) < low:
+                    broken.append(f"{column} minimum {counts.low[column]:.4g} < {low:.4g}")
+                if high is not None and counts.high.get(column, high) > high:
+                    broken.append(f"{column} maximum {counts.high[column]:.4g} > {high:.4g}")
+            elif kind == "expect_column_values_to_not_be_null":
+                checked += 1
+                allowed = (1.0 - float(kwargs.get("mostly", 1.0))) * rows
+                if counts.bad[column] > allowed:
+                    broken.append(f"{column} has {counts.bad[column]:,} null/NaN of {rows:,} rows")
+    table = {"title": "every row, streamed", "columns": ["column", "min", "max", "null/NaN/inf"],
+             "rows": [[c, counts.low.get(c), counts.high.get(c), counts.bad[c]] for c in counts.bad]}
+    if not checked:
+        return CheckResult(NAME, "whole_set", Status.SKIP, "no range or not-null expectation on the golden columns to hold against every row",
+                           details={"table": table})
+    if broken:
+        return CheckResult(NAME, "whole_set", Status.FAIL, f"over all {rows:,} rows: {'; '.join(broken[:5])}", details={"table": table})
+    return CheckResult(NAME, "whole_set", Status.PASS,
+                       f"{checked} range and not-null expectation(s) hold over all {rows:,} rows (the other expectations ran on the sample)",
+                       details={"table": table})
 
 
 def _tensor_checks(gate: GateContext, source: str) -> list[StageCheck]:
@@ -137,7 +178,7 @@ GOLDEN_ROW_EXAMPLES = 10
 def golden_rows(gate: GateContext) -> CheckResult:
     """Every golden row has finite features and a valid target; rows that do not are named, and block."""
     excluded = gate.golden.excluded
-    total = len(gate.golden.read)
+    total = gate.golden.rows_read
     if excluded is None or not len(excluded):
         what = "features" if gate.golden.tabular else "inputs"
         return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total} golden rows have finite {what} and a valid target")
@@ -146,6 +187,14 @@ def golden_rows(gate: GateContext) -> CheckResult:
     more = f" and {len(excluded) - GOLDEN_ROW_EXAMPLES} more" if len(excluded) > GOLDEN_ROW_EXAMPLES else ""
     frame = gate.golden.read
     spec = gate.config.model
+    used = gate.golden.sampled_from if gate.golden.sampled_from is not None else len(gate.golden)
+    if not len(excluded.rows):  # streamed: counted over every row, row numbers not kept
+        return CheckResult(
+            NAME, "golden_rows", Status.FAIL,
+            f"{len(excluded):,} of {total:,} golden rows have NaN/inf or impossible values (by column: {columns}), "
+            f"counted over every row while streaming. The other stages ran on the remaining {used:,} rows",
+            details={"columns": excluded.columns, "count": len(excluded)},
+        )
     if gate.golden.tabular:
         table = {
             "title": f"first {min(len(excluded), GOLDEN_ROW_EXAMPLES)} unusable golden rows",
@@ -192,9 +241,10 @@ def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
     return names
 
 
-def expectation_check(run: Once, index: int, name: str) -> CheckResult:
+def expectation_check(run: Once, index: int, name: str, note: str = "") -> CheckResult:
+    """One expectation's outcome; ``note`` says when it ran on a streamed golden set's sample."""
     outcome = run()[index]
-    described = describe(outcome)
+    described = describe(outcome) + note
     if outcome.error:
         return CheckResult(NAME, name, Status.ERROR, f"{described}: cannot evaluate: {outcome.error.splitlines()[0]}")
     details = {k: outcome.result[k] for k in ("element_count", "unexpected_count", "unexpected_percent", "missing_count", "observed_value") if k in outcome.result}

@@ -61,15 +61,25 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         skip = no_baseline(NAME, name, f"{label} {_fmt(value)}")
         return replace(skip, metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),))
 
-    if len(target) < quality.min_rows:
+    streamed = gate.scan.quality.get(metric_name) if gate.scan is not None and output is None else None
+    rows = streamed.n if streamed is not None else len(target)
+    if rows < quality.min_rows:
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
         return CheckResult(
             NAME, name, Status.WARN,
-            f"{label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {len(target)} usable "
+            f"{label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {rows} usable "
             f"row(s), fewer than [quality] min_rows = {quality.min_rows}{gate.golden.note}",
             metrics=(MetricDiff(name, value_c, value_b, value_c - value_b, higher_is_better=metric.higher_is_better),),
         )
-    if quality.interval == "bootstrap":
+    note = gate.golden.note
+    if streamed is not None:
+        # Exact over every streamed row, from the mergeable sums (the analytic interval; no bootstrap here).
+        from ..scale.stats import paired_diff
+
+        diff = paired_diff(metric_name, streamed, quality.confidence)
+        note = gate.golden.excluded.note() if gate.golden.excluded is not None else ""
+        note += f" (exact over all {rows:,} rows, streamed)"
+    elif quality.interval == "bootstrap":
         diff = metrics.paired_bootstrap(
             metric, target, predictions.candidate, predictions.baseline,
             quality.confidence, quality.bootstrap_resamples, quality.seed,
@@ -77,7 +87,6 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
     else:
         diff = metrics.paired_interval(metric, target, predictions.candidate, predictions.baseline, quality.confidence)
 
-    note = gate.golden.note
     if not (math.isfinite(diff.candidate) and math.isfinite(diff.baseline)):
         which = "candidate" if not math.isfinite(diff.candidate) else "baseline"
         reason = _undefined_reason(gate, metric_name, which)
@@ -90,7 +99,7 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         return CheckResult(
             NAME, name, Status.WARN,
             f"{label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)}: no interval, so no decision: "
-            f"the golden set ({len(gate.golden)} usable rows) is too small or its changes are degenerate{note}",
+            f"the golden set ({rows} usable rows) is too small or its changes are degenerate{note}",
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, diff.delta, higher_is_better=metric.higher_is_better),),
         )
 

@@ -1,0 +1,7 @@
+"""Golden sets beyond memory: Parquet read in record batches, both models run on each batch (paired), and
+each batch reduced into mergeable statistics that the local engine and the Ray engine merge alike.
+
+- :mod:`.source`: a Parquet file, a directory of them, or a glob, read batch by batch;
+- :mod:`.stats`: the mergeable statistics (exact sums, a bottom-k uniform sample, whole-set counts);
+- :mod:`.engines`: the pure per-batch reduction, and the local and Ray engines that run it.
+"""

@@ -1,0 +1,211 @@
+"""The engines: the pure per-batch reduction (:func:`reduce_batch`), run in this process over record batches
+(:func:`run_local`) or on Ray Data with an actor pool that holds both models once per actor (:func:`run_ray`).
+Both give the same :class:`~release_kit.scale.stats.ScanSummary`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import InputError, first_line
+from .stats import BottomK, ColumnCounts, Moments, ScanSummary, row_keys, row_vectors, streamed_metrics
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
+    from ..models import LoadedModel
+    from .source import ParquetSource
+
+Progress = Callable[[int, float], None]  # (rows so far, seconds so far)
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What each batch needs: the model spec, the columns each model reads, and the sample's size."""
+
+    spec: ModelSpec
+    features: dict[str, tuple[str, ...]]  # role → its feature columns, in its order
+    sample_rows: int
+
+    @property
+    def columns(self) -> list[str]:
+        names = dict.fromkeys(c for cols in self.features.values() for c in cols)
+        return [*names, self.spec.target]
+
+
+def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanSummary:
+    """One batch (a pyarrow RecordBatch or Table) → its mergeable statistics. Pure: no state between batches."""
+    from ..models import to_predictions
+
+    spec = plan.spec
+    frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.columns}
+    counts = ColumnCounts()
+    for name, values in frame.items():
+        if values.dtype.kind not in "fiub":
+            raise InputError(f"golden column '{name}' is not numeric")
+        counts.add(name, values.astype(np.float64))
+    target = frame[spec.target].astype(np.float64)
+    bad = {name: ~np.isfinite(frame[name].astype(np.float64)) for name in plan.features["candidate"]}
+    bad_target = ~np.isfinite(target)
+    if spec.task == "classification":
+        with np.errstate(invalid="ignore"):
+            bad_target |= (target < 0) | (target != np.floor(target))
+    bad[spec.target] = bad_target
+    excluded_mask = np.logical_or.reduce(list(bad.values()))
+    keep = ~excluded_mask
+    target = target[keep]
+    if spec.task == "classification":
+        target = target.astype(np.int64)
+    outputs = {}
+    inputs = {}
+    for role, model in models.items():
+        inputs[role] = np.column_stack([frame[c][keep] for c in plan.features[role]]).astype(np.float32)
+        n_classes = int(target.max()) + 1 if spec.task == "classification" and len(target) else None
+        outputs[role] = to_predictions(model.raw_outputs(inputs[role]), spec, role, n_classes)
+    candidate, baseline = outputs["candidate"], outputs.get("baseline")
+    quality: dict[str, Moments] = {}
+    classes = candidate.shape[1] if candidate.ndim == 2 else 0
+    if baseline is not None and len(target):
+        for metric in streamed_metrics(spec.task, classes):
+            quality[metric] = Moments.of(row_vectors(metric, target, candidate, baseline))
+    arrays = {"features": inputs["candidate"], "target": target, "candidate": candidate}
+    if baseline is not None:
+        arrays["baseline"] = baseline
+        if plan.features["baseline"] != plan.features["candidate"]:
+            arrays["baseline_features"] = inputs["baseline"]
+    sample = BottomK.of(plan.sample_rows, row_keys(inputs["candidate"], target), arrays)
+    return ScanSummary(
+        rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
+        excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,
+    )
+
+
+def _merge_all(summaries) -> ScanSummary | None:
+    merged = None
+    for summary in summaries:
+        merged = summary if merged is None else merged.merge(summary)
+    return merged
+
+
+def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
+              max_rows: int | None = None, progress: Progress | None = None) -> ScanSummary:
+    """Stream the batches through this process: peak memory is one batch and the sample, whatever the size."""
+    started = time.monotonic()
+    merged: ScanSummary | None = None
+    for batch in source.batches(plan.columns, chunk_rows, max_rows):
+        summary = reduce_batch(plan, models, batch)
+        merged = summary if merged is None else merged.merge(summary)
+        if progress is not None:
+            progress(merged.rows, time.monotonic() - started)
+    if merged is None:
+        raise InputError(f"{source.name}: the golden set has no rows")
+    return merged
+
+
+class _Scorer:
+    """A Ray actor: loads both models once (from bytes shipped by the driver, with the safe loaders) and
+    reduces each batch it is given."""
+
+    def __init__(self, plan: ScanPlan, shipped: dict, allow_pickle: bool, timeout: float | None) -> None:
+        import tempfile
+        from pathlib import Path
+
+        import ray
+        import torch
+
+        from ..models import load_model
+
+        # One intra-op thread per actor: the pool's actors share the machine's cores.
+        torch.set_num_threads(1)
+        self.plan = plan
+        self.directory = tempfile.mkdtemp(prefix="release-kit-ray-")
+        self.models = {}
+        for role, (name, reference, factory) in shipped.items():
+            path = Path(self.directory) / name
+            path.write_bytes(ray.get(reference))
+            self.models[role] = load_model(role, str(path), plan.spec, factory=factory, allow_pickle=allow_pickle, timeout=timeout)
+
+    def __call__(self, batch) -> dict:
+        import pickle
+
+        return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, batch))], dtype=object)}
+
+
+def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
+            max_rows: int | None = None, address: str = "", workers: int | None = None,
+            progress: Progress | None = None) -> ScanSummary:
+    """Ray Data reads the same files; an actor pool (``workers`` actors, each holding both models) reduces the
+    batches; the driver merges. ``address`` empty: a local Ray started here; else an existing cluster."""
+    import pickle
+
+    try:
+        import ray
+    except ImportError:
+        raise InputError("[run] engine = \"ray\" needs Ray: pip install 'release-kit[ray]'") from None
+    started = time.monotonic()
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        except Exception as error:  # an unreachable cluster, a bad address
+            raise InputError(f"[run] ray_address {address!r}: cannot start or reach Ray: {first_line(error)}") from None
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # --max-rows takes the same prefix as the local engine
+    context.enable_progress_bars = False
+    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), _factory(model)) for role, model in models.items()}
+    timeout = next(iter(models.values())).timeout
+    dataset = ray.data.read_parquet([str(f) for f in source.files], columns=plan.columns)
+    if max_rows is not None:
+        dataset = dataset.limit(max_rows)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    pool = max(1, workers or int(cpus))
+    # The pool's actors may not hold every CPU: Ray Data's file listing and read tasks need one to run
+    # (else the execution waits forever). The CPUs are logical; the actors still share the cores.
+    per_actor = min(1.0, max(cpus - 1.0, 0.1 * pool) / pool)
+    scored = dataset.map_batches(
+        _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout),
+        batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
+    )
+    merged: ScanSummary | None = None
+    try:
+        for row in scored.iter_rows():
+            summary = pickle.loads(row["summary"])  # produced by release-kit's own actors above
+            merged = summary if merged is None else merged.merge(summary)
+            if progress is not None:
+                progress(merged.rows, time.monotonic() - started)
+    except Exception as error:
+        cause = _input_error_in(error)
+        if cause is not None:
+            raise InputError(cause) from None
+        raise
+    if merged is None:
+        raise InputError(f"{source.name}: the golden set has no rows")
+    return merged
+
+
+def _factory(model: LoadedModel) -> str | None:
+    return model.factory
+
+
+def _input_error_in(error: BaseException) -> str | None:
+    """A Ray task error whose cause is release-kit's InputError (bad data or a failing model): its line."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 10:
+        if isinstance(current, InputError):
+            return str(current)
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+        seen += 1
+    text = str(error)
+    marker = "release_kit.errors.InputError: "
+    if marker in text:
+        return text.split(marker, 1)[1].splitlines()[0]
+    return None

@@ -1,0 +1,101 @@
+"""A streamed golden source: a Parquet file, a directory of Parquet files, or a glob, read in record batches."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError, first_line
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pyarrow as pa
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_streamable(source: str) -> bool:
+    """A directory or a glob (always streamed), or a single Parquet file (streamed when it is large)."""
+    if "://" in source:
+        return False
+    path = Path(source)
+    return path.is_dir() or any(ch in source for ch in "*?[") or path.suffix.lower() in PARQUET_SUFFIXES
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    name: str  # as configured
+    files: tuple[Path, ...]
+
+    @classmethod
+    def resolve(cls, source: str) -> ParquetSource:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file())
+        elif any(ch in source for ch in "*?["):
+            files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(f"data file not found: {source}")
+        if not files:
+            raise InputError(f"{source}: no Parquet files (*.parquet, *.pq) there")
+        wrong = [f for f in files if f.suffix.lower() not in PARQUET_SUFFIXES]
+        if wrong:
+            raise InputError(f"{source}: {wrong[0]} is not a Parquet file (a streamed golden set is Parquet)")
+        return cls(source, tuple(files))
+
+    def dataset(self):
+        import pyarrow.dataset as ds
+
+        try:
+            return ds.dataset([str(f) for f in self.files], format="parquet")
+        except Exception as error:  # pyarrow's own hierarchy: an unreadable or inconsistent file
+            raise InputError(f"{self.name}: cannot read Parquet data: {first_line(error)}") from None
+
+    def rows(self) -> int:
+        """Row count from the files' metadata (no data read)."""
+        try:
+            return int(self.dataset().count_rows())
+        except InputError:
+            raise
+        except Exception as error:
+            raise InputError(f"{self.name}: cannot read Parquet data: {first_line(error)}") from None
+
+    def schema_columns(self) -> list[str]:
+        return list(self.dataset().schema.names)
+
+    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``."""
+        missing = [c for c in columns if c not in self.schema_columns()]
+        if missing:
+            raise InputError(f"{self.name}: missing column(s): {', '.join(missing)}")
+        seen = 0
+        try:
+            for batch in self.dataset().to_batches(columns=columns, batch_size=chunk_rows):
+                if max_rows is not None and seen + batch.num_rows > max_rows:
+                    batch = batch.slice(0, max_rows - seen)
+                if batch.num_rows:
+                    yield batch
+                seen += batch.num_rows
+                if max_rows is not None and seen >= max_rows:
+                    return
+        except InputError:
+            raise
+        except Exception as error:
+            if type(error).__module__.startswith("pyarrow"):
+                raise InputError(f"{self.name}: cannot read Parquet data: {first_line(error)}") from None
+            raise
+
+    def sha256(self) -> str:
+        """One digest over every file's name and content hash, in order."""
+        from ..data import file_sha256
+
+        digest = hashlib.sha256()
+        for file in self.files:
+            digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+        return digest.hexdigest()

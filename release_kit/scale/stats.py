@@ -1,0 +1,230 @@
+"""Mergeable statistics of a streamed golden set. Every one merges by addition (or, for the sample, by keeping
+the k smallest keys), so the order and grouping of batches — one process or many Ray workers — changes
+nothing but floating-point rounding.
+
+Per quality metric (``STREAMED``): row-level vectors u whose sums Σu and Σuuᵀ (:class:`Moments`) give the
+metric of each model *and* the paired influence variance exactly: ψ_candidate − ψ_baseline = wᵀu with w a
+function of the means, so Var = wᵀ·Cov(u)·w. Exact, as the in-memory path:
+
+=============  ==========================================  =====================================
+metric         u per row                                    w
+=============  ==========================================  =====================================
+MAE            (|c−y|, |b−y|)                               (1, −1)
+RMSE           ((c−y)², (b−y)²)                             (1/2R_c, −1/2R_b)
+R²             ((c−y)², (b−y)², y, y²)                      (−1/v, 1/v, 0, 0), v = E[y²] − E[y]²
+accuracy       (right_c, right_b)                           (1, −1)
+log loss       (ℓ_c, ℓ_b)                                   (1, −1)
+F1             per class (2TP, 2TP+FP+FN) of both models    (1/B_c, −F_c/B_c, −1/B_b, F_b/B_b) / K
+=============  ==========================================  =====================================
+
+F1 is exact up to ``F1_MAX_CLASSES`` classes (Σuuᵀ grows with the square of 4·classes); ROC AUC needs every
+score's rank. Both are then computed on the uniform sample (:class:`BottomK`) and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+F1_MAX_CLASSES = 16
+
+
+@dataclass
+class Moments:
+    """n, Σu and Σuuᵀ over row vectors u: exact and mergeable."""
+
+    n: int
+    total: np.ndarray
+    outer: np.ndarray
+
+    @classmethod
+    def of(cls, u: np.ndarray) -> Moments:
+        return cls(len(u), u.sum(axis=0), u.T @ u)
+
+    def merge(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
+
+
+def _pair(a, b) -> np.ndarray:
+    return np.column_stack([a, b]).astype(np.float64)
+
+
+def _log_loss(y, p):
+    return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+
+
+def _f1_rows(y, p) -> np.ndarray:
+    classes = [1] if p.shape[1] == 2 else range(p.shape[1])
+    predicted = p.argmax(axis=1)
+    parts = []
+    for k in classes:
+        actual, called = y == k, predicted == k
+        a = 2.0 * (actual & called)
+        parts.append((a, a + (called & ~actual) + (actual & ~called)))
+    return parts
+
+
+def row_vectors(metric: str, y: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The metric's u per row (see the module table)."""
+    if metric == "mae":
+        return _pair(np.abs(c - y), np.abs(b - y))
+    if metric == "rmse":
+        return _pair((c - y) ** 2, (b - y) ** 2)
+    if metric == "r2":
+        return np.column_stack([(c - y) ** 2, (b - y) ** 2, y, y * y]).astype(np.float64)
+    if metric == "accuracy":
+        return _pair(c.argmax(axis=1) == y, b.argmax(axis=1) == y)
+    if metric == "log_loss":
+        return _pair(_log_loss(y, c), _log_loss(y, b))
+    if metric == "f1":
+        columns = []
+        for (a_c, b_c), (a_b, b_b) in zip(_f1_rows(y, c), _f1_rows(y, b)):
+            columns += [a_c, b_c, a_b, b_b]
+        return np.column_stack(columns).astype(np.float64)
+    raise KeyError(metric)
+
+
+def streamed_metrics(task: str, classes: int) -> tuple[str, ...]:
+    if task == "regression":
+        return ("mae", "rmse", "r2")
+    return ("accuracy", "log_loss") + (("f1",) if classes == 2 or classes <= F1_MAX_CLASSES else ())
+
+
+def _solve(metric: str, mean: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(candidate value, baseline value, w) from the means of u."""
+    if metric in ("mae", "accuracy", "log_loss"):
+        return float(mean[0]), float(mean[1]), np.array([1.0, -1.0])
+    if metric == "rmse":
+        r_c, r_b = math.sqrt(mean[0]), math.sqrt(mean[1])
+        return r_c, r_b, np.array([0.5 / r_c if r_c > 0 else 0.0, -0.5 / r_b if r_b > 0 else 0.0])
+    if metric == "r2":
+        v = float(mean[3] - mean[2] ** 2)
+        if v <= 0:
+            return math.nan, math.nan, np.full(4, math.nan)
+        return 1 - mean[0] / v, 1 - mean[1] / v, np.array([-1 / v, 1 / v, 0.0, 0.0])
+    if metric == "f1":
+        k = len(mean) // 4
+        values_c, values_b, w = [], [], np.zeros(len(mean))
+        for j in range(k):
+            a_c, b_c, a_b, b_b = mean[4 * j : 4 * j + 4]
+            f_c = a_c / b_c if b_c > 0 else 0.0
+            f_b = a_b / b_b if b_b > 0 else 0.0
+            values_c.append(f_c)
+            values_b.append(f_b)
+            w[4 * j : 4 * j + 4] = [1 / b_c if b_c > 0 else 0.0, -f_c / b_c if b_c > 0 else 0.0,
+                                    -1 / b_b if b_b > 0 else 0.0, f_b / b_b if b_b > 0 else 0.0]
+        return float(np.mean(values_c)), float(np.mean(values_b)), w / k
+    raise KeyError(metric)
+
+
+def paired_diff(metric: str, moments: Moments, confidence: float):
+    """Candidate − baseline with its t-interval, from the sums alone (the in-memory path's numbers)."""
+    from scipy.stats import t
+
+    from ..metrics import PairedDiff
+
+    n = moments.n
+    mean = moments.total / n
+    value_c, value_b, w = _solve(metric, mean)
+    delta = value_c - value_b
+    if not (math.isfinite(delta) and n > 1):
+        return PairedDiff(value_c, value_b, delta, math.nan, math.nan)
+    covariance = (moments.outer - n * np.outer(mean, mean)) / (n - 1)
+    variance = max(float(w @ covariance @ w), 0.0)
+    half = float(t.ppf(0.5 + confidence / 2.0, n - 1)) * math.sqrt(variance / n)
+    return PairedDiff(value_c, value_b, delta, delta - half, delta + half)
+
+
+@dataclass
+class ColumnCounts:
+    """Per column over every row: values that are NaN/inf (or null), and the finite minimum and maximum."""
+
+    bad: dict[str, int] = field(default_factory=dict)
+    low: dict[str, float] = field(default_factory=dict)
+    high: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        self.bad[name] = self.bad.get(name, 0) + int((~finite).sum())
+        if finite.any():
+            kept = values[finite]
+            self.low[name] = min(self.low.get(name, math.inf), float(kept.min()))
+            self.high[name] = max(self.high.get(name, -math.inf), float(kept.max()))
+
+    def merge(self, other: ColumnCounts) -> ColumnCounts:
+        merged = ColumnCounts(dict(self.bad), dict(self.low), dict(self.high))
+        for name, count in other.bad.items():
+            merged.bad[name] = merged.bad.get(name, 0) + count
+        for name, value in other.low.items():
+            merged.low[name] = min(merged.low.get(name, math.inf), value)
+        for name, value in other.high.items():
+            merged.high[name] = max(merged.high.get(name, -math.inf), value)
+        return merged
+
+
+def row_keys(*columns: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's content: the same row gets the same key in any engine, any batch."""
+    keys = np.full(len(columns[0]), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in columns:
+            values = np.ascontiguousarray(column, dtype=np.float64).reshape(len(keys), -1)
+            for j in range(values.shape[1]):
+                keys ^= values[:, j].view(np.uint64)
+                keys *= np.uint64(0xBF58476D1CE4E5B9)
+                keys ^= keys >> np.uint64(31)
+    return keys
+
+
+@dataclass
+class BottomK:
+    """A uniform sample of at most k rows: the rows with the k smallest content keys. Merging two keeps the k
+    smallest of both, so every engine and batching keeps the same rows."""
+
+    k: int
+    keys: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray]) -> BottomK:
+        if len(keys) > k:
+            keep = np.argpartition(keys, k - 1)[:k]
+            keys, arrays = keys[keep], {name: a[keep] for name, a in arrays.items()}
+        return cls(k, keys, arrays)
+
+    def merge(self, other: BottomK) -> BottomK:
+        keys = np.concatenate([self.keys, other.keys])
+        arrays = {name: np.concatenate([self.arrays[name], other.arrays[name]]) for name in self.arrays}
+        return BottomK.of(self.k, keys, arrays)
+
+    def ordered(self) -> dict[str, np.ndarray]:
+        """The sample's rows by key: a deterministic order whatever the merge order."""
+        order = np.argsort(self.keys, kind="stable")
+        return {name: a[order] for name, a in self.arrays.items()}
+
+
+@dataclass
+class ScanSummary:
+    """Everything the gate keeps of a streamed golden set."""
+
+    rows: int  # rows read
+    excluded: dict[str, int]  # column → rows with a NaN/inf or impossible value there
+    excluded_rows: int
+    quality: dict[str, Moments]
+    counts: ColumnCounts
+    sample: BottomK
+    classes: int = 0  # classification: the models' output width
+
+    def merge(self, other: ScanSummary) -> ScanSummary:
+        excluded = dict(self.excluded)
+        for name, count in other.excluded.items():
+            excluded[name] = excluded.get(name, 0) + count
+        quality = {name: self.quality[name].merge(other.quality[name]) if name in self.quality else other.quality[name]
+                   for name in {**self.quality, **other.quality}}
+        return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
+                           self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes))
+
+    @property
+    def used_rows(self) -> int:
+        return self.rows - self.excluded_rows
