@@ -26,6 +26,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a bad option or value: one line, like every other bad input
+            click.echo(f"release-kit: error: {error.format_message()} (see --help)", err=True)
+            ctx.exit(EXIT_INPUT)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:  # click would call it "Aborted!" and exit 1, the code for "blocked"

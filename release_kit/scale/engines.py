@@ -146,7 +146,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     except ImportError:
         raise InputError("[run] engine = \"ray\" needs Ray: pip install 'release-kit[ray]'") from None
     started = time.monotonic()
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         try:
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -185,6 +186,9 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         if cause is not None:
             raise InputError(cause) from None
         raise
+    finally:
+        if started_here:  # a Ray this run started ends with it (a cluster given by address is left alone)
+            ray.shutdown()
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged

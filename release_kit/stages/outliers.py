@@ -50,6 +50,8 @@ def checks(gate: GateContext) -> list[StageCheck]:
         *([StageCheck("classes", partial(class_slices, gate))] if classification else []),
         *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
     ]
+    if gate.golden.sampled_from is not None:
+        found = [_noting_sample(gate, check) for check in found]
     if not gate.golden.tabular:
         # Tensor inputs have no per-feature domain to draw from: the search perturbs golden samples instead.
         if spec.monotonic or spec.domain or spec.search.divergence is not None:
@@ -64,6 +66,17 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if spec.search.divergence is not None:
         found.append(StageCheck("search:divergence", partial(search_divergence, gate, domain)))
     return found
+
+
+def _noting_sample(gate: GateContext, check: StageCheck) -> StageCheck:
+    """A streamed golden set's per-row analyses run on its uniform sample: their summaries say so."""
+    from dataclasses import replace
+
+    def run() -> CheckResult:
+        result = check.run()
+        return replace(result, summary=result.summary + gate.golden.note)
+
+    return StageCheck(check.name, run)
 
 
 # -- per-sample analysis -------------------------------------------------------------------------------
