@@ -195,7 +195,9 @@ def _scan(config: Config, source, models, baseline_features, progress):
     spec, run_spec = config.model, config.run
     roles = {m.role: m for m in models}
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
-    plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows)
+    total = source.rows()
+    plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
+                    min(total, run_spec.max_rows) if run_spec.max_rows else total)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError, first_line
-from .stats import BottomK, ColumnCounts, Moments, ScanSummary, row_keys, row_vectors, streamed_metrics
+from .stats import BottomK, ColumnCounts, Moments, ScanSummary, key_threshold, row_keys, row_vectors, streamed_metrics
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -29,6 +29,7 @@ class ScanPlan:
     spec: ModelSpec
     features: dict[str, tuple[str, ...]]  # role → its feature columns, in its order
     sample_rows: int
+    total_rows: int = 0  # rows the source holds (from its metadata): sets each batch's share of the sample
 
     @property
     def columns(self) -> list[str]:
@@ -43,26 +44,32 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     spec = plan.spec
     frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.columns}
     counts = ColumnCounts()
+    masks = {}
     for name, values in frame.items():
-        if values.dtype.kind not in "fiub":
+        if values.dtype.kind not in "fiu":
             raise InputError(f"golden column '{name}' is not numeric")
-        counts.add(name, values.astype(np.float64))
+        masks[name] = counts.add(name, values)
     target = frame[spec.target].astype(np.float64)
-    bad = {name: ~np.isfinite(frame[name].astype(np.float64)) for name in plan.features["candidate"]}
-    bad_target = ~np.isfinite(target)
+    bad = {name: masks[name] for name in plan.features["candidate"]}
+    bad_target = masks[spec.target].copy()
     if spec.task == "classification":
         with np.errstate(invalid="ignore"):
             bad_target |= (target < 0) | (target != np.floor(target))
     bad[spec.target] = bad_target
     excluded_mask = np.logical_or.reduce(list(bad.values()))
+    any_excluded = bool(excluded_mask.any())
     keep = ~excluded_mask
-    target = target[keep]
+    target = target[keep] if any_excluded else target
     if spec.task == "classification":
         target = target.astype(np.int64)
     outputs = {}
     inputs = {}
+    matrices: dict[tuple[str, ...], np.ndarray] = {}
     for role, model in models.items():
-        inputs[role] = np.column_stack([frame[c][keep] for c in plan.features[role]]).astype(np.float32)
+        columns = plan.features[role]
+        if columns not in matrices:  # both models on the same columns share one matrix
+            matrices[columns] = np.column_stack([frame[c][keep] if any_excluded else frame[c] for c in columns]).astype(np.float32, copy=False)
+        inputs[role] = matrices[columns]
         n_classes = int(target.max()) + 1 if spec.task == "classification" and len(target) else None
         outputs[role] = to_predictions(model.raw_outputs(inputs[role]), spec, role, n_classes)
     candidate, baseline = outputs["candidate"], outputs.get("baseline")
@@ -76,7 +83,8 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         arrays["baseline"] = baseline
         if plan.features["baseline"] != plan.features["candidate"]:
             arrays["baseline_features"] = inputs["baseline"]
-    sample = BottomK.of(plan.sample_rows, row_keys(inputs["candidate"], target), arrays)
+    below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
+    sample = BottomK.of(plan.sample_rows, row_keys(inputs["candidate"], target), arrays, below)
     return ScanSummary(
         rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
         excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 F1_MAX_CLASSES = 16
+KEY_COLUMNS = 4  # feature columns (with the target) that make a row's sampling key
 
 
 @dataclass
@@ -41,14 +42,15 @@ class Moments:
 
     @classmethod
     def of(cls, u: np.ndarray) -> Moments:
-        return cls(len(u), u.sum(axis=0), u.T @ u)
+        """From the vectors stacked by component, (m, n): contiguous rows make both sums single passes."""
+        return cls(u.shape[1], u.sum(axis=1), u @ u.T)
 
     def merge(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
 
 
 def _pair(a, b) -> np.ndarray:
-    return np.column_stack([a, b]).astype(np.float64)
+    return np.stack([a, b]).astype(np.float64, copy=False)
 
 
 def _log_loss(y, p):
@@ -67,13 +69,13 @@ def _f1_rows(y, p) -> np.ndarray:
 
 
 def row_vectors(metric: str, y: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The metric's u per row (see the module table)."""
+    """The metric's u per row (see the module table), stacked by component: (m, n)."""
     if metric == "mae":
         return _pair(np.abs(c - y), np.abs(b - y))
     if metric == "rmse":
         return _pair((c - y) ** 2, (b - y) ** 2)
     if metric == "r2":
-        return np.column_stack([(c - y) ** 2, (b - y) ** 2, y, y * y]).astype(np.float64)
+        return np.stack([(c - y) ** 2, (b - y) ** 2, y, y * y]).astype(np.float64, copy=False)
     if metric == "accuracy":
         return _pair(c.argmax(axis=1) == y, b.argmax(axis=1) == y)
     if metric == "log_loss":
@@ -82,7 +84,7 @@ def row_vectors(metric: str, y: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.
         columns = []
         for (a_c, b_c), (a_b, b_b) in zip(_f1_rows(y, c), _f1_rows(y, b)):
             columns += [a_c, b_c, a_b, b_b]
-        return np.column_stack(columns).astype(np.float64)
+        return np.stack(columns).astype(np.float64, copy=False)
     raise KeyError(metric)
 
 
@@ -145,13 +147,22 @@ class ColumnCounts:
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray) -> None:
-        finite = np.isfinite(values)
-        self.bad[name] = self.bad.get(name, 0) + int((~finite).sum())
-        if finite.any():
-            kept = values[finite]
-            self.low[name] = min(self.low.get(name, math.inf), float(kept.min()))
-            self.high[name] = max(self.high.get(name, -math.inf), float(kept.max()))
+    def add(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Count one column's values; returns its mask of bad (NaN/inf) values."""
+        if not len(values):
+            return np.zeros(0, dtype=bool)
+        low, high = values.min(), values.max()
+        # A NaN makes min NaN and an infinity shows as the min or max: when both are finite, so is every value.
+        if values.dtype.kind != "f" or (np.isfinite(low) and np.isfinite(high)):
+            bad = np.zeros(len(values), dtype=bool)
+        else:
+            bad = ~np.isfinite(values)
+            kept = values[~bad]
+            low, high = (kept.min(), kept.max()) if len(kept) else (math.inf, -math.inf)
+        self.bad[name] = self.bad.get(name, 0) + int(bad.sum())
+        self.low[name] = min(self.low.get(name, math.inf), float(low))
+        self.high[name] = max(self.high.get(name, -math.inf), float(high))
+        return bad
 
     def merge(self, other: ColumnCounts) -> ColumnCounts:
         merged = ColumnCounts(dict(self.bad), dict(self.low), dict(self.high))
@@ -164,44 +175,68 @@ class ColumnCounts:
         return merged
 
 
-def row_keys(*columns: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's content: the same row gets the same key in any engine, any batch."""
-    keys = np.full(len(columns[0]), 0x9E3779B97F4A7C15, dtype=np.uint64)
+def row_keys(features: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's content (its float32 features and its target): the same row gets the same
+    key in any engine and any batch, so the sample does not depend on how the rows were split."""
+    keys = np.zeros(len(target), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in columns:
-            values = np.ascontiguousarray(column, dtype=np.float64).reshape(len(keys), -1)
-            for j in range(values.shape[1]):
-                keys ^= values[:, j].view(np.uint64)
-                keys *= np.uint64(0xBF58476D1CE4E5B9)
-                keys ^= keys >> np.uint64(31)
+        # A few columns identify a row well enough for sampling; hashing every column would cost as much as
+        # running a small model.
+        for j in range(min(features.shape[1], KEY_COLUMNS)):
+            column = np.ascontiguousarray(features[:, j], dtype=np.float32).view(np.uint32).astype(np.uint64)
+            keys += column * np.uint64((0x9E3779B97F4A7C15 * (j + 1)) % 2**64 | 1)
+        keys ^= np.ascontiguousarray(target, dtype=np.float64).view(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+        keys ^= keys >> np.uint64(31)
+        keys *= np.uint64(0x94D049BB133111EB)
+        keys ^= keys >> np.uint64(29)
     return keys
+
+
+def key_threshold(sample_rows: int, total_rows: int) -> np.uint64:
+    """Keys below this are kept by a batch: about ``sample_rows`` of ``total_rows`` (twice that, to be sure of
+    k after the final trim), so a batch ships its small share of the sample, not every row."""
+    share = min(1.0, 2.0 * sample_rows / max(total_rows, 1))
+    return np.uint64(np.iinfo(np.uint64).max) if share >= 1.0 else np.uint64(int(share * float(2**64 - 1)))
 
 
 @dataclass
 class BottomK:
-    """A uniform sample of at most k rows: the rows with the k smallest content keys. Merging two keeps the k
-    smallest of both, so every engine and batching keeps the same rows."""
+    """A uniform sample of at most k rows: the rows with the k smallest content keys. Merging keeps the k
+    smallest of both, so every engine and batching keeps the same rows. Merges only collect parts; the
+    parts are combined and cut to k once they hold more than 2k rows, so a merge costs its batch's share,
+    not a copy of the whole sample."""
 
     k: int
-    keys: np.ndarray
-    arrays: dict[str, np.ndarray]
+    parts: list[tuple[np.ndarray, dict[str, np.ndarray]]]
+    size: int
 
     @classmethod
-    def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray]) -> BottomK:
+    def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray], below: np.uint64 | None = None) -> BottomK:
+        if below is not None:
+            kept = keys < below
+            if not kept.all():
+                keys, arrays = keys[kept], {name: a[kept] for name, a in arrays.items()}
         if len(keys) > k:
             keep = np.argpartition(keys, k - 1)[:k]
             keys, arrays = keys[keep], {name: a[keep] for name, a in arrays.items()}
-        return cls(k, keys, arrays)
+        return cls(k, [(keys, arrays)], len(keys))
 
     def merge(self, other: BottomK) -> BottomK:
-        keys = np.concatenate([self.keys, other.keys])
-        arrays = {name: np.concatenate([self.arrays[name], other.arrays[name]]) for name in self.arrays}
+        merged = BottomK(self.k, self.parts + other.parts, self.size + other.size)
+        return merged.compacted() if merged.size > 2 * self.k else merged
+
+    def compacted(self) -> BottomK:
+        """One part of at most k rows."""
+        keys = np.concatenate([keys for keys, _ in self.parts])
+        names = self.parts[0][1].keys()
+        arrays = {name: np.concatenate([part[name] for _, part in self.parts]) for name in names}
         return BottomK.of(self.k, keys, arrays)
 
     def ordered(self) -> dict[str, np.ndarray]:
         """The sample's rows by key: a deterministic order whatever the merge order."""
-        order = np.argsort(self.keys, kind="stable")
-        return {name: a[order] for name, a in self.arrays.items()}
+        keys, arrays = self.compacted().parts[0]
+        order = np.argsort(keys, kind="stable")
+        return {name: a[order] for name, a in arrays.items()}
 
 
 @dataclass

@@ -1,0 +1,164 @@
+"""Golden sets beyond memory (issue #14): 100,000,000 rows × 10 features of Parquet (generated here, once,
+under benchmarks/.data/, not in git), two MLP models (10 → 32 → 1, TorchScript).
+
+- local engine (``run_local``, batches of 1,000,000 rows): wall time, peak RSS of its process, and the
+  throughput as a ratio to a raw loop that only reads the same batches and runs both models;
+- Ray engine with 2 workers on the same files: wall time and the same numbers (exact metrics equal);
+- the bytes each batch ships from a worker to the driver (for the 10⁹-row projection in RESULTS.md).
+
+Each measurement runs in its own process (``python scale.py part``) so that peak RSS is that part's alone.
+
+    python benchmarks/scale.py [--rows 100000000]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data" / "scale"
+FEATURES = [f"x{j}" for j in range(10)]
+CHUNK = 1_000_000
+FILE_ROWS = 5_000_000
+
+
+def generate(rows: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = DATA / f"rows-{rows}"
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=10).astype(np.float32)
+    for index, start in enumerate(range(0, rows, FILE_ROWS)):
+        n = min(FILE_ROWS, rows - start)
+        x = rng.normal(size=(n, 10)).astype(np.float32)
+        y = (x @ weights + rng.normal(0, 0.5, n).astype(np.float32)).astype(np.float32)
+        table = pa.table({**{name: x[:, j] for j, name in enumerate(FEATURES)}, "y": y})
+        pq.write_table(table, folder / f"part-{index:04d}.parquet", row_group_size=CHUNK)
+    (folder / "done").touch()
+    return folder
+
+
+def models(folder: Path) -> dict[str, Path]:
+    import torch
+
+    paths = {"candidate": folder / "candidate.pt", "baseline": folder / "baseline.pt"}
+    for seed, path in enumerate(paths.values()):
+        if not path.exists():
+            torch.manual_seed(seed)
+            module = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1), torch.nn.Flatten(0))
+            torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return paths
+
+
+def _plan_and_models(folder: Path):
+    from release_kit.config import ModelSpec
+    from release_kit.models import load_model
+    from release_kit.scale.engines import ScanPlan
+    from release_kit.scale.source import ParquetSource
+
+    spec = ModelSpec(name="bench", task="regression", target="y", features=FEATURES)
+    loaded = {role: load_model(role, str(path), spec, timeout=600) for role, path in models(folder).items()}
+    source = ParquetSource.resolve(str(folder))
+    plan = ScanPlan(spec, {"candidate": tuple(FEATURES), "baseline": tuple(FEATURES)}, sample_rows=1_000_000, total_rows=source.rows())
+    return source, plan, loaded
+
+
+def part(name: str, folder: Path) -> dict:
+    """One measurement, in this process: its figures and peak RSS."""
+    import torch
+
+    from release_kit.models import PREDICT_BATCH_ROWS
+
+    source, plan, loaded = _plan_and_models(folder)
+    started = time.perf_counter()
+    if name.startswith("raw"):
+        with torch.inference_mode():
+            for batch in source.batches(plan.columns, CHUNK):
+                x = torch.from_numpy(np.column_stack([batch.column(c).to_numpy() for c in FEATURES]))
+                for model in loaded.values():
+                    # The same calls as release-kit's (65,536 rows each: the activations stay in cache).
+                    np.concatenate([model.module(part).double().numpy() for part in x.split(PREDICT_BATCH_ROWS)])
+        result: dict = {}
+    else:
+        from release_kit.scale.engines import run_local, run_ray
+        from release_kit.scale.stats import paired_diff
+
+        if name == "local":
+            summary = run_local(source, plan, loaded, chunk_rows=CHUNK)
+        else:
+            summary = run_ray(source, plan, loaded, chunk_rows=CHUNK, workers=2)
+        result = {"rows": summary.rows, "metrics": {m: list(paired_diff(m, s, 0.95).__dict__.values()) for m, s in summary.quality.items()}}
+        if name == "local":
+            import pickle
+
+            first = next(iter(source.batches(plan.columns, CHUNK)))
+            from release_kit.scale.engines import reduce_batch
+
+            result["batch_bytes"] = len(pickle.dumps(reduce_batch(plan, loaded, first)))
+            result["batch_bytes_no_sample"] = len(pickle.dumps({k: v for k, v in reduce_batch(plan, loaded, first).__dict__.items() if k != "sample"}))
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def main() -> None:
+    from _results import write_section
+
+    rows = int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 100_000_000
+    started = time.perf_counter()
+    folder = generate(rows)
+    generated = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in folder.glob("*.parquet"))
+    figures = {}
+    # A first raw pass warms the page cache (the files are read from disk once); then raw and local
+    # alternate three times each (this machine is shared and noisy) and the medians are compared.
+    runs: dict[str, list[dict]] = {"raw": [], "local": []}
+    for name in ("raw-cold", "raw", "local", "raw", "local", "raw", "local", "ray"):
+        output = subprocess.run([sys.executable, __file__, "part", name, str(folder)], capture_output=True, text=True, cwd=HERE)
+        if output.returncode != 0:
+            raise SystemExit(f"{name} failed: {output.stderr[-3000:]}")
+        figures[name] = json.loads(output.stdout.strip().splitlines()[-1])
+        runs.setdefault(name, []).append(figures[name])
+        print(name, figures[name])
+    raw, local = (sorted(runs[name], key=lambda r: r["seconds"])[1] for name in ("raw", "local"))
+    ray = figures["ray"]
+    same = all(
+        np.allclose(local["metrics"][m][:5], ray["metrics"][m][:5], rtol=1e-9, atol=0) for m in local["metrics"]
+    )
+    ratio = raw["seconds"] / local["seconds"]
+    mae = local["metrics"]["mae"]
+    write_section(
+        "scale",
+        f"Streamed golden set: {rows:,} rows × 10 features (Parquet, {size / 2**30:.1f} GiB, {len(list(folder.glob('*.parquet')))} files)",
+        f"Generated once in {generated:.0f} s (not in git). Two MLPs (10 → 32 → 1, TorchScript), batches of {CHUNK:,} rows, "
+        "each part in its own process.\n\n"
+        "| | wall time (median of 3, alternating) | rows/s | peak RSS |\n|---|---:|---:|---:|\n"
+        f"| raw loop: read the batches, run both models | {raw['seconds']:.1f} s | {rows / raw['seconds']:,.0f} | {raw['peak_rss_gib']:.2f} GiB |\n"
+        f"| local engine (`run_local`: both models, exact metric sums, whole-set counts, 1,000,000-row sample) | {local['seconds']:.1f} s | {rows / local['seconds']:,.0f} | {local['peak_rss_gib']:.2f} GiB |\n"
+        f"| Ray engine, 2 workers (local Ray started by the run) | {ray['seconds']:.1f} s | {rows / ray['seconds']:,.0f} | {ray['peak_rss_gib']:.2f} GiB (driver) |\n\n"
+        f"Local throughput vs the raw loop: **{ratio:.2f}×** (goal ≥ 0.8×: {'met' if ratio >= 0.8 else 'NOT met'}); "
+        f"peak RSS {local['peak_rss_gib']:.2f} GiB (goal ≤ 3 GB: {'met' if local['peak_rss_gib'] * 1.0737 <= 3 else 'NOT met'}). "
+        f"Ray vs local: {ray['seconds'] / local['seconds']:.2f}× the wall time; "
+        f"exact metrics equal to 1e-9 relative: {'yes' if same else 'NO'} (MAE Δ {mae[2]:+.6f} [{mae[3]:+.6f}, {mae[4]:+.6f}] in both).\n\n"
+        f"Shipped from a worker to the driver per batch: {local['batch_bytes']:,} bytes pickled, of which "
+        f"{local['batch_bytes'] - local['batch_bytes_no_sample']:,} are its share of the sample and "
+        f"{local['batch_bytes_no_sample']:,} the sums and counts.",
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "part":
+        print(json.dumps(part(sys.argv[2], Path(sys.argv[3]))))
+    else:
+        main()
