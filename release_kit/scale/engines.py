@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError, first_line
-from .stats import BottomK, ColumnCounts, Moments, ScanSummary, key_threshold, row_keys, row_vectors, streamed_metrics
+from .stats import KEY_COLUMNS, BottomK, ColumnCounts, Moments, RowVectors, ScanSummary, key_threshold, row_keys, streamed_metrics
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -76,15 +76,17 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     quality: dict[str, Moments] = {}
     classes = candidate.shape[1] if candidate.ndim == 2 else 0
     if baseline is not None and len(target):
+        vectors = RowVectors(target, candidate, baseline)
         for metric in streamed_metrics(spec.task, classes):
-            quality[metric] = Moments.of(row_vectors(metric, target, candidate, baseline))
+            quality[metric] = Moments.of(vectors(metric))
     arrays = {"features": inputs["candidate"], "target": target, "candidate": candidate}
     if baseline is not None:
         arrays["baseline"] = baseline
         if plan.features["baseline"] != plan.features["candidate"]:
             arrays["baseline_features"] = inputs["baseline"]
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
-    sample = BottomK.of(plan.sample_rows, row_keys(inputs["candidate"], target), arrays, below)
+    key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
+    sample = BottomK.of(plan.sample_rows, row_keys(key_columns, target), arrays, below)
     return ScanSummary(
         rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
         excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 F1_MAX_CLASSES = 16
-KEY_COLUMNS = 4  # feature columns (with the target) that make a row's sampling key
+KEY_COLUMNS = 3  # feature columns (with the target) that make a row's sampling key
 
 
 @dataclass
@@ -41,23 +41,24 @@ class Moments:
     outer: np.ndarray
 
     @classmethod
-    def of(cls, u: np.ndarray) -> Moments:
-        """From the vectors stacked by component, (m, n): contiguous rows make both sums single passes."""
-        return cls(u.shape[1], u.sum(axis=1), u @ u.T)
+    def of(cls, u: list[np.ndarray]) -> Moments:
+        """From the vectors' components, each (n,): one sum and one dot product per pair, no stacked copy."""
+        m = len(u)
+        outer = np.empty((m, m))
+        for i in range(m):
+            for j in range(i, m):
+                outer[i, j] = outer[j, i] = float(np.dot(u[i], u[j]))
+        return cls(len(u[0]), np.array([float(v.sum()) for v in u]), outer)
 
     def merge(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
-
-
-def _pair(a, b) -> np.ndarray:
-    return np.stack([a, b]).astype(np.float64, copy=False)
 
 
 def _log_loss(y, p):
     return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
 
 
-def _f1_rows(y, p) -> np.ndarray:
+def _f1_rows(y, p):
     classes = [1] if p.shape[1] == 2 else range(p.shape[1])
     predicted = p.argmax(axis=1)
     parts = []
@@ -68,24 +69,42 @@ def _f1_rows(y, p) -> np.ndarray:
     return parts
 
 
-def row_vectors(metric: str, y: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The metric's u per row (see the module table), stacked by component: (m, n)."""
-    if metric == "mae":
-        return _pair(np.abs(c - y), np.abs(b - y))
-    if metric == "rmse":
-        return _pair((c - y) ** 2, (b - y) ** 2)
-    if metric == "r2":
-        return np.stack([(c - y) ** 2, (b - y) ** 2, y, y * y]).astype(np.float64, copy=False)
-    if metric == "accuracy":
-        return _pair(c.argmax(axis=1) == y, b.argmax(axis=1) == y)
-    if metric == "log_loss":
-        return _pair(_log_loss(y, c), _log_loss(y, b))
-    if metric == "f1":
-        columns = []
-        for (a_c, b_c), (a_b, b_b) in zip(_f1_rows(y, c), _f1_rows(y, b)):
-            columns += [a_c, b_c, a_b, b_b]
-        return np.stack(columns).astype(np.float64, copy=False)
-    raise KeyError(metric)
+class RowVectors:
+    """The metrics' u per row (see the module table), as lists of (n,) float64 components; what several
+    metrics share (the errors, the decisions) is computed once per batch."""
+
+    def __init__(self, y: np.ndarray, c: np.ndarray, b: np.ndarray) -> None:
+        self.y, self.c, self.b = y, c, b
+        self._cache: dict[str, list[np.ndarray]] = {}
+
+    def _errors(self) -> list[np.ndarray]:
+        if "errors" not in self._cache:
+            self._cache["errors"] = [self.c - self.y, self.b - self.y]
+        return self._cache["errors"]
+
+    def _squares(self) -> list[np.ndarray]:
+        if "squares" not in self._cache:
+            self._cache["squares"] = [e * e for e in self._errors()]
+        return self._cache["squares"]
+
+    def __call__(self, metric: str) -> list[np.ndarray]:
+        y, c, b = self.y, self.c, self.b
+        if metric == "mae":
+            return [np.abs(e) for e in self._errors()]
+        if metric == "rmse":
+            return self._squares()
+        if metric == "r2":
+            return [*self._squares(), y, y * y]
+        if metric == "accuracy":
+            return [(c.argmax(axis=1) == y).astype(np.float64), (b.argmax(axis=1) == y).astype(np.float64)]
+        if metric == "log_loss":
+            return [_log_loss(y, c), _log_loss(y, b)]
+        if metric == "f1":
+            columns = []
+            for (a_c, b_c), (a_b, b_b) in zip(_f1_rows(y, c), _f1_rows(y, b)):
+                columns += [a_c, b_c, a_b, b_b]
+            return [np.asarray(v, dtype=np.float64) for v in columns]
+        raise KeyError(metric)
 
 
 def streamed_metrics(task: str, classes: int) -> tuple[str, ...]:
@@ -175,15 +194,15 @@ class ColumnCounts:
         return merged
 
 
-def row_keys(features: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's content (its float32 features and its target): the same row gets the same
-    key in any engine and any batch, so the sample does not depend on how the rows were split."""
+def row_keys(columns: list[np.ndarray], target: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's content (its first feature columns, as float32, and its target): the same
+    row gets the same key in any engine and any batch, so the sample does not depend on how rows were split."""
     keys = np.zeros(len(target), dtype=np.uint64)
     with np.errstate(over="ignore"):
         # A few columns identify a row well enough for sampling; hashing every column would cost as much as
         # running a small model.
-        for j in range(min(features.shape[1], KEY_COLUMNS)):
-            column = np.ascontiguousarray(features[:, j], dtype=np.float32).view(np.uint32).astype(np.uint64)
+        for j, values in enumerate(columns[:KEY_COLUMNS]):
+            column = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
             keys += column * np.uint64((0x9E3779B97F4A7C15 * (j + 1)) % 2**64 | 1)
         keys ^= np.ascontiguousarray(target, dtype=np.float64).view(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
         keys ^= keys >> np.uint64(31)
@@ -213,8 +232,8 @@ class BottomK:
     @classmethod
     def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray], below: np.uint64 | None = None) -> BottomK:
         if below is not None:
-            kept = keys < below
-            if not kept.all():
+            kept = np.flatnonzero(keys < below)  # few rows: taking by index beats a boolean mask
+            if len(kept) < len(keys):
                 keys, arrays = keys[kept], {name: a[kept] for name, a in arrays.items()}
         if len(keys) > k:
             keep = np.argpartition(keys, k - 1)[:k]
