@@ -106,10 +106,12 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli
         a, b = metric(local, name), metric(distributed, name)
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
             assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-12), (name, key)
-    # Everything decided on the sample is identical too: the bottom-k sample is the same rows in any engine.
+    # Everything decided on the sample is identical too: the bottom-k sample is the same rows in any engine
+    # (the searches and timings run on a clock, so only their verdicts are compared).
     for a, b in zip(local["checks"], distributed["checks"]):
-        if a["stage"] != "performance":
-            assert (a["name"], a["status"], a["summary"]) == (b["name"], b["status"], b["summary"])
+        assert (a["stage"], a["name"], a["status"]) == (b["stage"], b["name"], b["status"])
+        if a["stage"] != "performance" and not a["name"].startswith(("search:", "monotonic:")):
+            assert a["summary"] == b["summary"]
 
 
 def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, cli):
