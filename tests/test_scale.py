@@ -238,3 +238,38 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[-1], result.stderr
     assert not (tmp_path / "report.json").exists()
+
+
+def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
+    """A model that cannot take the golden rows fails in the actor; the run still ends with one line, exit 2."""
+    pytest.importorskip("ray")
+    import torch
+
+    from conftest import save_scripted
+
+    class WantsSixFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.linear(x).squeeze(-1)
+
+    (tmp_path / "golden").mkdir()
+    pf.make_dataset(2_000, seed=5).to_parquet(tmp_path / "golden" / "part.parquet")
+    save_scripted(WantsSixFeatures(), tmp_path / "candidate.pt")
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["quality"]\n')
+    monkeypatch.chdir(tmp_path)
+    result = cli("check", "--candidate", "candidate.pt", "--engine", "ray")
+    assert result.exit_code == 2, result.output[-3000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
+    assert len(lines) == 1 and "candidate model" in lines[0] and "failed on input of shape" in lines[0], result.stderr[-2000:]
+
+
+def test_an_unreachable_ray_cluster_is_bad_input(streamed_project, cli):
+    pytest.importorskip("ray")
+    text = (streamed_project / "release-kit.toml").read_text().replace("[run]\n", '[run]\nray_address = "127.0.0.1:1"\n')
+    (streamed_project / "release-kit.toml").write_text(text)
+    result = cli("check", "--candidate", "candidate.pt", "--engine", "ray")
+    assert result.exit_code == 2, result.output[-3000:]
+    assert "ray_address '127.0.0.1:1'" in result.stderr.strip().splitlines()[-1]

@@ -158,6 +158,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     started = time.monotonic()
     started_here = not ray.is_initialized()
     if started_here:
+        if address:
+            _check_reachable(address)
         try:
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -202,6 +204,21 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing answers at: ``ray.init`` would retry for minutes."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if target == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=seconds):
+            return
+    except (OSError, ValueError) as error:
+        raise InputError(f"[run] ray_address {address!r}: nothing answers there ({error})") from None
 
 
 def _factory(model: LoadedModel) -> str | None:
