@@ -259,7 +259,7 @@ def call_deadline(seconds: float | None, what: str):
 def load_model(
     role: str,
     source: str,
-    spec: ModelSpec,
+    spec: ModelSpec | None = None,
     *,
     factory: str | None = None,
     version: str | None = None,
@@ -292,9 +292,10 @@ def load_model(
             f"{role} model {path} is a pickled model; unpickling can run arbitrary code, so it is refused "
             "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
         )
-    module = _LOADERS[kind](path, role, factory or spec.factory, allow_pickle)
+    factory = factory or (spec.factory if spec is not None else None)
+    module = _LOADERS[kind](path, role, factory, allow_pickle)
     return LoadedModel(
-        factory=factory or spec.factory,
+        factory=factory,
         role=role,
         source=source,
         kind=kind,

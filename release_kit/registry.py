@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InputError, first_line
 from .signature import Signature
-from .tags import SIGNATURE_TAG, VERSION_TAG
+from .tags import MODEL_SHA256_TAG, SIGNATURE_TAG, VERSION_TAG
 from .tracking import call_store, connect, ensure_experiment, quote_filter
 
 if TYPE_CHECKING:
@@ -173,9 +173,11 @@ def publish(
     full release. ``signature`` (the model's contract) is recorded so that later candidates can be
     compared with it. Returns the registry's version number; ``alias`` (e.g. ``champion``) is moved to it.
     """
+    from .data import file_sha256
+
     version = register_version(
         model_file, name, key=(VERSION_TAG, semver),
-        tags={**({SIGNATURE_TAG: signature.to_json()} if signature else {}), **(tags or {})},
+        tags={MODEL_SHA256_TAG: file_sha256(Path(model_file)), **({SIGNATURE_TAG: signature.to_json()} if signature else {}), **(tags or {})},
         tracking_uri=tracking_uri, experiment=experiment, run_name=f"publish {name} {semver}",
     )
     if alias:

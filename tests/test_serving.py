@@ -1,0 +1,203 @@
+"""Serving released versions: the ModelPool against the embedded store, and the example FastAPI server on
+127.0.0.1 driven by a real HTTP client through a release and a rollback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, free_port
+
+NAME = "power-forecast"
+
+
+@pytest.fixture
+def registry(tmp_path, power):
+    """An embedded store with v1.0.0 (@champion) and 1.1.0 published, as files a release would register."""
+    from release_kit.registry import publish
+    from release_kit.tracking import embedded_uri
+
+    uri = embedded_uri(tmp_path)
+    publish(power["v1"], NAME, "1.0.0", tracking_uri=uri, alias="champion")
+    publish(power["better"], NAME, "1.1.0", tracking_uri=uri)
+    return uri
+
+
+ROWS = np.random.default_rng(0).random((4, 5), dtype=np.float32) * [23, 365, 1, 30, 900]
+
+
+def test_routing_by_alias_semver_and_number(registry, power):
+    import torch
+
+    from release_kit.serving import ModelPool
+
+    with ModelPool(registry, refresh_seconds=0) as pool:
+        champion = pool.get(f"{NAME}@champion")
+        assert (champion.version, champion.semver) == ("1", "1.0.0")
+        assert pool.get(f"{NAME}/1.1.0").semver == "1.1.0"
+        assert pool.get(f"models:/{NAME}/1") is champion
+        with torch.inference_mode():
+            expected = torch.jit.load(str(power["v1"]))(torch.from_numpy(ROWS.astype(np.float32))).double().numpy()
+        np.testing.assert_allclose(champion.predict(ROWS), expected.reshape(-1), rtol=1e-6)
+        assert {m["semver"] for m in pool.loaded()["models"]} == {"1.0.0", "1.1.0"}
+
+
+def test_many_threads_load_a_version_once(registry, monkeypatch):
+    from release_kit import serving
+
+    loads = []
+    original = serving.ModelPool._load
+
+    def counting(self, *args, **kwargs):
+        loads.append(args)
+        time.sleep(0.2)  # a slow load: the other threads must wait for it, not start their own
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(serving.ModelPool, "_load", counting)
+    pool = serving.ModelPool(registry, refresh_seconds=0)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pool.get(f"{NAME}/1.1.0"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1 and len({id(m) for m in got}) == 1
+
+
+def test_eviction_by_bytes_keeps_running_requests_working(registry):
+    from release_kit.serving import ModelPool
+
+    pool = ModelPool(registry, refresh_seconds=0)
+    first = pool.get(f"{NAME}/1.0.0")
+    pool.max_bytes = first.bytes  # room for one model
+    second = pool.get(f"{NAME}/1.1.0")
+    assert [m["semver"] for m in pool.loaded()["models"]] == ["1.1.0"]
+    assert first.predict(ROWS).shape == (4,)  # an evicted version still answers whoever holds it
+    assert second.predict(ROWS).shape == (4,)
+
+
+def test_a_tampered_model_file_is_refused(registry, tmp_path):
+    from release_kit.errors import InputError
+    from release_kit.serving import ModelPool
+    from release_kit.tracking import connect
+
+    version = connect(registry).get_model_version(NAME, "2")
+    store = Path(registry.removeprefix("sqlite:///")).parent
+    files = [p for p in store.rglob("*.pt") if version.run_id in str(p)]
+    assert files, list(store.rglob("*"))
+    files[0].write_bytes(files[0].read_bytes() + b"tampered")
+    with pytest.raises(InputError, match="differs from the release's"):
+        ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.1.0")
+
+
+def test_a_blocked_version_is_refused_unless_asked_for(registry):
+    from release_kit.errors import InputError
+    from release_kit.serving import ModelPool
+    from release_kit.tracking import connect
+
+    connect(registry).set_model_version_tag(NAME, "2", "release_kit.verdict", "block")
+    with pytest.raises(InputError, match="verdict was block"):
+        ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.1.0")
+    assert ModelPool(registry, refresh_seconds=0, allow_blocked=True).get(f"{NAME}/1.1.0").semver == "1.1.0"
+
+
+@pytest.mark.parametrize("reference", ["power-forecast", "power-forecast/one", "models:/power-forecast@"])
+def test_bad_references_are_input_errors(reference):
+    from release_kit.errors import InputError
+    from release_kit.serving import Reference
+
+    with pytest.raises(InputError):
+        Reference.parse(reference)
+
+
+def _post(url: str, body: dict, version: str) -> tuple[int, dict]:
+    """A real HTTP request (urllib: the standard library's client)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}?{urllib.parse.urlencode({'version': version})}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, registry):
+    import urllib.request
+
+    from release_kit.tracking import connect
+
+    port = free_port()
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": registry, "REFRESH_SECONDS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=ROOT / "examples" / "serving", env=environment, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.2)
+        body = {"inputs": ROWS.tolist()}
+        predict = f"{url}/v1/models/{NAME}/predict"
+        assert _post(predict, body, "1.1.0")[1]["version"] == "1.1.0"
+        assert _post(predict, body, "nope")[0] == 404
+
+        responses: list[tuple[float, int, str | None]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set() and len(responses) < 20_000:
+                try:
+                    status, answer = _post(predict, body, "champion")
+                except OSError as error:  # a refused or dropped connection is an error too
+                    status, answer = 599, {"error": str(error)}
+                responses.append((time.monotonic(), status, answer.get("version")))
+
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        started = time.monotonic()
+        for thread in clients:
+            thread.start()
+        time.sleep(5)
+        released = time.monotonic()
+        connect(registry).set_registered_model_alias(NAME, "champion", "2")  # the release moves the alias
+        time.sleep(7)
+        rolled_back = time.monotonic()
+        connect(registry).set_registered_model_alias(NAME, "champion", "1")  # the rollback moves it back
+        time.sleep(max(0.0, 20 - (time.monotonic() - started)))
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert len(responses) > 100
+    assert all(status == 200 for _, status, _ in responses), {s for _, s, _ in responses}
+    assert {version for _, _, version in responses} <= {"1.0.0", "1.1.0"}
+    refresh = 1.0
+    # The switch is observed within the refresh period (plus the load and warm-up of the new version).
+    first_new = min(t for t, _, v in responses if t > released and v == "1.1.0")
+    assert first_new - released <= refresh + 3
+    assert all(v == "1.1.0" for t, _, v in responses if first_new + 0.5 < t < rolled_back)
+    back = min(t for t, _, v in responses if t > rolled_back and v == "1.0.0")
+    assert back - rolled_back <= refresh + 3
+    assert all(v == "1.0.0" for t, _, v in responses if t > back + 0.5)
