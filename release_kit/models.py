@@ -106,7 +106,7 @@ class LoadedModel:
                         f"{self.role} model {self.source} failed on input of shape {_shapes(batch)}: {first_line(error)}"
                     ) from None
                 outputs.append(self._checked_output(result))
-        return np.concatenate(outputs, axis=0)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
     def _batch(self, arrays: tuple[np.ndarray, ...]) -> tuple:
         """Tensors on the model's device: on CUDA through pinned memory, copied without blocking."""

@@ -19,6 +19,7 @@ switches, so no request waits for a load or fails during a release or rollback.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -55,6 +56,7 @@ class Reference:
     number: str | None = None
 
     @classmethod
+    @functools.lru_cache(maxsize=1024)  # a server parses the same few references on every request
     def parse(cls, text: str) -> Reference:
         match = _REFERENCE.match(text.strip())
         if not match:
@@ -263,7 +265,8 @@ class ModelPool:
         actual = file_sha256(fetched.path)
         if actual != expected:
             raise InputError(f"model {name} version {number}: the file's sha256 {actual[:12]}… differs from the release's {expected[:12]}…: refused")
-        loaded = load_model(f"{name}/{number}", str(fetched.path), allow_pickle=self.allow_pickle, version=fetched.semver)
+        # No per-call deadline: a server bounds its requests itself, and the watchdog costs microseconds a call.
+        loaded = load_model(f"{name}/{number}", str(fetched.path), allow_pickle=self.allow_pickle, version=fetched.semver, timeout=None)
         loaded.to_device(self.device)
         model = ServedModel(name, number, fetched.semver, actual, weight_bytes(loaded.module) or fetched.path.stat().st_size, loaded)
         if warm:
