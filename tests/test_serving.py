@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import POWER_MODEL, ROOT, free_port
 
 NAME = "power-forecast"
 
@@ -108,6 +108,22 @@ def test_a_blocked_version_is_refused_unless_asked_for(registry):
     assert ModelPool(registry, refresh_seconds=0, allow_blocked=True).get(f"{NAME}/1.1.0").semver == "1.1.0"
 
 
+def test_a_pool_on_a_live_mlflow_server(power, mlflow_server):
+    from release_kit.registry import publish
+    from release_kit.serving import ModelPool
+    from release_kit.tracking import connect
+
+    name = "served-live"
+    publish(power["v1"], name, "1.0.0", tracking_uri=mlflow_server, alias="champion")
+    publish(power["better"], name, "1.1.0", tracking_uri=mlflow_server)
+    with ModelPool(mlflow_server, refresh_seconds=0) as pool:
+        assert pool.get(f"{name}@champion").semver == "1.0.0"
+        connect(mlflow_server).set_registered_model_alias(name, "champion", "2")
+        assert pool.refresh() == {f"{name}@champion": "2"}
+        assert pool.get(f"{name}@champion").semver == "1.1.0"
+        assert pool.get(f"{name}/1.0.0").predict(ROWS).shape == (4,)
+
+
 @pytest.mark.parametrize("reference", ["power-forecast", "power-forecast/one", "models:/power-forecast@"])
 def test_bad_references_are_input_errors(reference):
     from release_kit.errors import InputError
@@ -181,7 +197,11 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
         connect(registry).set_registered_model_alias(NAME, "champion", "2")  # the release moves the alias
         time.sleep(7)
         rolled_back = time.monotonic()
-        connect(registry).set_registered_model_alias(NAME, "champion", "1")  # the rollback moves it back
+        # The real rollback command moves the alias back (and records why in the registry).
+        (tmp_path / "release-kit.toml").write_text(POWER_MODEL.replace("{{", "{").replace("}}", "}"))
+        rollback = subprocess.run([sys.executable, "-m", "release_kit.cli", "rollback", "--to", "1.0.0", "--reason", "load test", "--by", "ci"],
+                                  cwd=tmp_path, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+        assert rollback.returncode == 0, rollback.stderr
         time.sleep(max(0.0, 20 - (time.monotonic() - started)))
         stop.set()
         for thread in clients:
