@@ -43,6 +43,28 @@ golden = "{golden}"
 enabled = false
 {gate}{extra}
 """
+# The defaults, made quicker: fewer timing rounds and a shorter search (the code paths are the same).
+QUICK = """
+[performance]
+rounds = 4
+round_seconds = 0.01
+warmup_seconds = 0.05
+time_budget_seconds = 2
+
+[outliers.search]
+seconds = 1
+"""
+
+
+def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess, as users run it (without an inherited MLFLOW_TRACKING_URI)."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**environment, **(env or {})}, timeout=timeout)
+
+
 # Unit-level tests of one stage narrow the gate to quality unless they name their own [gate]; the default
 # (every stage, tracking on) is exercised end to end in test_pipeline.py and test_demo.py.
 QUALITY_ONLY = '[gate]\nstages = ["quality"]\n'

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import POWER_MODEL, save_scripted
+from conftest import POWER_MODEL, QUICK, run_cli, save_scripted
 
 STAGES = {"quality", "outliers", "performance", "data"}
-# The defaults, made quicker: fewer timing rounds and a shorter search (the code paths are the same).
-QUICK = """
-[performance]
-rounds = 4
-round_seconds = 0.01
-warmup_seconds = 0.05
-time_budget_seconds = 2
-
-[outliers.search]
-seconds = 1
-"""
 
 
 def write_project(root: Path, power, *, extra: str = "", tracking_uri: str | None = None, golden: Path | None = None) -> Path:
@@ -45,12 +32,6 @@ golden = "{golden or power['golden']}"
 reference = "{power['train']}"
 {QUICK}{mlflow}{extra}""")
     return root
-
-
-def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**environment, **(env or {})}, timeout=timeout)
 
 
 def files_under(root: Path) -> set[str]:

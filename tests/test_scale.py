@@ -13,18 +13,7 @@ import pandas as pd
 import pytest
 
 import power_forecast as pf
-from conftest import POWER_MODEL
-
-QUICK = """
-[performance]
-rounds = 4
-round_seconds = 0.01
-warmup_seconds = 0.05
-time_budget_seconds = 2
-
-[outliers.search]
-seconds = 1
-"""
+from conftest import POWER_MODEL, QUICK
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,16 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, save_scripted
+from conftest import QUICK as SHARED_QUICK
+from conftest import ROOT, run_cli, save_scripted
 
 SHAPES = ROOT / "examples" / "shape-classifier"
 # Appended, not prepended: conftest puts the power example (its own build.py) first on the path.
 sys.path.append(str(SHAPES))  # shapes.py, which the shape example's build.py imports
 
 
-QUICK = """
-[performance]
-rounds = 4
-round_seconds = 0.01
-warmup_seconds = 0.05
-time_budget_seconds = 2
-
-[outliers.search]
-seconds = 3
-"""
+# The shared quick settings, with a longer search: the robustness search's example needs a few seconds.
+QUICK = SHARED_QUICK.replace("seconds = 1\n", "seconds = 3\n")
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +51,6 @@ def shape_project(root: Path, example: Path, extra: str = "", *, quick: bool = T
         text = text.replace("[outliers.search]\nseconds = 8\n", "").replace('[performance]\nbatch_sizes = [1, 64]\n', "") + QUICK
     (root / "release-kit.toml").write_text(text + textwrap.dedent(extra))
     return root
-
-
-def run_cli(cwd: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    import os
-
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=environment, timeout=timeout)
 
 
 def checks_by_name(report: dict) -> dict[str, dict]:

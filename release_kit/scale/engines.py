@@ -93,13 +93,6 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     )
 
 
-def _merge_all(summaries) -> ScanSummary | None:
-    merged = None
-    for summary in summaries:
-        merged = summary if merged is None else merged.merge(summary)
-    return merged
-
-
 def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
               max_rows: int | None = None, progress: Progress | None = None) -> ScanSummary:
     """Stream the batches through this process: peak memory is one batch and the sample, whatever the size."""
@@ -172,7 +165,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # --max-rows takes the same prefix as the local engine
     context.enable_progress_bars = False
-    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), _factory(model)) for role, model in models.items()}
+    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
     dataset = ray.data.read_parquet([str(f) for f in source.files], columns=plan.columns)
     if max_rows is not None:
@@ -219,10 +212,6 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
             return
     except (OSError, ValueError) as error:
         raise InputError(f"[run] ray_address {address!r}: nothing answers there ({error})") from None
-
-
-def _factory(model: LoadedModel) -> str | None:
-    return model.factory
 
 
 def _input_error_in(error: BaseException) -> str | None:
