@@ -225,3 +225,19 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
     back = min(t for t, _, v in responses if t > rollback_started and v == "1.0.0")
     assert back - rolled_back <= refresh + 3
     assert all(v == "1.0.0" for t, _, v in responses if t > back + 0.5)
+
+
+@pytest.mark.parametrize(("size", "expected"), [("4GiB", 4 * 2**30), ("500MB", 500_000_000), (1024, 1024), ("1.5 KiB", 1536)])
+def test_pool_sizes(size, expected):
+    from release_kit.serving import parse_bytes
+
+    assert parse_bytes(size) == expected
+
+
+@pytest.mark.parametrize("size", ["four gigs", "4 GiBs", "-1GB"])
+def test_a_bad_pool_size_is_an_input_error(size):
+    from release_kit.errors import InputError
+    from release_kit.serving import ModelPool
+
+    with pytest.raises(InputError, match="is not a size"):
+        ModelPool("sqlite:///unused.db", max_bytes=size)
