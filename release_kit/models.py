@@ -86,34 +86,43 @@ class LoadedModel:
         ``inputs`` is one array (N, ...) or a tuple of them, passed positionally. Each call must return
         within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``).
         """
-        import numpy as np
         import torch
 
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         timeout = self.timeout if timeout is None else timeout
-        outputs = []
-        rows = len(arrays[0])
+        rows, size = len(arrays[0]), self.batch_size
         with torch.inference_mode():
-            for start in range(0, max(rows, 1), self.batch_size):
-                batch = self._batch(tuple(array[start : start + self.batch_size] for array in arrays))
-                try:
-                    with call_deadline(timeout, f"{self.role} model {self.source}"):
-                        result = self.module(*batch)
-                except InputError:
-                    raise
-                except Exception as error:  # the model's own code failed on this input
-                    raise InputError(
-                        f"{self.role} model {self.source} failed on input of shape {_shapes(batch)}: {first_line(error)}"
-                    ) from None
-                outputs.append(self._checked_output(result))
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
+            if rows <= size:  # one call, the served case: no list, no concatenation (a call counts microseconds)
+                return self._checked_output(self._call(self._batch(arrays), timeout))
+            outputs = [
+                self._checked_output(self._call(self._batch(tuple(a[start : start + size] for a in arrays)), timeout))
+                for start in range(0, rows, size)
+            ]
+        import numpy as np
+
+        return np.concatenate(outputs, axis=0)
+
+    def _call(self, batch: tuple, timeout: float | None) -> Any:
+        """One model call, within ``timeout`` seconds when one is set; the model's own failure is bad input."""
+        try:
+            if timeout is None:  # a server's call: it bounds its requests itself
+                return self.module(*batch)
+            with call_deadline(timeout, f"{self.role} model {self.source}"):
+                return self.module(*batch)
+        except InputError:
+            raise
+        except Exception as error:  # the model's own code failed on this input
+            raise InputError(f"{self.role} model {self.source} failed on input of shape {_shapes(batch)}: {first_line(error)}") from None
 
     def _batch(self, arrays: tuple[np.ndarray, ...]) -> tuple:
         """Tensors on the model's device: on CUDA through pinned memory, copied without blocking."""
         import numpy as np
         import torch
 
-        tensors = tuple(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays)
+        if len(arrays) == 1:  # the common case, without a generator's cost (a served call counts microseconds)
+            tensors = (torch.from_numpy(np.ascontiguousarray(arrays[0])),)
+        else:
+            tensors = tuple(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays)
         if self.device == "cpu":
             return tensors
         return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
@@ -143,17 +152,35 @@ class LoadedModel:
     def _checked_output(self, result: Any) -> np.ndarray:
         import torch
 
-        if isinstance(result, (tuple, list)) and len(result) == 1:
-            result = result[0]
         if not isinstance(result, torch.Tensor):
-            raise InputError(f"{self.role} model {self.source} returned {type(result).__name__}, not a tensor")
-        if result.is_complex():
-            raise InputError(f"{self.role} model {self.source} returned complex numbers ({result.dtype}); predictions must be real")
+            if isinstance(result, (tuple, list)) and len(result) == 1:
+                result = result[0]
+            if not isinstance(result, torch.Tensor):
+                raise InputError(f"{self.role} model {self.source} returned {type(result).__name__}, not a tensor")
+        numpy_holds_it = (_PREDICTION_DTYPES or _prediction_dtypes()).get(result.dtype)
+        if numpy_holds_it is None:
+            what = f"complex numbers ({result.dtype}); predictions must be real" if result.is_complex() else f"{result.dtype}, not numbers"
+            raise InputError(f"{self.role} model {self.source} returned {what}")
         if result.ndim == 0:
             raise InputError(f"{self.role} model {self.source} returned a single number (a 0-d tensor), not one prediction per row")
-        if not (result.is_floating_point() or result.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)):
-            raise InputError(f"{self.role} model {self.source} returned {result.dtype}, not numbers")
+        if numpy_holds_it and result.is_cpu and not result.requires_grad:
+            return result.numpy().astype(float)  # numpy's cast to float64: a copy, a microsecond cheaper than torch's
         return result.detach().to("cpu", torch.float64).numpy()
+
+
+# Filled on first use (torch is imported lazily); a module-level dict, because a served call counts nanoseconds.
+_PREDICTION_DTYPES: dict = {}
+
+
+def _prediction_dtypes() -> dict:
+    """The output dtypes that are predictions (real floating point, integers, booleans) → whether numpy holds
+    them as they are (not bfloat16 or the float8 formats)."""
+    import torch
+
+    floats = {dtype for dtype in vars(torch).values() if isinstance(dtype, torch.dtype) and dtype.is_floating_point}
+    native = {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
+    _PREDICTION_DTYPES.update({dtype: dtype in native for dtype in floats | native})
+    return _PREDICTION_DTYPES
 
 
 def _shapes(batch: tuple) -> str:

@@ -23,14 +23,16 @@ import functools
 import re
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import InputError
 
+_FLOAT32 = np.dtype(np.float32)
 _REFERENCE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[A-Za-z_][\w-]*)|/(?P<version>[^/@]+))$")
 _SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -87,9 +89,9 @@ class ServedModel:
 
     def predict(self, inputs) -> Any:
         """A batch (ndarray or tensor, or a tuple of them for several inputs) → the model's outputs as an ndarray."""
-        import numpy as np
-
         self.last_used = time.time()
+        if type(inputs) is np.ndarray and inputs.dtype is _FLOAT32:  # the common case goes as it is
+            return self.loaded.raw_outputs(inputs)
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         arrays = tuple(a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a) for a in arrays)
         arrays = tuple(a.astype(np.float32) if a.dtype.kind == "f" and a.dtype != np.float32 else a for a in arrays)
@@ -122,7 +124,12 @@ class ModelPool:
         self.allow_pickle = allow_pickle
         self.allow_blocked = allow_blocked
         self._lock = threading.Lock()
-        self._models: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()  # (name, number), LRU order
+        self._models: dict[tuple[str, str], ServedModel] = {}  # (name, number) → model
+        # Reference text → its model, read without the lock (a served call counts microseconds). Cleared
+        # whenever an alias moves or a model is evicted; ``_generation`` counts the clears, so a lookup that
+        # raced with one does not put a stale answer back.
+        self._resolved: dict[str, ServedModel] = {}
+        self._generation = 0
         self._loading: dict[tuple[str, str], Future] = {}
         self._aliases: dict[tuple[str, str], str] = {}  # (name, alias) → number
         self._semvers: dict[tuple[str, str], str] = {}  # (name, semver) → number (releases never move)
@@ -132,9 +139,15 @@ class ModelPool:
     # -- the contract ------------------------------------------------------------------------------
     def get(self, reference: str) -> ServedModel:
         """The loaded model for ``reference``, loading it (once, whatever the number of threads) if needed."""
-        ref = Reference.parse(reference)
-        number = self._number(ref)
-        return self._model(ref.name, number)
+        model = self._resolved.get(reference)
+        if model is None:
+            generation = self._generation
+            ref = Reference.parse(reference)
+            model = self._model(ref.name, self._number(ref))
+            with self._lock:
+                if generation == self._generation and (model.name, model.version) in self._models:
+                    self._resolved[reference] = model
+        return model
 
     def loaded(self) -> dict:
         """What is resident (bytes, last use, device) and what each followed alias points at."""
@@ -160,6 +173,7 @@ class ModelPool:
                 self._model(name, current, warm=True)  # loaded and warmed before the switch
                 with self._lock:
                     self._aliases[name, alias] = current
+                    self._forget_resolved()
                 moved[f"{name}@{alias}"] = current
         return moved
 
@@ -167,6 +181,7 @@ class ModelPool:
         self._stop.set()
         with self._lock:
             self._models.clear()
+            self._forget_resolved()
 
     def __enter__(self) -> ModelPool:
         return self
@@ -223,7 +238,7 @@ class ModelPool:
         with self._lock:
             model = self._models.get(key)
             if model is not None:
-                self._models.move_to_end(key)
+                model.last_used = time.time()
                 return model
             future = self._loading.get(key)
             owner = future is None
@@ -279,18 +294,20 @@ class ModelPool:
         while len(self._models) > 1 and (
             len(self._models) > self.max_models or sum(m.bytes for m in self._models.values()) > self.max_bytes
         ):
-            oldest = next(iter(self._models))
-            if oldest == keep:
-                self._models.move_to_end(keep)
-                oldest = next(iter(self._models))
-                if oldest == keep:
-                    break
+            oldest = min((key for key in self._models if key != keep), key=lambda key: self._models[key].last_used)
             self._models.pop(oldest)
             evicted = True
-        if evicted and self.device == "cuda":
-            import torch
+        if evicted:
+            self._forget_resolved()
+            if self.device == "cuda":
+                import torch
 
-            torch.cuda.empty_cache()
+                torch.cuda.empty_cache()
+
+    def _forget_resolved(self) -> None:
+        """Under the lock: the next lookup of every reference resolves again."""
+        self._resolved = {}
+        self._generation += 1
 
     # -- alias following ---------------------------------------------------------------------------
     def _start_refresher(self) -> None:
@@ -311,8 +328,6 @@ class ModelPool:
 def _warm(model: ServedModel, tags: dict[str, str]) -> None:
     """One call on zeros of the recorded input shape (batch 1), so the first request after a switch does
     not pay for lazy initialisation (TorchScript profiling runs, allocator growth)."""
-    import numpy as np
-
     from .signature import Signature
     from .tags import SIGNATURE_TAG
 

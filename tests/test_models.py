@@ -8,7 +8,7 @@ import torch
 
 from release_kit.config import ModelSpec
 from release_kit.errors import InputError
-from release_kit.models import detect_kind, load_model
+from release_kit.models import LoadedModel, detect_kind, load_model
 
 SPEC = ModelSpec(name="m", task="regression", target="power_kw",
                  features=["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"])
@@ -63,3 +63,32 @@ def test_model_returning_a_non_tensor_is_an_input_error(tmp_path):
     model = load_model("candidate", str(path), SPEC)
     with pytest.raises(InputError, match="returned dict, not a tensor"):
         model.raw_outputs(np.zeros((3, 5), dtype=np.float32))
+
+
+class ReturnsAs(torch.nn.Module):
+    """Returns its input's row sums as ``dtype``, or its own weight (a tensor that requires grad)."""
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.weight = torch.nn.Parameter(torch.arange(3, dtype=torch.float32))
+        self.buffer = torch.arange(3, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return self.weight
+        if self.dtype == torch.float64:
+            return self.buffer  # the model's own storage: the caller must get a copy
+        return x.sum(1).to(self.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int64, torch.bool, torch.float64, None])
+def test_every_real_output_dtype_comes_back_as_a_float64_copy(tmp_path, dtype):
+    model = LoadedModel("candidate", "returns-as", "pickle", tmp_path / "m.pt", "", ReturnsAs(dtype))
+    inputs = np.ones((3, 5), dtype=np.float32)
+    outputs = model.raw_outputs(inputs)
+    assert outputs.dtype == np.float64 and outputs.shape == (3,)
+    expected = {None: [0, 1, 2], torch.float64: [0, 1, 2], torch.bool: [1, 1, 1]}.get(dtype, [5, 5, 5])
+    np.testing.assert_array_equal(outputs, expected)
+    outputs[:] = -1  # writing the result never reaches into the model
+    np.testing.assert_array_equal(model.raw_outputs(inputs), expected)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import POWER_MODEL, ROOT, free_port
+from conftest import ROOT, free_port, run_cli
 
 NAME = "power-forecast"
 
@@ -83,6 +83,21 @@ def test_eviction_by_bytes_keeps_running_requests_working(registry):
     assert second.predict(ROWS).shape == (4,)
 
 
+def test_eviction_is_least_recently_used_and_forgets_the_evicted_reference(registry, power):
+    from release_kit.registry import publish
+    from release_kit.serving import ModelPool
+
+    publish(power["v1"], NAME, "1.2.0", tracking_uri=registry)
+    pool = ModelPool(registry, refresh_seconds=0, max_models=2)
+    old, newer = pool.get(f"{NAME}/1.0.0"), pool.get(f"{NAME}/1.1.0")
+    old.predict(ROWS)  # 1.0.0 is now the more recently used
+    pool.get(f"{NAME}/1.2.0")
+    assert sorted(m["semver"] for m in pool.loaded()["models"]) == ["1.0.0", "1.2.0"]
+    assert pool.get(f"{NAME}/1.0.0") is old
+    again = pool.get(f"{NAME}/1.1.0")  # evicted: loaded anew, not the forgotten object
+    assert again is not newer and again.semver == "1.1.0"
+
+
 def test_a_tampered_model_file_is_refused(registry, tmp_path):
     from release_kit.errors import InputError
     from release_kit.serving import ModelPool
@@ -149,13 +164,19 @@ def _post(url: str, body: dict, version: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, registry):
+def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, power, monkeypatch):
+    """A model team's repository with 1.0.0 as @champion; while 8 clients call the server by alias, the real
+    `release-kit release` registers 1.1.0 and moves the alias, then the real `rollback` moves it back."""
     import urllib.request
 
-    from release_kit.tracking import connect
+    from project_repo import Repo
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = Repo(tmp_path, power)
+    repo.publish_v1()
+    report = repo.report()  # the check job's report; the release job below is the command users run
     port = free_port()
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": registry, "REFRESH_SECONDS": "1"}
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": repo.uri, "REFRESH_SECONDS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=ROOT / "examples" / "serving", env=environment, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
@@ -174,7 +195,8 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
             time.sleep(0.2)
         body = {"inputs": ROWS.tolist()}
         predict = f"{url}/v1/models/{NAME}/predict"
-        assert _post(predict, body, "1.1.0")[1]["version"] == "1.1.0"
+        assert _post(predict, body, "1.0.0")[1]["version"] == "1.0.0"
+        assert _post(predict, body, "1.1.0")[0] == 404  # not released yet
         assert _post(predict, body, "nope")[0] == 404
 
         responses: list[tuple[float, int, str | None]] = []
@@ -192,17 +214,17 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
         started = time.monotonic()
         for thread in clients:
             thread.start()
+        time.sleep(4)
+        release_started = time.monotonic()
+        released = run_cli(tmp_path, "release", "--report", report)
+        assert released.returncode == 0, released.stderr
+        release_returned = time.monotonic()  # the alias moved at some point before this
+        assert repo.champion() == "1.1.0"
         time.sleep(5)
-        released = time.monotonic()
-        connect(registry).set_registered_model_alias(NAME, "champion", "2")  # the release moves the alias
-        time.sleep(7)
         rollback_started = time.monotonic()
-        # The real rollback command moves the alias back (and records why in the registry).
-        (tmp_path / "release-kit.toml").write_text(POWER_MODEL.replace("{{", "{").replace("}}", "}"))
-        rollback = subprocess.run([sys.executable, "-m", "release_kit.cli", "rollback", "--to", "1.0.0", "--reason", "load test", "--by", "ci"],
-                                  cwd=tmp_path, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+        rollback = run_cli(tmp_path, "rollback", "--to", "1.0.0", "--reason", "load test", "--by", "ci")
         assert rollback.returncode == 0, rollback.stderr
-        rolled_back = time.monotonic()  # the alias moved at some point before this
+        rolled_back = time.monotonic()
         # At least 20 s of load in all, and the refresh period plus a load after the rollback (bounded).
         time.sleep(max(4.0, 20 - (time.monotonic() - started)))
         stop.set()
@@ -215,11 +237,13 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
     assert len(responses) > 100
     assert all(status == 200 for _, status, _ in responses), {s for _, s, _ in responses}
     assert {version for _, _, version in responses} <= {"1.0.0", "1.1.0"}
+    assert all(v == "1.0.0" for t, _, v in responses if t < release_started)
     refresh = 1.0
     # The switch is observed within the refresh period (plus the load and warm-up of the new version).
-    first_new = min(t for t, _, v in responses if t > released and v == "1.1.0")
-    assert first_new - released <= refresh + 3
-    assert all(v == "1.1.0" for t, _, v in responses if first_new + 0.5 < t < rollback_started)
+    new = [t for t, _, v in responses if t > release_started and v == "1.1.0"]
+    assert new, (len(responses), round(release_returned - release_started, 2))
+    assert min(new) - release_returned <= refresh + 3
+    assert all(v == "1.1.0" for t, _, v in responses if min(new) + 0.5 < t < rollback_started)
     after = [(round(t - rollback_started, 2), v) for t, _, v in responses if t > rollback_started]
     assert any(v == "1.0.0" for _, v in after), (len(responses), round(rolled_back - rollback_started, 2), after[:3], after[-3:])
     back = min(t for t, _, v in responses if t > rollback_started and v == "1.0.0")
