@@ -98,6 +98,26 @@ def test_eviction_is_least_recently_used_and_forgets_the_evicted_reference(regis
     assert again is not newer and again.semver == "1.1.0"
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_eviction_frees_device_memory(registry):
+    import gc
+
+    import torch
+
+    from release_kit.serving import ModelPool
+
+    pool = ModelPool(registry, device="cuda", refresh_seconds=0)
+    first = pool.get(f"{NAME}/1.0.0")
+    assert first.predict(ROWS).shape == (4,)
+    before = torch.cuda.memory_allocated()
+    pool.max_bytes = first.bytes  # room for one model: loading the next evicts this one
+    pool.get(f"{NAME}/1.1.0")
+    del first
+    gc.collect()
+    assert [m["device"] for m in pool.loaded()["models"]] == ["cuda"]
+    assert torch.cuda.memory_allocated() <= before  # the evicted weights were released, the new ones took their place
+
+
 def test_a_tampered_model_file_is_refused(registry, tmp_path):
     from release_kit.errors import InputError
     from release_kit.serving import ModelPool
