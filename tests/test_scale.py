@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import power_forecast as pf
 from conftest import POWER_MODEL, QUICK
@@ -262,3 +264,117 @@ def test_an_unreachable_ray_cluster_is_bad_input(streamed_project, cli):
     result = cli("check", "--candidate", "candidate.pt", "--engine", "ray")
     assert result.exit_code == 2, result.output[-3000:]
     assert "ray_address '127.0.0.1:1'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_ray_engine_without_ray_installed_is_bad_input(streamed_project):
+    """A Python where ``import ray`` fails as it does when Ray is not installed (a module that raises the same
+    ImportError shadows the installed one): one line naming the extra, exit 2, nothing written."""
+    from conftest import run_cli
+
+    shadow = streamed_project / "no-ray"
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\", name='ray')\n")
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--report", "report.json",
+                     env={"PYTHONPATH": str(shadow)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == ["release-kit: error: [run] engine = \"ray\" needs Ray: pip install 'release-kit[ray]'"]
+    assert not (streamed_project / "report.json").exists()
+
+
+CLASSIFIER = """
+[model]
+name = "churn"
+task = "classification"
+target = "label"
+features = ["a", "b", "c"]
+prediction = "logits"
+
+[baseline]
+path = "baseline.pt"
+version = "1.0.0"
+
+[data]
+golden = "{golden}"
+
+[run]
+chunk_rows = 5000
+sample_rows = 6000
+
+[gate]
+stages = ["quality"]  # the metrics' numbers; the other stages run on the sample as for tables
+
+[mlflow]
+enabled = false
+"""
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, cli, monkeypatch, classes):
+    """Accuracy, log loss and F1 from the sums equal the in-memory numbers; ROC AUC from the binned counts is
+    within its stated bound of the exact value, and its interval is about as wide as the exact one."""
+    import re
+
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    train, golden = make_classification(3_000, classes, seed=1), make_classification(24_000, classes, seed=2)
+    save_scripted(train_classifier(train, classes, epochs=4, squash="none"), tmp_path / "baseline.pt")
+    save_scripted(train_classifier(train, classes, epochs=60, squash="none"), tmp_path / "candidate.pt")
+    (tmp_path / "golden").mkdir()
+    for index, start in enumerate(range(0, len(golden), 8_000)):
+        part = golden.iloc[start : start + 8_000]
+        part.to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+
+    (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden="golden"))
+    streamed = run(cli)
+    (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden="golden.csv"))
+    whole = run(cli)
+    assert streamed["data"]["golden"]["rows"] == whole["data"]["golden"]["rows"] == 24_000
+    for name in ("accuracy", "log_loss", "f1"):
+        a, b = metric(streamed, name), metric(whole, name)
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (name, key)
+
+    auc = next(c for c in streamed["checks"] if c["name"] == "roc_auc")
+    bound = float(re.search(r"each AUC within ±(\S+) of the exact value", auc["summary"]).group(1))
+    assert 0 < bound < 1e-3, auc["summary"]
+    a, b = metric(streamed, "roc_auc"), metric(whole, "roc_auc")
+    for key in ("candidate", "baseline"):
+        assert abs(a[key] - b[key]) <= bound * 1.05, (key, a[key], b[key], bound)  # the bound as printed, rounded
+    assert a["ci_low"] <= b["delta"] <= a["ci_high"]
+    assert 0.5 < (a["ci_high"] - a["ci_low"]) / (b["ci_high"] - b["ci_low"]) < 2.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(2, 4).flatmap(lambda classes: st.tuples(
+        st.just(classes),
+        st.lists(st.tuples(st.integers(0, classes - 1), st.lists(st.floats(-30, 30), min_size=classes, max_size=classes)),
+                 min_size=2, max_size=200),
+    ))
+)
+def test_binned_auc_is_within_its_bound_and_merges_exactly(case):
+    """Any scores, ties and extremes included: the binned AUC is within its bound of the exact (DeLong) AUC,
+    and the histogram of the whole equals the merge of its parts (so every engine and batching agrees)."""
+    from release_kit.metrics import METRICS
+    from release_kit.scale.stats import ScoreHistogram
+
+    classes, rows = case
+    y = np.array([label for label, _ in rows])
+    logits = np.array([scores for _, scores in rows], dtype=np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    baseline = probabilities[:, ::-1].copy()
+    histogram = ScoreHistogram.of(y, probabilities, baseline)
+    for model, p in enumerate((probabilities, baseline)):
+        exact, _ = METRICS["roc_auc"].estimate(y, p)
+        binned, bound = histogram.auc(model)
+        if math.isnan(exact):
+            assert math.isnan(binned)
+        else:
+            assert abs(binned - exact) <= bound + 1e-12, (binned, exact, bound)
+    half = len(y) // 2
+    merged = ScoreHistogram.of(y[:half], probabilities[:half], baseline[:half]).merge(
+        ScoreHistogram.of(y[half:], probabilities[half:], baseline[half:]))
+    assert np.array_equal(merged.counts, histogram.counts)

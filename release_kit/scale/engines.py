@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError, first_line
-from .stats import KEY_COLUMNS, BottomK, ColumnCounts, Moments, RowVectors, ScanSummary, key_threshold, row_keys, streamed_metrics
+from .stats import (
+    KEY_COLUMNS, BottomK, ColumnCounts, Moments, RowVectors, ScanSummary, ScoreHistogram, key_threshold, row_keys, streamed_metrics,
+)
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -75,10 +77,13 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     candidate, baseline = outputs["candidate"], outputs.get("baseline")
     quality: dict[str, Moments] = {}
     classes = candidate.shape[1] if candidate.ndim == 2 else 0
+    scores = None
     if baseline is not None and len(target):
         vectors = RowVectors(target, candidate, baseline)
         for metric in streamed_metrics(spec.task, classes):
             quality[metric] = Moments.of(vectors(metric))
+        if spec.task == "classification" and baseline.shape == candidate.shape:
+            scores = ScoreHistogram.of(target, candidate, baseline)
     arrays = {"features": inputs["candidate"], "target": target, "candidate": candidate}
     if baseline is not None:
         arrays["baseline"] = baseline
@@ -90,6 +95,7 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     return ScanSummary(
         rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
         excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,
+        scores=scores,
     )
 
 

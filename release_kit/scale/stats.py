@@ -17,8 +17,15 @@ log loss       (ℓ_c, ℓ_b)                                   (1, −1)
 F1             per class (2TP, 2TP+FP+FN) of both models    (1/B_c, −F_c/B_c, −1/B_b, F_b/B_b) / K
 =============  ==========================================  =====================================
 
-F1 is exact up to ``F1_MAX_CLASSES`` classes (Σuuᵀ grows with the square of 4·classes); ROC AUC needs every
-score's rank. Both are then computed on the uniform sample (:class:`BottomK`) and the report says so.
+F1 is exact up to ``F1_MAX_CLASSES`` classes (Σuuᵀ grows with the square of 4·classes); beyond, it is
+computed on the uniform sample (:class:`BottomK`) and the report says so.
+
+ROC AUC needs every score's rank, so it is *approximate with a stated bound*: :class:`ScoreHistogram`
+counts, per model and class, the rows of the class and the others in ``AUC_BINS`` fixed bins on the logit
+scale. A pair of rows in different bins is ordered exactly; a pair in one bin counts one half, as a tie
+does, so each AUC is within ± (½ · the share of positive–negative pairs that share a bin) of the exact
+value, a bound computed from the counts and reported. The paired interval takes the DeLong variance of
+the uniform sample (scaled to the whole set's size) and is widened by both models' bounds.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 F1_MAX_CLASSES = 16
+AUC_BINS = 8192  # on the logit scale over ±AUC_LOGIT_LIMIT: bins 0.005 logits wide
+AUC_LOGIT_LIMIT = 20.0  # probabilities beyond 1 ∓ 2·10⁻⁹ share the two end bins
 KEY_COLUMNS = 3  # feature columns (with the target) that make a row's sampling key
 
 
@@ -159,6 +168,66 @@ def paired_diff(metric: str, moments: Moments, confidence: float):
 
 
 @dataclass
+class ScoreHistogram:
+    """ROC AUC's mergeable statistic (see the module notes). ``counts[m, j, t, bin]``: model m (candidate,
+    baseline), class j (class 1 of a binary model, else each class one-vs-rest), t = whether the row is of
+    that class; bins 0 and ``AUC_BINS + 1`` take the scores beyond ±``AUC_LOGIT_LIMIT``. Rows with a
+    non-finite score are counted in ``nonfinite`` (the AUC is then undefined, as in memory)."""
+
+    counts: np.ndarray
+    nonfinite: np.ndarray
+
+    @classmethod
+    def of(cls, y: np.ndarray, candidate: np.ndarray, baseline: np.ndarray) -> ScoreHistogram:
+        classes = [1] if candidate.shape[1] == 2 else list(range(candidate.shape[1]))
+        width = AUC_BINS + 2
+        counts = np.zeros((2, len(classes), 2, width), dtype=np.int64)
+        nonfinite = np.zeros(2, dtype=np.int64)
+        for m, probabilities in enumerate((candidate, baseline)):
+            scores = probabilities[:, classes]
+            finite = np.isfinite(scores).all(axis=1)
+            nonfinite[m] = int(len(finite) - finite.sum())
+            scores, truth = (scores, y) if nonfinite[m] == 0 else (scores[finite], y[finite])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logits = np.log(scores) - np.log1p(-scores)
+            bins = np.clip(np.floor((logits + AUC_LOGIT_LIMIT) * (AUC_BINS / (2 * AUC_LOGIT_LIMIT))) + 1, 0, AUC_BINS + 1)
+            bins = bins.astype(np.int64)
+            for j, k in enumerate(classes):
+                keyed = bins[:, j] + width * (truth == k)
+                counts[m, j] = np.bincount(keyed, minlength=2 * width).reshape(2, width)
+        return cls(counts, nonfinite)
+
+    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
+        return ScoreHistogram(self.counts + other.counts, self.nonfinite + other.nonfinite)
+
+    def auc(self, model: int) -> tuple[float, float]:
+        """(AUC, its bound): binary, class 1's; multiclass, the macro one-vs-rest mean (and mean bound)."""
+        if self.nonfinite[model]:
+            return math.nan, math.nan
+        values, bounds = [], []
+        for negatives, positives in self.counts[model].astype(np.float64):
+            pairs = positives.sum() * negatives.sum()
+            if pairs == 0:
+                return math.nan, math.nan
+            below = np.cumsum(negatives) - negatives
+            values.append(float(positives @ (below + 0.5 * negatives)) / pairs)
+            bounds.append(0.5 * float(positives @ negatives) / pairs)
+        return float(np.mean(values)), float(np.mean(bounds))
+
+
+def paired_auc(histogram: ScoreHistogram, sample_diff, sample_rows: int, rows: int):
+    """ROC AUC over every row from the histogram, with the sample's paired DeLong interval scaled to
+    ``rows`` and widened by both models' bounds. Returns (PairedDiff, the larger of the two bounds)."""
+    from ..metrics import PairedDiff
+
+    (value_c, bound_c), (value_b, bound_b) = histogram.auc(0), histogram.auc(1)
+    delta = value_c - value_b
+    half = (sample_diff.ci_high - sample_diff.ci_low) / 2 * math.sqrt(sample_rows / rows)
+    widened = half + bound_c + bound_b
+    return PairedDiff(value_c, value_b, delta, delta - widened, delta + widened), max(bound_c, bound_b)
+
+
+@dataclass
 class ColumnCounts:
     """Per column over every row: values that are NaN/inf (or null), and the finite minimum and maximum."""
 
@@ -269,6 +338,7 @@ class ScanSummary:
     counts: ColumnCounts
     sample: BottomK
     classes: int = 0  # classification: the models' output width
+    scores: ScoreHistogram | None = None  # classification with a baseline: ROC AUC over every row
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -276,8 +346,10 @@ class ScanSummary:
             excluded[name] = excluded.get(name, 0) + count
         quality = {name: self.quality[name].merge(other.quality[name]) if name in self.quality else other.quality[name]
                    for name in {**self.quality, **other.quality}}
+        scores = self.scores.merge(other.scores) if self.scores is not None and other.scores is not None else self.scores or other.scores
         return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
-                           self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes))
+                           self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
+                           scores)
 
     @property
     def used_rows(self) -> int:

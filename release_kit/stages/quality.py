@@ -62,7 +62,8 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         return replace(skip, metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),))
 
     streamed = gate.scan.quality.get(metric_name) if gate.scan is not None and output is None else None
-    rows = streamed.n if streamed is not None else len(target)
+    histogram = gate.scan.scores if gate.scan is not None and metric_name == "roc_auc" else None
+    rows = streamed.n if streamed is not None else gate.scan.used_rows if histogram is not None else len(target)
     if rows < quality.min_rows:
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
         return CheckResult(
@@ -79,6 +80,16 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         diff = paired_diff(metric_name, streamed, quality.confidence)
         note = gate.golden.excluded.note() if gate.golden.excluded is not None else ""
         note += f" (exact over all {rows:,} rows, streamed)"
+    elif histogram is not None:
+        # Binned over every streamed row, each AUC within its stated bound; the interval's width from the
+        # sample's DeLong variance, widened by the bounds (see release_kit.scale.stats).
+        from ..scale.stats import paired_auc
+
+        sample = metrics.paired_interval(metric, target, predictions.candidate, predictions.baseline, quality.confidence)
+        diff, bound = paired_auc(histogram, sample, len(target), rows)
+        note = gate.golden.excluded.note() if gate.golden.excluded is not None else ""
+        note += (f" (binned over all {rows:,} rows, streamed: each AUC within ±{bound:.1e} of the exact value; "
+                 f"interval from the DeLong variance of a uniform sample of {len(target):,} rows, widened by both bounds)")
     elif quality.interval == "bootstrap":
         diff = metrics.paired_bootstrap(
             metric, target, predictions.candidate, predictions.baseline,
