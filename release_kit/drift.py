@@ -34,22 +34,49 @@ def psi(reference_share: np.ndarray, current_share: np.ndarray) -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
-def feature_drift(name: str, reference: np.ndarray, current: np.ndarray, *, bins: int, test_rows: int, rng) -> FeatureDrift:
+@dataclass(frozen=True)
+class Bins:
+    """A feature's PSI bins, fixed by the reference: its levels (a categorical feature, integers with few
+    values; other values share one extra bin) or its quantile edges. Counting values into them is all a
+    streamed golden set needs to give PSI over every row: counts of batches add up."""
+
+    categorical: bool
+    cuts: np.ndarray  # the levels, or the inner edges
+
+    @classmethod
+    def of(cls, reference: np.ndarray, bins: int) -> Bins:
+        levels = np.unique(reference[: min(len(reference), 100_000)])
+        if len(levels) <= CATEGORICAL_MAX_LEVELS and np.array_equal(levels, np.round(levels)):
+            return cls(True, np.unique(reference))
+        return cls(False, np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1])))
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        """Values per bin: ``len(cuts) + 1`` counts (the last a categorical feature's unseen values)."""
+        index = np.searchsorted(self.cuts, values)
+        if self.categorical:
+            seen = index < len(self.cuts)
+            seen[seen] = self.cuts[index[seen]] == values[seen]
+            index = np.where(seen, index, len(self.cuts))
+        return np.bincount(index, minlength=len(self.cuts) + 1)
+
+
+def feature_drift(name: str, reference: np.ndarray, current: np.ndarray, *, bins: int, test_rows: int, rng,
+                  current_counts: np.ndarray | None = None) -> FeatureDrift:
+    """PSI and the test of one feature. ``current_counts``: the current data's counts in the reference's
+    bins when ``current`` is only a sample of it (a streamed golden set): PSI and chi-square then cover every
+    row, and KS compares the sample."""
     from scipy.stats import chi2_contingency, ks_2samp
 
-    levels = np.unique(reference[: min(len(reference), 100_000)])
-    categorical = len(levels) <= CATEGORICAL_MAX_LEVELS and np.array_equal(levels, np.round(levels))
-    if categorical:
-        levels = np.union1d(np.unique(reference), np.unique(current))
-        ref_counts = np.array([(reference == v).sum() for v in levels], dtype=float)
-        cur_counts = np.array([(current == v).sum() for v in levels], dtype=float)
-        statistic, p_value, _, _ = chi2_contingency(np.stack([ref_counts, cur_counts]) + 0.5)
-        return FeatureDrift(name, "chi2", psi(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()), float(statistic), float(p_value))
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_counts = np.bincount(np.searchsorted(edges, reference), minlength=len(edges) + 1)
-    cur_counts = np.bincount(np.searchsorted(edges, current), minlength=len(edges) + 1)
+    fixed = Bins.of(reference, bins)
+    ref_counts = fixed.counts(reference)
+    cur_counts = fixed.counts(current) if current_counts is None else current_counts
+    size = psi(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum())
+    if fixed.categorical:
+        visited = (ref_counts + cur_counts) > 0
+        statistic, p_value, _, _ = chi2_contingency(np.stack([ref_counts[visited], cur_counts[visited]]) + 0.5)
+        return FeatureDrift(name, "chi2", size, float(statistic), float(p_value))
     result = ks_2samp(_sample(reference, test_rows, rng), _sample(current, test_rows, rng))
-    return FeatureDrift(name, "ks", psi(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()), float(result.statistic), float(result.pvalue))
+    return FeatureDrift(name, "ks", size, float(result.statistic), float(result.pvalue))
 
 
 def _sample(values: np.ndarray, rows: int, rng) -> np.ndarray:
@@ -58,12 +85,16 @@ def _sample(values: np.ndarray, rows: int, rng) -> np.ndarray:
 
 def drift(
     reference: dict[str, np.ndarray], current: dict[str, np.ndarray], *, psi_threshold: float, alpha: float,
-    bins: int = 10, test_rows: int = 200_000, seed: int = 0,
+    bins: int = 10, test_rows: int = 200_000, seed: int = 0, current_counts: dict[str, np.ndarray] | None = None,
 ) -> list[FeatureDrift]:
     rng = np.random.default_rng(seed)
     from .multiple_testing import holm_adjust
 
-    found = [feature_drift(name, reference[name], current[name], bins=bins, test_rows=test_rows, rng=rng) for name in reference]
+    found = [
+        feature_drift(name, reference[name], current[name], bins=bins, test_rows=test_rows, rng=rng,
+                      current_counts=None if current_counts is None else current_counts[name])
+        for name in reference
+    ]
     adjusted = holm_adjust([f.p_value for f in found])
     return [
         replace(f, p_adjusted=p, drifted=p < alpha and f.psi >= psi_threshold) for f, p in zip(found, adjusted)

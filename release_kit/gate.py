@@ -197,7 +197,7 @@ def _scan(config: Config, source, models, baseline_features, progress):
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
     total = source.rows()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
-                    min(total, run_spec.max_rows) if run_spec.max_rows else total)
+                    min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config))
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)
@@ -218,6 +218,25 @@ def _scan(config: Config, source, models, baseline_features, progress):
     if "baseline" in sample:
         predicted["baseline"] = sample["baseline"]
     return summary, golden, predicted
+
+
+def _drift_bins(config: Config) -> dict:
+    """The drift check's bins per feature, fixed by a table reference, so a streamed golden set is counted
+    into them on the way through (PSI over every row). None when the data stage will not compare features:
+    it reports a reference it cannot use itself."""
+    import numpy as np
+
+    from .data import is_tensor_source, read_table
+    from .drift import Bins
+
+    reference_source = config.data.reference
+    if "data" not in config.gate.stages or not reference_source or is_tensor_source(reference_source):
+        return {}
+    reference = read_table(reference_source)
+    features = config.model.features
+    if any(f not in reference.columns or not np.issubdtype(reference[f].dtype, np.number) for f in features):
+        return {}
+    return {f: Bins.of(reference[f].dropna().to_numpy(dtype=float), config.data.drift.bins) for f in features}
 
 
 def _check_batch_sizes(config: Config, golden, models) -> None:

@@ -85,6 +85,13 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
         a, b = metric(streamed, name), metric(whole, name)
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (name, key)
+    # Drift: PSI (and chi-square) from the counts streamed into the reference's bins cover every row.
+    drift = {f"{c['stage']}::{c['name']}": c for c in whole["checks"]}["data::drift"]
+    assert "PSI and chi-square over all 30,000 golden rows, streamed; KS on a uniform sample of 5,000 rows" in checks["data::drift"]["summary"]
+    streamed_rows, whole_rows = checks["data::drift"]["details"]["table"]["rows"], drift["details"]["table"]["rows"]
+    assert [r[:2] for r in streamed_rows] == [r[:2] for r in whole_rows]
+    for a, b in zip(streamed_rows, whole_rows):
+        assert a[2] == pytest.approx(b[2], rel=1e-12), a  # PSI
 
 
 def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli):
@@ -378,3 +385,26 @@ def test_binned_auc_is_within_its_bound_and_merges_exactly(case):
     merged = ScoreHistogram.of(y[:half], probabilities[:half], baseline[:half]).merge(
         ScoreHistogram.of(y[half:], probabilities[half:], baseline[half:]))
     assert np.array_equal(merged.counts, histogram.counts)
+
+
+@pytest.mark.parametrize("categorical", [True, False])
+def test_drift_from_streamed_counts_equals_drift_over_every_row(categorical):
+    """PSI and chi-square from counts in the reference's bins (added up batch by batch) are those of the whole
+    golden set, unseen categories included; KS runs on the sample it is given."""
+    from release_kit.drift import Bins, feature_drift
+
+    rng = np.random.default_rng(0)
+    if categorical:
+        reference, current = rng.integers(0, 6, 20_000).astype(float), rng.integers(0, 8, 50_000).astype(float)
+    else:
+        reference, current = rng.normal(size=20_000), rng.normal(0.3, 1.2, size=50_000)
+    whole = feature_drift("x", reference, current, bins=10, test_rows=200_000, rng=np.random.default_rng(1))
+    bins = Bins.of(reference, 10)
+    counts = sum(bins.counts(part) for part in np.array_split(current, 7))
+    streamed = feature_drift("x", reference, current[:5_000], bins=10, test_rows=200_000, rng=np.random.default_rng(1),
+                             current_counts=counts)
+    assert streamed.test == whole.test == ("chi2" if categorical else "ks")
+    assert streamed.psi == pytest.approx(whole.psi, rel=1e-12) and streamed.psi > 0.05
+    if categorical:
+        assert counts[-1] == (current >= 6).sum() > 0  # the unseen levels share the last bin
+        assert streamed.statistic == pytest.approx(whole.statistic, rel=1e-12)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ from .stats import (
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
+    from ..drift import Bins
     from ..models import LoadedModel
     from .source import ParquetSource
 
@@ -32,6 +33,8 @@ class ScanPlan:
     features: dict[str, tuple[str, ...]]  # role → its feature columns, in its order
     sample_rows: int
     total_rows: int = 0  # rows the source holds (from its metadata): sets each batch's share of the sample
+    # Feature → its drift bins, fixed by the reference (the data stage's drift check with a table reference).
+    drift_bins: dict[str, Bins] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -89,13 +92,16 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         arrays["baseline"] = baseline
         if plan.features["baseline"] != plan.features["candidate"]:
             arrays["baseline_features"] = inputs["baseline"]
+    # Counted on the float32 values the models read, as the in-memory drift check counts them.
+    columns = plan.features["candidate"]
+    drift = {name: bins.counts(inputs["candidate"][:, columns.index(name)].astype(np.float64)) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
     sample = BottomK.of(plan.sample_rows, row_keys(key_columns, target), arrays, below)
     return ScanSummary(
         rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
         excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores,
+        scores=scores, drift=drift,
     )
 
 

@@ -339,6 +339,7 @@ class ScanSummary:
     sample: BottomK
     classes: int = 0  # classification: the models' output width
     scores: ScoreHistogram | None = None  # classification with a baseline: ROC AUC over every row
+    drift: dict[str, np.ndarray] = field(default_factory=dict)  # feature → counts in its drift bins, every row
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -349,7 +350,7 @@ class ScanSummary:
         scores = self.scores.merge(other.scores) if self.scores is not None and other.scores is not None else self.scores or other.scores
         return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
-                           scores)
+                           scores, {name: self.drift[name] + other.drift[name] for name in self.drift})
 
     @property
     def used_rows(self) -> int:

@@ -306,20 +306,29 @@ def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
     if len(numeric) < len(features):
         skipped = sorted(set(features) - set(numeric))
         return CheckResult(NAME, "drift", Status.ERROR, f"reference feature column(s) {', '.join(skipped)} are not numeric")
+    counts = gate.scan.drift if gate.scan is not None and gate.scan.drift else None
     return _drift_result(
         gate,
         {f: reference[f].dropna().to_numpy(dtype=float) for f in features},
         {f: gate.golden.features[:, i].astype(float) for i, f in enumerate(features)},
         what="features",
+        current_counts=counts,
     )
 
 
-def _drift_result(gate: GateContext, before: dict, current: dict, what: str) -> CheckResult:
+def _drift_result(gate: GateContext, before: dict, current: dict, what: str, current_counts: dict | None = None) -> CheckResult:
+    """``current_counts``: a streamed golden set's counts in the reference's bins (PSI over every row); the
+    KS tests then compare the uniform sample in ``current``."""
     from ..drift import drift
 
     spec = gate.config.data.drift
     results = drift(before, current, psi_threshold=spec.psi, alpha=spec.alpha, bins=spec.bins, test_rows=spec.test_rows,
-                    seed=gate.config.quality.seed)
+                    seed=gate.config.quality.seed, current_counts=current_counts)
+    note = ""
+    if current_counts is not None:
+        rows = int(next(iter(current_counts.values())).sum())
+        note = (f" (PSI and chi-square over all {rows:,} golden rows, streamed; KS on a uniform sample of "
+                f"{len(next(iter(current.values()))):,} rows)")
     drifted = [r for r in results if r.drifted]
     table = {
         "title": f"drift per {'feature' if what == 'features' else 'channel statistic'}",
@@ -332,10 +341,10 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str) -> 
     if drifted:
         names = ", ".join(f"{r.feature} (PSI {r.psi:.2f})" for r in drifted)
         status = Status.FAIL if spec.action == "fail" else Status.WARN
-        return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} {what} drifted from the reference: {names}", details=details)
+        return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} {what} drifted from the reference: {names}{note}", details=details)
     worst = max(results, key=lambda r: r.psi)
     return CheckResult(
         NAME, "drift", Status.PASS,
-        f"no {'feature' if what == 'features' else 'channel statistic'} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature})",
+        f"no {'feature' if what == 'features' else 'channel statistic'} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature}){note}",
         details=details,
     )
