@@ -197,7 +197,8 @@ def _scan(config: Config, source, models, baseline_features, progress):
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
     total = source.rows()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
-                    min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config))
+                    min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config),
+                    config.outliers.top_n if "outliers" in config.gate.stages else 0)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)

@@ -37,7 +37,8 @@ def per_sample_loss(task: str, target: np.ndarray, predictions: np.ndarray) -> n
 class RobustChange:
     broke: np.ndarray  # bool mask
     fixed: np.ndarray
-    threshold: float  # a change beyond median ± threshold counts
+    threshold: float  # a change beyond centre ± threshold counts
+    centre: float = 0.0  # the median change of the rows that changed
 
 
 def _moved_sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -68,12 +69,12 @@ def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolutio
     changed = _moved_sample(delta)
     if len(changed) == 0:
         empty = np.zeros(len(delta), dtype=bool)
-        return RobustChange(empty, empty, math.inf)
+        return RobustChange(empty, empty, math.inf, 0.0)
     centre, spread = _robust_scale(changed)
     if spread <= max(resolution, 1e-9 * float(np.mean(np.abs(changed)))):
         spread = MEAN_AD_TO_SIGMA * float(np.mean(np.abs(changed - centre)))
     threshold = max(k_mad * spread, min_increase, resolution, 1e-12)
-    return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold)
+    return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold, centre)
 
 
 def robust_outliers(values: np.ndarray, k_mad: float) -> np.ndarray:

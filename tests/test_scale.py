@@ -118,19 +118,39 @@ def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, c
     report = run(cli, "--max-rows", "12000")
     assert report["data"]["golden"]["rows"] == 12_000
     assert metric(report, "mae")["candidate"] == pytest.approx(
-        np.abs(_better_predictions(power, golden_directory, 12_000) - pd.read_csv(golden_directory / "golden.csv")["power_kw"][:12_000]).mean(),
+        np.abs(_predictions(power["better"], golden_directory, 12_000) - pd.read_csv(golden_directory / "golden.csv")["power_kw"][:12_000]).mean(),
         rel=1e-6)
     configure(streamed_project, power, golden_directory / "golden.csv")
     assert run(cli, "--max-rows", "500")["data"]["golden"]["rows"] == 500
 
 
-def _better_predictions(power, golden_directory, rows: int) -> np.ndarray:
+def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_project, power, golden_directory, cli):
+    """The sample sets the threshold; the rows beyond it are counted over all 30,000 rows (within the sketch's
+    stated range) and the worst rows are the worst of all rows, not of the sample."""
+    import shutil
+
+    shutil.copy(power["night"], streamed_project / "candidate.pt")  # breaks night-time rows
+    configure(streamed_project, power, golden_directory / "golden", extra="[outliers]\nk_mad = 0.2\n")
+    report = run(cli, "--stage", "outliers")
+    check = next(c for c in report["checks"] if c["name"] == "newly_broken")
+    details = check["details"]
+    truth = pd.read_csv(golden_directory / "golden.csv")["power_kw"].to_numpy()
+    delta = np.abs(_predictions(power["night"], golden_directory) - truth) - np.abs(_predictions(power["v1"], golden_directory) - truth)
+    exact = int((delta > details["centre"] + details["threshold"]).sum())
+    low, high = details["broke"] if isinstance(details["broke"], list) else (details["broke"],) * 2
+    assert exact > 0 and low <= exact <= high and high - low <= 0.05 * exact + 2, (exact, details["broke"])
+    assert "of 30,000 row(s) newly broke" in check["summary"] and "over every row" in check["summary"], check["summary"]
+    assert "uniform sample of 5,000" in check["summary"]
+    shown = [row[-1] for row in details["table"]["rows"]]
+    np.testing.assert_allclose(shown, np.sort(delta)[::-1][: len(shown)], rtol=1e-5)
+
+
+def _predictions(model: Path, golden_directory, rows: int | None = None) -> np.ndarray:
     import torch
 
     frame = pd.read_csv(golden_directory / "golden.csv")[:rows]
-    model = torch.jit.load(str(power["better"]))
     with torch.inference_mode():
-        return model(torch.from_numpy(frame[pf.FEATURES].to_numpy(np.float32))).double().numpy().reshape(-1)
+        return torch.jit.load(str(model))(torch.from_numpy(frame[pf.FEATURES].to_numpy(np.float32))).double().numpy().reshape(-1)
 
 
 def test_unusable_rows_are_counted_over_every_row(tmp_path, power, cli, monkeypatch):
@@ -408,3 +428,31 @@ def test_drift_from_streamed_counts_equals_drift_over_every_row(categorical):
     if categorical:
         assert counts[-1] == (current >= 6).sum() > 0  # the unseen levels share the last bin
         assert streamed.statistic == pytest.approx(whole.statistic, rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(0.0), st.floats(-1e-10, 1e-10)), min_size=1, max_size=300),
+    st.floats(-1e3, 1e3).filter(lambda t: abs(t) >= 1e-9),
+    st.integers(1, 5),
+)
+def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, threshold, n):
+    """Any changes and threshold: the exact count of changes above (below) it lies in the sketch's range; the
+    sketch and the worst rows of the whole equal the merge of its parts."""
+    from release_kit.scale.stats import ChangeSketch, WorstRows
+
+    delta = np.array(values)
+    sketch = ChangeSketch.of(delta)
+    low, high = sketch.count_above(threshold)
+    assert low <= int((delta > threshold).sum()) <= high
+    low, high = sketch.count_below(threshold)
+    assert low <= int((delta < threshold).sum()) <= high
+    half = len(delta) // 2
+    merged = ChangeSketch.of(delta[:half]).merge(ChangeSketch.of(delta[half:]))
+    assert np.array_equal(merged.positive, sketch.positive) and np.array_equal(merged.negative, sketch.negative)
+    keys = np.arange(len(delta), dtype=np.uint64)[::-1].copy()
+    whole = WorstRows.of(n, delta, keys, {"row": np.arange(len(delta))})
+    parts = WorstRows.of(n, delta[:half], keys[:half], {"row": np.arange(half)}).merge(
+        WorstRows.of(n, delta[half:], keys[half:], {"row": np.arange(half, len(delta))}))
+    assert np.array_equal(whole.arrays["row"], parts.arrays["row"])
+    assert np.array_equal(np.sort(delta)[::-1][:n], whole.delta)

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import InputError, first_line
 from .stats import (
-    KEY_COLUMNS, BottomK, ColumnCounts, Moments, RowVectors, ScanSummary, ScoreHistogram, key_threshold, row_keys, streamed_metrics,
+    KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram, WorstRows,
+    key_threshold, row_keys, streamed_metrics,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class ScanPlan:
     total_rows: int = 0  # rows the source holds (from its metadata): sets each batch's share of the sample
     # Feature → its drift bins, fixed by the reference (the data stage's drift check with a table reference).
     drift_bins: dict[str, Bins] = field(default_factory=dict)
+    worst_rows: int = 0  # the outlier stage's top_n: the worst rows and the changes' sketch (0: not needed)
 
     @property
     def columns(self) -> list[str]:
@@ -49,21 +51,27 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     spec = plan.spec
     frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.columns}
     counts = ColumnCounts()
-    masks = {}
+    masks = {}  # only the columns that have bad values: most batches have none, and skip every mask pass
     for name, values in frame.items():
         if values.dtype.kind not in "fiu":
             raise InputError(f"golden column '{name}' is not numeric")
-        masks[name] = counts.add(name, values)
+        mask = counts.add(name, values)
+        if mask is not None:
+            masks[name] = mask
     target = frame[spec.target].astype(np.float64)
-    bad = {name: masks[name] for name in plan.features["candidate"]}
-    bad_target = masks[spec.target].copy()
+    bad = {name: masks[name] for name in plan.features["candidate"] if name in masks}
+    bad_target = masks.get(spec.target)
     if spec.task == "classification":
         with np.errstate(invalid="ignore"):
-            bad_target |= (target < 0) | (target != np.floor(target))
-    bad[spec.target] = bad_target
-    excluded_mask = np.logical_or.reduce(list(bad.values()))
-    any_excluded = bool(excluded_mask.any())
-    keep = ~excluded_mask
+            impossible = (target < 0) | (target != np.floor(target))
+        if impossible.any():
+            bad_target = impossible if bad_target is None else bad_target | impossible
+    if bad_target is not None:
+        bad[spec.target] = bad_target
+    rows = len(target)
+    any_excluded = bool(bad)
+    excluded_mask = np.logical_or.reduce(list(bad.values())) if any_excluded else None
+    keep = ~excluded_mask if any_excluded else None
     target = target[keep] if any_excluded else target
     if spec.task == "classification":
         target = target.astype(np.int64)
@@ -97,12 +105,27 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     drift = {name: bins.counts(inputs["candidate"][:, columns.index(name)].astype(np.float64)) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
-    sample = BottomK.of(plan.sample_rows, row_keys(key_columns, target), arrays, below)
+    keys = row_keys(key_columns, target)
+    sample = BottomK.of(plan.sample_rows, keys, arrays, below)
+    changes = None
+    if baseline is not None and plan.worst_rows and len(target):
+        changes = _paired_changes(spec.task, plan.worst_rows, target, candidate, baseline, keys, arrays)
     return ScanSummary(
-        rows=len(excluded_mask), excluded={c: int(m.sum()) for c, m in bad.items() if m.any()},
-        excluded_rows=int(excluded_mask.sum()), quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores, drift=drift,
+        rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
+        excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
+        scores=scores, drift=drift, changes=changes,
     )
+
+
+def _paired_changes(task: str, worst_rows: int, target, candidate, baseline, keys, arrays) -> PairedChanges:
+    from ..paired import per_sample_loss
+
+    delta = per_sample_loss(task, target, candidate) - per_sample_loss(task, target, baseline)
+    flips = None
+    if task == "classification":
+        right_c, right_b = candidate.argmax(axis=1) == target, baseline.argmax(axis=1) == target
+        flips = np.array([int((right_b & ~right_c).sum()), int((right_c & ~right_b).sum())])
+    return PairedChanges(ChangeSketch.of(delta), WorstRows.of(worst_rows, delta, keys, arrays), flips)
 
 
 def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,

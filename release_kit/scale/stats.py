@@ -26,6 +26,12 @@ scale. A pair of rows in different bins is ordered exactly; a pair in one bin co
 does, so each AUC is within ± (½ · the share of positive–negative pairs that share a bin) of the exact
 value, a bound computed from the counts and reported. The paired interval takes the DeLong variance of
 the uniform sample (scaled to the whole set's size) and is widened by both models' bounds.
+
+Newly broken rows (:class:`PairedChanges`): classification flips are *exact* sums; for regression the
+threshold comes from the uniform sample, as in memory (it is a scale, not a test), and the rows beyond it
+are counted over every row from :class:`ChangeSketch`, log buckets of the paired loss changes 1 % wide
+(DDSketch's mapping): *approximate with a stated bound*, the rows of the one bucket the threshold falls in.
+The worst rows are kept by :class:`WorstRows`, an exact top-N over every row.
 """
 
 from __future__ import annotations
@@ -227,6 +233,108 @@ def paired_auc(histogram: ScoreHistogram, sample_diff, sample_rows: int, rows: i
     return PairedDiff(value_c, value_b, delta, delta - widened, delta + widened), max(bound_c, bound_b)
 
 
+SKETCH_ACCURACY = 0.005  # relative: bucket i holds (γ^(i−1), γ^i] with γ = (1 + α) / (1 − α), ~1 % wide
+SKETCH_SMALLEST = 1e-9  # changes below this in size count as no change (float rounding of the losses)
+_GAMMA_LOG = math.log((1 + SKETCH_ACCURACY) / (1 - SKETCH_ACCURACY))
+_OFFSET = math.floor(math.log(SKETCH_SMALLEST) / _GAMMA_LOG)
+SKETCH_BUCKETS = math.ceil(math.log(1e12) / _GAMMA_LOG) - _OFFSET + 1  # up to 10¹²; larger ones share the top bucket
+
+
+@dataclass
+class ChangeSketch:
+    """Counts of the paired loss changes in log buckets (DDSketch's logarithmic mapping), one array per sign,
+    and the changes too small to count: merged by addition, so every engine and batching agrees."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+    small: int
+
+    @classmethod
+    def of(cls, delta: np.ndarray) -> ChangeSketch:
+        size = np.abs(delta)
+        counted = size >= SKETCH_SMALLEST
+        buckets = np.minimum(np.ceil(np.log(size[counted]) / _GAMMA_LOG) - _OFFSET, SKETCH_BUCKETS - 1).astype(np.int64)
+        negative = delta[counted] < 0
+        return cls(np.bincount(buckets[~negative], minlength=SKETCH_BUCKETS), np.bincount(buckets[negative], minlength=SKETCH_BUCKETS),
+                   int(len(delta) - counted.sum()))
+
+    def merge(self, other: ChangeSketch) -> ChangeSketch:
+        return ChangeSketch(self.positive + other.positive, self.negative + other.negative, self.small + other.small)
+
+    def count_above(self, threshold: float) -> tuple[int, int]:
+        """Rows whose change exceeds ``threshold``: (fewest, most). Only the bucket holding the threshold
+        is undecided (the changes too small to count, when the threshold is that small)."""
+        return _count_greater(self.positive, self.negative, self.small, threshold)
+
+    def count_below(self, threshold: float) -> tuple[int, int]:
+        """Rows whose change is below ``threshold``: (fewest, most)."""
+        return _count_greater(self.negative, self.positive, self.small, -threshold)
+
+
+def _bucket(size: float) -> int:
+    return min(math.ceil(math.log(size) / _GAMMA_LOG) - _OFFSET, SKETCH_BUCKETS - 1)
+
+
+def _count_greater(same: np.ndarray, other: np.ndarray, small: int, threshold: float) -> tuple[int, int]:
+    """Changes > ``threshold`` from the buckets of that sign (``same``) and of the other sign."""
+    if threshold >= SKETCH_SMALLEST:
+        bucket = _bucket(threshold)
+        above = int(same[bucket + 1 :].sum())
+        return above, above + int(same[bucket])
+    every = int(same.sum())
+    if threshold > -SKETCH_SMALLEST:
+        return every, every + small
+    bucket = _bucket(-threshold)  # the other sign's changes smaller than |threshold| are above it too
+    above = every + small + int(other[:bucket].sum())
+    return above, above + int(other[bucket])
+
+
+@dataclass
+class WorstRows:
+    """The ``n`` rows whose loss grew most over every row (ties by row key, so every engine keeps the same
+    rows): merged by keeping the top ``n`` of both."""
+
+    n: int
+    delta: np.ndarray
+    keys: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, n: int, delta: np.ndarray, keys: np.ndarray, arrays: dict[str, np.ndarray]) -> WorstRows:
+        rows = np.flatnonzero(np.isfinite(delta))  # a non-finite change is the output contract's to report
+        if len(rows) > n:
+            # The n-th largest change; of the rows tied with it, those with the smallest keys (O(rows), even
+            # when most changes are equal, as for identical models).
+            kth = -np.partition(-delta[rows], n - 1)[n - 1]
+            above, tied = rows[delta[rows] > kth], rows[delta[rows] == kth]
+            wanted = n - len(above)
+            if len(tied) > wanted:
+                tied = tied[np.argpartition(keys[tied], wanted - 1)[:wanted]]
+            rows = np.concatenate([above, tied])
+        order = rows[np.lexsort((keys[rows], -delta[rows]))]
+        return cls(n, delta[order], keys[order], {name: a[order] for name, a in arrays.items()})
+
+    def merge(self, other: WorstRows) -> WorstRows:
+        arrays = {name: np.concatenate([a, other.arrays[name]]) for name, a in self.arrays.items()}
+        delta, keys = np.concatenate([self.delta, other.delta]), np.concatenate([self.keys, other.keys])
+        order = np.lexsort((keys, -delta))[: self.n]
+        return WorstRows(self.n, delta[order], keys[order], {name: a[order] for name, a in arrays.items()})
+
+
+@dataclass
+class PairedChanges:
+    """What the newly-broken check needs from every row: the changes' sketch, the worst rows, and for
+    classification the exact counts of decisions that went right → wrong and wrong → right."""
+
+    sketch: ChangeSketch
+    worst: WorstRows
+    flips: np.ndarray | None = None  # (broke, fixed), classification
+
+    def merge(self, other: PairedChanges) -> PairedChanges:
+        flips = None if self.flips is None else self.flips + other.flips
+        return PairedChanges(self.sketch.merge(other.sketch), self.worst.merge(other.worst), flips)
+
+
 @dataclass
 class ColumnCounts:
     """Per column over every row: values that are NaN/inf (or null), and the finite minimum and maximum."""
@@ -235,19 +343,18 @@ class ColumnCounts:
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray) -> np.ndarray:
-        """Count one column's values; returns its mask of bad (NaN/inf) values."""
+    def add(self, name: str, values: np.ndarray) -> np.ndarray | None:
+        """Count one column's values; returns its mask of bad (NaN/inf) values, None when there are none."""
         if not len(values):
-            return np.zeros(0, dtype=bool)
+            return None
         low, high = values.min(), values.max()
         # A NaN makes min NaN and an infinity shows as the min or max: when both are finite, so is every value.
-        if values.dtype.kind != "f" or (np.isfinite(low) and np.isfinite(high)):
-            bad = np.zeros(len(values), dtype=bool)
-        else:
+        bad = None
+        if values.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
             bad = ~np.isfinite(values)
             kept = values[~bad]
             low, high = (kept.min(), kept.max()) if len(kept) else (math.inf, -math.inf)
-        self.bad[name] = self.bad.get(name, 0) + int(bad.sum())
+        self.bad[name] = self.bad.get(name, 0) + (int(bad.sum()) if bad is not None else 0)
         self.low[name] = min(self.low.get(name, math.inf), float(low))
         self.high[name] = max(self.high.get(name, -math.inf), float(high))
         return bad
@@ -340,6 +447,7 @@ class ScanSummary:
     classes: int = 0  # classification: the models' output width
     scores: ScoreHistogram | None = None  # classification with a baseline: ROC AUC over every row
     drift: dict[str, np.ndarray] = field(default_factory=dict)  # feature → counts in its drift bins, every row
+    changes: PairedChanges | None = None  # with a baseline, when the outlier stage runs
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -347,11 +455,18 @@ class ScanSummary:
             excluded[name] = excluded.get(name, 0) + count
         quality = {name: self.quality[name].merge(other.quality[name]) if name in self.quality else other.quality[name]
                    for name in {**self.quality, **other.quality}}
-        scores = self.scores.merge(other.scores) if self.scores is not None and other.scores is not None else self.scores or other.scores
         return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
-                           scores, {name: self.drift[name] + other.drift[name] for name in self.drift})
+                           _merged(self.scores, other.scores), {name: self.drift[name] + other.drift[name] for name in self.drift},
+                           _merged(self.changes, other.changes))
 
     @property
     def used_rows(self) -> int:
         return self.rows - self.excluded_rows
+
+
+def _merged(first, second):
+    """Two batches' optional statistic: one may lack it (a batch with no usable row)."""
+    if first is None or second is None:
+        return first if second is None else second
+    return first.merge(second)

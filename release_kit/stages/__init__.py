@@ -94,6 +94,17 @@ def example_rows(gate: GateContext, rows, title: str) -> Table:
     return Table(title, [*columns, "truth", "baseline", "candidate"], body)
 
 
+def streamed_rows(gate: GateContext, arrays: dict, rows, title: str) -> Table:
+    """Like :func:`example_rows`, for rows a streamed scan kept outside the sample (``features``, ``target``,
+    ``candidate``, ``baseline`` arrays), with each row's loss change."""
+    body = [
+        [*map(float, arrays["features"][row]), _scalar(arrays["target"][row], gate), _scalar(arrays["baseline"][row], gate),
+         _scalar(arrays["candidate"][row], gate), float(arrays["delta"][row])]
+        for row in map(int, rows)
+    ]
+    return Table(title, [*gate.golden.feature_names, "truth", "baseline", "candidate", "loss change"], body)
+
+
 def _scalar(value, gate: GateContext):
     """A regression prediction as a float (several outputs as a list); class probabilities of a tensor set as
     "class (probability)", of a table as the highest class's probability."""

@@ -8,6 +8,7 @@ or diverges from the baseline. Checks that need a baseline skip on a first relea
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import TYPE_CHECKING
 from collections.abc import Callable
@@ -51,7 +52,9 @@ def checks(gate: GateContext) -> list[StageCheck]:
         *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
     ]
     if gate.golden.sampled_from is not None:
-        found = [_noting_sample(gate, check) for check in found]
+        # Newly broken counts every streamed row and says so itself.
+        counted = {"newly_broken"} if gate.scan is not None and gate.scan.changes is not None else set()
+        found = [check if check.name in counted else _noting_sample(gate, check) for check in found]
     if not gate.golden.tabular:
         # Tensor inputs have no per-feature domain to draw from: the search perturbs golden samples instead.
         if spec.monotonic or spec.domain or spec.search.divergence is not None:
@@ -97,6 +100,7 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
     spec = gate.config.outliers
     loss_c, loss_b = losses()
     delta = loss_c - loss_b
+    centre = threshold = 0.0
     if gate.config.model.task == "classification":
         right_c = gate.predictions.candidate.argmax(axis=1) == gate.golden.target
         right_b = gate.predictions.baseline.argmax(axis=1) == gate.golden.target
@@ -107,25 +111,63 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
         # must not make half the rows "newly broken").
         resolution = 1e-5 * float(np.median(np.abs(gate.golden.target)) + np.median(loss_b))
         change = robust_change(delta, spec.k_mad, spec.min_error_increase, resolution)
-        broke, fixed = change.broke, change.fixed
+        broke, fixed, centre, threshold = change.broke, change.fixed, change.centre, change.threshold
         rule = f"absolute error grew by more than {change.threshold:.3g} ({spec.k_mad:g} × MAD of the changes)"
-    n, n_broke, n_fixed = len(delta), int(broke.sum()), int(fixed.sum())
-    worst = np.flatnonzero(broke)[np.argsort(-delta[broke], kind="stable")][: spec.top_n]
-    details = {
-        "broke": n_broke,
-        "fixed": n_fixed,
-        "rule": rule,
-        "chart": _histogram(delta, "paired loss change per row (candidate − baseline)"),
-    }
-    if n_broke:
-        details["table"] = example_rows(gate, worst, f"top {len(worst)} newly broken rows")
-    summary = f"{n_broke} row(s) newly broke, {n_fixed} newly fixed ({rule})"
-    if n_broke > spec.max_newly_broken * n and n_broke > n_fixed:
-        status = Status.FAIL
-        summary += f"; more than {spec.max_newly_broken:.1%} of rows broke"
+    details: dict = {"rule": rule, "chart": _histogram(delta, "paired loss change per row (candidate − baseline)")}
+    if gate.config.model.task == "regression" and math.isfinite(threshold):
+        details |= {"centre": centre, "threshold": threshold}  # a change beyond centre ± threshold counts
+    changes = gate.scan.changes if gate.scan is not None else None
+    if changes is None:
+        n, n_broke, n_fixed = len(delta), (int(broke.sum()),) * 2, (int(fixed.sum()),) * 2
+        worst = np.flatnonzero(broke)[np.argsort(-delta[broke], kind="stable")][: spec.top_n]
+        table = example_rows(gate, worst, f"top {len(worst)} newly broken rows") if len(worst) else None
+        counted = ""
     else:
-        status = Status.WARN if n_broke else Status.PASS
-    return CheckResult(NAME, "newly_broken", status, summary, details=details)
+        n, n_broke, n_fixed, table = _streamed_changes(gate, changes, centre, threshold)
+        counted = (" over every row" if n_broke[0] == n_broke[1] and n_fixed[0] == n_fixed[1] else
+                   " over every row, from a sketch of the changes 1% wide (the range is the rows of the bucket the "
+                   "threshold falls in)")
+        counted += f"; {'chart' if changes.flips is not None else 'threshold and chart'} from a uniform sample of {len(delta):,} rows"
+    details |= {"broke": n_broke[0] if n_broke[0] == n_broke[1] else list(n_broke),
+                "fixed": n_fixed[0] if n_fixed[0] == n_fixed[1] else list(n_fixed)}
+    if table is not None:
+        details["table"] = table
+    summary = f"{_count(n_broke)} of {n:,} row(s) newly broke, {_count(n_fixed)} newly fixed ({rule}{counted})"
+    limit = spec.max_newly_broken * n
+    if n_broke[0] > limit and n_broke[0] > n_fixed[1]:
+        return CheckResult(NAME, "newly_broken", Status.FAIL, summary + f"; more than {spec.max_newly_broken:.1%} of rows broke", details=details)
+    if n_broke[1] > limit and n_broke[1] > n_fixed[0]:
+        return CheckResult(NAME, "newly_broken", Status.WARN, summary + f"; possibly more than {spec.max_newly_broken:.1%} of rows broke: the count's range cannot tell", details=details)
+    return CheckResult(NAME, "newly_broken", Status.WARN if n_broke[1] else Status.PASS, summary, details=details)
+
+
+def _count(bounds: tuple[int, int]) -> str:
+    low, high = bounds
+    return f"{low:,}" if low == high else f"≈{(low + high) // 2:,} ({low:,}–{high:,})"
+
+
+def _streamed_changes(gate: GateContext, changes, centre: float, threshold: float):
+    """A streamed golden set: rows that broke and were fixed over every row (exact flips for classification;
+    for regression the sample's threshold applied to the sketch of every row's change), and the worst rows."""
+    from . import streamed_rows
+
+    n = gate.scan.used_rows
+    worst = changes.worst
+    if changes.flips is not None:
+        n_broke, n_fixed = (int(changes.flips[0]),) * 2, (int(changes.flips[1]),) * 2
+        target = worst.arrays["target"]
+        is_broken = (worst.arrays["baseline"].argmax(axis=1) == target) & (worst.arrays["candidate"].argmax(axis=1) != target)
+    elif math.isinf(threshold):  # no row of the sample changed at all
+        n_broke = n_fixed = (0, 0)
+        is_broken = np.zeros(len(worst.delta), dtype=bool)
+    else:
+        n_broke, n_fixed = changes.sketch.count_above(centre + threshold), changes.sketch.count_below(centre - threshold)
+        is_broken = worst.delta > centre + threshold
+    rows = np.flatnonzero(is_broken)
+    table = None
+    if len(rows):
+        table = streamed_rows(gate, {**worst.arrays, "delta": worst.delta}, rows, f"top {len(rows)} newly broken rows of all {n:,}")
+    return n, n_broke, n_fixed, table
 
 
 def prediction_shift(gate: GateContext) -> CheckResult:
@@ -243,8 +285,6 @@ def class_slices(gate: GateContext) -> CheckResult:
     all of them: a class the candidate broke is named even when overall accuracy hides it."""
     if gate.predictions.baseline is None:
         return no_baseline(NAME, "classes")
-    import math
-
     from ..multiple_testing import holm_adjust
     from ..paired import class_changes
 
@@ -306,8 +346,6 @@ def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> Chec
 
 
 def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckResult:
-    import math
-
     alpha = gate.config.outliers.alpha
     label = _loss_label(gate)
     undefined = [s for s in stats if not all(map(math.isfinite, (s.delta, s.ci_low, s.ci_high, s.p_adjusted)))]
