@@ -198,7 +198,8 @@ def _scan(config: Config, source, models, baseline_features, progress):
     total = source.rows()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config),
-                    config.outliers.top_n if "outliers" in config.gate.stages else 0)
+                    config.outliers.top_n if "outliers" in config.gate.stages else 0,
+                    _slice_bins(config, source, plan_columns=features["candidate"]) if "baseline" in roles else {})
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)
@@ -238,6 +239,25 @@ def _drift_bins(config: Config) -> dict:
     if any(f not in reference.columns or not np.issubdtype(reference[f].dtype, np.number) for f in features):
         return {}
     return {f: Bins.of(reference[f].dropna().to_numpy(dtype=float), config.data.drift.bins) for f in features}
+
+
+def _slice_bins(config: Config, source, plan_columns: tuple[str, ...]) -> dict:
+    """The outlier stage's slice bins per feature, fixed from the golden set's first rows (as the in-memory
+    path fixes them from a sample of its rows), so every batch sums its rows into the same bins."""
+    if "outliers" not in config.gate.stages:
+        return {}
+    import numpy as np
+
+    from .paired import EDGE_SAMPLE_ROWS, SliceBins
+
+    first = next(iter(source.batches(list(plan_columns), EDGE_SAMPLE_ROWS, EDGE_SAMPLE_ROWS)), None)
+    if first is None:
+        return {}
+    bins = {}
+    for name in plan_columns:
+        values = first.column(name).to_numpy(zero_copy_only=False).astype(np.float32)  # as the models read them
+        bins[name] = SliceBins.of(name, values[np.isfinite(values)], config.outliers.quantile_bins)
+    return bins
 
 
 def _check_batch_sizes(config: Config, golden, models) -> None:

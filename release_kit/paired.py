@@ -160,29 +160,61 @@ class Binning:
     edges: list[float] | None  # inner edges for numeric bins; None for integer categories
 
 
-def bin_feature(name: str, column: np.ndarray, bins: int, rng: np.random.Generator) -> Binning:
-    """Categories (text) and integer features with few values: one bin per value. Others: quantile bins
-    (edges from a sample).
+@dataclass(frozen=True)
+class SliceBins:
+    """A numeric feature's bins, fixed from a sample of its values: one bin per value for integers with few
+    values (``levels``; values outside them share a last bin), else quantile ``edges``. Fixed before the
+    rows are seen, a streamed golden set's per-bin sums over every row add up batch by batch."""
 
-    Codes come from comparisons, not a binary search: with a handful of edges that is ~6× faster.
-    """
+    feature: str
+    edges: tuple[float, ...] | None = None
+    low: float | None = None  # integer levels low, low + 1, …, high
+    high: float | None = None
+
+    @classmethod
+    def of(cls, name: str, sample: np.ndarray, bins: int) -> SliceBins:
+        if len(sample) and np.array_equal(sample, np.round(sample)):
+            low, high = float(sample.min()), float(sample.max())
+            if high - low < CATEGORICAL_MAX_LEVELS:
+                return cls(name, low=low, high=high)
+        edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1])) if len(sample) else np.zeros(0)
+        return cls(name, edges=tuple(edges.astype(sample.dtype).tolist()))
+
+    @property
+    def labels(self) -> list[str]:
+        if self.edges is None:
+            levels = [f"{self.feature} = {_fmt(self.low + k)}" for k in range(int(self.high - self.low) + 1)]
+            return [*levels, f"{self.feature} other"]
+        bounds = [-math.inf, *self.edges, math.inf]
+        return [_range_label(self.feature, bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]
+
+    def binning(self, column: np.ndarray) -> Binning:
+        """The column's bin codes. Codes come from comparisons, not a binary search: with a handful of edges
+        that is ~6× faster."""
+        column = np.ascontiguousarray(column)  # a feature matrix's column is strided: every pass pays for it
+        if self.edges is None:
+            levels = int(self.high - self.low) + 1
+            offset = column - self.low
+            known = (offset >= 0) & (offset < levels) & (offset == np.round(offset))
+            codes = np.where(known, offset, levels).astype(np.uint8)
+            return Binning(self.feature, codes, self.labels, None)
+        codes = np.zeros(len(column), dtype=np.uint8)
+        for edge in np.asarray(self.edges, dtype=column.dtype):  # bin k: edges[k-1] < x ≤ edges[k]
+            codes += column > edge
+        return Binning(self.feature, codes, self.labels, list(self.edges))
+
+    def sums(self, column: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Row count and weighted sums per bin: (1 + len(weights), bins)."""
+        return joint_sums(self.binning(column), None, weights)[:, :, 0]
+
+
+def bin_feature(name: str, column: np.ndarray, bins: int, rng: np.random.Generator) -> Binning:
+    """Categories (text): one bin per value. Numeric features: :class:`SliceBins` from a sample of the column."""
     if column.dtype.kind in "OUS":
         values, codes = np.unique(column, return_inverse=True)
         return Binning(name, codes.astype(np.uint8), [f"{name} = {value}" for value in values], None)
-    column = np.ascontiguousarray(column)  # a feature matrix's column is strided: every pass pays for it
     sample = column if len(column) <= EDGE_SAMPLE_ROWS else column[rng.integers(0, len(column), EDGE_SAMPLE_ROWS)]
-    if np.array_equal(sample, np.round(sample)):
-        low, high = float(column.min()), float(column.max())
-        if high - low < CATEGORICAL_MAX_LEVELS and np.array_equal(column, np.round(column)):
-            codes = (column - low).astype(np.uint8)
-            return Binning(name, codes, [f"{name} = {_fmt(low + k)}" for k in range(int(high - low) + 1)], None)
-    edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1])).astype(column.dtype)
-    codes = np.zeros(len(column), dtype=np.uint8)
-    for edge in edges:  # bin k: edges[k-1] < x ≤ edges[k]
-        codes += column > edge
-    bounds = [-math.inf, *edges.tolist(), math.inf]
-    labels = [_range_label(name, bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]
-    return Binning(name, codes, labels, edges.tolist())
+    return SliceBins.of(name, sample, bins).binning(column)
 
 
 def _range_label(name: str, low: float, high: float) -> str:
@@ -249,20 +281,26 @@ def discover_slices(
     pairs: int = 3,
     min_size: int = 30,
     seed: int = 0,
+    fixed: dict[str, tuple[SliceBins, np.ndarray]] | None = None,
 ) -> list[SliceStat]:
     """Every single-column slice, then cells of pairs among the ``pairs`` most suspicious columns;
     Holm-adjusted over all slices searched (of at least ``min_size`` rows). ``columns``: (name, values)
-    per row; numeric, or text categories (at most 255)."""
+    per row; numeric, or text categories (at most 255). ``fixed``: for a streamed golden set, each column's
+    bins and per-bin sums over every row; ``columns`` and the losses are then its sample, for the pairs."""
     rng = np.random.default_rng(seed)
     weights = (delta, delta * delta, baseline_loss)
-    binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
     joints: dict[tuple[str, str], np.ndarray] = {}
     marginals: dict[str, np.ndarray] = {}
-    for first, second in zip(binnings[0::2], binnings[1::2]):
-        joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
-        marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
-    if len(binnings) % 2:
-        marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
+    if fixed is not None:  # a streamed golden set: each feature's own slices from its sums over every row
+        binnings = [fixed[name][0].binning(column) for name, column in columns]
+        marginals = {name: sums for name, (_, sums) in fixed.items()}
+    else:
+        binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
+        for first, second in zip(binnings[0::2], binnings[1::2]):
+            joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
+            marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
+        if len(binnings) % 2:
+            marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
 
     stats: list[SliceStat] = []
     strongest: dict[str, float] = {}

@@ -75,7 +75,8 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     assert streamed["data"]["golden"]["rows"] == 30_000 and streamed["verdict"] == "pass"
     checks = {f"{c['stage']}::{c['name']}": c for c in streamed["checks"]}
     assert "exact over all 30,000 rows, streamed" in checks["quality::mae"]["summary"]
-    assert "on a uniform sample of 5,000 of 30,000 rows" in checks["outliers::slices"]["summary"]
+    assert "on a uniform sample of 5,000 of 30,000 rows" in checks["outliers::prediction_shift"]["summary"]
+    assert "each feature's slices over all 30,000 rows, streamed" in checks["outliers::slices"]["summary"]
     assert checks["data::golden_rows"]["summary"].startswith("all 30000 golden rows")
 
     # The same rows read whole (one CSV): the streamed sums give the in-memory metrics and intervals.
@@ -143,6 +144,46 @@ def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_pro
     assert "uniform sample of 5,000" in check["summary"]
     shown = [row[-1] for row in details["table"]["rows"]]
     np.testing.assert_allclose(shown, np.sort(delta)[::-1][: len(shown)], rtol=1e-5)
+
+
+def test_slices_are_summed_over_every_streamed_row(streamed_project, power, golden_directory, cli):
+    """A bug confined to the cloudiest rows: a 300-row sample holds too few of them to test, the per-bin
+    sums over all 30,000 rows name the slice."""
+    import torch
+
+    class CloudyBug(torch.nn.Module):
+        def __init__(self, base: torch.nn.Module) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base(x) + 2.0 * (x[:, 2] > 0.9).float()
+
+    torch.jit.save(torch.jit.script(CloudyBug(torch.jit.load(str(power["v1"])))), str(streamed_project / "candidate.pt"))
+    configure(streamed_project, power, golden_directory / "golden")
+    text = (streamed_project / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 300")
+    (streamed_project / "release-kit.toml").write_text(text)
+    report = run(cli, "--stage", "outliers")
+    check = next(c for c in report["checks"] if c["name"] == "slices")
+    assert check["status"] == "fail" and "cloud_cover >" in check["summary"], check["summary"]
+    assert "slices over all 30,000 rows" in check["summary"]
+    failing = check["details"]["table"]["rows"][0]
+    assert failing[0].startswith("cloud_cover >") and failing[1] > 300  # more rows than the whole sample
+
+
+def test_slice_sums_of_batches_add_up_to_the_whole():
+    from release_kit.paired import SliceBins
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=9_000), rng.integers(0, 4, 1_000)]).astype(np.float32)
+    weights = tuple(rng.normal(size=(3, len(values))))
+    for sample in (values[:2_000], rng.integers(0, 5, 500).astype(np.float32)):  # quantile edges; integer levels
+        bins = SliceBins.of("x", sample, 5)
+        whole = bins.sums(values, weights)
+        parts = sum(bins.sums(values[i : i + 3_000], tuple(w[i : i + 3_000] for w in weights)) for i in range(0, len(values), 3_000))
+        np.testing.assert_allclose(parts, whole, rtol=1e-12)
+        assert whole[0].sum() == len(values) and whole.shape[1] == len(bins.labels)
+    assert bins.labels[-1] == "x other" and whole[0, -1] == (values > 4).sum() + ((values < 0) | (values != np.round(values))).sum()
 
 
 def _predictions(model: Path, golden_directory, rows: int | None = None) -> np.ndarray:

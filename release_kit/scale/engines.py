@@ -20,6 +20,7 @@ from .stats import (
 if TYPE_CHECKING:
     from ..config import ModelSpec
     from ..drift import Bins
+    from ..paired import SliceBins
     from ..models import LoadedModel
     from .source import ParquetSource
 
@@ -37,6 +38,8 @@ class ScanPlan:
     # Feature → its drift bins, fixed by the reference (the data stage's drift check with a table reference).
     drift_bins: dict[str, Bins] = field(default_factory=dict)
     worst_rows: int = 0  # the outlier stage's top_n: the worst rows and the changes' sketch (0: not needed)
+    # Feature → its slice bins, fixed from the first rows (the outlier stage's slices over every row).
+    slice_bins: dict[str, SliceBins] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -107,20 +110,24 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
     keys = row_keys(key_columns, target)
     sample = BottomK.of(plan.sample_rows, keys, arrays, below)
-    changes = None
-    if baseline is not None and plan.worst_rows and len(target):
-        changes = _paired_changes(spec.task, plan.worst_rows, target, candidate, baseline, keys, arrays)
+    changes, slices = None, {}
+    if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):
+        from ..paired import per_sample_loss
+
+        loss_b = per_sample_loss(spec.task, target, baseline)
+        delta = per_sample_loss(spec.task, target, candidate) - loss_b
+        if plan.worst_rows:
+            changes = _paired_changes(spec.task, plan.worst_rows, delta, target, candidate, baseline, keys, arrays)
+        weights = (delta, delta * delta, loss_b)
+        slices = {name: (bins, bins.sums(inputs["candidate"][:, columns.index(name)], weights)) for name, bins in plan.slice_bins.items()}
     return ScanSummary(
         rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
         excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores, drift=drift, changes=changes,
+        scores=scores, drift=drift, changes=changes, slices=slices,
     )
 
 
-def _paired_changes(task: str, worst_rows: int, target, candidate, baseline, keys, arrays) -> PairedChanges:
-    from ..paired import per_sample_loss
-
-    delta = per_sample_loss(task, target, candidate) - per_sample_loss(task, target, baseline)
+def _paired_changes(task: str, worst_rows: int, delta, target, candidate, baseline, keys, arrays) -> PairedChanges:
     flips = None
     if task == "classification":
         right_c, right_b = candidate.argmax(axis=1) == target, baseline.argmax(axis=1) == target

@@ -38,8 +38,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..paired import SliceBins
 
 F1_MAX_CLASSES = 16
 AUC_BINS = 8192  # on the logit scale over ±AUC_LOGIT_LIMIT: bins 0.005 logits wide
@@ -448,6 +452,8 @@ class ScanSummary:
     scores: ScoreHistogram | None = None  # classification with a baseline: ROC AUC over every row
     drift: dict[str, np.ndarray] = field(default_factory=dict)  # feature → counts in its drift bins, every row
     changes: PairedChanges | None = None  # with a baseline, when the outlier stage runs
+    # Feature → its slice bins and per-bin (rows, Σd, Σd², Σbaseline loss) over every row.
+    slices: dict[str, tuple[SliceBins, np.ndarray]] = field(default_factory=dict)
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -458,7 +464,8 @@ class ScanSummary:
         return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
                            _merged(self.scores, other.scores), {name: self.drift[name] + other.drift[name] for name in self.drift},
-                           _merged(self.changes, other.changes))
+                           _merged(self.changes, other.changes),
+                           _added_slices(self.slices, other.slices))
 
     @property
     def used_rows(self) -> int:
@@ -470,3 +477,9 @@ def _merged(first, second):
     if first is None or second is None:
         return first if second is None else second
     return first.merge(second)
+
+
+def _added_slices(first: dict, second: dict) -> dict:
+    if not first or not second:
+        return first or second
+    return {name: (bins, sums + second[name][1]) for name, (bins, sums) in first.items()}

@@ -54,6 +54,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if gate.golden.sampled_from is not None:
         # Newly broken counts every streamed row and says so itself.
         counted = {"newly_broken"} if gate.scan is not None and gate.scan.changes is not None else set()
+        counted |= {"slices"} if gate.scan is not None and gate.scan.slices else set()
         found = [check if check.name in counted else _noting_sample(gate, check) for check in found]
     if not gate.golden.tabular:
         # Tensor inputs have no per-feature domain to draw from: the search perturbs golden samples instead.
@@ -272,12 +273,17 @@ def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
     if not columns:
         return CheckResult(NAME, "slices", Status.SKIP, "no metadata columns to slice the golden samples by (set [data] metadata)")
     loss_c, loss_b = losses()
+    fixed = gate.scan.slices if gate.scan is not None and gate.scan.slices else None
     stats = discover_slices(
         columns, loss_c - loss_b, loss_b,
         tolerance=_slice_tolerance(gate), bins=spec.quantile_bins, pairs=spec.feature_pairs,
-        min_size=spec.min_slice_size, seed=gate.config.quality.seed,
+        min_size=spec.min_slice_size, seed=gate.config.quality.seed, fixed=fixed,
     )
-    return _slice_verdict(gate, "slices", stats, searched=f"{len(stats)} slices searched")
+    searched = f"{len(stats)} slices searched"
+    if fixed is not None:
+        searched += (f"; each feature's slices over all {gate.scan.used_rows:,} rows, streamed, on bins fixed by the first "
+                     f"rows; pairs of features on a uniform sample of {len(loss_c):,} rows")
+    return _slice_verdict(gate, "slices", stats, searched=searched)
 
 
 def class_slices(gate: GateContext) -> CheckResult:
