@@ -473,8 +473,8 @@ def test_drift_from_streamed_counts_equals_drift_over_every_row(categorical):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(0.0), st.floats(-1e-10, 1e-10)), min_size=1, max_size=300),
-    st.floats(-1e3, 1e3).filter(lambda t: abs(t) >= 1e-9),
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(0.0), st.floats(-1e-8, 1e-8), st.just(math.nan)), min_size=1, max_size=300),
+    st.one_of(st.floats(-1e3, 1e3), st.floats(-1e-8, 1e-8)),
     st.integers(1, 5),
 )
 def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, threshold, n):
@@ -483,7 +483,7 @@ def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, thres
     from release_kit.scale.stats import ChangeSketch, WorstRows
 
     delta = np.array(values)
-    sketch = ChangeSketch.of(delta)
+    sketch = ChangeSketch.of(delta)  # a NaN change is neither above nor below any threshold, as in memory
     low, high = sketch.count_above(threshold)
     assert low <= int((delta > threshold).sum()) <= high
     low, high = sketch.count_below(threshold)
@@ -496,4 +496,5 @@ def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, thres
     parts = WorstRows.of(n, delta[:half], keys[:half], {"row": np.arange(half)}).merge(
         WorstRows.of(n, delta[half:], keys[half:], {"row": np.arange(half, len(delta))}))
     assert np.array_equal(whole.arrays["row"], parts.arrays["row"])
-    assert np.array_equal(np.sort(delta)[::-1][:n], whole.delta)
+    finite = np.sort(delta[np.isfinite(delta)])[::-1]
+    assert np.array_equal(finite[:n], whole.delta)

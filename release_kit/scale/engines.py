@@ -103,9 +103,11 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         arrays["baseline"] = baseline
         if plan.features["baseline"] != plan.features["candidate"]:
             arrays["baseline_features"] = inputs["baseline"]
-    # Counted on the float32 values the models read, as the in-memory drift check counts them.
-    columns = plan.features["candidate"]
-    drift = {name: bins.counts(inputs["candidate"][:, columns.index(name)].astype(np.float64)) for name, bins in plan.drift_bins.items()}
+    # Drift and slices count the float32 values the models read, as the in-memory checks do: contiguous
+    # columns (the input matrix's are strided, and every pass would pay for it).
+    values = {name: (frame[name][keep] if any_excluded else frame[name]).astype(np.float32, copy=False)
+              for name in {*plan.drift_bins, *plan.slice_bins}}
+    drift = {name: bins.counts(values[name].astype(np.float64)) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
     keys = row_keys(key_columns, target)
@@ -119,7 +121,7 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         if plan.worst_rows:
             changes = _paired_changes(spec.task, plan.worst_rows, delta, target, candidate, baseline, keys, arrays)
         weights = (delta, delta * delta, loss_b)
-        slices = {name: (bins, bins.sums(inputs["candidate"][:, columns.index(name)], weights)) for name, bins in plan.slice_bins.items()}
+        slices = {name: (bins, bins.sums(values[name], weights)) for name, bins in plan.slice_bins.items()}
     return ScanSummary(
         rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
         excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
