@@ -413,6 +413,13 @@ def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, c
     assert a["ci_low"] <= b["delta"] <= a["ci_high"]
     assert 0.5 < (a["ci_high"] - a["ci_low"]) / (b["ci_high"] - b["ci_low"]) < 2.0
 
+    # Where the scores fit (a sample as large as the golden set), the AUC is the exact one.
+    (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden="golden").replace("sample_rows = 6000", "sample_rows = 30000"))
+    fits = run(cli)
+    for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+        assert metric(fits, "roc_auc")[key] == pytest.approx(b[key], rel=1e-9), key
+    assert "binned" not in next(c for c in fits["checks"] if c["name"] == "roc_auc")["summary"]
+
 
 @settings(max_examples=200, deadline=None)
 @given(

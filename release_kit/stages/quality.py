@@ -62,7 +62,10 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         return replace(skip, metrics=(MetricDiff(name, value, higher_is_better=metric.higher_is_better),))
 
     streamed = gate.scan.quality.get(metric_name) if gate.scan is not None and output is None else None
-    histogram = gate.scan.scores if gate.scan is not None and metric_name == "roc_auc" else None
+    # ROC AUC from the binned counts only when the scores do not fit: a sample holding every row is the
+    # golden set itself, and its AUC exact.
+    histogram = (gate.scan.scores if gate.scan is not None and metric_name == "roc_auc" and len(target) < gate.scan.used_rows
+                 else None)
     rows = streamed.n if streamed is not None else gate.scan.used_rows if histogram is not None else len(target)
     if rows < quality.min_rows:
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
