@@ -202,7 +202,8 @@ def _scan(config: Config, source, models, baseline_features, progress):
                     _slice_bins(config, source, plan_columns=features["candidate"]) if "baseline" in roles else {})
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
-        summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers, **options)
+        summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers,
+                          device=config.inference.device, **options)
     else:
         summary = run_local(source, plan, roles, **options)
     if summary.used_rows == 0:

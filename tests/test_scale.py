@@ -505,3 +505,39 @@ def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, thres
     assert np.array_equal(whole.arrays["row"], parts.arrays["row"])
     finite = np.sort(delta[np.isfinite(delta)])[::-1]
     assert np.array_equal(finite[:n], whole.delta)
+
+
+def _library_scan(power, golden: Path):
+    """The library's scan parts for the power example on a streamed golden set (no baseline: the quality sums
+    are not needed here)."""
+    from release_kit.config import ModelSpec
+    from release_kit.models import load_model
+    from release_kit.scale.engines import ScanPlan
+    from release_kit.scale.source import ParquetSource
+
+    spec = ModelSpec(name="power-forecast", task="regression", target="power_kw", features=pf.FEATURES)
+    models = {"candidate": load_model("candidate", str(power["better"]), spec)}
+    source = ParquetSource.resolve(str(golden))
+    return source, ScanPlan(spec, {"candidate": tuple(pf.FEATURES)}, sample_rows=1_000, total_rows=source.rows()), models
+
+
+def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory):
+    pytest.importorskip("ray")
+    from release_kit.errors import InputError
+    from release_kit.scale.engines import run_ray
+
+    source, plan, models = _library_scan(power, golden_directory / "golden")
+    with pytest.raises(InputError, match="the Ray cluster has no GPU"):
+        run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="cuda")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_ray_actors_on_the_gpu_give_the_local_numbers(power, golden_directory):
+    pytest.importorskip("ray")
+    from release_kit.scale.engines import run_local, run_ray
+
+    source, plan, models = _library_scan(power, golden_directory / "golden")
+    local = run_local(source, plan, models, chunk_rows=10_000)
+    on_gpu = run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="auto")
+    assert on_gpu.rows == local.rows
+    np.testing.assert_allclose(on_gpu.sample.ordered()["candidate"], local.sample.ordered()["candidate"], rtol=1e-5)

@@ -156,7 +156,7 @@ class _Scorer:
     """A Ray actor: loads both models once (from bytes shipped by the driver, with the safe loaders) and
     reduces each batch it is given."""
 
-    def __init__(self, plan: ScanPlan, shipped: dict, allow_pickle: bool, timeout: float | None) -> None:
+    def __init__(self, plan: ScanPlan, shipped: dict, allow_pickle: bool, timeout: float | None, device: str) -> None:
         import tempfile
         from pathlib import Path
 
@@ -174,6 +174,7 @@ class _Scorer:
             path = Path(self.directory) / name
             path.write_bytes(ray.get(reference))
             self.models[role] = load_model(role, str(path), plan.spec, factory=factory, allow_pickle=allow_pickle, timeout=timeout)
+            self.models[role].to_device(device)  # "cuda" on an actor Ray gave a GPU share
 
     def __call__(self, batch) -> dict:
         import pickle
@@ -182,10 +183,12 @@ class _Scorer:
 
 
 def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
-            max_rows: int | None = None, address: str = "", workers: int | None = None,
+            max_rows: int | None = None, address: str = "", workers: int | None = None, device: str = "auto",
             progress: Progress | None = None) -> ScanSummary:
     """Ray Data reads the same files; an actor pool (``workers`` actors, each holding both models) reduces the
-    batches; the driver merges. ``address`` empty: a local Ray started here; else an existing cluster."""
+    batches; the driver merges. ``address`` empty: a local Ray started here; else an existing cluster.
+    ``device`` (``[inference] device``): with ``auto`` the actors share the cluster's GPUs when it has any;
+    ``cuda`` requires them; ``cpu`` never uses them."""
     import pickle
 
     try:
@@ -219,9 +222,17 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     # The pool's actors may not hold every CPU: Ray Data's file listing and read tasks need one to run
     # (else the execution waits forever). The CPUs are logical; the actors still share the cores.
     per_actor = min(1.0, max(cpus - 1.0, 0.1 * pool) / pool)
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0.0
+    if device == "cuda" and not gpus:
+        if started_here:
+            ray.shutdown()
+        raise InputError("[inference] device = \"cuda\" but the Ray cluster has no GPU (use \"auto\" or \"cpu\")")
+    # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
+    gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
     scored = dataset.map_batches(
-        _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout),
+        _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
         batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
+        **gpu_share,
     )
     merged: ScanSummary | None = None
     try:
