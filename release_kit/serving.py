@@ -48,6 +48,15 @@ def parse_bytes(value: int | str) -> int:
     return int(float(match["number"]) * _UNITS[(match["unit"] or "B").lower()])
 
 
+class ModelNotFound(InputError):
+    """The reference names no registered version (an unknown model, alias, semver or number)."""
+
+
+class ModelRefused(InputError):
+    """The version exists but is not served: its file fails its release's sha256, it has no sha256 to check,
+    or its release verdict was not pass."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """What a request names: a model and an alias, a release semver, or a registry version number."""
@@ -221,7 +230,7 @@ class ModelPool:
         try:
             return str(call_store(self.tracking_uri, self._client().get_model_version_by_alias, name, alias).version)
         except MlflowException as error:
-            raise InputError(f"model {name}@{alias} not found in the registry at {self.tracking_uri}: {error.message}") from None
+            raise ModelNotFound(f"model {name}@{alias} not found in the registry at {self.tracking_uri}: {error.message}") from None
 
     def _resolve_semver(self, name: str, semver: str) -> str:
         from .registry import find_versions
@@ -229,7 +238,7 @@ class ModelPool:
 
         found = find_versions(self._client(), self.tracking_uri, name, VERSION_TAG, semver)
         if not found:
-            raise InputError(f"model {name}/{semver}: no version of {name} was released as {semver}")
+            raise ModelNotFound(f"model {name}/{semver}: no version of {name} was released as {semver}")
         return str(found[0].version)
 
     # -- loading -----------------------------------------------------------------------------------
@@ -268,18 +277,23 @@ class ModelPool:
         from .timing import weight_bytes
         from .tracking import call_store
 
-        version = call_store(self.tracking_uri, self._client().get_model_version, name, number)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = call_store(self.tracking_uri, self._client().get_model_version, name, number)
+        except MlflowException as error:
+            raise ModelNotFound(f"model {name} version {number} not found in the registry at {self.tracking_uri}: {error.message}") from None
         tags = version.tags
         verdict = tags.get("release_kit.verdict")
         if verdict is not None and verdict != "pass" and not self.allow_blocked:
-            raise InputError(f"model {name} version {number}: its release verdict was {verdict}, not pass (allow_blocked=True to serve it)")
+            raise ModelRefused(f"model {name} version {number}: its release verdict was {verdict}, not pass (allow_blocked=True to serve it)")
         expected = tags.get(MODEL_SHA256_TAG)
         if not expected:
-            raise InputError(f"model {name} version {number} has no {MODEL_SHA256_TAG} tag: its file cannot be verified")
+            raise ModelRefused(f"model {name} version {number} has no {MODEL_SHA256_TAG} tag: its file cannot be verified")
         fetched = fetch_model(f"models:/{name}/{number}", tracking_uri=self.tracking_uri)
         actual = file_sha256(fetched.path)
         if actual != expected:
-            raise InputError(f"model {name} version {number}: the file's sha256 {actual[:12]}… differs from the release's {expected[:12]}…: refused")
+            raise ModelRefused(f"model {name} version {number}: the file's sha256 {actual[:12]}… differs from the release's {expected[:12]}…: refused")
         # No per-call deadline: a server bounds its requests itself, and the watchdog costs microseconds a call.
         loaded = load_model(f"{name}/{number}", str(fetched.path), allow_pickle=self.allow_pickle, version=fetched.semver, timeout=None)
         loaded.to_device(self.device)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,27 +119,31 @@ def test_eviction_frees_device_memory(registry):
     assert torch.cuda.memory_allocated() <= before  # the evicted weights were released, the new ones took their place
 
 
-def test_a_tampered_model_file_is_refused(registry, tmp_path):
-    from release_kit.errors import InputError
-    from release_kit.serving import ModelPool
+def _tamper(registry: str, number: str) -> None:
+    """Append bytes to a registered version's model file in the embedded store's artifacts."""
     from release_kit.tracking import connect
 
-    version = connect(registry).get_model_version(NAME, "2")
+    version = connect(registry).get_model_version(NAME, number)
     store = Path(registry.removeprefix("sqlite:///")).parent
     files = [p for p in store.rglob("*.pt") if version.run_id in str(p)]
     assert files, list(store.rglob("*"))
     files[0].write_bytes(files[0].read_bytes() + b"tampered")
-    with pytest.raises(InputError, match="differs from the release's"):
+
+
+def test_a_tampered_model_file_is_refused(registry):
+    from release_kit.serving import ModelPool, ModelRefused
+
+    _tamper(registry, "2")
+    with pytest.raises(ModelRefused, match="differs from the release's"):
         ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.1.0")
 
 
 def test_a_blocked_version_is_refused_unless_asked_for(registry):
-    from release_kit.errors import InputError
-    from release_kit.serving import ModelPool
+    from release_kit.serving import ModelPool, ModelRefused
     from release_kit.tracking import connect
 
     connect(registry).set_model_version_tag(NAME, "2", "release_kit.verdict", "block")
-    with pytest.raises(InputError, match="verdict was block"):
+    with pytest.raises(ModelRefused, match="verdict was block"):
         ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.1.0")
     assert ModelPool(registry, refresh_seconds=0, allow_blocked=True).get(f"{NAME}/1.1.0").semver == "1.1.0"
 
@@ -184,22 +189,17 @@ def _post(url: str, body: dict, version: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, power, monkeypatch):
-    """A model team's repository with 1.0.0 as @champion; while 8 clients call the server by alias, the real
-    `release-kit release` registers 1.1.0 and moves the alias, then the real `rollback` moves it back."""
+@contextmanager
+def serving(tmp_path: Path, tracking_uri: str, **settings: str):
+    """The example server on 127.0.0.1 (uvicorn, one worker), its base URL once /health answers."""
     import urllib.request
 
-    from project_repo import Repo
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    repo = Repo(tmp_path, power)
-    repo.publish_v1()
-    report = repo.report()  # the check job's report; the release job below is the command users run
     port = free_port()
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": repo.uri, "REFRESH_SECONDS": "1"}
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **settings}
+    log = tmp_path / "server.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=ROOT / "examples" / "serving", env=environment, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+        cwd=ROOT / "examples" / "serving", env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -211,8 +211,53 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_example_server_evicts_under_a_small_max_bytes_and_refuses_a_tampered_file(tmp_path, registry, power):
+    import json
+    import urllib.request
+
+    from release_kit.registry import publish
+    from release_kit.serving import ModelPool
+
+    publish(power["v1"], NAME, "1.2.0", tracking_uri=registry)  # version 3, its file tampered below
+    _tamper(registry, "3")
+    one_model = ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.0.0").bytes
+    body = {"inputs": ROWS.tolist()}
+    with serving(tmp_path, registry, MAX_BYTES=str(one_model)) as url:
+        predict = f"{url}/v1/models/{NAME}/predict"
+
+        def loaded() -> list[str]:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as response:
+                return [m["semver"] for m in json.loads(response.read())["models"]]
+
+        assert _post(predict, body, "1.0.0")[1]["version"] == "1.0.0" and loaded() == ["1.0.0"]
+        assert _post(predict, body, "1.1.0")[1]["version"] == "1.1.0" and loaded() == ["1.1.0"]  # 1.0.0 evicted
+        status, answer = _post(predict, body, "1.0.0")  # loaded again on demand
+        assert (status, answer["version"], loaded()) == (200, "1.0.0", ["1.0.0"])
+        status, answer = _post(predict, body, "1.2.0")
+        assert status == 403 and "differs from the release's" in answer["detail"], answer
+        assert _post(predict, body, "9.9.9")[0] == 404 and _post(predict, body, "nope")[0] == 404
+        assert loaded() == ["1.0.0"]  # the refused file never entered the pool
+
+
+def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, power, monkeypatch):
+    """A model team's repository with 1.0.0 as @champion; while 8 clients call the server by alias, the real
+    `release-kit release` registers 1.1.0 and moves the alias, then the real `rollback` moves it back."""
+
+    from project_repo import Repo
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = Repo(tmp_path, power)
+    repo.publish_v1()
+    report = repo.report()  # the check job's report; the release job below is the command users run
+    with serving(tmp_path, repo.uri, REFRESH_SECONDS="1") as url:
         body = {"inputs": ROWS.tolist()}
         predict = f"{url}/v1/models/{NAME}/predict"
         assert _post(predict, body, "1.0.0")[1]["version"] == "1.0.0"
@@ -250,9 +295,6 @@ def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path
         stop.set()
         for thread in clients:
             thread.join(timeout=30)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     assert len(responses) > 100
     assert all(status == 200 for _, status, _ in responses), {s for _, s, _ in responses}

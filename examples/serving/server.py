@@ -21,7 +21,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from release_kit.errors import InputError
-from release_kit.serving import ModelPool
+from release_kit.serving import ModelNotFound, ModelPool, ModelRefused
 
 pool = ModelPool(
     os.environ.get("MLFLOW_TRACKING_URI") or None,
@@ -41,8 +41,12 @@ def predict(name: str, request: PredictRequest, version: str = "champion") -> di
     reference = f"{name}/{version}" if semver.Version.is_valid(version) else f"{name}@{version}"
     try:
         model = pool.get(reference)
-    except InputError as error:
+    except ModelNotFound as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
+    except ModelRefused as error:  # tampered, unverifiable or blocked: never served
+        raise HTTPException(status_code=403, detail=str(error)) from None
+    except InputError as error:  # a reference that is not NAME@ALIAS or NAME/SEMVER
+        raise HTTPException(status_code=400, detail=str(error)) from None
     try:
         outputs = model.predict(np.asarray(request.inputs, dtype=np.float32))
     except InputError as error:  # inputs the model cannot take
