@@ -52,16 +52,14 @@ class Bins:
 
     def counts(self, values: np.ndarray) -> np.ndarray:
         """Values per bin: ``len(cuts) + 1`` counts (the last a categorical feature's unseen values)."""
-        # The number of cuts below each value (searchsorted's left index) by one comparison per cut: with a
-        # few dozen cuts that is ~5× faster than a binary search per value of an unsorted column.
-        index = np.zeros(len(values), dtype=np.uint8 if len(self.cuts) < 256 else np.intp)
-        for cut in self.cuts:
-            index += values > cut
+        # One comparison and one count per cut: no per-value bin index, no binary search (a searchsorted
+        # over an unsorted column is ~10× slower), the counts are differences of counts above each edge.
         if self.categorical:
-            seen = index < len(self.cuts)
-            seen[seen] = self.cuts[index[seen]] == values[seen]
-            index = np.where(seen, index, len(self.cuts))
-        return np.bincount(index, minlength=len(self.cuts) + 1)
+            counts = np.array([np.count_nonzero(values == level) for level in self.cuts] + [0])
+            counts[-1] = len(values) - counts.sum()
+            return counts
+        above = np.array([len(values), *(np.count_nonzero(values > cut) for cut in self.cuts), 0])
+        return above[:-1] - above[1:]
 
 
 def feature_drift(name: str, reference: np.ndarray, current: np.ndarray, *, bins: int, test_rows: int, rng,

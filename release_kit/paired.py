@@ -203,10 +203,6 @@ class SliceBins:
             codes += column > edge
         return Binning(self.feature, codes, self.labels, list(self.edges))
 
-    def sums(self, column: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Row count and weighted sums per bin: (1 + len(weights), bins)."""
-        return joint_sums(self.binning(column), None, weights)[:, :, 0]
-
 
 def bin_feature(name: str, column: np.ndarray, bins: int, rng: np.random.Generator) -> Binning:
     """Categories (text): one bin per value. Numeric features: :class:`SliceBins` from a sample of the column."""
@@ -244,6 +240,20 @@ def joint_sums(first: Binning, second: Binning | None, weights: tuple[np.ndarray
     tables = [np.bincount(codes, minlength=size).astype(float)]
     tables += [np.bincount(codes, weights=w, minlength=size) for w in weights]
     return np.stack(tables).reshape(len(tables), len(first.labels), width)
+
+
+def marginal_sums(binnings: list[Binning], weights: tuple[np.ndarray, ...]) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """Each feature's row count and weighted sums per bin, (1 + len(weights), bins), and the joint tables they
+    came from: consecutive features are tabulated in pairs, and a pair's table gives both features' sums,
+    which halves the passes over the rows."""
+    joints: dict[tuple[str, str], np.ndarray] = {}
+    marginals: dict[str, np.ndarray] = {}
+    for first, second in zip(binnings[0::2], binnings[1::2]):
+        joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
+        marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
+    if len(binnings) % 2:
+        marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
+    return marginals, joints
 
 
 def feature_slices(binning: Binning, sums: np.ndarray) -> Iterator[SliceSums]:
@@ -290,17 +300,12 @@ def discover_slices(
     rng = np.random.default_rng(seed)
     weights = (delta, delta * delta, baseline_loss)
     joints: dict[tuple[str, str], np.ndarray] = {}
-    marginals: dict[str, np.ndarray] = {}
     if fixed is not None:  # a streamed golden set: each feature's own slices from its sums over every row
         binnings = [fixed[name][0].binning(column) for name, column in columns]
         marginals = {name: sums for name, (_, sums) in fixed.items()}
     else:
         binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
-        for first, second in zip(binnings[0::2], binnings[1::2]):
-            joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
-            marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
-        if len(binnings) % 2:
-            marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
+        marginals, joints = marginal_sums(binnings, weights)
 
     stats: list[SliceStat] = []
     strongest: dict[str, float] = {}

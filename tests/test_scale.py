@@ -172,15 +172,19 @@ def test_slices_are_summed_over_every_streamed_row(streamed_project, power, gold
 
 
 def test_slice_sums_of_batches_add_up_to_the_whole():
-    from release_kit.paired import SliceBins
+    from release_kit.paired import SliceBins, marginal_sums
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(size=9_000), rng.integers(0, 4, 1_000)]).astype(np.float32)
     weights = tuple(rng.normal(size=(3, len(values))))
     for sample in (values[:2_000], rng.integers(0, 5, 500).astype(np.float32)):  # quantile edges; integer levels
         bins = SliceBins.of("x", sample, 5)
-        whole = bins.sums(values, weights)
-        parts = sum(bins.sums(values[i : i + 3_000], tuple(w[i : i + 3_000] for w in weights)) for i in range(0, len(values), 3_000))
+
+        def sums(rows: slice, bins: SliceBins = bins) -> np.ndarray:
+            return marginal_sums([bins.binning(values[rows])], tuple(w[rows] for w in weights))[0]["x"]
+
+        whole = sums(slice(None))
+        parts = sum(sums(slice(i, i + 3_000)) for i in range(0, len(values), 3_000))
         np.testing.assert_allclose(parts, whole, rtol=1e-12)
         assert whole[0].sum() == len(values) and whole.shape[1] == len(bins.labels)
     assert bins.labels[-1] == "x other" and whole[0, -1] == (values > 4).sum() + ((values < 0) | (values != np.round(values))).sum()

@@ -120,8 +120,11 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         delta = per_sample_loss(spec.task, target, candidate) - loss_b
         if plan.worst_rows:
             changes = _paired_changes(spec.task, plan.worst_rows, delta, target, candidate, baseline, keys, arrays)
-        weights = (delta, delta * delta, loss_b)
-        slices = {name: (bins, bins.sums(values[name], weights)) for name, bins in plan.slice_bins.items()}
+        if plan.slice_bins:
+            from ..paired import marginal_sums
+
+            sums, _ = marginal_sums([bins.binning(values[name]) for name, bins in plan.slice_bins.items()], (delta, delta * delta, loss_b))
+            slices = {name: (bins, sums[name]) for name, bins in plan.slice_bins.items()}
     return ScanSummary(
         rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
         excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,

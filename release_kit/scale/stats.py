@@ -66,7 +66,9 @@ class Moments:
         outer = np.empty((m, m))
         for i in range(m):
             for j in range(i, m):
-                outer[i, j] = outer[j, i] = float(np.dot(u[i], u[j]))
+                # einsum's own loop, not BLAS: OpenBLAS threads spin after each call and slow the models'
+                # next batch (measured: the streamed scan ran ~40 % longer with np.dot here).
+                outer[i, j] = outer[j, i] = float(np.einsum("i,i->", u[i], u[j]))
         return cls(len(u[0]), np.array([float(v.sum()) for v in u]), outer)
 
     def merge(self, other: Moments) -> Moments:
