@@ -49,31 +49,48 @@ def _moved_sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
     return values[(values != 0) & np.isfinite(values)]
 
 
-def _robust_scale(values: np.ndarray) -> tuple[float, float]:
-    """Median and MAD·1.4826."""
-    centre = float(np.median(values))
-    return centre, MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
+def _robust_scale(values: np.ndarray, counts: np.ndarray | None = None) -> tuple[float, float]:
+    """Median and MAD·1.4826 (of ``values`` each repeated ``counts`` times: a sketch's buckets)."""
+    if counts is None:
+        centre = float(np.median(values))
+        return centre, MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
+    centre = _weighted_median(values, counts)
+    return centre, MAD_TO_SIGMA * _weighted_median(np.abs(values - centre), counts)
+
+
+def _weighted_median(values: np.ndarray, counts: np.ndarray) -> float:
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(counts[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 MEAN_AD_TO_SIGMA = 1.2533  # mean absolute deviation → σ for a normal distribution
 
 
-def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolution: float = 0.0) -> RobustChange:
-    """Rows whose loss grew (fell) beyond k × MAD of the deltas of the rows that changed at all.
+def change_threshold(changed: np.ndarray, k_mad: float, min_increase: float, resolution: float = 0.0,
+                     counts: np.ndarray | None = None) -> tuple[float, float]:
+    """(centre, threshold): a change beyond centre ± threshold is a break (a fix), from the changes of the
+    rows that moved (or a sketch's bucket values and ``counts``).
 
     The MAD is taken over changed rows only: when most rows are untouched (night-time zeros, identical
     sub-networks) the plain MAD is 0 and every rounding difference would count as a break. When most
     changes are equal (a constant shift), the MAD of the changes is ~0 too: the mean absolute deviation
     stands in, and no change below ``resolution`` (the predictions' rounding) ever counts.
     """
+    centre, spread = _robust_scale(changed, counts)
+    if spread <= max(resolution, 1e-9 * float(np.average(np.abs(changed), weights=counts))):
+        spread = MEAN_AD_TO_SIGMA * float(np.average(np.abs(changed - centre), weights=counts))
+    return centre, max(k_mad * spread, min_increase, resolution, 1e-12)
+
+
+def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolution: float = 0.0) -> RobustChange:
+    """Rows whose loss grew (fell) beyond k × MAD of the deltas of the rows that changed at all (see
+    :func:`change_threshold`)."""
     changed = _moved_sample(delta)
     if len(changed) == 0:
         empty = np.zeros(len(delta), dtype=bool)
         return RobustChange(empty, empty, math.inf, 0.0)
-    centre, spread = _robust_scale(changed)
-    if spread <= max(resolution, 1e-9 * float(np.mean(np.abs(changed)))):
-        spread = MEAN_AD_TO_SIGMA * float(np.mean(np.abs(changed - centre)))
-    threshold = max(k_mad * spread, min_increase, resolution, 1e-12)
+    centre, threshold = change_threshold(changed, k_mad, min_increase, resolution)
     return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold, centre)
 
 

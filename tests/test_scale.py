@@ -126,8 +126,8 @@ def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, c
 
 
 def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_project, power, golden_directory, cli):
-    """The sample sets the threshold; the rows beyond it are counted over all 30,000 rows (within the sketch's
-    stated range) and the worst rows are the worst of all rows, not of the sample."""
+    """The threshold and the rows beyond it come from all 30,000 rows' changes (within the sketch's stated
+    range), and the worst rows are the worst of all rows, not of the sample's."""
     import shutil
 
     shutil.copy(power["night"], streamed_project / "candidate.pt")  # breaks night-time rows
@@ -137,6 +137,14 @@ def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_pro
     details = check["details"]
     truth = pd.read_csv(golden_directory / "golden.csv")["power_kw"].to_numpy()
     delta = np.abs(_predictions(power["night"], golden_directory) - truth) - np.abs(_predictions(power["v1"], golden_directory) - truth)
+    # The threshold comes from every row's change (the sketch's buckets), within a bucket's width of the
+    # threshold computed from the exact changes of all 30,000 rows.
+    from release_kit.paired import change_threshold
+
+    moved = delta[delta != 0]
+    centre, threshold = change_threshold(moved, 0.2, 0.0)
+    assert details["centre"] == pytest.approx(centre, rel=0.01, abs=1e-3)
+    assert details["threshold"] == pytest.approx(threshold, rel=0.01)
     exact = int((delta > details["centre"] + details["threshold"]).sum())
     low, high = details["broke"] if isinstance(details["broke"], list) else (details["broke"],) * 2
     assert exact > 0 and low <= exact <= high and high - low <= 0.05 * exact + 2, (exact, details["broke"])

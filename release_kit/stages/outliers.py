@@ -115,8 +115,7 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
         broke, fixed, centre, threshold = change.broke, change.fixed, change.centre, change.threshold
         rule = f"absolute error grew by more than {change.threshold:.3g} ({spec.k_mad:g} × MAD of the changes)"
     details: dict = {"rule": rule, "chart": _histogram(delta, "paired loss change per row (candidate − baseline)")}
-    if gate.config.model.task == "regression" and math.isfinite(threshold):
-        details |= {"centre": centre, "threshold": threshold}  # a change beyond centre ± threshold counts
+
     changes = gate.scan.changes if gate.scan is not None else None
     if changes is None:
         n, n_broke, n_fixed = len(delta), (int(broke.sum()),) * 2, (int(fixed.sum()),) * 2
@@ -124,15 +123,25 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
         table = example_rows(gate, worst, f"top {len(worst)} newly broken rows") if len(worst) else None
         counted = ""
     else:
+        if changes.flips is None:  # regression: the threshold from every row's change, as the sketch holds them
+            from ..paired import change_threshold
+
+            values, counts = changes.sketch.points()
+            centre, threshold = (change_threshold(values, spec.k_mad, spec.min_error_increase, resolution, counts)
+                                 if len(values) else (0.0, math.inf))
+            rule = f"absolute error grew by more than {threshold:.3g} ({spec.k_mad:g} × MAD of the changes)"
+            details |= {"rule": rule}
         n, n_broke, n_fixed, table = _streamed_changes(gate, changes, centre, threshold)
         counted = (" over every row" if n_broke[0] == n_broke[1] and n_fixed[0] == n_fixed[1] else
-                   " over every row, from a sketch of the changes 1% wide (the range is the rows of the bucket the "
-                   "threshold falls in)")
-        counted += f"; {'chart' if changes.flips is not None else 'threshold and chart'} from a uniform sample of {len(delta):,} rows"
+                   " over every row, from a sketch of the changes under 1% wide (the range is the rows of the bucket "
+                   "the threshold falls in)")
+        counted += f"; chart from a uniform sample of {len(delta):,} rows"
     details |= {"broke": n_broke[0] if n_broke[0] == n_broke[1] else list(n_broke),
                 "fixed": n_fixed[0] if n_fixed[0] == n_fixed[1] else list(n_fixed)}
     if table is not None:
         details["table"] = table
+    if gate.config.model.task == "regression" and math.isfinite(threshold):
+        details |= {"centre": centre, "threshold": threshold}  # a change beyond centre ± threshold counts
     summary = f"{_count(n_broke)} of {n:,} row(s) newly broke, {_count(n_fixed)} newly fixed ({rule}{counted})"
     limit = spec.max_newly_broken * n
     if n_broke[0] > limit and n_broke[0] > n_fixed[1]:
