@@ -16,7 +16,7 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import Config, find_config, load_config
+from .config import Config, find_config, load_config, parse_tolerance
 from .context import GateContext, Predictions
 from .errors import InputError
 from .models import REGISTRY_SCHEMES
@@ -198,8 +198,9 @@ def _scan(config: Config, source, models, baseline_features, progress):
     total = source.rows()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config),
-                    config.outliers.top_n if "outliers" in config.gate.stages else 0,
-                    _slice_bins(config, source, plan_columns=features["candidate"]) if "baseline" in roles else {})
+                    config.outliers.top_n if "outliers" in config.gate.stages else 0)
+    if "outliers" in config.gate.stages and "baseline" in roles:
+        plan = _with_slices(config, source, plan, roles)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers,
@@ -242,23 +243,30 @@ def _drift_bins(config: Config) -> dict:
     return {f: Bins.of(reference[f].dropna().to_numpy(dtype=float), config.data.drift.bins) for f in features}
 
 
-def _slice_bins(config: Config, source, plan_columns: tuple[str, ...]) -> dict:
-    """The outlier stage's slice bins per feature, fixed from the golden set's first rows (as the in-memory
-    path fixes them from a sample of its rows), so every batch sums its rows into the same bins."""
-    if "outliers" not in config.gate.stages:
-        return {}
+def _with_slices(config: Config, source, plan, models):
+    """The outlier stage's slices over every streamed row, planned from the golden set's first rows (as the
+    in-memory path plans them from a sample of its rows): each feature's bins, so every batch sums its rows
+    into the same bins, and the pairs of the features whose slices look worst in those rows, whose joint
+    tables every batch adds up too."""
+    import dataclasses
+
     import numpy as np
 
-    from .paired import EDGE_SAMPLE_ROWS, SliceBins
+    from .paired import EDGE_SAMPLE_ROWS, SliceBins, suspicious_pairs
+    from .scale.engines import reduce_batch
 
-    first = next(iter(source.batches(list(plan_columns), EDGE_SAMPLE_ROWS, EDGE_SAMPLE_ROWS)), None)
+    first = next(iter(source.batches(plan.columns, EDGE_SAMPLE_ROWS, EDGE_SAMPLE_ROWS)), None)
     if first is None:
-        return {}
+        return plan
     bins = {}
-    for name in plan_columns:
+    for name in plan.features["candidate"]:
         values = first.column(name).to_numpy(zero_copy_only=False).astype(np.float32)  # as the models read them
         bins[name] = SliceBins.of(name, values[np.isfinite(values)], config.outliers.quantile_bins)
-    return bins
+    plan = dataclasses.replace(plan, slice_bins=bins)
+    spec = config.outliers
+    fixed = reduce_batch(plan, models, first).slices
+    pairs = suspicious_pairs(fixed, parse_tolerance(spec.slice_tolerance), spec.min_slice_size, spec.feature_pairs) if fixed else ()
+    return dataclasses.replace(plan, slice_pairs=pairs)
 
 
 def _check_batch_sizes(config: Config, golden, models) -> None:

@@ -309,11 +309,14 @@ def discover_slices(
     min_size: int = 30,
     seed: int = 0,
     fixed: dict[str, tuple[SliceBins, np.ndarray]] | None = None,
+    fixed_pairs: dict[tuple[str, str], np.ndarray] | None = None,
 ) -> list[SliceStat]:
     """Every single-column slice, then cells of pairs among the ``pairs`` most suspicious columns;
     Holm-adjusted over all slices searched (of at least ``min_size`` rows). ``columns``: (name, values)
-    per row; numeric, or text categories (at most 255). ``fixed``: for a streamed golden set, each column's
-    bins and per-bin sums over every row; ``columns`` and the losses are then its sample, for the pairs."""
+    per row; numeric, or text categories (at most 255). A streamed golden set gives ``fixed``: each
+    column's bins and per-bin sums over every row, and ``fixed_pairs``: the joint tables, over every row,
+    of the pairs it chose up front; ``columns`` and the losses are then its sample (for the pairs without
+    a fixed table)."""
     rng = np.random.default_rng(seed)
     weights = (delta, delta * delta, baseline_loss)
     joints: dict[tuple[str, str], np.ndarray] = {}
@@ -323,31 +326,52 @@ def discover_slices(
     else:
         binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
         marginals, joints = marginal_sums(binnings, weights)
+    stats, strongest = _feature_slice_stats(binnings, marginals, tolerance, min_size)
+    if fixed_pairs is not None:
+        by_name = {b.feature: b for b in binnings}
+        chosen_pairs = [(by_name[a], by_name[b]) for a, b in fixed_pairs]
+        joints = dict(fixed_pairs)
+    else:
+        chosen_pairs = _top_pairs(binnings, strongest, pairs)
+    for first, second in chosen_pairs:
+        joint = joints.get((first.feature, second.feature))
+        if joint is None:
+            joint = joint_sums(first, second, weights)
+        for sums in pair_slices(first, second, joint):
+            stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
+            if stat is not None:
+                stats.append(stat)
+    return holm(stats)
 
+
+def _feature_slice_stats(binnings: list[Binning], marginals: dict[str, np.ndarray], tolerance: Tolerance,
+                         min_size: int) -> tuple[list[SliceStat], dict[str, float]]:
+    """Every single-feature slice of at least ``min_size`` rows, and each feature's smallest p-value."""
     stats: list[SliceStat] = []
     strongest: dict[str, float] = {}
-
-    def add(sums: SliceSums, feature: str | None = None) -> None:
-        stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
-        if stat is not None:
-            stats.append(stat)
-            if feature is not None:
-                strongest[feature] = min(strongest.get(feature, 1.0), stat.p_value)
-
     for binning in binnings:
         for sums in feature_slices(binning, marginals[binning.feature]):
-            add(sums, binning.feature)
+            stat = slice_stat(sums, tolerance) if sums.n >= min_size else None
+            if stat is not None:
+                stats.append(stat)
+                strongest[binning.feature] = min(strongest.get(binning.feature, 1.0), stat.p_value)
+    return stats, strongest
+
+
+def suspicious_pairs(fixed: dict[str, tuple[SliceBins, np.ndarray]], tolerance: Tolerance, min_size: int,
+                     pairs: int) -> tuple[tuple[str, str], ...]:
+    """From features' bins and per-bin sums: the pairs among the ``pairs`` features whose own slices look
+    worst (in feature order), the pairs :func:`discover_slices` would tabulate."""
+    binnings = [bins.binning(np.zeros(0)) for bins, _ in fixed.values()]  # labels and edges only
+    _, strongest = _feature_slice_stats(binnings, {name: sums for name, (_, sums) in fixed.items()}, tolerance, min_size)
+    return tuple((first.feature, second.feature) for first, second in _top_pairs(binnings, strongest, pairs))
+
+
+def _top_pairs(binnings: list[Binning], strongest: dict[str, float], pairs: int) -> list[tuple[Binning, Binning]]:
+    """Every pair among the ``pairs`` features with the smallest p-values, in feature order."""
     top = set(sorted(strongest, key=strongest.get)[:pairs])
     chosen = [b for b in binnings if b.feature in top]
-    for a in range(len(chosen)):
-        for c in range(a + 1, len(chosen)):
-            first, second = chosen[a], chosen[c]
-            joint = joints.get((first.feature, second.feature))
-            if joint is None:
-                joint = joint_sums(first, second, weights)
-            for sums in pair_slices(first, second, joint):
-                add(sums)
-    return holm(stats)
+    return [(chosen[a], chosen[c]) for a in range(len(chosen)) for c in range(a + 1, len(chosen))]
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ class ScanPlan:
     # Feature → its drift bins, fixed by the reference (the data stage's drift check with a table reference).
     drift_bins: dict[str, Bins] = field(default_factory=dict)
     worst_rows: int = 0  # the outlier stage's top_n: the worst rows and the changes' sketch (0: not needed)
-    # Feature → its slice bins, fixed from the first rows (the outlier stage's slices over every row).
+    # Feature → its slice bins, fixed from the first rows (the outlier stage's slices over every row), and
+    # the pairs of features whose joint tables are summed too.
     slice_bins: dict[str, SliceBins] = field(default_factory=dict)
+    slice_pairs: tuple[tuple[str, str], ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -112,7 +114,7 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
     keys = row_keys(key_columns, target)
     sample = BottomK.of(plan.sample_rows, keys, arrays, below)
-    changes, slices = None, {}
+    changes, slices, pairs = None, {}, {}
     if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):
         from ..paired import per_sample_loss
 
@@ -121,14 +123,17 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
         if plan.worst_rows:
             changes = _paired_changes(spec.task, plan.worst_rows, delta, target, candidate, baseline, keys, arrays)
         if plan.slice_bins:
-            from ..paired import marginal_sums
+            from ..paired import joint_sums, marginal_sums
 
-            sums, _ = marginal_sums([bins.binning(values[name]) for name, bins in plan.slice_bins.items()], (delta, delta * delta, loss_b))
+            weights = (delta, delta * delta, loss_b)
+            binnings = {name: bins.binning(values[name]) for name, bins in plan.slice_bins.items()}
+            sums, _ = marginal_sums(list(binnings.values()), weights)
             slices = {name: (bins, sums[name]) for name, bins in plan.slice_bins.items()}
+            pairs = {(a, b): joint_sums(binnings[a], binnings[b], weights) for a, b in plan.slice_pairs}
     return ScanSummary(
         rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
         excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores, drift=drift, changes=changes, slices=slices,
+        scores=scores, drift=drift, changes=changes, slices=slices, slice_pairs=pairs,
     )
 
 

@@ -474,6 +474,7 @@ class ScanSummary:
     changes: PairedChanges | None = None  # with a baseline, when the outlier stage runs
     # Feature → its slice bins and per-bin (rows, Σd, Σd², Σbaseline loss) over every row.
     slices: dict[str, tuple[SliceBins, np.ndarray]] = field(default_factory=dict)
+    slice_pairs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (a, b) → its joint table
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -485,7 +486,7 @@ class ScanSummary:
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
                            _merged(self.scores, other.scores), {name: self.drift[name] + other.drift[name] for name in self.drift},
                            _merged(self.changes, other.changes),
-                           _added_slices(self.slices, other.slices))
+                           _added_slices(self.slices, other.slices), _added(self.slice_pairs, other.slice_pairs))
 
     @property
     def used_rows(self) -> int:
@@ -503,3 +504,9 @@ def _added_slices(first: dict, second: dict) -> dict:
     if not first or not second:
         return first or second
     return {name: (bins, sums + second[name][1]) for name, (bins, sums) in first.items()}
+
+
+def _added(first: dict, second: dict) -> dict:
+    if not first or not second:
+        return first or second
+    return {key: table + second[key] for key, table in first.items()}

@@ -287,11 +287,12 @@ def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
         columns, loss_c - loss_b, loss_b,
         tolerance=_slice_tolerance(gate), bins=spec.quantile_bins, pairs=spec.feature_pairs,
         min_size=spec.min_slice_size, seed=gate.config.quality.seed, fixed=fixed,
+        fixed_pairs=gate.scan.slice_pairs if fixed is not None else None,
     )
     searched = f"{len(stats)} slices searched"
     if fixed is not None:
-        searched += (f"; each feature's slices over all {gate.scan.used_rows:,} rows, streamed, on bins fixed by the first "
-                     f"rows; pairs of features on a uniform sample of {len(loss_c):,} rows")
+        searched += (f"; each feature's slices, and the pairs of the {spec.feature_pairs} features whose slices looked worst "
+                     f"in the first rows, over all {gate.scan.used_rows:,} rows, streamed, on bins fixed by the first rows")
     return _slice_verdict(gate, "slices", stats, searched=searched)
 
 
