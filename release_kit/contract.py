@@ -9,6 +9,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .config import Bounds, ModelSpec
 
+EXAMPLES = 5  # offending rows a report shows
+
 
 def violations(predictions: np.ndarray, spec: ModelSpec) -> dict[str, np.ndarray]:
     """Per kind of violation, a boolean mask over rows; only kinds that occur are returned.

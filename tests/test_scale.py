@@ -186,6 +186,35 @@ def test_slices_are_summed_over_every_streamed_row(streamed_project, power, gold
     assert failing[0].startswith("cloud_cover >") and failing[1] > 300  # more rows than the whole sample
 
 
+def test_the_output_contract_holds_over_every_streamed_row(streamed_project, power, golden_directory, cli):
+    """One golden row in 30,000 gets a negative forecast: a 300-row sample would likely miss it, the counts
+    over every row do not."""
+    import torch
+
+    golden = pd.read_csv(golden_directory / "golden.csv")
+    brightest = float(np.float32(golden["irradiance"].max()))
+
+    class OneBadRow(torch.nn.Module):
+        def __init__(self, base: torch.nn.Module, value: float) -> None:
+            super().__init__()
+            self.base, self.value = base, value
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.where(x[:, 4] == self.value, torch.full_like(x[:, 0], -1.0), self.base(x))
+
+    torch.jit.save(torch.jit.script(OneBadRow(torch.jit.load(str(power["v1"])), brightest)), str(streamed_project / "candidate.pt"))
+    text = (streamed_project / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 300")
+    (streamed_project / "release-kit.toml").write_text(text)
+    result = cli("check", "--candidate", "candidate.pt", "--stage", "quality", "--format", "json")
+    assert result.exit_code == 1, result.output[-2000:]
+    check = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "output_contract")
+    expected = int((golden["irradiance"].astype(np.float32) == np.float32(brightest)).sum())
+    assert check["status"] == "fail" and check["details"]["violations"] == {"below min 0": expected}
+    assert f"{expected:,} of 30,000 candidate predictions break the contract" in check["summary"]
+    assert "over every streamed row" in check["summary"] and check["details"]["introduced"] == expected
+    assert [row[4] for row in check["details"]["table"]["rows"]] == [pytest.approx(brightest)] * expected
+
+
 def test_slice_sums_of_batches_add_up_to_the_whole():
     from release_kit.paired import SliceBins, marginal_sums
 

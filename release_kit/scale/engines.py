@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError, first_line
 from .stats import (
-    KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram, WorstRows,
+    KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, ContractCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram, WorstRows,
     key_threshold, row_keys, streamed_metrics,
 )
 
@@ -114,6 +114,7 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
     keys = row_keys(key_columns, target)
     sample = BottomK.of(plan.sample_rows, keys, arrays, below)
+    contract = ContractCounts.of(spec, keys, arrays) if len(target) else None
     changes, slices, pairs = None, {}, {}
     if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):
         from ..paired import per_sample_loss
@@ -133,7 +134,7 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     return ScanSummary(
         rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
         excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores, drift=drift, changes=changes, slices=slices, slice_pairs=pairs,
+        scores=scores, drift=drift, changes=changes, slices=slices, slice_pairs=pairs, contract=contract,
     )
 
 

@@ -360,6 +360,41 @@ class PairedChanges:
 
 
 @dataclass
+class ContractCounts:
+    """The output contract over every row: rows per kind of violation (candidate and baseline), rows that
+    break it and how many of those the baseline did not, and a few offending rows."""
+
+    candidate: dict[str, int]
+    baseline: dict[str, int]
+    bad: int
+    introduced: int
+    examples: BottomK
+
+    @classmethod
+    def of(cls, spec, keys: np.ndarray, arrays: dict[str, np.ndarray]) -> ContractCounts:
+        from ..contract import EXAMPLES, violations
+
+        candidate = violations(arrays["candidate"], spec)
+        baseline = violations(arrays["baseline"], spec) if "baseline" in arrays else {}
+        rows = len(keys)
+        bad = np.logical_or.reduce(list(candidate.values())) if candidate else np.zeros(rows, dtype=bool)
+        baseline_bad = np.logical_or.reduce(list(baseline.values())) if baseline else np.zeros(rows, dtype=bool)
+        offending = np.flatnonzero(bad)
+        # The offending rows with the smallest row keys: the same ones in any engine and batching.
+        examples = BottomK.of(EXAMPLES, keys[offending], {name: a[offending] for name, a in arrays.items()})
+        return cls({k: int(m.sum()) for k, m in candidate.items()}, {k: int(m.sum()) for k, m in baseline.items()},
+                   len(offending), int((bad & ~baseline_bad).sum()), examples)
+
+    def merge(self, other: ContractCounts) -> ContractCounts:
+        return ContractCounts(_summed(self.candidate, other.candidate), _summed(self.baseline, other.baseline),
+                              self.bad + other.bad, self.introduced + other.introduced, self.examples.merge(other.examples))
+
+
+def _summed(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+    return {kind: first.get(kind, 0) + second.get(kind, 0) for kind in {**first, **second}}
+
+
+@dataclass
 class ColumnCounts:
     """Per column over every row: values that are NaN/inf (or null), and the finite minimum and maximum."""
 
@@ -475,6 +510,7 @@ class ScanSummary:
     # Feature → its slice bins and per-bin (rows, Σd, Σd², Σbaseline loss) over every row.
     slices: dict[str, tuple[SliceBins, np.ndarray]] = field(default_factory=dict)
     slice_pairs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (a, b) → its joint table
+    contract: ContractCounts | None = None  # the output contract over every row
 
     def merge(self, other: ScanSummary) -> ScanSummary:
         excluded = dict(self.excluded)
@@ -486,7 +522,8 @@ class ScanSummary:
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
                            _merged(self.scores, other.scores), {name: self.drift[name] + other.drift[name] for name in self.drift},
                            _merged(self.changes, other.changes),
-                           _added_slices(self.slices, other.slices), _added(self.slice_pairs, other.slice_pairs))
+                           _added_slices(self.slices, other.slices), _added(self.slice_pairs, other.slice_pairs),
+                           _merged(self.contract, other.contract))
 
     @property
     def used_rows(self) -> int:

@@ -96,13 +96,15 @@ def example_rows(gate: GateContext, rows, title: str) -> Table:
 
 def streamed_rows(gate: GateContext, arrays: dict, rows, title: str) -> Table:
     """Like :func:`example_rows`, for rows a streamed scan kept outside the sample (``features``, ``target``,
-    ``candidate``, ``baseline`` arrays), with each row's loss change."""
+    ``candidate``, ``baseline`` arrays), with each row's loss change when ``delta`` is given."""
+    changes = "delta" in arrays
     body = [
-        [*map(float, arrays["features"][row]), _scalar(arrays["target"][row], gate), _scalar(arrays["baseline"][row], gate),
-         _scalar(arrays["candidate"][row], gate), float(arrays["delta"][row])]
+        [*map(float, arrays["features"][row]), _scalar(arrays["target"][row], gate),
+         _scalar(arrays["baseline"][row], gate) if "baseline" in arrays else None, _scalar(arrays["candidate"][row], gate),
+         *([float(arrays["delta"][row])] if changes else [])]
         for row in map(int, rows)
     ]
-    return Table(title, [*gate.golden.feature_names, "truth", "baseline", "candidate", "loss change"], body)
+    return Table(title, [*gate.golden.feature_names, "truth", "baseline", "candidate", *(["loss change"] if changes else [])], body)
 
 
 def _scalar(value, gate: GateContext):

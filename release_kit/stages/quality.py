@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
 NAME = "quality"
 
-CONTRACT_EXAMPLES = 5
-
 
 def checks(gate: GateContext) -> list[StageCheck]:
     """The output contract and every metric of the task; a multi-output regressor's metrics are averaged
@@ -163,6 +161,8 @@ def output_contract(gate: GateContext) -> CheckResult:
     from .. import contract
 
     spec = gate.config.model
+    if gate.scan is not None and gate.scan.contract is not None:
+        return _streamed_contract(gate, gate.scan.contract)
     candidate = contract.violations(gate.predictions.candidate, spec)
     baseline = contract.violations(gate.predictions.baseline, spec) if gate.predictions.baseline is not None else {}
     baseline_counts = {kind: int(mask.sum()) for kind, mask in baseline.items()}
@@ -188,9 +188,31 @@ def output_contract(gate: GateContext) -> CheckResult:
             "violations": counts,
             "introduced": introduced,
             "baseline_violations": baseline_counts,
-            "table": example_rows(gate, np.flatnonzero(bad)[:CONTRACT_EXAMPLES], "first offending rows"),
+            "table": example_rows(gate, np.flatnonzero(bad)[: contract.EXAMPLES], "first offending rows"),
         },
     )
+
+
+def _streamed_contract(gate: GateContext, counts) -> CheckResult:
+    """A streamed golden set: the contract over every row, from the counts each batch summed."""
+    from .. import contract
+    from . import streamed_rows
+
+    spec, rows = gate.config.model, gate.scan.used_rows
+    note = (gate.golden.excluded.note() if gate.golden.excluded is not None else "") + " (over every streamed row)"
+    if not counts.bad:
+        return CheckResult(NAME, "output_contract", Status.PASS, f"all {rows:,} candidate predictions {contract.describe(spec)}{note}",
+                           details={"baseline_violations": counts.baseline})
+    summary = (
+        f"{counts.bad:,} of {rows:,} candidate predictions break the contract "
+        f"({', '.join(f'{count:,} {kind}' for kind, count in counts.candidate.items())}); "
+        f"{counts.introduced:,} introduced by the candidate, {counts.bad - counts.introduced:,} the baseline already had{note}"
+    )
+    examples = counts.examples.ordered()
+    table = streamed_rows(gate, examples, range(len(examples["target"])), "offending rows (those with the smallest row keys)")
+    return CheckResult(NAME, "output_contract", Status.FAIL, summary, details={
+        "violations": counts.candidate, "introduced": counts.introduced, "baseline_violations": counts.baseline, "table": table,
+    })
 
 
 def _fmt(value: float) -> str:
