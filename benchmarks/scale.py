@@ -161,7 +161,7 @@ def main() -> None:
         "each part in its own process.\n\n"
         "| | wall time (median of 3, alternating) | rows/s | peak RSS |\n|---|---:|---:|---:|\n"
         f"| raw loop: read the batches, run both models | {raw['seconds']:.1f} s | {rows / raw['seconds']:,.0f} | {raw['peak_rss_gib']:.2f} GiB |\n"
-        f"| local engine (`run_local`: both models, exact metric sums, whole-set counts, 1,000,000-row sample) | {local['seconds']:.1f} s | {rows / local['seconds']:,.0f} | {local['peak_rss_gib']:.2f} GiB |\n"
+        f"| local engine (`run_local`: both models, exact metric sums, whole-set counts, the output contract's counts, 1,000,000-row sample) | {local['seconds']:.1f} s | {rows / local['seconds']:,.0f} | {local['peak_rss_gib']:.2f} GiB |\n"
         f"| local engine, with every default stage's statistics over every row too (drift counts, worst rows and the changes' sketch, per-feature and pair slice sums) | {full['seconds']:.1f} s | {rows / full['seconds']:,.0f} | {full['peak_rss_gib']:.2f} GiB |\n"
         f"| Ray engine, 2 workers (local Ray started by the run) | {ray['seconds']:.1f} s | {rows / ray['seconds']:,.0f} | {ray['peak_rss_gib']:.2f} GiB (driver) |\n\n"
         f"Local throughput vs the raw loop: **{ratio:.2f}×** with the quality statistics (goal ≥ 0.8×: {'met' if ratio >= 0.8 else 'NOT met'}), "
