@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from .config import Config
     from .data import GoldenSet
@@ -45,3 +46,6 @@ class GateContext:
     # A streamed golden set's mergeable statistics over every row (golden and predictions are then its
     # uniform sample); None when the golden set was read whole.
     scan: ScanSummary | None = None
+    # The [data] reference table when preparing already read it (a streamed set's drift bins come from it),
+    # so the data stage does not read it again; None: the data stage reads it itself.
+    reference: pd.DataFrame | None = None

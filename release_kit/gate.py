@@ -134,9 +134,10 @@ def prepare(
     for model in models:
         model.batch_size = batch_size
         model.to_device(device)
-    scan = None
+    scan = reference = None
     if streamed is not None:
-        scan, golden, predicted = _scan(config, streamed, models, baseline_features, progress)
+        reference = _reference_table(config)
+        scan, golden, predicted = _scan(config, streamed, models, baseline_features, progress, reference)
     else:
         if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
             raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
@@ -165,6 +166,7 @@ def prepare(
         predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
         released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
         scan=scan,
+        reference=reference,
     )
 
 
@@ -183,7 +185,7 @@ def _streamed_source(config: Config, source: str | None, dataset: str | None):
     return ParquetSource.resolve(source)
 
 
-def _scan(config: Config, source, models, baseline_features, progress):
+def _scan(config: Config, source, models, baseline_features, progress, reference):
     """Stream the golden set through both models on the configured engine; the sample stands in for the
     golden set in the stages that need rows, the scan's sums decide the quality metrics over every row."""
     import numpy as np
@@ -197,7 +199,7 @@ def _scan(config: Config, source, models, baseline_features, progress):
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
     total = source.rows()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
-                    min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config),
+                    min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
                     config.outliers.top_n if "outliers" in config.gate.stages else 0)
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
@@ -224,21 +226,27 @@ def _scan(config: Config, source, models, baseline_features, progress):
     return summary, golden, predicted
 
 
-def _drift_bins(config: Config) -> dict:
-    """The drift check's bins per feature, fixed by a table reference, so a streamed golden set is counted
-    into them on the way through (PSI over every row). None when the data stage will not compare features:
-    it reports a reference it cannot use itself."""
+def _reference_table(config: Config):
+    """The [data] reference table, read once for the data stage and a streamed set's drift bins; None when
+    the data stage does not run or the reference is not a table."""
+    from .data import is_tensor_source, read_table
+
+    source = config.data.reference
+    if "data" not in config.gate.stages or not source or is_tensor_source(source):
+        return None
+    return read_table(source)
+
+
+def _drift_bins(config: Config, reference) -> dict:
+    """The drift check's bins per feature, fixed by the reference table, so a streamed golden set is counted
+    into them on the way through (PSI over every row). Empty when there is none or the drift check cannot
+    use it (the data stage reports why)."""
     import numpy as np
 
-    from .data import is_tensor_source, read_table
     from .drift import Bins
 
-    reference_source = config.data.reference
-    if "data" not in config.gate.stages or not reference_source or is_tensor_source(reference_source):
-        return {}
-    reference = read_table(reference_source)
     features = config.model.features
-    if any(f not in reference.columns or not np.issubdtype(reference[f].dtype, np.number) for f in features):
+    if reference is None or any(f not in reference.columns or not np.issubdtype(reference[f].dtype, np.number) for f in features):
         return {}
     return {f: Bins.of(reference[f].dropna().to_numpy(dtype=float), config.data.drift.bins) for f in features}
 

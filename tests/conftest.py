@@ -32,6 +32,20 @@ features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]
 bounds = {{ min = 0.0, max = 6.0 }}
 """
 
+
+
+def churn_model(prediction: str = "logits") -> str:
+    """The ``[model]`` table of the classifiers ``make_classification`` and ``train_classifier`` make."""
+    return f"""
+[model]
+name = "churn"
+task = "classification"
+target = "label"
+features = ["a", "b", "c"]
+prediction = "{prediction}"
+"""
+
+
 POWER_CONFIG = POWER_MODEL + """
 [baseline]
 version = "1.0.0"

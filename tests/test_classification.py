@@ -6,16 +6,9 @@ import json
 
 import pytest
 
-from conftest import make_classification, save_scripted, train_classifier
+from conftest import churn_model, make_classification, save_scripted, train_classifier
 
-CONFIG = """
-[model]
-name = "churn"
-task = "classification"
-target = "label"
-features = ["a", "b", "c"]
-prediction = "{prediction}"
-
+CONFIG = churn_model("{prediction}") + """
 [baseline]
 version = "2.3.0"
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import POWER_MODEL, QUICK, run_cli, save_scripted
+from conftest import POWER_MODEL, QUICK, churn_model, run_cli, save_scripted
 
 STAGES = {"quality", "outliers", "performance", "data"}
 
@@ -459,14 +459,7 @@ def test_a_classifier_with_a_text_column_through_the_default_pipeline(tmp_path):
     golden.to_csv(tmp_path / "golden.csv", index=False)
     save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "weak.pt")
     save_scripted(train_classifier(train, 3, epochs=200, squash="none"), tmp_path / "strong.pt")
-    (tmp_path / "release-kit.toml").write_text(f"""
-[model]
-name = "churn"
-task = "classification"
-target = "label"
-features = ["a", "b", "c"]
-prediction = "logits"
-
+    (tmp_path / "release-kit.toml").write_text(churn_model() + f"""
 [baseline]
 path = "weak.pt"
 version = "2.3.0"

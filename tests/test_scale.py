@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import power_forecast as pf
-from conftest import POWER_MODEL, QUICK
+from conftest import POWER_MODEL, QUICK, churn_model
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,25 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     assert [r[:2] for r in streamed_rows] == [r[:2] for r in whole_rows]
     for a, b in zip(streamed_rows, whole_rows):
         assert a[2] == pytest.approx(b[2], rel=1e-12), a  # PSI
+
+
+def test_a_streamed_check_as_users_run_it_every_stage_with_tracking_on(streamed_project):
+    """The CLI in a subprocess, every default stage, MLflow tracking on (the embedded SQLite store): the
+    streamed run passes and its gate run is logged with the report's numbers."""
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+
+    config = streamed_project / "release-kit.toml"
+    config.write_text(config.read_text().replace("[mlflow]\nenabled = false\n", ""))
+    assert "[mlflow]" not in config.read_text()
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    report = json.loads((streamed_project / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} >= {"quality", "outliers", "performance", "data"}
+    assert report["data"]["golden"]["rows"] == 30_000
+    run = MlflowClient(tracking_uri=f"sqlite:///{streamed_project / '.release-kit' / 'mlflow.db'}").get_run(report["mlflow"]["run_id"])
+    assert run.data.metrics["quality.mae.candidate"] == pytest.approx(metric(report, "mae")["candidate"], rel=1e-6)
 
 
 def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli):
@@ -320,8 +339,9 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "empty", "no Parquet files"),
         ([], "csv-in-directory", "is not a Parquet file"),
         ([], "missing-column", "missing column(s): irradiance"),
+        ([], "zero-chunk-rows", "run.chunk_rows"),
     ],
-    ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column"],
+    ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "zero-chunk-rows"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -339,6 +359,9 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         golden = tmp_path / "golden" / "*"
     shutil.copy(power["better"], tmp_path / "candidate.pt")
     configure(tmp_path, power, golden)
+    if setup == "zero-chunk-rows":
+        config = tmp_path / "release-kit.toml"
+        config.write_text(config.read_text().replace("chunk_rows = 4000", "chunk_rows = 0"))
     monkeypatch.chdir(tmp_path)
     result = cli("check", "--candidate", "candidate.pt", "--report", "report.json", *args)
     assert result.exit_code == 2, result.output[-2000:]
@@ -397,14 +420,7 @@ def test_the_ray_engine_without_ray_installed_is_bad_input(streamed_project):
     assert not (streamed_project / "report.json").exists()
 
 
-CLASSIFIER = """
-[model]
-name = "churn"
-task = "classification"
-target = "label"
-features = ["a", "b", "c"]
-prediction = "logits"
-
+CLASSIFIER = churn_model() + """
 [baseline]
 path = "baseline.pt"
 version = "1.0.0"

@@ -327,3 +327,11 @@ def test_a_bad_pool_size_is_an_input_error(size):
 
     with pytest.raises(InputError, match="is not a size"):
         ModelPool("sqlite:///unused.db", max_bytes=size)
+
+
+def test_a_pool_of_no_models_is_an_input_error():
+    from release_kit.errors import InputError
+    from release_kit.serving import ModelPool
+
+    with pytest.raises(InputError, match="max_models must be at least 1"):
+        ModelPool("sqlite:///unused.db", max_models=0)

@@ -251,7 +251,7 @@ SKETCH_BUCKETS = int(np.float64(SKETCH_LARGEST).view(np.int64) >> _SHIFT) - _FIR
 
 @dataclass
 class ChangeSketch:
-    """Counts of the paired loss changes in log buckets (DDSketch's logarithmic mapping), one array per sign,
+    """Counts of the paired loss changes in log buckets (DDSketch's linearly interpolated mapping), one array per sign,
     and the changes too small to count: merged by addition, so every engine and batching agrees."""
 
     positive: np.ndarray

@@ -35,7 +35,9 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if spec.reference and tensor_reference == golden.tabular:
         raise InputError(f"[data] reference {spec.reference}: a table golden set is compared with a table, a tensor golden set "
                          "with a tensor file of the same layout (.npz or .safetensors)")
-    reference = read_table(spec.reference) if spec.reference and not tensor_reference else None
+    reference = None
+    if spec.reference and not tensor_reference:  # prepare may have read it already (a streamed set's drift bins)
+        reference = gate.reference if gate.reference is not None else read_table(spec.reference)
     suites = load_suites(Path(spec.suites))
     if not suites and reference is not None:
         suites = [profile(reference, spec.profile, name=f"profile of {_source_name(spec.reference)}", source=spec.reference)]

@@ -52,7 +52,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
         *[StageCheck(f"slice:{_slice_name(s)}", partial(declared_slice, gate, losses, s)) for s in spec.slices],
     ]
     if gate.golden.sampled_from is not None:
-        # Newly broken counts every streamed row and says so itself.
+        # Newly broken and slices count every streamed row and say so themselves.
         counted = {"newly_broken"} if gate.scan is not None and gate.scan.changes is not None else set()
         counted |= {"slices"} if gate.scan is not None and gate.scan.slices else set()
         found = [check if check.name in counted else _noting_sample(gate, check) for check in found]
