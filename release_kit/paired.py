@@ -242,35 +242,74 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def joint_sums(first: Binning, second: Binning | None, weights: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Row count and weighted sums per cell of two features' bins: shape (1 + len(weights), B1, B2).
-
-    Each feature's own bin sums are this table's marginals, so pairing features halves the passes.
-    """
-    width = len(second.labels) if second is not None else 1
-    size = len(first.labels) * width
-    if second is None:
-        codes = first.codes
-    else:
-        codes = first.codes.astype(np.uint8 if size <= 256 else np.uint16) * width + second.codes
-    codes = codes.astype(np.intp)  # bincount converts to intp on every call: do it once for the 1 + 3 passes
-    tables = [np.bincount(codes, minlength=size).astype(float)]
-    tables += [np.bincount(codes, weights=w, minlength=size) for w in weights]
-    return np.stack(tables).reshape(len(tables), len(first.labels), width)
+TABLE_MAX_CELLS = 4096  # a group's table: the cells of its features' bins (4 × 4096 float64 stay in cache)
 
 
-def marginal_sums(binnings: list[Binning], weights: tuple[np.ndarray, ...]) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
-    """Each feature's row count and weighted sums per bin, (1 + len(weights), bins), and the joint tables they
-    came from: consecutive features are tabulated in pairs, and a pair's table gives both features' sums,
-    which halves the passes over the rows."""
-    joints: dict[tuple[str, str], np.ndarray] = {}
-    marginals: dict[str, np.ndarray] = {}
-    for first, second in zip(binnings[0::2], binnings[1::2]):
-        joint = joints[first.feature, second.feature] = joint_sums(first, second, weights)
-        marginals[first.feature], marginals[second.feature] = joint.sum(axis=2), joint.sum(axis=1)
-    if len(binnings) % 2:
-        marginals[binnings[-1].feature] = joint_sums(binnings[-1], None, weights)[:, :, 0]
-    return marginals, joints
+def joint_sums(first: Binning, second: Binning, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Row count and weighted sums per cell of two features' bins: shape (1 + len(weights), B1, B2)."""
+    return _cell_sums([first, second], weights)
+
+
+def _cell_sums(group: list[Binning], weights: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Row count and weighted sums per cell of the group's bins: shape (1 + len(weights), B1, B2, …)."""
+    sizes = [len(b.labels) for b in group]
+    cells = math.prod(sizes)
+    # The cell code in the narrowest type that holds it (a pass over uint16 is 4× cheaper than over intp),
+    # then intp once: bincount converts on every call, and there are 1 + len(weights) of them.
+    codes = group[0].codes.astype(np.uint8 if cells <= 256 else np.uint16 if cells <= 65536 else np.intp)
+    for binning, size in zip(group[1:], sizes[1:]):
+        codes *= size
+        codes += binning.codes
+    codes = codes.astype(np.intp)
+    tables = [np.bincount(codes, minlength=cells).astype(float)]
+    tables += [np.bincount(codes, weights=w, minlength=cells) for w in weights]
+    return np.stack(tables).reshape(len(tables), *sizes)
+
+
+class SliceTables:
+    """Row count and weighted sums per bin of every feature, and per cell of pairs of features, from few
+    passes over the rows: features are tabulated together in groups of up to ``TABLE_MAX_CELLS`` cells
+    (five features of five bins in one table), and each feature's sums, or a pair's table, are sums of its
+    group's table over the other features. The pairs named in ``together`` are grouped first, so their
+    tables come from the groups too; another pair is tabulated on its own when asked for."""
+
+    def __init__(self, binnings: list[Binning], weights: tuple[np.ndarray, ...], together: tuple[tuple[str, str], ...] = ()) -> None:
+        self.binnings = {b.feature: b for b in binnings}
+        self.weights = weights
+        ordered = [name for pair in together for name in pair if name in self.binnings]
+        ordered = list(dict.fromkeys([*ordered, *self.binnings]))
+        groups: list[list[Binning]] = []
+        for name in ordered:  # first fit, in order: the paired features land together while they fit
+            binning = self.binnings[name]
+            size = len(binning.labels)
+            fits = [g for g in groups if math.prod(len(b.labels) for b in g) * size <= TABLE_MAX_CELLS]
+            if fits:
+                fits[0].append(binning)
+            else:
+                groups.append([binning])
+        self.group_of: dict[str, tuple[int, int]] = {}
+        self.tables = []
+        for index, group in enumerate(groups):
+            self.tables.append(_cell_sums(group, weights))
+            for axis, binning in enumerate(group):
+                self.group_of[binning.feature] = (index, axis)
+
+    def marginal(self, name: str) -> np.ndarray:
+        """The feature's (1 + len(weights), bins) sums."""
+        index, axis = self.group_of[name]
+        table = self.tables[index]
+        others = tuple(a + 1 for a in range(table.ndim - 1) if a != axis)
+        return table.sum(axis=others) if others else table
+
+    def pair(self, first: str, second: str) -> np.ndarray:
+        """The pair's (1 + len(weights), B1, B2) cell sums."""
+        (i, a), (j, b) = self.group_of[first], self.group_of[second]
+        if i != j:
+            return joint_sums(self.binnings[first], self.binnings[second], self.weights)
+        table = self.tables[i]
+        others = tuple(k + 1 for k in range(table.ndim - 1) if k not in (a, b))
+        summed = table.sum(axis=others) if others else table
+        return summed if a < b else summed.transpose(0, 2, 1)
 
 
 def feature_slices(binning: Binning, sums: np.ndarray) -> Iterator[SliceSums]:
@@ -319,23 +358,26 @@ def discover_slices(
     a fixed table)."""
     rng = np.random.default_rng(seed)
     weights = (delta, delta * delta, baseline_loss)
-    joints: dict[tuple[str, str], np.ndarray] = {}
+    tables: SliceTables | None = None
     if fixed is not None:  # a streamed golden set: each feature's own slices from its sums over every row
         binnings = [fixed[name][0].binning(column) for name, column in columns]
         marginals = {name: sums for name, (_, sums) in fixed.items()}
     else:
         binnings = [bin_feature(name, column, bins, rng) for name, column in columns]
-        marginals, joints = marginal_sums(binnings, weights)
+        tables = SliceTables(binnings, weights)
+        marginals = {b.feature: tables.marginal(b.feature) for b in binnings}
     stats, strongest = _feature_slice_stats(binnings, marginals, tolerance, min_size)
     if fixed_pairs is not None:
         by_name = {b.feature: b for b in binnings}
         chosen_pairs = [(by_name[a], by_name[b]) for a, b in fixed_pairs]
-        joints = dict(fixed_pairs)
     else:
         chosen_pairs = _top_pairs(binnings, strongest, pairs)
     for first, second in chosen_pairs:
-        joint = joints.get((first.feature, second.feature))
-        if joint is None:
+        if fixed_pairs is not None:
+            joint = fixed_pairs[first.feature, second.feature]
+        elif tables is not None:
+            joint = tables.pair(first.feature, second.feature)
+        else:
             joint = joint_sums(first, second, weights)
         for sums in pair_slices(first, second, joint):
             stat = slice_stat(sums, tolerance) if sums.n >= min_size else None

@@ -235,7 +235,7 @@ def test_the_output_contract_holds_over_every_streamed_row(streamed_project, pow
 
 
 def test_slice_sums_of_batches_add_up_to_the_whole():
-    from release_kit.paired import SliceBins, marginal_sums
+    from release_kit.paired import SliceBins, SliceTables
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(size=9_000), rng.integers(0, 4, 1_000)]).astype(np.float32)
@@ -244,13 +244,42 @@ def test_slice_sums_of_batches_add_up_to_the_whole():
         bins = SliceBins.of("x", sample, 5)
 
         def sums(rows: slice, bins: SliceBins = bins) -> np.ndarray:
-            return marginal_sums([bins.binning(values[rows])], tuple(w[rows] for w in weights))[0]["x"]
+            return SliceTables([bins.binning(values[rows])], tuple(w[rows] for w in weights)).marginal("x")
 
         whole = sums(slice(None))
         parts = sum(sums(slice(i, i + 3_000)) for i in range(0, len(values), 3_000))
         np.testing.assert_allclose(parts, whole, rtol=1e-12)
         assert whole[0].sum() == len(values) and whole.shape[1] == len(bins.labels)
     assert bins.labels[-1] == "x other" and whole[0, -1] == (values > 4).sum() + ((values < 0) | (values != np.round(values))).sum()
+
+
+def test_grouped_slice_tables_equal_each_feature_and_pair_tabulated_alone():
+    """Features tabulated together (a group's table) give each feature's sums and each pair's cells exactly as
+    tabulating them alone; paired features are grouped first; a pair split over two groups is tabulated alone."""
+    from release_kit.paired import TABLE_MAX_CELLS, SliceBins, SliceTables, joint_sums
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    columns = {f"x{j}": rng.normal(size=n).astype(np.float32) for j in range(7)}
+    columns["hour"] = rng.integers(0, 12, n).astype(np.float32)  # 12 levels and an "other" bin
+    weights = tuple(rng.normal(size=(3, n)))
+    binnings = [SliceBins.of(name, values[:2_000], 5).binning(values) for name, values in columns.items()]
+    together = (("x5", "hour"), ("x6", "x5"), ("x6", "hour"))
+    tables = SliceTables(binnings, weights, together=together)
+    assert len(tables.tables) >= 2 and all(t[0].size <= TABLE_MAX_CELLS for t in tables.tables)
+    assert len({tables.group_of[name][0] for pair in together for name in pair}) == 1
+    for binning in binnings:
+        alone = np.stack([np.bincount(binning.codes, weights=w, minlength=len(binning.labels))
+                          for w in (np.ones(n), *weights)])
+        np.testing.assert_allclose(tables.marginal(binning.feature), alone, rtol=1e-10, atol=1e-9)
+    by_name = {b.feature: b for b in binnings}
+    split = next((a, b) for a in columns for b in columns if tables.group_of[a][0] != tables.group_of[b][0])
+    for first, second in (*together, split, ("hour", "x5")):
+        expected = joint_sums(by_name[first], by_name[second], weights)
+        assert expected.shape == (4, len(by_name[first].labels), len(by_name[second].labels))
+        np.testing.assert_allclose(tables.pair(first, second), expected, rtol=1e-10, atol=1e-9)
+    codes = by_name["x6"].codes * 13 + by_name["hour"].codes
+    np.testing.assert_array_equal(tables.pair("x6", "hour")[0].ravel(), np.bincount(codes, minlength=5 * 13))
 
 
 def _predictions(model: Path, golden_directory, rows: int | None = None) -> np.ndarray:
@@ -485,6 +514,23 @@ def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, c
     assert "binned" not in next(c for c in fits["checks"] if c["name"] == "roc_auc")["summary"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=60),
+       cuts=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=6, unique=True),
+       categorical=st.booleans(), near=st.booleans())
+def test_drift_counts_of_a_float32_column_equal_its_float64_counts(values, cuts, categorical, near):
+    """A float32 column is counted as it is (not widened): the counts are the exact float64 comparisons',
+    cuts between two float32 values and levels no float32 equals included."""
+    from release_kit.drift import Bins
+
+    column = np.array(values, dtype=np.float32)
+    cuts = np.sort(np.array(cuts))
+    if near:  # cuts just beside the column's own values: where a rounding to float32 would miscount
+        cuts = np.unique(np.concatenate([cuts, column.astype(np.float64) * (1 + 1e-12), column.astype(np.float64) + 1e-300]))
+    bins = Bins(categorical, cuts)
+    np.testing.assert_array_equal(bins.counts(column), bins.counts(column.astype(np.float64)))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(2, 4).flatmap(lambda classes: st.tuples(
@@ -571,6 +617,24 @@ def test_the_change_sketch_brackets_every_count_and_merges_exactly(values, thres
     assert np.array_equal(finite[:n], whole.delta)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from([0.0, 1.0, -1.0, 2.5]), st.floats(-1e6, 1e6)), min_size=1, max_size=400),
+       st.integers(1, 12), st.sampled_from([1, 2, 4, 8]))
+def test_the_worst_rows_are_the_exact_top_n_with_ties_by_key(values, n, block):
+    """Whatever the changes (many ties, plateaus) and however small the blocks the candidates are taken
+    from: the n largest changes, ties broken by the smaller row key, as a full sort gives them."""
+    from unittest import mock
+
+    from release_kit.scale import stats
+
+    delta = np.array(values)
+    keys = np.random.default_rng(len(values)).permutation(len(values)).astype(np.uint64)
+    with mock.patch.object(stats, "TOP_BLOCK_ROWS", block):
+        worst = stats.WorstRows.of(n, delta, keys, {"row": np.arange(len(delta))})
+    expected = np.lexsort((keys, -delta))[:n]
+    assert np.array_equal(worst.arrays["row"], expected)
+
+
 def _library_scan(power, golden: Path):
     """The library's scan parts for the power example on a streamed golden set (no baseline: the quality sums
     are not needed here)."""
@@ -583,6 +647,66 @@ def _library_scan(power, golden: Path):
     models = {"candidate": load_model("candidate", str(power["better"]), spec)}
     source = ParquetSource.resolve(str(golden))
     return source, ScanPlan(spec, {"candidate": tuple(pf.FEATURES)}, sample_rows=1_000, total_rows=source.rows()), models
+
+
+def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, golden_directory):
+    """run_local summarizes a batch while the models score the next: its numbers (every default stage's
+    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count is
+    restored after, and an error in a batch still ends the scan with that error."""
+    import dataclasses
+    import itertools
+
+    import torch
+
+    from release_kit.drift import Bins
+    from release_kit.errors import InputError
+    from release_kit.models import load_model
+    from release_kit.paired import SliceBins
+    from release_kit.scale.engines import reduce_batch, run_local
+
+    source, plan, models = _library_scan(power, golden_directory / "golden")
+    models["baseline"] = load_model("baseline", str(power["v1"]), plan.spec)
+    first = pd.read_parquet(sorted((golden_directory / "golden").glob("*.parquet"))[0])
+    columns = {name: first[name].to_numpy(np.float32) for name in pf.FEATURES}
+    plan = dataclasses.replace(
+        plan, features={"candidate": tuple(pf.FEATURES), "baseline": tuple(pf.FEATURES)}, worst_rows=10,
+        drift_bins={n: Bins.of(v.astype(np.float64), 10) for n, v in columns.items()},
+        slice_bins={n: SliceBins.of(n, v, 5) for n, v in columns.items()},
+        slice_pairs=tuple(itertools.combinations(pf.FEATURES[:3], 2)))
+    threads = torch.get_num_threads()
+    overlapped = run_local(source, plan, models, chunk_rows=4_000)
+    assert torch.get_num_threads() == threads
+    one_by_one = None
+    for batch in source.batches(plan.columns, 4_000):
+        summary = reduce_batch(plan, models, batch)
+        one_by_one = summary if one_by_one is None else one_by_one.merge(summary)
+    assert overlapped.rows == one_by_one.rows == 30_000
+    for metric, moments in one_by_one.quality.items():
+        assert np.array_equal(overlapped.quality[metric].outer, moments.outer), metric
+    for name, counts in one_by_one.drift.items():
+        assert np.array_equal(overlapped.drift[name], counts) and counts.sum() == 30_000
+    for name, (_, sums) in one_by_one.slices.items():
+        assert np.array_equal(overlapped.slices[name][1], sums)
+    for pair, table in one_by_one.slice_pairs.items():
+        assert np.array_equal(overlapped.slice_pairs[pair], table)
+    assert np.array_equal(overlapped.changes.worst.keys, one_by_one.changes.worst.keys)
+    assert np.array_equal(overlapped.sample.ordered()["target"], one_by_one.sample.ordered()["target"])
+
+    class Failing:  # the third batch's model call fails: the scan ends with its error, threads restored
+        device, calls = "cpu", 0
+
+        def __getattr__(self, name):
+            return getattr(models["candidate"], name)
+
+        def raw_outputs(self, x):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise InputError("model failed on batch 3")
+            return models["candidate"].raw_outputs(x)
+
+    with pytest.raises(InputError, match="batch 3"):
+        run_local(source, plan, {**models, "candidate": Failing()}, chunk_rows=4_000)
+    assert torch.get_num_threads() == threads
 
 
 def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory):

@@ -5,7 +5,8 @@ Both give the same :class:`~release_kit.scale.stats.ScanSummary`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,8 +50,27 @@ class ScanPlan:
         return [*names, self.spec.target]
 
 
+@dataclass
+class ScoredBatch:
+    """One batch after both models ran on it: what :func:`summarize_batch` reduces."""
+
+    rows: int  # rows read, excluded ones included
+    counts: ColumnCounts
+    bad: dict[str, np.ndarray]  # column → its rows excluded (bad values), only the columns that have some
+    excluded_mask: np.ndarray | None
+    frame: dict[str, np.ndarray]  # each column, the rows kept
+    target: np.ndarray
+    inputs: dict[str, np.ndarray]  # role → its input matrix
+    outputs: dict[str, np.ndarray]  # role → its predictions
+
+
 def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanSummary:
     """One batch (a pyarrow RecordBatch or Table) → its mergeable statistics. Pure: no state between batches."""
+    return summarize_batch(plan, score_batch(plan, models, table))
+
+
+def score_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScoredBatch:
+    """Read the batch's columns, count and exclude bad values, run both models on the rows kept."""
     from ..models import to_predictions
 
     spec = plan.spec
@@ -74,23 +94,31 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
     if bad_target is not None:
         bad[spec.target] = bad_target
     rows = len(target)
-    any_excluded = bool(bad)
-    excluded_mask = np.logical_or.reduce(list(bad.values())) if any_excluded else None
-    keep = ~excluded_mask if any_excluded else None
-    target = target[keep] if any_excluded else target
+    excluded_mask = np.logical_or.reduce(list(bad.values())) if bad else None
+    if excluded_mask is not None:
+        keep = ~excluded_mask
+        frame = {name: values[keep] for name, values in frame.items()}
+        target = target[keep]
     if spec.task == "classification":
         target = target.astype(np.int64)
-    outputs = {}
-    inputs = {}
+    n_classes = int(target.max()) + 1 if spec.task == "classification" and len(target) else None
+    inputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
     matrices: dict[tuple[str, ...], np.ndarray] = {}
     for role, model in models.items():
         columns = plan.features[role]
         if columns not in matrices:  # both models on the same columns share one matrix
-            matrices[columns] = np.column_stack([frame[c][keep] if any_excluded else frame[c] for c in columns]).astype(np.float32, copy=False)
+            matrices[columns] = np.column_stack([frame[c] for c in columns]).astype(np.float32, copy=False)
         inputs[role] = matrices[columns]
-        n_classes = int(target.max()) + 1 if spec.task == "classification" and len(target) else None
         outputs[role] = to_predictions(model.raw_outputs(inputs[role]), spec, role, n_classes)
-    candidate, baseline = outputs["candidate"], outputs.get("baseline")
+    return ScoredBatch(rows, counts, bad, excluded_mask, frame, target, inputs, outputs)
+
+
+def summarize_batch(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
+    """A scored batch → its mergeable statistics. Pure numpy: no model runs here, so the local engine runs it
+    for one batch while the models score the next."""
+    spec, frame, target, inputs = plan.spec, scored.frame, scored.target, scored.inputs
+    candidate, baseline = scored.outputs["candidate"], scored.outputs.get("baseline")
     quality: dict[str, Moments] = {}
     classes = candidate.shape[1] if candidate.ndim == 2 else 0
     scores = None
@@ -107,34 +135,31 @@ def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanS
             arrays["baseline_features"] = inputs["baseline"]
     # Drift and slices count the float32 values the models read, as the in-memory checks do: contiguous
     # columns (the input matrix's are strided, and every pass would pay for it).
-    values = {name: (frame[name][keep] if any_excluded else frame[name]).astype(np.float32, copy=False)
-              for name in {*plan.drift_bins, *plan.slice_bins}}
-    drift = {name: bins.counts(values[name].astype(np.float64)) for name, bins in plan.drift_bins.items()}
+    values = {name: frame[name].astype(np.float32, copy=False) for name in {*plan.drift_bins, *plan.slice_bins}}
+    drift = {name: bins.counts(values[name]) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
-    key_columns = [frame[c][keep] if any_excluded else frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]]
-    keys = row_keys(key_columns, target)
+    keys = row_keys([frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]], target)
     sample = BottomK.of(plan.sample_rows, keys, arrays, below)
     contract = ContractCounts.of(spec, keys, arrays) if len(target) else None
     changes, slices, pairs = None, {}, {}
     if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):
-        from ..paired import per_sample_loss
+        from ..paired import SliceTables, per_sample_loss
 
         loss_b = per_sample_loss(spec.task, target, baseline)
         delta = per_sample_loss(spec.task, target, candidate) - loss_b
         if plan.worst_rows:
             changes = _paired_changes(spec.task, plan.worst_rows, delta, target, candidate, baseline, keys, arrays)
         if plan.slice_bins:
-            from ..paired import joint_sums, marginal_sums
-
-            weights = (delta, delta * delta, loss_b)
-            binnings = {name: bins.binning(values[name]) for name, bins in plan.slice_bins.items()}
-            sums, _ = marginal_sums(list(binnings.values()), weights)
-            slices = {name: (bins, sums[name]) for name, bins in plan.slice_bins.items()}
-            pairs = {(a, b): joint_sums(binnings[a], binnings[b], weights) for a, b in plan.slice_pairs}
+            binnings = [bins.binning(values[name]) for name, bins in plan.slice_bins.items()]
+            tables = SliceTables(binnings, (delta, delta * delta, loss_b), together=plan.slice_pairs)
+            slices = {name: (bins, tables.marginal(name)) for name, bins in plan.slice_bins.items()}
+            pairs = {(a, b): tables.pair(a, b) for a, b in plan.slice_pairs}
+    bad = scored.bad
     return ScanSummary(
-        rows=rows, excluded={c: int(m.sum()) for c, m in bad.items()},
-        excluded_rows=int(excluded_mask.sum()) if any_excluded else 0, quality=quality, counts=counts, sample=sample, classes=classes,
-        scores=scores, drift=drift, changes=changes, slices=slices, slice_pairs=pairs, contract=contract,
+        rows=scored.rows, excluded={c: int(m.sum()) for c, m in bad.items()},
+        excluded_rows=int(scored.excluded_mask.sum()) if scored.excluded_mask is not None else 0, quality=quality,
+        counts=scored.counts, sample=sample, classes=classes, scores=scores, drift=drift, changes=changes,
+        slices=slices, slice_pairs=pairs, contract=contract,
     )
 
 
@@ -148,17 +173,54 @@ def _paired_changes(task: str, worst_rows: int, delta, target, candidate, baseli
 
 def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
               max_rows: int | None = None, progress: Progress | None = None) -> ScanSummary:
-    """Stream the batches through this process: peak memory is one batch and the sample, whatever the size."""
+    """Stream the batches through this process: peak memory is two batches and the sample, whatever the size.
+
+    Two stages overlap: the models score a batch while a second thread summarizes the one before (numpy
+    releases the GIL in its loops, torch in its ops). Models on the CPU get one core fewer than torch would
+    take while the scan runs, the core the summarizing thread uses: torch's parallel regions wait for their
+    slowest thread, and a thread sharing its core with the summaries is slow. Summaries are merged in batch
+    order, so the numbers do not depend on the overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.monotonic()
     merged: ScanSummary | None = None
-    for batch in source.batches(plan.columns, chunk_rows, max_rows):
-        summary = reduce_batch(plan, models, batch)
+    pending = None
+
+    def collect() -> None:
+        nonlocal merged
+        summary = pending.result()
         merged = summary if merged is None else merged.merge(summary)
         if progress is not None:
             progress(merged.rows, time.monotonic() - started)
+
+    with _one_core_spared(any(m.device == "cpu" for m in models.values())), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-kit-summarize") as summarizer:
+        for batch in source.batches(plan.columns, chunk_rows, max_rows):
+            scored = score_batch(plan, models, batch)
+            if pending is not None:
+                collect()
+            pending = summarizer.submit(summarize_batch, plan, scored)
+        if pending is not None:
+            collect()
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged
+
+
+@contextmanager
+def _one_core_spared(cpu_models: bool) -> Iterator[None]:
+    """torch's intra-op threads one fewer (at least one) for the block, restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if not cpu_models or threads < 2:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Scorer:
