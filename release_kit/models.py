@@ -269,18 +269,26 @@ def call_deadline(seconds: float | None, what: str):
     if _watchdog is None:
         _watchdog = _Watchdog()
     message = f"{what} did not return within {seconds:g} s ([gate] model_timeout_seconds)"
+    # A process started with SIGINT ignored (a background job of a non-interactive shell, some CI runners)
+    # would never see the watchdog's interrupt: for the call, SIGINT raises KeyboardInterrupt again.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     call = _watchdog.arm(seconds, message)
-    fired = False
     try:
         yield
     except KeyboardInterrupt:
-        fired = _watchdog.disarm(call)
-        if fired:
+        if _watchdog.disarm(call):
             raise InputError(message) from None
         raise
+    else:
+        # The deadline passed but the call returned (its code caught the interrupt): it still overran.
+        if _watchdog.disarm(call):
+            raise InputError(message)
     finally:
-        if not fired:
-            _watchdog.disarm(call)
+        _watchdog.disarm(call)
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def load_model(

@@ -291,6 +291,34 @@ def test_a_slow_python_model_is_interrupted(project, power, cli, tmp_path, monke
     assert time.monotonic() - started < 4  # the blocking call itself was interrupted, not waited out
 
 
+@pytest.mark.parametrize("swallowed", [False, True])
+def test_a_model_call_past_its_deadline_fails_with_sigint_ignored_or_swallowed(swallowed):
+    """A process started with SIGINT ignored (a background job) still interrupts the call, and a call whose
+    code catches the interrupt and returns anyway still fails: a deadline that passed is never a pass."""
+    import signal
+    import time
+
+    from release_kit.errors import InputError
+    from release_kit.models import call_deadline
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InputError, match="slow model did not return within 0.2 s"):
+            with call_deadline(0.2, "slow model"):
+                try:
+                    time.sleep(3)
+                except KeyboardInterrupt:
+                    if not swallowed:
+                        raise
+        assert time.monotonic() - started < 2.5  # interrupted, not waited out
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the process's own setting is back
+        with call_deadline(5, "fast model"):  # a call within its deadline is untouched
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Raising(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 5:
