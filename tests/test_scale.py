@@ -649,20 +649,14 @@ def _library_scan(power, golden: Path):
     return source, ScanPlan(spec, {"candidate": tuple(pf.FEATURES)}, sample_rows=1_000, total_rows=source.rows()), models
 
 
-def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, golden_directory):
-    """run_local summarizes a batch while the models score the next: its numbers (every default stage's
-    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count is
-    restored after, and an error in a batch still ends the scan with that error."""
+def _every_stage_scan(power, golden_directory):
+    """The library's scan parts with both models and every default stage's statistics over every row."""
     import dataclasses
     import itertools
 
-    import torch
-
     from release_kit.drift import Bins
-    from release_kit.errors import InputError
     from release_kit.models import load_model
     from release_kit.paired import SliceBins
-    from release_kit.scale.engines import reduce_batch, run_local
 
     source, plan, models = _library_scan(power, golden_directory / "golden")
     models["baseline"] = load_model("baseline", str(power["v1"]), plan.spec)
@@ -673,6 +667,53 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
         drift_bins={n: Bins.of(v.astype(np.float64), 10) for n, v in columns.items()},
         slice_bins={n: SliceBins.of(n, v, 5) for n, v in columns.items()},
         slice_pairs=tuple(itertools.combinations(pf.FEATURES[:3], 2)))
+    return source, plan, models
+
+
+def test_a_batch_summarized_in_parts_gives_the_whole_batch_numbers(power, golden_directory):
+    """summarize_batch works through a batch in cache-sized parts: any part size gives the numbers of the
+    batch summarized at once (counts equal, sums to rounding), excluded rows counted once."""
+    from unittest import mock
+
+    import pyarrow as pa
+
+    from release_kit.scale import engines
+
+    source, plan, models = _every_stage_scan(power, golden_directory)
+    batch = next(iter(source.batches(plan.columns, 10_000)))
+    frame = batch.to_pandas()
+    frame.loc[[3, 5_000, 9_999], pf.FEATURES[1]] = np.nan  # three rows excluded, in different parts
+    scored = engines.score_batch(plan, models, pa.Table.from_pandas(frame))
+    with mock.patch.object(engines, "SUMMARY_PART_ROWS", 10**9):
+        whole = engines.summarize_batch(plan, scored)
+    with mock.patch.object(engines, "SUMMARY_PART_ROWS", 1_024):
+        parts = engines.summarize_batch(plan, scored)
+    assert (parts.rows, parts.excluded_rows, parts.excluded) == (whole.rows, whole.excluded_rows, whole.excluded) == (10_000, 3, {pf.FEATURES[1]: 3})
+    assert parts.counts == whole.counts and parts.used_rows == 9_997
+    for metric, moments in whole.quality.items():
+        assert parts.quality[metric].n == moments.n == 9_997
+        np.testing.assert_allclose(parts.quality[metric].outer, moments.outer, rtol=1e-12)
+    for name, counts in whole.drift.items():
+        assert np.array_equal(parts.drift[name], counts)
+    for name, (_, sums) in whole.slices.items():
+        np.testing.assert_allclose(parts.slices[name][1], sums, rtol=1e-12, atol=1e-12)
+    for pair, table in whole.slice_pairs.items():
+        np.testing.assert_allclose(parts.slice_pairs[pair], table, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(parts.changes.sketch.positive, whole.changes.sketch.positive)
+    assert np.array_equal(parts.changes.worst.keys, whole.changes.worst.keys)
+    assert np.array_equal(parts.sample.ordered()["target"], whole.sample.ordered()["target"])
+
+
+def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, golden_directory):
+    """run_local summarizes a batch while the models score the next: its numbers (every default stage's
+    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count is
+    restored after, and an error in a batch still ends the scan with that error."""
+    import torch
+
+    from release_kit.errors import InputError
+    from release_kit.scale.engines import reduce_batch, run_local
+
+    source, plan, models = _every_stage_scan(power, golden_directory)
     threads = torch.get_num_threads()
     overlapped = run_local(source, plan, models, chunk_rows=4_000)
     assert torch.get_num_threads() == threads
