@@ -137,9 +137,14 @@ def summarize_batch(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
     for start in range(0, max(used, 1), SUMMARY_PART_ROWS):
         part = _summarize_rows(plan, scored.part(start, start + SUMMARY_PART_ROWS))
         summary = part if summary is None else summary.merge(part)
+    candidate, baseline = scored.outputs["candidate"], scored.outputs.get("baseline")
+    scores = None
+    if plan.spec.task == "classification" and baseline is not None and baseline.shape == candidate.shape and used:
+        # Once per batch, not per part: its counts are 2 × 2 × 8,194 per class, megabytes for many classes.
+        scores = ScoreHistogram.of(scored.target, candidate, baseline)
     excluded = {c: int(m.sum()) for c, m in scored.bad.items()}
     excluded_rows = int(scored.excluded_mask.sum()) if scored.excluded_mask is not None else 0
-    return replace(summary, rows=scored.rows, excluded=excluded, excluded_rows=excluded_rows, counts=scored.counts)
+    return replace(summary, rows=scored.rows, excluded=excluded, excluded_rows=excluded_rows, counts=scored.counts, scores=scores)
 
 
 def _summarize_rows(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
@@ -148,13 +153,10 @@ def _summarize_rows(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
     candidate, baseline = scored.outputs["candidate"], scored.outputs.get("baseline")
     quality: dict[str, Moments] = {}
     classes = candidate.shape[1] if candidate.ndim == 2 else 0
-    scores = None
     if baseline is not None and len(target):
         vectors = RowVectors(target, candidate, baseline)
         for metric in streamed_metrics(spec.task, classes):
             quality[metric] = Moments.of(vectors(metric))
-        if spec.task == "classification" and baseline.shape == candidate.shape:
-            scores = ScoreHistogram.of(target, candidate, baseline)
     arrays = {"features": inputs["candidate"], "target": target, "candidate": candidate}
     if baseline is not None:
         arrays["baseline"] = baseline
@@ -183,7 +185,7 @@ def _summarize_rows(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
             pairs = {(a, b): tables.pair(a, b) for a, b in plan.slice_pairs}
     return ScanSummary(
         rows=len(target), excluded={}, excluded_rows=0, quality=quality, counts=ColumnCounts(), sample=sample,
-        classes=classes, scores=scores, drift=drift, changes=changes, slices=slices, slice_pairs=pairs, contract=contract,
+        classes=classes, drift=drift, changes=changes, slices=slices, slice_pairs=pairs, contract=contract,
     )
 
 
