@@ -368,9 +368,12 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "empty", "no Parquet files"),
         ([], "csv-in-directory", "is not a Parquet file"),
         ([], "missing-column", "missing column(s): irradiance"),
+        ([], "missing-column-in-a-later-file", "part-1.parquet: missing column(s): irradiance"),
+        ([], "corrupt-later-file", "part-1.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
     ],
-    ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "zero-chunk-rows"],
+    ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
+         "corrupt-later-file", "zero-chunk-rows"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -382,6 +385,12 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         frame.to_csv(golden / "part.csv", index=False)
     elif setup == "missing-column":
         frame.drop(columns=["irradiance"]).to_parquet(golden / "part.parquet")
+    elif setup == "missing-column-in-a-later-file":
+        frame.to_parquet(golden / "part-0.parquet")
+        frame.drop(columns=["irradiance"]).to_parquet(golden / "part-1.parquet")
+    elif setup == "corrupt-later-file":  # its footer reads; its pages fail half-way through the scan
+        frame.to_parquet(golden / "part-0.parquet")
+        _corrupt_pages(frame, golden / "part-1.parquet")
     elif setup != "empty":
         frame.to_parquet(golden / "part.parquet")
     if setup == "csv-in-directory":
@@ -397,6 +406,91 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[-1], result.stderr
     assert not (tmp_path / "report.json").exists()
+
+
+def _corrupt_pages(frame: pd.DataFrame, path: Path) -> None:
+    """A Parquet file whose footer is intact and whose columns' compressed pages are not."""
+    import pyarrow.parquet as pq
+
+    repeated = pd.concat([frame.iloc[:10]] * 100, ignore_index=True)  # compressible: snappy has tags to break
+    repeated.to_parquet(path, compression="snappy", use_dictionary=False)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    data = bytearray(path.read_bytes())
+    for index in range(group.num_columns):
+        chunk = group.column(index)
+        middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+        data[middle : middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+def test_batches_are_read_ahead_in_file_order_and_the_reader_ends_with_the_iteration(golden_directory, tmp_path):
+    """The reading thread yields every file's rows in order, stops at --max-rows, ends when the caller stops
+    early or fails, and a file that fails half-way is bad input naming that file."""
+    import threading
+
+    from release_kit.errors import InputError
+    from release_kit.scale.source import ParquetSource
+
+    def readers() -> int:
+        return sum(t.name == "release-kit-read" for t in threading.enumerate())
+
+    source = ParquetSource.resolve(str(golden_directory / "golden"))
+    whole = pd.concat([pd.read_parquet(f) for f in source.files], ignore_index=True)
+    batches = list(source.batches(["power_kw", "temperature"], 4_000))
+    assert [b.num_rows for b in batches] == [4_000, 4_000, 2_000] * 3  # batches do not span files
+    assert np.array_equal(np.concatenate([b.column("power_kw").to_numpy() for b in batches]), whole["power_kw"].to_numpy())
+    prefix = list(source.batches(["power_kw"], 4_000, max_rows=13_500))
+    assert [b.num_rows for b in prefix] == [4_000, 4_000, 2_000, 3_500] and readers() == 0
+    first = next(iter(source.batches(["power_kw"], 1_000)))  # the generator is dropped: its thread ends
+    assert first.num_rows == 1_000 and readers() == 0
+    with pytest.raises(RuntimeError, match="caller failed"):
+        for _ in source.batches(["power_kw"], 1_000):
+            raise RuntimeError("caller failed")
+    assert readers() == 0
+
+    frame = pd.read_parquet(source.files[0])
+    (tmp_path / "golden").mkdir()
+    frame.to_parquet(tmp_path / "golden" / "part-0.parquet")
+    _corrupt_pages(frame, tmp_path / "golden" / "part-1.parquet")
+    read = []
+    with pytest.raises(InputError, match=r"part-1\.parquet: cannot read Parquet data"):
+        for batch in ParquetSource.resolve(str(tmp_path / "golden")).batches(["power_kw"], 4_000):
+            read.append(batch.num_rows)
+    assert read == [4_000, 4_000, 2_000] and readers() == 0
+
+
+def test_each_model_call_is_stacked_from_the_columns_as_the_whole_matrix_would_be(power, golden_directory):
+    """score_batch stacks each call's input from the batch's columns: the outputs are bit for bit those of
+    the whole feature matrix (several calls per batch; a baseline on other columns gets its own input), and
+    the columns taken by row give the matrix's rows."""
+    from dataclasses import replace
+
+    from release_kit.scale.engines import FeatureColumns, score_batch
+
+    source, plan, models = _every_stage_scan(power, golden_directory)
+    models = {role: replace(model, batch_size=1_500) for role, model in models.items()}  # 3 calls for 4,000 rows
+    reordered = tuple(reversed(plan.features["candidate"]))
+    plan = replace(plan, features={"candidate": plan.features["candidate"], "baseline": reordered})
+    batch = next(iter(source.batches(plan.columns, 4_000)))
+    scored = score_batch(plan, models, batch)
+    for role, columns in plan.features.items():
+        matrix = np.column_stack([batch.column(c).to_numpy() for c in columns]).astype(np.float32)
+        assert np.array_equal(np.asarray(scored.inputs[role]), matrix)
+        assert np.array_equal(scored.outputs[role], models[role].raw_outputs(matrix))
+    rows = np.array([3_999, 0, 17, 17])
+    assert np.array_equal(scored.inputs["baseline"][rows], matrix[rows])
+    part = scored.inputs["baseline"][100:200]
+    assert isinstance(part, FeatureColumns) and np.array_equal(np.asarray(part), matrix[100:200])
+    # A batch whose rows are all excluded (a feature all NaN): each model is called once on no rows.
+    import pyarrow as pa
+
+    from release_kit.scale.engines import summarize_batch
+
+    unusable = batch.set_column(batch.schema.get_field_index("cloud_cover"), "cloud_cover", pa.array(np.full(4_000, np.nan)))
+    empty = score_batch(plan, models, unusable)
+    assert all(len(output) == 0 for output in empty.outputs.values())
+    summary = summarize_batch(plan, empty)
+    assert summary.rows == 4_000 and summary.excluded_rows == 4_000 and summary.excluded == {"cloud_cover": 4_000}
 
 
 def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
