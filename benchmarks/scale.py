@@ -110,10 +110,16 @@ def part(name: str, folder: Path) -> dict:
     if name.startswith("raw"):
         with torch.inference_mode():
             for batch in source.batches(plan.columns, CHUNK):
-                x = torch.from_numpy(np.column_stack([batch.column(c).to_numpy() for c in FEATURES]))
-                for model in loaded.values():
-                    # The same calls as release-kit's (65,536 rows each: the activations stay in cache).
-                    np.concatenate([model.module(part).double().numpy() for part in x.split(PREDICT_BATCH_ROWS)])
+                columns = [batch.column(c).to_numpy() for c in FEATURES]
+                outputs = {role: [] for role in loaded}
+                # The same calls as release-kit's: 65,536 rows each (the activations stay in cache), each
+                # call's input stacked from the columns just before the call, both models on it.
+                for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
+                    x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
+                    for role, model in loaded.items():
+                        outputs[role].append(model.module(x).double().numpy())
+                for parts in outputs.values():
+                    np.concatenate(parts)
         result: dict = {}
     else:
         from release_kit.scale.engines import run_local, run_ray

@@ -488,14 +488,18 @@ class BottomK:
 
     @classmethod
     def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray], below: np.uint64 | None = None) -> BottomK:
+        # The rows kept are taken once, by index (few rows: that beats a boolean mask); an array that is
+        # not one yet (a matrix kept as its columns) becomes one.
+        rows = None
         if below is not None:
-            kept = np.flatnonzero(keys < below)  # few rows: taking by index beats a boolean mask
+            kept = np.flatnonzero(keys < below)
             if len(kept) < len(keys):
-                keys, arrays = keys[kept], {name: a[kept] for name, a in arrays.items()}
+                rows, keys = kept, keys[kept]
         if len(keys) > k:
             keep = np.argpartition(keys, k - 1)[:k]
-            keys, arrays = keys[keep], {name: a[keep] for name, a in arrays.items()}
-        return cls(k, [(keys, arrays)], len(keys))
+            rows, keys = (keep if rows is None else rows[keep]), keys[keep]
+        taken = {name: np.asarray(a) if rows is None else a[rows] for name, a in arrays.items()}
+        return cls(k, [(keys, taken)], len(keys))
 
     def merge(self, other: BottomK) -> BottomK:
         merged = BottomK(self.k, self.parts + other.parts, self.size + other.size)
