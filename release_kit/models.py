@@ -197,8 +197,10 @@ _DEADLINE_GRACE_SECONDS = 5.0
 class _Watchdog:
     """One thread for the process that guards one model call at a time (calls run on the main thread).
 
-    Arming and disarming take a lock and wake nobody: the thread sleeps until the earliest deadline it
-    knows, then looks again. A thread per call cost ~1 ms each, 10% of a CNN's golden-set inference.
+    Arming and disarming take a lock and wake nobody (but a thread idle since the process's first call, or
+    one sleeping past a shorter new deadline, or in the grace wait of the call that ends): the thread sleeps
+    until the earliest deadline it knows, then looks again. A thread per call cost ~1 ms each, 10% of a
+    CNN's golden-set inference; waking the thread twice per call cost its share of the GIL at every call.
     """
 
     def __init__(self) -> None:
@@ -222,7 +224,8 @@ class _Watchdog:
         """End the guard of ``call``; whether its deadline fired."""
         with self._condition:
             self._deadline = 0.0 if self._call == call else self._deadline
-            self._condition.notify()  # a fired deadline's grace wait ends now
+            if self._fired == call:
+                self._condition.notify()  # its grace wait ends now
             return self._fired == call
 
     def _watch(self) -> None:

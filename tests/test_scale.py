@@ -493,6 +493,20 @@ def test_each_model_call_is_stacked_from_the_columns_as_the_whole_matrix_would_b
     assert summary.rows == 4_000 and summary.excluded_rows == 4_000 and summary.excluded == {"cloud_cover": 4_000}
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=0, max_size=300), st.integers(41, 60), st.integers(0, 2**32 - 1))
+def test_bin_sums_are_numpys_bincount(codes, size, seed):
+    """The GIL-free counts and sums behind the slice tables and sketches: np.bincount's numbers, bit for
+    bit (the same additions in row order), counts as int64."""
+    from release_kit.paired import bin_sums
+
+    codes = np.asarray(codes, dtype=np.uint8)
+    weights = np.random.default_rng(seed).normal(size=len(codes)) * 10.0 ** np.random.default_rng(seed).integers(-8, 8, len(codes))
+    counts = bin_sums(codes, size)
+    assert counts.dtype == np.int64 and np.array_equal(counts, np.bincount(codes, minlength=size))
+    assert np.array_equal(bin_sums(codes, size, weights), np.bincount(codes, weights=weights, minlength=size))
+
+
 def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
     """A model that cannot take the golden rows fails in the actor; the run still ends with one line, exit 2."""
     pytest.importorskip("ray")

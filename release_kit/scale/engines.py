@@ -233,7 +233,8 @@ def _paired_changes(task: str, worst_rows: int, delta, target, candidate, baseli
 
 def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
               max_rows: int | None = None, progress: Progress | None = None) -> ScanSummary:
-    """Stream the batches through this process: peak memory is two batches and the sample, whatever the size.
+    """Stream the batches through this process: peak memory is a few batches (read ahead, scored,
+    summarized) and the sample, whatever the size.
 
     Two stages overlap: the models score a batch while a second thread summarizes the one before (numpy
     releases the GIL in its loops, torch in its ops). Models on the CPU get one core fewer than torch would

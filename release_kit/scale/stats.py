@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..paired import SliceBins
+from ..paired import SliceBins, bin_sums
 
 F1_MAX_CLASSES = 16
 AUC_BINS = 8192  # on the logit scale over ±AUC_LOGIT_LIMIT: bins 0.005 logits wide
@@ -206,7 +204,7 @@ class ScoreHistogram:
             bins = bins.astype(np.int64)
             for j, k in enumerate(classes):
                 keyed = bins[:, j] + width * (truth == k)
-                counts[m, j] = np.bincount(keyed, minlength=2 * width).reshape(2, width)
+                counts[m, j] = bin_sums(keyed, 2 * width).reshape(2, width)
         return cls(counts, nonfinite)
 
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
@@ -263,11 +261,11 @@ class ChangeSketch:
         delta = np.asarray(delta, dtype=np.float64)
         if not np.isfinite(delta.sum()):  # rare: a non-finite change is the output contract's to report
             delta = delta[np.isfinite(delta)]
-        # One bincount over (sign, bucket), bucket 0 of each sign for the changes too small to count.
+        # One count over (sign, bucket), bucket 0 of each sign for the changes too small to count.
         width = SKETCH_BUCKETS + 1
         buckets = np.clip((np.abs(delta).view(np.int64) >> _SHIFT) - (_FIRST - 1), 0, width - 1)
         buckets += width * (delta < 0)
-        counts = np.bincount(buckets, minlength=2 * width)
+        counts = bin_sums(buckets, 2 * width)
         return cls(counts[1:width], counts[width + 1 :], int(counts[0] + counts[width]))
 
     def merge(self, other: ChangeSketch) -> ChangeSketch:
