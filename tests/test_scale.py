@@ -370,10 +370,11 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "missing-column", "missing column(s): irradiance"),
         ([], "missing-column-in-a-later-file", "part-1.parquet: missing column(s): irradiance"),
         ([], "corrupt-later-file", "part-1.parquet: cannot read Parquet data"),
+        ([], "not-parquet", "part.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
-         "corrupt-later-file", "zero-chunk-rows"],
+         "corrupt-later-file", "not-parquet", "zero-chunk-rows"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -388,6 +389,8 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "missing-column-in-a-later-file":
         frame.to_parquet(golden / "part-0.parquet")
         frame.drop(columns=["irradiance"]).to_parquet(golden / "part-1.parquet")
+    elif setup == "not-parquet":
+        (golden / "part.parquet").write_text("hour,power_kw\n1,2\n")
     elif setup == "corrupt-later-file":  # its footer reads; its pages fail half-way through the scan
         frame.to_parquet(golden / "part-0.parquet")
         _corrupt_pages(frame, golden / "part-1.parquet")
@@ -531,6 +534,26 @@ def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, 
     assert result.exit_code == 2, result.output[-3000:]
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
     assert len(lines) == 1 and "candidate model" in lines[0] and "failed on input of shape" in lines[0], result.stderr[-2000:]
+
+
+def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
+    """A file whose pages fail in a Ray read task: one line naming the golden set and the cause, exit 2 (it
+    was exit 4, an internal error)."""
+    import shutil
+
+    pytest.importorskip("ray")
+    (tmp_path / "golden").mkdir()
+    frame = pf.make_dataset(2_000, seed=5)
+    frame.to_parquet(tmp_path / "golden" / "part-0.parquet")
+    _corrupt_pages(frame, tmp_path / "golden" / "part-1.parquet")
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["quality"]\n')
+    monkeypatch.chdir(tmp_path)
+    result = cli("check", "--candidate", "candidate.pt", "--engine", "ray", "--report", "report.json")
+    assert result.exit_code == 2, result.output[-3000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
+    assert len(lines) == 1 and "golden: cannot read Parquet data" in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_an_unreachable_ray_cluster_is_bad_input(streamed_project, cli):

@@ -61,17 +61,18 @@ class FeatureColumns:
     def __len__(self) -> int:
         return len(self.columns[0]) if self.columns else 0
 
-    def stacked(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as one float32 (rows, features) matrix: a model's input."""
-        return np.stack([c[start:stop] for c in self.columns], axis=1).astype(np.float32, copy=False)
-
-    def __getitem__(self, rows):
-        if isinstance(rows, slice):
-            return FeatureColumns(tuple(c[rows] for c in self.columns))
+    def stacked(self, rows=slice(None)) -> np.ndarray:
+        """The rows (a slice or indices) as one float32 (rows, features) matrix: a model's input."""
         return np.stack([c[rows] for c in self.columns], axis=1).astype(np.float32, copy=False)
 
+    def __getitem__(self, rows):
+        """A slice stays columns (views); rows by index are stacked."""
+        if isinstance(rows, slice):
+            return FeatureColumns(tuple(c[rows] for c in self.columns))
+        return self.stacked(rows)
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        matrix = self.stacked(0, len(self))
+        matrix = self.stacked()
         return matrix if dtype is None else matrix.astype(dtype, copy=False)
 
 
@@ -153,7 +154,7 @@ def score_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> Scored
         for role, model in models.items():
             columns = plan.features[role]
             if columns not in stacked:
-                stacked[columns] = inputs[role].stacked(start, start + size)
+                stacked[columns] = inputs[role].stacked(slice(start, start + size))
             raw[role].append(model.raw_outputs(stacked[columns]))
     outputs = {role: to_predictions(_joined(parts), spec, role, n_classes) for role, parts in raw.items()}
     return ScoredBatch(rows, counts, bad, excluded_mask, frame, target, inputs, outputs)
@@ -374,7 +375,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             if progress is not None:
                 progress(merged.rows, time.monotonic() - started)
     except Exception as error:
-        cause = _input_error_in(error)
+        cause = _input_error_in(error, source.name)
         if cause is not None:
             raise InputError(cause) from None
         raise
@@ -401,14 +402,21 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
         raise InputError(f"[run] ray_address {address!r}: nothing answers there ({error})") from None
 
 
-def _input_error_in(error: BaseException) -> str | None:
-    """A Ray task error whose cause is release-kit's InputError (bad data or a failing model): its line."""
+def _input_error_in(error: BaseException, source: str) -> str | None:
+    """A Ray task error whose cause is bad input, as its one line: release-kit's InputError (bad data, a
+    failing model), or a read task's OSError / pyarrow error (a corrupt or unreadable file; Ray's error
+    does not say which file, so the line names the golden set)."""
+    import pyarrow as pa
+
     seen = 0
     current: BaseException | None = error
     while current is not None and seen < 10:
         if isinstance(current, InputError):
             return str(current)
-        cause = getattr(current, "cause", None)
+        cause = getattr(current, "cause", None)  # a RayTaskError wraps the task's own exception
+        if not isinstance(cause, BaseException) and isinstance(current, (OSError, pa.ArrowException)) \
+                and not isinstance(current, MemoryError):
+            return f"{source}: cannot read Parquet data: {first_line(current)}"
         current = cause if isinstance(cause, BaseException) else current.__cause__
         seen += 1
     text = str(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,22 +50,24 @@ class ParquetSource:
             raise InputError(f"{source}: {wrong[0]} is not a Parquet file (a streamed golden set is Parquet)")
         return cls(source, tuple(files))
 
-    def dataset(self):
-        import pyarrow.dataset as ds
+    @cached_property
+    def footers(self) -> tuple[tuple[int, frozenset[str]], ...]:
+        """Each file's row count and column names, from its footer (no data read), read once per source:
+        the row count, the column check and every scan of the same source share them."""
+        import pyarrow.parquet as pq
 
-        try:
-            return ds.dataset([str(f) for f in self.files], format="parquet")
-        except Exception as error:  # pyarrow's own hierarchy: an unreadable or inconsistent file
-            raise InputError(f"{self.name}: cannot read Parquet data: {first_line(error)}") from None
+        footers = []
+        for file in self.files:
+            try:
+                metadata = pq.read_metadata(file)
+                footers.append((metadata.num_rows, frozenset(metadata.schema.to_arrow_schema().names)))
+            except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
+                raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+        return tuple(footers)
 
     def rows(self) -> int:
-        """Row count from the files' metadata (no data read)."""
-        try:
-            return int(self.dataset().count_rows())
-        except InputError:
-            raise
-        except Exception as error:
-            raise InputError(f"{self.name}: cannot read Parquet data: {first_line(error)}") from None
+        """Row count from the files' footers."""
+        return sum(rows for rows, _ in self.footers)
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
@@ -86,13 +89,7 @@ class ParquetSource:
 
     def _check_columns(self, columns: list[str]) -> None:
         """Every file has every column (footers only): a file without one fails before any batch is read."""
-        import pyarrow.parquet as pq
-
-        for file in self.files:
-            try:
-                names = set(pq.read_schema(file).names)
-            except Exception as error:
-                raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+        for file, (_, names) in zip(self.files, self.footers):
             missing = [c for c in columns if c not in names]
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
