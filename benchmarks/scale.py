@@ -79,7 +79,7 @@ def _plan_and_models(folder: Path, every_stage: bool = False):
     from release_kit.drift import Bins
     from release_kit.models import load_model
     from release_kit.paired import EDGE_SAMPLE_ROWS, SliceBins
-    from release_kit.scale.engines import ScanPlan
+    from release_kit.scale.batches import ScanPlan
     from release_kit.scale.source import ParquetSource
 
     spec = ModelSpec(name="bench", task="regression", target="y", features=FEATURES)
@@ -134,7 +134,7 @@ def part(name: str, folder: Path) -> dict:
             import pickle
 
             first = next(iter(source.batches(plan.columns, CHUNK)))
-            from release_kit.scale.engines import reduce_batch
+            from release_kit.scale.batches import reduce_batch
 
             result["batch_bytes"] = len(pickle.dumps(reduce_batch(plan, loaded, first)))
             result["batch_bytes_no_sample"] = len(pickle.dumps({k: v for k, v in reduce_batch(plan, loaded, first).__dict__.items() if k != "sample"}))
@@ -195,10 +195,12 @@ def main() -> None:
         f"Ray vs local: {ray['seconds'] / local['seconds']:.2f}× the wall time; "
         f"exact metrics equal to 1e-9 relative: {'yes' if same else 'NO'} (MAE Δ {mae[2]:+.6f} [{mae[3]:+.6f}, {mae[4]:+.6f}] in both).  \n"
         f"The local engine's own cost is {own:.0f} ns per row with the quality statistics ({full_own:.0f} ns with every stage's), against "
-        f"{raw_seconds / rows * 1e9:.0f} ns for reading a row and running both models in the faster raw loop. The models score a batch "
-        "while a second thread summarizes the one before and a third reads the next, but on two cores the three share the CPU and "
-        "the GIL (the summaries' Python steps between numpy's loops), so most of the statistics' cost still shows: for these two tiny "
-        "MLPs it weighs; the ratio is 0.8× or better for "
+        f"{raw_seconds / rows * 1e9:.0f} ns for reading a row and running both models in the faster raw loop. The models have the main "
+        "thread to themselves while a helper thread checks the next batch and summarizes the one before and a third reads ahead, "
+        "but on two cores the three share the CPU and the GIL (the statistics' Python steps between numpy's loops): measured, a thread "
+        "summarizing beside the models slows their scoring ~20 %, another process ~5 %, yet a process must copy each batch into "
+        "shared memory, and in a prototype that cost more than it saved (a scan 10–15 % slower). For these two tiny MLPs the "
+        "statistics' cost weighs; the ratio is 0.8× or better for "
         f"model pairs that cost at least {4 * own:.0f} ns per row ({4 * full_own:.0f} ns with every stage's statistics). "
         "Every part ran with glibc's mmap and trim thresholds fixed (`MALLOC_MMAP_THRESHOLD_=64 MiB`, `MALLOC_TRIM_THRESHOLD_=1 GiB`): "
         "left dynamic, a raw loop spent up to 4.7 s in page faults and swung 2× from run to run. This machine is shared and noisy: "

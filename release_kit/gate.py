@@ -192,7 +192,8 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     import pandas as pd
 
     from .data import ExcludedRows, GoldenSet
-    from .scale.engines import ScanPlan, run_local, run_ray
+    from .scale.batches import ScanPlan
+    from .scale.engines import run_local, run_ray
 
     spec, run_spec = config.model, config.run
     roles = {m.role: m for m in models}
@@ -261,7 +262,7 @@ def _with_slices(config: Config, source, plan, models):
     import numpy as np
 
     from .paired import EDGE_SAMPLE_ROWS, SliceBins, suspicious_pairs
-    from .scale.engines import reduce_batch
+    from .scale.batches import reduce_batch
 
     first = next(iter(source.batches(plan.columns, EDGE_SAMPLE_ROWS, EDGE_SAMPLE_ROWS)), None)
     if first is None:

@@ -338,7 +338,8 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
 
     from release_kit.config import ModelSpec
     from release_kit.models import load_model
-    from release_kit.scale.engines import ScanPlan, run_local
+    from release_kit.scale.batches import ScanPlan
+    from release_kit.scale.engines import run_local
     from release_kit.scale.source import ParquetSource
 
     spec = ModelSpec(name="p", task="regression", target="power_kw", features=pf.FEATURES)
@@ -468,7 +469,7 @@ def test_each_model_call_is_stacked_from_the_columns_as_the_whole_matrix_would_b
     the columns taken by row give the matrix's rows."""
     from dataclasses import replace
 
-    from release_kit.scale.engines import FeatureColumns, score_batch
+    from release_kit.scale.batches import FeatureColumns, score_batch
 
     source, plan, models = _every_stage_scan(power, golden_directory)
     models = {role: replace(model, batch_size=1_500) for role, model in models.items()}  # 3 calls for 4,000 rows
@@ -478,20 +479,20 @@ def test_each_model_call_is_stacked_from_the_columns_as_the_whole_matrix_would_b
     scored = score_batch(plan, models, batch)
     for role, columns in plan.features.items():
         matrix = np.column_stack([batch.column(c).to_numpy() for c in columns]).astype(np.float32)
-        assert np.array_equal(np.asarray(scored.inputs[role]), matrix)
-        assert np.array_equal(scored.outputs[role], models[role].raw_outputs(matrix))
+        assert np.array_equal(np.asarray(scored.kept.inputs[role]), matrix)
+        assert np.array_equal(scored.kept.outputs[role], models[role].raw_outputs(matrix))
     rows = np.array([3_999, 0, 17, 17])
-    assert np.array_equal(scored.inputs["baseline"][rows], matrix[rows])
-    part = scored.inputs["baseline"][100:200]
+    assert np.array_equal(scored.kept.inputs["baseline"][rows], matrix[rows])
+    part = scored.kept.inputs["baseline"][100:200]
     assert isinstance(part, FeatureColumns) and np.array_equal(np.asarray(part), matrix[100:200])
     # A batch whose rows are all excluded (a feature all NaN): each model is called once on no rows.
     import pyarrow as pa
 
-    from release_kit.scale.engines import summarize_batch
+    from release_kit.scale.batches import summarize_batch
 
     unusable = batch.set_column(batch.schema.get_field_index("cloud_cover"), "cloud_cover", pa.array(np.full(4_000, np.nan)))
     empty = score_batch(plan, models, unusable)
-    assert all(len(output) == 0 for output in empty.outputs.values())
+    assert all(len(output) == 0 for output in empty.kept.outputs.values())
     summary = summarize_batch(plan, empty)
     assert summary.rows == 4_000 and summary.excluded_rows == 4_000 and summary.excluded == {"cloud_cover": 4_000}
 
@@ -771,7 +772,7 @@ def _library_scan(power, golden: Path):
     are not needed here)."""
     from release_kit.config import ModelSpec
     from release_kit.models import load_model
-    from release_kit.scale.engines import ScanPlan
+    from release_kit.scale.batches import ScanPlan
     from release_kit.scale.source import ParquetSource
 
     spec = ModelSpec(name="power-forecast", task="regression", target="power_kw", features=pf.FEATURES)
@@ -808,17 +809,17 @@ def test_a_batch_summarized_in_parts_gives_the_whole_batch_numbers(power, golden
 
     import pyarrow as pa
 
-    from release_kit.scale import engines
+    from release_kit.scale import batches
 
     source, plan, models = _every_stage_scan(power, golden_directory)
     batch = next(iter(source.batches(plan.columns, 10_000)))
     frame = batch.to_pandas()
     frame.loc[[3, 5_000, 9_999], pf.FEATURES[1]] = np.nan  # three rows excluded, in different parts
-    scored = engines.score_batch(plan, models, pa.Table.from_pandas(frame))
-    with mock.patch.object(engines, "SUMMARY_PART_ROWS", 10**9):
-        whole = engines.summarize_batch(plan, scored)
-    with mock.patch.object(engines, "SUMMARY_PART_ROWS", 1_024):
-        parts = engines.summarize_batch(plan, scored)
+    scored = batches.score_batch(plan, models, pa.Table.from_pandas(frame))
+    with mock.patch.object(batches, "SUMMARY_PART_ROWS", 10**9):
+        whole = batches.summarize_batch(plan, scored)
+    with mock.patch.object(batches, "SUMMARY_PART_ROWS", 1_024):
+        parts = batches.summarize_batch(plan, scored)
     assert (parts.rows, parts.excluded_rows, parts.excluded) == (whole.rows, whole.excluded_rows, whole.excluded) == (10_000, 3, {pf.FEATURES[1]: 3})
     assert parts.counts == whole.counts and parts.used_rows == 9_997
     for metric, moments in whole.quality.items():
@@ -842,7 +843,8 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     import torch
 
     from release_kit.errors import InputError
-    from release_kit.scale.engines import reduce_batch, run_local
+    from release_kit.scale.batches import reduce_batch
+    from release_kit.scale.engines import run_local
 
     source, plan, models = _every_stage_scan(power, golden_directory)
     threads = torch.get_num_threads()
@@ -879,6 +881,31 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     with pytest.raises(InputError, match="batch 3"):
         run_local(source, plan, {**models, "candidate": Failing()}, chunk_rows=4_000)
     assert torch.get_num_threads() == threads
+
+
+def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_error(power, golden_directory, tmp_path):
+    """The next batch is read and checked on a helper thread while the models score the last one: a bad
+    batch there (a column of text in the third file) ends the scan with that batch's one-line error, and no
+    thread of the scan is left running."""
+    import threading
+
+    from release_kit.errors import InputError
+    from release_kit.scale.engines import run_local
+
+    source, plan, models = _every_stage_scan(power, golden_directory)
+    files = sorted((golden_directory / "golden").glob("*.parquet"))
+    (tmp_path / "golden").mkdir()
+    for index, file in enumerate(files):
+        frame = pd.read_parquet(file)
+        if index == 2:
+            frame[pf.FEATURES[0]] = frame[pf.FEATURES[0]].map("{:.3f}".format)
+        frame.to_parquet(tmp_path / "golden" / file.name)
+    source = type(source).resolve(str(tmp_path / "golden"))
+    progress = []
+    with pytest.raises(InputError, match=f"golden column '{pf.FEATURES[0]}' is not numeric"):
+        run_local(source, plan, models, chunk_rows=4_000, progress=lambda rows, _: progress.append(rows))
+    assert progress and progress[-1] <= 20_000  # the batches before it were summarized
+    assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-summarize"))]
 
 
 def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory):

@@ -3,5 +3,6 @@ each batch reduced into mergeable statistics that the local engine and the Ray e
 
 - :mod:`.source`: a Parquet file, a directory of them, or a glob, read batch by batch;
 - :mod:`.stats`: the mergeable statistics (exact sums, a bottom-k uniform sample, whole-set counts);
-- :mod:`.engines`: the pure per-batch reduction, and the local and Ray engines that run it.
+- :mod:`.batches`: the pure per-batch reduction (read and check, run both models, summarize);
+- :mod:`.engines`: the local and Ray engines that run the reduction.
 """

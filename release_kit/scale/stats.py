@@ -487,7 +487,8 @@ class BottomK:
     @classmethod
     def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray], below: np.uint64 | None = None) -> BottomK:
         # The rows kept are taken once, by index (few rows: that beats a boolean mask); an array that is
-        # not one yet (a matrix kept as its columns) becomes one.
+        # not one yet (a matrix kept as its columns) becomes one. Every row kept is a copy: the sample
+        # outlives its batch, whose arrays may be a shared slot that the next batch overwrites.
         rows = None
         if below is not None:
             kept = np.flatnonzero(keys < below)
@@ -496,7 +497,7 @@ class BottomK:
         if len(keys) > k:
             keep = np.argpartition(keys, k - 1)[:k]
             rows, keys = (keep if rows is None else rows[keep]), keys[keep]
-        taken = {name: np.asarray(a) if rows is None else a[rows] for name, a in arrays.items()}
+        taken = {name: np.array(a) if rows is None else a[rows] for name, a in arrays.items()}
         return cls(k, [(keys, taken)], len(keys))
 
     def merge(self, other: BottomK) -> BottomK:
