@@ -147,7 +147,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     context.enable_progress_bars = False
     shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
-    dataset = ray.data.read_parquet([str(f) for f in source.files], columns=plan.columns)
+    # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
+    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.columns)
     if max_rows is not None:
         dataset = dataset.limit(max_rows)
     cpus = float(ray.cluster_resources().get("CPU", 1))
