@@ -71,10 +71,6 @@ class FeatureColumns:
         return matrix if dtype is None else matrix.astype(dtype, copy=False)
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-
-
 @dataclass(frozen=True)
 class PreparedBatch:
     """One batch read and checked: its counts over every row, the rows excluded (bad values) and the columns
@@ -189,6 +185,10 @@ def run_models(plan: ScanPlan, models: dict[str, LoadedModel], frame: dict[str, 
                 stacked[columns] = inputs[role].stacked(slice(start, start + size))
             raw[role].append(model.raw_outputs(stacked[columns]))
     return {role: to_predictions(_joined(parts), spec, role, n_classes) for role, parts in raw.items()}
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def summarize_batch(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:

@@ -1,6 +1,6 @@
 """The engines that run the per-batch reduction (:mod:`.batches`): in this process over record batches
-(:func:`run_local`) or on Ray Data with an actor pool that holds both
-models once per actor (:func:`run_ray`). Both give the same :class:`~release_kit.scale.stats.ScanSummary`."""
+(:func:`run_local`) or on Ray Data with an actor pool that holds both models once per actor
+(:func:`run_ray`). Both give the same :class:`~release_kit.scale.stats.ScanSummary`."""
 
 from __future__ import annotations
 
