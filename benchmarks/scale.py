@@ -112,8 +112,8 @@ def part(name: str, folder: Path) -> dict:
             for batch in source.batches(plan.columns, CHUNK):
                 columns = [batch.column(c).to_numpy() for c in FEATURES]
                 outputs = {role: [] for role in loaded}
-                # The same calls as release-kit's: 65,536 rows each (the activations stay in cache), each
-                # call's input stacked from the columns just before the call, both models on it.
+                # The same calls as release-kit's: PREDICT_BATCH_ROWS rows each (the activations stay in
+                # cache), each call's input stacked from the columns just before the call, both models on it.
                 for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
                     x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
                     for role, model in loaded.items():

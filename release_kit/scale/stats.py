@@ -487,8 +487,8 @@ class BottomK:
     @classmethod
     def of(cls, k: int, keys: np.ndarray, arrays: dict[str, np.ndarray], below: np.uint64 | None = None) -> BottomK:
         # The rows kept are taken once, by index (few rows: that beats a boolean mask); an array that is
-        # not one yet (a matrix kept as its columns) becomes one. Every row kept is a copy: the sample
-        # outlives its batch, whose arrays may be a shared slot that the next batch overwrites.
+        # not one yet (a matrix kept as its columns) becomes one. Every row kept is a copy, also when a
+        # part keeps all its rows: a view of a part would keep its whole batch alive in the merged sample.
         rows = None
         if below is not None:
             kept = np.flatnonzero(keys < below)
