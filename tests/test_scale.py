@@ -307,6 +307,53 @@ def test_unusable_rows_are_counted_over_every_row(tmp_path, power, cli, monkeypa
     assert report["data"]["golden"]["excluded_rows"] == 3 and report["verdict"] == "block"
 
 
+def test_a_batch_with_no_usable_row_after_usable_ones_is_counted_not_a_crash(tmp_path, power, cli, monkeypatch):
+    """A day of missing labels: the second file's targets are all null. Its rows are counted as excluded and
+    the metrics are those of the usable rows, the numbers of the same rows read whole."""
+    import shutil
+
+    frame = pf.make_dataset(10_000, seed=23)
+    frame.loc[5_000:, pf.TARGET] = np.nan
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        frame.iloc[index * 5_000 : (index + 1) * 5_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet")
+    frame.to_csv(tmp_path / "golden.csv", index=False)
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for golden in ("golden", "golden.csv"):
+        configure(tmp_path, power, tmp_path / golden, '[gate]\nstages = ["quality", "data"]\n')
+        reports[golden] = run(cli)
+    streamed, whole = reports["golden"], reports["golden.csv"]
+    assert streamed["data"]["golden"]["excluded_rows"] == whole["data"]["golden"]["excluded_rows"] == 5_000
+    for name in ("mae", "rmse", "r2"):
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9), (name, key)
+    assert streamed["verdict"] == whole["verdict"] == "block"  # half the golden rows unusable
+
+
+def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli, monkeypatch):
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    train, golden = make_classification(3_000, 2, seed=1), make_classification(12_000, 2, seed=2)
+    save_scripted(train_classifier(train, 2, epochs=4, squash="none"), tmp_path / "baseline.pt")
+    save_scripted(train_classifier(train, 2, epochs=40, squash="none"), tmp_path / "candidate.pt")
+    golden["label"] = golden["label"].astype(bool)
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        golden.iloc[index * 6_000 : (index + 1) * 6_000].to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    reports = {}
+    for source in ("golden", "golden.csv"):
+        (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden=source))
+        reports[source] = run(cli)
+    for name in ("accuracy", "log_loss", "f1"):
+        for key in ("candidate", "baseline", "delta"):
+            a, b = metric(reports["golden"], name)[key], metric(reports["golden.csv"], name)[key]
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (name, key)
+
+
 def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):
     import shutil
 

@@ -130,6 +130,8 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     classes)."""
     spec = plan.spec
     frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.columns}
+    if frame[spec.target].dtype.kind == "b":  # labels stored as booleans are classes 0 and 1, as in memory
+        frame[spec.target] = frame[spec.target].astype(np.int64)
     counts = ColumnCounts()
     masks = {}  # only the columns that have bad values: most batches have none, and skip every mask pass
     for name, values in frame.items():
@@ -193,7 +195,7 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 
 def summarize_batch(plan: ScanPlan, scored: ScoredBatch) -> ScanSummary:
     """A scored batch → its mergeable statistics. Pure numpy: no model runs here, so the local engine runs it
-    in another process while the models score the next batch.
+    on its helper thread while the models score the next batch.
 
     The rows are summarized in parts of ``SUMMARY_PART_ROWS``: each pass over a part's float64 intermediates
     (1 MiB) stays in the CPU's cache instead of streaming 8 MB arrays through memory, which the models

@@ -541,8 +541,7 @@ class ScanSummary:
         excluded = dict(self.excluded)
         for name, count in other.excluded.items():
             excluded[name] = excluded.get(name, 0) + count
-        quality = {name: self.quality[name].merge(other.quality[name]) if name in self.quality else other.quality[name]
-                   for name in {**self.quality, **other.quality}}
+        quality = {name: _merged(self.quality.get(name), other.quality.get(name)) for name in {**self.quality, **other.quality}}
         return ScanSummary(self.rows + other.rows, excluded, self.excluded_rows + other.excluded_rows, quality,
                            self.counts.merge(other.counts), self.sample.merge(other.sample), max(self.classes, other.classes),
                            _merged(self.scores, other.scores), {name: self.drift[name] + other.drift[name] for name in self.drift},
