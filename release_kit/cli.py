@@ -89,7 +89,7 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
     config, project_dir = gate.resolve_config(inputs["config_path"])
     listener = render.ProgressListener(Console(stderr=True))
     try:
-        return config, project_dir, gate.check(
+        report = gate.check(
             config, directory=project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
             baseline_version=inputs["baseline_version"], data=inputs["data"], stages=list(inputs["stages"]) or None,
             allow_pickle=inputs["allow_pickle"], log_to_mlflow=False if inputs["no_mlflow"] else None,
@@ -99,6 +99,11 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
         )
     finally:
         listener.close()
+    golden = report.data.get("golden")
+    if (inputs["engine"] or config.run.engine) == "ray" and golden is not None and golden.read == "whole":
+        click.echo(f"release-kit: note: the golden set {golden.path} was read whole, not on Ray "
+                   "(the Ray engine streams Parquet golden sets)", err=True)
+    return config, project_dir, report
 
 
 @main.command()

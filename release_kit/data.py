@@ -64,6 +64,7 @@ class GoldenSet:
     # out of ``total_rows`` read.
     sampled_from: int | None = None
     total_rows: int | None = None
+    streamed_by: str | None = None  # the engine that streamed it ("local" | "ray"); None: read whole
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -131,7 +132,7 @@ class GoldenSet:
 
         used = self.sampled_from if self.sampled_from is not None else len(self)
         return DatasetRef(path=str(self.path), rows=self.rows_read, sha256=self.sha256, used_rows=used,
-                          excluded_rows=0 if self.excluded is None else len(self.excluded))
+                          excluded_rows=0 if self.excluded is None else len(self.excluded), read=self.streamed_by or "whole")
 
 
 def file_sha256(path: Path) -> str:

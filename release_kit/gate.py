@@ -219,7 +219,7 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     golden = GoldenSet(
         path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],
         sha256=source.sha256(), excluded=excluded, feature_names=tuple(spec.features),
-        sampled_from=summary.used_rows, total_rows=summary.rows,
+        sampled_from=summary.used_rows, total_rows=summary.rows, streamed_by=run_spec.engine,
     )
     predicted = {"candidate": sample["candidate"]}
     if "baseline" in sample:

@@ -73,6 +73,7 @@ def streamed_project(tmp_path, power, golden_directory, monkeypatch):
 def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project, power, golden_directory, cli):
     streamed = run(cli)
     assert streamed["data"]["golden"]["rows"] == 30_000 and streamed["verdict"] == "pass"
+    assert streamed["data"]["golden"]["read"] == "local"
     checks = {f"{c['stage']}::{c['name']}": c for c in streamed["checks"]}
     assert "exact over all 30,000 rows, streamed" in checks["quality::mae"]["summary"]
     assert "on a uniform sample of 5,000 of 30,000 rows" in checks["outliers::prediction_shift"]["summary"]
@@ -89,6 +90,7 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     # The same rows read whole (one CSV): the streamed sums give the in-memory metrics and intervals.
     configure(streamed_project, power, golden_directory / "golden.csv")
     whole = run(cli)
+    assert whole["data"]["golden"]["read"] == "whole"
     for name in ("mae", "rmse", "r2"):
         a, b = metric(streamed, name), metric(whole, name)
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
@@ -128,6 +130,7 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli
     local = run(cli, "--engine", "local", *stages)
     distributed = run(cli, "--engine", "ray", *stages)
     assert distributed["verdict"] == local["verdict"] and distributed["bump"] == local["bump"]
+    assert (local["data"]["golden"].pop("read"), distributed["data"]["golden"].pop("read")) == ("local", "ray")
     assert distributed["data"] == local["data"]
     for name in ("mae", "rmse", "r2"):
         a, b = metric(local, name), metric(distributed, name)
@@ -139,6 +142,23 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli
         assert (a["stage"], a["name"], a["status"]) == (b["stage"], b["name"], b["status"])
         if not a["name"].startswith(("search:", "monotonic:")):
             assert a["summary"] == b["summary"]
+
+
+def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read_whole(streamed_project, power, golden_directory, cli):
+    """A CSV golden set is read whole whichever engine is asked for: the run says so, on stderr, in the report
+    and in its Markdown, rather than letting the user believe Ray read it."""
+    configure(streamed_project, power, golden_directory / "golden.csv")
+    result = cli("check", "--candidate", "candidate.pt", "--engine", "ray", "--stage", "quality", "--report", "report.json",
+                 "--format", "markdown")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"release-kit: note: the golden set {golden_directory / 'golden.csv'} was read whole, not on Ray "
+        "(the Ray engine streams Parquet golden sets)"]
+    assert json.loads((streamed_project / "report.json").read_text())["data"]["golden"]["read"] == "whole"
+    assert "golden set 30000 rows ·" in result.stdout
+    configure(streamed_project, power, golden_directory / "golden")
+    streamed = cli("check", "--candidate", "candidate.pt", "--stage", "quality", "--format", "markdown")
+    assert "golden set 30000 rows (streamed, local engine) ·" in streamed.stdout and "note:" not in streamed.stderr
 
 
 def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, cli):
