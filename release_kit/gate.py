@@ -264,7 +264,8 @@ def _with_slices(config: Config, source, plan, models):
     from .paired import EDGE_SAMPLE_ROWS, SliceBins, suspicious_pairs
     from .scale.batches import reduce_batch
 
-    first = next(iter(source.batches(plan.columns, EDGE_SAMPLE_ROWS, EDGE_SAMPLE_ROWS)), None)
+    rows = min(EDGE_SAMPLE_ROWS, config.run.max_rows or EDGE_SAMPLE_ROWS)  # never a row beyond --max-rows
+    first = next(iter(source.batches(plan.columns, rows, rows)), None)
     if first is None:
         return plan
     bins = {}

@@ -171,6 +171,27 @@ def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, c
     assert run(cli, "--max-rows", "500")["data"]["golden"]["rows"] == 500
 
 
+def test_max_rows_plans_the_slices_on_the_prefix_alone(tmp_path, power, cli, monkeypatch):
+    """The slices' bins are fixed from the golden set's first rows: with --max-rows, from the prefix only. The
+    rows after it (one file, one batch) have temperatures a hundred times larger; no bin edge may come from them."""
+    import re
+    import shutil
+
+    frame = pf.make_dataset(6_000, seed=24)
+    frame.loc[1_000:, "temperature"] *= 100
+    (tmp_path / "golden").mkdir()
+    frame.to_parquet(tmp_path / "golden" / "part-0.parquet")
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    configure(tmp_path, power, tmp_path / "golden")
+    monkeypatch.chdir(tmp_path)
+    report = run(cli, "--max-rows", "1000")
+    assert report["data"]["golden"]["rows"] == 1_000
+    slices = next(c for c in report["checks"] if c["name"] == "slices")
+    labels = " ".join(row[0] for row in slices["details"]["table"]["rows"])
+    edges = [float(v) for v in re.findall(r"temperature (?:≤|>) (-?[\d.]+)", labels) + re.findall(r"(-?[\d.]+) < temperature", labels)]
+    assert edges and max(edges) <= frame["temperature"][:1_000].max(), labels
+
+
 def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_project, power, golden_directory, cli):
     """The threshold and the rows beyond it come from all 30,000 rows' changes (within the sketch's stated
     range), and the worst rows are the worst of all rows, not of the sample's."""
