@@ -625,6 +625,40 @@ def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, 
     assert len(lines) == 1 and "candidate model" in lines[0] and "failed on input of shape" in lines[0], result.stderr[-2000:]
 
 
+def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_path, power):
+    """A model whose forward ends its process (as a segfault would) in a Ray worker: the actor is not restarted
+    and its batch not retried without end; the run ends with an internal error (never exit 1), in seconds."""
+    pytest.importorskip("ray")
+    from conftest import run_cli
+
+    (tmp_path / "golden").mkdir()
+    pf.make_dataset(2_000, seed=5).to_parquet(tmp_path / "golden" / "part.parquet")
+    (tmp_path / "crashing.py").write_text(textwrap.dedent("""
+        import os
+        import sys
+
+        import power_forecast
+
+
+        class EndsRayWorkers(power_forecast.PowerMLP):
+            def forward(self, x):
+                if "default_worker" in sys.argv[0]:  # a Ray worker process, not the driver
+                    os._exit(1)
+                return super().forward(x)
+
+
+        def factory():
+            return EndsRayWorkers(hidden=16)
+        """))
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["quality"]\n')
+    config = tmp_path / "release-kit.toml"
+    config.write_text(config.read_text().replace("[baseline]", '[candidate]\nfactory = "crashing:factory"\n\n[baseline]', 1))
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(pf.__file__).parent}"}  # the workers import the factory's module
+    result = run_cli(tmp_path, "check", "--candidate", str(power["v1_safetensors"]), "--engine", "ray", env=env, timeout=120)
+    assert result.returncode == 4, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("release-kit: internal error: ActorDiedError"), result.stderr[-3000:]
+
+
 def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
     """A file whose pages fail in a Ray read task: one line naming the golden set and the cause, exit 2 (it
     was exit 4, an internal error)."""

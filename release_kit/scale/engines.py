@@ -163,10 +163,12 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         raise InputError("[inference] device = \"cuda\" but the Ray cluster has no GPU (use \"auto\" or \"cpu\")")
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
+    # An actor that dies is not restarted (Ray Data's default restarts it and retries its batch without end):
+    # a model that kills its process would kill every restart, and the gate would hang instead of failing.
     scored = dataset.map_batches(
         _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
         batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
-        **gpu_share,
+        max_restarts=0, **gpu_share,
     )
     merged: ScanSummary | None = None
     try:
