@@ -99,9 +99,8 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
         )
     finally:
         listener.close()
-    golden = report.data.get("golden")
-    if (inputs["engine"] or config.run.engine) == "ray" and golden is not None and golden.read == "whole":
-        click.echo(f"release-kit: note: the golden set {golden.path} was read whole, not on Ray "
+    if (inputs["engine"] or config.run.engine) == "ray" and report.environment.get("golden_read") == "whole":
+        click.echo(f"release-kit: note: the golden set {report.data['golden'].path} was read whole, not on Ray "
                    "(the Ray engine streams Parquet golden sets)", err=True)
     return config, project_dir, report
 

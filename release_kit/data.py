@@ -132,7 +132,7 @@ class GoldenSet:
 
         used = self.sampled_from if self.sampled_from is not None else len(self)
         return DatasetRef(path=str(self.path), rows=self.rows_read, sha256=self.sha256, used_rows=used,
-                          excluded_rows=0 if self.excluded is None else len(self.excluded), read=self.streamed_by or "whole")
+                          excluded_rows=0 if self.excluded is None else len(self.excluded))
 
 
 def file_sha256(path: Path) -> str:

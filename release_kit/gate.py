@@ -356,7 +356,7 @@ def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: 
         next_version=decision.next_version,
         first_release=decision.first_release,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        environment=software(),
+        environment={**software(), "golden_read": gate.golden.streamed_by or "whole"},
         contract=contract[0],
         waivers=decision.waivers,
     )

@@ -16,7 +16,8 @@ from typing import Any
 
 # 1.1: a blocked report's bump is null ("none" means bit-identical predictions: nothing to release);
 # golden.used_rows/excluded_rows; released (versions already in the registry).
-# 1.2: golden.read (how the golden set was read: "whole", or streamed by the "local" or "ray" engine).
+# 1.2: environment.golden_read (how the golden set was read: "whole", or streamed by the "local" or "ray"
+# engine; in the environment, not in data.golden, so that both engines' data sections stay equal).
 SCHEMA_VERSION = "1.2"
 
 
@@ -137,7 +138,6 @@ class DatasetRef(Record):
     sha256: str
     used_rows: int | None = None  # rows the stages used (the others had NaN/inf or impossible values)
     excluded_rows: int = 0
-    read: str = "whole"  # "whole" (in memory), or the engine that streamed it: "local" | "ray"
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def streamed_project(tmp_path, power, golden_directory, monkeypatch):
 def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project, power, golden_directory, cli):
     streamed = run(cli)
     assert streamed["data"]["golden"]["rows"] == 30_000 and streamed["verdict"] == "pass"
-    assert streamed["data"]["golden"]["read"] == "local"
+    assert streamed["environment"]["golden_read"] == "local"
     checks = {f"{c['stage']}::{c['name']}": c for c in streamed["checks"]}
     assert "exact over all 30,000 rows, streamed" in checks["quality::mae"]["summary"]
     assert "on a uniform sample of 5,000 of 30,000 rows" in checks["outliers::prediction_shift"]["summary"]
@@ -90,7 +90,7 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     # The same rows read whole (one CSV): the streamed sums give the in-memory metrics and intervals.
     configure(streamed_project, power, golden_directory / "golden.csv")
     whole = run(cli)
-    assert whole["data"]["golden"]["read"] == "whole"
+    assert whole["environment"]["golden_read"] == "whole"
     for name in ("mae", "rmse", "r2"):
         a, b = metric(streamed, name), metric(whole, name)
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
@@ -130,8 +130,8 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli
     local = run(cli, "--engine", "local", *stages)
     distributed = run(cli, "--engine", "ray", *stages)
     assert distributed["verdict"] == local["verdict"] and distributed["bump"] == local["bump"]
-    assert (local["data"]["golden"].pop("read"), distributed["data"]["golden"].pop("read")) == ("local", "ray")
     assert distributed["data"] == local["data"]
+    assert (local["environment"]["golden_read"], distributed["environment"]["golden_read"]) == ("local", "ray")
     for name in ("mae", "rmse", "r2"):
         a, b = metric(local, name), metric(distributed, name)
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
@@ -154,7 +154,7 @@ def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read
     assert result.stderr.strip().splitlines() == [
         f"release-kit: note: the golden set {golden_directory / 'golden.csv'} was read whole, not on Ray "
         "(the Ray engine streams Parquet golden sets)"]
-    assert json.loads((streamed_project / "report.json").read_text())["data"]["golden"]["read"] == "whole"
+    assert json.loads((streamed_project / "report.json").read_text())["environment"]["golden_read"] == "whole"
     assert "golden set 30000 rows ·" in result.stdout
     configure(streamed_project, power, golden_directory / "golden")
     streamed = cli("check", "--candidate", "candidate.pt", "--stage", "quality", "--format", "markdown")
