@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -677,6 +678,61 @@ def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, 
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
     assert len(lines) == 1 and "golden: cannot read Parquet data" in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "report.json").exists()
+
+
+@pytest.fixture
+def ray_cluster():
+    """A Ray cluster launched by `ray start` on 127.0.0.1 (2 CPUs), with token authentication as Ray 2.59+
+    enables it for such clusters: its address and the environment a client needs to join it."""
+    pytest.importorskip("ray")
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray = Path(sys.executable).with_name("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **auth}
+    temp = tempfile.mkdtemp(prefix="rk-ray-")  # short: Ray's socket paths live under it
+    subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                    "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", temp],
+                   env=environment, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}", auth
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=environment, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_an_existing_ray_cluster_gives_the_local_numbers_and_a_refused_token_is_bad_input(streamed_project, ray_cluster):
+    from conftest import run_cli
+
+    address, auth = ray_cluster
+    stages = ("--stage", "quality", "--stage", "data")
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "local", *stages, "--report", "local.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = streamed_project / "release-kit.toml"
+    config.write_text(config.read_text().replace("chunk_rows = 4000", f'chunk_rows = 4000\nray_address = "{address}"'))
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", *stages, "--report", "ray.json", env=auth)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local, distributed = (json.loads((streamed_project / name).read_text()) for name in ("local.json", "ray.json"))
+    assert distributed["environment"]["golden_read"] == "ray" and distributed["data"] == local["data"]
+    for name in ("mae", "rmse", "r2"):
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert math.isclose(metric(local, name)[key], metric(distributed, name)[key], rel_tol=1e-9, abs_tol=1e-12), (name, key)
+
+    # Without the token the cluster refuses the client: one line, exit 2, saying what it needs.
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", *stages, "--report", "no.json")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"release-kit: error: [run] ray_address '{address}': cannot start or reach Ray") and "RAY_AUTH_MODE=token" in line
+    assert not (streamed_project / "no.json").exists()
 
 
 def test_an_unreachable_ray_cluster_is_bad_input(streamed_project, cli):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -138,8 +139,10 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        except Exception as error:  # an unreachable cluster, a bad address
-            raise InputError(f"[run] ray_address {address!r}: cannot start or reach Ray: {first_line(error)}") from None
+        except Exception as error:  # an unreachable cluster, a bad address, a token the cluster refused
+            hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token, RAY_AUTH_TOKEN or "
+                    "~/.ray/auth_token, in this environment)") if address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
+            raise InputError(f"[run] ray_address {address!r}: cannot start or reach Ray: {first_line(error)}{hint}") from None
     import ray.data
 
     context = ray.data.DataContext.get_current()
