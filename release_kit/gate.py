@@ -199,9 +199,13 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     roles = {m.role: m for m in models}
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
     total = source.rows()
+    # The data stage validates every column of the golden set, as when it is read whole: the sample carries
+    # the columns the models do not read too.
+    used = {*features["candidate"], *features["baseline"], spec.target}
+    carried = tuple(c for c in source.common_columns() if c not in used) if "data" in config.gate.stages else ()
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
-                    config.outliers.top_n if "outliers" in config.gate.stages else 0)
+                    config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried)
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
@@ -215,6 +219,10 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     sample = summary.sample.ordered()
     frame = pd.DataFrame(sample["features"], columns=spec.features)
     frame[spec.target] = sample["target"]
+    for name in plan.carried:
+        frame[name] = sample[f"column:{name}"]
+    if plan.carried:  # the files' column order, as a golden set read whole has it
+        frame = frame[[c for c in source.common_columns() if c in frame.columns] + [c for c in frame.columns if c not in source.common_columns()]]
     excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
     golden = GoldenSet(
         path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],
@@ -265,7 +273,7 @@ def _with_slices(config: Config, source, plan, models):
     from .scale.batches import reduce_batch
 
     rows = min(EDGE_SAMPLE_ROWS, config.run.max_rows or EDGE_SAMPLE_ROWS)  # never a row beyond --max-rows
-    first = next(iter(source.batches(plan.columns, rows, rows)), None)
+    first = next(iter(source.batches(plan.read_columns, rows, rows)), None)
     if first is None:
         return plan
     bins = {}

@@ -298,6 +298,8 @@ def _finite_or_none(value: Any) -> Any:
         return {key: _finite_or_none(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(item) for item in value]
+    if type(value).__module__ == "numpy":  # a numpy scalar or array a check put in its details (float32 is no float)
+        return _finite_or_none(value.tolist())
     return value
 
 

@@ -396,6 +396,46 @@ def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli,
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (name, key)
 
 
+def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row(tmp_path, power, cli, monkeypatch):
+    """A streamed set's GX suite sees every column of the golden set, as when it is read whole (a text column
+    and a float32 one no model reads), and its row-count, minimum and maximum expectations are decided over
+    every row, not on the 500-row sample: the same statuses as the same rows read whole, and the minimum
+    is the one row the sample does not hold."""
+    import shutil
+
+    frame = pf.make_dataset(30_000, seed=25)
+    frame.insert(0, "site", np.where(frame.index % 3 == 0, "north", "south"))
+    frame["humidity"] = np.linspace(0.1, 0.9, len(frame)).astype(np.float32)
+    frame.loc[7, "temperature"] = -60.0
+    (tmp_path / "golden").mkdir()
+    for index in range(3):
+        frame.iloc[index * 10_000 : (index + 1) * 10_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
+    frame.to_csv(tmp_path / "golden.csv", index=False)
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    (tmp_path / "checks" / "expectations" / "golden.json").write_text(json.dumps({"name": "golden", "expectations": [
+        {"type": "expect_table_columns_to_match_ordered_list", "kwargs": {"column_list": list(frame.columns)}},
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 25_000, "max_value": 35_000}},
+        {"type": "expect_column_min_to_be_between", "kwargs": {"column": "temperature", "min_value": -100, "max_value": -50}},
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "humidity", "min_value": 0.5, "max_value": 1.0}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "site", "value_set": ["north", "south"]}},
+    ]}))
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for golden in ("golden", "golden.csv"):
+        configure(tmp_path, power, tmp_path / golden, '[gate]\nstages = ["data"]\n')
+        config = tmp_path / "release-kit.toml"
+        config.write_text(config.read_text().replace("sample_rows = 5000", "sample_rows = 500"))
+        reports[golden] = {c["name"]: c for c in run(cli)["checks"] if c["name"].startswith("golden/")}
+    streamed, whole = reports["golden"], reports["golden.csv"]
+    assert len(streamed) == 5 and {n: c["status"] for n, c in streamed.items()} == {n: c["status"] for n, c in whole.items()}
+    assert all(c["status"] == "pass" for c in streamed.values()), streamed
+    minimum = streamed["golden/temperature:column_min_to_be_between"]
+    assert minimum["details"]["observed_value"] == -60.0 and "over all 30,000 rows, streamed" in minimum["summary"]
+    assert "over all 30,000 rows" in streamed["golden/table:table_row_count_to_be_between"]["summary"]
+    assert "on a uniform sample of 500 of 30,000 rows" in streamed["golden/site:column_values_to_be_in_set"]["summary"]
+
+
 def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):
     import shutil
 

@@ -39,11 +39,21 @@ class ScanPlan:
     # the pairs of features whose joint tables are summed too.
     slice_bins: dict[str, SliceBins] = field(default_factory=dict)
     slice_pairs: tuple[tuple[str, str], ...] = ()
+    # The golden set's other columns, of any type, kept in the sample only (the data stage validates every
+    # column, as it does a golden set read whole): read, never counted or checked.
+    carried: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
+        """The columns the models and the statistics read: numeric, counted and checked."""
         names = dict.fromkeys(c for cols in self.features.values() for c in cols)
         return [*names, self.spec.target]
+
+    @property
+    def read_columns(self) -> list[str]:
+        """Every column a batch is read with: :attr:`columns`, then the carried ones."""
+        columns = self.columns
+        return [*columns, *(c for c in self.carried if c not in columns)]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class PreparedBatch:
     excluded_mask: np.ndarray | None
     frame: dict[str, np.ndarray]  # each column, the rows kept
     target: np.ndarray  # float64; int64 for classification
+    carried: dict[str, np.ndarray] = field(default_factory=dict)  # the plan's carried columns, the rows kept
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class KeptRows:
     target: np.ndarray
     inputs: dict[str, FeatureColumns]  # role → its input matrix, kept as its columns
     outputs: dict[str, np.ndarray]  # role → its predictions
+    carried: dict[str, np.ndarray] = field(default_factory=dict)
 
     def part(self, start: int, stop: int) -> KeptRows:
         """Rows ``start:stop`` (views, no copy)."""
@@ -99,6 +111,7 @@ class KeptRows:
             {name: values[start:stop] for name, values in self.frame.items()}, self.target[start:stop],
             {role: matrix[start:stop] for role, matrix in self.inputs.items()},
             {role: output[start:stop] for role, output in self.outputs.items()},
+            {name: values[start:stop] for name, values in self.carried.items()},
         )
 
 
@@ -111,7 +124,8 @@ class ScoredBatch:
 
     @classmethod
     def of(cls, plan: ScanPlan, prepared: PreparedBatch, outputs: dict[str, np.ndarray]) -> ScoredBatch:
-        return cls(prepared, KeptRows(prepared.frame, prepared.target, model_inputs(plan, prepared.frame, outputs), outputs))
+        return cls(prepared, KeptRows(prepared.frame, prepared.target, model_inputs(plan, prepared.frame, outputs), outputs,
+                                      prepared.carried))
 
 
 def reduce_batch(plan: ScanPlan, models: dict[str, LoadedModel], table) -> ScanSummary:
@@ -151,14 +165,16 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     if bad_target is not None:
         bad[spec.target] = bad_target
     rows = len(target)
+    carried = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.carried if name not in frame}
     excluded_mask = np.logical_or.reduce(list(bad.values())) if bad else None
     if excluded_mask is not None:
         keep = ~excluded_mask
         frame = {name: values[keep] for name, values in frame.items()}
+        carried = {name: values[keep] for name, values in carried.items()}
         target = target[keep]
     if spec.task == "classification":
         target = target.astype(np.int64)
-    return PreparedBatch(rows, counts, bad, excluded_mask, frame, target)
+    return PreparedBatch(rows, counts, bad, excluded_mask, frame, target, carried)
 
 
 def model_inputs(plan: ScanPlan, frame: dict[str, np.ndarray], roles) -> dict[str, FeatureColumns]:
@@ -237,7 +253,7 @@ def _summarize_rows(plan: ScanPlan, kept: KeptRows) -> ScanSummary:
     drift = {name: bins.counts(values[name]) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
     keys = row_keys([frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]], target)
-    sample = BottomK.of(plan.sample_rows, keys, arrays, below)
+    sample = BottomK.of(plan.sample_rows, keys, {**arrays, **{f"column:{n}": v for n, v in kept.carried.items()}}, below)
     contract = ContractCounts.of(spec, keys, arrays) if len(target) else None
     changes, slices, pairs = None, {}, {}
     if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):

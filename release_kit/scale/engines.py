@@ -48,7 +48,7 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
         if progress is not None:
             progress(merged.rows, time.monotonic() - started)
 
-    with closing(iter(source.batches(plan.columns, chunk_rows, max_rows))) as batches, \
+    with closing(iter(source.batches(plan.read_columns, chunk_rows, max_rows))) as batches, \
             _one_core_spared(any(m.device == "cpu" for m in models.values())), \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-kit-summarize") as helper:
 
@@ -151,7 +151,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
     # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
-    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.columns)
+    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.read_columns)
     if max_rows is not None:
         dataset = dataset.limit(max_rows)
     cpus = float(ray.cluster_resources().get("CPU", 1))

@@ -51,16 +51,16 @@ class ParquetSource:
         return cls(source, tuple(files))
 
     @cached_property
-    def footers(self) -> tuple[tuple[int, frozenset[str]], ...]:
-        """Each file's row count and column names, from its footer (no data read), read once per source:
-        the row count, the column check and every scan of the same source share them."""
+    def footers(self) -> tuple[tuple[int, tuple[str, ...]], ...]:
+        """Each file's row count and column names in order, from its footer (no data read), read once per
+        source: the row count, the column check and every scan of the same source share them."""
         import pyarrow.parquet as pq
 
         footers = []
         for file in self.files:
             try:
                 metadata = pq.read_metadata(file)
-                footers.append((metadata.num_rows, frozenset(metadata.schema.to_arrow_schema().names)))
+                footers.append((metadata.num_rows, tuple(metadata.schema.to_arrow_schema().names)))
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
         return tuple(footers)
@@ -68,6 +68,12 @@ class ParquetSource:
     def rows(self) -> int:
         """Row count from the files' footers."""
         return sum(rows for rows, _ in self.footers)
+
+    def common_columns(self) -> tuple[str, ...]:
+        """The columns every file has, in the first file's order (pandas' stored index aside)."""
+        first, *others = (names for _, names in self.footers)
+        shared = set(first).intersection(*others)
+        return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.

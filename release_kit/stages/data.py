@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ..validation import ExpectationOutcome, Suite
 
 NAME = "data"
+# Expectations a streamed golden set answers from its counts over every row (the row count, a counted
+# column's finite minimum and maximum) rather than from its sample, where they would be wrong.
+WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
+                   "expect_column_min_to_be_between", "expect_column_max_to_be_between")
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
@@ -58,7 +62,11 @@ def checks(gate: GateContext) -> list[StageCheck]:
             run = Once(partial(validate, source, frame, suite))
             names = _check_names(dataset, suite, several=len(suites) > 1)
             note = golden.note if dataset == "golden" and golden.sampled_from is not None else ""
-            found += [StageCheck(name, partial(expectation_check, run, index, name, note)) for index, name in enumerate(names)]
+            for index, (name, expectation) in enumerate(zip(names, suite.expectations)):
+                if dataset == "golden" and gate.scan is not None and _answered_by_counts(gate, expectation):
+                    found.append(StageCheck(name, partial(whole_set_expectation, gate, expectation, name)))
+                else:
+                    found.append(StageCheck(name, partial(expectation_check, run, index, name, note)))
     if gate.scan is not None and suites:
         found.append(StageCheck("whole_set", partial(whole_set, gate, suites)))
     if reference is not None:
@@ -104,6 +112,34 @@ def whole_set(gate: GateContext, suites: list[Suite]) -> CheckResult:
     return CheckResult(NAME, "whole_set", Status.PASS,
                        f"{checked} range and not-null expectation(s) hold over all {rows:,} rows (the other expectations ran on the sample)",
                        details={"table": table})
+
+
+def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
+    if expectation["type"] not in WHOLE_SET_TYPES:
+        return False
+    column = expectation.get("kwargs", {}).get("column")
+    return column is None or column in gate.scan.counts.low
+
+
+def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> CheckResult:
+    """A row-count, column-minimum or column-maximum expectation on a streamed golden set, decided over every
+    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``)."""
+    kind, kwargs = expectation["type"], expectation.get("kwargs", {})
+    counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs.get("column")
+    if kind == "expect_table_row_count_to_equal":
+        observed: float = rows
+        low = high = kwargs.get("value")
+        described = f"rows = {low}"
+    else:
+        observed = rows if column is None else counts.low[column] if kind == "expect_column_min_to_be_between" else counts.high[column]
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        what = "rows" if column is None else f"{column} {'minimum' if kind == 'expect_column_min_to_be_between' else 'maximum'}"
+        described = f"{what} within [{_bound(low, '−∞')}, {_bound(high, '+∞')}]"
+    strict_low, strict_high = bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max"))
+    met = (low is None or (observed > low if strict_low else observed >= low)) and \
+          (high is None or (observed < high if strict_high else observed <= high))
+    summary = f"{described} (over all {rows:,} rows, streamed): {'met' if met else 'not met'}, observed {observed:.6g}"
+    return CheckResult(NAME, name, Status.PASS if met else Status.FAIL, summary, details={"observed_value": observed})
 
 
 def _tensor_checks(gate: GateContext, source: str) -> list[StageCheck]:
@@ -291,6 +327,10 @@ def _failure(outcome: ExpectationOutcome) -> str:
         text += f", e.g. {examples}" if examples else ""
         return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
     return f"observed {result.get('observed_value')!r}"
+
+
+def _bound(value, unbounded: str) -> str:
+    return unbounded if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def _num(value) -> str:
