@@ -435,6 +435,23 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     assert "over all 30,000 rows" in streamed["golden/table:table_row_count_to_be_between"]["summary"]
     assert "on a uniform sample of 500 of 30,000 rows" in streamed["golden/site:column_values_to_be_in_set"]["summary"]
 
+    # The columns no model reads are counted over every row too: one null text value and one float out of
+    # range, in rows the sample does not hold, fail data::whole_set.
+    frame.loc[9, "humidity"], frame.loc[11, "site"] = 5.0, None
+    for index in range(3):
+        frame.iloc[index * 10_000 : (index + 1) * 10_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
+    (tmp_path / "checks" / "expectations" / "golden.json").write_text(json.dumps({"name": "golden", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "humidity", "min_value": 0.0, "max_value": 1.0}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "site"}},
+    ]}))
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["data"]\n')
+    config = tmp_path / "release-kit.toml"
+    config.write_text(config.read_text().replace("sample_rows = 5000", "sample_rows = 500"))
+    checks = {c["name"]: c for c in run(cli)["checks"]}
+    assert checks["golden/humidity:column_values_to_be_between"]["status"] == "pass"  # the sample misses row 9
+    assert checks["whole_set"]["status"] == "fail", checks["whole_set"]
+    assert "humidity maximum 5 > 1" in checks["whole_set"]["summary"] and "site has 1 null/NaN of 30,000 rows" in checks["whole_set"]["summary"]
+
 
 def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):
     import shutil

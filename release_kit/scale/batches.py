@@ -166,6 +166,11 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
         bad[spec.target] = bad_target
     rows = len(target)
     carried = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.carried if name not in frame}
+    for name, values in carried.items():  # counted over every row too (nulls, a numeric column's range); no row excluded
+        if values.dtype.kind in "fiu":
+            counts.add(name, values)
+        else:
+            counts.add_nulls(name, table.column(name).null_count)
     excluded_mask = np.logical_or.reduce(list(bad.values())) if bad else None
     if excluded_mask is not None:
         keep = ~excluded_mask

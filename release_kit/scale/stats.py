@@ -438,6 +438,10 @@ class ColumnCounts:
         self.high[name] = max(self.high.get(name, -math.inf), float(high))
         return bad
 
+    def add_nulls(self, name: str, nulls: int) -> None:
+        """Count a non-numeric column's nulls (it has no range)."""
+        self.bad[name] = self.bad.get(name, 0) + nulls
+
     def merge(self, other: ColumnCounts) -> ColumnCounts:
         merged = ColumnCounts(dict(self.bad), dict(self.low), dict(self.high))
         for name, count in other.bad.items():
