@@ -222,7 +222,8 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     for name in plan.carried:
         frame[name] = sample[f"column:{name}"]
     if plan.carried:  # the files' column order, as a golden set read whole has it
-        frame = frame[[c for c in source.common_columns() if c in frame.columns] + [c for c in frame.columns if c not in source.common_columns()]]
+        order = source.common_columns()
+        frame = frame[[c for c in order if c in frame.columns] + [c for c in frame.columns if c not in order]]
     excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
     golden = GoldenSet(
         path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],

@@ -39,8 +39,9 @@ class ScanPlan:
     # the pairs of features whose joint tables are summed too.
     slice_bins: dict[str, SliceBins] = field(default_factory=dict)
     slice_pairs: tuple[tuple[str, str], ...] = ()
-    # The golden set's other columns, of any type, kept in the sample only (the data stage validates every
-    # column, as it does a golden set read whole): read, never counted or checked.
+    # The golden set's other columns, of any type, for the data stage, which validates every column as it
+    # does a golden set read whole: kept in the sample and counted (nulls, a numeric column's range), never
+    # checked, and no row is excluded for them.
     carried: tuple[str, ...] = ()
 
     @property
