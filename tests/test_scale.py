@@ -451,6 +451,12 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     assert checks["golden/humidity:column_values_to_be_between"]["status"] == "pass"  # the sample misses row 9
     assert checks["whole_set"]["status"] == "fail", checks["whole_set"]
     assert "humidity maximum 5 > 1" in checks["whole_set"]["summary"] and "site has 1 null/NaN of 30,000 rows" in checks["whole_set"]["summary"]
+    # A bound the counts cannot compare with (a suite parameter) is an error that says so, not a crash.
+    (tmp_path / "checks" / "expectations" / "golden.json").write_text(json.dumps({"name": "golden", "expectations": [
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "temperature", "min_value": {"$PARAMETER": "t"}}},
+    ]}))
+    unusable = {c["name"]: c for c in run(cli)["checks"]}["golden/temperature:column_max_to_be_between"]
+    assert unusable["status"] == "error" and "bound {'$PARAMETER': 't'} is not a number" in unusable["summary"]
 
 
 def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):

@@ -126,6 +126,11 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
     row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``)."""
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
     counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs.get("column")
+    bounds = [kwargs.get(key) for key in ("value", "min_value", "max_value")]
+    unusable = next((b for b in bounds if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)))), None)
+    if unusable is not None:  # e.g. a suite parameter ({"$PARAMETER": ...}): GX would not evaluate it either
+        return CheckResult(NAME, name, Status.ERROR, f"{column or 'table'}: {kind.removeprefix('expect_')}: cannot evaluate: "
+                           f"bound {unusable!r} is not a number")
     if kind == "expect_table_row_count_to_equal":
         observed: float = rows
         low = high = kwargs.get("value")
@@ -134,7 +139,7 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
         observed = rows if column is None else counts.low[column] if kind == "expect_column_min_to_be_between" else counts.high[column]
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         what = "rows" if column is None else f"{column} {'minimum' if kind == 'expect_column_min_to_be_between' else 'maximum'}"
-        described = f"{what} within [{_bound(low, '−∞')}, {_bound(high, '+∞')}]"
+        described = f"{what} within [{_num(low)}, {_num(high, '+∞')}]"
     strict_low, strict_high = bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max"))
     met = (low is None or (observed > low if strict_low else observed >= low)) and \
           (high is None or (observed < high if strict_high else observed <= high))
@@ -329,12 +334,9 @@ def _failure(outcome: ExpectationOutcome) -> str:
     return f"observed {result.get('observed_value')!r}"
 
 
-def _bound(value, unbounded: str) -> str:
+def _num(value, unbounded: str = "−∞") -> str:
+    """A bound as people read it: whole numbers with thousands separators, others to 4 digits."""
     return unbounded if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
-def _num(value) -> str:
-    return "−∞" if value is None else f"{value:.4g}"
 
 
 def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
