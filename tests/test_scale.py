@@ -1159,6 +1159,37 @@ def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(po
         run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="cuda")
 
 
+def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(streamed_project, cli):
+    """`ray_workers = 1` once started a one-CPU Ray whose actor left too little for Ray Data's read tasks:
+    the run waited forever (seen on a GPU machine, reproduced on CPU)."""
+    pytest.importorskip("ray")
+    from conftest import run_cli
+
+    local = run(cli, "--engine", "local", "--stage", "quality")
+    config = streamed_project / "release-kit.toml"
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nray_workers = 1\n"))
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--stage", "quality",
+                     "--report", "ray.json", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = json.loads((streamed_project / "ray.json").read_text())
+    for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+        assert math.isclose(metric(local, "mae")[key], metric(distributed, "mae")[key], rel_tol=1e-9, abs_tol=1e-12), key
+
+
+def test_a_ray_cluster_too_small_for_the_actors_and_the_reads_is_bad_input(power, golden_directory):
+    ray = pytest.importorskip("ray")
+    from release_kit.errors import InputError
+    from release_kit.scale.engines import run_ray
+
+    source, plan, models = _library_scan(power, golden_directory / "golden")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # a cluster of one CPU, already running
+    try:
+        with pytest.raises(InputError, match=r"the Ray cluster has 1 CPU\(s\): 1 actor\(s\) and Ray Data's reads need at least 1.1"):
+            run_ray(source, plan, models, chunk_rows=10_000)
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_ray_actors_on_the_gpu_give_the_local_numbers(power, golden_directory):
     pytest.importorskip("ray")

@@ -138,7 +138,9 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                # One logical CPU beyond the actors' for Ray Data's file listing and read tasks, which need
+                # a whole one (logical CPUs are scheduling tokens: the actors still share the cores).
+                ray.init(num_cpus=(workers or os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
         except Exception as error:  # an unreachable cluster, a bad address, a token the cluster refused
             hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token, RAY_AUTH_TOKEN or "
                     "~/.ray/auth_token, in this environment)") if address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
@@ -155,15 +157,22 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     if max_rows is not None:
         dataset = dataset.limit(max_rows)
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    pool = max(1, workers or int(cpus))
-    # The pool's actors may not hold every CPU: Ray Data's file listing and read tasks need one to run
-    # (else the execution waits forever). The CPUs are logical; the actors still share the cores.
-    per_actor = min(1.0, max(cpus - 1.0, 0.1 * pool) / pool)
+    pool = max(1, workers or int(cpus) - 1)  # a local Ray started here: workers, or one per core
+    # The pool's actors may not hold every CPU: Ray Data's file listing and read tasks need a whole one beside
+    # them, else the execution waits forever. The CPUs are logical; the actors still share the cores.
+    spare = cpus - 1.0
     gpus = float(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0.0
-    if device == "cuda" and not gpus:
+    refused = None
+    if spare < 0.1 * pool:
+        refused = (f"[run] the Ray cluster has {cpus:g} CPU(s): {pool} actor(s) and Ray Data's reads need at least "
+                   f"{1 + 0.1 * pool:g} (lower [run] ray_workers, or use a cluster with more CPUs)")
+    elif device == "cuda" and not gpus:
+        refused = "[inference] device = \"cuda\" but the Ray cluster has no GPU (use \"auto\" or \"cpu\")"
+    if refused is not None:
         if started_here:
             ray.shutdown()
-        raise InputError("[inference] device = \"cuda\" but the Ray cluster has no GPU (use \"auto\" or \"cpu\")")
+        raise InputError(refused)
+    per_actor = min(1.0, spare / pool)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
     # An actor that dies is not restarted (Ray Data's default restarts it and retries its batch without end):
