@@ -58,7 +58,7 @@ def wrap(power, project, cls, name):
 
 
 def test_same_model_is_not_blocked(project, power):
-    project.config(FAST)
+    project.config(FAST + 'device = "cpu"\n')  # asserts the CPU fingerprint; "auto" is CUDA on a GPU machine
     checks = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))
     latency = checks["latency:batch=32"]
     assert latency.status is not Status.FAIL, latency.summary
@@ -91,7 +91,7 @@ def test_slower_candidate_with_identical_outputs_is_blocked(project, power):
 
 
 def test_memory_hungry_candidate_is_blocked_on_memory(project, power):
-    project.config(FAST)
+    project.config(FAST + 'device = "cpu"\n')  # the scratch tensor is host memory: the RSS measure's case
     hungry = wrap(power, project, Hungry, "hungry.pt")
     memory = by_name(gate.check(candidate=str(hungry), baseline=str(power["v1"])))["memory:batch=32"]
     assert memory.status is Status.FAIL, memory.summary
@@ -159,7 +159,7 @@ def test_user_benchmark_checks_land_in_the_report(project, power, cli):
         import torch
 
         def test_candidate_speed(benchmark, candidate, golden):
-            rows = torch.from_numpy(golden.features[:64])
+            rows = torch.from_numpy(golden.features[:64]).to(candidate.device)  # the module is on [inference] device
             benchmark.pedantic(candidate.module, args=(rows,), rounds=5, iterations=3)
     """)
     result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--format", "json",

@@ -1199,4 +1199,5 @@ def test_ray_actors_on_the_gpu_give_the_local_numbers(power, golden_directory):
     local = run_local(source, plan, models, chunk_rows=10_000)
     on_gpu = run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="auto")
     assert on_gpu.rows == local.rows
-    np.testing.assert_allclose(on_gpu.sample.ordered()["candidate"], local.sample.ordered()["candidate"], rtol=1e-5)
+    # float32 arithmetic on another device: equal to its rounding (seen on an H100: 1.5e-8 apart near zero).
+    np.testing.assert_allclose(on_gpu.sample.ordered()["candidate"], local.sample.ordered()["candidate"], rtol=1e-5, atol=1e-6)
