@@ -104,9 +104,50 @@ def _plan_and_models(folder: Path, every_stage: bool = False, deep: bool = False
     return source, plan, loaded
 
 
+CLI_CONFIG = """
+[model]
+name = "scale-bench"
+task = "regression"
+target = "y"
+features = {features}
+
+[baseline]
+path = "{baseline}"
+version = "1.0.0"
+
+[data]
+golden = "{folder}"
+"""
+
+
+def cli(folder: Path) -> dict:
+    """`release-kit check` as users run it on the whole set: default config (every stage, MLflow tracking on,
+    its embedded store in a scratch directory), wall time and peak RSS of that process."""
+    import tempfile
+
+    paths = models(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "release-kit.toml").write_text(CLI_CONFIG.format(features=json.dumps(FEATURES), baseline=paths["baseline"], folder=folder))
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "release_kit.cli", "check", "--candidate", str(paths["candidate"]),
+                               "--report", "report.json"], cwd=work, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode not in (0, 1):  # a gate decision either way; anything else is a failed run
+            raise SystemExit(f"release-kit check exited {done.returncode}: {done.stderr[-3000:]}")
+        report = json.loads((work / "report.json").read_text())
+        tracked = (work / ".release-kit" / "mlflow.db").is_file() and bool(report["mlflow"]["run_id"])
+    return {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+            "verdict": report["verdict"], "checks": len(report["checks"]), "rows": report["data"]["golden"]["rows"],
+            "stages": sorted({c["stage"] for c in report["checks"]}), "tracked": tracked}
+
+
 def part(name: str, folder: Path) -> dict:
     """One measurement, in this process: its figures and peak RSS."""
     import torch
+
+    if name == "cli":
+        return cli(folder)
 
     from release_kit.models import PREDICT_BATCH_ROWS
 
@@ -165,7 +206,7 @@ def main() -> None:
     # ROUNDS rounds, one after the other (this machine is shared and noisy): each round's ratio compares parts
     # that ran side by side, and the median of the rounds' ratios is the figure.
     runs: dict[str, list[dict]] = {name: [] for name in (*PARTS, *DEEP_PARTS)}
-    for name in ("raw-cold", *PARTS * ROUNDS, *DEEP_PARTS * ROUNDS, "ray"):
+    for name in ("raw-cold", *PARTS * ROUNDS, *DEEP_PARTS * ROUNDS, "ray", "cli"):
         output = subprocess.run([sys.executable, __file__, "part", name, str(folder)], capture_output=True, text=True, cwd=HERE,
                                 env={**os.environ, **STEADY_MALLOC})
         if output.returncode != 0:
@@ -183,7 +224,7 @@ def main() -> None:
     deep_ratios = sorted(base / run["seconds"] for base, run in zip(deep_baselines, runs["local-deep"]))
     deep_ratio, deep_raw = deep_ratios[ROUNDS // 2], sorted(deep_baselines)[ROUNDS // 2]
     deep_local = sorted(r["seconds"] for r in runs["local-deep"])[ROUNDS // 2]
-    ray = figures["ray"]
+    ray, check = figures["ray"], figures["cli"]
     same = all(
         np.allclose(local["metrics"][m][:5], ray["metrics"][m][:5], rtol=1e-9, atol=0) for m in local["metrics"]
     )
@@ -199,7 +240,10 @@ def main() -> None:
         f"| raw loop, torch one thread fewer (as the local engine runs the models) | {spared_raw['seconds']:.1f} s | {rows / spared_raw['seconds']:,.0f} | {spared_raw['peak_rss_gib']:.2f} GiB |\n"
         f"| local engine (`run_local`: both models, exact metric sums, whole-set counts, the output contract's counts, 1,000,000-row sample) | {local['seconds']:.1f} s | {rows / local['seconds']:,.0f} | {local['peak_rss_gib']:.2f} GiB |\n"
         f"| local engine, with every default stage's statistics over every row too (drift counts, worst rows and the changes' sketch, per-feature and pair slice sums) | {full['seconds']:.1f} s | {rows / full['seconds']:,.0f} | {full['peak_rss_gib']:.2f} GiB |\n"
-        f"| Ray engine, 2 workers (local Ray started by the run) | {ray['seconds']:.1f} s | {rows / ray['seconds']:,.0f} | {ray['peak_rss_gib']:.2f} GiB (driver) |\n\n"
+        f"| Ray engine, 2 workers (local Ray started by the run) | {ray['seconds']:.1f} s | {rows / ray['seconds']:,.0f} | {ray['peak_rss_gib']:.2f} GiB (driver) |\n"
+        f"| `release-kit check` in a subprocess, default config: every stage ({', '.join(check['stages'])}), MLflow tracking on "
+        f"({'logged to' if check['tracked'] else 'NOT logged to'} the embedded store), the files hashed for the report, verdict {check['verdict']} "
+        f"({check['checks']} checks; the benchmark's random candidate is worse) | {check['seconds']:.1f} s | {check['rows'] / check['seconds']:,.0f} | {check['peak_rss_gib']:.2f} GiB |\n\n"
         f"Local throughput vs the faster raw loop of the same round (median of the {ROUNDS} rounds' ratios): **{ratio:.2f}×** with the quality statistics "
         f"(rounds {ratios['local'][0]:.2f}–{ratios['local'][-1]:.2f}; goal ≥ 0.8×: {'met' if ratio >= 0.8 else 'NOT met'}), "
         f"**{full_ratio:.2f}×** with every stage's (rounds {ratios['every-stage'][0]:.2f}–{ratios['every-stage'][-1]:.2f}: {'met' if full_ratio >= 0.8 else 'NOT met'}); "
