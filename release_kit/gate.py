@@ -206,6 +206,7 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
                     config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried)
+    source.check_numeric(plan.columns, boolean_ok=(spec.target,))
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}

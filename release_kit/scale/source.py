@@ -27,6 +27,29 @@ def is_streamable(source: str) -> bool:
     return path.is_dir() or any(ch in source for ch in "*?[") or path.suffix.lower() in PARQUET_SUFFIXES
 
 
+def _kind(arrow_type) -> str:
+    """A column's kind as the checks and their messages name it."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "numeric"
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
+        return "text"
+    return str(arrow_type)
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What a Parquet file's footer says: its rows, its column names in order, and each column's kind
+    ("numeric", "boolean", "text", or the Arrow type's name)."""
+
+    rows: int
+    names: tuple[str, ...]
+    kinds: dict[str, str]
+
+
 @dataclass(frozen=True)
 class ParquetSource:
     name: str  # as configured
@@ -51,29 +74,41 @@ class ParquetSource:
         return cls(source, tuple(files))
 
     @cached_property
-    def footers(self) -> tuple[tuple[int, tuple[str, ...]], ...]:
-        """Each file's row count and column names in order, from its footer (no data read), read once per
-        source: the row count, the column check and every scan of the same source share them."""
+    def footers(self) -> tuple[Footer, ...]:
+        """Each file's row count and columns, from its footer (no data read), read once per source: the row
+        count, the column checks and every scan of the same source share them."""
         import pyarrow.parquet as pq
 
         footers = []
         for file in self.files:
             try:
                 metadata = pq.read_metadata(file)
-                footers.append((metadata.num_rows, tuple(metadata.schema.to_arrow_schema().names)))
+                schema = metadata.schema.to_arrow_schema()
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+            kinds = {field.name: _kind(field.type) for field in schema}
+            footers.append(Footer(metadata.num_rows, tuple(schema.names), kinds))
         return tuple(footers)
 
     def rows(self) -> int:
         """Row count from the files' footers."""
-        return sum(rows for rows, _ in self.footers)
+        return sum(footer.rows for footer in self.footers)
 
     def common_columns(self) -> tuple[str, ...]:
         """The columns every file has, in the first file's order (pandas' stored index aside)."""
-        first, *others = (names for _, names in self.footers)
+        first, *others = (footer.names for footer in self.footers)
         shared = set(first).intersection(*others)
         return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
+
+    def check_numeric(self, columns, *, boolean_ok: tuple[str, ...] = ()) -> None:
+        """Every file stores these columns as numbers (footers only), so that a text column in the 40th file
+        fails before any batch is read, naming that file (``boolean_ok``: columns read as classes 0 and 1)."""
+        self._check_columns(list(columns))
+        for file, footer in zip(self.files, self.footers):
+            for name in columns:
+                kind = footer.kinds[name]
+                if kind != "numeric" and not (kind == "boolean" and name in boolean_ok):
+                    raise InputError(f"{file}: golden column '{name}' is {kind}, not numeric")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
@@ -95,8 +130,8 @@ class ParquetSource:
 
     def _check_columns(self, columns: list[str]) -> None:
         """Every file has every column (footers only): a file without one fails before any batch is read."""
-        for file, (_, names) in zip(self.files, self.footers):
-            missing = [c for c in columns if c not in names]
+        for file, footer in zip(self.files, self.footers):
+            missing = [c for c in columns if c not in footer.kinds]
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
 
