@@ -523,12 +523,13 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "missing-column", "missing column(s): irradiance"),
         ([], "missing-column-in-a-later-file", "part-1.parquet: missing column(s): irradiance"),
         ([], "corrupt-later-file", "part-1.parquet: cannot read Parquet data"),
-        ([], "text-column-in-a-later-file", "part-1.parquet: golden column 'temperature' is text, not numeric"),
+        ([], "text-column-in-a-later-file", "part-1.parquet: golden column 'temperature' is stored as text, not as numbers"),
+        ([], "text-categories", "part.parquet: golden column 'cloud_cover' is stored as categories of text, not as numbers"),
         ([], "not-parquet", "part.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
-         "corrupt-later-file", "text-column-in-a-later-file", "not-parquet", "zero-chunk-rows"],
+         "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -546,6 +547,8 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "text-column-in-a-later-file":  # found from the footers, before any batch is read
         frame.to_parquet(golden / "part-0.parquet")
         frame.assign(temperature=frame["temperature"].astype(str)).to_parquet(golden / "part-1.parquet")
+    elif setup == "text-categories":  # pandas' category dtype of strings: a dictionary column in Parquet
+        frame.assign(cloud_cover=frame["cloud_cover"].astype(str).astype("category")).to_parquet(golden / "part.parquet")
     elif setup == "not-parquet":
         (golden / "part.parquet").write_text("hour,power_kw\n1,2\n")
     elif setup == "corrupt-later-file":  # its footer reads; its pages fail half-way through the scan

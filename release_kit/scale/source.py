@@ -32,18 +32,21 @@ def _kind(arrow_type) -> str:
     import pyarrow as pa
 
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        return "numeric"
+        return "numbers"
     if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
+        return "booleans"
+    is_string_view = getattr(pa.types, "is_string_view", None)  # pyarrow ≥ 16; the floor is 14
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or (is_string_view and is_string_view(arrow_type)):
         return "text"
+    if pa.types.is_dictionary(arrow_type):  # pandas' category dtype, when its categories are text
+        return f"categories of {_kind(arrow_type.value_type)}"
     return str(arrow_type)
 
 
 @dataclass(frozen=True)
 class Footer:
     """What a Parquet file's footer says: its rows, its column names in order, and each column's kind
-    ("numeric", "boolean", "text", or the Arrow type's name)."""
+    ("numbers", "booleans", "text", "categories of text", or the Arrow type's name)."""
 
     rows: int
     names: tuple[str, ...]
@@ -107,8 +110,8 @@ class ParquetSource:
         for file, footer in zip(self.files, self.footers):
             for name in columns:
                 kind = footer.kinds[name]
-                if kind != "numeric" and not (kind == "boolean" and name in boolean_ok):
-                    raise InputError(f"{file}: golden column '{name}' is {kind}, not numeric")
+                if kind != "numbers" and not (kind == "booleans" and name in boolean_ok):
+                    raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
