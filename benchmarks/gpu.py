@@ -25,9 +25,8 @@ ROUNDS = 3
 
 
 def streamed(folder, device: str = "cuda") -> dict:
-    from scale import CHUNK, FEATURES, _plan_and_models
+    from scale import CHUNK, _plan_and_models, raw_loop
 
-    from release_kit.models import PREDICT_BATCH_ROWS
     from release_kit.scale.engines import run_local, run_ray
     from release_kit.scale.stats import paired_diff
 
@@ -36,20 +35,7 @@ def streamed(folder, device: str = "cuda") -> dict:
         model.to_device(device)
 
     def raw() -> None:
-        with torch.inference_mode():
-            for batch in source.batches(plan.columns, CHUNK):
-                columns = [batch.column(c).to_numpy() for c in FEATURES]
-                outputs = {role: [] for role in loaded}
-                for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
-                    x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
-                    if device == "cuda":
-                        x = x.pin_memory().to(device, non_blocking=True)
-                    for role, model in loaded.items():
-                        outputs[role].append(model.module(x).to("cpu", torch.float64).numpy())
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                for parts in outputs.values():
-                    np.concatenate(parts)
+        raw_loop(source, plan, loaded, device=device)
 
     def metrics(summary) -> dict:
         return {m: np.array(list(paired_diff(m, s, 0.95).__dict__.values())[:5], dtype=float) for m, s in summary.quality.items()}

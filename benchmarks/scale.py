@@ -142,15 +142,35 @@ def cli(folder: Path) -> dict:
             "stages": sorted({c["stage"] for c in report["checks"]}), "tracked": tracked}
 
 
+def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = "cpu") -> None:
+    """Read the batches and run both models, nothing else: the baseline the engines are measured against.
+    The same calls as release-kit's: PREDICT_BATCH_ROWS rows each (the activations stay in cache), each
+    call's input stacked from the columns just before the call (on CUDA through pinned memory, copied
+    without blocking), both models on it."""
+    import torch
+
+    from release_kit.models import PREDICT_BATCH_ROWS
+
+    with torch.inference_mode():
+        for batch in source.batches(plan.columns, CHUNK, rows):
+            columns = [batch.column(c).to_numpy() for c in FEATURES]
+            outputs = {role: [] for role in loaded}
+            for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
+                x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
+                if device != "cpu":
+                    x = x.pin_memory().to(device, non_blocking=True)
+                for role, model in loaded.items():
+                    outputs[role].append(model.module(x).to("cpu", torch.float64).numpy())
+            for parts in outputs.values():
+                np.concatenate(parts)
+
+
 def part(name: str, folder: Path) -> dict:
     """One measurement, in this process: its figures and peak RSS."""
     import torch
 
     if name == "cli":
         return cli(folder)
-
-    from release_kit.models import PREDICT_BATCH_ROWS
-
     deep = name.endswith("-deep")
     rows = DEEP_ROWS if deep else None
     source, plan, loaded = _plan_and_models(folder, every_stage=name == "every-stage", deep=deep)
@@ -158,18 +178,7 @@ def part(name: str, folder: Path) -> dict:
         torch.set_num_threads(max(1, torch.get_num_threads() - 1))
     started = time.perf_counter()
     if name.startswith("raw"):
-        with torch.inference_mode():
-            for batch in source.batches(plan.columns, CHUNK, rows):
-                columns = [batch.column(c).to_numpy() for c in FEATURES]
-                outputs = {role: [] for role in loaded}
-                # The same calls as release-kit's: PREDICT_BATCH_ROWS rows each (the activations stay in
-                # cache), each call's input stacked from the columns just before the call, both models on it.
-                for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
-                    x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
-                    for role, model in loaded.items():
-                        outputs[role].append(model.module(x).double().numpy())
-                for parts in outputs.values():
-                    np.concatenate(parts)
+        raw_loop(source, plan, loaded, rows)
         result: dict = {}
     else:
         from release_kit.scale.engines import run_local, run_ray

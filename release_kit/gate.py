@@ -275,18 +275,18 @@ def _with_slices(config: Config, source, plan, models):
     from .scale.batches import reduce_batch
 
     rows = min(EDGE_SAMPLE_ROWS, config.run.max_rows or EDGE_SAMPLE_ROWS)  # never a row beyond --max-rows
-    first = next(iter(source.batches(plan.read_columns, rows, rows)), None)
+    first = next(iter(source.batches(plan.columns, rows, rows)), None)
     if first is None:
         return plan
     bins = {}
     for name in plan.features["candidate"]:
         values = first.column(name).to_numpy(zero_copy_only=False).astype(np.float32)  # as the models read them
         bins[name] = SliceBins.of(name, values[np.isfinite(values)], config.outliers.quantile_bins)
-    plan = dataclasses.replace(plan, slice_bins=bins)
     spec = config.outliers
-    fixed = reduce_batch(plan, models, first).slices
+    # Only the slices are wanted from these rows: the columns no model reads are left out of the probe.
+    fixed = reduce_batch(dataclasses.replace(plan, slice_bins=bins, carried=()), models, first).slices
     pairs = suspicious_pairs(fixed, parse_tolerance(spec.slice_tolerance), spec.min_slice_size, spec.feature_pairs) if fixed else ()
-    return dataclasses.replace(plan, slice_pairs=pairs)
+    return dataclasses.replace(plan, slice_bins=bins, slice_pairs=pairs)
 
 
 def _check_batch_sizes(config: Config, golden, models) -> None:

@@ -150,12 +150,6 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # --max-rows takes the same prefix as the local engine
     context.enable_progress_bars = False
-    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
-    timeout = next(iter(models.values())).timeout
-    # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
-    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.read_columns)
-    if max_rows is not None:
-        dataset = dataset.limit(max_rows)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     pool = max(1, workers or int(cpus) - 1)  # a local Ray started here: workers, or one per core
     # The pool's actors may not hold every CPU: Ray Data's file listing and read tasks need a whole one beside
@@ -173,6 +167,12 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             ray.shutdown()
         raise InputError(refused)
     per_actor = min(1.0, spare / pool)
+    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
+    timeout = next(iter(models.values())).timeout
+    # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
+    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.read_columns)
+    if max_rows is not None:
+        dataset = dataset.limit(max_rows)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
     # An actor that dies is not restarted (Ray Data's default restarts it and retries its batch without end):
