@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -86,11 +86,23 @@ def _one_core_spared(cpu_models: bool) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class ShippedModel(NamedTuple):
+    """A model as the driver ships it to the actors: its file's bytes in Ray's object store, and what the
+    actor checks and says of it (the sha256 the run loaded, the source the user named)."""
+
+    name: str
+    reference: Any  # ray.ObjectRef of the file's bytes
+    factory: str | None
+    source: str
+    sha256: str
+
+
 class _Scorer:
     """A Ray actor: loads both models once (from bytes shipped by the driver, with the safe loaders) and
     reduces each batch it is given."""
 
-    def __init__(self, plan: ScanPlan, shipped: dict, allow_pickle: bool, timeout: float | None, device: str) -> None:
+    def __init__(self, plan: ScanPlan, shipped: dict[str, ShippedModel], allow_pickle: bool, timeout: float | None, device: str) -> None:
+        import shutil
         import tempfile
         from pathlib import Path
 
@@ -102,13 +114,21 @@ class _Scorer:
         # One intra-op thread per actor: the pool's actors share the machine's cores.
         torch.set_num_threads(1)
         self.plan = plan
-        self.directory = tempfile.mkdtemp(prefix="release-kit-ray-")
         self.models = {}
-        for role, (name, reference, factory) in shipped.items():
-            path = Path(self.directory) / name
-            path.write_bytes(ray.get(reference))
-            self.models[role] = load_model(role, str(path), plan.spec, factory=factory, allow_pickle=allow_pickle, timeout=timeout)
-            self.models[role].to_device(device)  # "cuda" on an actor Ray gave a GPU share
+        directory = tempfile.mkdtemp(prefix="release-kit-ray-")
+        try:  # the files are only read by the loaders: removed once loaded, not left on every worker
+            for role, model in shipped.items():
+                path = Path(directory) / model.name
+                path.write_bytes(ray.get(model.reference))
+                loaded = load_model(role, str(path), plan.spec, factory=model.factory, allow_pickle=allow_pickle, timeout=timeout)
+                if loaded.sha256 != model.sha256:
+                    raise InputError(f"{role} model {model.source} changed while the run read it (sha256 {loaded.sha256[:12]}…, "
+                                     f"not the {model.sha256[:12]}… the run loaded first)")
+                loaded.source = model.source  # its errors name the user's file, as in the local engine
+                loaded.to_device(device)  # "cuda" on an actor Ray gave a GPU share
+                self.models[role] = loaded
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def __call__(self, batch) -> dict:
         import pickle
@@ -123,6 +143,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     batches; the driver merges. ``address`` empty: a local Ray started here; else an existing cluster.
     ``device`` (``[inference] device``): with ``auto`` the actors share the cluster's GPUs when it has any;
     ``cuda`` requires them; ``cpu`` never uses them."""
+    import gc
     import pickle
 
     try:
@@ -167,7 +188,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             ray.shutdown()
         raise InputError(refused)
     per_actor = min(1.0, spare / pool)
-    shipped = {role: (model.file.name, ray.put(model.file.read_bytes()), model.factory) for role, model in models.items()}
+    shipped = {role: ShippedModel(model.file.name, ray.put(model.file.read_bytes()), model.factory, model.source, model.sha256)
+               for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
     # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
     dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.read_columns)
@@ -175,14 +197,13 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         dataset = dataset.limit(max_rows)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
-    # An actor that dies is not restarted (Ray Data's default restarts it and retries its batch without end):
-    # a model that kills its process would kill every restart, and the gate would hang instead of failing.
     scored = dataset.map_batches(
         _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
         batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
-        max_restarts=0, **gpu_share,
+        ray_remote_args_fn=_actors_not_restarted, **gpu_share,
     )
     merged: ScanSummary | None = None
+    bad_input = None
     try:
         for row in scored.iter_rows():
             summary = pickle.loads(row["summary"])  # produced by release-kit's own actors above
@@ -190,16 +211,32 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             if progress is not None:
                 progress(merged.rows, time.monotonic() - started)
     except Exception as error:
-        cause = _input_error_in(error, source.name)
-        if cause is not None:
-            raise InputError(cause) from None
-        raise
+        bad_input = _input_error_in(error, source.name)
+        if bad_input is None:
+            raise
+        # Raised below, once the execution is released: Ray's error (its traceback) would keep it alive.
     finally:
         if started_here:  # a Ray this run started ends with it (a cluster given by address is left alone)
             ray.shutdown()
+        else:
+            # Ray Data keeps the pool's actors, and the CPUs they hold, until a reference cycle around its
+            # execution is collected (ray-project/ray#42366): on a cluster that outlives this run, the next
+            # run's actors would wait for them.
+            del scored, dataset
+            gc.collect()
+    if bad_input is not None:
+        raise InputError(bad_input)
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged
+
+
+def _actors_not_restarted() -> dict[str, int]:
+    """The pool's actors are not restarted when they die (Ray Data's default restarts one and retries its batch
+    without end): a model that kills its process would kill every restart, and the gate would hang instead of
+    failing. Given as a function: Ray Data has no parameter for these actor options, and deprecates passing
+    them as keywords (since 2.60)."""
+    return {"max_restarts": 0, "max_task_retries": 0}
 
 
 def _check_reachable(address: str, seconds: float = 5.0) -> None:
