@@ -274,6 +274,19 @@ def _first_line(report) -> str:
 
 
 @contextlib.contextmanager
+def _own_session():
+    """The check session is the gate's own, also when the gate runs inside a pytest-xdist worker (a team's
+    test of its release config, run in parallel): pytest-benchmark reads the worker's environment variable,
+    takes the session for a worker, and disables the user's benchmarks, which then time nothing."""
+    worker = os.environ.pop("PYTEST_XDIST_WORKER", None)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            os.environ["PYTEST_XDIST_WORKER"] = worker
+
+
+@contextlib.contextmanager
 def _forget_user_modules(user_paths: list[Path]):
     """Unload check modules after the session: the next gate run in this process (another project's
     ``checks/test_x.py``) must import its own files, not reuse these from ``sys.modules``."""
@@ -338,7 +351,7 @@ def run_checks(
         *[str(path) for path in user_paths],
     ]
     output = io.StringIO()
-    with contextlib.redirect_stdout(output), _forget_user_modules(user_paths):
+    with contextlib.redirect_stdout(output), _forget_user_modules(user_paths), _own_session():
         exit_code = pytest.main(args, plugins=[plugin])
     if exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
         lines = [line for line in output.getvalue().splitlines() if line.strip()]
