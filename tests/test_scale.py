@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,29 @@ def golden_directory(tmp_path_factory) -> Path:
         frame.to_parquet(directory / "golden" / f"part-{index}.parquet")
     pd.concat(frames).to_csv(directory / "golden.csv", index=False)
     return directory
+
+
+@pytest.fixture
+def shared_ray():
+    """A local Ray for this module's in-process Ray runs, started on first use and stopped when the module
+    ends: each start and stop costs ~4 s on two cores. It has what a run's own local Ray has (a logical CPU
+    per core and one for the reads), so the runs given it pool as many actors. The runs that start and stop
+    a Ray of their own are the CLI subprocess tests (one worker, an actor that kills its process)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+    # A failed run frees its actors by collecting its execution, but pytest's log capture keeps the error's
+    # traceback, and with it that execution, until the test ends: collected now, once pytest let go of it.
+    gc.collect()
+    return ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_running():
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def configure(root: Path, power, golden: Path, extra: str = "") -> None:
@@ -124,12 +151,13 @@ def test_a_streamed_check_as_users_run_it_every_stage_with_tracking_on(streamed_
     assert run.data.metrics["quality.mae.candidate"] == pytest.approx(metric(report, "mae")["candidate"], rel=1e-6)
 
 
-def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli):
-    pytest.importorskip("ray")
+def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli, shared_ray):
     # Not the performance stage: it times the models on the machine's clock, whichever engine read the data.
     stages = ("--stage", "quality", "--stage", "outliers", "--stage", "data")
     local = run(cli, "--engine", "local", *stages)
+    copies = set(Path(tempfile.gettempdir()).glob("release-kit-ray-*"))
     distributed = run(cli, "--engine", "ray", *stages)
+    assert set(Path(tempfile.gettempdir()).glob("release-kit-ray-*")) == copies  # the actors' model copies removed
     assert distributed["verdict"] == local["verdict"] and distributed["bump"] == local["bump"]
     assert distributed["data"] == local["data"]
     assert (local["environment"]["golden_read"], distributed["environment"]["golden_read"]) == ("local", "ray")
@@ -670,9 +698,8 @@ def test_bin_sums_are_numpys_bincount(codes, size, seed):
     assert np.array_equal(bin_sums(codes, size, weights), np.bincount(codes, weights=weights, minlength=size))
 
 
-def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
+def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch, shared_ray):
     """A model that cannot take the golden rows fails in the actor; the run still ends with one line, exit 2."""
-    pytest.importorskip("ray")
     import torch
 
     from conftest import save_scripted
@@ -693,7 +720,45 @@ def test_a_model_failing_inside_a_ray_worker_is_bad_input(tmp_path, power, cli, 
     result = cli("check", "--candidate", "candidate.pt", "--engine", "ray")
     assert result.exit_code == 2, result.output[-3000:]
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
-    assert len(lines) == 1 and "candidate model" in lines[0] and "failed on input of shape" in lines[0], result.stderr[-2000:]
+    # The file the user named, as the local engine says it (not the copy the actor loaded).
+    assert len(lines) == 1 and lines[0].startswith("release-kit: error: candidate model candidate.pt failed on input of shape"), result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_failed_ray_run_frees_the_cluster_for_the_next(tmp_path, power, golden_directory):
+    """A driver that keeps its Ray (a notebook, a service gating many models): after a run that failed on bad
+    input, the next run's actors get the CPUs at once. Ray Data's failed execution, held by its error's
+    traceback, kept the first run's actors until garbage collection, and the next run waited ~15 s for them.
+    In a process of its own: pytest's log capture keeps that traceback alive for its report."""
+    pytest.importorskip("ray")
+    import subprocess
+
+    import torch
+
+    from conftest import save_scripted
+
+    save_scripted(torch.nn.Sequential(torch.nn.Linear(6, 1), torch.nn.Flatten(0)), tmp_path / "six.pt")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r}); sys.path.insert(0, {str(Path(pf.__file__).parent)!r})
+        import ray
+        from test_scale import _library_scan
+        from release_kit.errors import InputError
+        from release_kit.models import load_model
+        from release_kit.scale.engines import run_ray
+
+        source, plan, models = _library_scan({{"better": {str(power["better"])!r}}}, {str(golden_directory / "golden")!r})
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+        try:
+            run_ray(source, plan, {{"candidate": load_model("candidate", {str(tmp_path / "six.pt")!r}, plan.spec)}}, chunk_rows=10_000)
+        except InputError:
+            pass
+        time.sleep(2)  # the actors' kill is asynchronous
+        print("free", ray.available_resources().get("CPU", 0), "of", ray.cluster_resources()["CPU"])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "free 3.0 of 3.0", done.stdout[-1000:]
 
 
 def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_path, power):
@@ -730,12 +795,11 @@ def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_p
     assert result.stderr.strip().splitlines()[-1].startswith("release-kit: internal error: ActorDiedError"), result.stderr[-3000:]
 
 
-def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch):
+def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch, shared_ray):
     """A file whose pages fail in a Ray read task: one line naming the golden set and the cause, exit 2 (it
     was exit 4, an internal error)."""
     import shutil
 
-    pytest.importorskip("ray")
     (tmp_path / "golden").mkdir()
     frame = pf.make_dataset(2_000, seed=5)
     frame.to_parquet(tmp_path / "golden" / "part-0.parquet")
@@ -759,8 +823,6 @@ def ray_cluster():
     import shutil
     import socket
     import subprocess
-    import sys
-    import tempfile
 
     ray = Path(sys.executable).with_name("ray")
     with socket.socket() as probe:
@@ -805,13 +867,17 @@ def test_an_existing_ray_cluster_gives_the_local_numbers_and_a_refused_token_is_
     assert not (streamed_project / "no.json").exists()
 
 
-def test_an_unreachable_ray_cluster_is_bad_input(streamed_project, cli):
+def test_an_unreachable_ray_cluster_is_bad_input(streamed_project):
     pytest.importorskip("ray")
+    from conftest import run_cli
+
     text = (streamed_project / "release-kit.toml").read_text().replace("[run]\n", '[run]\nray_address = "127.0.0.1:1"\n')
     (streamed_project / "release-kit.toml").write_text(text)
-    result = cli("check", "--candidate", "candidate.pt", "--engine", "ray")
-    assert result.exit_code == 2, result.output[-3000:]
-    assert "ray_address '127.0.0.1:1'" in result.stderr.strip().splitlines()[-1]
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--report", "report.json")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "release-kit: error: [run] ray_address '127.0.0.1:1': nothing answers there ([Errno 111] Connection refused)"]
+    assert not (streamed_project / "report.json").exists()
 
 
 def test_the_ray_engine_without_ray_installed_is_bad_input(streamed_project):
@@ -1156,14 +1222,30 @@ def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_erro
     assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-summarize"))]
 
 
-def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory):
-    pytest.importorskip("ray")
+def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory, shared_ray):
     from release_kit.errors import InputError
     from release_kit.scale.engines import run_ray
 
     source, plan, models = _library_scan(power, golden_directory / "golden")
     with pytest.raises(InputError, match="the Ray cluster has no GPU"):
         run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="cuda")
+
+
+def test_a_model_file_changed_after_loading_is_not_what_the_ray_actors_score(tmp_path, power, golden_directory, shared_ray):
+    """The actors load the bytes the driver ships, re-read from the file: a file replaced after the run loaded
+    (and hashed) it is refused, so the report never names one model while the actors scored another."""
+    import shutil
+
+    from release_kit.errors import InputError
+    from release_kit.models import load_model
+    from release_kit.scale.engines import run_ray
+
+    source, plan, _ = _library_scan(power, golden_directory / "golden")
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    models = {"candidate": load_model("candidate", str(tmp_path / "candidate.pt"), plan.spec)}
+    shutil.copy(power["night"], tmp_path / "candidate.pt")
+    with pytest.raises(InputError, match=r"^candidate model .*candidate\.pt changed while the run read it \(sha256 "):
+        run_ray(source, plan, models, chunk_rows=10_000)
 
 
 def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(streamed_project, cli):
@@ -1189,6 +1271,8 @@ def test_a_ray_cluster_too_small_for_the_actors_and_the_reads_is_bad_input(power
     from release_kit.scale.engines import run_ray
 
     source, plan, models = _library_scan(power, golden_directory / "golden")
+    if ray.is_initialized():  # the module's shared one
+        ray.shutdown()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # a cluster of one CPU, already running
     try:
         with pytest.raises(InputError, match=r"the Ray cluster has 1 CPU\(s\): 1 actor\(s\) and Ray Data's reads need at least 1.1"):
