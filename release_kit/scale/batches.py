@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InputError
 from .stats import (
     KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, ContractCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram, WorstRows,
-    key_threshold, row_keys, streamed_metrics,
+    key_threshold, row_keys, streamed_moments,
 )
 
 if TYPE_CHECKING:
@@ -245,9 +245,7 @@ def _summarize_rows(plan: ScanPlan, kept: KeptRows) -> ScanSummary:
     quality: dict[str, Moments] = {}
     classes = candidate.shape[1] if candidate.ndim == 2 else 0
     if baseline is not None and len(target):
-        vectors = RowVectors(target, candidate, baseline)
-        for metric in streamed_metrics(spec.task, classes):
-            quality[metric] = Moments.of(vectors(metric))
+        quality = streamed_moments(spec.task, classes, RowVectors(target, candidate, baseline))
     arrays = {"features": inputs["candidate"], "target": target, "candidate": candidate}
     if baseline is not None:
         arrays["baseline"] = baseline
