@@ -105,19 +105,12 @@ class RowVectors:
             self._cache["errors"] = [self.c - self.y, self.b - self.y]
         return self._cache["errors"]
 
-    def _squares(self) -> list[np.ndarray]:
-        if "squares" not in self._cache:
-            self._cache["squares"] = [e * e for e in self._errors()]
-        return self._cache["squares"]
-
     def __call__(self, metric: str) -> list[np.ndarray]:
         y, c, b = self.y, self.c, self.b
         if metric == "mae":
             return [np.abs(e) for e in self._errors()]
-        if metric == "rmse":
-            return self._squares()
-        if metric == "r2":
-            return [*self._squares(), y, y * y]
+        if metric == "r2":  # RMSE's u is its first two components (see streamed_moments)
+            return [*(e * e for e in self._errors()), y, y * y]
         if metric == "accuracy":
             return [(c.argmax(axis=1) == y).astype(np.float64), (b.argmax(axis=1) == y).astype(np.float64)]
         if metric == "log_loss":
