@@ -614,9 +614,10 @@ def _corrupt_pages(frame: pd.DataFrame, path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_batches_are_read_ahead_in_file_order_and_the_reader_ends_with_the_iteration(golden_directory, tmp_path):
-    """The reading thread yields every file's rows in order, stops at --max-rows, ends when the caller stops
-    early or fails, and a file that fails half-way is bad input naming that file."""
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["in-the-caller", "read-ahead"])
+def test_batches_are_read_in_file_order_and_a_reader_ends_with_the_iteration(golden_directory, tmp_path, read_ahead):
+    """Every file's rows in order, stopping at --max-rows; a reading thread (``read_ahead``) ends when the
+    caller stops early or fails; a file that fails half-way is bad input naming that file."""
     import threading
 
     from release_kit.errors import InputError
@@ -627,15 +628,15 @@ def test_batches_are_read_ahead_in_file_order_and_the_reader_ends_with_the_itera
 
     source = ParquetSource.resolve(str(golden_directory / "golden"))
     whole = pd.concat([pd.read_parquet(f) for f in source.files], ignore_index=True)
-    batches = list(source.batches(["power_kw", "temperature"], 4_000))
+    batches = list(source.batches(["power_kw", "temperature"], 4_000, read_ahead=read_ahead))
     assert [b.num_rows for b in batches] == [4_000, 4_000, 2_000] * 3  # batches do not span files
     assert np.array_equal(np.concatenate([b.column("power_kw").to_numpy() for b in batches]), whole["power_kw"].to_numpy())
-    prefix = list(source.batches(["power_kw"], 4_000, max_rows=13_500))
+    prefix = list(source.batches(["power_kw"], 4_000, max_rows=13_500, read_ahead=read_ahead))
     assert [b.num_rows for b in prefix] == [4_000, 4_000, 2_000, 3_500] and readers() == 0
-    first = next(iter(source.batches(["power_kw"], 1_000)))  # the generator is dropped: its thread ends
+    first = next(iter(source.batches(["power_kw"], 1_000, read_ahead=read_ahead)))  # the generator is dropped: its thread ends
     assert first.num_rows == 1_000 and readers() == 0
     with pytest.raises(RuntimeError, match="caller failed"):
-        for _ in source.batches(["power_kw"], 1_000):
+        for _ in source.batches(["power_kw"], 1_000, read_ahead=read_ahead):
             raise RuntimeError("caller failed")
     assert readers() == 0
 
@@ -645,7 +646,7 @@ def test_batches_are_read_ahead_in_file_order_and_the_reader_ends_with_the_itera
     _corrupt_pages(frame, tmp_path / "golden" / "part-1.parquet")
     read = []
     with pytest.raises(InputError, match=r"part-1\.parquet: cannot read Parquet data"):
-        for batch in ParquetSource.resolve(str(tmp_path / "golden")).batches(["power_kw"], 4_000):
+        for batch in ParquetSource.resolve(str(tmp_path / "golden")).batches(["power_kw"], 4_000, read_ahead=read_ahead):
             read.append(batch.num_rows)
     assert read == [4_000, 4_000, 2_000] and readers() == 0
 
@@ -1152,18 +1153,23 @@ def test_a_batch_summarized_in_parts_gives_the_whole_batch_numbers(power, golden
 
 def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, golden_directory):
     """run_local summarizes a batch while the models score the next: its numbers (every default stage's
-    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count is
-    restored after, and an error in a batch still ends the scan with that error."""
+    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count and
+    Python's GIL switch interval (both changed during the scan) are restored after, and an error in a batch
+    still ends the scan with that error."""
+    import sys
+
     import torch
 
     from release_kit.errors import InputError
     from release_kit.scale.batches import reduce_batch
-    from release_kit.scale.engines import run_local
+    from release_kit.scale.engines import SCAN_SWITCH_INTERVAL, run_local
 
     source, plan, models = _every_stage_scan(power, golden_directory)
-    threads = torch.get_num_threads()
-    overlapped = run_local(source, plan, models, chunk_rows=4_000)
-    assert torch.get_num_threads() == threads
+    threads, interval = torch.get_num_threads(), sys.getswitchinterval()
+    during = []
+    overlapped = run_local(source, plan, models, chunk_rows=4_000, progress=lambda *_: during.append(sys.getswitchinterval()))
+    assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
+    assert during and during == pytest.approx([min(interval, SCAN_SWITCH_INTERVAL)] * len(during))  # kept in µs
     one_by_one = None
     for batch in source.batches(plan.columns, 4_000):
         summary = reduce_batch(plan, models, batch)
@@ -1194,7 +1200,22 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
 
     with pytest.raises(InputError, match="batch 3"):
         run_local(source, plan, {**models, "candidate": Failing()}, chunk_rows=4_000)
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
+
+
+def test_with_cpu_models_the_local_scan_reads_on_its_helper_thread(power, golden_directory):
+    """Two threads scan: the models' and one that reads, prepares and summarizes on the core spared for it.
+    No third thread reads ahead, which would take the models' core from them part of the time."""
+    import threading
+
+    from release_kit.scale.engines import run_local
+
+    source, plan, models = _every_stage_scan(power, golden_directory)
+    running = []
+    run_local(source, plan, models, chunk_rows=4_000,
+              progress=lambda rows, _: running.append({t.name.split("_")[0] for t in threading.enumerate()}))
+    assert len(running) == 9  # files of 10,000 rows: 3 batches of at most 4,000 each
+    assert all("release-kit-scan" in names and "release-kit-read" not in names for names in running)
 
 
 def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_error(power, golden_directory, tmp_path):
@@ -1219,7 +1240,7 @@ def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_erro
     with pytest.raises(InputError, match=f"golden column '{pf.FEATURES[0]}' is not numeric"):
         run_local(source, plan, models, chunk_rows=4_000, progress=lambda rows, _: progress.append(rows))
     assert progress and progress[-1] <= 20_000  # the batches before it were summarized
-    assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-summarize"))]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-scan"))]
 
 
 def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(power, golden_directory, shared_ray):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+from contextlib import closing
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -113,16 +114,19 @@ class ParquetSource:
                 if kind != "numbers" and not (kind == "booleans" and name in boolean_ok):
                     raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
-    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
+                read_ahead: bool = False) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
 
-        A thread reads one batch ahead (each file's ``ParquetFile.iter_batches``, its columns decoded on that
-        thread) while the caller works on the last one. pyarrow's dataset scanner read the same batches with
-        ~2× the CPU (~35 ns a row of 11 float32 columns instead of ~17, measured) and kept the caller
-        waiting, CPU that the models and the statistics beside it need."""
+        Each file's ``ParquetFile.iter_batches`` decodes its columns in the thread that asks for the next
+        batch, or (``read_ahead``) in a thread of its own one batch ahead of the caller: worth it where that
+        thread has a core to itself. pyarrow's dataset scanner read the same batches with ~2× the CPU (~35 ns
+        a row of 11 float32 columns instead of ~17, measured), CPU that the models and the statistics beside
+        it need."""
         self._check_columns(columns)
         seen = 0
-        for batch in self._read_ahead(columns, chunk_rows):
+        read = self._read_ahead(columns, chunk_rows) if read_ahead else self._read(columns, chunk_rows)
+        for batch in read:
             if max_rows is not None and seen + batch.num_rows > max_rows:
                 batch = batch.slice(0, max_rows - seen)
             if batch.num_rows:
@@ -138,14 +142,25 @@ class ParquetSource:
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
 
+    def _read(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        """The files' batches, decoded in this thread."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for file in self.files:
+            try:
+                with pq.ParquetFile(file) as reader:
+                    yield from reader.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False)
+            except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
+                if isinstance(error, MemoryError):
+                    raise
+                raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+
     def _read_ahead(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        """The files' batches, read by a thread one batch ahead of the caller. The thread ends with the
+        """:meth:`_read`'s batches, read by a thread one batch ahead of the caller. The thread ends with the
         iteration, also when the caller stops early or fails; its errors are raised here."""
         import queue
         import threading
-
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         ahead: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
@@ -162,16 +177,10 @@ class ParquetSource:
 
         def read() -> None:
             try:
-                for file in self.files:
-                    try:
-                        with pq.ParquetFile(file) as reader:
-                            for batch in reader.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
-                                if not offer(batch):
-                                    return
-                    except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
-                        if isinstance(error, MemoryError):
-                            raise
-                        raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+                with closing(self._read(columns, chunk_rows)) as batches:
+                    for batch in batches:
+                        if not offer(batch):
+                            return
                 offer(end)
             except BaseException as error:  # raised in the caller's thread, not lost with this one
                 offer(error)
