@@ -1203,19 +1203,40 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
 
 
-def test_with_cpu_models_the_local_scan_reads_on_its_helper_thread(power, golden_directory):
-    """Two threads scan: the models' and one that reads, prepares and summarizes on the core spared for it.
-    No third thread reads ahead, which would take the models' core from them part of the time."""
+@pytest.mark.parametrize("slower", ["models", "statistics"])
+def test_the_local_scan_reads_on_its_helper_thread_until_the_models_wait_for_it(power, golden_directory, slower):
+    """Two threads scan while the helper (read, prepare, summarize) keeps up with the models; when the models
+    wait for it, a third thread takes over the reading, one batch ahead. The numbers are the same either way."""
     import threading
+    from unittest import mock
 
-    from release_kit.scale.engines import run_local
+    from release_kit.scale import engines
 
     source, plan, models = _every_stage_scan(power, golden_directory)
+    plain = engines.run_local(source, plan, models, chunk_rows=2_000)
+
+    def slowed(function):
+        def slow(*args, **kwargs):
+            time.sleep(0.03)
+            return function(*args, **kwargs)
+        return slow
+
     running = []
-    run_local(source, plan, models, chunk_rows=4_000,
-              progress=lambda rows, _: running.append({t.name.split("_")[0] for t in threading.enumerate()}))
-    assert len(running) == 9  # files of 10,000 rows: 3 batches of at most 4,000 each
-    assert all("release-kit-scan" in names and "release-kit-read" not in names for names in running)
+    with mock.patch.object(engines, "run_models" if slower == "models" else "summarize_batch",
+                           slowed(engines.run_models if slower == "models" else engines.summarize_batch)):
+        summary = engines.run_local(source, plan, models, chunk_rows=2_000,
+                                    progress=lambda *_: running.append({t.name.split("_")[0] for t in threading.enumerate()}))
+    assert len(running) == 15  # files of 10,000 rows: 5 batches each
+    assert all("release-kit-scan" in names for names in running)
+    reading = ["release-kit-read" in names for names in running]
+    if slower == "models":
+        assert not any(reading)
+    else:  # decided once 2 + 5 batches were scored (progress comes a batch behind), then read ahead to the end
+        assert not any(reading[:5]) and any(reading[5:])
+    assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-scan"))]
+    for metric, moments in plain.quality.items():
+        assert np.array_equal(summary.quality[metric].outer, moments.outer), metric
+    assert np.array_equal(summary.sample.ordered()["target"], plain.sample.ordered()["target"])
 
 
 def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_error(power, golden_directory, tmp_path):

@@ -34,18 +34,15 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
     and exclusions) and summarizes the one before (numpy releases the GIL in its loops, torch in its ops).
     Models on the CPU get one core fewer than torch would take while the scan runs, the core the second
     thread uses: torch's parallel regions wait for their slowest thread, and a thread sharing its core with
-    the summaries is slow. The reading shares that core's thread rather than taking a third: a third thread
-    on two cores took the models' core a third of the time (measured: the scan ~7 % slower). Models on a GPU
-    leave the cores to the rest: a third thread reads ahead where there is a third core. Summaries are merged
-    in batch order, so the numbers do not depend on the overlap."""
+    the summaries is slow. When that thread falls behind the models (costly statistics, cheap or GPU
+    models), a third starts reading ahead (:class:`_Reading`). Summaries are merged in batch order, so the
+    numbers do not depend on the overlap."""
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import closing
 
     started = time.monotonic()
     merged: ScanSummary | None = None
     pending = None
-    cpu_models = any(m.device == "cpu" for m in models.values())
-    read_ahead = not cpu_models and (os.cpu_count() or 1) >= 3
 
     def collect() -> None:
         nonlocal merged
@@ -54,18 +51,23 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
         if progress is not None:
             progress(merged.rows, time.monotonic() - started)
 
-    with closing(iter(source.batches(plan.read_columns, chunk_rows, max_rows, read_ahead=read_ahead))) as batches, \
-            _one_core_spared(cpu_models), _quick_gil_handoffs(), \
+    with closing(_Reading(source.batches(plan.read_columns, chunk_rows, max_rows))) as reading, \
+            _one_core_spared(any(m.device == "cpu" for m in models.values())), _quick_gil_handoffs(), \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-kit-scan") as helper:
 
         def prepared_next() -> PreparedBatch | None:
-            batch = next(batches, None)
+            batch = reading.next()
             return None if batch is None else prepare_batch(plan, batch)
 
         upcoming = helper.submit(prepared_next)
-        while (prepared := upcoming.result()) is not None:
+        while True:
+            waiting = time.perf_counter()
+            if (prepared := upcoming.result()) is None:
+                break
+            scoring = time.perf_counter()
             upcoming = helper.submit(prepared_next)  # queued before the summary: the models wait on it first
             scored = ScoredBatch.of(plan, prepared, run_models(plan, models, prepared.frame, prepared.target))
+            reading.observe(waited=scoring - waiting, scored=time.perf_counter() - scoring)
             if pending is not None:
                 collect()
             pending = helper.submit(summarize_batch, plan, scored)
@@ -74,6 +76,54 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged
+
+
+class _Reading:
+    """A local scan's batches: read by the helper thread that prepares them, until the models are seen waiting
+    for that thread; from then on by a thread of their own, one batch ahead.
+
+    Reading on the helper keeps the scan to two threads, which suits two cores when the helper's work (read,
+    prepare, summarize) fits in the models' time: a third thread took the models' core part of the time
+    (measured on two cores: the quality statistics' scan ~7 % faster without it). When the helper falls
+    behind, its reading moves to a third thread, which uses the time the models' thread spends waiting
+    (measured: every stage's statistics' scan ~12 % slower with the reading left on the helper)."""
+
+    WARMUP_BATCHES = 2  # the first batches' timings are not counted: the models' first calls are slow
+    OBSERVED_BATCHES = 5  # batches observed before deciding
+    # The models waited more than this share of their scoring time: read ahead. Measured on two cores, the
+    # share is ~0.01 with the quality statistics and ~0.45 with every stage's.
+    BEHIND = 0.25
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+        self.ahead = None
+        self.read_ahead = False  # set by the models' thread; acted on by the helper, the only one that reads
+        self.seen = 0
+        self.waited = self.scored = 0.0
+
+    def next(self):
+        """The next batch, None at the end (the helper thread only)."""
+        if self.read_ahead and self.ahead is None:
+            from .source import batches_read_ahead
+
+            self.ahead = batches_read_ahead(self.batches)
+        return next(self.ahead if self.ahead is not None else self.batches, None)
+
+    def observe(self, *, waited: float, scored: float) -> None:
+        """One batch's seconds: the models' thread waiting for the helper, then scoring (that thread only)."""
+        self.seen += 1
+        if self.read_ahead or self.seen <= self.WARMUP_BATCHES:
+            return
+        self.waited += waited
+        self.scored += scored
+        if self.seen >= self.WARMUP_BATCHES + self.OBSERVED_BATCHES and self.waited > self.BEHIND * self.scored:
+            self.read_ahead = True
+
+    def close(self) -> None:
+        """End the reading thread, if any, then the batches (once the helper no longer reads)."""
+        if self.ahead is not None:
+            self.ahead.close()
+        self.batches.close()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError, first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
 
     import pyarrow as pa
 
@@ -125,7 +125,8 @@ class ParquetSource:
         it need."""
         self._check_columns(columns)
         seen = 0
-        read = self._read_ahead(columns, chunk_rows) if read_ahead else self._read(columns, chunk_rows)
+        read = self._read(columns, chunk_rows)
+        read = batches_read_ahead(read) if read_ahead else read
         for batch in read:
             if max_rows is not None and seen + batch.num_rows > max_rows:
                 batch = batch.slice(0, max_rows - seen)
@@ -156,46 +157,6 @@ class ParquetSource:
                     raise
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
 
-    def _read_ahead(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        """:meth:`_read`'s batches, read by a thread one batch ahead of the caller. The thread ends with the
-        iteration, also when the caller stops early or fails; its errors are raised here."""
-        import queue
-        import threading
-
-        ahead: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-        end = object()
-
-        def offer(item) -> bool:
-            while not stop.is_set():
-                try:
-                    ahead.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        def read() -> None:
-            try:
-                with closing(self._read(columns, chunk_rows)) as batches:
-                    for batch in batches:
-                        if not offer(batch):
-                            return
-                offer(end)
-            except BaseException as error:  # raised in the caller's thread, not lost with this one
-                offer(error)
-
-        reader = threading.Thread(target=read, name="release-kit-read", daemon=True)
-        reader.start()
-        try:
-            while (item := ahead.get()) is not end:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            reader.join()
-
     def sha256(self) -> str:
         """One digest over every file's name and content hash, in order (files hashed in parallel: hashlib
         releases the GIL, and a 100M-row golden set is gigabytes)."""
@@ -210,3 +171,44 @@ class ParquetSource:
         for file, content in zip(self.files, hashes):
             digest.update(f"{file.name}\0{content}\n".encode())
         return digest.hexdigest()
+
+
+def batches_read_ahead(batches: Generator[pa.RecordBatch, None, None]) -> Iterator[pa.RecordBatch]:
+    """The batches, read by a thread one batch ahead of the caller. The thread ends with the iteration, also
+    when the caller stops early or fails, and closes ``batches``; its errors are raised here."""
+    import queue
+    import threading
+
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read() -> None:
+        try:
+            with closing(batches):
+                for batch in batches:
+                    if not offer(batch):
+                        return
+            offer(end)
+        except BaseException as error:  # raised in the caller's thread, not lost with this one
+            offer(error)
+
+    reader = threading.Thread(target=read, name="release-kit-read", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
