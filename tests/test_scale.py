@@ -1213,7 +1213,7 @@ def test_the_local_scan_reads_on_its_helper_thread_until_the_models_wait_for_it(
     from release_kit.scale import engines
 
     source, plan, models = _every_stage_scan(power, golden_directory)
-    plain = engines.run_local(source, plan, models, chunk_rows=2_000)
+    plain = engines.run_local(source, plan, models, chunk_rows=1_000)
 
     def slowed(function):
         def slow(*args, **kwargs):
@@ -1224,15 +1224,15 @@ def test_the_local_scan_reads_on_its_helper_thread_until_the_models_wait_for_it(
     running = []
     with mock.patch.object(engines, "run_models" if slower == "models" else "summarize_batch",
                            slowed(engines.run_models if slower == "models" else engines.summarize_batch)):
-        summary = engines.run_local(source, plan, models, chunk_rows=2_000,
+        summary = engines.run_local(source, plan, models, chunk_rows=1_000,
                                     progress=lambda *_: running.append({t.name.split("_")[0] for t in threading.enumerate()}))
-    assert len(running) == 15  # files of 10,000 rows: 5 batches each
+    assert len(running) == 30  # files of 10,000 rows: 10 batches each
     assert all("release-kit-scan" in names for names in running)
     reading = ["release-kit-read" in names for names in running]
     if slower == "models":
         assert not any(reading)
-    else:  # decided once 2 + 5 batches were scored (progress comes a batch behind), then read ahead to the end
-        assert not any(reading[:5]) and any(reading[5:])
+    else:  # decided once 5 + 8 batches were scored (progress comes a batch behind), then read ahead to the end
+        assert not any(reading[:11]) and any(reading[11:])
     assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-scan"))]
     for metric, moments in plain.quality.items():
         assert np.array_equal(summary.quality[metric].outer, moments.outer), metric

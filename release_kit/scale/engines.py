@@ -18,6 +18,10 @@ from ..errors import InputError, first_line
 from .batches import PreparedBatch, ScanPlan, ScoredBatch, prepare_batch, reduce_batch, run_models, summarize_batch
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    import pyarrow as pa
+
     from ..models import LoadedModel
     from .source import ParquetSource
     from .stats import ScanSummary
@@ -67,10 +71,12 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
             scoring = time.perf_counter()
             upcoming = helper.submit(prepared_next)  # queued before the summary: the models wait on it first
             scored = ScoredBatch.of(plan, prepared, run_models(plan, models, prepared.frame, prepared.target))
-            reading.observe(waited=scoring - waiting, scored=time.perf_counter() - scoring)
+            collecting = time.perf_counter()
             if pending is not None:
                 collect()
             pending = helper.submit(summarize_batch, plan, scored)
+            # The models' thread waited for the helper's next batch, then for its last summary.
+            reading.observe(waited=scoring - waiting + time.perf_counter() - collecting, scored=collecting - scoring)
         if pending is not None:
             collect()
     if merged is None:
@@ -88,20 +94,23 @@ class _Reading:
     behind, its reading moves to a third thread, which uses the time the models' thread spends waiting
     (measured: every stage's statistics' scan ~12 % slower with the reading left on the helper)."""
 
-    WARMUP_BATCHES = 2  # the first batches' timings are not counted: the models' first calls are slow
-    OBSERVED_BATCHES = 5  # batches observed before deciding
-    # The models waited more than this share of their scoring time: read ahead. Measured on two cores, the
-    # share is ~0.01 with the quality statistics and ~0.45 with every stage's.
-    BEHIND = 0.25
+    # The first batches' timings are not counted: the models' first calls are slow, and so are the helper's
+    # first summaries (its memory is new to it): measured, up to 4× its steady time for the first five.
+    WARMUP_BATCHES = 5
+    OBSERVED_BATCHES = 8  # batches observed before deciding, once
+    # The models waited more than this share of their scoring time in the median observed batch: read
+    # ahead. Measured on two cores, the batches' shares are 0-0.2 with the quality statistics (spikes beyond,
+    # even a few batches in a row when the machine is busy: hence the median) and 0.25-0.45 with every stage's.
+    BEHIND = 0.2
 
-    def __init__(self, batches) -> None:
+    def __init__(self, batches: Generator[pa.RecordBatch, None, None]) -> None:
         self.batches = batches
-        self.ahead = None
+        self.ahead: Generator[pa.RecordBatch, None, None] | None = None
         self.read_ahead = False  # set by the models' thread; acted on by the helper, the only one that reads
         self.seen = 0
-        self.waited = self.scored = 0.0
+        self.shares: list[float] = []  # per observed batch: the models' wait over their scoring time
 
-    def next(self):
+    def next(self) -> pa.RecordBatch | None:
         """The next batch, None at the end (the helper thread only)."""
         if self.read_ahead and self.ahead is None:
             from .source import batches_read_ahead
@@ -112,12 +121,11 @@ class _Reading:
     def observe(self, *, waited: float, scored: float) -> None:
         """One batch's seconds: the models' thread waiting for the helper, then scoring (that thread only)."""
         self.seen += 1
-        if self.read_ahead or self.seen <= self.WARMUP_BATCHES:
+        if self.seen <= self.WARMUP_BATCHES or len(self.shares) == self.OBSERVED_BATCHES:
             return
-        self.waited += waited
-        self.scored += scored
-        if self.seen >= self.WARMUP_BATCHES + self.OBSERVED_BATCHES and self.waited > self.BEHIND * self.scored:
-            self.read_ahead = True
+        self.shares.append(waited / max(scored, 1e-9))
+        if len(self.shares) == self.OBSERVED_BATCHES:
+            self.read_ahead = float(np.median(self.shares)) > self.BEHIND
 
     def close(self) -> None:
         """End the reading thread, if any, then the batches (once the helper no longer reads)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError, first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Generator
 
     import pyarrow as pa
 
@@ -115,7 +115,7 @@ class ParquetSource:
                     raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
-                read_ahead: bool = False) -> Iterator[pa.RecordBatch]:
+                read_ahead: bool = False) -> Generator[pa.RecordBatch, None, None]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
 
         Each file's ``ParquetFile.iter_batches`` decodes its columns in the thread that asks for the next
@@ -143,7 +143,7 @@ class ParquetSource:
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
 
-    def _read(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    def _read(self, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
         """The files' batches, decoded in this thread."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -173,7 +173,7 @@ class ParquetSource:
         return digest.hexdigest()
 
 
-def batches_read_ahead(batches: Generator[pa.RecordBatch, None, None]) -> Iterator[pa.RecordBatch]:
+def batches_read_ahead(batches: Generator[pa.RecordBatch, None, None]) -> Generator[pa.RecordBatch, None, None]:
     """The batches, read by a thread one batch ahead of the caller. The thread ends with the iteration, also
     when the caller stops early or fails, and closes ``batches``; its errors are raised here."""
     import queue
