@@ -267,7 +267,7 @@ def main() -> None:
         f"The local engine's own cost is {own:.0f} ns per row with the quality statistics ({full_own:.0f} ns with every stage's), against "
         f"{raw_seconds / rows * 1e9:.0f} ns for reading a row and running both models in the faster raw loop. The models have the main "
         "thread to themselves while a helper thread reads and checks the next batch and summarizes the one before (a third thread "
-        "takes over the reading once the models are seen waiting for the helper, as with every stage's statistics), but they "
+        "takes over the reading once the helper is seen to cost more CPU than the models, as with every stage's statistics), but they "
         "share the GIL (the statistics' Python steps between numpy's loops; the scan hands it over every 0.2 ms) and the memory: measured, a thread "
         "summarizing beside the models slows their scoring ~20 %, another process ~5 %, yet a process must copy each batch into "
         "shared memory, and in a prototype that cost more than it saved (a scan 10–15 % slower). For these two tiny MLPs the "

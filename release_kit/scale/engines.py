@@ -38,9 +38,9 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
     and exclusions) and summarizes the one before (numpy releases the GIL in its loops, torch in its ops).
     Models on the CPU get one core fewer than torch would take while the scan runs, the core the second
     thread uses: torch's parallel regions wait for their slowest thread, and a thread sharing its core with
-    the summaries is slow. When that thread falls behind the models (costly statistics, cheap or GPU
-    models), a third starts reading ahead (:class:`_Reading`). Summaries are merged in batch order, so the
-    numbers do not depend on the overlap."""
+    the summaries is slow. When that thread costs more than the models (costly statistics, cheap or GPU
+    models), a third takes over its reading, one batch ahead (:class:`_Reading`). Summaries are merged in
+    batch order, so the numbers do not depend on the overlap."""
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import closing
 
@@ -60,23 +60,27 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-kit-scan") as helper:
 
         def prepared_next() -> PreparedBatch | None:
+            spent = time.thread_time()
             batch = reading.next()
-            return None if batch is None else prepare_batch(plan, batch)
+            prepared = None if batch is None else prepare_batch(plan, batch)
+            reading.helper_spent(time.thread_time() - spent)
+            return prepared
+
+        def summarized(scored: ScoredBatch) -> ScanSummary:
+            spent = time.thread_time()
+            summary = summarize_batch(plan, scored)
+            reading.helper_spent(time.thread_time() - spent)
+            return summary
 
         upcoming = helper.submit(prepared_next)
-        while True:
-            waiting = time.perf_counter()
-            if (prepared := upcoming.result()) is None:
-                break
-            scoring = time.perf_counter()
+        while (prepared := upcoming.result()) is not None:
             upcoming = helper.submit(prepared_next)  # queued before the summary: the models wait on it first
+            scoring = time.thread_time()
             scored = ScoredBatch.of(plan, prepared, run_models(plan, models, prepared.frame, prepared.target))
-            collecting = time.perf_counter()
+            reading.observe(time.thread_time() - scoring)
             if pending is not None:
                 collect()
-            pending = helper.submit(summarize_batch, plan, scored)
-            # The models' thread waited for the helper's next batch, then for its last summary.
-            reading.observe(waited=scoring - waiting + time.perf_counter() - collecting, scored=collecting - scoring)
+            pending = helper.submit(summarized, scored)
         if pending is not None:
             collect()
     if merged is None:
@@ -85,30 +89,32 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
 
 
 class _Reading:
-    """A local scan's batches: read by the helper thread that prepares them, until the models are seen waiting
-    for that thread; from then on by a thread of their own, one batch ahead.
+    """A local scan's batches: read by the helper thread that prepares them, until the helper is seen to need
+    more CPU per batch than the models' thread; from then on by a thread of their own, one batch ahead.
 
-    Reading on the helper keeps the scan to two threads, which suits two cores when the helper's work (read,
-    prepare, summarize) fits in the models' time: a third thread took the models' core part of the time
-    (measured on two cores: the quality statistics' scan ~7 % faster without it). When the helper falls
-    behind, its reading moves to a third thread, which uses the time the models' thread spends waiting
-    (measured: every stage's statistics' scan ~12 % slower with the reading left on the helper)."""
+    Reading on the helper keeps the scan to two threads, which suits two cores while the helper's work (read,
+    prepare, summarize) costs less than the models': a third thread took the models' core part of the time
+    (measured on two cores: the quality statistics' scan ~7 % faster without it). A helper that costs more
+    is the scan's bottleneck, and its reading moves to a third thread, which uses the time the models' thread
+    spends waiting (measured: every stage's statistics' scan ~12 % slower with the reading left on the
+    helper). The two are compared by CPU time, which another process busy on the machine does not inflate
+    as it does the waits."""
 
-    # The first batches' timings are not counted: the models' first calls are slow, and so are the helper's
-    # first summaries (its memory is new to it): measured, up to 4× its steady time for the first five.
+    # The first batches are not counted: the models' first calls are slow, and so are the helper's first
+    # summaries (its memory is new to it).
     WARMUP_BATCHES = 5
     OBSERVED_BATCHES = 8  # batches observed before deciding, once
-    # The models waited more than this share of their scoring time in the median observed batch: read
-    # ahead. Measured on two cores, the batches' shares are 0-0.2 with the quality statistics (spikes beyond,
-    # even a few batches in a row when the machine is busy: hence the median) and 0.25-0.45 with every stage's.
-    BEHIND = 0.2
+    # The helper's CPU time over the models' thread's, past which the reading moves. Measured on two cores
+    # (the benchmark's two small MLPs): 0.75-1.03 with the quality statistics, 1.35-1.47 with every stage's.
+    BEHIND = 1.2
 
     def __init__(self, batches: Generator[pa.RecordBatch, None, None]) -> None:
         self.batches = batches
         self.ahead: Generator[pa.RecordBatch, None, None] | None = None
         self.read_ahead = False  # set by the models' thread; acted on by the helper, the only one that reads
         self.seen = 0
-        self.shares: list[float] = []  # per observed batch: the models' wait over their scoring time
+        self.observing = False
+        self.helper_cpu = self.models_cpu = 0.0
 
     def next(self) -> pa.RecordBatch | None:
         """The next batch, None at the end (the helper thread only)."""
@@ -118,14 +124,21 @@ class _Reading:
             self.ahead = batches_read_ahead(self.batches)
         return next(self.ahead if self.ahead is not None else self.batches, None)
 
-    def observe(self, *, waited: float, scored: float) -> None:
-        """One batch's seconds: the models' thread waiting for the helper, then scoring (that thread only)."""
+    def helper_spent(self, seconds: float) -> None:
+        """CPU seconds of one of the helper's tasks (the helper thread only)."""
+        if self.observing:
+            self.helper_cpu += seconds
+
+    def observe(self, models_cpu: float) -> None:
+        """CPU seconds of the models' thread scoring one batch (that thread only)."""
         self.seen += 1
-        if self.seen <= self.WARMUP_BATCHES or len(self.shares) == self.OBSERVED_BATCHES:
-            return
-        self.shares.append(waited / max(scored, 1e-9))
-        if len(self.shares) == self.OBSERVED_BATCHES:
-            self.read_ahead = float(np.median(self.shares)) > self.BEHIND
+        if self.seen == self.WARMUP_BATCHES:
+            self.observing = True  # the helper's tasks from now on: about two a batch, as the models' batches
+        elif self.observing:
+            self.models_cpu += models_cpu
+            if self.seen == self.WARMUP_BATCHES + self.OBSERVED_BATCHES:
+                self.observing = False
+                self.read_ahead = self.helper_cpu > self.BEHIND * self.models_cpu
 
     def close(self) -> None:
         """End the reading thread, if any, then the batches (once the helper no longer reads)."""
