@@ -151,9 +151,10 @@ def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = 
     import torch
 
     from release_kit.models import PREDICT_BATCH_ROWS
+    from release_kit.scale.source import batches_read_ahead
 
     with torch.inference_mode():
-        for batch in source.batches(plan.columns, CHUNK, rows, read_ahead=True):
+        for batch in batches_read_ahead(source.batches(plan.columns, CHUNK, rows)):
             columns = [batch.column(c).to_numpy() for c in FEATURES]
             outputs = {role: [] for role in loaded}
             for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):

@@ -616,27 +616,31 @@ def _corrupt_pages(frame: pd.DataFrame, path: Path) -> None:
 
 @pytest.mark.parametrize("read_ahead", [False, True], ids=["in-the-caller", "read-ahead"])
 def test_batches_are_read_in_file_order_and_a_reader_ends_with_the_iteration(golden_directory, tmp_path, read_ahead):
-    """Every file's rows in order, stopping at --max-rows; a reading thread (``read_ahead``) ends when the
-    caller stops early or fails; a file that fails half-way is bad input naming that file."""
+    """Every file's rows in order, stopping at --max-rows; a reading thread (:func:`batches_read_ahead`) ends
+    when the caller stops early or fails; a file that fails half-way is bad input naming that file."""
     import threading
 
     from release_kit.errors import InputError
-    from release_kit.scale.source import ParquetSource
+    from release_kit.scale.source import ParquetSource, batches_read_ahead
+
+    def read_batches(source, *args, **kwargs):
+        read = source.batches(*args, **kwargs)
+        return batches_read_ahead(read) if read_ahead else read
 
     def readers() -> int:
         return sum(t.name == "release-kit-read" for t in threading.enumerate())
 
     source = ParquetSource.resolve(str(golden_directory / "golden"))
     whole = pd.concat([pd.read_parquet(f) for f in source.files], ignore_index=True)
-    batches = list(source.batches(["power_kw", "temperature"], 4_000, read_ahead=read_ahead))
+    batches = list(read_batches(source, ["power_kw", "temperature"], 4_000))
     assert [b.num_rows for b in batches] == [4_000, 4_000, 2_000] * 3  # batches do not span files
     assert np.array_equal(np.concatenate([b.column("power_kw").to_numpy() for b in batches]), whole["power_kw"].to_numpy())
-    prefix = list(source.batches(["power_kw"], 4_000, max_rows=13_500, read_ahead=read_ahead))
+    prefix = list(read_batches(source, ["power_kw"], 4_000, max_rows=13_500))
     assert [b.num_rows for b in prefix] == [4_000, 4_000, 2_000, 3_500] and readers() == 0
-    first = next(iter(source.batches(["power_kw"], 1_000, read_ahead=read_ahead)))  # the generator is dropped: its thread ends
+    first = next(iter(read_batches(source, ["power_kw"], 1_000)))  # the generator is dropped: its thread ends
     assert first.num_rows == 1_000 and readers() == 0
     with pytest.raises(RuntimeError, match="caller failed"):
-        for _ in source.batches(["power_kw"], 1_000, read_ahead=read_ahead):
+        for _ in read_batches(source, ["power_kw"], 1_000):
             raise RuntimeError("caller failed")
     assert readers() == 0
 
@@ -646,7 +650,7 @@ def test_batches_are_read_in_file_order_and_a_reader_ends_with_the_iteration(gol
     _corrupt_pages(frame, tmp_path / "golden" / "part-1.parquet")
     read = []
     with pytest.raises(InputError, match=r"part-1\.parquet: cannot read Parquet data"):
-        for batch in ParquetSource.resolve(str(tmp_path / "golden")).batches(["power_kw"], 4_000, read_ahead=read_ahead):
+        for batch in read_batches(ParquetSource.resolve(str(tmp_path / "golden")), ["power_kw"], 4_000):
             read.append(batch.num_rows)
     assert read == [4_000, 4_000, 2_000] and readers() == 0
 

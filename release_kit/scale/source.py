@@ -114,20 +114,16 @@ class ParquetSource:
                 if kind != "numbers" and not (kind == "booleans" and name in boolean_ok):
                     raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
-    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
-                read_ahead: bool = False) -> Generator[pa.RecordBatch, None, None]:
+    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Generator[pa.RecordBatch, None, None]:
         """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
 
         Each file's ``ParquetFile.iter_batches`` decodes its columns in the thread that asks for the next
-        batch, or (``read_ahead``) in a thread of its own one batch ahead of the caller: worth it where that
-        thread has a core to itself. pyarrow's dataset scanner read the same batches with ~2× the CPU (~35 ns
-        a row of 11 float32 columns instead of ~17, measured), CPU that the models and the statistics beside
-        it need."""
+        batch (:func:`batches_read_ahead` moves that to a thread of its own). pyarrow's dataset scanner read
+        the same batches with ~2× the CPU (~35 ns a row of 11 float32 columns instead of ~17, measured), CPU
+        that the models and the statistics beside it need."""
         self._check_columns(columns)
         seen = 0
-        read = self._read(columns, chunk_rows)
-        read = batches_read_ahead(read) if read_ahead else read
-        for batch in read:
+        for batch in self._read(columns, chunk_rows):
             if max_rows is not None and seen + batch.num_rows > max_rows:
                 batch = batch.slice(0, max_rows - seen)
             if batch.num_rows:
