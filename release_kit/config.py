@@ -193,7 +193,7 @@ class InferenceSpec(_Strict):
     """How golden-set inference runs (the performance stage times on its own ``[performance] device``)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Samples per model call; None: 65,536 rows for a table, 256 samples for tensor inputs.
+    # Samples per model call; None: 8,192 rows for a table, 256 samples for tensor inputs.
     batch_size: int | None = Field(default=None, ge=1)
 
 

@@ -94,18 +94,14 @@ class LoadedModel:
         import torch
 
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
-        timeout = self.timeout if timeout is None else timeout
         rows, size = len(arrays[0]), self.batch_size
         with torch.inference_mode():
             if rows <= size:  # one call, the served case: no list, no concatenation (a call counts microseconds)
-                return self._checked_output(self._call(self._batch(arrays), timeout))
-            outputs = [
-                self._checked_output(self._call(self._batch(tuple(a[start : start + size] for a in arrays)), timeout))
-                for start in range(0, rows, size)
-            ]
-        import numpy as np
-
-        return np.concatenate(outputs, axis=0)
+                return self._checked_output(self._call(self._batch(arrays), self.timeout if timeout is None else timeout))
+            outputs = ModelOutputs(self, rows, timeout=timeout)
+            for start in range(0, rows, size):
+                outputs.add(tuple(a[start : start + size] for a in arrays))
+        return outputs.array
 
     def _call(self, batch: tuple, timeout: float | None) -> Any:
         """One model call, within ``timeout`` seconds when one is set; the model's own failure is bad input."""
@@ -157,6 +153,16 @@ class LoadedModel:
     def _checked_output(self, result: Any) -> np.ndarray:
         import torch
 
+        tensor, numpy_holds_it = self._output_tensor(result)
+        if numpy_holds_it and tensor.is_cpu and not tensor.requires_grad:
+            return tensor.numpy().astype(float)  # numpy's cast to float64: a copy, a microsecond cheaper than torch's
+        return tensor.detach().to("cpu", torch.float64).numpy()
+
+    def _output_tensor(self, result: Any) -> tuple[Any, bool]:
+        """A call's result checked to be predictions (a tensor of real numbers, not 0-d), and whether numpy
+        holds its dtype as it is."""
+        import torch
+
         if not isinstance(result, torch.Tensor):
             if isinstance(result, (tuple, list)) and len(result) == 1:
                 result = result[0]
@@ -168,9 +174,46 @@ class LoadedModel:
             raise InputError(f"{self.role} model {self.source} returned {what}")
         if result.ndim == 0:
             raise InputError(f"{self.role} model {self.source} returned a single number (a 0-d tensor), not one prediction per row")
-        if numpy_holds_it and result.is_cpu and not result.requires_grad:
-            return result.numpy().astype(float)  # numpy's cast to float64: a copy, a microsecond cheaper than torch's
-        return result.detach().to("cpu", torch.float64).numpy()
+        return result, numpy_holds_it
+
+
+class ModelOutputs:
+    """A model's float64 outputs for ``rows`` samples, filled by consecutive calls (:meth:`add`, inside
+    ``torch.inference_mode()``). Each call's output is cast straight into its place: no float64 copy per
+    call and no concatenation at the end (measured on a 1,000,000-row batch of two small MLPs: ~10 % less
+    time than casting each call's output and joining them)."""
+
+    def __init__(self, model: LoadedModel, rows: int, *, timeout: float | None = None) -> None:
+        self.model, self.rows = model, rows
+        self.timeout = model.timeout if timeout is None else timeout
+        self.filled = 0
+        self._array: np.ndarray | None = None
+
+    def add(self, inputs: np.ndarray | tuple[np.ndarray, ...]) -> None:
+        """Call the model on the next samples (one array, or a tuple of arrays passed positionally)."""
+        import numpy as np
+        import torch
+
+        model = self.model
+        arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+        samples = len(arrays[0])
+        batch = model._batch(arrays)
+        tensor, _ = model._output_tensor(model._call(batch, self.timeout))
+        if self._array is None:
+            self._array = np.empty((self.rows, *tensor.shape[1:]))
+        if tensor.shape[0] != samples or tensor.shape[1:] != self._array.shape[1:] or self.filled + samples > self.rows:
+            raise InputError(f"{model.role} model {model.source} returned outputs of shape {tuple(tensor.shape)} for input of shape "
+                             f"{_shapes(batch)}, not one row per sample of shape {self._array.shape[1:]}")
+        # torch casts any real dtype (bfloat16 and the float8 formats too) and copies from any device.
+        torch.from_numpy(self._array[self.filled : self.filled + samples]).copy_(tensor.detach())
+        self.filled += samples
+
+    @property
+    def array(self) -> np.ndarray:
+        """The outputs, once every row is filled."""
+        if self._array is None or self.filled != self.rows:
+            raise ValueError(f"{self.model.role} model: {self.filled} of {self.rows} rows filled")
+        return self._array
 
 
 # Filled on first use (torch is imported lazily); a module-level dict, because a served call counts nanoseconds.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -66,7 +68,7 @@ def test_model_returning_a_non_tensor_is_an_input_error(tmp_path):
 
 
 class ReturnsAs(torch.nn.Module):
-    """Returns its input's row sums as ``dtype``, or its own weight (a tensor that requires grad)."""
+    """Returns its input's row sums as ``dtype``, or (one per row) its own weight (a tensor that requires grad)."""
 
     def __init__(self, dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -76,19 +78,44 @@ class ReturnsAs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype is None:
-            return self.weight
+            return self.weight[: len(x)]
         if self.dtype == torch.float64:
-            return self.buffer  # the model's own storage: the caller must get a copy
+            return self.buffer[: len(x)]  # the model's own storage: the caller must get a copy
         return x.sum(1).to(self.dtype)
 
 
+@pytest.mark.parametrize("batch_size", [8, 2], ids=["one call", "calls filling one array"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int64, torch.bool, torch.float64, None])
-def test_every_real_output_dtype_comes_back_as_a_float64_copy(tmp_path, dtype):
-    model = LoadedModel("candidate", "returns-as", "pickle", tmp_path / "m.pt", "", ReturnsAs(dtype))
+def test_every_real_output_dtype_comes_back_as_a_float64_copy(tmp_path, dtype, batch_size):
+    model = LoadedModel("candidate", "returns-as", "pickle", tmp_path / "m.pt", "", ReturnsAs(dtype), batch_size=batch_size)
     inputs = np.ones((3, 5), dtype=np.float32)
     outputs = model.raw_outputs(inputs)
     assert outputs.dtype == np.float64 and outputs.shape == (3,)
-    expected = {None: [0, 1, 2], torch.float64: [0, 1, 2], torch.bool: [1, 1, 1]}.get(dtype, [5, 5, 5])
+    own = [0, 1, 2] if batch_size >= 3 else [0, 1, 0]  # rows 0-1, then row 2 alone
+    expected = {None: own, torch.float64: own, torch.bool: [1, 1, 1]}.get(dtype, [5, 5, 5])
     np.testing.assert_array_equal(outputs, expected)
     outputs[:] = -1  # writing the result never reaches into the model
     np.testing.assert_array_equal(model.raw_outputs(inputs), expected)
+
+
+class Misshapen(torch.nn.Module):
+    """Right for its first call; then one row short, or a second output column."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.calls = how, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return x.sum(1)
+        return x.sum(1)[:-1] if self.how == "short" else torch.stack([x.sum(1), x.sum(1)], dim=1)
+
+
+@pytest.mark.parametrize("how", ["short", "wider"])
+def test_a_model_whose_later_call_returns_another_shape_is_an_input_error(tmp_path, how):
+    model = LoadedModel("candidate", "misshapen.pt", "pickle", tmp_path / "m.pt", "", Misshapen(how), batch_size=4)
+    shape = "(3,)" if how == "short" else "(4, 2)"
+    with pytest.raises(InputError, match=rf"candidate model misshapen.pt returned outputs of shape {re.escape(shape)} for input of shape "
+                                         r"\(4, 5\), not one row per sample of shape \(\)"):
+        model.raw_outputs(np.ones((10, 5), dtype=np.float32))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -1190,20 +1191,16 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     assert np.array_equal(overlapped.changes.worst.keys, one_by_one.changes.worst.keys)
     assert np.array_equal(overlapped.sample.ordered()["target"], one_by_one.sample.ordered()["target"])
 
-    class Failing:  # the third batch's model call fails: the scan ends with its error, threads restored
-        device, calls = "cpu", 0
+    module, calls = models["candidate"].module, []
 
-        def __getattr__(self, name):
-            return getattr(models["candidate"], name)
+    def failing(x):  # the third batch's model call fails: the scan ends with its error, threads restored
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise RuntimeError("broke on batch 3")
+        return module(x)
 
-        def raw_outputs(self, x):
-            Failing.calls += 1
-            if Failing.calls == 3:
-                raise InputError("model failed on batch 3")
-            return models["candidate"].raw_outputs(x)
-
-    with pytest.raises(InputError, match="batch 3"):
-        run_local(source, plan, {**models, "candidate": Failing()}, chunk_rows=4_000)
+    with pytest.raises(InputError, match="candidate model .* failed on input of shape .*: broke on batch 3"):
+        run_local(source, plan, {**models, "candidate": dataclasses.replace(models["candidate"], module=failing)}, chunk_rows=4_000)
     assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
 
 
