@@ -4,14 +4,15 @@ nothing but floating-point rounding.
 
 Per quality metric (``STREAMED``): row-level vectors u whose sums Σu and Σuuᵀ (:class:`Moments`) give the
 metric of each model *and* the paired influence variance exactly: ψ_candidate − ψ_baseline = wᵀu with w a
-function of the means, so Var = wᵀ·Cov(u)·w. Exact, as the in-memory path:
+function of the means, so Var = wᵀ·Cov(u)·w. Σuuᵀ is kept over the components w weighs; the others are only
+summed (R²'s y and y²: the target's variance is held fixed, as in memory). Exact, as the in-memory path:
 
 =============  ==========================================  =====================================
 metric         u per row                                    w
 =============  ==========================================  =====================================
 MAE            (|c−y|, |b−y|)                               (1, −1)
 RMSE           ((c−y)², (b−y)²)                             (1/2R_c, −1/2R_b)
-R²             ((c−y)², (b−y)², y, y²)                      (−1/v, 1/v, 0, 0), v = E[y²] − E[y]²
+R²             ((c−y)², (b−y)², y, y²)                      (−1/v, 1/v), v = E[y²] − E[y]²
 accuracy       (right_c, right_b)                           (1, −1)
 log loss       (ℓ_c, ℓ_b)                                   (1, −1)
 F1             per class (2TP, 2TP+FP+FN) of both models    (1/B_c, −F_c/B_c, −1/B_b, F_b/B_b) / K
@@ -51,16 +52,18 @@ KEY_COLUMNS = 3  # feature columns (with the target) that make a row's sampling 
 
 @dataclass
 class Moments:
-    """n, Σu and Σuuᵀ over row vectors u: exact and mergeable."""
+    """n, Σu and Σuuᵀ over row vectors u: exact and mergeable. Σuuᵀ covers the first components only, those
+    the metric's influence weights w involve; the rest are only summed."""
 
     n: int
-    total: np.ndarray
-    outer: np.ndarray
+    total: np.ndarray  # (components,)
+    outer: np.ndarray  # (weighed, weighed)
 
     @classmethod
-    def of(cls, u: list[np.ndarray]) -> Moments:
-        """From the vectors' components, each (n,): one sum and one dot product per pair, no stacked copy."""
-        m = len(u)
+    def of(cls, u: list[np.ndarray], weighed: int | None = None) -> Moments:
+        """From the vectors' components, each (n,): one sum each and one dot product per pair of the first
+        ``weighed`` (default: all), no stacked copy."""
+        m = len(u) if weighed is None else weighed
         outer = np.empty((m, m))
         for i in range(m):
             for j in range(i, m):
@@ -73,7 +76,7 @@ class Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
 
     def leading(self, k: int) -> Moments:
-        """The sums of the first ``k`` components alone."""
+        """The sums of the first ``k`` components alone (``k`` at most the weighed ones)."""
         return Moments(self.n, self.total[:k].copy(), self.outer[:k, :k].copy())
 
 
@@ -129,18 +132,21 @@ def streamed_metrics(task: str, classes: int) -> tuple[str, ...]:
     return ("accuracy", "log_loss") + (("f1",) if classes == 2 or classes <= F1_MAX_CLASSES else ())
 
 
+WEIGHED = {"r2": 2}  # metric → its components with a nonzero weight in w, when not all (see the module table)
+
+
 def streamed_moments(task: str, classes: int, vectors: RowVectors) -> dict[str, Moments]:
     """Every streamed metric's :class:`Moments` of these rows. RMSE's u is the first two components of R²'s,
     so its sums are that block of R²'s (the same numbers, without a second pass over the rows)."""
     metrics = streamed_metrics(task, classes)
-    moments = {metric: Moments.of(vectors(metric)) for metric in metrics if metric != "rmse"}
+    moments = {metric: Moments.of(vectors(metric), WEIGHED.get(metric)) for metric in metrics if metric != "rmse"}
     if "rmse" in metrics:
         moments["rmse"] = moments["r2"].leading(2)
     return {metric: moments[metric] for metric in metrics}
 
 
 def _solve(metric: str, mean: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(candidate value, baseline value, w) from the means of u."""
+    """(candidate value, baseline value, w over the weighed components) from the means of u."""
     if metric in ("mae", "accuracy", "log_loss"):
         return float(mean[0]), float(mean[1]), np.array([1.0, -1.0])
     if metric == "rmse":
@@ -149,8 +155,8 @@ def _solve(metric: str, mean: np.ndarray) -> tuple[float, float, np.ndarray]:
     if metric == "r2":
         v = float(mean[3] - mean[2] ** 2)
         if v <= 0:
-            return math.nan, math.nan, np.full(4, math.nan)
-        return 1 - mean[0] / v, 1 - mean[1] / v, np.array([-1 / v, 1 / v, 0.0, 0.0])
+            return math.nan, math.nan, np.full(2, math.nan)
+        return 1 - mean[0] / v, 1 - mean[1] / v, np.array([-1 / v, 1 / v])
     if metric == "f1":
         k = len(mean) // 4
         values_c, values_b, w = [], [], np.zeros(len(mean))
@@ -178,7 +184,8 @@ def paired_diff(metric: str, moments: Moments, confidence: float):
     delta = value_c - value_b
     if not (math.isfinite(delta) and n > 1):
         return PairedDiff(value_c, value_b, delta, math.nan, math.nan)
-    covariance = (moments.outer - n * np.outer(mean, mean)) / (n - 1)
+    weighed = mean[: len(moments.outer)]
+    covariance = (moments.outer - n * np.outer(weighed, weighed)) / (n - 1)
     variance = max(float(w @ covariance @ w), 0.0)
     half = float(t.ppf(0.5 + confidence / 2.0, n - 1)) * math.sqrt(variance / n)
     return PairedDiff(value_c, value_b, delta, delta - half, delta + half)
@@ -476,17 +483,19 @@ def _range(values: np.ndarray):
 def row_keys(columns: list[np.ndarray], target: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row's content (its first feature columns, as float32, and its target): the same
     row gets the same key in any engine and any batch, so the sample does not depend on how rows were split."""
-    keys = np.zeros(len(target), dtype=np.uint64)
+    keys, term = np.zeros(len(target), dtype=np.uint64), np.empty(len(target), dtype=np.uint64)
     with np.errstate(over="ignore"):
         # A few columns identify a row well enough for sampling; hashing every column would cost as much as
-        # running a small model.
+        # running a small model. Each step writes into one of two buffers: no array allocated per step.
         for j, values in enumerate(columns[:KEY_COLUMNS]):
-            column = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-            keys += column * np.uint64((0x9E3779B97F4A7C15 * (j + 1)) % 2**64 | 1)
-        keys ^= np.ascontiguousarray(target, dtype=np.float64).view(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
-        keys ^= keys >> np.uint64(31)
+            np.copyto(term, np.ascontiguousarray(values, dtype=np.float32).view(np.uint32))
+            term *= np.uint64((0x9E3779B97F4A7C15 * (j + 1)) % 2**64 | 1)
+            keys += term
+        np.multiply(np.ascontiguousarray(target, dtype=np.float64).view(np.uint64), np.uint64(0xBF58476D1CE4E5B9), out=term)
+        keys ^= term
+        keys ^= np.right_shift(keys, np.uint64(31), out=term)
         keys *= np.uint64(0x94D049BB133111EB)
-        keys ^= keys >> np.uint64(29)
+        keys ^= np.right_shift(keys, np.uint64(29), out=term)
     return keys
 
 
