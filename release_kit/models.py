@@ -180,8 +180,9 @@ class LoadedModel:
 class ModelOutputs:
     """A model's float64 outputs for ``rows`` samples, filled by consecutive calls (:meth:`add`, inside
     ``torch.inference_mode()``). Each call's output is cast straight into its place: no float64 copy per
-    call and no concatenation at the end (measured on a 1,000,000-row batch of two small MLPs: ~10 % less
-    time than casting each call's output and joining them)."""
+    call and no concatenation at the end (measured: both small MLPs of the scale benchmark on a
+    1,000,000-row batch, 122 calls each, in 33-37 ms; 40-43 ms when each call went through
+    :meth:`LoadedModel.raw_outputs` and the outputs were joined)."""
 
     def __init__(self, model: LoadedModel, rows: int, *, timeout: float | None = None) -> None:
         self.model, self.rows = model, rows
