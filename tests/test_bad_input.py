@@ -119,6 +119,27 @@ def test_output_shape_does_not_fit_regression(project, cli):
     assert_input_error(check(cli, "--candidate", path), project, "output shape (N, 3)", "regression")
 
 
+class ShortOnAPartialBatch(torch.nn.Module):
+    """Right on full batches of 1,200 rows; a row short on the golden set's last, partial batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.sum(1)
+        if x.shape[0] < 1200:
+            return y[:-1]
+        return y
+
+
+def test_a_later_model_call_that_returns_another_shape(project, cli):
+    path = project.root / "short.pt"
+    torch.jit.save(torch.jit.script(ShortOnAPartialBatch()), str(path))
+    project.config("""
+        [inference]
+        batch_size = 1200
+    """)
+    assert_input_error(check(cli, "--candidate", path), project, "candidate model", "short.pt",
+                       "returned outputs of shape (599,) for input of shape (600, 5)", "not one row per sample")
+
+
 def test_column_vector_output_counts_as_one_regression_output(project, power, cli):
     wide = torch.nn.Sequential(torch.nn.Linear(5, 1))
     path = project.root / "one.pt"
