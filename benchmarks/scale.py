@@ -191,17 +191,17 @@ def part(name: str, folder: Path) -> dict:
             summary = run_local(source, plan, loaded, chunk_rows=CHUNK, max_rows=rows)
         else:
             summary = run_ray(source, plan, loaded, chunk_rows=CHUNK, workers=2)
-        # The scan alone: the batch-size probe below is neither timed nor counted in the peak.
+        # The scan alone: the probe below (bytes a batch ships) is neither timed nor counted in the peak.
         seconds, peak = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result = {"rows": summary.rows, "metrics": {m: list(paired_diff(m, s, 0.95).__dict__.values()) for m, s in summary.quality.items()}}
         if name == "local":
             import pickle
 
-            first = next(iter(source.batches(plan.columns, CHUNK)))
             from release_kit.scale.batches import reduce_batch
 
-            result["batch_bytes"] = len(pickle.dumps(reduce_batch(plan, loaded, first)))
-            result["batch_bytes_no_sample"] = len(pickle.dumps({k: v for k, v in reduce_batch(plan, loaded, first).__dict__.items() if k != "sample"}))
+            shipped = reduce_batch(plan, loaded, next(iter(source.batches(plan.columns, CHUNK))))
+            result["batch_bytes"] = len(pickle.dumps(shipped))
+            result["batch_bytes_no_sample"] = len(pickle.dumps({k: v for k, v in shipped.__dict__.items() if k != "sample"}))
     result["seconds"] = seconds
     result["peak_rss_gib"] = peak / 2**20
     return result

@@ -467,7 +467,7 @@ class ColumnCounts:
         return merged
 
 
-RANGE_PART_ROWS = 131_072
+RANGE_PART_ROWS = 131_072  # values per minimum and maximum pass (see _range)
 
 
 def _range(values: np.ndarray):
