@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from .errors import InputError, first_line
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import pandas as pd
 
@@ -135,12 +137,20 @@ class GoldenSet:
                           excluded_rows=0 if self.excluded is None else len(self.excluded))
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, between_blocks: Callable[[], bool] | None = None, block_bytes: int = 1 << 20) -> str:
+    """The file's sha256, read ``block_bytes`` at a time. ``between_blocks`` is called after each block (it may
+    wait); once it returns False the hash is abandoned (:class:`HashStopped`)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(block_bytes), b""):
             digest.update(block)
+            if between_blocks is not None and not between_blocks():
+                raise HashStopped(str(path))
     return digest.hexdigest()
+
+
+class HashStopped(Exception):
+    """A hash abandoned half-way: its run ended first."""
 
 
 def is_sql(source: str | Path) -> bool:

@@ -13,6 +13,7 @@ only parsing and rendering.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,68 +107,71 @@ def prepare(
 
     run_spec = config.run
     streamed = _streamed_source(config, golden_source, dataset)
-    golden = None
-    if streamed is None:
-        golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset, max_rows=run_spec.max_rows)
-    uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
-    if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
-        check_store_writable(uri)
-    timeout = config.gate.model_timeout_seconds
-    candidate_model = load_model(
-        "candidate", candidate_source, spec, factory=config.candidate.factory,
-        version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
-    )
-    baseline_model = None
-    if baseline_source:
-        baseline_model = load_model(
-            "baseline", baseline_source, spec, factory=config.baseline.factory,
-            version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
+    # A streamed set is hashed from now on, beside the imports, the store's opening and the models' loading
+    # (paused while the scan runs); the threads stop if the run fails before it needs the digest.
+    with streamed.hashing() if streamed is not None else nullcontext() as digest:
+        golden = None
+        if streamed is None:
+            golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset, max_rows=run_spec.max_rows)
+        uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
+        if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
+            check_store_writable(uri)
+        timeout = config.gate.model_timeout_seconds
+        candidate_model = load_model(
+            "candidate", candidate_source, spec, factory=config.candidate.factory,
+            version=config.candidate.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
         )
-    models = [m for m in (candidate_model, baseline_model) if m is not None]
-    # A baseline released with other input features gets its own columns of the same golden rows.
-    recorded = baseline_model.signature.features if baseline_model is not None and baseline_model.signature else None
-    baseline_features = list(recorded) if spec.tabular and recorded and list(recorded) != spec.features else None
+        baseline_model = None
+        if baseline_source:
+            baseline_model = load_model(
+                "baseline", baseline_source, spec, factory=config.baseline.factory,
+                version=baseline_version or config.baseline.version, allow_pickle=allow_pickle, tracking_uri=uri, timeout=timeout,
+            )
+        models = [m for m in (candidate_model, baseline_model) if m is not None]
+        # A baseline released with other input features gets its own columns of the same golden rows.
+        recorded = baseline_model.signature.features if baseline_model is not None and baseline_model.signature else None
+        baseline_features = list(recorded) if spec.tabular and recorded and list(recorded) != spec.features else None
 
-    device = inference_device(config.inference.device)
-    tabular = golden.tabular if golden is not None else True
-    batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if tabular else TENSOR_BATCH_SAMPLES)
-    for model in models:
-        model.batch_size = batch_size
-        model.to_device(device)
-    scan = reference = None
-    if streamed is not None:
-        reference = _reference_table(config)
-        scan, golden, predicted = _scan(config, streamed, models, baseline_features, progress, reference)
-    else:
-        if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
-            raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
-        n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
-        inputs = {"candidate": golden.inputs, "baseline": golden.inputs}
-        if baseline_features is not None:
-            inputs["baseline"] = (feature_matrix(golden.frame, baseline_features, golden.path),)
-        predicted = {}
+        device = inference_device(config.inference.device)
+        tabular = golden.tabular if golden is not None else True
+        batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if tabular else TENSOR_BATCH_SAMPLES)
         for model in models:
-            raw = model.raw_outputs(inputs[model.role])
-            predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
-    if "performance" in config.gate.stages and baseline_model is not None:
-        _check_batch_sizes(config, golden, (candidate_model, baseline_model))
-    shapes = {role: values.shape for role, values in predicted.items()}
-    if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
-        raise InputError(
-            f"candidate outputs shape {shapes['candidate']} but baseline {shapes['baseline']}: "
-            "they do not predict the same thing"
+            model.batch_size = batch_size
+            model.to_device(device)
+        scan = reference = None
+        if streamed is not None:
+            reference = _reference_table(config)
+            scan, golden, predicted = _scan(config, streamed, digest, models, baseline_features, progress, reference)
+        else:
+            if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
+                raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
+            n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
+            inputs = {"candidate": golden.inputs, "baseline": golden.inputs}
+            if baseline_features is not None:
+                inputs["baseline"] = (feature_matrix(golden.frame, baseline_features, golden.path),)
+            predicted = {}
+            for model in models:
+                raw = model.raw_outputs(inputs[model.role])
+                predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
+        if "performance" in config.gate.stages and baseline_model is not None:
+            _check_batch_sizes(config, golden, (candidate_model, baseline_model))
+        shapes = {role: values.shape for role, values in predicted.items()}
+        if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
+            raise InputError(
+                f"candidate outputs shape {shapes['candidate']} but baseline {shapes['baseline']}: "
+                "they do not predict the same thing"
+            )
+        return GateContext(
+            config=config,
+            project_dir=project_dir,
+            candidate=candidate_model,
+            baseline=baseline_model,
+            golden=golden,
+            predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
+            released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
+            scan=scan,
+            reference=reference,
         )
-    return GateContext(
-        config=config,
-        project_dir=project_dir,
-        candidate=candidate_model,
-        baseline=baseline_model,
-        golden=golden,
-        predictions=Predictions(predicted["candidate"], predicted.get("baseline")),
-        released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
-        scan=scan,
-        reference=reference,
-    )
 
 
 def _streamed_source(config: Config, source: str | None, dataset: str | None):
@@ -185,7 +189,7 @@ def _streamed_source(config: Config, source: str | None, dataset: str | None):
     return ParquetSource.resolve(source)
 
 
-def _scan(config: Config, source, models, baseline_features, progress, reference):
+def _scan(config: Config, source, digest, models, baseline_features, progress, reference):
     """Stream the golden set through both models on the configured engine; the sample stands in for the
     golden set in the stages that need rows, the scan's sums decide the quality metrics over every row."""
     import numpy as np
@@ -210,6 +214,7 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
+    digest.pause()  # the scan takes every core; the hashing goes on after it
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers,
                           device=config.inference.device, **options)
@@ -228,7 +233,7 @@ def _scan(config: Config, source, models, baseline_features, progress, reference
     excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
     golden = GoldenSet(
         path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],
-        sha256=source.sha256(), excluded=excluded, feature_names=tuple(spec.features),
+        sha256=digest.result(), excluded=excluded, feature_names=tuple(spec.features),
         sampled_from=summary.used_rows, total_rows=summary.rows, streamed_by=run_spec.engine,
     )
     predicted = {"candidate": sample["candidate"]}

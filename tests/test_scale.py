@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +117,11 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     golden = pd.read_csv(golden_directory / "golden.csv")
     assert int(n) == int(((golden[a].astype(np.float32) <= float(low_a)) & (golden[b].astype(np.float32) <= float(low_b))).sum())
     assert checks["data::golden_rows"]["summary"].startswith("all 30000 golden rows")
+    # The set's digest (hashed beside the models' loading): every file's name and content hash, in order.
+    expected = hashlib.sha256()
+    for file in sorted((golden_directory / "golden").glob("*.parquet")):
+        expected.update(f"{file.name}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+    assert streamed["data"]["golden"]["sha256"] == expected.hexdigest()
 
     # The same rows read whole (one CSV): the streamed sums give the in-memory metrics and intervals.
     configure(streamed_project, power, golden_directory / "golden.csv")
@@ -150,6 +157,56 @@ def test_a_streamed_check_as_users_run_it_every_stage_with_tracking_on(streamed_
     assert report["data"]["golden"]["rows"] == 30_000
     run = MlflowClient(tracking_uri=f"sqlite:///{streamed_project / '.release-kit' / 'mlflow.db'}").get_run(report["mlflow"]["run_id"])
     assert run.data.metrics["quality.mae.candidate"] == pytest.approx(metric(report, "mae")["candidate"], rel=1e-6)
+
+
+def test_a_run_that_fails_before_the_scan_ends_the_golden_sets_hashing(streamed_project, cli):
+    """The streamed set is hashed from the run's start, beside the models' loading: a model that cannot be
+    loaded is still exit 2 with one line, and no hashing thread outlives the run."""
+    (streamed_project / "candidate.pt").write_bytes(b"not a model")
+    result = cli("check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert result.exit_code == 2, result.output[-2000:]
+    assert result.stderr.count("\n") == 1 and "candidate.pt" in result.stderr
+    assert not (streamed_project / "report.json").exists()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("release-kit-hash")]
+
+
+def test_hashing_stops_within_a_block_and_a_file_gone_before_it_is_hashed_is_bad_input(golden_directory, tmp_path):
+    import shutil
+
+    from release_kit.data import HashStopped, file_sha256
+    from release_kit.errors import InputError
+    from release_kit.scale.source import ParquetSource
+
+    first = golden_directory / "golden" / "part-0.parquet"
+    assert file_sha256(first, lambda: True) == hashlib.sha256(first.read_bytes()).hexdigest()
+    with pytest.raises(HashStopped):
+        file_sha256(first, lambda: False)
+
+    # 4 GiB to hash (a sparse file: no disk used), seconds of work on any machine: closed at once, paused or not.
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "a.parquet", "wb") as handle:
+        handle.truncate(4 << 30)
+    for paused in (False, True):
+        digest = ParquetSource.resolve(str(big)).hashing()
+        if paused:
+            digest.pause()
+        time.sleep(0.05)
+        started = time.monotonic()
+        digest.close()
+        assert time.monotonic() - started < 1.0
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("release-kit-hash")]
+        with pytest.raises(RuntimeError):
+            digest.result()
+
+    copy = tmp_path / "golden"
+    shutil.copytree(golden_directory / "golden", copy)
+    source = ParquetSource.resolve(str(copy))
+    with source.hashing() as digest, ParquetSource.resolve(str(golden_directory / "golden")).hashing() as original:
+        assert digest.result() == original.result()
+    (copy / "part-1.parquet").unlink()
+    with source.hashing() as digest, pytest.raises(InputError, match=r"part-1\.parquet: cannot read: "):
+        digest.result()
 
 
 def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli, shared_ray):
