@@ -824,6 +824,7 @@ def test_a_failed_ray_run_frees_the_cluster_for_the_next(tmp_path, power, golden
     assert done.stdout.strip().splitlines()[-1] == "free 3.0 of 3.0", done.stdout[-1000:]
 
 
+@pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_path, power):
     """A model whose forward ends its process (as a segfault would) in a Ray worker: the actor is not restarted
     and its batch not retried without end; the run ends with an internal error (never exit 1), in seconds."""
@@ -1350,6 +1351,7 @@ def test_a_model_file_changed_after_loading_is_not_what_the_ray_actors_score(tmp
         run_ray(source, plan, models, chunk_rows=10_000)
 
 
+@pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(streamed_project, cli):
     """`ray_workers = 1` once started a one-CPU Ray whose actor left too little for Ray Data's read tasks:
     the run waited forever (seen on a GPU machine, reproduced on CPU)."""
