@@ -251,7 +251,6 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
     """Read the golden set. A missing or non-numeric column is an input error; rows with NaN/inf (or, for
     classification, a target that is no class id) are set aside in ``excluded`` for the data stage."""
     import numpy as np
-    import pandas as pd
 
     path = path if is_sql(path) else Path(path)
     frame = read_table(path)
@@ -265,8 +264,10 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
     for column in spec.features:
         _require_numeric(frame[column], path, f"feature column '{column}'")
     target_column = frame[spec.target]
-    if pd.api.types.is_bool_dtype(target_column):
-        target_column = target_column.astype("int64")
+    if _is_boolean(target_column):
+        # Classes 0 and 1; a missing label (pandas' nullable booleans, or booleans with None) is NaN: an
+        # excluded row, as a missing number is.
+        target_column = target_column.astype("float64")
     _require_numeric(target_column, path, f"target column '{spec.target}'")
 
     features = frame[spec.features].to_numpy(dtype=np.float32)
@@ -292,6 +293,19 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         sha256=fingerprint(path, frame), all_rows=frame if excluded_mask.any() else None, excluded=excluded,
         feature_names=tuple(spec.features),
     )
+
+
+def _is_boolean(column) -> bool:
+    """Booleans: numpy's or pandas' nullable dtype, or objects that are all True/False where not missing."""
+    import numpy as np
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(column):
+        return True
+    if not pd.api.types.is_object_dtype(column):
+        return False
+    present = column.dropna()
+    return len(present) > 0 and all(isinstance(value, (bool, np.bool_)) for value in present)
 
 
 def _require_numeric(column, path, what: str) -> None:

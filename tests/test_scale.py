@@ -482,6 +482,43 @@ def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli,
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (name, key)
 
 
+def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_or_streamed(tmp_path, cli, monkeypatch):
+    """A label stored as pandas' nullable booleans and a feature as its nullable floats, each with missing
+    values: those rows are unusable, counted and shown, as NaN would be, the same read whole or streamed (they
+    were "not numeric" streamed, and exit 4 read whole)."""
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    train, golden = make_classification(3_000, 2, seed=1), make_classification(8_000, 2, seed=2)
+    save_scripted(train_classifier(train, 2, epochs=4, squash="none"), tmp_path / "baseline.pt")
+    save_scripted(train_classifier(train, 2, epochs=40, squash="none"), tmp_path / "candidate.pt")
+    golden["label"], golden["a"] = golden["label"].astype("boolean"), golden["a"].astype("Float64")
+    golden.loc[[3, 6_500], "label"] = pd.NA
+    golden.loc[[10], "a"] = pd.NA
+    golden.to_parquet(tmp_path / "whole.parquet")  # one file of fewer rows than chunk_rows: read whole
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        golden.iloc[index * 4_000 : (index + 1) * 4_000].to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    reports = {}
+    for source in ("golden", "whole.parquet"):
+        config = CLASSIFIER.format(golden=source).replace("chunk_rows = 5000", "chunk_rows = 10000" if source == "whole.parquet" else "chunk_rows = 3000")
+        (tmp_path / "release-kit.toml").write_text(config.replace('stages = ["quality"]', 'stages = ["quality", "data"]'))
+        result = cli("check", "--candidate", "candidate.pt", "--report", f"{source}.json")
+        assert result.exit_code == 1, result.output[-3000:]  # the unusable rows block; nothing crashed
+        reports[source] = json.loads((tmp_path / f"{source}.json").read_text())
+    streamed, whole = reports["golden"], reports["whole.parquet"]
+    assert (streamed["environment"]["golden_read"], whole["environment"]["golden_read"]) == ("local", "whole")
+    for report in (streamed, whole):
+        rows = next(c for c in report["checks"] if c["name"] == "golden_rows")
+        assert rows["status"] == "fail" and rows["details"]["columns"] == {"label": 2, "a": 1}
+        assert report["data"]["golden"]["excluded_rows"] == 3
+    table = next(c for c in whole["checks"] if c["name"] == "golden_rows")["details"]["table"]
+    assert [row[0] for row in table["rows"]] == [3, 10, 6_500] and table["rows"][0][-1] == table["rows"][1][1] == "<NA>"
+    for name in ("accuracy", "log_loss"):
+        for key in ("candidate", "baseline", "delta"):
+            assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9, abs=1e-12), (name, key)
+
+
 def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row(tmp_path, power, cli, monkeypatch):
     """A streamed set's GX suite sees every column of the golden set, as when it is read whole (a text column
     and a float32 one no model reads), and its row-count, minimum and maximum expectations are decided over

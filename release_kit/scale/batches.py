@@ -144,7 +144,7 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     """Read the batch's columns, count them, and exclude the rows with bad values (NaN/inf, impossible
     classes)."""
     spec = plan.spec
-    frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.columns}
+    frame = {name: _numbers(table.column(name)) for name in plan.columns}
     if frame[spec.target].dtype.kind == "b":  # labels stored as booleans are classes 0 and 1, as in memory
         frame[spec.target] = frame[spec.target].astype(np.int64)
     counts = ColumnCounts()
@@ -181,6 +181,15 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     if spec.task == "classification":
         target = target.astype(np.int64)
     return PreparedBatch(rows, counts, bad, excluded_mask, frame, target, carried)
+
+
+def _numbers(column) -> np.ndarray:
+    """A numeric column's values; a null is NaN (an excluded row, as in memory), booleans with nulls included."""
+    import pyarrow as pa
+
+    if pa.types.is_boolean(column.type) and column.null_count:
+        column = column.cast(pa.float64())
+    return column.to_numpy(zero_copy_only=False)
 
 
 def model_inputs(plan: ScanPlan, frame: dict[str, np.ndarray], roles) -> dict[str, FeatureColumns]:

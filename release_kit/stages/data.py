@@ -262,9 +262,15 @@ def golden_rows(gate: GateContext) -> CheckResult:
 
 
 def _plain_cell(value):
+    """A golden cell as the report's JSON holds it: a number as a Python number; NaN, ±inf and a missing value
+    (pandas' NA, None) as text, which says why the row is unusable."""
     import math
 
+    import pandas as pd
+
     if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or value is pd.NA or value is pd.NaT:
         return str(value)
     return value.item() if hasattr(value, "item") else value
 
