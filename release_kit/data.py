@@ -195,7 +195,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     import pandas as pd
 
     if is_sql(path):
-        return _read_sql(str(path))
+        return _numpy_numbers(_read_sql(str(path)))
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
@@ -205,7 +205,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             return pd.read_csv(path)
-        return pd.read_parquet(path)
+        return _numpy_numbers(pd.read_parquet(path))
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the data file is empty") from None
     except (OSError, ValueError, pd.errors.ParserError) as error:
@@ -214,6 +214,27 @@ def read_table(path: Path | str) -> pd.DataFrame:
         if type(error).__module__.startswith("pyarrow"):
             raise InputError(f"{path}: cannot read Parquet data: {error}") from None
         raise
+
+
+def _numpy_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas' nullable numbers (Int64, Float64, pyarrow-backed numbers: what pandas writes into a Parquet
+    file's metadata and reads back) as numpy numbers, as pandas reads the same columns from a file without that
+    metadata: integers with no missing value as integers, else float64 with NaN for a missing value, which
+    the checks count as they count any NaN. Booleans and text are left as they are."""
+    import numpy as np
+    import pandas as pd
+
+    for name in frame.columns:
+        column = frame[name]
+        dtype = column.dtype
+        if not isinstance(dtype, pd.api.extensions.ExtensionDtype) or not pd.api.types.is_numeric_dtype(dtype) \
+                or pd.api.types.is_bool_dtype(dtype):
+            continue
+        if pd.api.types.is_integer_dtype(dtype) and not column.isna().any():
+            frame[name] = column.to_numpy(dtype=dtype.numpy_dtype)
+        else:
+            frame[name] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return frame
 
 
 def is_tensor_source(source: str | Path) -> bool:

@@ -485,7 +485,8 @@ def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli,
 def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_or_streamed(tmp_path, cli, monkeypatch):
     """A label stored as pandas' nullable booleans and a feature as its nullable floats, each with missing
     values: those rows are unusable, counted and shown, as NaN would be, the same read whole or streamed (they
-    were "not numeric" streamed, and exit 4 read whole)."""
+    were "not numeric" streamed, and exit 4 read whole). A reference table of nullable numbers profiles and
+    bins the drift check as numpy's do (it was exit 4 streamed, and the drift check's error read whole)."""
     from conftest import make_classification, save_scripted, train_classifier
 
     monkeypatch.chdir(tmp_path)
@@ -496,13 +497,17 @@ def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_
     golden.loc[[3, 6_500], "label"] = pd.NA
     golden.loc[[10], "a"] = pd.NA
     golden.to_parquet(tmp_path / "whole.parquet")  # one file of fewer rows than chunk_rows: read whole
+    reference = train.astype({"a": "Float64", "b": "Float64", "c": "Float64", "label": "Int64"})
+    reference.loc[[0], "a"] = pd.NA
+    reference.to_parquet(tmp_path / "reference.parquet")
     (tmp_path / "golden").mkdir()
     for index in range(2):
         golden.iloc[index * 4_000 : (index + 1) * 4_000].to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
     reports = {}
     for source in ("golden", "whole.parquet"):
         config = CLASSIFIER.format(golden=source).replace("chunk_rows = 5000", "chunk_rows = 10000" if source == "whole.parquet" else "chunk_rows = 3000")
-        (tmp_path / "release-kit.toml").write_text(config.replace('stages = ["quality"]', 'stages = ["quality", "data"]'))
+        config = config.replace('stages = ["quality"]', 'stages = ["quality", "data"]')
+        (tmp_path / "release-kit.toml").write_text(config.replace(f'golden = "{source}"', f'golden = "{source}"\nreference = "reference.parquet"'))
         result = cli("check", "--candidate", "candidate.pt", "--report", f"{source}.json")
         assert result.exit_code == 1, result.output[-3000:]  # the unusable rows block; nothing crashed
         reports[source] = json.loads((tmp_path / f"{source}.json").read_text())
@@ -512,8 +517,13 @@ def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_
         rows = next(c for c in report["checks"] if c["name"] == "golden_rows")
         assert rows["status"] == "fail" and rows["details"]["columns"] == {"label": 2, "a": 1}
         assert report["data"]["golden"]["excluded_rows"] == 3
+        drift = next(c for c in report["checks"] if c["name"] == "drift")
+        assert drift["status"] in ("pass", "warn") and "error" not in drift["summary"], drift["summary"]
     table = next(c for c in whole["checks"] if c["name"] == "golden_rows")["details"]["table"]
-    assert [row[0] for row in table["rows"]] == [3, 10, 6_500] and table["rows"][0][-1] == table["rows"][1][1] == "<NA>"
+    assert [row[0] for row in table["rows"]] == [3, 10, 6_500]
+    assert table["rows"][0][-1] == "<NA>" and table["rows"][1][1] == "nan"  # the label's missing value; the feature's, read as NaN
+    assert [row[1] for row in next(c for c in streamed["checks"] if c["name"] == "drift")["details"]["table"]["rows"]] == \
+        [row[1] for row in next(c for c in whole["checks"] if c["name"] == "drift")["details"]["table"]["rows"]]
     for name in ("accuracy", "log_loss"):
         for key in ("candidate", "baseline", "delta"):
             assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9, abs=1e-12), (name, key)

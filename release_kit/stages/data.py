@@ -262,17 +262,18 @@ def golden_rows(gate: GateContext) -> CheckResult:
 
 
 def _plain_cell(value):
-    """A golden cell as the report's JSON holds it: a number as a Python number; NaN, ±inf and a missing value
-    (pandas' NA, None) as text, which says why the row is unusable."""
+    """A golden cell or a GX example as the report's JSON holds it: a number, text or None as it is; NaN,
+    ±inf, pandas' missing values (NA, NaT) and any other object (a timestamp) as its text, which also says
+    why a row is unusable."""
     import math
 
-    import pandas as pd
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or value is pd.NA or value is pd.NaT:
-        return str(value)
-    return value.item() if hasattr(value, "item") else value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return _plain_cell(value.item())
+    return str(value)
 
 
 def _source_name(source: str) -> str:
@@ -299,7 +300,7 @@ def expectation_check(run: Once, index: int, name: str, note: str = "") -> Check
     details = {k: outcome.result[k] for k in ("element_count", "unexpected_count", "unexpected_percent", "missing_count", "observed_value") if k in outcome.result}
     if outcome.success:
         return CheckResult(NAME, name, Status.PASS, f"{described}: met", details=details)
-    details["examples"] = outcome.result.get("partial_unexpected_list", [])
+    details["examples"] = [_plain_cell(value) for value in outcome.result.get("partial_unexpected_list", [])]
     return CheckResult(NAME, name, Status.FAIL, f"{described}: {_failure(outcome)}", details=details)
 
 
