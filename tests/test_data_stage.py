@@ -110,6 +110,37 @@ def test_wrong_dtype(project, with_reference, power):
     assert check.status is Status.FAIL and "site is numeric" in check.summary
 
 
+def test_time_columns_are_held_to_their_type_not_to_the_references_times(project, with_reference, power, cli):
+    """Event times in both tables, the golden set's later than the reference's, as new data's are: each time
+    column (naive, with a time zone, a duration) is held to its type and nulls, never to the reference's set
+    or range of times (the profile once typed them as text, a false failure). Stored as text, the type fails."""
+    reference, golden = pd.read_csv(power["train"]), pd.read_csv(power["golden"])
+    for frame, start in ((reference, "2025-01-01"), (golden, "2026-06-01")):
+        frame["seen"] = pd.date_range(start, periods=len(frame), freq="h")
+        frame["seen_utc"] = frame["seen"].dt.tz_localize("UTC")
+        frame["waited"] = frame["seen"] - frame["seen"].min()
+    reference.to_parquet(project.root / "reference.parquet")
+    golden.to_parquet(project.root / "golden.parquet")
+    with_reference(golden=project.root / "golden.parquet", reference=project.root / "reference.parquet")
+
+    def data_results() -> dict:
+        result = cli("check", "--candidate", str(power["better"]), "--report", "report.json")
+        assert result.exit_code in (0, 1), result.output[-2000:]
+        return {c["name"]: c for c in json.loads((project.root / "report.json").read_text())["checks"] if c["stage"] == "data"}
+
+    checks = data_results()
+    timed = {name: check for name, check in checks.items() if name.split("/")[-1].split(":")[0] in ("seen", "seen_utc", "waited")}
+    assert {"golden/seen:column_values_to_be_in_type_list", "golden/waited:column_values_to_be_in_type_list",
+            "golden/seen_utc:column_values_to_not_be_null"} <= set(timed)
+    assert all(check["status"] == "pass" for check in timed.values()), {n: c["summary"] for n, c in timed.items()}
+    assert not [name for name in timed if "in_set" in name or "between" in name]
+
+    golden["seen"] = golden["seen"].astype(str)
+    golden.to_parquet(project.root / "golden.parquet")
+    typed = data_results()["golden/seen:column_values_to_be_in_type_list"]
+    assert typed["status"] == "fail" and "seen is datetime64[" in typed["summary"], typed["summary"]
+
+
 def test_user_suites_in_checks_expectations(project, power, cli):
     project.config(DATA)
     project.write("checks/expectations/physics.json", json.dumps({
