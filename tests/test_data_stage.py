@@ -148,12 +148,20 @@ def test_user_suites_in_checks_expectations(project, power, cli):
         "expectations": [
             {"type": "expect_column_values_to_be_between", "kwargs": {"column": "power_kw", "min_value": 0, "max_value": 5.5}},
             {"type": "expect_column_values_to_be_between", "kwargs": {"column": "irradiance", "min_value": 0, "max_value": 100}},
+            # Counted over distinct values (no row count), and bounds that are no numbers (GX cannot compare
+            # them with numbers: an error, named with the bounds as written).
+            {"type": "expect_column_distinct_values_to_be_in_set", "kwargs": {"column": "hour", "value_set": list(range(22))}},
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "temperature", "min_value": "2026-01-01", "max_value": "2026-02-01"}},
         ],
     }))
     result = cli("check", "--candidate", power["better"], "--format", "json")
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["stage"] == "data"}
     assert checks["golden/power_kw:column_values_to_be_between"]["status"] == "pass"
     assert checks["golden/irradiance:column_values_to_be_between"]["status"] == "fail"
+    distinct = checks["golden/hour:column_distinct_values_to_be_in_set"]
+    assert distinct["status"] == "fail" and distinct["summary"].endswith("2 unexpected distinct value(s): 22, 23"), distinct["summary"]
+    dated = checks["golden/temperature:column_values_to_be_between"]
+    assert dated["status"] == "error" and dated["summary"].startswith("temperature within [2026-01-01, 2026-02-01]: cannot evaluate"), dated["summary"]
     assert "drift" not in checks  # no reference configured
     assert result.exit_code == 1
 

@@ -335,6 +335,8 @@ def _failure(outcome: ExpectationOutcome) -> str:
         if outcome.type == "expect_column_values_to_not_be_null":
             return f"{unexpected} of {total} values are null ({unexpected / max(total, 1):.2%})"
         examples = ", ".join(map(str, result.get("partial_unexpected_list", [])[:5]))
+        if "element_count" not in result:  # counted over the column's distinct values, not its rows
+            return f"{unexpected} unexpected distinct value(s)" + (f": {examples}" if examples else "")
         text = f"{unexpected} of {total} values unexpected ({(result.get('unexpected_percent') or 0):.2f}% of non-null)"
         text += f", e.g. {examples}" if examples else ""
         return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
@@ -342,8 +344,13 @@ def _failure(outcome: ExpectationOutcome) -> str:
 
 
 def _num(value, unbounded: str = "−∞") -> str:
-    """A bound as people read it: whole numbers with thousands separators, others to 4 digits."""
-    return unbounded if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+    """A bound as people read it: whole numbers with thousands separators, others to 4 digits, a bound that
+    is no number (a date, in a user's suite) as written."""
+    if value is None:
+        return unbounded
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
