@@ -247,7 +247,8 @@ def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
         ('[[outliers.slices]]\ncolumn = "hour"\nbins = [0, 12, 6]\n', "bins must increase"),
         ('[[outliers.slices]]\ncolumn = "hour"\nbins = "0-12"\n', "outliers.slices.0.bins"),
         ('[[outliers.slices]]\ncolumn = "hour"\n', "exactly one of bins, categories or expr"),
-        ('[[outliers.slices]]\nexpr = "hour +"\n', "cannot evaluate expr"),
+        ('[[outliers.slices]]\nexpr = "hour +"\n', "expr 'hour +' is not an expression"),
+        ('[[outliers.slices]]\nexpr = "hours == 3"\n', "cannot evaluate expr"),
         ('[[outliers.slices]]\nexpr = "hour * 2"\n', "does not give true/false"),
         ("[outliers.domain]\nhour = { min = 20, max = 3 }\n", "greater than max"),
         ("[outliers.domain]\ntemperature = { min = 500 }\n", "temperature: the range [500"),
@@ -264,6 +265,19 @@ def test_bad_stage_config_is_an_input_error(project, power, cli, extra, needle):
     assert needle in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (project.root / "r.json").exists()
+
+
+@pytest.mark.parametrize("expr", ["hour.to_csv('written.csv') == 0", "hour.__class__ == 0", "@pd.read_pickle('x.pkl')", "hour[0] > 1"])
+def test_a_slice_expr_from_the_config_cannot_call_or_reach_anything(project, power, cli, expr):
+    """pandas evaluates a slice's expr, and its expressions can call any method: a pull request's config could
+    write files or read a pickle (run code). Only comparisons of columns and constants are taken."""
+    project.config(STAGES + f'[[outliers.slices]]\nexpr = "{expr}"\n')
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2, result.output
+    assert "outliers.slices" in result.stderr, result.stderr
+    assert "is not allowed" in result.stderr or "is not an expression" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project.root / "written.csv").exists() and not (project.root / "r.json").exists()
 
 
 def test_nan_in_a_slicing_column_is_an_input_error(project, power, cli):
