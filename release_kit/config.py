@@ -6,7 +6,6 @@ tolerance that silently falls back to a default is how a gate ends up passing wh
 
 from __future__ import annotations
 
-import ast
 import math
 import tomllib
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from .errors import InputError
+from .expressions import check_row_expression
 
 Task = Literal["regression", "classification"]
 
@@ -238,30 +238,6 @@ class QualitySpec(_Strict):
         return value
 
 
-def check_slice_expr(expr: str) -> None:
-    """A slice's ``expr``: column names (pandas' backticks quote one with spaces), constants, comparisons,
-    ``in``, arithmetic and and/or/not, nothing else. pandas evaluates it, and its expressions can call any
-    method (write a file, read a pickle: run code), while the config may come from an untrusted pull request."""
-    import re
-
-    text = re.sub(r"`[^`]*`", "column", expr)
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as error:
-        raise ValueError(f"expr {expr!r} is not an expression ({error.msg})") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, SLICE_EXPR_NODES) or (isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str))):
-            raise ValueError(f"expr {expr!r}: {type(node).__name__} is not allowed (an expr compares columns and constants, "
-                             "with arithmetic, in, and/or/not)")
-
-
-SLICE_EXPR_NODES = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Invert, ast.BinOp, ast.Add,
-    ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.BitXor, ast.Compare, ast.Eq,
-    ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple,
-)
-
-
 class SliceSpec(_Strict):
     """A declared slice: ``column`` with ``bins`` (edges) or ``categories``, or a boolean ``expr``."""
 
@@ -279,7 +255,7 @@ class SliceSpec(_Strict):
         if (self.bins is not None or self.categories is not None) and not self.column:
             raise ValueError("a slice with bins or categories needs a column")
         if self.expr is not None:
-            check_slice_expr(self.expr)
+            check_row_expression(self.expr, "expr")
         if self.bins is not None:
             if len(self.bins) < 2:
                 raise ValueError("bins needs at least two edges")

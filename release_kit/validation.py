@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, first_line
+from .expressions import check_row_expression
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +90,24 @@ def _load_suite(path: Path) -> Suite:
     for index, expectation in enumerate(data["expectations"]):
         if not isinstance(expectation, dict) or "type" not in expectation:
             raise InputError(f"{path}: expectation {index} has no 'type'")
+        _check_row_condition(path, index, expectation.get("kwargs"))
     return Suite(str(data.get("name") or path.stem), data["expectations"], str(path), data.get("meta") or {})
+
+
+def _check_row_condition(path: Path, index: int, kwargs) -> None:
+    """A suite file is data a pull request may change, but GX runs a ``row_condition`` through pandas'
+    ``query``: only a pandas expression of columns and constants is taken (GX's other forms, a pass-through
+    filter or a condition tree, are refused: they too end in ``query``)."""
+    if not isinstance(kwargs, dict) or kwargs.get("row_condition") in (None, ""):
+        return
+    condition = kwargs["row_condition"]
+    if not isinstance(condition, str) or kwargs.get("condition_parser") != "pandas":
+        raise InputError(f"{path}: expectation {index}: row_condition must be a pandas expression (a string, with "
+                         'condition_parser "pandas")')
+    try:
+        check_row_expression(condition, "row_condition")
+    except ValueError as error:
+        raise InputError(f"{path}: expectation {index}: {error}") from None
 
 
 def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str) -> Suite:

@@ -173,14 +173,37 @@ def test_user_suites_in_checks_expectations(project, power, cli):
         ('{"name": "x"}', "needs an 'expectations' list"),
         ('{"expectations": [{"type": "expect_the_unexpected", "kwargs": {}}]}', "invalid expectation suite"),
         ('{"expectations": [{"type": "expect_column_values_to_be_between", "kwargs": {"colum": "a"}}]}', "invalid expectation suite"),
+        # GX runs a row_condition through pandas' query, which calls any method: a suite from a pull request
+        # could write files or read a pickle (run code).
+        ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", '
+         '"row_condition": "hour.to_csv(\'written.csv\') == 0", "condition_parser": "pandas"}}]}', "expectation 0: row_condition"),
+        ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", '
+         '"row_condition": "@pd.read_pickle(\'x.pkl\')", "condition_parser": "pandas"}}]}', "is not an expression"),
+        ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", "row_condition": '
+         '{"type": "pass_through", "pass_through_filter": "hour.to_csv(\'written.csv\') == 0"}}}]}', "must be a pandas expression"),
     ],
 )
 def test_bad_suite_file_is_an_input_error(project, power, cli, suite, needle):
     project.config(DATA)
     project.write("checks/expectations/bad.json", suite)
     result = cli("check", "--candidate", power["better"], "--report", "r.json")
-    assert result.exit_code == 2 and needle in result.stderr and "bad.json" in result.stderr
-    assert not (project.root / "r.json").exists()
+    assert result.exit_code == 2 and needle in result.stderr and "bad.json" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project.root / "r.json").exists() and not (project.root / "written.csv").exists()
+
+
+def test_a_suites_row_condition_of_columns_and_constants_is_evaluated(project, power, cli):
+    project.config(DATA)
+    project.write("checks/expectations/night.json", json.dumps({"name": "night", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "power_kw", "max_value": 0.1,
+                                                                   "row_condition": "irradiance == 0", "condition_parser": "pandas"}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "power_kw", "max_value": 0.1,
+                                                                   "row_condition": "irradiance > 500 and hour >= 0", "condition_parser": "pandas"}},
+    ]}))
+    result = cli("check", "--candidate", power["better"], "--format", "json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["stage"] == "data"}
+    assert checks["golden/power_kw:column_values_to_be_between"]["status"] == "pass"  # no power at night
+    assert checks["golden/power_kw:column_values_to_be_between#2"]["status"] == "fail"  # power in full sun
 
 
 def test_no_suite_and_no_reference_is_an_explicit_skip(project, power):

@@ -408,7 +408,7 @@ def _slice_masks(gate: GateContext, declared: SliceSpec) -> list[tuple[str, np.n
     label = _slice_name(declared)
     if declared.expr is not None:
         try:
-            # Checked when the config was read (check_slice_expr); no variable of this process is in reach.
+            # Checked when the config was read (check_row_expression); no variable of this process is in reach.
             mask = frame.eval(declared.expr, local_dict={}, global_dict={})
         except Exception as error:  # pandas raises many types for a bad expression
             raise InputError(f"[outliers.slices] {label!r}: cannot evaluate expr: {error}") from None
