@@ -615,6 +615,36 @@ def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, mon
     assert checks["whole_set"]["status"] == "fail" and "temperature maximum 80 > 50" in checks["whole_set"]["summary"]
 
 
+def test_expectations_on_some_rows_or_with_bounds_that_are_no_numbers_are_left_to_gx_on_the_sample(tmp_path, power, cli, monkeypatch):
+    """A streamed set's counts cover every row: an expectation with a row_condition holds on some rows only, and
+    a bound that is no number cannot be compared with them. Both are GX's, on the sample; they once made the
+    whole-set check fail on every row's maximum, or crash (exit 4)."""
+    import shutil
+
+    frame = pf.make_dataset(9_000, seed=22)
+    (tmp_path / "golden").mkdir()
+    frame.to_parquet(tmp_path / "golden" / "all.parquet")
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    night = {"column": pf.TARGET, "row_condition": "irradiance == 0", "condition_parser": "pandas"}
+    (tmp_path / "checks" / "expectations" / "night.json").write_text(json.dumps({"name": "night", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {**night, "min_value": 0, "max_value": 0.2}},
+        {"type": "expect_column_max_to_be_between", "kwargs": {**night, "max_value": 0.2}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "temperature", "min_value": "2026-01-01"}},
+    ]}))
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["data"]\n')
+    monkeypatch.chdir(tmp_path)
+    report = run(cli)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert frame[pf.TARGET].max() > 0.2 and frame.loc[frame["irradiance"] == 0, pf.TARGET].max() <= 0.2
+    between = checks[f"golden/{pf.TARGET}:column_values_to_be_between"]
+    assert between["status"] == "pass" and "on a uniform sample of 5,000 of 9,000 rows" in between["summary"]
+    maximum = checks[f"golden/{pf.TARGET}:column_max_to_be_between"]
+    assert maximum["status"] == "pass" and "streamed" not in maximum["summary"], maximum["summary"]  # GX's, on the sample
+    assert checks["golden/temperature:column_values_to_be_between"]["status"] == "error"
+    assert checks["whole_set"]["status"] == "skip", checks["whole_set"]["summary"]
+
+
 def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
     """The local engine holds one batch and the sample: 4× the rows cost no more than a little more memory."""
     import tracemalloc

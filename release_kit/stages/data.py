@@ -87,12 +87,14 @@ def whole_set(gate: GateContext, suites: list[Suite]) -> CheckResult:
         for expectation in suite.expectations:
             kwargs = expectation.get("kwargs", {})
             column = kwargs.get("column")
-            if column not in counts.bad:
+            if column not in counts.bad or not _over_every_row(kwargs):
                 continue
             kind = expectation["type"]
             if kind == "expect_column_values_to_be_between":
-                checked += 1
                 low, high = kwargs.get("min_value"), kwargs.get("max_value")
+                if not all(_is_number(bound) for bound in (low, high) if bound is not None):
+                    continue  # GX reports it on the sample: it cannot compare numbers with that bound either
+                checked += 1
                 if low is not None and counts.low.get(column, low) < low:
                     broken.append(f"{column} minimum {counts.low[column]:.4g} < {low:.4g}")
                 if high is not None and counts.high.get(column, high) > high:
@@ -115,10 +117,21 @@ def whole_set(gate: GateContext, suites: list[Suite]) -> CheckResult:
 
 
 def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
-    if expectation["type"] not in WHOLE_SET_TYPES:
+    kwargs = expectation.get("kwargs", {})
+    if expectation["type"] not in WHOLE_SET_TYPES or not _over_every_row(kwargs):
         return False
-    column = expectation.get("kwargs", {}).get("column")
+    column = kwargs.get("column")
     return column is None or column in gate.scan.counts.low
+
+
+def _over_every_row(kwargs: dict) -> bool:
+    """An expectation on every row: one with a ``row_condition`` holds on some rows, which the counts over
+    every row cannot tell apart; GX decides it on the sample."""
+    return kwargs.get("row_condition") in (None, "")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> CheckResult:
@@ -127,7 +140,7 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
     counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs.get("column")
     bounds = [kwargs.get(key) for key in ("value", "min_value", "max_value")]
-    unusable = next((b for b in bounds if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)))), None)
+    unusable = next((b for b in bounds if b is not None and not _is_number(b)), None)
     if unusable is not None:  # e.g. a suite parameter ({"$PARAMETER": ...}): GX would not evaluate it either
         return CheckResult(NAME, name, Status.ERROR, f"{column or 'table'}: {kind.removeprefix('expect_')}: cannot evaluate: "
                            f"bound {unusable!r} is not a number")
@@ -348,7 +361,7 @@ def _num(value, unbounded: str = "−∞") -> str:
     is no number (a date, in a user's suite) as written."""
     if value is None:
         return unbounded
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         return str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
