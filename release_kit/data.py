@@ -195,7 +195,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     import pandas as pd
 
     if is_sql(path):
-        return _numpy_numbers(_read_sql(str(path)))
+        return _numpy_numbers(_unique_columns(_read_sql(str(path)), str(path)))
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
@@ -204,8 +204,12 @@ def read_table(path: Path | str) -> pd.DataFrame:
         raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv or .parquet)")
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
-        return _numpy_numbers(pd.read_parquet(path))
+            frame = pd.read_csv(path)
+            # pandas renames a repeated header (a, a → a, a.1): which one is the target would be a guess.
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+            _unique_columns(pd.DataFrame(columns=[name for name in header if name != ""]), str(path))
+            return frame
+        return _numpy_numbers(_unique_columns(pd.read_parquet(path), str(path)))
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the data file is empty") from None
     except (OSError, ValueError, pd.errors.ParserError) as error:
@@ -214,6 +218,14 @@ def read_table(path: Path | str) -> pd.DataFrame:
         if type(error).__module__.startswith("pyarrow"):
             raise InputError(f"{path}: cannot read Parquet data: {error}") from None
         raise
+
+
+def _unique_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The frame, if no column name is repeated."""
+    repeated = list(dict.fromkeys(frame.columns[frame.columns.duplicated()]))
+    if repeated:
+        raise InputError(f"{source}: column name(s) repeated: {', '.join(map(str, repeated))}")
+    return frame
 
 
 def _numpy_numbers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -291,7 +303,8 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         target_column = target_column.astype("float64")
     _require_numeric(target_column, path, f"target column '{spec.target}'")
 
-    features = frame[spec.features].to_numpy(dtype=np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: excluded below
+        features = frame[spec.features].to_numpy(dtype=np.float32)
     target = target_column.to_numpy(dtype=np.float64)
     bad = {column: ~np.isfinite(features[:, i]) for i, column in enumerate(spec.features)}
     bad_target = ~np.isfinite(target)
@@ -345,7 +358,8 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
     for column in columns:
         _require_numeric(frame[column], path, f"feature column '{column}'")
-    features = frame[columns].to_numpy(dtype=np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: refused below
+        features = frame[columns].to_numpy(dtype=np.float32)
     bad_rows = ~np.isfinite(features).all(axis=1)
     if bad_rows.any():
         column = columns[int(np.argmax(~np.isfinite(features[bad_rows][0])))]

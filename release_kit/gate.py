@@ -285,7 +285,8 @@ def _with_slices(config: Config, source, plan, models):
         return plan
     bins = {}
     for name in plan.features["candidate"]:
-        values = first.column(name).to_numpy(zero_copy_only=False).astype(np.float32)  # as the models read them
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: infinite as the models read it, left out
+            values = first.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
         bins[name] = SliceBins.of(name, values[np.isfinite(values)], config.outliers.quantile_bins)
     spec = config.outliers
     # Only the slices are wanted from these rows: the columns no model reads are left out of the probe.

@@ -177,6 +177,13 @@ def test_missing_column(project, power, cli, column):
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"missing column(s): {column}")
 
 
+def test_repeated_column_name_in_a_csv_header(project, power, cli):
+    """pandas reads ``a,a`` as columns a and a.1: which one is the target would be a guess."""
+    lines = power["golden"].read_text().splitlines()
+    golden = project.write("golden.csv", "\n".join([lines[0] + ",power_kw", *(line + ",0" for line in lines[1:])]) + "\n")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.csv: column name(s) repeated: power_kw")
+
+
 def assert_golden_rows_block(result, project, row: int, column: str) -> None:
     """Bad golden rows are a gate decision with a report (issue: Trust II), not an input error."""
     import json

@@ -460,6 +460,43 @@ def test_a_batch_with_no_usable_row_after_usable_ones_is_counted_not_a_crash(tmp
     assert streamed["verdict"] == whole["verdict"] == "block"  # half the golden rows unusable
 
 
+def test_a_float64_feature_beyond_float32_is_an_excluded_row_streamed_as_read_whole(tmp_path, power, cli, monkeypatch):
+    """The models read features as float32: a float64 value beyond its range (1e300, -1e39) is infinite
+    there. Read whole, its row was excluded; streamed, the model was given inf (NaN predictions broke the
+    output contract, the search's domain overflowed: an error). Now both exclude the same rows, give the same
+    numbers, and no overflow warning is printed (each is an error here)."""
+    import shutil
+    import warnings
+
+    frame = pf.make_dataset(10_000, seed=29).astype("float64")
+    # The set's last rows: the rows before them keep their places in the models' calls either way (a float32
+    # model's output for a row can move by an ulp with its position in a call, which would blur the comparison).
+    frame.loc[[9_998, 9_999], "temperature"] = [1e300, -1e39]
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        frame.iloc[index * 5_000 : (index + 1) * 5_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet")
+    frame.to_csv(tmp_path / "whole.csv", index=False)
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for golden in ("golden", "whole.csv"):
+        configure(tmp_path, power, tmp_path / golden, '[gate]\nstages = ["quality", "outliers", "data"]\n')
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            reports[golden] = run(cli)
+    streamed, whole = reports["golden"], reports["whole.csv"]
+    assert (streamed["environment"]["golden_read"], whole["environment"]["golden_read"]) == ("local", "whole")
+    for report in (streamed, whole):
+        rows = next(c for c in report["checks"] if c["name"] == "golden_rows")
+        assert rows["status"] == "fail" and rows["details"]["columns"] == {"temperature": 2}
+        assert not [c["name"] for c in report["checks"] if c["status"] == "error"]
+        contract = next(c for c in report["checks"] if c["name"] == "output_contract")
+        assert contract["status"] == "pass", contract["summary"]
+    for name in ("mae", "rmse", "r2"):
+        for key in ("candidate", "baseline", "delta"):
+            assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9), (name, key)
+
+
 def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli, monkeypatch):
     from conftest import make_classification, save_scripted, train_classifier
 
@@ -690,9 +727,11 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "text-categories", "part.parquet: golden column 'cloud_cover' is stored as categories of text, not as numbers"),
         ([], "not-parquet", "part.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
+        ([], "repeated-column-in-a-later-file", "part-1.parquet: column name(s) repeated: power_kw"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
-         "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows"],
+         "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
+         "repeated-column-in-a-later-file"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -714,6 +753,13 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         frame.assign(cloud_cover=frame["cloud_cover"].astype(str).astype("category")).to_parquet(golden / "part.parquet")
     elif setup == "not-parquet":
         (golden / "part.parquet").write_text("hour,power_kw\n1,2\n")
+    elif setup == "repeated-column-in-a-later-file":  # pyarrow writes it; pandas could not say which is the target
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        frame.to_parquet(golden / "part-0.parquet")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table.append_column("power_kw", table.column("power_kw")), golden / "part-1.parquet")
     elif setup == "corrupt-later-file":  # its footer reads; its pages fail half-way through the scan
         frame.to_parquet(golden / "part-0.parquet")
         _corrupt_pages(frame, golden / "part-1.parquet")

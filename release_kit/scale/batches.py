@@ -149,10 +149,14 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
         frame[spec.target] = frame[spec.target].astype(np.int64)
     counts = ColumnCounts()
     masks = {}  # only the columns that have bad values: most batches have none, and skip every mask pass
+    read_as_float32 = {c for cols in plan.features.values() for c in cols}
+    float32_max = float(np.finfo(np.float32).max)
     for name, values in frame.items():
         if values.dtype.kind not in "fiu":
             raise InputError(f"golden column '{name}' is not numeric")
-        mask = counts.add(name, values)
+        # A feature the models read as float32: a float64 value beyond its range is excluded, as in memory.
+        limit = float32_max if name in read_as_float32 and values.dtype.kind == "f" and values.dtype.itemsize > 4 else None
+        mask = counts.add(name, values, limit)
         if mask is not None:
             masks[name] = mask
     target = frame[spec.target].astype(np.float64)

@@ -90,6 +90,9 @@ class ParquetSource:
                 schema = metadata.schema.to_arrow_schema()
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+            repeated = list(dict.fromkeys(name for index, name in enumerate(schema.names) if name in schema.names[:index]))
+            if repeated:  # which one is the target would be a guess
+                raise InputError(f"{file}: column name(s) repeated: {', '.join(repeated)}")
             kinds = {field.name: _kind(field.type) for field in schema}
             footers.append(Footer(metadata.num_rows, tuple(schema.names), kinds))
         return tuple(footers)

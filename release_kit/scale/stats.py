@@ -436,8 +436,10 @@ class ColumnCounts:
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray) -> np.ndarray | None:
-        """Count one column's values; returns its mask of bad (NaN/inf) values, None when there are none."""
+    def add(self, name: str, values: np.ndarray, limit: float | None = None) -> np.ndarray | None:
+        """Count one column's values; returns its mask of bad (NaN/inf) values, None when there are none.
+        ``limit``: finite values beyond ±limit are bad too (in the mask, counted in the range, not as NaN/inf):
+        a float64 feature beyond float32's range is infinite as the models read it."""
         if not len(values):
             return None
         low, high = _range(values)
@@ -450,6 +452,9 @@ class ColumnCounts:
         self.bad[name] = self.bad.get(name, 0) + (int(bad.sum()) if bad is not None else 0)
         self.low[name] = min(self.low.get(name, math.inf), float(low))
         self.high[name] = max(self.high.get(name, -math.inf), float(high))
+        if limit is not None and (low < -limit or high > limit):  # the range tells: most batches skip this pass
+            beyond = np.abs(values) > limit
+            bad = beyond if bad is None else bad | beyond
         return bad
 
     def add_nulls(self, name: str, nulls: int) -> None:
