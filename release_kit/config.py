@@ -18,6 +18,7 @@ from .errors import InputError
 from .expressions import check_row_expression
 
 Task = Literal["regression", "classification"]
+MAX_BATCH = (1 << 31) - 1  # samples per model call or batch: numpy, torch and pyarrow take sizes as C integers
 
 
 class _Strict(BaseModel):
@@ -182,7 +183,7 @@ class RunSpec(_Strict):
     (``local``) or on Ray (``ray``, ``pip install 'release-kit[ray]'``)."""
 
     engine: Literal["local", "ray"] = "local"
-    chunk_rows: int = Field(default=1_000_000, ge=1)
+    chunk_rows: int = Field(default=1_000_000, ge=1, le=MAX_BATCH)
     ray_address: str = ""  # empty: start a local Ray; else an existing cluster ("ray://head:10001", "auto")
     ray_workers: int | None = Field(default=None, ge=1)  # actors, each holding both models; None: one per core (on a cluster, one per CPU but the one Ray Data reads with)
     # The quality metrics are exact over every row; the other stages run on a uniform sample of this many rows.
@@ -195,7 +196,7 @@ class InferenceSpec(_Strict):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Samples per model call; None: 8,192 rows for a table, 256 samples for tensor inputs.
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
 
 
 ToleranceField = Annotated[float | str, Field(union_mode="left_to_right")]  # parsed by parse_tolerance
@@ -214,8 +215,8 @@ class QualitySpec(_Strict):
     min_effect: ToleranceField = "1%"
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     interval: Literal["analytic", "bootstrap"] = "analytic"
-    bootstrap_resamples: int = Field(default=1000, ge=100)
-    seed: int = 0
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = Field(default=0, ge=0)  # numpy and torch take no negative seed
     # Fewer usable golden rows than this and no metric is decided (an interval from 2 rows says nothing).
     min_rows: int = Field(default=20, ge=2)
 
@@ -347,10 +348,12 @@ class PerformanceSpec(_Strict):
     """The performance stage: candidate and baseline timed in one process, interleaved, decided on intervals."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64], min_length=1)
-    threads: int = Field(default=1, ge=1)  # torch.set_num_threads on CPU while measuring (recorded)
+    # Samples per timed call (the memory a batch's inputs need is checked against the machine's before the run).
+    batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(default_factory=lambda: [1, 64], min_length=1)
+    # torch.set_num_threads on CPU while measuring (recorded); torch crashes the process on ~100,000.
+    threads: int = Field(default=1, ge=1, le=1024)
     rounds: int = Field(default=16, ge=4)  # A/B rounds, alternating which model goes first
-    round_seconds: float = Field(default=0.04, gt=0)  # time per model per round; sets the calls per round
+    round_seconds: float = Field(default=0.04, gt=0, le=60)  # time per model per round; sets the calls per round
     warmup_seconds: float = Field(default=0.3, gt=0)
     latency_budget: float = Field(default=0.10, ge=0)  # block when the ratio's lower bound > 1 + budget
     memory_budget: float = Field(default=0.10, ge=0)
@@ -358,8 +361,8 @@ class PerformanceSpec(_Strict):
     max_spread: float = Field(default=0.25, gt=0)  # IQR/median of round ratios above which it reruns
     time_budget_seconds: float = Field(default=20.0, gt=0)  # per model pair, reruns included
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    resamples: int = Field(default=2000, ge=200)
-    seed: int = 0
+    resamples: int = Field(default=2000, ge=200, le=100_000)  # each a draw of every round: bounded, as its memory
+    seed: int = Field(default=0, ge=0)  # numpy and torch take no negative seed
     # The device's peak (e.g. 67 for an H100's FP32 TFLOP/s): reports achieved throughput as a share of it.
     peak_tflops: float | None = Field(default=None, gt=0)
     # Write the candidate's measurements here (with the machine's fingerprint), for a later stored comparison.
@@ -385,7 +388,7 @@ class GateSpec(_Strict):
 
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
     # A single model call (one batch) that runs longer than this ends the run as an input error.
-    model_timeout_seconds: float = Field(default=300.0, gt=0)
+    model_timeout_seconds: float = Field(default=300.0, gt=0, le=366 * 86_400)  # at most a year: the watchdog's clock overflows
 
     @field_validator("stages")
     @classmethod

@@ -300,7 +300,14 @@ def _check_batch_sizes(config: Config, golden, models) -> None:
     take one of them is bad input, found here with the other input checks (a stage's planning runs no model)."""
     import numpy as np
 
+    from .environment import available_memory_bytes
+
+    per_sample = sum(array[:1].nbytes for array in golden.inputs) + 8  # its inputs, and its index to take them by
+    available = available_memory_bytes()
     for rows in config.performance.batch_sizes:
+        if available is not None and rows * per_sample > available // 2:  # the machine would be killed or swap
+            raise InputError(f"[performance] batch_sizes: a batch of {rows:,} samples needs {rows * per_sample / 2**30:.1f} GiB "
+                             f"for its inputs alone, more than half the memory available ({available / 2**30:.1f} GiB)")
         batch = golden.take(np.arange(rows) % len(golden))
         for model in models:
             model.check_batch(batch, "benchmark batch")

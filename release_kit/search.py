@@ -35,6 +35,10 @@ class SearchResult:
         }
 
 
+class _OutOfTime(Exception):
+    """Raised in the search's condition past its time budget, to end Hypothesis's search."""
+
+
 def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: float, max_examples: int,
            features: list[str] | tuple[str, ...]) -> SearchResult:
     """Hypothesis looks for a row that ``violates``, and shrinks what it finds to a minimal example."""
@@ -46,28 +50,28 @@ def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: fl
     started = time.monotonic()
     tried = 0
     timed_out = False
-    last: np.ndarray | None = None  # the latest counterexample: Hypothesis's current best
     smallest: np.ndarray | None = None
 
     def condition(row: np.ndarray) -> bool:
-        nonlocal tried, timed_out, last, smallest
+        nonlocal tried, timed_out, smallest
         if time.monotonic() - started > seconds:
-            # Past the budget nothing new is found; the current best still fails, so the search ends on it.
+            # Past the budget the search ends on the smallest row found: Hypothesis would go on drawing up
+            # to max_examples rows (or shrinking) if each were merely declined.
             timed_out = True
-            return last is not None and bool(np.array_equal(row, last, equal_nan=True))
+            raise _OutOfTime
         tried += 1
         found = violates(row)
         if found:
-            last = np.array(row, copy=True)
-            if smallest is None or float(np.abs(last).sum()) < float(np.abs(smallest).sum()):
-                smallest = last
+            row = np.array(row, copy=True)
+            if smallest is None or float(np.abs(row).sum()) < float(np.abs(smallest).sum()):
+                smallest = row
         return found
 
     options = settings(max_examples=max_examples, database=None, derandomize=True, deadline=None,
                        suppress_health_check=list(HealthCheck))
     try:
         example = find(strategy, condition, settings=options)
-    except NoSuchExample:
+    except (NoSuchExample, _OutOfTime):
         example = None
     except InvalidArgument as error:  # a strategy built wrong: a bug to report, never "nothing found"
         raise ReleaseKitError(f"the search's strategy is invalid: {error}") from None

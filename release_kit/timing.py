@@ -8,6 +8,7 @@ times are read; on CPU ``time.perf_counter_ns`` brackets each call. Both run in 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -178,13 +179,24 @@ def measure(timer: Timer, *, rounds: int, round_seconds: float, warmup_seconds: 
     return Measurement(timer.label, batch_size, device, blocks, cold, calls_made, timer.peak_memory_bytes())
 
 
-def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str) -> tuple[Measurement, Measurement]:
-    """Warm both up, then ``rounds`` rounds of A B / B A blocks on the same input."""
+MIN_ROUNDS = 4  # rounds a comparison makes whatever its deadline: two of each order
+
+
+def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str,
+            deadline: float | None = None) -> tuple[Measurement, Measurement]:
+    """Warm both up, then ``rounds`` rounds of A B / B A blocks on the same input. Past ``deadline`` (a
+    ``time.monotonic()`` value) the warm-up ends and so do the rounds, at an even count of at least
+    ``MIN_ROUNDS``: the measurements say how many were made."""
+    def left() -> float:
+        return math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+
     cold = {t.label: t.cold_start_ns() for t in (candidate, baseline)}
-    warm = {t.label: t.warm_up(warmup_seconds) for t in (candidate, baseline)}
+    warm = {t.label: t.warm_up(min(warmup_seconds, left() / 2)) for t in (candidate, baseline)}
     calls = {label: int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000)) for label, (_, per_call) in warm.items()}
     samples: dict[str, list[np.ndarray]] = {candidate.label: [], baseline.label: []}
     for index in range(rounds):
+        if index >= MIN_ROUNDS and index % 2 == 0 and not left():
+            break
         order = (candidate, baseline) if index % 2 == 0 else (baseline, candidate)
         for timer in order:
             samples[timer.label].append(timer.block(calls[timer.label]))

@@ -54,6 +54,31 @@ def test_missing_required_key(project, power, cli):
     assert_input_error(check(cli, "--candidate", power["better"]), project, "missing required config key 'model.target'")
 
 
+@pytest.mark.parametrize(("section", "line", "key"), [
+    ("performance", "threads = 100000", "performance.threads"),  # torch.set_num_threads crashed the process
+    ("performance", "batch_sizes = [100000000000000000000]", "performance.batch_sizes.0"),  # exit 4
+    ("quality", "seed = -1", "quality.seed"),  # numpy refused it in two checks: blocked (exit 1)
+    ("gate", "model_timeout_seconds = 1e308", "gate.model_timeout_seconds"),  # the watchdog's thread failed
+    ("run", "chunk_rows = 100000000000000000000", "run.chunk_rows"),  # exit 4 streamed
+    ("performance", "resamples = 100000000000000000000", "performance.resamples"),  # numpy refused it: blocked (exit 1)
+])
+def test_a_config_number_beyond_what_can_run_is_named(project, power, cli, section, line, key):
+    text = (project.root / "release-kit.toml").read_text()
+    project.write("release-kit.toml", text.replace(f"[{section}]\n", f"[{section}]\n{line}\n") if f"[{section}]\n" in text
+                  else text + f"\n[{section}]\n{line}\n")
+    assert_input_error(check(cli, "--candidate", power["better"]), project, f"config key '{key}'")
+
+
+def test_a_benchmark_batch_larger_than_memory_is_refused_before_it_is_built(project, power, cli, monkeypatch):
+    import release_kit.environment
+
+    project.config('[gate]\nstages = ["performance"]\n[performance]\nbatch_sizes = [1, 100000]\n')
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: 1 << 20)  # 1 MiB left
+    assert_input_error(check(cli, "--candidate", power["better"], "--baseline", power["v1"]), project,
+                       "[performance] batch_sizes: a batch of 100,000 samples",
+                       "more than half the memory available")
+
+
 def test_missing_candidate_file(project, cli):
     assert_input_error(check(cli, "--candidate", "models/nope.pt"), project, "candidate model file not found", "nope.pt")
 

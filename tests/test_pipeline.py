@@ -251,6 +251,29 @@ def test_the_search_keeps_a_counterexample_when_time_runs_out(power):
     assert found.timed_out and "hour=" in found.words()
 
 
+def test_the_search_and_the_timing_end_at_their_budgets_whatever_counts_the_config_asks(tmp_path, power):
+    """A config (a pull request's, say) asking for 10¹² search examples and 10⁹ timing rounds: each ends at its
+    time budget (1 s for the search, 2 s for the timing of both batch sizes). Hypothesis went on drawing rows
+    past the budget, declined one by one, and the first timing rounds had no deadline: the run never ended."""
+    import time
+
+    root = write_project(tmp_path, power)
+    config = root / "release-kit.toml"
+    text = config.read_text().replace("rounds = 4", "rounds = 1000000000")
+    config.write_text(text.replace("[outliers.search]\nseconds = 1\n", "[outliers.search]\nseconds = 1\nmax_examples = 1000000000000\n"))
+    started = time.monotonic()
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--stage", "outliers", "--stage", "performance",
+                     "--no-mlflow", "--format", "json", timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.monotonic() - started < 120
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    search = checks["search:contract"]["details"]["search"]
+    assert search["stopped_by_time_budget"] and search["tried"] > 0 and search["seconds"] < 5
+    for rows in (1, 64):  # two batch sizes share the 2 s: about 1 s each, an even count of at least 4 rounds
+        latency = checks[f"latency:batch={rows}"]["details"]
+        assert 4 <= latency["rounds"] < 10_000 and latency["rounds"] % 2 == 0 and latency["seconds"] < 10, latency
+
+
 def test_a_hung_model_ends_the_run_with_one_line(tmp_path, power):
     """TorchScript stuck in a loop cannot be interrupted: the watchdog ends the run, exit 2, naming the model."""
 

@@ -196,8 +196,9 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
     try:
         started = time.monotonic()
         timers = [Timer(models[role], batch, role) for role in ("candidate", "baseline")]
+        # The budget bounds the first rounds too: however many [performance] rounds ask for, the stage ends.
         candidate, baseline = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
-                                      warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device)
+                                      warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
         reruns = 0
         while True:
             ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
@@ -205,7 +206,7 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
             if ratio.spread <= spec.max_spread or took * (reruns + 2) / (reruns + 1) > budget:
                 break
             more_c, more_b = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
-                                     warmup_seconds=spec.warmup_seconds / 4, batch_size=rows, device=device)
+                                     warmup_seconds=spec.warmup_seconds / 4, batch_size=rows, device=device, deadline=started + budget)
             candidate = _joined(candidate, more_c)
             baseline = _joined(baseline, more_b)
             reruns += 1
