@@ -85,11 +85,13 @@ class LoadedModel:
             registry=self.registry, signature=None if self.signature is None else json.loads(self.signature.to_json()),
         )
 
-    def raw_outputs(self, inputs: np.ndarray | tuple[np.ndarray, ...], *, timeout: float | None = None) -> np.ndarray:
+    def raw_outputs(self, inputs: np.ndarray | tuple[np.ndarray, ...], *, timeout: float | None = None, shared: bool = True) -> np.ndarray:
         """Run the model on samples in batches of ``batch_size``, in inference mode; returns float64 outputs.
 
         ``inputs`` is one array (N, ...) or a tuple of them, passed positionally. Each call must return
-        within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``).
+        within ``timeout`` seconds (default: the model's, ``[gate] model_timeout_seconds``). ``shared``: the
+        arrays are read again after the call (the golden set: by the other model, by later stages), so each
+        call gets a copy: a model that writes into its input tensor changes nothing but that copy.
         """
         import torch
 
@@ -97,10 +99,10 @@ class LoadedModel:
         rows, size = len(arrays[0]), self.batch_size
         with torch.inference_mode():
             if rows <= size:  # one call, the served case: no list, no concatenation (a call counts microseconds)
-                return self._checked_output(self._call(self._batch(arrays), self.timeout if timeout is None else timeout))
+                return self._checked_output(self._call(self._batch(arrays, shared), self.timeout if timeout is None else timeout))
             outputs = ModelOutputs(self, rows, timeout=timeout)
             for start in range(0, rows, size):
-                outputs.add(tuple(a[start : start + size] for a in arrays))
+                outputs.add(tuple(a[start : start + size] for a in arrays), shared=shared)
         return outputs.array
 
     def _call(self, batch: tuple, timeout: float | None) -> Any:
@@ -115,15 +117,19 @@ class LoadedModel:
         except Exception as error:  # the model's own code failed on this input
             raise InputError(f"{self.role} model {self.source} failed on input of shape {_shapes(batch)}: {first_line(error)}") from None
 
-    def _batch(self, arrays: tuple[np.ndarray, ...]) -> tuple:
-        """Tensors on the model's device: on CUDA through pinned memory, copied without blocking."""
+    def _batch(self, arrays: tuple[np.ndarray, ...], shared: bool = True) -> tuple:
+        """Tensors on the model's device: on CUDA through pinned memory, copied without blocking. On the CPU
+        a ``shared`` array (read again after the call) is copied: torch would hand the model its memory,
+        and a model may write into its input (a candidate could so change what the baseline reads)."""
         import numpy as np
         import torch
 
+        private = shared and self.device == "cpu"
         if len(arrays) == 1:  # the common case, without a generator's cost (a served call counts microseconds)
-            tensors = (torch.from_numpy(np.ascontiguousarray(arrays[0])),)
+            array = arrays[0]
+            tensors = (torch.from_numpy(np.array(array, order="C") if private else np.ascontiguousarray(array)),)
         else:
-            tensors = tuple(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays)
+            tensors = tuple(torch.from_numpy(np.array(array, order="C") if private else np.ascontiguousarray(array)) for array in arrays)
         if self.device == "cpu":
             return tensors
         return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
@@ -190,15 +196,16 @@ class ModelOutputs:
         self.filled = 0
         self._array: np.ndarray | None = None
 
-    def add(self, inputs: np.ndarray | tuple[np.ndarray, ...]) -> None:
-        """Call the model on the next samples (one array, or a tuple of arrays passed positionally)."""
+    def add(self, inputs: np.ndarray | tuple[np.ndarray, ...], *, shared: bool = True) -> None:
+        """Call the model on the next samples (one array, or a tuple of arrays passed positionally);
+        ``shared``: as :meth:`LoadedModel.raw_outputs`'s (False: nothing reads them after this call)."""
         import numpy as np
         import torch
 
         model = self.model
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         samples = len(arrays[0])
-        batch = model._batch(arrays)
+        batch = model._batch(arrays, shared)
         tensor, _ = model._output_tensor(model._call(batch, self.timeout))
         if self._array is None:
             self._array = np.empty((self.rows, *tensor.shape[1:]))

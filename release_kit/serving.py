@@ -100,11 +100,11 @@ class ServedModel:
         """A batch (ndarray or tensor, or a tuple of them for several inputs) → the model's outputs as an ndarray."""
         self.last_used = time.time()
         if type(inputs) is np.ndarray and inputs.dtype is _FLOAT32:  # the common case goes as it is
-            return self.loaded.raw_outputs(inputs)
+            return self.loaded.raw_outputs(inputs, shared=False)  # the caller's own array, as with the model itself
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         arrays = tuple(a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a) for a in arrays)
         arrays = tuple(a.astype(np.float32) if a.dtype.kind == "f" and a.dtype != np.float32 else a for a in arrays)
-        return self.loaded.raw_outputs(arrays if len(arrays) > 1 else arrays[0])
+        return self.loaded.raw_outputs(arrays if len(arrays) > 1 else arrays[0], shared=False)
 
 
 class ModelPool:

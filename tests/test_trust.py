@@ -380,3 +380,41 @@ def test_history_survives_a_version_tag_that_is_no_semver(power, tmp_path):
     publish(power["v1"], "m", "1.0.0", tracking_uri=uri)
     publish(power["better"], "m", "not-a-version", tracking_uri=uri)
     assert [entry.version for entry in history(uri, "m")] == ["1.0.0", "not-a-version"]
+
+
+class WritesIntoItsInput(torch.nn.Module):
+    """The baseline's own predictions, after which it zeroes the input tensor it was given."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        x.mul_(0.0)
+        return y
+
+
+@pytest.mark.parametrize("golden", ["golden.csv", "golden"])  # read whole, and streamed in batches
+def test_a_candidate_that_writes_into_its_input_cannot_change_what_the_baseline_reads(project, power, cli, golden):
+    """torch hands a model the memory of the numpy array it is called on. A candidate that is the baseline
+    plus ``x.mul_(0)`` after its prediction zeroed the golden features the baseline then read (read whole:
+    the golden set itself, for every later stage; streamed: the input both models shared): the baseline's
+    MAE went from 0.047 to 1.1 and the quality stage passed the candidate as much better. Each model now
+    reads its own copy: the same predictions, no change."""
+    import pandas as pd
+
+    candidate = project.root / "candidate.pt"
+    torch.jit.save(torch.jit.script(WritesIntoItsInput(torch.jit.load(str(power["v1"])))), str(candidate))
+    frame = pd.read_csv(power["golden"])
+    (project.root / "golden").mkdir()
+    for index in range(2):
+        frame.iloc[index * 1_500 : (index + 1) * 1_500].to_parquet(project.root / "golden" / f"part-{index}.parquet")
+    frame.to_csv(project.root / "golden.csv", index=False)
+    project.config(golden=project.root / golden)
+    result = cli("check", "--candidate", candidate, "--baseline", power["v1"], "--format", "json")
+    report = json.loads(result.stdout)
+    assert report["environment"]["golden_read"] == ("whole" if golden == "golden.csv" else "local")
+    mae = next(m for c in report["checks"] for m in c["metrics"] if m["name"] == "mae")
+    assert mae["delta"] == 0.0 and mae["candidate"] == mae["baseline"] < 0.1, mae
+    assert report["bump"] != "minor", report["bump_reason"]

@@ -216,15 +216,18 @@ def run_models(plan: ScanPlan, models: dict[str, LoadedModel], frame: dict[str, 
     # batch of two small MLPs ~9 % faster).
     inputs = model_inputs(plan, frame, models)
     outputs = {role: ModelOutputs(model, rows) for role, model in models.items()}
+    # Both models on the same columns share one input; the last to read it is given it, the others a copy
+    # (a model may write into its input tensor, and would change what the other model reads).
+    last_reader = {plan.features[role]: role for role in models}
     size = min(model.batch_size for model in models.values())
     with torch.inference_mode():
         for start in range(0, max(rows, 1), size):  # a batch whose rows were all excluded: one empty call
-            stacked: dict[tuple[str, ...], np.ndarray] = {}  # both models on the same columns share one input
+            stacked: dict[tuple[str, ...], np.ndarray] = {}
             for role, output in outputs.items():
                 columns = plan.features[role]
                 if columns not in stacked:
                     stacked[columns] = inputs[role].stacked(slice(start, start + size))
-                output.add(stacked[columns])
+                output.add(stacked[columns], shared=last_reader[columns] != role)
     return {role: to_predictions(output.array, spec, role, n_classes) for role, output in outputs.items()}
 
 

@@ -195,7 +195,8 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
         torch.set_num_threads(spec.threads)
     try:
         started = time.monotonic()
-        timers = [Timer(models[role], batch, role) for role in ("candidate", "baseline")]
+        # Each model times its own copy of the batch: one that writes into its input cannot change the other's.
+        timers = [Timer(models[role], tuple(t.clone() for t in batch), role) for role in ("candidate", "baseline")]
         # The budget bounds the first rounds too: however many [performance] rounds ask for, the stage ends.
         candidate, baseline = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
                                       warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
@@ -230,8 +231,9 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
     facts = {}
     for role, module in models.items():
         params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None
+        own = tuple(t.clone() for t in batch)  # its own copy, as it is timed
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            module(*batch)
+            module(*own)
         facts[role] = {"parameters": params, "flops_per_row": counter.get_total_flops() / len(batch[0])}
     return facts
 
