@@ -40,12 +40,19 @@ class Suite:
 
     def gx_suite(self):
         """The real GX object; a configuration GX refuses is an InputError naming the suite."""
-        gx = _import_gx()
+        import logging
 
+        gx = _import_gx()
+        # GX logs an expectation it drops with a traceback: the one line below says which it was.
+        gx_logger = logging.getLogger("great_expectations")
+        level = gx_logger.level
+        gx_logger.setLevel(logging.CRITICAL)
         try:
             suite = gx.ExpectationSuite(name=self.name, expectations=[dict(e) for e in self.expectations])
         except Exception as error:  # GX raises pydantic and its own errors for a bad configuration
             raise InputError(f"{self.source}: invalid expectation suite: {first_line(error)}") from None
+        finally:
+            gx_logger.setLevel(level)
         # GX logs an unknown expectation type and drops it rather than raising: a silently smaller suite.
         kept = {e.expectation_type for e in suite.expectations}
         dropped = [e["type"] for e in self.expectations if e["type"] not in kept]

@@ -335,3 +335,16 @@ def test_fallback_version_must_be_semver(project, power, cli):
     config.write_text(config.read_text().replace('version = "1.0.0"', 'version = "1.0.0"\nfallback = "v1.pt"\nfallback_version = "one"'))
     result = check(cli, "--candidate", power["better"])
     assert result.exit_code == 2 and "baseline.fallback_version" in result.stderr
+
+
+def test_an_unknown_expectation_type_is_one_line(project, power):
+    """GX drops an expectation of a type it does not know, logging its traceback: one line names it instead."""
+    project.config('[gate]\nstages = ["data"]\n')
+    project.write("checks/expectations/golden.json",
+                  '{"name": "golden", "expectations": [{"type": "expect_nonexistent_thing", "kwargs": {"column": "hour"}}]}')
+    from conftest import run_cli
+
+    result = run_cli(project.root, "check", "--candidate", power["better"], "--report", "report.json")  # GX's logging as users see it
+    assert result.returncode == 2 and not (project.root / "report.json").exists()
+    assert result.stderr.strip().splitlines() == [f"release-kit: error: {project.root / 'checks/expectations/golden.json'}: invalid "
+                                                  "expectation suite: unknown expectation type 'expect_nonexistent_thing'"], result.stderr
