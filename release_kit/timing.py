@@ -170,16 +170,25 @@ def _status_bytes(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def measure(timer: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str) -> Measurement:
-    """One model alone (for storing, or against stored numbers): warm up, then ``rounds`` blocks."""
+MIN_ROUNDS = 4  # rounds a measurement makes whatever its deadline (a comparison: two of each order)
+
+
+def measure(timer: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str,
+            deadline: float | None = None) -> Measurement:
+    """One model alone (against stored numbers): warm up, then ``rounds`` blocks, ending past ``deadline``
+    (a ``time.monotonic()`` value) after at least ``MIN_ROUNDS``, as :func:`compare` does."""
+    def left() -> float:
+        return math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+
     cold = timer.cold_start_ns()
-    calls_made, per_call = timer.warm_up(warmup_seconds)
+    calls_made, per_call = timer.warm_up(min(warmup_seconds, left() / 2))
     calls = int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000))
-    blocks = [timer.block(calls) for _ in range(rounds)]
+    blocks = []
+    for index in range(rounds):
+        if index >= MIN_ROUNDS and not left():
+            break
+        blocks.append(timer.block(calls))
     return Measurement(timer.label, batch_size, device, blocks, cold, calls_made, timer.peak_memory_bytes())
-
-
-MIN_ROUNDS = 4  # rounds a comparison makes whatever its deadline: two of each order
 
 
 def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str,

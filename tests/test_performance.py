@@ -209,6 +209,26 @@ def test_stored_baseline_numbers_are_used_only_from_the_same_machine_and_model(p
     assert "another model file" in other_model["latency:batch=32"].summary
 
 
+def test_a_stored_file_of_many_rounds_ends_at_the_time_budget(project, power):
+    """The stored file sets how many rounds the candidate is timed for: one edited to hold 100,000 rounds
+    (a pull request can carry it) ran them all. The budget ends the rounds; the stored ones are paired with
+    the candidate's first ones."""
+    import time
+
+    project.config(FAST + 'save_candidate = "v1-perf.json"\n')
+    gate.check(candidate=str(power["v1"]), baseline=str(power["v1"]))
+    stored = json.loads((project.root / "v1-perf.json").read_text())
+    measurement = stored["measurements"]["32"]
+    measurement["rounds"] = (measurement["rounds"] * 100_000)[:100_000]
+    (project.root / "many.json").write_text(json.dumps(stored))
+    project.config(FAST + 'stored_baseline = "many.json"\ntime_budget_seconds = 1\n')
+    started = time.monotonic()
+    latency = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))["latency:batch=32"]
+    assert time.monotonic() - started < 60
+    assert latency.status is not Status.ERROR, latency.summary
+    assert 4 <= latency.details["rounds"] < 100_000
+
+
 def test_unreadable_stored_baseline_is_an_input_error(project, power, cli):
     project.write("bad.json", "{}")
     project.config(FAST + 'stored_baseline = "bad.json"\n')

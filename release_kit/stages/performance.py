@@ -54,7 +54,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     recorder = CandidateRecorder(spec.save_candidate, gate, device) if spec.save_candidate else None
     for n in spec.batch_sizes:
         if stored is not None:
-            measured = Once(partial(_against_stored, gate, models, inputs[n], n, device, stored))
+            measured = Once(partial(_against_stored, gate, models, inputs[n], n, device, stored, budget))
         else:
             measured = Once(partial(_measure, gate, models, inputs[n], n, device, budget))
         if recorder is not None:
@@ -105,7 +105,7 @@ def _check_writable(path: str) -> None:
 STORED_SCHEMA = "release-kit-performance/1"
 
 
-def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: str, stored: dict):
+def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: str, stored: dict, budget: float):
     """The candidate timed live against the stored baseline numbers, after checking they are comparable."""
     from ..timing import Measurement, Timer, measure, ratio_interval
 
@@ -124,13 +124,16 @@ def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: s
         raise StoredMismatch(f"no stored numbers for batch size {rows}")
     baseline = Measurement.from_dict(stored["measurements"][str(rows)])
     started = time.monotonic()
+    # The stored file says how many rounds it holds (a file a pull request may carry): the budget ends them
+    # all the same, and the stored rounds are paired with the candidate's first ones.
     candidate = measure(Timer(models["candidate"], batch, "candidate"), rounds=len(baseline.rounds), round_seconds=spec.round_seconds,
-                        warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device)
-    ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
-    p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+                        warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
     from dataclasses import replace
 
-    return ABResult(candidate, replace(baseline, label="baseline"), ratio, p90, 0, time.monotonic() - started)
+    baseline = replace(baseline, label="baseline", rounds=baseline.rounds[: len(candidate.rounds)])
+    ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    return ABResult(candidate, baseline, ratio, p90, 0, time.monotonic() - started)
 
 
 class CandidateRecorder:
