@@ -205,9 +205,9 @@ def read_table(path: Path | str) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path)
-            # pandas renames a repeated header (a, a → a, a.1): which one is the target would be a guess.
-            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
-            _unique_columns(pd.DataFrame(columns=[name for name in header if name != ""]), str(path))
+            # pandas renames a repeated header (a, a → a, a.1): the header as written is checked.
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+            check_unique_columns([name for name in header if name != ""], str(path))
             return frame
         return _numpy_numbers(_unique_columns(pd.read_parquet(path), str(path)))
     except pd.errors.EmptyDataError:
@@ -220,11 +220,17 @@ def read_table(path: Path | str) -> pd.DataFrame:
         raise
 
 
-def _unique_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The frame, if no column name is repeated."""
-    repeated = list(dict.fromkeys(frame.columns[frame.columns.duplicated()]))
+def check_unique_columns(names, source: str) -> None:
+    """InputError naming ``source`` if a column name is repeated: which one is meant would be a guess."""
+    seen: set = set()
+    repeated = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
     if repeated:
         raise InputError(f"{source}: column name(s) repeated: {', '.join(map(str, repeated))}")
+
+
+def _unique_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The frame, if no column name is repeated."""
+    check_unique_columns(frame.columns, source)
     return frame
 
 

@@ -124,12 +124,11 @@ class LoadedModel:
         import numpy as np
         import torch
 
-        private = shared and self.device == "cpu"
+        contiguous = _private_copy if shared and self.device == "cpu" else np.ascontiguousarray
         if len(arrays) == 1:  # the common case, without a generator's cost (a served call counts microseconds)
-            array = arrays[0]
-            tensors = (torch.from_numpy(np.array(array, order="C") if private else np.ascontiguousarray(array)),)
+            tensors = (torch.from_numpy(contiguous(arrays[0])),)
         else:
-            tensors = tuple(torch.from_numpy(np.array(array, order="C") if private else np.ascontiguousarray(array)) for array in arrays)
+            tensors = tuple(torch.from_numpy(contiguous(array)) for array in arrays)
         if self.device == "cpu":
             return tensors
         return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
@@ -237,6 +236,13 @@ def _prediction_dtypes() -> dict:
     native = {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
     _PREDICTION_DTYPES.update({dtype: dtype in native for dtype in floats | native})
     return _PREDICTION_DTYPES
+
+
+def _private_copy(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy, whatever the array's layout."""
+    import numpy as np
+
+    return np.array(array, order="C")
 
 
 def _shapes(batch: tuple) -> str:

@@ -173,19 +173,21 @@ def _status_bytes(key: str) -> int:
 MIN_ROUNDS = 4  # rounds a measurement makes whatever its deadline (a comparison: two of each order)
 
 
+def _seconds_left(deadline: float | None) -> float:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` value), 0 past it; infinite without one."""
+    return math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 def measure(timer: Timer, *, rounds: int, round_seconds: float, warmup_seconds: float, batch_size: int, device: str,
             deadline: float | None = None) -> Measurement:
     """One model alone (against stored numbers): warm up, then ``rounds`` blocks, ending past ``deadline``
     (a ``time.monotonic()`` value) after at least ``MIN_ROUNDS``, as :func:`compare` does."""
-    def left() -> float:
-        return math.inf if deadline is None else max(0.0, deadline - time.monotonic())
-
     cold = timer.cold_start_ns()
-    calls_made, per_call = timer.warm_up(min(warmup_seconds, left() / 2))
+    calls_made, per_call = timer.warm_up(min(warmup_seconds, _seconds_left(deadline) / 2))
     calls = int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000))
     blocks = []
     for index in range(rounds):
-        if index >= MIN_ROUNDS and not left():
+        if index >= MIN_ROUNDS and not _seconds_left(deadline):
             break
         blocks.append(timer.block(calls))
     return Measurement(timer.label, batch_size, device, blocks, cold, calls_made, timer.peak_memory_bytes())
@@ -196,15 +198,12 @@ def compare(candidate: Timer, baseline: Timer, *, rounds: int, round_seconds: fl
     """Warm both up, then ``rounds`` rounds of A B / B A blocks on the same input. Past ``deadline`` (a
     ``time.monotonic()`` value) the warm-up ends and so do the rounds, at an even count of at least
     ``MIN_ROUNDS``: the measurements say how many were made."""
-    def left() -> float:
-        return math.inf if deadline is None else max(0.0, deadline - time.monotonic())
-
     cold = {t.label: t.cold_start_ns() for t in (candidate, baseline)}
-    warm = {t.label: t.warm_up(min(warmup_seconds, left() / 2)) for t in (candidate, baseline)}
+    warm = {t.label: t.warm_up(min(warmup_seconds, _seconds_left(deadline) / 2)) for t in (candidate, baseline)}
     calls = {label: int(np.clip(round_seconds * 1e9 / max(per_call, 1.0), 1, 10_000)) for label, (_, per_call) in warm.items()}
     samples: dict[str, list[np.ndarray]] = {candidate.label: [], baseline.label: []}
     for index in range(rounds):
-        if index >= MIN_ROUNDS and index % 2 == 0 and not left():
+        if index >= MIN_ROUNDS and index % 2 == 0 and not _seconds_left(deadline):
             break
         order = (candidate, baseline) if index % 2 == 0 else (baseline, candidate)
         for timer in order:

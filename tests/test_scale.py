@@ -435,18 +435,26 @@ def test_unusable_rows_are_counted_over_every_row(tmp_path, power, cli, monkeypa
     assert report["data"]["golden"]["excluded_rows"] == 3 and report["verdict"] == "block"
 
 
+def both_ways(root: Path, power, frame: pd.DataFrame, whole: str) -> None:
+    """The same rows as two Parquet halves under ``golden/`` (streamed) and as the CSV ``whole`` (read whole),
+    with the better candidate as ``candidate.pt``."""
+    import shutil
+
+    (root / "golden").mkdir()
+    half = len(frame) // 2
+    for index in range(2):
+        frame.iloc[index * half : (index + 1) * half].to_parquet(root / "golden" / f"p{index}.parquet")
+    frame.to_csv(root / whole, index=False)
+    shutil.copy(power["better"], root / "candidate.pt")
+
+
 def test_a_batch_with_no_usable_row_after_usable_ones_is_counted_not_a_crash(tmp_path, power, cli, monkeypatch):
     """A day of missing labels: the second file's targets are all null. Its rows are counted as excluded and
     the metrics are those of the usable rows, the numbers of the same rows read whole."""
-    import shutil
 
     frame = pf.make_dataset(10_000, seed=23)
     frame.loc[5_000:, pf.TARGET] = np.nan
-    (tmp_path / "golden").mkdir()
-    for index in range(2):
-        frame.iloc[index * 5_000 : (index + 1) * 5_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet")
-    frame.to_csv(tmp_path / "golden.csv", index=False)
-    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    both_ways(tmp_path, power, frame, "golden.csv")
     monkeypatch.chdir(tmp_path)
     reports = {}
     for golden in ("golden", "golden.csv"):
@@ -465,18 +473,13 @@ def test_a_float64_feature_beyond_float32_is_an_excluded_row_streamed_as_read_wh
     there. Read whole, its row was excluded; streamed, the model was given inf (NaN predictions broke the
     output contract, the search's domain overflowed: an error). Now both exclude the same rows, give the same
     numbers, and no overflow warning is printed (each is an error here)."""
-    import shutil
     import warnings
 
     frame = pf.make_dataset(10_000, seed=29).astype("float64")
     # The set's last rows: the rows before them keep their places in the models' calls either way (a float32
     # model's output for a row can move by an ulp with its position in a call, which would blur the comparison).
     frame.loc[[9_998, 9_999], "temperature"] = [1e300, -1e39]
-    (tmp_path / "golden").mkdir()
-    for index in range(2):
-        frame.iloc[index * 5_000 : (index + 1) * 5_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet")
-    frame.to_csv(tmp_path / "whole.csv", index=False)
-    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    both_ways(tmp_path, power, frame, "whole.csv")
     monkeypatch.chdir(tmp_path)
     reports = {}
     for golden in ("golden", "whole.csv"):

@@ -83,6 +83,8 @@ class ParquetSource:
         count, the column checks and every scan of the same source share them."""
         import pyarrow.parquet as pq
 
+        from ..data import check_unique_columns
+
         footers = []
         for file in self.files:
             try:
@@ -90,9 +92,7 @@ class ParquetSource:
                 schema = metadata.schema.to_arrow_schema()
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
-            repeated = list(dict.fromkeys(name for index, name in enumerate(schema.names) if name in schema.names[:index]))
-            if repeated:  # which one is the target would be a guess
-                raise InputError(f"{file}: column name(s) repeated: {', '.join(repeated)}")
+            check_unique_columns(schema.names, str(file))
             kinds = {field.name: _kind(field.type) for field in schema}
             footers.append(Footer(metadata.num_rows, tuple(schema.names), kinds))
         return tuple(footers)
