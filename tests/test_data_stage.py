@@ -181,6 +181,9 @@ def test_user_suites_in_checks_expectations(project, power, cli):
          '"row_condition": "@pd.read_pickle(\'x.pkl\')", "condition_parser": "pandas"}}]}', "is not an expression"),
         ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", "row_condition": '
          '{"type": "pass_through", "pass_through_filter": "hour.to_csv(\'written.csv\') == 0"}}}]}', "must be a pandas expression"),
+        # pandas folds a condition's constants in Python: a tower of powers never ended.
+        ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", '
+         '"row_condition": "hour > 10 ** 10 ** 10", "condition_parser": "pandas"}}]}', "a power's exponent must be a number"),
     ],
 )
 def test_bad_suite_file_is_an_input_error(project, power, cli, suite, needle):

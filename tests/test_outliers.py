@@ -280,6 +280,32 @@ def test_a_slice_expr_from_the_config_cannot_call_or_reach_anything(project, pow
     assert not (project.root / "written.csv").exists() and not (project.root / "r.json").exists()
 
 
+@pytest.mark.parametrize(("expr", "needle"), [
+    ("hour > 10 ** 10 ** 10", "a power's exponent must be a number of at most 64"),
+    ("(hour + 2 ** 64) ** 64 > 0", "a power may not hold another power"),
+    ("hour > 'a' * 10 ** 12", "strings and lists may only be compared"),
+    ("hour in [1] * 10 ** 12", "strings and lists may only be compared"),
+    ("hour > " + " + ".join(["1"] * 600), "at most 1,000 are taken"),
+])
+def test_a_slice_expr_cannot_hold_the_job_in_constant_folding(project, power, cli, expr, needle):
+    """pandas folds an expression's constants in Python: a tower of powers never ended (the job held until it
+    timed out) and a repeated string took gigabytes. Refused when the config is read, naming the key."""
+    project.config(STAGES + f'[[outliers.slices]]\nexpr = "{expr}"\n')
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--report", "r.json")
+    assert result.exit_code == 2, result.output
+    assert "outliers.slices" in result.stderr and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project.root / "r.json").exists()
+
+
+def test_a_slice_expr_with_a_bounded_power_is_evaluated(project, power):
+    project.config(STAGES + '[[outliers.slices]]\nname = "late"\nexpr = "hour ** 2 >= 18 ** 2 and -2 ** 0.5 < 0"\n')
+    check = by_name(gate.check(candidate=str(power["better"]), baseline=str(power["v1"])))["outliers::slice:late"]
+    assert check.status in (Status.PASS, Status.FAIL, Status.WARN) and "hour ** 2" in check.summary, check.summary
+    [row] = check.details["table"]["rows"]  # the slice's one part: its rows are the late hours'
+    assert row[1] == int((pd.read_csv(power["golden"])["hour"] >= 18).sum()), row
+
+
 def test_nan_in_a_slicing_column_is_an_input_error(project, power, cli):
     frame = pd.read_csv(power["golden"])
     frame["site"] = np.where(np.arange(len(frame)) % 50 == 0, np.nan, 1.0)
