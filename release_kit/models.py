@@ -105,14 +105,18 @@ class LoadedModel:
                 outputs.add(tuple(a[start : start + size] for a in arrays), shared=shared)
         return outputs.array
 
-    def deadline(self, timeout: float | None = None) -> contextlib.AbstractContextManager:
+    def deadline(self, timeout: float | None = None) -> contextlib.AbstractContextManager | None:
         """The guard of this model's calls on this thread: each must return within ``timeout`` seconds (default:
-        the model's; None on the model: a server's calls, which bound their requests themselves). Reusable."""
-        return call_deadline(self.timeout if timeout is None else timeout, f"{self.role} model {self.source}")
+        the model's). Reusable. None where the model has none: a server's calls, which bound their requests
+        themselves and count microseconds."""
+        seconds = self.timeout if timeout is None else timeout
+        return None if seconds is None else call_deadline(seconds, f"{self.role} model {self.source}")
 
-    def _call(self, batch: tuple, deadline: contextlib.AbstractContextManager) -> Any:
+    def _call(self, batch: tuple, deadline: contextlib.AbstractContextManager | None) -> Any:
         """One model call, within its ``deadline`` (:meth:`deadline`); the model's own failure is bad input."""
         try:
+            if deadline is None:
+                return self.module(*batch)
             with deadline:
                 return self.module(*batch)
         except InputError:
@@ -151,7 +155,7 @@ class LoadedModel:
 
         batch = self._batch(inputs if isinstance(inputs, tuple) else (inputs,))
         try:
-            with torch.inference_mode(), self.deadline():
+            with torch.inference_mode(), self.deadline() or contextlib.nullcontext():
                 self.module(*batch)
         except InputError:
             raise
