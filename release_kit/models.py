@@ -217,7 +217,8 @@ class ModelOutputs:
         samples = len(arrays[0])
         batch = model._batch(arrays, shared)
         tensor = model._call(batch, self._deadline)
-        if type(tensor) is not torch.Tensor or tensor.dtype is not self._dtype:  # the first call, or another output
+        # Checked in full on the first call, and on a later one that returns another kind of output.
+        if type(tensor) is not torch.Tensor or tensor.dtype is not self._dtype or not tensor.ndim:
             tensor, _ = model._output_tensor(tensor)
             self._dtype = tensor.dtype
         if self._array is None:

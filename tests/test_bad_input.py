@@ -165,6 +165,26 @@ def test_a_later_model_call_that_returns_another_shape(project, cli):
                        "returned outputs of shape (599,) for input of shape (600, 5)", "not one row per sample")
 
 
+class ScalarOnAPartialBatch(torch.nn.Module):
+    """Predictions for full batches, a single number for the last, partial one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 1200:
+            return x.sum()
+        return x.sum(1)
+
+
+def test_a_later_model_call_that_returns_a_single_number(project, cli):
+    path = project.root / "scalar.pt"
+    torch.jit.save(torch.jit.script(ScalarOnAPartialBatch()), str(path))
+    project.config("""
+        [inference]
+        batch_size = 1200
+    """)
+    assert_input_error(check(cli, "--candidate", path), project, "candidate model", "scalar.pt",
+                       "returned a single number (a 0-d tensor), not one prediction per row")
+
+
 def test_column_vector_output_counts_as_one_regression_output(project, power, cli):
     wide = torch.nn.Sequential(torch.nn.Linear(5, 1))
     path = project.root / "one.pt"

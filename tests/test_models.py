@@ -99,7 +99,8 @@ def test_every_real_output_dtype_comes_back_as_a_float64_copy(tmp_path, dtype, b
 
 
 class Misshapen(torch.nn.Module):
-    """Right for its first call; then one row short, or a second output column."""
+    """Right for its first call; then one row short, a second output column, a single number, complex numbers,
+    or the same outputs in a tuple or as float64 (the last two are predictions still)."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -109,7 +110,28 @@ class Misshapen(torch.nn.Module):
         self.calls += 1
         if self.calls == 1:
             return x.sum(1)
-        return x.sum(1)[:-1] if self.how == "short" else torch.stack([x.sum(1), x.sum(1)], dim=1)
+        later = {"short": lambda: x.sum(1)[:-1], "wider": lambda: torch.stack([x.sum(1), x.sum(1)], dim=1), "scalar": lambda: x.sum(),
+                 "complex": lambda: x.sum(1).to(torch.complex64), "tuple": lambda: (x.sum(1),), "float64": lambda: x.sum(1).double()}
+        return later[self.how]()
+
+
+@pytest.mark.parametrize(("how", "error"), [
+    ("scalar", "returned a single number (a 0-d tensor), not one prediction per row"),
+    ("complex", "returned complex numbers (torch.complex64); predictions must be real"),
+])
+def test_a_model_whose_later_call_returns_no_predictions_is_an_input_error(tmp_path, how, error):
+    """The first call's output is checked in full and the later ones by type and dtype: a later call that
+    returns something else is checked in full again (a 0-d tensor was an IndexError, exit 4)."""
+    model = LoadedModel("candidate", "misshapen.pt", "pickle", tmp_path / "m.pt", "", Misshapen(how), batch_size=4)
+    with pytest.raises(InputError, match=re.escape(f"candidate model misshapen.pt {error}")):
+        model.raw_outputs(np.ones((10, 5), dtype=np.float32))
+
+
+@pytest.mark.parametrize("how", ["tuple", "float64"])
+def test_a_later_call_may_return_its_predictions_in_a_tuple_or_another_dtype(tmp_path, how):
+    model = LoadedModel("candidate", "misshapen.pt", "pickle", tmp_path / "m.pt", "", Misshapen(how), batch_size=4)
+    inputs = np.arange(50, dtype=np.float32).reshape(10, 5)
+    np.testing.assert_array_equal(model.raw_outputs(inputs), inputs.sum(1).astype(np.float64))
 
 
 @pytest.mark.parametrize("how", ["short", "wider"])
