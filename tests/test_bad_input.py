@@ -154,19 +154,9 @@ class ShortOnAPartialBatch(torch.nn.Module):
         return y
 
 
-def test_a_later_model_call_that_returns_another_shape(project, cli):
-    path = project.root / "short.pt"
-    torch.jit.save(torch.jit.script(ShortOnAPartialBatch()), str(path))
-    project.config("""
-        [inference]
-        batch_size = 1200
-    """)
-    assert_input_error(check(cli, "--candidate", path), project, "candidate model", "short.pt",
-                       "returned outputs of shape (599,) for input of shape (600, 5)", "not one row per sample")
-
-
 class ScalarOnAPartialBatch(torch.nn.Module):
-    """Predictions for full batches, a single number for the last, partial one."""
+    """Predictions for full batches, a single number for the last, partial one (later outputs are checked by
+    type and dtype alone: a 0-d tensor of the same dtype was an IndexError, exit 4)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] < 1200:
@@ -174,15 +164,18 @@ class ScalarOnAPartialBatch(torch.nn.Module):
         return x.sum(1)
 
 
-def test_a_later_model_call_that_returns_a_single_number(project, cli):
-    path = project.root / "scalar.pt"
-    torch.jit.save(torch.jit.script(ScalarOnAPartialBatch()), str(path))
+@pytest.mark.parametrize(("module", "needles"), [
+    (ShortOnAPartialBatch, ("returned outputs of shape (599,) for input of shape (600, 5)", "not one row per sample")),
+    (ScalarOnAPartialBatch, ("returned a single number (a 0-d tensor), not one prediction per row",)),
+])
+def test_a_later_model_call_that_returns_something_else(project, cli, module, needles):
+    path = project.root / "later.pt"
+    torch.jit.save(torch.jit.script(module()), str(path))
     project.config("""
         [inference]
         batch_size = 1200
     """)
-    assert_input_error(check(cli, "--candidate", path), project, "candidate model", "scalar.pt",
-                       "returned a single number (a 0-d tensor), not one prediction per row")
+    assert_input_error(check(cli, "--candidate", path), project, "candidate model", "later.pt", *needles)
 
 
 def test_column_vector_output_counts_as_one_regression_output(project, power, cli):
