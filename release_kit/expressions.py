@@ -8,7 +8,8 @@ pandas folds the constants in Python before it evaluates a row, so arithmetic on
 speed on Python's numbers: a tower of powers (``10 ** 10 ** 10``) or a repeated string (``'a' * 10 ** 12``)
 would hold the gate's job until it times out, or exhaust its memory. A power's exponent is a literal number
 of at most ``MAX_EXPONENT`` with no power inside the power, strings and lists are only compared, and an
-expression is at most ``MAX_LENGTH`` characters: the largest number it can fold stays a few thousand digits."""
+expression is at most ``MAX_LENGTH`` characters: the largest number it can fold has ~63,000 digits (a
+980-digit literal to the 64th power), folded in milliseconds."""
 
 from __future__ import annotations
 
