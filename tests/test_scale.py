@@ -159,6 +159,30 @@ def test_a_streamed_check_as_users_run_it_every_stage_with_tracking_on(streamed_
     assert run.data.metrics["quality.mae.candidate"] == pytest.approx(metric(report, "mae")["candidate"], rel=1e-6)
 
 
+def test_a_directory_written_by_a_job_is_read_without_its_markers_and_hidden_files(streamed_project, power, golden_directory, cli):
+    """A directory a Spark or Hive job wrote holds Parquet files that are not its rows: a failed write's
+    ``_temporary/`` output, hidden copies. They are skipped, as pyarrow's datasets skip them: the set gives
+    the numbers of its data files alone."""
+    import shutil
+
+    job = streamed_project / "job-output"
+    shutil.copytree(golden_directory / "golden", job)
+    (job / "_SUCCESS").write_text("")
+    (job / "_temporary" / "0").mkdir(parents=True)
+    pf.make_dataset(500, seed=99).to_parquet(job / "_temporary" / "0" / "part-9.parquet")  # same schema, not data
+    pf.make_dataset(500, seed=98).to_parquet(job / ".part-0.parquet")
+    (job / "part-0.parquet.crc").write_bytes(b"\0")
+
+    configure(streamed_project, power, job)
+    written = run(cli)
+    configure(streamed_project, power, golden_directory / "golden")
+    alone = run(cli)
+    assert written["data"]["golden"]["rows"] == alone["data"]["golden"]["rows"] == 30_000
+    assert written["data"]["golden"]["sha256"] == alone["data"]["golden"]["sha256"]
+    for name in ("mae", "rmse", "r2"):
+        assert metric(written, name) == metric(alone, name)
+
+
 def test_a_run_that_fails_before_the_scan_ends_the_golden_sets_hashing(streamed_project, cli):
     """The streamed set is hashed from the run's start, beside the models' loading: a model that cannot be
     loaded is still exit 2 with one line, and no hashing thread outlives the run."""
@@ -722,6 +746,8 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         (["--max-rows", "0"], None, "--max-rows"),
         (["--engine", "spark"], None, "--engine"),
         ([], "empty", "no Parquet files"),
+        ([], "delta-table", "a Delta table (it has a _delta_log/)"),
+        ([], "only-a-failed-jobs-output", "no Parquet files (*.parquet, *.pq) there (1 skipped: a name under it starts with _ or .)"),
         ([], "csv-in-directory", "is not a Parquet file"),
         ([], "missing-column", "missing column(s): irradiance"),
         ([], "missing-column-in-a-later-file", "part-1.parquet: missing column(s): irradiance"),
@@ -732,7 +758,7 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "zero-chunk-rows", "run.chunk_rows"),
         ([], "repeated-column-in-a-later-file", "part-1.parquet: column name(s) repeated: power_kw"),
     ],
-    ids=["max-rows-0", "unknown-engine", "empty-directory", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
+    ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file"],
 )
@@ -766,6 +792,13 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "corrupt-later-file":  # its footer reads; its pages fail half-way through the scan
         frame.to_parquet(golden / "part-0.parquet")
         _corrupt_pages(frame, golden / "part-1.parquet")
+    elif setup == "delta-table":  # its directory keeps the files of removed rows: which are live is the log's
+        frame.to_parquet(golden / "part-0.parquet")
+        (golden / "_delta_log").mkdir()
+        (golden / "_delta_log" / "00000000000000000000.json").write_text("{}")
+    elif setup == "only-a-failed-jobs-output":
+        (golden / "_temporary").mkdir()
+        frame.to_parquet(golden / "_temporary" / "part-0.parquet")
     elif setup != "empty":
         frame.to_parquet(golden / "part.parquet")
     if setup == "csv-in-directory":

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# Names under a golden directory that are not its data, as pyarrow's datasets, Spark and Hive skip them: a
+# job's markers and in-flight output (``_SUCCESS``, ``_temporary/``, whose Parquet files a failed write
+# leaves behind), a table format's log (``_delta_log/``'s checkpoints are Parquet) and hidden files.
+IGNORED_PREFIXES = ("_", ".")
 
 
 def is_streamable(source: str) -> bool:
@@ -62,8 +66,14 @@ class ParquetSource:
     @classmethod
     def resolve(cls, source: str) -> ParquetSource:
         path = Path(source)
+        skipped = 0
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file())
+            if (path / "_delta_log").is_dir():  # its live files are the log's; the directory keeps removed ones too
+                raise InputError(f"{source}: a Delta table (it has a _delta_log/): its directory also holds the files of "
+                                 "rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
+            found = [p for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file()]
+            files = sorted(p for p in found if not any(part.startswith(IGNORED_PREFIXES) for part in p.relative_to(path).parts))
+            skipped = len(found) - len(files)
         elif any(ch in source for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         elif path.is_file():
@@ -71,7 +81,8 @@ class ParquetSource:
         else:
             raise InputError(f"data file not found: {source}")
         if not files:
-            raise InputError(f"{source}: no Parquet files (*.parquet, *.pq) there")
+            aside = f" ({skipped} skipped: a name under it starts with _ or .)" if skipped else ""
+            raise InputError(f"{source}: no Parquet files (*.parquet, *.pq) there{aside}")
         wrong = [f for f in files if f.suffix.lower() not in PARQUET_SUFFIXES]
         if wrong:
             raise InputError(f"{source}: {wrong[0]} is not a Parquet file (a streamed golden set is Parquet)")
