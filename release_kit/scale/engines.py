@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -261,11 +263,12 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             _check_reachable(address)
         try:
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 # One logical CPU beyond the actors' for Ray Data's file listing and read tasks, which need
                 # a whole one (logical CPUs are scheduling tokens: the actors still share the cores).
-                ray.init(num_cpus=(workers or os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=(workers or os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
         except Exception as error:  # an unreachable cluster, a bad address, a token the cluster refused
             hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token, RAY_AUTH_TOKEN or "
                     "~/.ray/auth_token, in this environment)") if address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
@@ -301,15 +304,19 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         dataset = dataset.limit(max_rows)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
-    scored = dataset.map_batches(
-        _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
-        batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
-        ray_remote_args_fn=_actors_not_restarted, **gpu_share,
-    )
+    with warnings.catch_warnings():
+        # Deprecated since Ray 2.60 with no replacement for these actor options yet: the extra pins Ray below
+        # 2.64, which removes it, and a user is not told about a choice that is release-kit's.
+        warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
+        scored = dataset.map_batches(
+            _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
+            batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
+            ray_remote_args_fn=_actors_not_restarted, **gpu_share,
+        )
     merged: ScanSummary | None = None
     bad_input = None
     try:
-        for row in scored.iter_rows():
+        for row in _quiet_ray_data(scored.iter_rows()):
             summary = pickle.loads(row["summary"])  # produced by release-kit's own actors above
             merged = summary if merged is None else merged.merge(summary)
             if progress is not None:
@@ -333,6 +340,21 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     if merged is None:
         raise InputError(f"{source.name}: the golden set has no rows")
     return merged
+
+
+def _quiet_ray_data(rows: Iterator[Any]) -> Iterator[Any]:
+    """The rows of a Ray Data execution without its notes on stderr: its plan and timing, that progress bars
+    are off, that a small golden set has fewer blocks than actors. The run shows its own progress and says
+    what went wrong; Ray Data's errors still show."""
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+            yield from rows
+    finally:
+        data_logger.setLevel(level)
 
 
 def _actors_not_restarted() -> dict[str, int]:
