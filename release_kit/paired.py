@@ -255,11 +255,17 @@ def bin_sums(codes: np.ndarray, size: int, weights: np.ndarray | None = None) ->
     while it runs. ``np.bincount`` holds it throughout, and a streamed scan summarizes one batch on a second
     thread while the models score the next on the main thread: each model call waited for the GIL behind
     the tables' bincounts (measured: scoring ~20 % slower beside every stage's summaries, none beside them
-    in another process). ``np.add.at`` with ``intp`` codes runs its loop without the GIL, and ~35 % faster.
-    Counts (no weights) are int64, sums float64."""
-    table = np.zeros(size, dtype=np.int64 if weights is None else np.float64)
-    np.add.at(table, codes.astype(np.intp, copy=False), 1 if weights is None else weights)
-    return table
+    in another process). torch's ``scatter_add_`` and ``bincount`` run without the GIL, one loop in row
+    order, and beat ``np.add.at`` (also GIL-free): 131,072 codes ~95 µs against ~155 with weights, ~115
+    against ~150 for counts. Counts (no weights) are int64, sums float64."""
+    import torch
+
+    index = torch.from_numpy(codes.astype(np.int64, copy=False))
+    if weights is None:
+        return torch.bincount(index, minlength=size).numpy()
+    table = torch.zeros(size, dtype=torch.float64)
+    table.scatter_add_(0, index, torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float64)))
+    return table.numpy()
 
 
 def _cell_sums(group: list[Binning], weights: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -267,12 +273,12 @@ def _cell_sums(group: list[Binning], weights: tuple[np.ndarray, ...]) -> np.ndar
     sizes = [len(b.labels) for b in group]
     cells = math.prod(sizes)
     # The cell code in the narrowest type that holds it (a pass over uint16 is 4× cheaper than over intp),
-    # then intp once (bin_sums takes intp codes; there are 1 + len(weights) calls).
-    codes = group[0].codes.astype(np.uint8 if cells <= 256 else np.uint16 if cells <= 65536 else np.intp)
+    # then int64 once (bin_sums takes int64 codes; there are 1 + len(weights) calls).
+    codes = group[0].codes.astype(np.uint8 if cells <= 256 else np.uint16 if cells <= 65536 else np.int64)
     for binning, size in zip(group[1:], sizes[1:]):
         codes *= size
         codes += binning.codes
-    codes = codes.astype(np.intp)
+    codes = codes.astype(np.int64)
     tables = [bin_sums(codes, cells).astype(float)]
     tables += [bin_sums(codes, cells, w) for w in weights]
     return np.stack(tables).reshape(len(tables), *sizes)
