@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # Names under a golden directory that are not its data, as pyarrow's datasets, Spark and Hive skip them: a
 # job's markers and in-flight output (``_SUCCESS``, ``_temporary/``, whose Parquet files a failed write
-# leaves behind), a table format's log (``_delta_log/``'s checkpoints are Parquet) and hidden files.
+# leaves behind) and hidden files.
 IGNORED_PREFIXES = ("_", ".")
 
 
