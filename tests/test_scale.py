@@ -1090,16 +1090,20 @@ def test_an_existing_ray_cluster_gives_the_local_numbers_and_a_refused_token_is_
     assert not (streamed_project / "no.json").exists()
 
 
-def test_an_unreachable_ray_cluster_is_bad_input(streamed_project):
+@pytest.mark.parametrize(("address", "line"), [
+    ("127.0.0.1:1", "release-kit: error: [run] ray_address '127.0.0.1:1': nothing answers there ([Errno 111] Connection refused)"),
+    ("head:63 79", "release-kit: error: [run] ray_address 'head:63 79': not host:port (its port '63 79' is not a port number), "
+                   "\"auto\" or empty"),
+])
+def test_an_unreachable_or_malformed_ray_address_is_bad_input(streamed_project, address, line):
     pytest.importorskip("ray")
     from conftest import run_cli
 
-    text = (streamed_project / "release-kit.toml").read_text().replace("[run]\n", '[run]\nray_address = "127.0.0.1:1"\n')
+    text = (streamed_project / "release-kit.toml").read_text().replace("[run]\n", f'[run]\nray_address = "{address}"\n')
     (streamed_project / "release-kit.toml").write_text(text)
     result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--report", "report.json")
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines() == [
-        "release-kit: error: [run] ray_address '127.0.0.1:1': nothing answers there ([Errno 111] Connection refused)"]
+    assert result.stderr.strip().splitlines() == [line]
     assert not (streamed_project / "report.json").exists()
 
 

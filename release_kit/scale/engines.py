@@ -373,10 +373,12 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
     if target == "auto" or ":" not in target:
         return
     host, _, port = target.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"[run] ray_address {address!r}: not host:port (its port {port!r} is not a port number), \"auto\" or empty")
     try:
         with socket.create_connection((host, int(port)), timeout=seconds):
             return
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise InputError(f"[run] ray_address {address!r}: nothing answers there ({error})") from None
 
 
