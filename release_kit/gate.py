@@ -223,10 +223,12 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     if summary.used_rows == 0:
         raise InputError(f"{source.name}: no usable golden row: every row has NaN/inf or impossible values")
     sample = summary.sample.ordered()
-    frame = pd.DataFrame(sample["features"], columns=spec.features)
-    frame[spec.target] = sample["target"]
-    for name in plan.carried:
-        frame[name] = sample[f"column:{name}"]
+    # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
+    # the user's stderr from ~100 columns on).
+    columns = {name: sample["features"][:, j] for j, name in enumerate(spec.features)}
+    columns[spec.target] = sample["target"]
+    columns.update({name: sample[f"column:{name}"] for name in plan.carried})
+    frame = pd.DataFrame(columns)
     if plan.carried:  # the files' column order, as a golden set read whole has it
         order = source.common_columns()
         frame = frame[[c for c in order if c in frame.columns] + [c for c in frame.columns if c not in order]]

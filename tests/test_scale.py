@@ -656,6 +656,26 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     assert unusable["status"] == "error" and "bound {'$PARAMETER': 't'} is not a number" in unusable["summary"]
 
 
+def test_a_wide_streamed_golden_set_builds_its_sample_without_pandas_warnings(tmp_path, power, cli, monkeypatch):
+    """150 columns no model reads, carried in the sample for the data stage: the sample's frame is built at
+    once, where adding them one by one fragmented it and pandas warned on the user's stderr."""
+    import shutil
+    import warnings
+
+    frame = pf.make_dataset(2_000, seed=26)
+    extra = pd.DataFrame(np.random.default_rng(26).normal(size=(len(frame), 150)).astype(np.float32), columns=[f"c{i}" for i in range(150)])
+    (tmp_path / "golden").mkdir()
+    pd.concat([frame, extra], axis=1).to_parquet(tmp_path / "golden" / "p0.parquet", index=False)
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["data"]\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = run(cli)
+    assert report["data"]["golden"]["rows"] == 2_000 and report["environment"]["golden_read"] == "local"
+    assert not [w for w in caught if issubclass(w.category, pd.errors.PerformanceWarning)], [str(w.message) for w in caught]
+
+
 def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):
     import shutil
 
