@@ -23,7 +23,8 @@ MAX_BATCH = (1 << 31) - 1  # samples per model call or batch: numpy, torch and p
 
 class _Strict(BaseModel):
     # NaN compares false with everything, so a NaN bound or budget would let anything through: refused.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: TOML types its values, so "4000" or true where a count belongs is a typo to name, not to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 def _check_range(low: float | None, high: float | None) -> None:

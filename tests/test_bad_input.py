@@ -69,6 +69,20 @@ def test_a_config_number_beyond_what_can_run_is_named(project, power, cli, secti
     assert_input_error(check(cli, "--candidate", power["better"]), project, f"config key '{key}'")
 
 
+@pytest.mark.parametrize(("section", "line", "key"), [
+    ("run", 'chunk_rows = "4000"', "run.chunk_rows"),  # a quoted number was read as one
+    ("quality", 'seed = "7"', "quality.seed"),
+    ("performance", "threads = 2.0", "performance.threads"),  # a float for a count was truncated silently
+    ("run", "chunk_rows = true", "run.chunk_rows"),  # a boolean was read as 1 row per batch
+])
+def test_a_config_value_of_the_wrong_toml_type_is_named(project, power, cli, section, line, key):
+    # TOML types its values; a string or float where the schema wants an integer is a typo to report, not to coerce.
+    text = (project.root / "release-kit.toml").read_text()
+    project.write("release-kit.toml", text.replace(f"[{section}]\n", f"[{section}]\n{line}\n") if f"[{section}]\n" in text
+                  else text + f"\n[{section}]\n{line}\n")
+    assert_input_error(check(cli, "--candidate", power["better"]), project, f"config key '{key}'", "integer")
+
+
 def test_a_benchmark_batch_larger_than_memory_is_refused_before_it_is_built(project, power, cli, monkeypatch):
     import release_kit.environment
 
