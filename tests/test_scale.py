@@ -183,6 +183,129 @@ def test_a_directory_written_by_a_job_is_read_without_its_markers_and_hidden_fil
         assert metric(written, name) == metric(alone, name)
 
 
+def _write_partitioned(frame: pd.DataFrame, directory: Path, keys: list[str]) -> None:
+    """``frame`` as a Hive-partitioned directory (``key=value/`` subdirectories), as Spark's and pyarrow's
+    writers lay it out: the keys' columns are in the paths, not in the files."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    schema = pa.schema([table.schema.field(key) for key in keys])
+    pads.write_dataset(table, directory, format="parquet", partitioning=pads.partitioning(schema, flavor="hive"))
+
+
+def test_a_hive_partitioned_directory_reads_its_partition_columns(streamed_project, power, golden_directory, cli):
+    """A directory partitioned by a feature (``hour=7/``, Spark's ``partitionBy``) and by a column the models
+    do not read: the partition columns are read from the paths. The gate gives the numbers of the same files
+    with those columns stored in them (the same batches: equal to 1e-9), and of the rows read whole (other
+    batch shapes, whose float32 predictions round differently: 1e-6). Its digest covers the partitions' names."""
+    import pyarrow.parquet as pq
+
+    rows = pd.read_csv(golden_directory / "golden.csv").iloc[:8_000]
+    rows = rows.assign(site=np.where(np.arange(len(rows)) % 3 == 0, "north east", "south"))
+    partitioned = streamed_project / "partitioned"
+    _write_partitioned(rows, partitioned, ["hour", "site"])
+    assert (partitioned / "hour=7" / "site=north%20east").is_dir()
+    configure(streamed_project, power, partitioned)
+    streamed = run(cli)
+
+    # The same files in the same order, each with its path's values stored as columns.
+    flat = streamed_project / "flat"
+    flat.mkdir()
+    files = sorted(partitioned.rglob("*.parquet"))
+    for index, file in enumerate(files):
+        hour, site = (part.split("=")[1] for part in file.relative_to(partitioned).parts[:2])
+        frame = pq.read_table(file).to_pandas().assign(hour=int(hour), site=site.replace("%20", " "))
+        frame.to_parquet(flat / f"part-{index:05d}.parquet")
+    configure(streamed_project, power, flat)
+    stored = run(cli)
+    pd.concat(pd.read_parquet(f) for f in sorted(flat.glob("*.parquet"))).to_csv(streamed_project / "whole.csv", index=False)
+    configure(streamed_project, power, streamed_project / "whole.csv")
+    whole = run(cli)
+
+    assert streamed["data"]["golden"]["rows"] == stored["data"]["golden"]["rows"] == whole["data"]["golden"]["rows"] == 8_000
+    assert streamed["data"]["golden"]["used_rows"] == 8_000
+    for name in ("mae", "rmse", "r2"):
+        a, b, c = metric(streamed, name), metric(stored, name), metric(whole, name)
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (name, key)
+            assert a[key] == pytest.approx(c[key], rel=1e-6), (name, key)
+    checks = {f"{c['stage']}::{c['name']}": c for c in streamed["checks"]}
+    assert "exact over all 8,000 rows, streamed" in checks["quality::mae"]["summary"]
+    # Every check decided alike, the data stage's on the carried partition column ``site`` included.
+    assert [(c["name"], c["status"]) for c in streamed["checks"] if c["stage"] != "performance"] == \
+        [(c["name"], c["status"]) for c in stored["checks"] if c["stage"] != "performance"]
+    assert "site" in checks["data::golden/table:table_columns_to_match_ordered_list"]["details"]["observed_value"]
+
+    # Moving a file to another partition changes its rows' values: the digest changes with it.
+    from release_kit.scale.source import ParquetSource
+
+    with ParquetSource.resolve(str(partitioned)).hashing() as digest:
+        first = digest.result()
+    moved = next((partitioned / "hour=7").rglob("*.parquet"))
+    (partitioned / "hour=8" / "site=elsewhere").mkdir()
+    moved.rename(partitioned / "hour=8" / "site=elsewhere" / moved.name)
+    with ParquetSource.resolve(str(partitioned)).hashing() as digest:
+        assert digest.result() != first
+
+
+def test_hive_partition_values_are_typed_as_arrow_casts_them(tmp_path):
+    """A key whose every value casts to an integer is int64, to a finite float double, else text; the null
+    partition (``__HIVE_DEFAULT_PARTITION__``) is null; values are URL-decoded. A glob's partitions are the
+    ``key=value`` directories under its leading directory, not the directories above it."""
+    import pyarrow as pa
+
+    from release_kit.scale.source import HIVE_NULL, ParquetSource, partition_types, typed_partitions
+
+    assert partition_types({"a": {"007", "-3"}, "b": {"1.5", "2"}, "c": {"1e400", "2"}, "d": {"x", "1"},
+                            "e": {"4", HIVE_NULL}, "f": {HIVE_NULL}}) == {
+        "a": "int64", "b": "double", "c": "string", "d": "string", "e": "int64", "f": "string"}
+    batch = pa.RecordBatch.from_pydict({"e": ["4", HIVE_NULL, "5"], "x": [1.0, 2.0, 3.0]})
+    typed = typed_partitions(batch, {"e": "int64"})
+    assert typed.column("e").to_pylist() == [4, None, 5] and typed.schema.field("e").type == pa.int64()
+    assert typed.column("x").to_pylist() == [1.0, 2.0, 3.0]
+
+    base = tmp_path / "run=3" / "golden"  # a key=value name above the golden directory is not a column
+    for day, site in (("1", "a%2Fb"), ("2", HIVE_NULL)):
+        (base / f"day={day}" / f"site={site}").mkdir(parents=True)
+        pd.DataFrame({"x": [1.0, 2.0]}).to_parquet(base / f"day={day}" / f"site={site}" / "part.parquet")
+    for name in (str(base), str(base / "day=*" / "*" / "*.parquet")):
+        source = ParquetSource.resolve(name)
+        assert source.partition_types == {"day": "int64", "site": "string"}, name
+        assert source.common_columns() == ("x", "day", "site")
+        rows = pa.Table.from_batches(list(source.batches(["site", "x", "day"], 10)))
+        assert rows.column_names == ["site", "x", "day"]
+        assert rows.column("site").to_pylist() == ["a/b", "a/b", None, None]
+        assert rows.column("day").to_pylist() == [1, 1, 2, 2]
+
+
+def test_the_same_rows_in_any_layout_of_files_give_the_same_numbers(streamed_project, power, golden_directory, cli):
+    """A model's output for a row can depend on its batch's size (a matrix product's tail rows take another
+    kernel: seen here with 125-row files), so the batches are cut at every chunk_rows-th row whatever the
+    files: one file, or 23 files of odd sizes with 97-row row groups and a column stored as float32 in some
+    files and float64 in others, give the very same numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pd.read_csv(golden_directory / "golden.csv").iloc[:12_000]
+    (streamed_project / "one").mkdir()
+    rows.to_parquet(streamed_project / "one" / "all.parquet")
+    scattered = streamed_project / "scattered"
+    scattered.mkdir()
+    bounds = [0, *sorted(np.random.default_rng(3).choice(np.arange(1, 12_000), 22, replace=False)), 12_000]
+    for index, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        part = rows.iloc[start:end]
+        if index % 2:
+            part = part.astype({"cloud_cover": np.float32})
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), scattered / f"part-{index:02d}.parquet", row_group_size=97)
+    reports = {}
+    for layout in ("one", "scattered"):
+        configure(streamed_project, power, streamed_project / layout)
+        reports[layout] = run(cli, "--stage", "quality")
+    for name in ("mae", "rmse", "r2"):
+        assert metric(reports["one"], name) == metric(reports["scattered"], name), name
+
+
 def test_a_run_that_fails_before_the_scan_ends_the_golden_sets_hashing(streamed_project, cli):
     """The streamed set is hashed from the run's start, beside the models' loading: a model that cannot be
     loaded is still exit 2 with one line, and no hashing thread outlives the run."""
@@ -256,6 +379,30 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, cli
     # and the searches try the same inputs on it.
     for a, b in zip(local["checks"], distributed["checks"], strict=True):
         assert (a["stage"], a["name"], a["status"], a["summary"]) == (b["stage"], b["name"], b["status"], b["summary"])
+
+
+def test_the_ray_engine_reads_a_hive_partitioned_directory_as_the_local_engine_does(streamed_project, power, golden_directory, cli, shared_ray):
+    """Ray Data parses the partitions itself: under the golden directory only (a ``key=value`` directory
+    above it is no column), its text typed in the actors as the local reads type it, the null partition null."""
+    rows = pd.read_csv(golden_directory / "golden.csv").iloc[:6_000]
+    rows = rows.assign(site=pd.Series(np.where(np.arange(len(rows)) % 4 == 0, None, "south"), dtype=object))
+    partitioned = streamed_project / "run=2" / "golden"
+    _write_partitioned(rows, partitioned, ["hour", "site"])
+    assert list(partitioned.glob("hour=3/site=__HIVE_DEFAULT_PARTITION__"))
+    configure(streamed_project, power, partitioned)
+    stages = ("--stage", "quality", "--stage", "data")
+    local = run(cli, "--engine", "local", *stages)
+    distributed = run(cli, "--engine", "ray", *stages)
+    assert local["data"] == distributed["data"] and local["data"]["golden"]["rows"] == 6_000
+    for name in ("mae", "rmse", "r2"):
+        a, b = metric(local, name), metric(distributed, name)
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-12), (name, key)
+    for a, b in zip(local["checks"], distributed["checks"], strict=True):
+        assert (a["name"], a["status"], a["summary"]) == (b["name"], b["status"], b["summary"])
+    # The null partition's rows are nulls of ``site`` over every row, in both engines.
+    whole_set = next(c for c in local["checks"] if c["name"] == "whole_set")
+    assert "site" in json.dumps(whole_set["details"]), whole_set
 
 
 def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read_whole(streamed_project, power, golden_directory, cli):
@@ -780,10 +927,11 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "not-parquet", "part.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
         ([], "repeated-column-in-a-later-file", "part-1.parquet: column name(s) repeated: power_kw"),
+        ([], "stored-and-partition-column", "column 'hour' is stored in the file and is a partition of its path (hour=3)"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
-         "repeated-column-in-a-later-file"],
+         "repeated-column-in-a-later-file", "stored-and-partition-column"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -822,6 +970,9 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "only-a-failed-jobs-output":
         (golden / "_temporary").mkdir()
         frame.to_parquet(golden / "_temporary" / "part-0.parquet")
+    elif setup == "stored-and-partition-column":  # which is the golden hour: the file's or the path's?
+        (golden / "hour=3").mkdir()
+        frame.to_parquet(golden / "hour=3" / "part.parquet")
     elif setup != "empty":
         frame.to_parquet(golden / "part.parquet")
     if setup == "csv-in-directory":
@@ -873,10 +1024,10 @@ def test_batches_are_read_in_file_order_and_a_reader_ends_with_the_iteration(gol
     source = ParquetSource.resolve(str(golden_directory / "golden"))
     whole = pd.concat([pd.read_parquet(f) for f in source.files], ignore_index=True)
     batches = list(read_batches(source, ["power_kw", "temperature"], 4_000))
-    assert [b.num_rows for b in batches] == [4_000, 4_000, 2_000] * 3  # batches do not span files
+    assert [b.num_rows for b in batches] == [4_000] * 7 + [2_000]  # cut at every 4,000th row, across the files
     assert np.array_equal(np.concatenate([b.column("power_kw").to_numpy() for b in batches]), whole["power_kw"].to_numpy())
     prefix = list(read_batches(source, ["power_kw"], 4_000, max_rows=13_500))
-    assert [b.num_rows for b in prefix] == [4_000, 4_000, 2_000, 3_500] and readers() == 0
+    assert [b.num_rows for b in prefix] == [4_000, 4_000, 4_000, 1_500] and readers() == 0
     first = next(iter(read_batches(source, ["power_kw"], 1_000)))  # the generator is dropped: its thread ends
     assert first.num_rows == 1_000 and readers() == 0
     with pytest.raises(RuntimeError, match="caller failed"):
@@ -892,7 +1043,7 @@ def test_batches_are_read_in_file_order_and_a_reader_ends_with_the_iteration(gol
     with pytest.raises(InputError, match=r"part-1\.parquet: cannot read Parquet data"):
         for batch in read_batches(ParquetSource.resolve(str(tmp_path / "golden")), ["power_kw"], 4_000):
             read.append(batch.num_rows)
-    assert read == [4_000, 4_000, 2_000] and readers() == 0
+    assert read == [4_000, 4_000] and readers() == 0  # the file's last 2,000 rows wait for the next file's
 
 
 def test_each_model_call_is_stacked_from_the_columns_as_the_whole_matrix_would_be(power, golden_directory):

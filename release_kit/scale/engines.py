@@ -207,7 +207,8 @@ class _Scorer:
     """A Ray actor: loads both models once (from bytes shipped by the driver, with the safe loaders) and
     reduces each batch it is given."""
 
-    def __init__(self, plan: ScanPlan, shipped: dict[str, ShippedModel], allow_pickle: bool, timeout: float | None, device: str) -> None:
+    def __init__(self, plan: ScanPlan, shipped: dict[str, ShippedModel], allow_pickle: bool, timeout: float | None, device: str,
+                 partitioned: dict[str, str]) -> None:
         import shutil
         import tempfile
         from pathlib import Path
@@ -220,6 +221,7 @@ class _Scorer:
         # One intra-op thread per actor: the pool's actors share the machine's cores.
         torch.set_num_threads(1)
         self.plan = plan
+        self.partitioned = partitioned  # Hive partition columns by Arrow type
         self.models = {}
         directory = tempfile.mkdtemp(prefix="release-kit-ray-")
         try:  # the files are only read by the loaders: removed once loaded, not left on every worker
@@ -239,6 +241,10 @@ class _Scorer:
     def __call__(self, batch) -> dict:
         import pickle
 
+        from .source import typed_partitions
+
+        if self.partitioned:
+            batch = typed_partitions(batch, self.partitioned)
         return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, batch))], dtype=object)}
 
 
@@ -299,9 +305,18 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
                for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
     # Only the plan's columns are read: Ray Data pushes the selection down into the Parquet reads.
-    dataset = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.read_columns)
+    # Hive partition columns come from Ray Data's parser (as text: typed_partitions types them in the actors,
+    # as the local reads do), under the same base directory; no other directory name is a column.
+    partitioned = {key: kind for key, kind in source.partition_types.items() if key in plan.read_columns}
+    partitioning = ray.data.datasource.Partitioning("hive", base_dir=os.path.abspath(source.base)) if partitioned else None
+    dataset = ray.data.read_parquet([os.path.abspath(f) for f in source.files], partitioning=partitioning)
+    dataset = dataset.select_columns(plan.read_columns)
     if max_rows is not None:
         dataset = dataset.limit(max_rows)
+    # Blocks of chunk_rows rows cut at every chunk_rows-th row of the set, across the files' boundaries, as
+    # the local engine cuts its batches: each batch below is one block, so both engines score the same
+    # batches (a model's output for a row can depend on its batch's size) and give the same numbers.
+    dataset = dataset.repartition(target_num_rows_per_block=chunk_rows, strict=True)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
     with warnings.catch_warnings():
@@ -309,7 +324,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         # 2.64, which removes it, and a user is not told about a choice that is release-kit's.
         warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
         scored = dataset.map_batches(
-            _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
+            _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu",
+                                          partitioned),
             batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
             ray_remote_args_fn=_actors_not_restarted, **gpu_share,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from contextlib import closing
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError, first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Generator, Iterator
 
     import pyarrow as pa
 
@@ -22,6 +23,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 # job's markers and in-flight output (``_SUCCESS``, ``_temporary/``, whose Parquet files a failed write
 # leaves behind) and hidden files.
 IGNORED_PREFIXES = ("_", ".")
+# A Hive partition's value for a null key, as Spark and pyarrow write it.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
 def is_streamable(source: str) -> bool:
@@ -51,23 +54,74 @@ def _kind(arrow_type) -> str:
 @dataclass(frozen=True)
 class Footer:
     """What a Parquet file's footer says: its rows, its column names in order, and each column's kind
-    ("numbers", "booleans", "text", "categories of text", or the Arrow type's name)."""
+    ("numbers", "booleans", "text", "categories of text", or the Arrow type's name), its Hive partition
+    columns (``key=value`` directories in its path) included, after the stored ones."""
 
     rows: int
     names: tuple[str, ...]
     kinds: dict[str, str]
 
 
+def hive_partition(directories: tuple[str, ...]) -> dict[str, str]:
+    """The ``key=value`` directory names, as Ray Data parses them (one ``=``, the value URL-decoded)."""
+    from urllib.parse import unquote
+
+    pairs = (name.split("=") for name in directories if name.count("=") == 1)
+    return {key: unquote(value) for key, value in pairs}
+
+
+def partition_types(values: dict[str, set[str]]) -> dict[str, str]:
+    """Each partition key's Arrow type, from its values over every file: ``int64`` when every value casts
+    to one, else ``double`` when every value casts to a finite one, else ``string``. The casts are Arrow's,
+    the same that :func:`typed_partitions` applies to every batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types = {}
+    for key, found in values.items():
+        text = pa.array(sorted(found - {HIVE_NULL}), pa.string())
+        types[key] = "string"
+        for candidate in ("int64", "double") if len(text) else ():  # only null partitions: no number seen
+            try:
+                cast = text.cast(candidate)
+            except pa.ArrowInvalid:
+                continue
+            if candidate == "int64" or pc.all(pc.is_finite(cast)).as_py() is not False:
+                types[key] = candidate
+                break
+    return types
+
+
+def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordBatch:
+    """A batch whose partition columns arrived as text (Ray Data's, and this module's reads alike) with their
+    types: the null partition null, numbers cast. Both engines go through it, so they read the same values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = [name for name in types if name in batch.schema.names]
+    for name in present:
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index)
+        column = pc.if_else(pc.equal(column, HIVE_NULL), pa.scalar(None, pa.string()), column)
+        batch = batch.set_column(index, name, column.cast(types[name]))
+    return batch
+
+
 @dataclass(frozen=True)
 class ParquetSource:
     name: str  # as configured
     files: tuple[Path, ...]
+    # The directory whose ``key=value`` subdirectories are Hive partition columns: the golden directory, or
+    # a glob's leading directory; None for one file.
+    base: Path | None = None
 
     @classmethod
     def resolve(cls, source: str) -> ParquetSource:
         path = Path(source)
         skipped = 0
+        base = None
         if path.is_dir():
+            base = path
             if (path / "_delta_log").is_dir():  # its live files are the log's; the directory keeps removed ones too
                 raise InputError(f"{source}: a Delta table (it has a _delta_log/): its directory also holds the files of "
                                  "rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
@@ -76,6 +130,12 @@ class ParquetSource:
             skipped = len(found) - len(files)
         elif any(ch in source for ch in "*?["):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            leading = []
+            for part in path.parts:
+                if any(ch in part for ch in "*?["):
+                    break
+                leading.append(part)
+            base = Path(*leading) if leading else Path()
         elif path.is_file():
             files = [path]
         else:
@@ -86,7 +146,7 @@ class ParquetSource:
         wrong = [f for f in files if f.suffix.lower() not in PARQUET_SUFFIXES]
         if wrong:
             raise InputError(f"{source}: {wrong[0]} is not a Parquet file (a streamed golden set is Parquet)")
-        return cls(source, tuple(files))
+        return cls(source, tuple(files), base)
 
     @cached_property
     def footers(self) -> tuple[Footer, ...]:
@@ -97,16 +157,39 @@ class ParquetSource:
         from ..data import check_unique_columns
 
         footers = []
-        for file in self.files:
+        types = self.partition_types
+        for file, partition in zip(self.files, self.partitions):
             try:
                 metadata = pq.read_metadata(file)
                 schema = metadata.schema.to_arrow_schema()
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
             check_unique_columns(schema.names, str(file))
+            both = next((key for key in partition if key in schema.names), None)
+            if both is not None:  # Ray Data would take the file's, pyarrow's datasets the path's: neither is sure
+                raise InputError(f"{file}: column '{both}' is stored in the file and is a partition of its path "
+                                 f"({both}={partition[both]}): which is the golden value is ambiguous")
             kinds = {field.name: _kind(field.type) for field in schema}
-            footers.append(Footer(metadata.num_rows, tuple(schema.names), kinds))
+            kinds.update({key: "text" if types[key] == "string" else "numbers" for key in partition})
+            footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds))
         return tuple(footers)
+
+    @cached_property
+    def partitions(self) -> tuple[dict[str, str], ...]:
+        """Each file's Hive partition values by key (URL-decoded; the null partition as HIVE_NULL): the
+        ``key=value`` directories between the base directory and the file, columns not stored in it."""
+        if self.base is None:
+            return tuple({} for _ in self.files)
+        return tuple(hive_partition(Path(os.path.relpath(file.parent, self.base)).parts) for file in self.files)
+
+    @cached_property
+    def partition_types(self) -> dict[str, str]:
+        """Each Hive partition column's Arrow type (see :func:`partition_types`); empty when there are none."""
+        values: dict[str, set[str]] = {}
+        for partition in self.partitions:
+            for key, value in partition.items():
+                values.setdefault(key, set()).add(value)
+        return partition_types(values)
 
     def rows(self) -> int:
         """Row count from the files' footers."""
@@ -129,7 +212,13 @@ class ParquetSource:
                     raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Generator[pa.RecordBatch, None, None]:
-        """Record batches of at most ``chunk_rows`` rows, in file order, stopping after ``max_rows``.
+        """Record batches of ``chunk_rows`` rows (the last one fewer), in file order, stopping after ``max_rows``.
+
+        The batches are cut at every ``chunk_rows``-th row of the set, across the files' and row groups'
+        boundaries, as the Ray engine cuts them: a model's output for a row can depend on its batch's size
+        (a matrix product's tail rows take another kernel), so the same rows in any layout of files, read by
+        either engine, are scored in the same batches and give the same numbers. Many small files (a
+        partitioned set's) are scored in full batches too, not one small batch each.
 
         Each file's ``ParquetFile.iter_batches`` decodes its columns in the thread that asks for the next
         batch (:func:`batches_read_ahead` moves that to a thread of its own). pyarrow's dataset scanner read
@@ -137,7 +226,7 @@ class ParquetSource:
         that the models and the statistics beside it need."""
         self._check_columns(columns)
         seen = 0
-        for batch in self._read(columns, chunk_rows):
+        for batch in cut_batches(self._read(columns, chunk_rows), chunk_rows):
             if max_rows is not None and seen + batch.num_rows > max_rows:
                 batch = batch.slice(0, max_rows - seen)
             if batch.num_rows:
@@ -158,10 +247,18 @@ class ParquetSource:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for file in self.files:
+        types = self.partition_types
+        for file, partition in zip(self.files, self.partitions):
+            stored = [c for c in columns if c not in partition]
             try:
                 with pq.ParquetFile(file) as reader:
-                    yield from reader.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False)
+                    for batch in reader.iter_batches(batch_size=chunk_rows, columns=stored, use_threads=False):
+                        if len(stored) < len(columns):
+                            arrays = {name: batch.column(name) for name in stored}
+                            arrays.update({key: pa.repeat(pa.scalar(partition[key], pa.string()), batch.num_rows)
+                                           for key in columns if key in partition})
+                            batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns), types)
+                        yield batch
             except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
                 if isinstance(error, MemoryError):
                     raise
@@ -173,7 +270,8 @@ class ParquetSource:
 
 
 class SourceDigest:
-    """A streamed source's sha256: one digest over every file's name and content hash, in order.
+    """A streamed source's sha256: one digest over every file's path under the golden directory and content
+    hash, in order.
 
     A run creates it before importing what it needs, opening its store and loading its models, work that
     holds one core: from then on the files are hashed beside that work, by threads of their own (one per core
@@ -221,7 +319,9 @@ class SourceDigest:
                 raise InputError(f"{file}: cannot read: {first_line(content)}")
             if isinstance(content, Exception):
                 raise content
-            digest.update(f"{file.name}\0{content}\n".encode())
+            # The path under the base directory: a Hive partition's directory names are its rows' values.
+            name = file.name if self.source.base is None else Path(os.path.relpath(file, self.source.base)).as_posix()
+            digest.update(f"{name}\0{content}\n".encode())
         return digest.hexdigest()
 
     def close(self) -> None:
@@ -257,6 +357,42 @@ class SourceDigest:
         """A thread's check after each block: waits while paused; False once stopped."""
         self._running.wait()
         return not self._stopped
+
+
+def cut_batches(batches: Iterator[pa.RecordBatch], rows: int) -> Generator[pa.RecordBatch, None, None]:
+    """``batches`` cut into batches of ``rows`` rows (the last one fewer), joined across their boundaries;
+    a batch that already is one is passed on without a copy."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        start = 0
+        while start < batch.num_rows:
+            take = min(rows - count, batch.num_rows - start)
+            held.append(batch if take == batch.num_rows else batch.slice(start, take))
+            count += take
+            start += take
+            if count == rows:
+                yield joined_batches(held)
+                held, count = [], 0
+    if held:
+        yield joined_batches(held)
+
+
+def joined_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One batch of ``parts``' rows. Files may store a column as different types (float32 in one, float64 in
+    the next): each is promoted as Arrow promotes them (to float64 there), as Ray Data joins its blocks."""
+    import pyarrow as pa
+
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
+        parts = [part if part.schema == schema else
+                 pa.RecordBatch.from_arrays([part.column(field.name).cast(field.type) for field in schema], schema=schema)
+                 for part in parts]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise InputError(f"the golden files store a column as types that do not join: {first_line(error)}") from None
+    return pa.Table.from_batches(parts, schema).combine_chunks().to_batches()[0]
 
 
 def batches_read_ahead(batches: Generator[pa.RecordBatch, None, None]) -> Generator[pa.RecordBatch, None, None]:
