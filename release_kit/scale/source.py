@@ -180,7 +180,15 @@ class ParquetSource:
         ``key=value`` directories between the base directory and the file, columns not stored in it."""
         if self.base is None:
             return tuple({} for _ in self.files)
-        return tuple(hive_partition(Path(os.path.relpath(file.parent, self.base)).parts) for file in self.files)
+        partitions = tuple(hive_partition(Path(os.path.relpath(file.parent, self.base)).parts) for file in self.files)
+        # Every file under the same keys, as Hive and pyarrow lay a partitioned set out: Ray Data takes the
+        # first file's keys for every file, so a file partitioned otherwise would be read differently there.
+        for file, partition in zip(self.files, partitions):
+            if list(partition) != list(partitions[0]):
+                keys = [", ".join(f"{key}=" for key in p) or "none" for p in (partitions[0], partition)]
+                raise InputError(f"{file}: its Hive partition directories ({keys[1]}) are not the first file's "
+                                 f"({keys[0]}, {self.files[0]}): a partitioned set has the same keys in every path")
+        return partitions
 
     @cached_property
     def partition_types(self) -> dict[str, str]:
