@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError, first_line
+from .files import check_unique_columns, file_sha256
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import numpy as np
     import pandas as pd
 
@@ -137,22 +136,6 @@ class GoldenSet:
                           excluded_rows=0 if self.excluded is None else len(self.excluded))
 
 
-def file_sha256(path: Path, between_blocks: Callable[[], bool] | None = None, block_bytes: int = 1 << 20) -> str:
-    """The file's sha256, read ``block_bytes`` at a time. ``between_blocks`` is called after each block (it may
-    wait); once it returns False the hash is abandoned (:class:`HashStopped`)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(block_bytes), b""):
-            digest.update(block)
-            if between_blocks is not None and not between_blocks():
-                raise HashStopped(str(path))
-    return digest.hexdigest()
-
-
-class HashStopped(Exception):
-    """A hash abandoned half-way: its run ended first."""
-
-
 def is_sql(source: str | Path) -> bool:
     return "://" in str(source)
 
@@ -183,7 +166,13 @@ def _read_sql(source: str) -> pd.DataFrame:
 
 
 def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
-    """Content hash of a file; for a SQL table (no file to hash), a hash of the rows as read."""
+    """Content hash of a file, or of a Parquet set's files (as a streamed golden set's); for a SQL table (no
+    file to hash), a hash of the rows as read."""
+    if is_parquet_set(source):
+        from .scale.source import ParquetSource
+
+        with ParquetSource.resolve(str(source)).hashing() as digest:
+            return digest.result()
     if not is_sql(source):
         return file_sha256(Path(source))
     import pandas as pd
@@ -191,17 +180,28 @@ def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
+def is_parquet_set(source: str | Path) -> bool:
+    """A directory or a glob of Parquet files, read as a streamed golden set's files are (see
+    :class:`~release_kit.scale.source.ParquetSource`)."""
+    text = str(source)
+    return not is_sql(text) and (Path(text).is_dir() or any(ch in text for ch in "*?["))
+
+
 def read_table(path: Path | str) -> pd.DataFrame:
     import pandas as pd
 
     if is_sql(path):
         return _numpy_numbers(_unique_columns(_read_sql(str(path)), str(path)))
+    if is_parquet_set(path):  # a reference or training set kept as a job wrote it: read whole, as the golden set's files are
+        from .scale.source import ParquetSource
+
+        return _numpy_numbers(ParquetSource.resolve(str(path)).read_whole())
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv or .parquet)")
+        raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv, .parquet, or a directory or glob of Parquet files)")
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path)
@@ -218,14 +218,6 @@ def read_table(path: Path | str) -> pd.DataFrame:
         if type(error).__module__.startswith("pyarrow"):
             raise InputError(f"{path}: cannot read Parquet data: {error}") from None
         raise
-
-
-def check_unique_columns(names, source: str) -> None:
-    """InputError naming ``source`` if a column name is repeated: which one is meant would be a guess."""
-    seen: set = set()
-    repeated = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
-    if repeated:
-        raise InputError(f"{source}: column name(s) repeated: {', '.join(map(str, repeated))}")
 
 
 def _unique_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:

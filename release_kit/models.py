@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .data import file_sha256
+from .files import file_sha256
 from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
 from .signature import Signature

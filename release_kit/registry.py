@@ -173,7 +173,7 @@ def publish(
     full release. ``signature`` (the model's contract) is recorded so that later candidates can be
     compared with it. Returns the registry's version number; ``alias`` (e.g. ``champion``) is moved to it.
     """
-    from .data import file_sha256
+    from .files import file_sha256
 
     version = register_version(
         model_file, name, key=(VERSION_TAG, semver),

@@ -503,7 +503,7 @@ def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
     A file must lie inside the project and load as a model with the safe loaders: a report cannot make
     a release register an arbitrary file.
     """
-    from .data import file_sha256
+    from .files import file_sha256
 
     expected = report.candidate.sha256
     source = report.candidate.source

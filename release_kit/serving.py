@@ -270,7 +270,7 @@ class ModelPool:
         return model
 
     def _load(self, name: str, number: str, *, warm: bool) -> ServedModel:
-        from .data import file_sha256
+        from .files import file_sha256
         from .models import load_model
         from .registry import fetch_model
         from .tags import MODEL_SHA256_TAG

@@ -375,3 +375,28 @@ def test_an_unknown_expectation_type_is_one_line(project, power):
     assert result.returncode == 2 and not (project.root / "report.json").exists()
     assert result.stderr.strip().splitlines() == [f"release-kit: error: {project.root / 'checks/expectations/golden.json'}: invalid "
                                                   "expectation suite: unknown expectation type 'expect_nonexistent_thing'"], result.stderr
+
+
+@pytest.mark.parametrize(("setup", "needle"), [
+    ("empty-directory", "no Parquet files (*.parquet, *.pq) there"),
+    ("csv-in-a-glob", "is not a Parquet file"),
+    ("file-without-a-column", "part-1.parquet: missing column(s): irradiance"),
+])
+def test_a_bad_reference_set_is_one_line(project, power, cli, setup, needle):
+    """A reference set given as a directory or glob of Parquet files: what is wrong with it is named."""
+    import pandas as pd
+
+    train = pd.read_csv(power["train"])
+    folder = project.root / "reference"
+    folder.mkdir()
+    reference = "reference"
+    if setup == "csv-in-a-glob":
+        train.to_csv(folder / "part-0.csv", index=False)
+        reference = "reference/part-*"
+    elif setup == "file-without-a-column":
+        train.to_parquet(folder / "part-0.parquet")
+        train.drop(columns=["irradiance"]).to_parquet(folder / "part-1.parquet")
+    project.config('[gate]\nstages = ["data"]\n')
+    text = (project.root / "release-kit.toml").read_text()
+    project.write("release-kit.toml", text.replace("[data]\n", f'[data]\nreference = "{reference}"\n', 1))
+    assert_input_error(check(cli, "--candidate", power["better"]), project, needle)

@@ -281,3 +281,35 @@ def test_great_expectations_is_not_imported_unless_the_stage_runs(project, power
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project.root, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_reference_and_training_set_kept_as_parquet_directories_or_globs(project, with_reference, power, cli):
+    """A reference or training set as a job wrote it (a directory of Parquet files with its ``_SUCCESS``
+    marker, or a glob) is read whole, with the streamed golden sets' rules, and gives the checks of the same
+    rows in one CSV file; the profile command reads it alike. Its digest covers every file."""
+    train = pd.read_csv(power["train"])
+    (project.root / "reference").mkdir()
+    for index, start in enumerate(range(0, len(train), 700)):
+        train.iloc[start : start + 700].to_parquet(project.root / "reference" / f"part-{index:05d}.parquet")
+    (project.root / "reference" / "_SUCCESS").write_text("")
+    expected = data_checks(_check_with(with_reference, power, power["train"], power["train"]))
+    sets = data_checks(_check_with(with_reference, power, project.root / "reference", project.root / "reference" / "part-*.parquet"))
+    assert [(c.name, c.status, c.summary) for c in sets.values()] == [(c.name, c.status, c.summary) for c in expected.values()]
+    assert {"drift", "training/table:table_row_count_to_be_between"} <= set(sets)
+
+    for reference, out in ((power["train"], "from-csv.json"), (project.root / "reference", "from-directory.json")):
+        result = cli("data", "profile", "--reference", reference, "--out", out)
+        assert result.exit_code == 0, result.output
+    suites = [json.loads((project.root / out).read_text())["expectations"] for out in ("from-csv.json", "from-directory.json")]
+    assert suites[0] == suites[1]
+
+    from release_kit.data import fingerprint
+    from release_kit.scale.source import ParquetSource
+
+    with ParquetSource.resolve(str(project.root / "reference")).hashing() as digest:
+        assert fingerprint(project.root / "reference", None) == digest.result()
+
+
+def _check_with(with_reference, power, reference, training):
+    with_reference(f'training = "{training}"\n', reference=reference)
+    return gate.check(candidate=str(power["better"]), baseline=str(power["v1"]))

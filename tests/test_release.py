@@ -64,7 +64,7 @@ def test_release_registers_tags_logs_and_moves_the_alias_last(repo, cli):
         run_id=version.run_id, artifact_path="release/manifest.json", tracking_uri=repo.uri)).read_text())
     assert manifest["version"] == "1.1.0" and manifest["code"] == {"git_sha": head, "dirty": False, "changed_files": []}
     assert manifest["model_file"]["sha256"] == report["candidate"]["sha256"]
-    from release_kit.data import file_sha256
+    from release_kit.files import file_sha256
 
     assert manifest["data"]["reference"]["sha256"] == file_sha256(repo.power["train"])
     assert manifest["environment"]["packages"]["torch"].startswith("2.")

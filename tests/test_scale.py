@@ -320,7 +320,7 @@ def test_a_run_that_fails_before_the_scan_ends_the_golden_sets_hashing(streamed_
 def test_hashing_stops_within_a_block_and_a_file_gone_before_it_is_hashed_is_bad_input(golden_directory, tmp_path):
     import shutil
 
-    from release_kit.data import HashStopped, file_sha256
+    from release_kit.files import HashStopped, file_sha256
     from release_kit.errors import InputError
     from release_kit.scale.source import ParquetSource
 

@@ -248,7 +248,7 @@ def test_the_release_candidate_must_be_a_model_inside_the_project(released_proje
         plan(config, root, report)
     inside = released_project / "models" / "notes.txt"
     inside.write_text("not a model")
-    from release_kit.data import file_sha256
+    from release_kit.files import file_sha256
 
     report.candidate = {**report.candidate, "file": str(inside), "source": str(inside), "sha256": file_sha256(inside)}
     with pytest.raises(InputError, match="cannot read model"):

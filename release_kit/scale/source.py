@@ -16,6 +16,7 @@ from ..errors import InputError, first_line
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
 
+    import pandas as pd
     import pyarrow as pa
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -154,7 +155,7 @@ class ParquetSource:
         count, the column checks and every scan of the same source share them."""
         import pyarrow.parquet as pq
 
-        from ..data import check_unique_columns
+        from ..files import check_unique_columns
 
         footers = []
         types = self.partition_types
@@ -198,6 +199,18 @@ class ParquetSource:
             for key, value in partition.items():
                 values.setdefault(key, set()).add(value)
         return partition_types(values)
+
+    def read_whole(self) -> pd.DataFrame:
+        """Every row of every file as one frame (a reference or training set, which fits in memory), with the
+        first file's columns, which every file must have; types that differ between files are promoted."""
+        import pandas as pd
+        import pyarrow as pa
+
+        columns = [name for name in self.footers[0].names if not name.startswith("__index_level_")]
+        tables = [pa.Table.from_batches([batch]) for batch in self.batches(columns, 1 << 20)]
+        if not tables:
+            return pd.DataFrame({name: [] for name in columns})
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def rows(self) -> int:
         """Row count from the files' footers."""
@@ -347,7 +360,7 @@ class SourceDigest:
 
     def _hash_files(self) -> None:
         """Hash the files no thread has taken, one at a time, until none is left or hashing stops."""
-        from ..data import HashStopped, file_sha256
+        from ..files import HashStopped, file_sha256
 
         while True:
             with self._lock:

@@ -1,0 +1,39 @@
+"""Files the gate reads and does not trust: their content hashes, read in blocks, and their column names.
+
+Below every reader (the tables, the streamed Parquet sets, the models, the registry's downloads), which
+import it and nothing else of each other for it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def file_sha256(path: Path, between_blocks: Callable[[], bool] | None = None, block_bytes: int = 1 << 20) -> str:
+    """The file's sha256, read ``block_bytes`` at a time. ``between_blocks`` is called after each block (it may
+    wait); once it returns False the hash is abandoned (:class:`HashStopped`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+            if between_blocks is not None and not between_blocks():
+                raise HashStopped(str(path))
+    return digest.hexdigest()
+
+
+class HashStopped(Exception):
+    """A hash abandoned half-way: its run ended first."""
+
+
+def check_unique_columns(names, source: str) -> None:
+    """InputError naming ``source`` if a column name is repeated: which one is meant would be a guess."""
+    seen: set = set()
+    repeated = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
+    if repeated:
+        raise InputError(f"{source}: column name(s) repeated: {', '.join(map(str, repeated))}")
