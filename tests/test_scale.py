@@ -919,10 +919,12 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "repeated-column-in-a-later-file", "part-1.parquet: column name(s) repeated: power_kw"),
         ([], "stored-and-partition-column", "column 'hour' is stored in the file and is a partition of its path (hour=3)"),
         ([], "partitioned-unevenly", "site=3/part.parquet: its Hive partition directories (site=) are not the first file's (none"),
+        ([], "text-partition-feature", "golden column 'hour' is stored as text in its path (hour=7h), not as numbers"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
-         "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly"],
+         "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
+         "text-partition-feature"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -964,6 +966,10 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "stored-and-partition-column":  # which is the golden hour: the file's or the path's?
         (golden / "hour=3").mkdir()
         frame.to_parquet(golden / "hour=3" / "part.parquet")
+    elif setup == "text-partition-feature":
+        for hour in ("7h", "8h"):
+            (golden / f"hour={hour}").mkdir()
+            frame.drop(columns=["hour"]).to_parquet(golden / f"hour={hour}" / "part.parquet")
     elif setup == "partitioned-unevenly":  # Ray Data would read the second file as partitioned like the first
         frame.to_parquet(golden / "part.parquet")
         (golden / "site=3").mkdir()

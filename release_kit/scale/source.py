@@ -171,7 +171,8 @@ class ParquetSource:
                 raise InputError(f"{file}: column '{both}' is stored in the file and is a partition of its path "
                                  f"({both}={partition[both]}): which is the golden value is ambiguous")
             kinds = {field.name: _kind(field.type) for field in schema}
-            kinds.update({key: "text" if types[key] == "string" else "numbers" for key in partition})
+            kinds.update({key: f"text in its path ({key}={value})" if types[key] == "string" else "numbers"
+                          for key, value in partition.items()})
             footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds))
         return tuple(footers)
 
