@@ -306,6 +306,28 @@ def test_the_same_rows_in_any_layout_of_files_give_the_same_numbers(streamed_pro
         assert metric(reports["one"], name) == metric(reports["scattered"], name), name
 
 
+def test_batches_joined_across_files_promote_their_types_as_arrow_does():
+    """A batch cut across two files joins their rows: float32 and float64 as float64, categories and plain
+    text as text, an all-null column with the other's type; text and numbers do not join (exit 2)."""
+    import pyarrow as pa
+
+    from release_kit.errors import InputError
+    from release_kit.scale.source import cut_batches
+
+    def part(**columns):
+        return pa.RecordBatch.from_pydict(columns)
+
+    categories = pa.array(["x", "y"]).dictionary_encode()
+    joined = list(cut_batches(iter([part(c=categories, n=pa.array([1.5, 2.5], pa.float32())),
+                                    part(c=pa.array(["w", None]), n=pa.array([3.25, 4.0]))]), 4))
+    assert len(joined) == 1 and joined[0].column("c").to_pylist() == ["x", "y", "w", None]
+    assert joined[0].schema.field("n").type == pa.float64() and joined[0].column("n").to_pylist() == [1.5, 2.5, 3.25, 4.0]
+    nulls = list(cut_batches(iter([part(c=pa.nulls(1)), part(c=pa.array(["w"]))]), 2))
+    assert nulls[0].column("c").to_pylist() == [None, "w"]
+    with pytest.raises(InputError, match="types that do not join: .*Field c"):
+        list(cut_batches(iter([part(c=pa.array(["a"])), part(c=pa.array([1]))]), 2))
+
+
 def test_a_run_that_fails_before_the_scan_ends_the_golden_sets_hashing(streamed_project, cli):
     """The streamed set is hashed from the run's start, beside the models' loading: a model that cannot be
     loaded is still exit 2 with one line, and no hashing thread outlives the run."""

@@ -402,19 +402,36 @@ def cut_batches(batches: Iterator[pa.RecordBatch], rows: int) -> Generator[pa.Re
 
 def joined_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     """One batch of ``parts``' rows. Files may store a column as different types (float32 in one, float64 in
-    the next): each is promoted as Arrow promotes them (to float64 there), as Ray Data joins its blocks."""
+    the next): each is promoted as Arrow promotes them (to float64 there), as Ray Data joins its blocks; a
+    column stored as categories in one file and as plain values in another is joined as plain values."""
     import pyarrow as pa
 
     if len(parts) == 1:
         return parts[0]
+    failed = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
     try:
         schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
+    except failed:
+        parts = [_without_categories(part) for part in parts]
+        try:
+            schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
+        except failed as error:
+            raise InputError(f"the golden files store a column as types that do not join: {first_line(error)}") from None
+    try:
         parts = [part if part.schema == schema else
                  pa.RecordBatch.from_arrays([part.column(field.name).cast(field.type) for field in schema], schema=schema)
                  for part in parts]
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+    except failed as error:
         raise InputError(f"the golden files store a column as types that do not join: {first_line(error)}") from None
     return pa.Table.from_batches(parts, schema).combine_chunks().to_batches()[0]
+
+
+def _without_categories(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its dictionary-encoded (categorical) columns as their plain values."""
+    import pyarrow as pa
+
+    arrays = [column.dictionary_decode() if pa.types.is_dictionary(column.type) else column for column in batch.columns]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def batches_read_ahead(batches: Generator[pa.RecordBatch, None, None]) -> Generator[pa.RecordBatch, None, None]:
