@@ -168,9 +168,9 @@ def _read_sql(source: str) -> pd.DataFrame:
 def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
     """Content hash of a file, or of a Parquet set's files (as a streamed golden set's); for a SQL table (no
     file to hash), a hash of the rows as read."""
-    if is_parquet_set(source):
-        from .scale.source import ParquetSource
+    from .scale.source import ParquetSource, is_parquet_set
 
+    if is_parquet_set(source):
         with ParquetSource.resolve(str(source)).hashing() as digest:
             return digest.result()
     if not is_sql(source):
@@ -180,21 +180,14 @@ def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def is_parquet_set(source: str | Path) -> bool:
-    """A directory or a glob of Parquet files, read as a streamed golden set's files are (see
-    :class:`~release_kit.scale.source.ParquetSource`)."""
-    text = str(source)
-    return not is_sql(text) and (Path(text).is_dir() or any(ch in text for ch in "*?["))
-
-
 def read_table(path: Path | str) -> pd.DataFrame:
     import pandas as pd
 
     if is_sql(path):
         return _numpy_numbers(_unique_columns(_read_sql(str(path)), str(path)))
-    if is_parquet_set(path):  # a reference or training set kept as a job wrote it: read whole, as the golden set's files are
-        from .scale.source import ParquetSource
+    from .scale.source import ParquetSource, is_parquet_set
 
+    if is_parquet_set(path):  # a reference or training set kept as a job wrote it: read whole, as the golden set's files are
         return _numpy_numbers(ParquetSource.resolve(str(path)).read_whole())
     path = Path(path)
     if not path.exists():

@@ -196,18 +196,43 @@ def _write_partitioned(frame: pd.DataFrame, directory: Path, keys: list[str]) ->
 
 def test_a_hive_partitioned_directory_reads_its_partition_columns(streamed_project, power, golden_directory, cli):
     """A directory partitioned by a feature (``hour=7/``, Spark's ``partitionBy``) and by a column the models
-    do not read: the partition columns are read from the paths. The gate gives the numbers of the same files
-    with those columns stored in them (the same batches: equal to 1e-9), and of the rows read whole (other
-    batch shapes, whose float32 predictions round differently: 1e-6). Its digest covers the partitions' names."""
+    do not read: the partition columns are read from the paths. Checked as users run it (the CLI in a
+    subprocess, every default stage, MLflow tracking on, the reference a job's Parquet directory), the gate
+    gives the numbers of the same files with those columns stored in them (the same batches: equal to 1e-9),
+    and of the rows read whole (other batch shapes, whose float32 predictions round differently: 1e-6). Its
+    digest covers the partitions' names."""
     import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+
+    reference = streamed_project / "reference"
+    reference.mkdir()
+    train = pd.read_csv(power["train"])
+    for index, start in enumerate(range(0, len(train), 900)):
+        train.iloc[start : start + 900].to_parquet(reference / f"part-{index:05d}.parquet")
+    (reference / "_SUCCESS").write_text("")
+
+    def configure_with_reference(golden: Path) -> Path:
+        configure(streamed_project, power, golden)
+        config = streamed_project / "release-kit.toml"
+        config.write_text(config.read_text().replace(f'reference = "{power["train"]}"', f'reference = "{reference}"'))
+        assert f'reference = "{reference}"' in config.read_text()
+        return config
 
     rows = pd.read_csv(golden_directory / "golden.csv").iloc[:8_000]
     rows = rows.assign(site=np.where(np.arange(len(rows)) % 3 == 0, "north east", "south"))
     partitioned = streamed_project / "partitioned"
     _write_partitioned(rows, partitioned, ["hour", "site"])
     assert (partitioned / "hour=7" / "site=north%20east").is_dir()
-    configure(streamed_project, power, partitioned)
-    streamed = run(cli)
+    config = configure_with_reference(partitioned)
+    config.write_text(config.read_text().replace("[mlflow]\nenabled = false\n", ""))
+    done = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-2000:]
+    streamed = json.loads((streamed_project / "report.json").read_text())
+    assert {c["stage"] for c in streamed["checks"]} == {"quality", "outliers", "performance", "data"}
+    logged = MlflowClient(tracking_uri=f"sqlite:///{streamed_project / '.release-kit' / 'mlflow.db'}").get_run(streamed["mlflow"]["run_id"])
+    assert logged.data.metrics["quality.mae.candidate"] == pytest.approx(metric(streamed, "mae")["candidate"], rel=1e-6)
 
     # The same files in the same order, each with its path's values stored as columns.
     flat = streamed_project / "flat"
@@ -217,10 +242,10 @@ def test_a_hive_partitioned_directory_reads_its_partition_columns(streamed_proje
         hour, site = (part.split("=")[1] for part in file.relative_to(partitioned).parts[:2])
         frame = pq.read_table(file).to_pandas().assign(hour=int(hour), site=site.replace("%20", " "))
         frame.to_parquet(flat / f"part-{index:05d}.parquet")
-    configure(streamed_project, power, flat)
+    configure_with_reference(flat)
     stored = run(cli)
     pd.concat(pd.read_parquet(f) for f in sorted(flat.glob("*.parquet"))).to_csv(streamed_project / "whole.csv", index=False)
-    configure(streamed_project, power, streamed_project / "whole.csv")
+    configure_with_reference(streamed_project / "whole.csv")
     whole = run(cli)
 
     assert streamed["data"]["golden"]["rows"] == stored["data"]["golden"]["rows"] == whole["data"]["golden"]["rows"] == 8_000
@@ -236,6 +261,8 @@ def test_a_hive_partitioned_directory_reads_its_partition_columns(streamed_proje
     assert [(c["name"], c["status"]) for c in streamed["checks"] if c["stage"] != "performance"] == \
         [(c["name"], c["status"]) for c in stored["checks"] if c["stage"] != "performance"]
     assert "site" in checks["data::golden/table:table_columns_to_match_ordered_list"]["details"]["observed_value"]
+    # The reference directory was read whole: the drift check ran against it.
+    assert "data::drift" in checks and checks["data::drift"]["status"] in ("pass", "warn"), checks["data::drift"]["summary"]
 
     # Moving a file to another partition changes its rows' values: the digest changes with it.
     from release_kit.scale.source import ParquetSource
@@ -255,9 +282,9 @@ def test_hive_partition_values_are_typed_as_arrow_casts_them(tmp_path):
     ``key=value`` directories under its leading directory, not the directories above it."""
     import pyarrow as pa
 
-    from release_kit.scale.source import HIVE_NULL, ParquetSource, partition_types, typed_partitions
+    from release_kit.scale.source import HIVE_NULL, ParquetSource, infer_partition_types, typed_partitions
 
-    assert partition_types({"a": {"007", "-3"}, "b": {"1.5", "2"}, "c": {"1e400", "2"}, "d": {"x", "1"},
+    assert infer_partition_types({"a": {"007", "-3"}, "b": {"1.5", "2"}, "c": {"1e400", "2"}, "d": {"x", "1"},
                             "e": {"4", HIVE_NULL}, "f": {HIVE_NULL}}) == {
         "a": "int64", "b": "double", "c": "string", "d": "string", "e": "int64", "f": "string"}
     batch = pa.RecordBatch.from_pydict({"e": ["4", HIVE_NULL, "5"], "x": [1.0, 2.0, 3.0]})

@@ -243,8 +243,7 @@ class _Scorer:
 
         from .source import typed_partitions
 
-        if self.partitioned:
-            batch = typed_partitions(batch, self.partitioned)
+        batch = typed_partitions(batch, self.partitioned)  # as is when none is read
         return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, batch))], dtype=object)}
 
 

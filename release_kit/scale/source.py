@@ -28,12 +28,20 @@ IGNORED_PREFIXES = ("_", ".")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
+def is_glob(source: str) -> bool:
+    """A path with a wildcard in it (glob's own: *, ?, [)."""
+    return any(ch in source for ch in "*?[")
+
+
+def is_parquet_set(source: str | Path) -> bool:
+    """A directory or a glob of Parquet files (not a URL)."""
+    text = str(source)
+    return "://" not in text and (Path(text).is_dir() or is_glob(text))
+
+
 def is_streamable(source: str) -> bool:
     """A directory or a glob (always streamed), or a single Parquet file (streamed when it is large)."""
-    if "://" in source:
-        return False
-    path = Path(source)
-    return path.is_dir() or any(ch in source for ch in "*?[") or path.suffix.lower() in PARQUET_SUFFIXES
+    return is_parquet_set(source) or ("://" not in source and Path(source).suffix.lower() in PARQUET_SUFFIXES)
 
 
 def _kind(arrow_type) -> str:
@@ -71,7 +79,7 @@ def hive_partition(directories: tuple[str, ...]) -> dict[str, str]:
     return {key: unquote(value) for key, value in pairs}
 
 
-def partition_types(values: dict[str, set[str]]) -> dict[str, str]:
+def infer_partition_types(values: dict[str, set[str]]) -> dict[str, str]:
     """Each partition key's Arrow type, from its values over every file: ``int64`` when every value casts
     to one, else ``double`` when every value casts to a finite one, else ``string``. The casts are Arrow's,
     the same that :func:`typed_partitions` applies to every batch."""
@@ -129,11 +137,11 @@ class ParquetSource:
             found = [p for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file()]
             files = sorted(p for p in found if not any(part.startswith(IGNORED_PREFIXES) for part in p.relative_to(path).parts))
             skipped = len(found) - len(files)
-        elif any(ch in source for ch in "*?["):
+        elif is_glob(source):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             leading = []
             for part in path.parts:
-                if any(ch in part for ch in "*?["):
+                if is_glob(part):
                     break
                 leading.append(part)
             base = Path(*leading) if leading else Path()
@@ -194,12 +202,12 @@ class ParquetSource:
 
     @cached_property
     def partition_types(self) -> dict[str, str]:
-        """Each Hive partition column's Arrow type (see :func:`partition_types`); empty when there are none."""
+        """Each Hive partition column's Arrow type (see :func:`infer_partition_types`); empty when there are none."""
         values: dict[str, set[str]] = {}
         for partition in self.partitions:
             for key, value in partition.items():
                 values.setdefault(key, set()).add(value)
-        return partition_types(values)
+        return infer_partition_types(values)
 
     def read_whole(self) -> pd.DataFrame:
         """Every row of every file as one frame (a reference or training set, which fits in memory), with the
