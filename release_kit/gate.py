@@ -220,6 +220,9 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
                           device=config.inference.device, **options)
     else:
         summary = run_local(source, plan, roles, **options)
+    if summary.rows != plan.total_rows:  # an engine that left out or repeated rows: no gate decides on that
+        raise RuntimeError(f"{source.name}: the {run_spec.engine} engine read {summary.rows:,} rows, "
+                           f"not the {plan.total_rows:,} its files hold")
     if summary.used_rows == 0:
         raise InputError(f"{source.name}: no usable golden row: every row has NaN/inf or impossible values")
     sample = summary.sample.ordered()

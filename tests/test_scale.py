@@ -84,6 +84,7 @@ def configure(root: Path, power, golden: Path, extra: str = "") -> None:
 def run(cli, *args) -> dict:
     result = cli("check", "--candidate", "candidate.pt", "--format", "json", *args)
     assert result.exit_code in (0, 1), result.output[-3000:]
+    assert result.stdout.startswith("{"), result.stdout[:3000]  # stdout is the report alone
     return json.loads(result.stdout)
 
 
@@ -181,6 +182,32 @@ def test_a_directory_written_by_a_job_is_read_without_its_markers_and_hidden_fil
     assert written["data"]["golden"]["sha256"] == alone["data"]["golden"]["sha256"]
     for name in ("mae", "rmse", "r2"):
         assert metric(written, name) == metric(alone, name)
+
+
+def test_parquet_files_named_as_hive_names_them_and_linked_directories_are_read(streamed_project, power, golden_directory, cli):
+    """Hive and Impala name a table's Parquet files ``000000_0``: read as Parquet by their first bytes, a
+    Hadoop checksum beside them skipped. A linked directory is read as Spark reads it, a link back up the tree
+    once. The same numbers as the same files named ``*.parquet`` in one directory."""
+    import shutil
+
+    hive, elsewhere = streamed_project / "warehouse" / "golden", streamed_project / "elsewhere"
+    hive.mkdir(parents=True)
+    elsewhere.mkdir()
+    written = sorted((golden_directory / "golden").glob("*.parquet"))
+    assert len(written) >= 3
+    for index, file in enumerate(written):
+        folder = elsewhere if index == len(written) - 1 else hive
+        shutil.copy(file, folder / f"{index:06d}_0")
+        (folder / f"{index:06d}_0.crc").write_bytes(b"crc\0")
+    (hive / "later").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(hive, target_is_directory=True)
+    configure(streamed_project, power, hive)
+    laid_out = run(cli, "--stage", "quality")
+    configure(streamed_project, power, golden_directory / "golden")
+    named_parquet = run(cli, "--stage", "quality")
+    assert laid_out["data"]["golden"]["rows"] == named_parquet["data"]["golden"]["rows"] == 30_000
+    for name in ("mae", "rmse", "r2"):
+        assert metric(laid_out, name) == metric(named_parquet, name)
 
 
 def _write_partitioned(frame: pd.DataFrame, directory: Path, keys: list[str]) -> None:
@@ -408,12 +435,15 @@ def test_hashing_stops_within_a_block_and_a_file_gone_before_it_is_hashed_is_bad
 def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, power, golden_directory, cli, shared_ray):
     """Every check alike on both engines, on a Hive-partitioned directory (partitioned by a feature and by a
     column with nulls, under a ``key=value`` directory that is no column): Ray Data parses the partitions
-    itself, as text that the actors type as the local reads do, the null partition null."""
+    itself, as text that the actors type as the local reads do, the null partition null. One file is named
+    ``*.pq``, which Ray Data's default filter of names would drop."""
     rows = pd.read_csv(golden_directory / "golden.csv").iloc[:20_000]
     rows = rows.assign(site=pd.Series(np.where(np.arange(len(rows)) % 4 == 0, None, "south"), dtype=object))
     partitioned = streamed_project / "run=2" / "golden"
     _write_partitioned(rows, partitioned, ["hour", "site"])
     assert list(partitioned.glob("hour=3/site=__HIVE_DEFAULT_PARTITION__"))
+    written = sorted(partitioned.rglob("*.parquet"))[0]
+    written.rename(written.with_suffix(".pq"))
     configure(streamed_project, power, partitioned)
     # Not the performance stage: it times the models on the machine's clock, whichever engine read the data.
     stages = ("--stage", "quality", "--stage", "outliers", "--stage", "data")
@@ -969,11 +999,15 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "stored-and-partition-column", "column 'hour' is stored in the file and is a partition of its path (hour=3)"),
         ([], "partitioned-unevenly", "site=3/part.parquet: its Hive partition directories (site=) are not the first file's (none"),
         ([], "text-partition-feature", "golden column 'hour' is stored as text in its path (hour=7h), not as numbers"),
+        ([], "text-file-in-directory", "golden/notes.txt is not a Parquet file (a Parquet directory holds Parquet files only"),
+        ([], "broken-link", "golden/gone.parquet is not a file that can be read (a broken link?)"),
+        ([], "iceberg-table", "an Iceberg table (it has metadata/*.metadata.json)"),
+        (["--engine", "ray"], "hive-named-files-on-ray", "000000_0: Ray Data reads Parquet files named *.parquet or *.pq only"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
-         "text-partition-feature"],
+         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hive-named-files-on-ray"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -1023,8 +1057,19 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         frame.to_parquet(golden / "part.parquet")
         (golden / "site=3").mkdir()
         frame.to_parquet(golden / "site=3" / "part.parquet")
+    elif setup == "iceberg-table":  # its data/ keeps the files of removed rows: which are live is its snapshot's
+        (golden / "data").mkdir()
+        frame.to_parquet(golden / "data" / "part.parquet")
+        (golden / "metadata").mkdir()
+        (golden / "metadata" / "v1.metadata.json").write_text("{}")
+    elif setup == "hive-named-files-on-ray":  # Parquet by its bytes (the local engine reads it), not by its name
+        frame.to_parquet(golden / "000000_0")
     elif setup != "empty":
         frame.to_parquet(golden / "part.parquet")
+    if setup == "text-file-in-directory":  # not skipped: a file left out would be rows the gate never saw
+        (golden / "notes.txt").write_text("written by hand")
+    elif setup == "broken-link":
+        (golden / "gone.parquet").symlink_to(golden / "moved-away.parquet")
     if setup == "csv-in-directory":
         golden = tmp_path / "golden" / "*"
     shutil.copy(power["better"], tmp_path / "candidate.pt")

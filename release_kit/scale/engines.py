@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError, first_line
 from .batches import PreparedBatch, ScanPlan, ScoredBatch, prepare_batch, reduce_batch, run_models, summarize_batch
+from .source import PARQUET_SUFFIXES
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -261,6 +262,10 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         import ray
     except ImportError:
         raise InputError("[run] engine = \"ray\" needs Ray: pip install 'release-kit[ray]'") from None
+    unnamed = [f for f in source.files if f.suffix.lower() not in PARQUET_SUFFIXES]
+    if unnamed:  # Ray Data drops every file its extensions do not name (no filter at all is not an option)
+        raise InputError(f"{unnamed[0]}: Ray Data reads Parquet files named *.parquet or *.pq only, and this one is not: "
+                         "rename the files, or run with --engine local")
     started = time.monotonic()
     started_here = not ray.is_initialized()
     if started_here:
@@ -308,7 +313,10 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     # as the local reads do), under the same base directory; no other directory name is a column.
     partitioned = {key: kind for key, kind in source.partition_types.items() if key in plan.read_columns}
     partitioning = ray.data.datasource.Partitioning("hive", base_dir=os.path.abspath(source.base)) if partitioned else None
-    dataset = ray.data.read_parquet([os.path.abspath(f) for f in source.files], partitioning=partitioning)
+    # Ray Data keeps only the files its extensions name, given by name or not: by default *.parquet alone,
+    # which would silently drop the *.pq files the source holds.
+    extensions = [suffix.lstrip(".") for suffix in PARQUET_SUFFIXES]
+    dataset = ray.data.read_parquet([os.path.abspath(f) for f in source.files], partitioning=partitioning, file_extensions=extensions)
     dataset = dataset.select_columns(plan.read_columns)
     if max_rows is not None:
         dataset = dataset.limit(max_rows)

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 # Names under a golden directory that are not its data, as pyarrow's datasets, Spark and Hive skip them: a
 # job's markers and in-flight output (``_SUCCESS``, ``_temporary/``, whose Parquet files a failed write
 # leaves behind) and hidden files.
 IGNORED_PREFIXES = ("_", ".")
+# Hadoop's checksum of each file it writes (``part-0.parquet.crc``; hidden, ``.part-0.parquet.crc``, by Spark).
+CHECKSUM_SUFFIXES = (".crc",)
 # A Hive partition's value for a null key, as Spark and pyarrow write it.
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
@@ -116,6 +119,41 @@ def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordB
     return batch
 
 
+def _files_under(directory: Path) -> Generator[Path, None, None]:
+    """Every name under the directory that is not a directory (broken links included). Links to directories
+    are followed, as Spark and pyarrow's datasets follow them, each real directory once: a link back up the
+    tree is no loop."""
+    seen = {os.path.realpath(directory)}
+    for root, directories, names in os.walk(directory, followlinks=True):
+        unseen = []
+        for name in directories:
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in seen:
+                seen.add(real)
+                unseen.append(name)
+        directories[:] = unseen
+        yield from (Path(root, name) for name in names)
+
+
+def _data_file(path: Path, rule: str) -> bool:
+    """Whether a path a directory or glob holds is one of its Parquet files (False: a directory). Named
+    ``*.parquet``/``*.pq``, or, as Hive and Impala name theirs (``000000_0``), starting with Parquet's magic
+    bytes. Anything else is bad input, never skipped: a file left out is rows the gate silently never saw."""
+    if path.is_dir():
+        return False
+    if not path.is_file():
+        raise InputError(f"{path} is not a file that can be read (a broken link?)")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as file:
+            if file.read(4) == PARQUET_MAGIC:
+                return True
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+    raise InputError(f"{path} is not a Parquet file ({rule})")
+
+
 @dataclass(frozen=True)
 class ParquetSource:
     name: str  # as configured
@@ -134,11 +172,19 @@ class ParquetSource:
             if (path / "_delta_log").is_dir():  # its live files are the log's; the directory keeps removed ones too
                 raise InputError(f"{source}: a Delta table (it has a _delta_log/): its directory also holds the files of "
                                  "rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
-            found = [p for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file()]
-            files = sorted(p for p in found if not any(part.startswith(IGNORED_PREFIXES) for part in p.relative_to(path).parts))
-            skipped = len(found) - len(files)
+            if any((path / "metadata").glob("*.metadata.json")):  # likewise: its snapshot lists the live files
+                raise InputError(f"{source}: an Iceberg table (it has metadata/*.metadata.json): its data/ also holds the files "
+                                 "of rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
+            files = []
+            for entry in sorted(_files_under(path)):
+                if any(part.startswith(IGNORED_PREFIXES) for part in entry.relative_to(path).parts):
+                    skipped += entry.suffix.lower() in PARQUET_SUFFIXES and entry.is_file()
+                elif entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, "a Parquet directory holds "
+                                                                                   "Parquet files only; names starting with _ or . are skipped"):
+                    files.append(entry)
         elif is_glob(source):
-            files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            matched = sorted(Path(p) for p in glob.glob(source, recursive=True))
+            files = [p for p in matched if _data_file(p, "a streamed golden set is Parquet")]
             leading = []
             for part in path.parts:
                 if is_glob(part):
@@ -152,9 +198,6 @@ class ParquetSource:
         if not files:
             aside = f" ({skipped} skipped: a name under it starts with _ or .)" if skipped else ""
             raise InputError(f"{source}: no Parquet files (*.parquet, *.pq) there{aside}")
-        wrong = [f for f in files if f.suffix.lower() not in PARQUET_SUFFIXES]
-        if wrong:
-            raise InputError(f"{source}: {wrong[0]} is not a Parquet file (a streamed golden set is Parquet)")
         return cls(source, tuple(files), base)
 
     @cached_property
