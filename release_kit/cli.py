@@ -7,6 +7,7 @@ Only click is imported at start-up; everything else loads inside the command tha
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -88,15 +89,19 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
 
     config, project_dir = gate.resolve_config(inputs["config_path"])
     listener = render.ProgressListener(Console(stderr=True))
+    # stdout is the command's output alone (a --format json consumer parses it): what the libraries and a
+    # model factory print while the gate runs goes to stderr (Ray's driver prints its raylet's warnings, such
+    # as "8 PYTHON worker processes have been started", to sys.stdout from a thread).
     try:
-        report = gate.check(
-            config, directory=project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
-            baseline_version=inputs["baseline_version"], data=inputs["data"], stages=list(inputs["stages"]) or None,
-            allow_pickle=inputs["allow_pickle"], log_to_mlflow=False if inputs["no_mlflow"] else None,
-            registry=inputs["registry_mode"], waivers=tuple(inputs["waive"]), prerelease=inputs["prerelease"],
-            build=inputs["build_metadata"], listener=listener, benchmark_json=benchmark_json,
-            engine=inputs["engine"], max_rows=inputs["max_rows"],
-        )
+        with contextlib.redirect_stdout(sys.stderr):
+            report = gate.check(
+                config, directory=project_dir, candidate=inputs["candidate"], baseline=inputs["baseline"],
+                baseline_version=inputs["baseline_version"], data=inputs["data"], stages=list(inputs["stages"]) or None,
+                allow_pickle=inputs["allow_pickle"], log_to_mlflow=False if inputs["no_mlflow"] else None,
+                registry=inputs["registry_mode"], waivers=tuple(inputs["waive"]), prerelease=inputs["prerelease"],
+                build=inputs["build_metadata"], listener=listener, benchmark_json=benchmark_json,
+                engine=inputs["engine"], max_rows=inputs["max_rows"],
+            )
     finally:
         listener.close()
     if (inputs["engine"] or config.run.engine) == "ray" and report.environment.get("golden_read") == "whole":
