@@ -180,7 +180,8 @@ class ParquetSource:
                 if any(part.startswith(IGNORED_PREFIXES) for part in entry.relative_to(path).parts):
                     skipped += entry.suffix.lower() in PARQUET_SUFFIXES and entry.is_file()
                 elif entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, "a Parquet directory holds "
-                                                                                   "Parquet files only; names starting with _ or . are skipped"):
+                                                                                   "Parquet files only, but names starting with _ or .; "
+                                                                                   "a glob such as dir/*.parquet picks files"):
                     files.append(entry)
         elif is_glob(source):
             matched = sorted(Path(p) for p in glob.glob(source, recursive=True))
