@@ -140,8 +140,16 @@ def is_sql(source: str | Path) -> bool:
     return "://" in str(source)
 
 
+# URLs of files, not of databases: read from local paths only (a mounted bucket is one).
+FILE_URL_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "az", "abfs", "abfss", "adl", "wasb", "wasbs", "hdfs", "http", "https", "ftp", "file")
+
+
 def split_sql(source: str) -> tuple[str, str]:
     """``sqlite:///data/golden.db#golden`` → (connection URL, table)."""
+    scheme = str(source).partition("://")[0].lower()
+    if scheme in FILE_URL_SCHEMES:
+        raise InputError(f"{source}: data sets are read from local paths, not from {scheme}:// URLs: copy the files to a "
+                         "directory (or mount the bucket) and give its path")
     url, _, table = str(source).rpartition("#")
     if not url or not table:
         raise InputError(f"SQL data source {source!r} needs a table: write it as URL#table")

@@ -1003,11 +1003,13 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "broken-link", "golden/gone.parquet is not a file that can be read (a broken link?)"),
         ([], "iceberg-table", "an Iceberg table (it has metadata/*.metadata.json)"),
         (["--engine", "ray"], "hive-named-files-on-ray", "000000_0: Ray Data reads Parquet files named *.parquet or *.pq only"),
+        (["--engine", "ray", "--data", "s3://bucket/golden/*.parquet"], None,
+         "s3://bucket/golden/*.parquet: data sets are read from local paths, not from s3:// URLs"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
-         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hive-named-files-on-ray"],
+         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hive-named-files-on-ray", "object-store-url"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
