@@ -233,25 +233,36 @@ def print_history(model: str, entries: list, console: Console) -> None:
 
 
 class ProgressListener:
-    """A transient progress bar on stderr while the checks run."""
+    """A transient progress bar on stderr while the checks run. Where stderr is no terminal (a CI log), a
+    long streamed scan prints a line every ``LOG_EVERY_S`` seconds instead: a bar is not drawn there."""
+
+    LOG_EVERY_S = 10.0
 
     def __init__(self, console: Console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.console = console
         self.progress = Progress(
             TextColumn("[bold]checks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
             TimeElapsedColumn(), console=console, transient=True,
         )
         self.task = None
         self.rows_task = None
+        self.next_log_s = self.LOG_EVERY_S  # a scan shorter than that logs nothing
 
-    def rows(self, count: int, seconds: float) -> None:
-        """A streamed golden set's progress: rows through both models so far, and the rate."""
+    def rows(self, count: int, total: int, seconds: float) -> None:
+        """A streamed golden set's progress: rows through both models so far, of ``total``, and the rate."""
+        rate = count / seconds if seconds > 0 else 0.0
+        text = f"golden rows: {count:,} of {total:,} ({rate:,.0f} rows/s)"
+        if not self.console.is_terminal:
+            if seconds >= self.next_log_s:
+                self.console.print(f"release-kit: {text}", markup=False, highlight=False)
+                self.next_log_s = seconds + self.LOG_EVERY_S
+            return
         if self.rows_task is None:
             self.progress.start()
-            self.rows_task = self.progress.add_task("", total=None)
-        rate = count / seconds if seconds > 0 else 0.0
-        self.progress.update(self.rows_task, description=f"golden rows: {count:,} ({rate:,.0f} rows/s)")
+            self.rows_task = self.progress.add_task("", total=total)
+        self.progress.update(self.rows_task, completed=count, description=text)
 
     def started(self, total: int) -> None:
         if self.rows_task is not None:

@@ -1754,8 +1754,9 @@ def test_a_later_batch_that_cannot_be_prepared_ends_the_local_scan_with_its_erro
     source = type(source).resolve(str(tmp_path / "golden"))
     progress = []
     with pytest.raises(InputError, match=f"golden column '{pf.FEATURES[0]}' is not numeric"):
-        run_local(source, plan, models, chunk_rows=4_000, progress=lambda rows, _: progress.append(rows))
-    assert progress and progress[-1] <= 20_000  # the batches before it were summarized
+        run_local(source, plan, models, chunk_rows=4_000, progress=lambda rows, total, _: progress.append((rows, total)))
+    assert progress and progress[-1][0] <= 20_000  # the batches before it were summarized
+    assert {total for _, total in progress} == {source.rows()}
     assert not [t for t in threading.enumerate() if t.name.startswith(("release-kit-read", "release-kit-scan"))]
 
 
@@ -1835,3 +1836,27 @@ def test_ray_actors_on_the_gpu_give_the_local_numbers(power, golden_directory):
     assert on_gpu.rows == local.rows
     # float32 arithmetic on another device: equal to its rounding (seen on an H100: 1.5e-8 apart near zero).
     np.testing.assert_allclose(on_gpu.sample.ordered()["candidate"], local.sample.ordered()["candidate"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_streamed_scan_shows_its_rows_of_the_total_as_a_bar_or_as_log_lines():
+    """On a terminal the rows go into the progress bar; in a CI log (no terminal) a long scan prints one line
+    every LOG_EVERY_S seconds of its own clock, and a short one prints nothing."""
+    import io
+
+    from rich.console import Console
+
+    from release_kit.render import ProgressListener
+
+    log = io.StringIO()
+    listener = ProgressListener(Console(file=log, force_terminal=False, width=200))
+    for rows, seconds in ((1_000_000, 4.0), (2_000_000, 10.5), (3_000_000, 12.0), (4_000_000, 20.6), (5_000_000, 21.0)):
+        listener.rows(rows, 50_000_000, seconds)
+    listener.close()
+    assert log.getvalue().splitlines() == ["release-kit: golden rows: 2,000,000 of 50,000,000 (190,476 rows/s)",
+                                           "release-kit: golden rows: 4,000,000 of 50,000,000 (194,175 rows/s)"]
+    terminal = io.StringIO()
+    listener = ProgressListener(Console(file=terminal, force_terminal=True, width=200))
+    listener.rows(2_000_000, 50_000_000, 10.5)
+    task = listener.progress.tasks[0]
+    assert (task.completed, task.total, task.description) == (2_000_000, 50_000_000, "golden rows: 2,000,000 of 50,000,000 (190,476 rows/s)")
+    listener.close()

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .source import ParquetSource
     from .stats import ScanSummary
 
-Progress = Callable[[int, float], None]  # (rows so far, seconds so far)
+Progress = Callable[[int, int, float], None]  # (rows so far, rows to scan in all, seconds so far)
 
 
 def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel], *, chunk_rows: int,
@@ -56,7 +56,7 @@ def run_local(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedMod
         summary = pending.result()
         merged = summary if merged is None else merged.merge(summary)
         if progress is not None:
-            progress(merged.rows, time.monotonic() - started)
+            progress(merged.rows, plan.total_rows, time.monotonic() - started)
 
     with closing(_Reading(source.batches(plan.read_columns, chunk_rows, max_rows))) as reading, \
             _one_core_spared(any(m.device == "cpu" for m in models.values())), _quick_gil_handoffs(), \
@@ -343,7 +343,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             summary = pickle.loads(row["summary"])  # produced by release-kit's own actors above
             merged = summary if merged is None else merged.merge(summary)
             if progress is not None:
-                progress(merged.rows, time.monotonic() - started)
+                progress(merged.rows, plan.total_rows, time.monotonic() - started)
     except Exception as error:
         bad_input = _input_error_in(error, source.name)
         if bad_input is None:
