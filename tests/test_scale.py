@@ -210,6 +210,23 @@ def test_parquet_files_named_as_hive_names_them_and_linked_directories_are_read(
         assert metric(laid_out, name) == metric(named_parquet, name)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists mode-0 directories")
+def test_a_subdirectory_that_cannot_be_listed_is_bad_input_not_skipped(tmp_path):
+    from release_kit.errors import InputError
+    from release_kit.scale.source import ParquetSource
+
+    pf.make_dataset(100, seed=1).to_parquet(tmp_path / "part-0.parquet")
+    hidden = tmp_path / "day=2"
+    hidden.mkdir()
+    pf.make_dataset(100, seed=2).to_parquet(hidden / "part-1.parquet")
+    hidden.chmod(0)
+    try:
+        with pytest.raises(InputError, match="cannot list .*day=2: Permission denied"):
+            ParquetSource.resolve(str(tmp_path))
+    finally:
+        hidden.chmod(0o755)
+
+
 def _write_partitioned(frame: pd.DataFrame, directory: Path, keys: list[str]) -> None:
     """``frame`` as a Hive-partitioned directory (``key=value/`` subdirectories), as Spark's and pyarrow's
     writers lay it out: the keys' columns are in the paths, not in the files."""

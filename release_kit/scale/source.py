@@ -123,8 +123,11 @@ def _files_under(directory: Path) -> Generator[Path, None, None]:
     """Every name under the directory that is not a directory (broken links included). Links to directories
     are followed, as Spark and pyarrow's datasets follow them, each real directory once: a link back up the
     tree is no loop."""
+    def unlisted(error: OSError) -> None:  # os.walk would skip the directory, and its rows, silently
+        raise InputError(f"cannot list {error.filename}: {error.strerror}")
+
     seen = {os.path.realpath(directory)}
-    for root, directories, names in os.walk(directory, followlinks=True):
+    for root, directories, names in os.walk(directory, followlinks=True, onerror=unlisted):
         unseen = []
         for name in directories:
             real = os.path.realpath(os.path.join(root, name))
