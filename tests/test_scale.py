@@ -1019,6 +1019,7 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
         ([], "text-file-in-directory", "golden/notes.txt is not a Parquet file (a Parquet directory holds Parquet files only"),
         ([], "broken-link", "golden/gone.parquet is not a file that can be read (a broken link?)"),
         ([], "iceberg-table", "an Iceberg table (it has metadata/*.metadata.json)"),
+        ([], "hudi-table", "a Hudi table (it has a .hoodie/): its directory also holds the files of rows removed"),
         (["--engine", "ray"], "hive-named-files-on-ray", "000000_0: Ray Data reads Parquet files named *.parquet or *.pq only"),
         (["--engine", "ray", "--data", "s3://bucket/golden/*.parquet"], None,
          "s3://bucket/golden/*.parquet: data sets are read from local paths, not from s3:// URLs"),
@@ -1026,7 +1027,7 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
-         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hive-named-files-on-ray", "object-store-url"],
+         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hudi-table", "hive-named-files-on-ray", "object-store-url"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -1081,6 +1082,10 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         frame.to_parquet(golden / "data" / "part.parquet")
         (golden / "metadata").mkdir()
         (golden / "metadata" / "v1.metadata.json").write_text("{}")
+    elif setup == "hudi-table":  # a file group's every version is a Parquet file: only its timeline says which is live
+        frame.to_parquet(golden / "fg-1_0-1-0_20240101.parquet")
+        frame.to_parquet(golden / "fg-1_0-2-0_20240102.parquet")
+        (golden / ".hoodie").mkdir()
     elif setup == "hive-named-files-on-ray":  # Parquet by its bytes (the local engine reads it), not by its name
         frame.to_parquet(golden / "000000_0")
     elif setup != "empty":

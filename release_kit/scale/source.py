@@ -27,6 +27,13 @@ PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 IGNORED_PREFIXES = ("_", ".")
 # Hadoop's checksum of each file it writes (``part-0.parquet.crc``; hidden, ``.part-0.parquet.crc``, by Spark).
 CHECKSUM_SUFFIXES = (".crc",)
+# Table formats whose directory keeps the files of rows removed or rewritten since (old snapshots, file
+# versions): which files are live is their log's or snapshot's, so reading every file would count rows twice.
+TABLE_FORMATS = (
+    ("_delta_log", "a Delta table (it has a _delta_log/)"),
+    ("metadata/*.metadata.json", "an Iceberg table (it has metadata/*.metadata.json)"),
+    (".hoodie", "a Hudi table (it has a .hoodie/)"),
+)
 # A Hive partition's value for a null key, as Spark and pyarrow write it.
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
@@ -172,12 +179,10 @@ class ParquetSource:
         base = None
         if path.is_dir():
             base = path
-            if (path / "_delta_log").is_dir():  # its live files are the log's; the directory keeps removed ones too
-                raise InputError(f"{source}: a Delta table (it has a _delta_log/): its directory also holds the files of "
-                                 "rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
-            if any((path / "metadata").glob("*.metadata.json")):  # likewise: its snapshot lists the live files
-                raise InputError(f"{source}: an Iceberg table (it has metadata/*.metadata.json): its data/ also holds the files "
-                                 "of rows removed or rewritten since; give its current files (a glob, or a copy written from the table)")
+            for pattern, table in TABLE_FORMATS:
+                if any(path.glob(pattern)):
+                    raise InputError(f"{source}: {table}: its directory also holds the files of rows removed or rewritten "
+                                     "since; give its current files (a glob, or a copy written from the table)")
             files = []
             for entry in sorted(_files_under(path)):
                 if any(part.startswith(IGNORED_PREFIXES) for part in entry.relative_to(path).parts):
