@@ -29,7 +29,8 @@ demo: install
 # Two processes, each test file in one of them (its module fixtures started once): most of the suite waits on
 # subprocesses and servers, so two halve its wall time on two cores without the CPU-bound tests crowding.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+# --durations: the CI log names the slowest tests, which the 8-minute budget of the default suite watches.
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test: install $(ACTIONLINT)
 	$(PYTEST)

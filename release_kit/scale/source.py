@@ -25,6 +25,9 @@ PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 # job's markers and in-flight output (``_SUCCESS``, ``_temporary/``, whose Parquet files a failed write
 # leaves behind) and hidden files.
 IGNORED_PREFIXES = ("_", ".")
+# What a directory or glob of Parquet files may hold, said when a file breaks it.
+DIRECTORY_RULE = "a Parquet directory holds Parquet files only, but names starting with _ or .; a glob such as dir/*.parquet picks files"
+GLOB_RULE = "a glob of a Parquet set matches Parquet files only"
 # Hadoop's checksum of each file it writes (``part-0.parquet.crc``; hidden, ``.part-0.parquet.crc``, by Spark).
 CHECKSUM_SUFFIXES = (".crc",)
 # Table formats whose directory keeps the files of rows removed or rewritten since (old snapshots, file
@@ -187,13 +190,11 @@ class ParquetSource:
             for entry in sorted(_files_under(path)):
                 if any(part.startswith(IGNORED_PREFIXES) for part in entry.relative_to(path).parts):
                     skipped += entry.suffix.lower() in PARQUET_SUFFIXES and entry.is_file()
-                elif entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, "a Parquet directory holds "
-                                                                                   "Parquet files only, but names starting with _ or .; "
-                                                                                   "a glob such as dir/*.parquet picks files"):
+                elif entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, DIRECTORY_RULE):
                     files.append(entry)
         elif is_glob(source):
             matched = sorted(Path(p) for p in glob.glob(source, recursive=True))
-            files = [p for p in matched if _data_file(p, "a streamed golden set is Parquet")]
+            files = [p for p in matched if _data_file(p, GLOB_RULE)]
             leading = []
             for part in path.parts:
                 if is_glob(part):
