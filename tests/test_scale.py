@@ -1811,16 +1811,19 @@ def test_a_model_file_changed_after_loading_is_not_what_the_ray_actors_score(tmp
 @pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(streamed_project, cli):
     """`ray_workers = 1` once started a one-CPU Ray whose actor left too little for Ray Data's read tasks:
-    the run waited forever (seen on a GPU machine, reproduced on CPU)."""
+    the run waited forever (seen on a GPU machine, reproduced on CPU). Both gate on a prefix (--max-rows)
+    that ends inside a file and inside a batch, and stdout is the JSON report alone."""
     pytest.importorskip("ray")
     from conftest import run_cli
 
-    local = run(cli, "--engine", "local", "--stage", "quality")
+    local = run(cli, "--engine", "local", "--stage", "quality", "--max-rows", "12345")
     config = streamed_project / "release-kit.toml"
     config.write_text(config.read_text().replace("[run]\n", "[run]\nray_workers = 1\n"))
     result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--stage", "quality",
-                     "--report", "ray.json", timeout=180)
+                     "--max-rows", "12345", "--report", "ray.json", "--format", "json", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == json.loads((streamed_project / "ray.json").read_text())
+    assert local["data"]["golden"]["rows"] == json.loads(result.stdout)["data"]["golden"]["rows"] == 12_345
     # Ray's notes are not the user's: no INFO lines (its plan, timings), no deprecation of what release-kit
     # calls, no note that progress bars are off or that the set has fewer blocks than actors.
     noise = [line for line in result.stderr.splitlines()
