@@ -996,6 +996,26 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
     assert peaks[4] < 1.5 * peaks[1], peaks
 
 
+@pytest.mark.parametrize("row_group_rows", [3_000_000, 50_000], ids=["one-row-group", "many-row-groups"])
+def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp_path, row_group_rows):
+    """Arrow's memory while a file streams stays a few batches, for a file written as one row group (older
+    pyarrow wrote up to 64Mi rows in one) and for one of many: pyarrow's defaults decode a whole row group at
+    once and pre-buffer every row group read until the file is closed, so one 10⁸-row file held ~all of it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from release_kit.scale.source import ParquetSource
+
+    rng = np.random.default_rng(0)
+    table = pa.table({name: rng.normal(size=3_000_000) for name in ("x", "y")})  # random floats: incompressible
+    pq.write_table(table, tmp_path / "golden.parquet", row_group_size=row_group_rows)
+    before, peak, rows = pa.total_allocated_bytes(), 0, 0
+    for batch in ParquetSource.resolve(str(tmp_path / "golden.parquet")).batches(["x", "y"], 100_000):
+        peak, rows = max(peak, pa.total_allocated_bytes() - before), rows + batch.num_rows
+    assert rows == 3_000_000
+    assert peak < table.nbytes / 3, (peak, table.nbytes)  # 48 MB in all, batches of 1.6 MB
+
+
 @pytest.mark.parametrize(
     ("args", "setup", "needle"),
     [
