@@ -132,23 +132,33 @@ def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordB
     return batch
 
 
-def _files_under(directory: Path) -> Generator[Path, None, None]:
-    """Every name under the directory that is not a directory (broken links included). Links to directories
+def _files_under(directory: Path) -> tuple[list[Path], int]:
+    """Every name under the directory that is not a directory (broken links included), but those starting
+    with ``_`` or ``.``, whose directories are not entered (a job's ``_temporary/``, an NFS ``.snapshot/``);
+    and how many skipped names may have held data (directories, ``*.parquet`` files). Links to directories
     are followed, as Spark and pyarrow's datasets follow them, each real directory once: a link back up the
     tree is no loop."""
     def unlisted(error: OSError) -> None:  # os.walk would skip the directory, and its rows, silently
         raise InputError(f"cannot list {error.filename}: {error.strerror}")
 
+    found, skipped = [], 0
     seen = {os.path.realpath(directory)}
     for root, directories, names in os.walk(directory, followlinks=True, onerror=unlisted):
-        unseen = []
+        entered = []
         for name in directories:
             real = os.path.realpath(os.path.join(root, name))
-            if real not in seen:
+            if name.startswith(IGNORED_PREFIXES):
+                skipped += 1
+            elif real not in seen:
                 seen.add(real)
-                unseen.append(name)
-        directories[:] = unseen
-        yield from (Path(root, name) for name in names)
+                entered.append(name)
+        directories[:] = entered
+        for name in names:
+            if not name.startswith(IGNORED_PREFIXES):
+                found.append(Path(root, name))
+            elif Path(name).suffix.lower() in PARQUET_SUFFIXES:
+                skipped += 1
+    return found, skipped
 
 
 def _data_file(path: Path, rule: str) -> bool:
@@ -189,12 +199,9 @@ class ParquetSource:
                 if any(path.glob(pattern)):
                     raise InputError(f"{source}: {table}: its directory also holds the files of rows removed or rewritten "
                                      "since; give its current files (a glob, or a copy written from the table)")
-            files = []
-            for entry in sorted(_files_under(path)):
-                if any(part.startswith(IGNORED_PREFIXES) for part in entry.relative_to(path).parts):
-                    skipped += entry.suffix.lower() in PARQUET_SUFFIXES and entry.is_file()
-                elif entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, DIRECTORY_RULE):
-                    files.append(entry)
+            found, skipped = _files_under(path)
+            files = [entry for entry in sorted(found)
+                     if entry.suffix.lower() not in CHECKSUM_SUFFIXES and _data_file(entry, DIRECTORY_RULE)]
         elif is_glob(source):
             matched = sorted(Path(p) for p in glob.glob(source, recursive=True))
             files = [p for p in matched if _data_file(p, GLOB_RULE)]
