@@ -32,8 +32,14 @@ _RESULT = pytest.StashKey[CheckResult]()
 class Listener(Protocol):
     """Progress callbacks, e.g. a terminal progress bar."""
 
-    def started(self, total: int) -> None: ...
-    def finished(self, result: CheckResult) -> None: ...
+    def rows(self, count: int, total: int, seconds: float) -> None:
+        """A streamed golden set's scan: ``count`` of its ``total`` rows through both models, in ``seconds``."""
+
+    def started(self, total: int) -> None:
+        """The checks are about to run: ``total`` of them."""
+
+    def finished(self, result: CheckResult) -> None:
+        """One check ended."""
 
 
 class StageCheckFailed(Exception):

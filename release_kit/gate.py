@@ -448,7 +448,7 @@ def check(
     """The whole gate, exactly as ``release-kit check`` runs it.
 
     ``engine`` (``local`` | ``ray``) and ``max_rows`` override ``[run]``; a streamed golden set reports its
-    progress to ``listener.rows(count, seconds)`` when the listener has that method.
+    scan's progress to ``listener.rows``, the checks theirs to ``listener.started`` and ``finished``.
 
     ``config`` is a Config, a file, or None (found in ``directory``). ``registry``: ``auto`` | ``required``
     | ``off`` (see :func:`registry_allowed`); without the registry a registry baseline falls back to
@@ -467,7 +467,7 @@ def check(
     gate = prepare(
         resolved, project_dir, candidate=candidate, baseline=baseline, baseline_version=baseline_version,
         data=data, allow_pickle=allow_pickle, registry=use_registry, track=track,
-        progress=getattr(listener, "rows", None),
+        progress=listener.rows if listener is not None else None,
     )
     report = run(gate, listener=listener, benchmark_json=benchmark_json)
     if track:

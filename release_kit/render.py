@@ -256,7 +256,7 @@ class ProgressListener:
         text = f"golden rows: {count:,} of {total:,} ({rate:,.0f} rows/s)"
         if not self.console.is_terminal:
             if seconds >= self.next_log_s:
-                self.console.print(f"release-kit: {text}", markup=False, highlight=False)
+                self.console.print(f"release-kit: {text}", markup=False, highlight=False, soft_wrap=True)
                 self.next_log_s = seconds + self.LOG_EVERY_S
             return
         if self.rows_task is None:

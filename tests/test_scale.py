@@ -508,9 +508,20 @@ def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read
     assert "golden set 30000 rows (streamed, local engine) ·" in streamed.stdout and "note:" not in streamed.stderr
 
 
-def test_max_rows_gates_on_a_prefix(streamed_project, power, golden_directory, cli):
-    report = run(cli, "--max-rows", "12000")
+def test_max_rows_gates_on_a_prefix_and_a_ci_log_shows_the_scans_progress(streamed_project, power, golden_directory, cli, monkeypatch):
+    """The CLI's stderr is no terminal here, as in a CI log: the scan's progress comes as lines of rows of the
+    prefix's total (one every LOG_EVERY_S seconds, every batch with it 0)."""
+    import re
+
+    from release_kit.render import ProgressListener
+
+    monkeypatch.setattr(ProgressListener, "LOG_EVERY_S", 0.0)
+    result = cli("check", "--candidate", "candidate.pt", "--format", "json", "--max-rows", "12000")
+    report = json.loads(result.stdout)
     assert report["data"]["golden"]["rows"] == 12_000
+    progress = [re.fullmatch(r"release-kit: golden rows: ([\d,]+) of ([\d,]+) \([\d,]+ rows/s\)", line)
+                for line in result.stderr.splitlines() if "golden rows" in line]
+    assert [m.groups() for m in progress] == [("4,000", "12,000"), ("8,000", "12,000"), ("12,000", "12,000")], result.stderr
     assert metric(report, "mae")["candidate"] == pytest.approx(
         np.abs(_predictions(power["better"], golden_directory, 12_000) - pd.read_csv(golden_directory / "golden.csv")["power_kw"][:12_000]).mean(),
         rel=1e-6)
