@@ -72,6 +72,41 @@ def test_same_model_is_not_blocked(project, power):
     assert cost["candidate"]["flops_per_row"] > 0
 
 
+def _rounds(label, cost, load, rng):
+    """A model's rounds of 8 calls: ``cost`` × the round's load (shared by the round's two blocks), a burst on
+    this block alone (30 %: 1.5×), and a little per-call noise; in ns."""
+    import numpy as np
+
+    from release_kit.timing import Measurement
+
+    blocks = [cost * s * (1.5 if rng.random() < 0.3 else 1.0) * np.exp(rng.normal(0, 0.02, 8)) * 1e6 for s in load]
+    return Measurement(label, 64, "cpu", [block.astype(np.int64) for block in blocks], 0, 0, None)
+
+
+def test_the_live_ratio_pairs_each_rounds_blocks_so_load_changing_between_rounds_cancels():
+    """Another job's load changes from round to round (here lognormal, σ 0.5) and hits single blocks in bursts.
+    A live A/B's round ran its two blocks back to back, so its ratio is the median of the per-round ratios:
+    the same model never blocks and a 1.3× slower one does, where comparing each side's rounds unpaired (as
+    for stored numbers, which ran in another job) cannot tell."""
+    import numpy as np
+
+    from release_kit.timing import ratio_interval
+
+    blocked = {(cost, paired): 0 for cost in (1.0, 1.3) for paired in (True, False)}
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        load = np.exp(rng.normal(0, 0.5, 16))
+        for cost in (1.0, 1.3):
+            candidate, baseline = _rounds("candidate", cost, load, rng), _rounds("baseline", 1.0, load, rng)
+            for paired in (True, False):
+                ratio = ratio_interval(candidate, baseline, 50, paired=paired, confidence=0.95, resamples=2000, seed=0)
+                blocked[cost, paired] += ratio.low > 1.10
+                if paired:
+                    assert abs(ratio.value - cost) < 0.03 * cost, (seed, cost, ratio)
+    assert blocked[1.0, True] == 0 and blocked[1.3, True] >= 9, blocked
+    assert blocked[1.3, False] <= 2, blocked
+
+
 def test_peak_fraction_when_the_device_peak_is_given(project, power):
     project.config(FAST + "peak_tflops = 0.001\n")
     latency = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))["latency:batch=32"]

@@ -131,8 +131,9 @@ def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: s
     from dataclasses import replace
 
     baseline = replace(baseline, label="baseline", rounds=baseline.rounds[: len(candidate.rounds)])
-    ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
-    p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    # The stored rounds ran in another job: not paired with the candidate's.
+    ratio = ratio_interval(candidate, baseline, 50, paired=False, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+    p90 = ratio_interval(candidate, baseline, 90, paired=False, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
     return ABResult(candidate, baseline, ratio, p90, 0, time.monotonic() - started)
 
 
@@ -205,7 +206,7 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
                                       warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
         reruns = 0
         while True:
-            ratio = ratio_interval(candidate, baseline, 50, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+            ratio = ratio_interval(candidate, baseline, 50, paired=True, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
             took = time.monotonic() - started
             if ratio.spread <= spec.max_spread or took * (reruns + 2) / (reruns + 1) > budget:
                 break
@@ -214,7 +215,7 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
             candidate = _joined(candidate, more_c)
             baseline = _joined(baseline, more_b)
             reruns += 1
-        p90 = ratio_interval(candidate, baseline, 90, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
+        p90 = ratio_interval(candidate, baseline, 90, paired=True, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
         return ABResult(candidate, baseline, ratio, p90, reruns, time.monotonic() - started)
     finally:
         torch.set_num_threads(previous_threads)
