@@ -451,16 +451,16 @@ def test_hashing_stops_within_a_block_and_a_file_gone_before_it_is_hashed_is_bad
 
 def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, power, golden_directory, cli, shared_ray):
     """Every check alike on both engines, on a Hive-partitioned directory (partitioned by a feature and by a
-    column with nulls, under a ``key=value`` directory that is no column): Ray Data parses the partitions
-    itself, as text that the actors type as the local reads do, the null partition null. One file is named
-    ``*.pq``, which Ray Data's default filter of names would drop."""
+    column with nulls, under a ``key=value`` directory that is no column), the null partition null. One file
+    is named ``*.pq`` and one as Hive names its files (``000000_0``): Ray Data's own reader would drop both."""
     rows = pd.read_csv(golden_directory / "golden.csv").iloc[:20_000]
     rows = rows.assign(site=pd.Series(np.where(np.arange(len(rows)) % 4 == 0, None, "south"), dtype=object))
     partitioned = streamed_project / "run=2" / "golden"
     _write_partitioned(rows, partitioned, ["hour", "site"])
     assert list(partitioned.glob("hour=3/site=__HIVE_DEFAULT_PARTITION__"))
-    written = sorted(partitioned.rglob("*.parquet"))[0]
-    written.rename(written.with_suffix(".pq"))
+    written = sorted(partitioned.rglob("*.parquet"))
+    written[0].rename(written[0].with_suffix(".pq"))
+    written[-1].rename(written[-1].with_name("000000_0"))
     configure(streamed_project, power, partitioned)
     # Not the performance stage: it times the models on the machine's clock, whichever engine read the data.
     stages = ("--stage", "quality", "--stage", "outliers", "--stage", "data")
@@ -1008,20 +1008,26 @@ def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
 
 
 @pytest.mark.parametrize("row_group_rows", [3_000_000, 50_000], ids=["one-row-group", "many-row-groups"])
-def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp_path, row_group_rows):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp_path, row_group_rows, engine):
     """Arrow's memory while a file streams stays a few batches, for a file written as one row group (older
-    pyarrow wrote up to 64Mi rows in one) and for one of many: pyarrow's defaults decode a whole row group at
-    once and pre-buffer every row group read until the file is closed, so one 10⁸-row file held ~all of it."""
+    pyarrow wrote up to 64Mi rows in one) and for one of many, in the local engine and in a Ray read task
+    (the function Ray runs, here in this process): pyarrow's defaults decode a whole row group at once and
+    pre-buffer every row group read until the file is closed, so one 10⁸-row file held ~all of it, and Ray
+    Data's reader held a row group whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from release_kit.scale.engines import read_task
     from release_kit.scale.source import ParquetSource
 
     rng = np.random.default_rng(0)
     table = pa.table({name: rng.normal(size=3_000_000) for name in ("x", "y")})  # random floats: incompressible
     pq.write_table(table, tmp_path / "golden.parquet", row_group_size=row_group_rows)
+    source = ParquetSource.resolve(str(tmp_path / "golden.parquet"))
+    batches = source.batches(["x", "y"], 100_000) if engine == "local" else read_task(source, ["x", "y"], 100_000, pa.table({"file": [0]}))
     before, peak, rows = pa.total_allocated_bytes(), 0, 0
-    for batch in ParquetSource.resolve(str(tmp_path / "golden.parquet")).batches(["x", "y"], 100_000):
+    for batch in batches:
         peak, rows = max(peak, pa.total_allocated_bytes() - before), rows + batch.num_rows
     assert rows == 3_000_000
     assert peak < table.nbytes / 3, (peak, table.nbytes)  # 48 MB in all, batches of 1.6 MB
@@ -1051,14 +1057,13 @@ def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp
         ([], "broken-link", "golden/gone.parquet is not a file that can be read (a broken link?)"),
         ([], "iceberg-table", "an Iceberg table (it has metadata/*.metadata.json)"),
         ([], "hudi-table", "a Hudi table (it has a .hoodie/): its directory also holds the files of rows removed"),
-        (["--engine", "ray"], "hive-named-files-on-ray", "000000_0: Ray Data reads Parquet files named *.parquet or *.pq only"),
         (["--engine", "ray", "--data", "s3://bucket/golden/*.parquet"], None,
          "s3://bucket/golden/*.parquet: data sets are read from local paths, not from s3:// URLs"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
          "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
-         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hudi-table", "hive-named-files-on-ray", "object-store-url"],
+         "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hudi-table", "object-store-url"],
 )
 def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypatch, args, setup, needle):
     import shutil
@@ -1117,8 +1122,6 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
         frame.to_parquet(golden / "fg-1_0-1-0_20240101.parquet")
         frame.to_parquet(golden / "fg-1_0-2-0_20240102.parquet")
         (golden / ".hoodie").mkdir()
-    elif setup == "hive-named-files-on-ray":  # Parquet by its bytes (the local engine reads it), not by its name
-        frame.to_parquet(golden / "000000_0")
     elif setup != "empty":
         frame.to_parquet(golden / "part.parquet")
     if setup == "text-file-in-directory":  # not skipped: a file left out would be rows the gate never saw
@@ -1343,8 +1346,8 @@ def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_p
 
 
 def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, monkeypatch, shared_ray):
-    """A file whose pages fail in a Ray read task: one line naming the golden set and the cause, exit 2 (it
-    was exit 4, an internal error)."""
+    """A file whose pages fail in a Ray read task: one line naming the file and the cause, exit 2 (it was
+    exit 4, an internal error)."""
     import shutil
 
     (tmp_path / "golden").mkdir()
@@ -1357,7 +1360,7 @@ def test_a_corrupt_file_read_by_a_ray_worker_is_bad_input(tmp_path, power, cli, 
     result = cli("check", "--candidate", "candidate.pt", "--engine", "ray", "--report", "report.json")
     assert result.exit_code == 2, result.output[-3000:]
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
-    assert len(lines) == 1 and "golden: cannot read Parquet data" in lines[0], result.stderr[-2000:]
+    assert len(lines) == 1 and "golden/part-1.parquet: cannot read Parquet data" in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "report.json").exists()
 
 
@@ -1875,7 +1878,7 @@ def test_a_ray_cluster_too_small_for_the_actors_and_the_reads_is_bad_input(power
         ray.shutdown()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # a cluster of one CPU, already running
     try:
-        with pytest.raises(InputError, match=r"the Ray cluster has 1 CPU\(s\): 1 actor\(s\) and Ray Data's reads need at least 1.1"):
+        with pytest.raises(InputError, match=r"the Ray cluster has 1 CPU\(s\): 1 actor\(s\) and the read tasks need at least 1.1"):
             run_ray(source, plan, models, chunk_rows=10_000)
     finally:
         ray.shutdown()

@@ -88,7 +88,7 @@ class Footer:
 
 
 def hive_partition(directories: tuple[str, ...]) -> dict[str, str]:
-    """The ``key=value`` directory names, as Ray Data parses them (one ``=``, the value URL-decoded)."""
+    """The ``key=value`` directory names, as Hive, Spark and pyarrow write them (one ``=``, the value URL-decoded)."""
     from urllib.parse import unquote
 
     pairs = (name.split("=") for name in directories if name.count("=") == 1)
@@ -118,8 +118,7 @@ def infer_partition_types(values: dict[str, set[str]]) -> dict[str, str]:
 
 
 def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordBatch:
-    """A batch whose partition columns arrived as text (Ray Data's, and this module's reads alike) with their
-    types: the null partition null, numbers cast. Both engines go through it, so they read the same values."""
+    """A batch whose partition columns arrived as text with their types: the null partition null, numbers cast."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -220,6 +219,12 @@ class ParquetSource:
             raise InputError(f"{source}: no Parquet files (*.parquet, *.pq) there{aside}")
         return cls(source, tuple(files), base)
 
+    def absolute(self) -> ParquetSource:
+        """The same files by absolute paths: what a reader in another process (a Ray task, whose working
+        directory is not this one) is given."""
+        base = None if self.base is None else Path(os.path.abspath(self.base))
+        return ParquetSource(self.name, tuple(Path(os.path.abspath(file)) for file in self.files), base)
+
     @cached_property
     def footers(self) -> tuple[Footer, ...]:
         """Each file's row count and columns, from its footer (no data read), read once per source: the row
@@ -254,8 +259,8 @@ class ParquetSource:
         if self.base is None:
             return tuple({} for _ in self.files)
         partitions = tuple(hive_partition(Path(os.path.relpath(file.parent, self.base)).parts) for file in self.files)
-        # Every file under the same keys, as Hive and pyarrow lay a partitioned set out: Ray Data takes the
-        # first file's keys for every file, so a file partitioned otherwise would be read differently there.
+        # Every file under the same keys, as Hive and pyarrow lay a partitioned set out: a file under others
+        # lacks columns the rest have (Ray Data's reader would read it with the first file's keys).
         for file, partition in zip(self.files, partitions):
             if list(partition) != list(partitions[0]):
                 keys = [", ".join(f"{key}=" for key in p) or "none" for p in (partitions[0], partition)]
@@ -337,29 +342,37 @@ class ParquetSource:
 
     def _read(self, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
         """The files' batches, decoded in this thread."""
+        for index in range(len(self.files)):
+            yield from self.file_batches(index, columns, chunk_rows)
+
+    def file_batches(self, index: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
+        """One file's batches of at most ``chunk_rows`` rows, its Hive partition columns typed, decoded in
+        this thread: what each engine reads, the local one file after file, Ray's read tasks a file each."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        types = self.partition_types
-        for file, partition in zip(self.files, self.partitions):
-            stored = [c for c in columns if c not in partition]
-            try:
-                # Read as it is decoded, 64 KiB at a time: pyarrow's defaults decode a row group whole and keep
-                # every row group read pre-buffered until the file closes, so memory grew with the file
-                # (a 20,000,000-row file of 1,000,000-row groups: Arrow held 1.1 GiB, now 0.14) and its
-                # reading slowed (memory faulted in: 3.2 s against 0.4 s for 20,000,000 rows in one row group).
-                with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as reader:
-                    for batch in reader.iter_batches(batch_size=chunk_rows, columns=stored, use_threads=False):
-                        if len(stored) < len(columns):
-                            arrays = {name: batch.column(name) for name in stored}
-                            arrays.update({key: pa.repeat(pa.scalar(partition[key], pa.string()), batch.num_rows)
-                                           for key in columns if key in partition})
-                            batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns), types)
-                        yield batch
-            except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
-                if isinstance(error, MemoryError):
-                    raise
-                raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
+        file, partition = self.files[index], self.partitions[index]
+        stored = [c for c in columns if c not in partition]
+        try:
+            # Read as it is decoded, 64 KiB at a time: pyarrow's defaults decode a row group whole and keep
+            # every row group read pre-buffered until the file closes, so memory grew with the file
+            # (a 20,000,000-row file of 1,000,000-row groups: Arrow held 1.1 GiB, now 0.14) and its
+            # reading slowed (memory faulted in: 3.2 s against 0.4 s for 20,000,000 rows in one row group).
+            # pyarrow's dataset scanner (Ray Data's Parquet reader) holds a row group whole however it is told
+            # to buffer: the Ray engine's read tasks read with this method too.
+            with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as reader:
+                for batch in reader.iter_batches(batch_size=chunk_rows, columns=stored, use_threads=False):
+                    if len(stored) < len(columns):
+                        arrays = {name: batch.column(name) for name in stored}
+                        arrays.update({key: pa.repeat(pa.scalar(partition[key], pa.string()), batch.num_rows)
+                                       for key in columns if key in partition})
+                        batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns),
+                                                 self.partition_types)
+                    yield batch
+        except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
+            if isinstance(error, MemoryError):
+                raise
+            raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
 
     def hashing(self) -> SourceDigest:
         """Start hashing the files (see :class:`SourceDigest`)."""
