@@ -186,7 +186,7 @@ class RunSpec(_Strict):
     engine: Literal["local", "ray"] = "local"
     chunk_rows: int = Field(default=1_000_000, ge=1, le=MAX_BATCH)
     ray_address: str = ""  # empty: start a local Ray; else an existing cluster ("ray://head:10001", "auto")
-    ray_workers: int | None = Field(default=None, ge=1)  # actors, each holding both models; None: one per core (on a cluster, one per CPU but the one the read tasks take)
+    ray_workers: int | None = Field(default=None, ge=1)  # actors, each holding both models; None: one per core (on a cluster, two thirds of its CPUs: the rest read)
     # The quality metrics are exact over every row; the other stages run on a uniform sample of this many rows.
     sample_rows: int = Field(default=1_000_000, ge=100)
     max_rows: int | None = Field(default=None, ge=1)  # gate on the first rows only (also --max-rows)

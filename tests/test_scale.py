@@ -1868,6 +1868,17 @@ def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(strea
         assert math.isclose(metric(local, "mae")[key], metric(distributed, "mae")[key], rel_tol=1e-9, abs_tol=1e-12), key
 
 
+def test_the_ray_actors_leave_cpus_to_the_read_tasks():
+    """A local Ray started by the run: a CPU per core for the actors, one more for the reads. A cluster: two
+    thirds of its CPUs for the actors, the rest for read tasks side by side (one would feed only two or three
+    scoring actors). ray_workers decides when set."""
+    from release_kit.scale.engines import actor_pool_size
+
+    assert actor_pool_size(3, None, local=True) == 2
+    assert [actor_pool_size(cpus, None, local=False) for cpus in (1, 2, 3, 64, 96.5)] == [1, 1, 2, 42, 64]
+    assert actor_pool_size(64, 5, local=False) == actor_pool_size(3, 5, local=True) == 5
+
+
 def test_a_ray_cluster_too_small_for_the_actors_and_the_reads_is_bad_input(power, golden_directory):
     ray = pytest.importorskip("ray")
     from release_kit.errors import InputError
