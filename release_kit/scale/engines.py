@@ -271,7 +271,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             max_rows: int | None = None, address: str = "", workers: int | None = None, device: str = "auto",
             progress: Progress | None = None) -> ScanSummary:
     """Ray tasks read the same files with the local engine's reader; an actor pool (``workers`` actors, each
-    holding both models) reduces the batches; the driver merges. ``address`` empty: a local Ray started here; else an existing cluster.
+    holding both models, see :func:`actor_pool_size`) reduces the batches; the driver merges. ``address``
+    empty: a local Ray started here; else an existing cluster.
     ``device`` (``[inference] device``): with ``auto`` the actors share the cluster's GPUs when it has any;
     ``cuda`` requires them; ``cpu`` never uses them."""
     import gc
@@ -323,7 +324,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     shipped = {role: ShippedModel(model.file.name, ray.put(model.file.read_bytes()), model.factory, model.source, model.sha256)
                for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
-    # The files are read by Ray tasks, a file each, with the local engine's reader (only the plan's columns,
+    # The files are read by Ray tasks with the local engine's reader (only the plan's columns,
     # 64 KiB of each at a time, Hive partition columns typed): Ray Data's own Parquet reader holds a row group
     # whole (measured: 376 MiB of Arrow memory for a 3,000,000-row group of 252 MiB, against 53), reads with
     # ~2× the CPU, and drops the files its extensions do not name.
