@@ -70,12 +70,12 @@ class Neighbours:
 
 
 def both_rules(candidate, baseline) -> tuple[float, float]:
-    """The stage's ratio (median of the per-round p50 ratios) and the ratio of each side's median p50, of
-    one live comparison's rounds."""
+    """The stage's ratio (median of the per-round p50 ratios) and the ratio of each side's median p50 (the
+    rule stored numbers are compared by), of one live comparison's rounds."""
     from release_kit.timing import ratio_interval
 
-    paired = ratio_interval(candidate, baseline, 50, paired=True, confidence=0.95, resamples=200, seed=0).value
-    sides = float(np.median(candidate.round_stat(50)) / np.median(baseline.round_stat(50)))
+    paired, sides = (ratio_interval(candidate, baseline, 50, paired=rule, confidence=0.95, resamples=200, seed=0).value
+                     for rule in (True, False))
     return paired, sides
 
 

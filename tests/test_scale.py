@@ -1844,17 +1844,21 @@ def test_a_model_file_changed_after_loading_is_not_what_the_ray_actors_score(tmp
 
 @pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(streamed_project, cli):
-    """`ray_workers = 1` once started a one-CPU Ray whose actor left too little for Ray Data's read tasks:
-    the run waited forever (seen on a GPU machine, reproduced on CPU). Both gate on a prefix (--max-rows)
-    that ends inside a file and inside a batch, and stdout is the JSON report alone."""
+    """`ray_workers = 1` once started a one-CPU Ray whose actor left too little for the read tasks: the run
+    waited forever (seen on a GPU machine, reproduced on CPU). Both gate on a prefix (--max-rows) that ends
+    inside a file and inside a batch, and stdout is the JSON report alone. The Ray run is the CLI as users run
+    it: every default stage, MLflow tracking on (the embedded store)."""
     pytest.importorskip("ray")
+    from mlflow import MlflowClient
+
     from conftest import run_cli
 
     local = run(cli, "--engine", "local", "--stage", "quality", "--max-rows", "12345")
     config = streamed_project / "release-kit.toml"
-    config.write_text(config.read_text().replace("[run]\n", "[run]\nray_workers = 1\n"))
-    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray", "--stage", "quality",
-                     "--max-rows", "12345", "--report", "ray.json", "--format", "json", timeout=180)
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nray_workers = 1\n").replace("[mlflow]\nenabled = false\n", ""))
+    assert "[mlflow]" not in config.read_text()
+    result = run_cli(streamed_project, "check", "--candidate", "candidate.pt", "--engine", "ray",
+                     "--max-rows", "12345", "--report", "ray.json", "--format", "json", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout) == json.loads((streamed_project / "ray.json").read_text())
     assert local["data"]["golden"]["rows"] == json.loads(result.stdout)["data"]["golden"]["rows"] == 12_345
@@ -1866,6 +1870,10 @@ def test_one_ray_worker_gives_the_local_numbers_instead_of_waiting_forever(strea
     distributed = json.loads((streamed_project / "ray.json").read_text())
     for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
         assert math.isclose(metric(local, "mae")[key], metric(distributed, "mae")[key], rel_tol=1e-9, abs_tol=1e-12), key
+    assert {c["stage"] for c in distributed["checks"]} == {"quality", "outliers", "performance", "data"}
+    assert distributed["environment"]["golden_read"] == "ray"
+    logged = MlflowClient(tracking_uri=f"sqlite:///{streamed_project / '.release-kit' / 'mlflow.db'}").get_run(distributed["mlflow"]["run_id"])
+    assert logged.data.metrics["quality.mae.candidate"] == pytest.approx(metric(distributed, "mae")["candidate"], rel=1e-6)
 
 
 def test_the_ray_actors_leave_cpus_to_the_read_tasks():

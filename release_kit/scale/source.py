@@ -347,7 +347,7 @@ class ParquetSource:
 
     def file_batches(self, index: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
         """One file's batches of at most ``chunk_rows`` rows, its Hive partition columns typed, decoded in
-        this thread: what each engine reads, the local one file after file, Ray's read tasks a file each."""
+        this thread: what each engine reads, the local one file after file, each Ray read task its run of files."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
