@@ -72,10 +72,12 @@ seconds = 1
 
 
 def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess, as users run it (without an inherited MLFLOW_TRACKING_URI)."""
+    """The CLI in a subprocess, as users run it: without an inherited MLFLOW_TRACKING_URI, nor what a Ray
+    started in the test process set in its environment (``ray.init`` sets RAY_AUTH_MODE=token there, and a
+    CLI inheriting it would join a cluster as one with token authentication)."""
     import os
 
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "PYTHONBREAKPOINT")}
     return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, env={**environment, **(env or {})}, timeout=timeout)
 

@@ -377,6 +377,54 @@ def test_the_same_rows_in_any_layout_of_files_give_the_same_numbers(streamed_pro
         assert metric(reports["one"], name) == metric(reports["scattered"], name), name
 
 
+def test_each_read_tasks_files_give_the_batches_that_start_in_them_cut_as_the_whole_sets(tmp_path):
+    """A Ray read task is given a run of files and reads the batches that start in them, its last one read on
+    into the files after: whatever way the files are split between tasks, the tasks' batches put together are
+    the whole set's, cut at the same rows (with --max-rows too). Files of 0 rows, files inside one batch,
+    files of many batches, row groups smaller and larger than a batch (those before a task's first row
+    skipped)."""
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from release_kit.scale.engines import read_task
+    from release_kit.scale.source import ParquetSource
+
+    sizes, groups = (0, 7, 25, 3, 0, 41, 12), (5, 4, 100, 1, 5, 4, 12)
+    start = 0
+    for index, (size, group) in enumerate(zip(sizes, groups)):
+        rows = np.arange(start, start + size)
+        pq.write_table(pa.table({"x": rows.astype(float), "y": rows * 2}), tmp_path / f"p{index}.parquet", row_group_size=group)
+        start += size
+    source = ParquetSource.resolve(str(tmp_path))
+    for max_rows in (None, 33, 10_000):
+        whole = [batch.column("x").to_pylist() for batch in source.batches(["x", "y"], 10, max_rows)]
+        kept = min(sum(sizes), max_rows or sum(sizes))
+        assert [len(b) for b in whole] == [10] * (kept // 10) + ([kept % 10] if kept % 10 else [])
+        assert sum(whole, []) == list(np.arange(kept, dtype=float))
+        for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, len(sizes)), k) for k in range(len(sizes))):
+            bounds = [0, *cuts, len(sizes)]
+            tasks = [pa.table({"file": list(range(a, b))}) for a, b in zip(bounds, bounds[1:])]
+            read = [table.column("x").to_pylist() for task in tasks for table in read_task(source, ["x", "y"], 10, max_rows, task)]
+            assert read == whole, (max_rows, cuts)
+
+    # The task given p5 (rows 35-75, row groups of 4) starts at row 40, in its second row group: the first
+    # is skipped unread. Its last batch (70-79) reads on into p6, from its first row group.
+    opened = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def spied(self, *args, row_groups=None, **kwargs):
+        opened.append(row_groups)
+        return iter_batches(self, *args, row_groups=row_groups, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pq.ParquetFile, "iter_batches", spied)
+        read = [table.column("x").to_pylist() for table in read_task(source, ["x", "y"], 10, None, pa.table({"file": [5]}))]
+    assert sum(read, []) == list(np.arange(40, 80, dtype=float))
+    assert [groups[0] for groups in opened] == [1, 0]
+
+
 def test_batches_joined_across_files_promote_their_types_as_arrow_does():
     """A batch cut across two files joins their rows: float32 and float64 as float64, categories and plain
     text as text, an all-null column with the other's type; text and numbers do not join (exit 2)."""
@@ -1025,7 +1073,7 @@ def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp
     table = pa.table({name: rng.normal(size=3_000_000) for name in ("x", "y")})  # random floats: incompressible
     pq.write_table(table, tmp_path / "golden.parquet", row_group_size=row_group_rows)
     source = ParquetSource.resolve(str(tmp_path / "golden.parquet"))
-    batches = source.batches(["x", "y"], 100_000) if engine == "local" else read_task(source, ["x", "y"], 100_000, pa.table({"file": [0]}))
+    batches = source.batches(["x", "y"], 100_000) if engine == "local" else read_task(source, ["x", "y"], 100_000, None, pa.table({"file": [0]}))
     before, peak, rows = pa.total_allocated_bytes(), 0, 0
     for batch in batches:
         peak, rows = max(peak, pa.total_allocated_bytes() - before), rows + batch.num_rows
@@ -1309,6 +1357,33 @@ def test_a_failed_ray_run_frees_the_cluster_for_the_next(tmp_path, power, golden
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "free 3.0 of 3.0", done.stdout[-1000:]
 
+
+
+@pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~20 s on two cores
+def test_a_run_that_starts_its_own_ray_leaves_the_process_environment_as_it_found_it(power, golden_directory):
+    """``ray.init`` sets RAY_AUTH_MODE=token (and PYTHONBREAKPOINT) in the process's environment and leaves
+    them after ``ray.shutdown``: a driver's next run, joining a cluster without token authentication, would
+    ask it for a token, and every subprocess would inherit them. A run that started its Ray restores them."""
+    pytest.importorskip("ray")
+    import subprocess
+
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r}); sys.path.insert(0, {str(Path(pf.__file__).parent)!r})
+        from test_scale import _library_scan
+        from release_kit.scale.engines import run_ray
+
+        source, plan, models = _library_scan({{"better": {str(power["better"])!r}}}, {str(golden_directory / "golden")!r})
+        import ray  # its import sets RAY_CLIENT_MODE=0, and the module stays imported: not the run's doing
+        before = dict(os.environ)
+        summary = run_ray(source, plan, models, chunk_rows=10_000, workers=1)
+        changed = sorted(k for k in {{*before, *os.environ}} if before.get(k) != os.environ.get(k))
+        print("rows", summary.rows, "changed", changed)
+    """)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "rows 30000 changed []", done.stdout[-1000:]
 
 @pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_path, power):

@@ -246,14 +246,25 @@ class _Scorer:
         return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, batch))], dtype=object)}
 
 
-def read_task(source: ParquetSource, columns: list[str], chunk_rows: int, files) -> Iterator[pa.Table]:
-    """A Ray read task: the batches of the files whose indices ``files`` holds (a pyarrow table of them), read
-    as the local engine reads them (:meth:`ParquetSource.file_batches`)."""
+def read_task(source: ParquetSource, columns: list[str], chunk_rows: int, max_rows: int | None, files) -> Iterator[pa.Table]:
+    """A Ray read task: the batches that start in the files whose indices ``files`` holds (a pyarrow table of
+    a run of them), cut where the local engine cuts them (:meth:`ParquetSource.batches`), one table each."""
     import pyarrow as pa
 
-    for index in files.column("file").to_pylist():
-        for batch in source.file_batches(index, columns, chunk_rows):
+    indices = files.column("file").to_pylist()
+    runs = [0, *(k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1), len(indices)]
+    for begin, end in zip(runs, runs[1:]):  # Ray gives a task a run of consecutive files: one run, read through
+        for batch in source.batches(columns, chunk_rows, max_rows, files=range(indices[begin], indices[end - 1] + 1)):
             yield pa.Table.from_batches([batch])
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    """The process's environment as it was before ``ray.init``, which sets variables there and leaves them
+    after ``ray.shutdown`` (RAY_AUTH_MODE=token, PYTHONBREAKPOINT): a later run in this process would join a
+    cluster without token authentication as if it had it, and its subprocesses would inherit them."""
+    for name in [name for name in os.environ if name not in before]:
+        del os.environ[name]
+    os.environ.update(before)
 
 
 def actor_pool_size(cpus: float, workers: int | None, *, local: bool) -> int:
@@ -284,6 +295,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         raise InputError("[run] engine = \"ray\" needs Ray: pip install 'release-kit[ray]'") from None
     started = time.monotonic()
     started_here = not ray.is_initialized()
+    environment = dict(os.environ)
     if started_here:
         if address:
             _check_reachable(address)
@@ -296,6 +308,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
                 ray.init(num_cpus=(workers or os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
         except Exception as error:  # an unreachable cluster, a bad address, a token the cluster refused
+            _restore_environment(environment)
             hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token, RAY_AUTH_TOKEN or "
                     "~/.ray/auth_token, in this environment)") if address and os.environ.get("RAY_AUTH_MODE") != "token" else ""
             raise InputError(f"[run] ray_address {address!r}: cannot start or reach Ray: {first_line(error)}{hint}") from None
@@ -319,6 +332,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     if refused is not None:
         if started_here:
             ray.shutdown()
+            _restore_environment(environment)
         raise InputError(refused)
     per_actor = min(1.0, spare / pool)
     shipped = {role: ShippedModel(model.file.name, ray.put(model.file.read_bytes()), model.factory, model.source, model.sha256)
@@ -328,17 +342,17 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     # 64 KiB of each at a time, Hive partition columns typed): Ray Data's own Parquet reader holds a row group
     # whole (measured: 376 MiB of Arrow memory for a 3,000,000-row group of 252 MiB, against 53), reads with
     # ~2× the CPU, and drops the files its extensions do not name.
-    # One block of file indices per read task, at most READ_TASKS of them: each task reads its files in turn.
+    # One block of file indices per read task, at most READ_TASKS of them: each task reads the batches that
+    # start in its files, cut at every chunk_rows-th row of the set as the local engine cuts them (a model's
+    # output for a row can depend on its batch's size), so both engines score the same batches and give the
+    # same numbers. Each batch is one table, which the actors take whole (batch_size below). A task reads its
+    # last batch on into the next files; no other operator joins blocks: Ray Data's strict repartition ran
+    # as tasks needing a CPU each, and while a read task, paused by backpressure, held the only CPU the
+    # actors left, the scan stalled 10-20 s (seen in 5 of 11 runs here).
     files = ray.data.from_items([{"file": index} for index in range(len(source.files))],
                                 override_num_blocks=min(len(source.files), READ_TASKS))
-    dataset = files.map_batches(partial(read_task, source.absolute(), plan.read_columns, chunk_rows), batch_size=1, batch_format="pyarrow",
-                                num_cpus=1)
-    if max_rows is not None:
-        dataset = dataset.limit(max_rows)
-    # Blocks of chunk_rows rows cut at every chunk_rows-th row of the set, across the files' boundaries, as
-    # the local engine cuts its batches: each batch below is one block, so both engines score the same
-    # batches (a model's output for a row can depend on its batch's size) and give the same numbers.
-    dataset = dataset.repartition(target_num_rows_per_block=chunk_rows, strict=True)
+    dataset = files.map_batches(partial(read_task, source.absolute(), plan.read_columns, chunk_rows, max_rows), batch_size=None,
+                                batch_format="pyarrow", num_cpus=1)
     # GPU actors when the cluster has GPUs: each actor a share of them (several actors may share one).
     gpu_share = {"num_gpus": min(1.0, gpus / pool)} if gpus else {}
     with warnings.catch_warnings():
@@ -366,6 +380,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     finally:
         if started_here:  # a Ray this run started ends with it (a cluster given by address is left alone)
             ray.shutdown()
+            _restore_environment(environment)
         else:
             # Ray Data keeps the pool's actors, and the CPUs they hold, until a reference cycle around its
             # execution is collected (ray-project/ray#42366): on a cluster that outlives this run, the next

@@ -309,29 +309,38 @@ class ParquetSource:
                 if kind != "numbers" and not (kind == "booleans" and name in boolean_ok):
                     raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
 
-    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None) -> Generator[pa.RecordBatch, None, None]:
+    def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
+                files: range | None = None) -> Generator[pa.RecordBatch, None, None]:
         """Record batches of ``chunk_rows`` rows (the last one fewer), in file order, stopping after ``max_rows``.
+        ``files``: only the batches that start in these files (a Ray read task's share), the last one read on
+        into the files after them until it is whole.
 
         The batches are cut at every ``chunk_rows``-th row of the set, across the files' and row groups'
-        boundaries, as the Ray engine cuts them: a model's output for a row can depend on its batch's size
-        (a matrix product's tail rows take another kernel), so the same rows in any layout of files, read by
-        either engine, are scored in the same batches and give the same numbers. Many small files (a
-        partitioned set's) are scored in full batches too, not one small batch each.
+        boundaries, whoever reads them: a model's output for a row can depend on its batch's size (a matrix
+        product's tail rows take another kernel), so the same rows in any layout of files, read by either
+        engine, are scored in the same batches and give the same numbers. Many small files (a partitioned
+        set's) are scored in full batches too, not one small batch each.
 
         Each file's ``ParquetFile.iter_batches`` decodes its columns in the thread that asks for the next
         batch (:func:`batches_read_ahead` moves that to a thread of its own). pyarrow's dataset scanner read
         the same batches with ~2× the CPU (~35 ns a row of 11 float32 columns instead of ~17, measured), CPU
         that the models and the statistics beside it need."""
         self._check_columns(columns)
-        seen = 0
-        for batch in cut_batches(self._read(columns, chunk_rows), chunk_rows):
-            if max_rows is not None and seen + batch.num_rows > max_rows:
-                batch = batch.slice(0, max_rows - seen)
-            if batch.num_rows:
-                yield batch
-            seen += batch.num_rows
-            if max_rows is not None and seen >= max_rows:
-                return
+        stop = self.rows() if max_rows is None else min(self.rows(), max_rows)
+        start = 0
+        if files is not None:  # the rows from the first batch boundary in the first file to the last batch's end
+            starts = self._file_starts()
+            start = -(-starts[files.start] // chunk_rows) * chunk_rows
+            stop = min(stop, -(-starts[files.stop] // chunk_rows) * chunk_rows)
+        if start < stop:
+            yield from cut_batches(self._rows(start, stop, columns, chunk_rows), chunk_rows)
+
+    def _file_starts(self) -> list[int]:
+        """Each file's first row in the set, then the set's row count."""
+        starts = [0]
+        for footer in self.footers:
+            starts.append(starts[-1] + footer.rows)
+        return starts
 
     def _check_columns(self, columns: list[str]) -> None:
         """Every file has every column (footers only): a file without one fails before any batch is read."""
@@ -340,14 +349,19 @@ class ParquetSource:
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
 
-    def _read(self, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
-        """The files' batches, decoded in this thread."""
+    def _rows(self, start: int, stop: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
+        """Rows ``start:stop`` of the set in batches of at most ``chunk_rows``, decoded in this thread."""
+        starts = self._file_starts()
         for index in range(len(self.files)):
-            yield from self.file_batches(index, columns, chunk_rows)
+            first, last = max(start, starts[index]), min(stop, starts[index + 1])
+            if first < last:
+                yield from self.file_batches(index, columns, chunk_rows, first - starts[index], last - starts[index])
 
-    def file_batches(self, index: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
-        """One file's batches of at most ``chunk_rows`` rows, its Hive partition columns typed, decoded in
-        this thread: what each engine reads, the local one file after file, each Ray read task its run of files."""
+    def file_batches(self, index: int, columns: list[str], chunk_rows: int, first: int = 0,
+                     stop: int | None = None) -> Generator[pa.RecordBatch, None, None]:
+        """Rows ``first:stop`` of one file (all of them by default) in batches of at most ``chunk_rows``, its
+        Hive partition columns typed, decoded in this thread. The row groups before ``first`` are skipped
+        unread; the rows before it in its row group are decoded and dropped (Parquet pages are read in order)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -361,14 +375,27 @@ class ParquetSource:
             # pyarrow's dataset scanner (Ray Data's Parquet reader) holds a row group whole however it is told
             # to buffer: the Ray engine's read tasks read with this method too.
             with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as reader:
-                for batch in reader.iter_batches(batch_size=chunk_rows, columns=stored, use_threads=False):
-                    if len(stored) < len(columns):
-                        arrays = {name: batch.column(name) for name in stored}
-                        arrays.update({key: pa.repeat(pa.scalar(partition[key], pa.string()), batch.num_rows)
-                                       for key in columns if key in partition})
-                        batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns),
-                                                 self.partition_types)
-                    yield batch
+                stop = reader.metadata.num_rows if stop is None else stop
+                group, position = 0, 0  # the first row group to read, and the file's row it starts at
+                while group < reader.metadata.num_row_groups and position + reader.metadata.row_group(group).num_rows <= first:
+                    position += reader.metadata.row_group(group).num_rows
+                    group += 1
+                groups = range(group, reader.metadata.num_row_groups)
+                for batch in reader.iter_batches(batch_size=chunk_rows, row_groups=groups, columns=stored, use_threads=False):
+                    end = position + batch.num_rows
+                    if end > first:
+                        if position < first or end > stop:
+                            batch = batch.slice(max(first - position, 0), min(end, stop) - max(first, position))
+                        if len(stored) < len(columns):
+                            arrays = {name: batch.column(name) for name in stored}
+                            arrays.update({key: pa.repeat(pa.scalar(partition[key], pa.string()), batch.num_rows)
+                                           for key in columns if key in partition})
+                            batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns),
+                                                     self.partition_types)
+                        yield batch
+                    position = end
+                    if position >= stop:
+                        return
         except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
             if isinstance(error, MemoryError):
                 raise
