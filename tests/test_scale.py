@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -388,7 +389,7 @@ def test_each_read_tasks_files_give_the_batches_that_start_in_them_cut_as_the_wh
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from release_kit.scale.engines import read_task
+    from release_kit.scale.engines import read_task, unwrapped_batch
     from release_kit.scale.source import ParquetSource
 
     sizes, groups = (0, 7, 25, 3, 0, 41, 12), (5, 4, 100, 1, 5, 4, 12)
@@ -406,7 +407,7 @@ def test_each_read_tasks_files_give_the_batches_that_start_in_them_cut_as_the_wh
         for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, len(sizes)), k) for k in range(len(sizes))):
             bounds = [0, *cuts, len(sizes)]
             tasks = [pa.table({"file": list(range(a, b))}) for a, b in zip(bounds, bounds[1:])]
-            read = [table.column("x").to_pylist() for task in tasks for table in read_task(source, ["x", "y"], 10, max_rows, task)]
+            read = [unwrapped_batch(table).column("x").to_pylist() for task in tasks for table in read_task(source, ["x", "y"], 10, max_rows, task)]
             assert read == whole, (max_rows, cuts)
 
     # The task given p5 (rows 35-75, row groups of 4) starts at row 40, in its second row group: the first
@@ -420,7 +421,7 @@ def test_each_read_tasks_files_give_the_batches_that_start_in_them_cut_as_the_wh
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pq.ParquetFile, "iter_batches", spied)
-        read = [table.column("x").to_pylist() for table in read_task(source, ["x", "y"], 10, None, pa.table({"file": [5]}))]
+        read = [unwrapped_batch(table).column("x").to_pylist() for table in read_task(source, ["x", "y"], 10, None, pa.table({"file": [5]}))]
     assert sum(read, []) == list(np.arange(40, 80, dtype=float))
     assert [groups[0] for groups in opened] == [1, 0]
 
@@ -1066,14 +1067,17 @@ def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from release_kit.scale.engines import read_task
+    from release_kit.scale.engines import read_task, unwrapped_batch
     from release_kit.scale.source import ParquetSource
 
     rng = np.random.default_rng(0)
     table = pa.table({name: rng.normal(size=3_000_000) for name in ("x", "y")})  # random floats: incompressible
     pq.write_table(table, tmp_path / "golden.parquet", row_group_size=row_group_rows)
     source = ParquetSource.resolve(str(tmp_path / "golden.parquet"))
-    batches = source.batches(["x", "y"], 100_000) if engine == "local" else read_task(source, ["x", "y"], 100_000, None, pa.table({"file": [0]}))
+    if engine == "local":
+        batches = source.batches(["x", "y"], 100_000)
+    else:
+        batches = (unwrapped_batch(table) for table in read_task(source, ["x", "y"], 100_000, None, pa.table({"file": [0]})))
     before, peak, rows = pa.total_allocated_bytes(), 0, 0
     for batch in batches:
         peak, rows = max(peak, pa.total_allocated_bytes() - before), rows + batch.num_rows
@@ -1462,6 +1466,11 @@ def ray_cluster():
     try:
         yield f"127.0.0.1:{port}", auth
     finally:
+        # `ray stop` ends every Ray on the machine, this process's own too (the module's shared one, started
+        # by an earlier test), and a driver whose Ray is killed under it ends the process: pytest died
+        # without a word. That Ray is shut down first; the next test that needs it starts it again.
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
         subprocess.run([str(ray), "stop", "--force"], env=environment, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -1898,6 +1907,39 @@ def test_the_ray_engine_asked_for_cuda_on_a_cluster_without_gpus_is_bad_input(po
     source, plan, models = _library_scan(power, golden_directory / "golden")
     with pytest.raises(InputError, match="the Ray cluster has no GPU"):
         run_ray(source, plan, models, chunk_rows=10_000, workers=1, device="cuda")
+
+
+class _BatchSize(torch.nn.Module):
+    """Predicts its input's row count: a model whose every output shows the batch it was scored in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), float(x.shape[0]))
+
+
+def test_ray_actors_score_the_local_engines_batches_whatever_ray_datas_block_size(tmp_path, power, golden_directory, shared_ray):
+    """Ray Data joins and slices a task's output rows to fit its block size (128 MiB by default, less than a
+    1,000,000-row batch of 17 float64 columns) and bundles an actor's rows where they fall: batches of many
+    rows reached the actors cut elsewhere than the local engine's. With a 50 kB block size (7,000-row
+    batches of ~400 KB; seen then: batches of 7,000, 7,000, 196, 846, ...), every row is still scored in the
+    batch the local engine scores it in."""
+    import ray.data
+
+    from conftest import save_scripted
+    from release_kit.models import load_model
+    from release_kit.scale.engines import run_local, run_ray
+
+    source, plan, _ = _library_scan(power, golden_directory / "golden")
+    models = {"candidate": load_model("candidate", str(save_scripted(_BatchSize(), tmp_path / "size.pt")), plan.spec)}
+    context = ray.data.DataContext.get_current()
+    default, context.target_max_block_size = context.target_max_block_size, 50_000
+    try:
+        distributed = run_ray(source, plan, models, chunk_rows=7_000)
+    finally:
+        context.target_max_block_size = default
+    local = run_local(source, plan, models, chunk_rows=7_000)
+    scored_in = local.sample.ordered()["candidate"]
+    assert set(scored_in.tolist()) == {7_000.0, 2_000.0}  # 30,000 rows: four whole batches and 2,000
+    np.testing.assert_array_equal(distributed.sample.ordered()["candidate"], scored_in)
 
 
 def test_a_model_file_changed_after_loading_is_not_what_the_ray_actors_score(tmp_path, power, golden_directory, shared_ray):

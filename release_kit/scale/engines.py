@@ -241,21 +241,41 @@ class _Scorer:
             shutil.rmtree(directory, ignore_errors=True)
 
     def __call__(self, batch) -> dict:
+        """One batch, as :func:`read_task` wrapped it (``batch_size=1``: one row)."""
         import pickle
 
-        return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, batch))], dtype=object)}
+        return {"summary": np.array([pickle.dumps(reduce_batch(self.plan, self.models, unwrapped_batch(batch)))], dtype=object)}
 
 
 def read_task(source: ParquetSource, columns: list[str], chunk_rows: int, max_rows: int | None, files) -> Iterator[pa.Table]:
     """A Ray read task: the batches that start in the files whose indices ``files`` holds (a pyarrow table of
-    a run of them), cut where the local engine cuts them (:meth:`ParquetSource.batches`), one table each."""
-    import pyarrow as pa
-
+    a run of them), cut where the local engine cuts them (:meth:`ParquetSource.batches`), each wrapped as one
+    row (:func:`wrapped_batch`)."""
     indices = files.column("file").to_pylist()
     runs = [0, *(k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1), len(indices)]
     for begin, end in zip(runs, runs[1:]):  # Ray gives a task a run of consecutive files: one run, read through
         for batch in source.batches(columns, chunk_rows, max_rows, files=range(indices[begin], indices[end - 1] + 1)):
-            yield pa.Table.from_batches([batch])
+            yield wrapped_batch(batch)
+
+
+def wrapped_batch(batch: pa.RecordBatch) -> pa.Table:
+    """The batch as one row: each column a list of its values (not copied). Ray Data joins and slices the
+    rows of a task's output to fit its block size (128 MiB by default: a 1,000,000-row batch of 17 float64
+    columns is more) and bundles an actor's input rows where they fall, so a batch of many rows reached the
+    actors cut elsewhere than the local engine cuts it (seen with a small block size: 7,196-row bundles cut
+    into 7,000 and 196), and a model's output for a row can depend on its batch's size. One row is never cut."""
+    import pyarrow as pa
+
+    offsets = pa.array([0, batch.num_rows], pa.int64())
+    return pa.Table.from_arrays([pa.LargeListArray.from_arrays(offsets, column) for column in batch.columns], names=batch.schema.names)
+
+
+def unwrapped_batch(table: pa.Table) -> pa.RecordBatch:
+    """The batch :func:`wrapped_batch` wrapped (its values not copied)."""
+    import pyarrow as pa
+
+    columns = [next((chunk for chunk in column.chunks if len(chunk)), column.chunk(0)).flatten() for column in table.columns]
+    return pa.RecordBatch.from_arrays(columns, names=table.column_names)
 
 
 def _restore_environment(before: dict[str, str]) -> None:
@@ -345,7 +365,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
     # One block of file indices per read task, at most READ_TASKS of them: each task reads the batches that
     # start in its files, cut at every chunk_rows-th row of the set as the local engine cuts them (a model's
     # output for a row can depend on its batch's size), so both engines score the same batches and give the
-    # same numbers. Each batch is one table, which the actors take whole (batch_size below). A task reads its
+    # same numbers. Each batch travels as one row (wrapped_batch), which the actors take whole. A task reads its
     # last batch on into the next files; no other operator joins blocks: Ray Data's strict repartition ran
     # as tasks needing a CPU each, and while a read task, paused by backpressure, held the only CPU the
     # actors left, the scan stalled 10-20 s (seen in 5 of 11 runs here).
@@ -361,7 +381,7 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
         warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
         scored = dataset.map_batches(
             _Scorer, fn_constructor_args=(plan, shipped, any(m.allow_pickle for m in models.values()), timeout, "cuda" if gpus else "cpu"),
-            batch_size=chunk_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
+            batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per_actor,
             ray_remote_args_fn=_actors_not_restarted, **gpu_share,
         )
     merged: ScanSummary | None = None
