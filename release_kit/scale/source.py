@@ -355,9 +355,9 @@ class ParquetSource:
         for index in range(len(self.files)):
             first, last = max(start, starts[index]), min(stop, starts[index + 1])
             if first < last:
-                yield from self.file_batches(index, columns, chunk_rows, first - starts[index], last - starts[index])
+                yield from self._file_rows(index, columns, chunk_rows, first - starts[index], last - starts[index])
 
-    def file_batches(self, index: int, columns: list[str], chunk_rows: int, first: int = 0,
+    def _file_rows(self, index: int, columns: list[str], chunk_rows: int, first: int = 0,
                      stop: int | None = None) -> Generator[pa.RecordBatch, None, None]:
         """Rows ``first:stop`` of one file (all of them by default) in batches of at most ``chunk_rows``, its
         Hive partition columns typed, decoded in this thread. The row groups before ``first`` are skipped
