@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import os
 from contextlib import closing
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ class ParquetSource:
             return tuple({} for _ in self.files)
         partitions = tuple(hive_partition(Path(os.path.relpath(file.parent, self.base)).parts) for file in self.files)
         # Every file under the same keys, as Hive and pyarrow lay a partitioned set out: a file under others
-        # lacks columns the rest have (Ray Data's reader would read it with the first file's keys).
+        # lacks columns the rest have.
         for file, partition in zip(self.files, partitions):
             if list(partition) != list(partitions[0]):
                 keys = [", ".join(f"{key}=" for key in p) or "none" for p in (partitions[0], partition)]
@@ -329,18 +330,16 @@ class ParquetSource:
         stop = self.rows() if max_rows is None else min(self.rows(), max_rows)
         start = 0
         if files is not None:  # the rows from the first batch boundary in the first file to the last batch's end
-            starts = self._file_starts()
+            starts = self._file_starts
             start = -(-starts[files.start] // chunk_rows) * chunk_rows
             stop = min(stop, -(-starts[files.stop] // chunk_rows) * chunk_rows)
         if start < stop:
             yield from cut_batches(self._rows(start, stop, columns, chunk_rows), chunk_rows)
 
-    def _file_starts(self) -> list[int]:
-        """Each file's first row in the set, then the set's row count."""
-        starts = [0]
-        for footer in self.footers:
-            starts.append(starts[-1] + footer.rows)
-        return starts
+    @cached_property
+    def _file_starts(self) -> tuple[int, ...]:
+        """Each file's first row in the set, then the set's row count (from the footers)."""
+        return (0, *itertools.accumulate(footer.rows for footer in self.footers))
 
     def _check_columns(self, columns: list[str]) -> None:
         """Every file has every column (footers only): a file without one fails before any batch is read."""
@@ -351,7 +350,7 @@ class ParquetSource:
 
     def _rows(self, start: int, stop: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
         """Rows ``start:stop`` of the set in batches of at most ``chunk_rows``, decoded in this thread."""
-        starts = self._file_starts()
+        starts = self._file_starts
         for index in range(len(self.files)):
             first, last = max(start, starts[index]), min(stop, starts[index + 1])
             if first < last:
