@@ -4,7 +4,8 @@ PSI (population stability index) measures how far the distribution moved, over t
 bins (categories for integer features with few values), on every row. A two-sample test says whether the
 move is more than sampling noise: Kolmogorov–Smirnov for numeric features, chi-square for categorical ones,
 on at most ``test_rows`` sampled rows per side (with millions of rows any difference is "significant", so
-the effect size decides), Holm-adjusted over the features. A feature drifts when both say so.
+the effect size decides), Holm-adjusted over the features. A feature drifts when both say so; when PSI says
+so and the test cannot (too few rows), its drift is undecided, not absent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class FeatureDrift:
     p_value: float
     p_adjusted: float = 1.0
     drifted: bool = False
+    # PSI at or beyond the threshold, yet the test cannot tell the move from sampling noise: too few rows to
+    # decide (a handful of rows always shows a large PSI), so neither drifted nor stable.
+    undecided: bool = False
 
 
 def psi(reference_share: np.ndarray, current_share: np.ndarray) -> float:
@@ -113,9 +117,12 @@ def drift(
         for name in reference
     ]
     adjusted = holm_adjust([f.p_value for f in found])
-    return [
-        replace(f, p_adjusted=p, drifted=p < alpha and f.psi >= psi_threshold) for f, p in zip(found, adjusted)
-    ]
+    decided = []
+    for f, p in zip(found, adjusted):
+        drifted = bool(p < alpha and f.psi >= psi_threshold)
+        stable = bool(f.psi < psi_threshold)  # a NaN PSI or p-value decides neither
+        decided.append(replace(f, p_adjusted=p, drifted=drifted, undecided=not (drifted or stable)))
+    return decided
 
 
 # Beyond this many channels the per-channel statistics would swamp the report: the whole sample is summarised.

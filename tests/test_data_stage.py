@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -226,6 +227,43 @@ def test_drift_warns_by_default_and_fails_when_configured(project, with_referenc
     assert "temperature (PSI" in drift.summary
     with_reference(extra='[data.drift]\naction = "fail"\n', golden=project.root / "warm.csv")
     assert data_checks(gate.check(candidate=str(power["better"])))["drift"].status is Status.FAIL
+
+
+@pytest.mark.parametrize("layout", ["csv", "parquet-directory"])
+def test_drift_on_too_few_golden_rows_is_not_decided_never_a_pass(project, with_reference, power, cli, layout):
+    """A handful of rows always shows a large PSI that no test can confirm: drift is undecided (warn), not
+    absent, read whole or streamed."""
+    golden = pd.read_csv(power["golden"]).head(6)
+    if layout == "csv":
+        path = project.root / "few.csv"
+        golden.to_csv(path, index=False)
+    else:
+        path = project.root / "few"
+        path.mkdir()
+        golden.to_parquet(path / "part.parquet")
+    with_reference(golden=path)
+    result = cli("check", "--candidate", power["better"], "--format", "json")
+    drift = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "drift")
+    assert drift["status"] == "warn", drift["summary"]
+    assert drift["summary"].startswith("not decided: PSI at or above 0.1") and "too few golden rows (6)" in drift["summary"]
+    assert "undecided" in [row[-1] for row in drift["details"]["table"]["rows"]]
+
+
+def test_a_feature_drifts_stays_stable_or_is_undecided_never_silently_stable():
+    from release_kit.drift import Bins, drift
+
+    rng = np.random.default_rng(0)
+    reference = {"x": rng.normal(size=5_000)}
+    few = drift(reference, {"x": rng.normal(size=3)}, psi_threshold=0.1, alpha=0.01)[0]
+    assert few.psi >= 0.1 and few.p_adjusted >= 0.01 and (few.drifted, few.undecided) == (False, True)
+    moved = drift(reference, {"x": rng.normal(size=5_000) + 1}, psi_threshold=0.1, alpha=0.01)[0]
+    assert (moved.drifted, moved.undecided) == (True, False)
+    same = drift(reference, {"x": rng.normal(size=5_000)}, psi_threshold=0.1, alpha=0.01)[0]
+    assert (same.drifted, same.undecided) == (False, False)
+    # A PSI that is no number (streamed counts of no row) decides neither way.
+    empty = {"x": np.zeros(len(Bins.of(reference["x"], 10).cuts) + 1)}
+    nothing = drift(reference, {"x": rng.normal(size=50)}, psi_threshold=0.1, alpha=0.01, current_counts=empty)[0]
+    assert math.isnan(nothing.psi) and (nothing.drifted, nothing.undecided) == (False, True)
 
 
 def test_sql_table_sources_through_gx_sql_datasource(project, with_reference, power, cli):

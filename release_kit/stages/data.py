@@ -396,15 +396,16 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str, cur
     results = drift(before, current, psi_threshold=spec.psi, alpha=spec.alpha, bins=spec.bins, test_rows=spec.test_rows,
                     seed=gate.config.quality.seed, current_counts=current_counts)
     note = ""
+    # The golden rows PSI covers: every row of a streamed set, else the rows (tensor samples) compared.
+    rows = int(next(iter(current_counts.values())).sum()) if current_counts is not None else len(next(iter(current.values())))
     if current_counts is not None:
-        rows = int(next(iter(current_counts.values())).sum())
         note = (f" (PSI and chi-square over all {rows:,} golden rows, streamed; KS on a uniform sample of "
                 f"{len(next(iter(current.values()))):,} rows)")
     drifted = [r for r in results if r.drifted]
     table = {
         "title": f"drift per {'feature' if what == 'features' else 'channel statistic'}",
         "columns": ["feature" if what == "features" else "statistic", "test", "PSI", "statistic", "p (Holm)", "drifted"],
-        "rows": [[r.feature, r.test, r.psi, r.statistic, r.p_adjusted, "yes" if r.drifted else "no"] for r in results],
+        "rows": [[r.feature, r.test, r.psi, r.statistic, r.p_adjusted, "yes" if r.drifted else "undecided" if r.undecided else "no"] for r in results],
     }
     chart = {"title": f"PSI per {'feature' if what == 'features' else 'channel statistic'} (golden vs reference)", "labels": [r.feature for r in results],
              "values": [round(r.psi, 4) for r in results], "y_label": "PSI"}
@@ -413,9 +414,15 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str, cur
         names = ", ".join(f"{r.feature} (PSI {r.psi:.2f})" for r in drifted)
         status = Status.FAIL if spec.action == "fail" else Status.WARN
         return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} {what} drifted from the reference: {names}{note}", details=details)
+    undecided = [r for r in results if r.undecided]
+    if undecided:
+        names = ", ".join(f"{r.feature} (PSI {r.psi:.2f}, p {r.p_adjusted:.2g})" for r in undecided)
+        return CheckResult(NAME, "drift", Status.WARN, (
+            f"not decided: PSI at or above {spec.psi:g} but no significant test at α={spec.alpha:g} for {names}: "
+            f"too few golden rows ({rows:,}) to tell drift from sampling noise{note}"), details=details)
     worst = max(results, key=lambda r: r.psi)
     return CheckResult(
         NAME, "drift", Status.PASS,
-        f"no {'feature' if what == 'features' else 'channel statistic'} drifted (PSI < {spec.psi:g} or not significant at α={spec.alpha:g}); largest PSI {worst.psi:.3f} ({worst.feature}){note}",
+        f"no {'feature' if what == 'features' else 'channel statistic'} drifted (every PSI < {spec.psi:g}); largest PSI {worst.psi:.3f} ({worst.feature}){note}",
         details=details,
     )
