@@ -27,8 +27,8 @@ class FeatureDrift:
     p_value: float
     p_adjusted: float = 1.0
     drifted: bool = False
-    # PSI at or beyond the threshold, yet the test cannot tell the move from sampling noise: too few rows to
-    # decide (a handful of rows always shows a large PSI), so neither drifted nor stable.
+    # Neither drifted nor stable: PSI at or beyond the threshold, yet the test cannot tell the move from
+    # sampling noise (too few rows: a handful always shows a large PSI), or a PSI or p-value that is no number.
     undecided: bool = False
 
 

@@ -245,7 +245,7 @@ def test_drift_on_too_few_golden_rows_is_not_decided_never_a_pass(project, with_
     result = cli("check", "--candidate", power["better"], "--format", "json")
     drift = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "drift")
     assert drift["status"] == "warn", drift["summary"]
-    assert drift["summary"].startswith("not decided: PSI at or above 0.1") and "too few golden rows (6)" in drift["summary"]
+    assert drift["summary"].startswith("not decided: PSI at or above 0.1") and "too few rows (6 golden, 8,000 reference)" in drift["summary"]
     assert "undecided" in [row[-1] for row in drift["details"]["table"]["rows"]]
 
 

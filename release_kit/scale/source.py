@@ -356,9 +356,9 @@ class ParquetSource:
             if first < last:
                 yield from self._file_rows(index, columns, chunk_rows, first - starts[index], last - starts[index])
 
-    def _file_rows(self, index: int, columns: list[str], chunk_rows: int, first: int = 0,
-                     stop: int | None = None) -> Generator[pa.RecordBatch, None, None]:
-        """Rows ``first:stop`` of one file (all of them by default) in batches of at most ``chunk_rows``, its
+    def _file_rows(self, index: int, columns: list[str], chunk_rows: int, first: int,
+                   stop: int) -> Generator[pa.RecordBatch, None, None]:
+        """Rows ``first:stop`` of one file in batches of at most ``chunk_rows``, its
         Hive partition columns typed, decoded in this thread. The row groups before ``first`` are skipped
         unread; the rows before it in its row group are decoded and dropped (Parquet pages are read in order)."""
         import pyarrow as pa
@@ -374,7 +374,6 @@ class ParquetSource:
             # pyarrow's dataset scanner (Ray Data's Parquet reader) holds a row group whole however it is told
             # to buffer: the Ray engine's read tasks read with this method too.
             with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as reader:
-                stop = reader.metadata.num_rows if stop is None else stop
                 group, position = 0, 0  # the first row group to read, and the file's row it starts at
                 while group < reader.metadata.num_row_groups and position + reader.metadata.row_group(group).num_rows <= first:
                     position += reader.metadata.row_group(group).num_rows

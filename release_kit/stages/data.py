@@ -416,10 +416,11 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str, cur
         return CheckResult(NAME, "drift", status, f"{len(drifted)} of {len(results)} {what} drifted from the reference: {names}{note}", details=details)
     undecided = [r for r in results if r.undecided]
     if undecided:
+        reference_rows = max(len(values) for values in before.values())
         names = ", ".join(f"{r.feature} (PSI {r.psi:.2f}, p {r.p_adjusted:.2g})" for r in undecided)
         return CheckResult(NAME, "drift", Status.WARN, (
             f"not decided: PSI at or above {spec.psi:g} but no significant test at α={spec.alpha:g} for {names}: "
-            f"too few golden rows ({rows:,}) to tell drift from sampling noise{note}"), details=details)
+            f"too few rows ({rows:,} golden, {reference_rows:,} reference) to tell drift from sampling noise{note}"), details=details)
     worst = max(results, key=lambda r: r.psi)
     return CheckResult(
         NAME, "drift", Status.PASS,
