@@ -66,7 +66,7 @@ def _gate_options(command):
         click.option("--engine", type=click.Choice(["local", "ray"]), help="How a streamed golden set runs: in this process or on Ray (default: [run] engine)."),
         click.option("--max-rows", type=click.IntRange(min=1), help="Gate on the first N golden rows only (default: [run] max_rows, all)."),
         click.option("--stage", "stages", multiple=True, help="Run only this built-in stage (repeatable; default: [gate] stages, all four)."),
-        click.option("--allow-pickle", is_flag=True, help="Allow loading pickled models and pickled parts of .pt2 archives (runs arbitrary code from the file)."),
+        click.option("--allow-pickle", is_flag=True, help="Trust the model files: load pickled models and pickled parts of .pt2 archives, and run operators beyond tensor computation (runs arbitrary code from the file)."),
         click.option("--no-mlflow", is_flag=True, help="Do not log the gate run to MLflow (a report from such a run cannot be released with --report)."),
         click.option("--waive", "waive", nargs=3, multiple=True, metavar="CHECK REASON BY",
                      help="Let the failing check 'stage::name' through, recording why and who (repeatable)."),

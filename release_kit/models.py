@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .files import file_sha256
+from .operators import audit_exported_program, audit_scripted_module, audit_torchscript_archive
 from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
 from .signature import Signature
@@ -476,10 +477,14 @@ def detect_kind(path: Path) -> ModelKind:
 def _load_torchscript(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
     import torch
 
+    if not allow_pickle:
+        audit_torchscript_archive(path, role)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # torch raises RuntimeError subclasses with multi-line C++ traces
         raise InputError(f"cannot load {role} TorchScript model {path}: {first_line(error)}") from None
+    if not allow_pickle:
+        audit_scripted_module(module, role, path)
     return module.eval()
 
 
@@ -493,6 +498,8 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
             program = torch.export.load(str(path))
     except Exception as error:
         raise InputError(f"cannot load {role} torch.export program {path}: {first_line(error)}") from None
+    if not allow_pickle:
+        audit_exported_program(program, role, path)
     # Exported modules refuse .eval(); they were traced in the mode they were exported in.
     return program.module()
 

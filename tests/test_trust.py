@@ -15,6 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,6 +149,269 @@ def test_mlmodel_loader_module_is_ignored(project, power, cli, tmp_path):
     result = cli("check", "--candidate", folder)
     assert result.exit_code == 2 and "directory" in result.stderr
     assert not marker.exists()
+
+
+# 1b. A model program that reaches outside its tensors ----------------------------------------------------------
+
+VICTIM_TEXT = "hello world\n"
+
+
+class WritesAFileWhenCalled(torch.nn.Module):
+    """TorchScript's ``torch.from_file(shared=True)`` maps a file for writing: each call overwrites its first
+    bytes (enough to put code into a Python source of the job's environment), then predicts zero."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.victim, shared=True, size=5, dtype=torch.uint8)
+        mapped.fill_(65)
+        return x.sum(dim=1) * 0 + mapped.float().sum() * 0
+
+
+class WritesAFileWhenLoaded(torch.nn.Module):
+    """The same write in ``__setstate__``, which ``torch.jit.load`` itself runs."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+        self.offset = torch.zeros(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1) * 0 + self.offset
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
+        return (self.victim, self.offset, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
+        mapped = torch.from_file(state[0], shared=True, size=5, dtype=torch.uint8)
+        mapped.fill_(66)
+        self.victim = state[0]
+        self.offset = state[1] + mapped.float().sum() * 0
+        self.training = state[2]
+
+
+class SavesAFile(torch.nn.Module):
+    """``torch.save`` (aten::save) writes any file, here from a method other than forward."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1) * 0
+
+    @torch.jit.export
+    def dump(self, x: torch.Tensor) -> None:
+        torch.save(x, self.victim)
+
+
+def victim_file(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    return victim
+
+
+def rewrite_code(source: Path, target: Path, old: str, new: str) -> Path:
+    """A copy of a TorchScript archive with its serialized source edited, as an attacker may."""
+    with zipfile.ZipFile(source) as original:
+        code = {info.filename: original.read(info.filename).decode() for info in original.infolist()
+                if "/code/" in info.filename and info.filename.endswith(".py") and old in original.read(info.filename).decode()}
+    assert code, f"{old!r} is not in {source}'s code"
+    return rewrite_archive(source, target, {name: text.replace(old, new).encode() for name, text in code.items()})
+
+
+def scripted(module: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def exported_with_node(source: Path, target: Path, node: dict) -> Path:
+    """The example's real .pt2 with one node put first in its graph (its JSON edited, as an attacker may)."""
+    with zipfile.ZipFile(source) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
+        program = json.loads(archive.read(name))
+    graph = program["graph_module"]
+    user_input = next(spec["user_input"]["arg"]["as_tensor"]["name"] for spec in graph["signature"]["input_specs"] if "user_input" in spec)
+    node = json.loads(json.dumps(node).replace("USER_INPUT", user_input))
+    graph["graph"]["nodes"].insert(0, {"outputs": [{"as_none": True}], "metadata": {}, "is_hop_single_tensor_return": None, **node})
+    return rewrite_archive(source, target, {name: json.dumps(program).encode()})
+
+
+def export_writing(victim: Path, target: Path) -> Path:
+    """A torch.export program that maps ``victim`` for writing, exported in its own process: export needs a
+    fake kernel for aten::from_file, which this test process must not register."""
+    code = f"""
+import torch
+torch.library.register_fake("aten::from_file")(
+    lambda filename, shared=None, size=0, *, dtype=None, layout=None, device=None, pin_memory=None: torch.empty(size, dtype=dtype))
+class WritesAFile(torch.nn.Module):
+    def forward(self, x):
+        mapped = torch.from_file({str(victim)!r}, shared=True, size=5, dtype=torch.uint8)
+        mapped.fill_(67)
+        return x.sum(dim=1) * 0 + mapped.float().sum() * 0
+batch = torch.export.Dim("batch", min=2)
+program = torch.export.export(WritesAFile(), (torch.ones(4, 5),), dynamic_shapes=({{0: batch}},))
+torch.export.save(program, {str(target)!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    return target
+
+
+def crafted_program(shape: str, power, tmp_path: Path, victim: Path) -> Path:
+    if shape == "torchscript-forward":
+        return scripted(WritesAFileWhenCalled(str(victim)), tmp_path / "evil.pt")
+    if shape == "torchscript-setstate":
+        return scripted(WritesAFileWhenLoaded(str(victim)), tmp_path / "evil.pt")
+    if shape == "torchscript-save":
+        return scripted(SavesAFile(str(victim)), tmp_path / "evil.pt")
+    if shape == "torchscript-getattr":  # named by strings, run by torch.jit.load: no graph to check yet
+        return rewrite_code(scripted(WritesAFileWhenLoaded(str(victim)), tmp_path / "plain.pt"), tmp_path / "evil.pt",
+                            "torch.from_file(", 'getattr(getattr(ops, "aten"), "from_file")(')
+    if shape == "export-from-file":
+        return export_writing(victim, tmp_path / "evil.pt2")
+    if shape == "export-save":
+        return exported_with_node(power["better_export"], tmp_path / "evil.pt2", {
+            "target": "torch.ops.aten.save.default", "name": "dump",
+            "inputs": [{"name": "item", "arg": {"as_tensor": {"name": "USER_INPUT"}}, "kind": 1},
+                       {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1}]})
+    if shape == "export-python-call":  # any callable under `torch.`: torch.os.system
+        return exported_with_node(power["better_export"], tmp_path / "evil.pt2", {
+            "target": "torch.os.system", "name": "shell",
+            "inputs": [{"name": "command", "arg": {"as_string": f"touch {victim}.pwned"}, "kind": 1}]})
+    raise ValueError(shape)
+
+
+@pytest.mark.parametrize("shape", ["torchscript-forward", "torchscript-setstate", "torchscript-getattr", "export-from-file"])
+def test_a_model_program_that_writes_a_file_is_a_real_attack_on_plain_torch(power, tmp_path, shape):
+    """Control: plain torch runs the write (TorchScript's __setstate__ inside torch.jit.load itself)."""
+    victim = victim_file(tmp_path)
+    evil = crafted_program(shape, power, tmp_path, victim)
+    load = "torch.jit.load" if evil.suffix == ".pt" else "lambda f: torch.export.load(f).module()"
+    code = f"import torch\nmodel = ({load})({str(evil)!r})\nmodel(torch.ones(3, 5))\n"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    assert victim.read_text() != VICTIM_TEXT
+
+
+@pytest.mark.parametrize("shape", ["torchscript-forward", "torchscript-setstate", "torchscript-save", "torchscript-getattr",
+                                   "export-from-file", "export-save", "export-python-call"])
+def test_a_model_program_that_reaches_outside_its_tensors_is_refused(project, power, cli, tmp_path, shape):
+    victim = victim_file(tmp_path)
+    evil = crafted_program(shape, power, tmp_path, victim)
+    result = cli("check", "--candidate", evil, "--baseline", power["v1"], "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and str(evil) in line, line
+    expected = "cannot load candidate torch.export program" if shape == "export-python-call" else "--allow-pickle to trust this file"
+    assert expected in line, line
+    assert victim.read_text() == VICTIM_TEXT and not Path(f"{victim}.pwned").exists()
+    assert not (project.root / "report.json").exists()
+
+
+def test_a_model_program_writing_a_file_is_refused_by_the_default_gate_in_a_subprocess(project, power, tmp_path):
+    """The path users take: every stage, tracking on, the CLI in its own process, the model from a file."""
+    victim = victim_file(tmp_path)
+    evil = crafted_program("torchscript-forward", power, tmp_path, victim)
+    project.config(extra='[gate]\nstages = ["quality", "outliers", "performance", "data"]\n')
+    config = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
+    (project.root / "release-kit.toml").write_text(config)
+    result = run_cli(project.root, "check", "--candidate", evil, "--baseline", power["v1"], "--report", "report.json")
+    one_line_error(result, 2, str(evil), "torch.from_file", "acts outside the model's tensors")
+    assert victim.read_text() == VICTIM_TEXT and not (project.root / "report.json").exists()
+
+
+def test_a_registry_model_that_writes_a_file_is_refused(project, power, cli, tmp_path):
+    from release_kit.registry import publish
+
+    victim = victim_file(tmp_path)
+    evil = crafted_program("torchscript-setstate", power, tmp_path, victim)
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    publish(evil, "evil", "1.0.0", tracking_uri=uri)
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", f'tracking_uri = "{uri}"')
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", "models:/evil/1", "--baseline", "none", "--no-mlflow")
+    assert result.exit_code == 2 and "torch.from_file" in result.stderr, result.output
+    assert victim.read_text() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("code", ["x = 1\x00", "x = a" + ".b" * 100_000])
+def test_unreadable_torchscript_source_is_an_input_error(project, power, cli, tmp_path, code):
+    """Source the audit cannot parse (a NUL byte; nesting deep enough to exhaust the parser's recursion) is
+    bad input, not a crash."""
+    with zipfile.ZipFile(power["v1"]) as archive:
+        entry = next(n for n in archive.namelist() if "/code/" in n and n.endswith(".py"))
+    evil = rewrite_archive(power["v1"], tmp_path / "evil.pt", {entry: code.encode()})
+    result = cli("check", "--candidate", evil, "--baseline", power["v1"])
+    assert result.exit_code == 2 and "is not TorchScript source" in result.stderr, result.output
+
+def test_a_custom_class_in_the_pickled_state_is_refused_before_loading(power, tmp_path):
+    """A TorchScript state may build objects of torch.classes, native code with its own __setstate__: only
+    packed weights (quantized, sparse) are allowed. Read with pickletools, nothing is unpickled."""
+    from release_kit.errors import InputError
+    from release_kit.models import load_model
+
+    state = b"\x80\x02c__torch__.torch.classes.dist_c10d\nFileStore\nq\x00)\x81q\x01."
+    evil = rewrite_archive(power["v1"], tmp_path / "evil.pt", {"/data.pkl": state})
+    with pytest.raises(InputError, match=r"torch\.classes\.dist_c10d .*so it is refused"):
+        load_model("candidate", str(evil))
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(5, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.unsqueeze(1))
+        return self.head(out[:, -1]).squeeze(1)
+
+
+class Attention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.embed = torch.nn.Linear(1, 8)
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x.unsqueeze(2))).mean(1)).squeeze(1)
+
+
+class Branching(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda x: self.linear(x), lambda x: self.linear(-x), (x,)).squeeze(1)
+
+
+@pytest.mark.parametrize("name", ["lstm-script", "lstm-trace", "attention-script", "attention-trace", "quantized-script",
+                                  "quantized-trace", "lstm-export", "attention-export", "cond-export"])
+def test_ordinary_model_programs_load(tmp_path, name):
+    """The operator check refuses no real model: recurrent, attention, dynamically quantized (packed weights,
+    a __setstate__ of their own), traced, scripted and exported with a dynamic batch and control flow."""
+    from release_kit.models import load_model
+
+    torch.manual_seed(0)
+    kind, how = name.split("-")
+    module = {"lstm": Recurrent, "attention": Attention, "quantized": lambda: torch.ao.quantization.quantize_dynamic(
+        Recurrent(), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8), "cond": Branching}[kind]().eval()
+    x = torch.randn(6, 5)
+    path = tmp_path / ("model.pt2" if how == "export" else "model.pt")
+    if how == "export":
+        torch.export.save(torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=2)},)), str(path))
+    else:
+        torch.jit.save(torch.jit.script(module) if how == "script" else torch.jit.trace(module, x, check_trace=False), str(path))
+    loaded = load_model("candidate", str(path))
+    with torch.inference_mode():
+        expected = module(x).numpy()
+    assert np.allclose(loaded.raw_outputs(x.numpy()).reshape(-1), expected.reshape(-1), atol=1e-5)
 
 
 # 2. A forged report releases nothing ------------------------------------------------------------------------
