@@ -423,7 +423,9 @@ def load_model(
             "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
         )
     factory = factory or (spec.factory if spec is not None else None)
-    module = _LOADERS[kind](path, role, factory, allow_pickle)
+    # Loading runs code of the file too (a TorchScript __setstate__), so it gets a model call's deadline.
+    with call_deadline(timeout, f"loading the {role} model {source}"):
+        module = _LOADERS[kind](path, role, factory, allow_pickle)
     return LoadedModel(
         factory=factory,
         role=role,

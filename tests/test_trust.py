@@ -209,6 +209,29 @@ class SavesAFile(torch.nn.Module):
         torch.save(x, self.victim)
 
 
+
+class HangsWhenLoaded(torch.nn.Module):
+    """A ``__setstate__`` that never returns: ``torch.jit.load`` spins in TorchScript's interpreter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.zeros(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1) * 0 + self.offset
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.offset, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        spins = 0
+        while spins >= 0:
+            spins += 1
+        self.offset = state[0] + spins
+        self.training = state[1]
+
 def victim_file(tmp_path: Path) -> Path:
     victim = tmp_path / "victim.txt"
     victim.write_text(VICTIM_TEXT)
@@ -322,6 +345,16 @@ def test_a_model_program_writing_a_file_is_refused_by_the_default_gate_in_a_subp
     one_line_error(result, 2, str(evil), "torch.from_file", "acts outside the model's tensors")
     assert victim.read_text() == VICTIM_TEXT and not (project.root / "report.json").exists()
 
+
+
+def test_a_model_file_that_hangs_while_loading_gets_the_model_deadline(project, power, tmp_path):
+    """Loading runs the file's code too; stuck in TorchScript's interpreter, it ends the process with the
+    deadline's one line and exit 2 (no model call has started yet), writing nothing."""
+    hangs = scripted(HangsWhenLoaded(), tmp_path / "hangs.pt")
+    project.config(extra='[gate]\nstages = ["quality"]\nmodel_timeout_seconds = 1\n')
+    result = run_cli(project.root, "check", "--candidate", hangs, "--baseline", power["v1"], "--report", "report.json")
+    one_line_error(result, 2, f"loading the candidate model {hangs} did not return within 1 s", "model_timeout_seconds")
+    assert not (project.root / "report.json").exists()
 
 def test_a_registry_model_that_writes_a_file_is_refused(project, power, cli, tmp_path):
     from release_kit.registry import publish
