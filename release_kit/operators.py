@@ -28,14 +28,16 @@ from typing import Any
 from .errors import InputError
 
 ALLOWED_NAMESPACES = frozenset({
-    "aten", "prim", "prims", "rngprims", "quantized", "_quantized", "quantization", "sparse",
-    "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "higher_order",
+    "aten", "prim", "prims", "rngprims", "higher_order",
+    "quantized", "_quantized", "quantization", "quantized_decomposed", "sparse",  # quantized and sparse kernels
+    "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "prepacked",  # CPU back ends' kernels (prepacked: XNNPACK)
+    "profiler",  # record_function's ranges: events for a profiler, when one runs
 })
 # Operators of an allowed namespace that act outside the tensors: files, other processes.
 REFUSED_OPERATORS = frozenset({
     "aten::save", "aten::from_file", "prim::rpc_async", "prim::rpc_sync", "prim::rpc_remote",
 })
-ALLOWED_CLASS_NAMESPACES = frozenset({"quantized", "sparse", "rnn", "mkldnn", "onednn", "xnnpack"})
+ALLOWED_CLASS_NAMESPACES = frozenset({"quantized", "sparse", "rnn", "mkldnn", "onednn", "xnnpack", "profiler"})
 # Names under ``torch.`` in TorchScript source that resolve to a refused operator (torch.save → aten::save).
 _REFUSED_BUILTINS = frozenset(name.partition("::")[2] for name in REFUSED_OPERATORS)
 _OUTSIDE = "it acts outside the model's tensors (files or other processes)"

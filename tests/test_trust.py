@@ -308,6 +308,7 @@ def crafted_program(shape: str, power, tmp_path: Path, victim: Path) -> Path:
     raise ValueError(shape)
 
 
+@pytest.mark.slow  # a control of the premise, not of release-kit: the refusals below name their own reason
 @pytest.mark.parametrize("shape", ["torchscript-forward", "torchscript-setstate", "torchscript-getattr", "export-from-file"])
 def test_a_model_program_that_writes_a_file_is_a_real_attack_on_plain_torch(power, tmp_path, shape):
     """Control: plain torch runs the write (TorchScript's __setstate__ inside torch.jit.load itself)."""
@@ -424,17 +425,31 @@ class Branching(torch.nn.Module):
         return torch.cond(x.sum() > 0, lambda x: self.linear(x), lambda x: self.linear(-x), (x,)).squeeze(1)
 
 
+class Profiled(torch.nn.Module):
+    """record_function ranges: TorchScript compiles them to the profiler's operators and class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autograd.profiler.record_function("linear"):
+            out = self.linear(x)
+        return out.squeeze(1)
+
+
 @pytest.mark.parametrize("name", ["lstm-script", "lstm-trace", "attention-script", "attention-trace", "quantized-script",
-                                  "quantized-trace", "lstm-export", "attention-export", "cond-export"])
+                                  "quantized-trace", "profiled-script", "lstm-export", "attention-export", "cond-export"])
 def test_ordinary_model_programs_load(tmp_path, name):
     """The operator check refuses no real model: recurrent, attention, dynamically quantized (packed weights,
-    a __setstate__ of their own), traced, scripted and exported with a dynamic batch and control flow."""
+    a __setstate__ of their own), profiled ranges, traced, scripted and exported with a dynamic batch and
+    control flow."""
     from release_kit.models import load_model
 
     torch.manual_seed(0)
     kind, how = name.split("-")
     module = {"lstm": Recurrent, "attention": Attention, "quantized": lambda: torch.ao.quantization.quantize_dynamic(
-        Recurrent(), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8), "cond": Branching}[kind]().eval()
+        Recurrent(), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8), "cond": Branching, "profiled": Profiled}[kind]().eval()
     x = torch.randn(6, 5)
     path = tmp_path / ("model.pt2" if how == "export" else "model.pt")
     if how == "export":
