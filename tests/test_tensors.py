@@ -348,6 +348,89 @@ def test_a_changed_input_shape_is_a_breaking_contract_change():
     assert Signature.from_json(original.to_json()) == original
 
 
+
+# Token ids: integer inputs, an EmbeddingBag text classifier -------------------------------------------------
+
+TOKENS, VOCABULARY = 12, 50
+
+
+class TokenBag(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.EmbeddingBag(VOCABULARY, 16, mode="mean")
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens))
+
+
+def token_project(root: Path) -> dict[str, Path]:
+    """Token-id sequences (int64) labelled by whether token 7 outnumbers token 9; a baseline trained 5 steps,
+    a candidate 200 (TorchScript and torch.export)."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, VOCABULARY, size=(1500, TOKENS)).astype(np.int64)
+    labels = ((tokens == 7).sum(1) > (tokens == 9).sum(1)).astype(np.int64)
+    root.mkdir(parents=True)
+    np.savez(root / "golden.npz", inputs=tokens[:1000], target=labels[:1000])
+    np.savez(root / "reference.npz", inputs=tokens[1000:], target=labels[1000:])
+
+    def trained(steps: int) -> TokenBag:
+        torch.manual_seed(1)
+        model = TokenBag()
+        optimizer = torch.optim.Adam(model.parameters(), 0.05)
+        x, y = torch.from_numpy(tokens[1000:]), torch.from_numpy(labels[1000:])
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return model.eval()
+
+    better = trained(200)
+    program = torch.export.export(better, (torch.from_numpy(tokens[:8]),), dynamic_shapes=({0: torch.export.Dim("n", min=2)},))
+    torch.export.save(program, str(root / "candidate.pt2"))
+    (root / "release-kit.toml").write_text(textwrap.dedent("""
+        [model]
+        name = "token-bag"
+        task = "classification"
+        prediction = "logits"
+
+        [data]
+        golden = "golden.npz"
+        reference = "reference.npz"
+    """) + QUICK)
+    return {"baseline": save_scripted(trained(5), root / "v1.pt"), "candidate": save_scripted(better, root / "candidate.pt"),
+            "export": root / "candidate.pt2"}
+
+
+def test_a_token_id_classifier_through_every_stage_with_tracking(tmp_path):
+    """Integer inputs reach every stage as stored. The FLOP counter failed on an EmbeddingBag under inference
+    mode, and took both latency checks with it (error: a gate that could not pass a better model)."""
+    models = token_project(tmp_path / "p")
+    result = run_cli(tmp_path / "p", "check", "--candidate", models["candidate"], "--baseline", models["baseline"],
+                     "--baseline-version", "1.0.0", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    checks = checks_by_name(report)
+    assert report["verdict"] == "pass" and report["bump"] == "minor", report["bump_reason"]
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
+    for rows in (1, 64):
+        latency = checks[f"performance::latency:batch={rows}"]
+        assert latency["status"] in ("pass", "warn"), latency["summary"]
+        assert all(latency["details"]["cost"][role]["flops_per_row"] > 0 for role in ("candidate", "baseline"))
+    assert checks["outliers::search:robustness"]["status"] == "skip"  # token ids are not perturbed
+    assert checks["data::tensor:layout"]["status"] == "pass"
+    assert "metadata table" in checks["data::suite"]["summary"], checks["data::suite"]["summary"]
+    assert report["contract"]["candidate"]["inputs"] == [{"shape": [None, TOKENS], "dtype": "int64"}]
+
+
+def test_an_exported_token_id_classifier_is_timed(tmp_path, cli, monkeypatch):
+    models = token_project(tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    result = cli("check", "--candidate", models["export"], "--baseline", models["baseline"], "--stage", "performance",
+                 "--no-mlflow", "--format", "json")
+    latency = checks_by_name(json.loads(result.stdout))["performance::latency:batch=1"]
+    assert latency["status"] != "error" and latency["details"]["rounds"] > 0, latency["summary"]
+
 # Bad input: exit 2, one line naming the file and the problem ------------------------------------------------
 
 

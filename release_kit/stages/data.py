@@ -52,10 +52,15 @@ def checks(gate: GateContext) -> list[StageCheck]:
     if spec.training:
         datasets.append(("training", spec.training, read_table(spec.training)))
     found: list[StageCheck] = [StageCheck("golden_rows", partial(golden_rows, gate))]
-    if not suites:
+    if not suites and golden.tabular:
         reason = (f"no expectation suite under {spec.suites} and no [data] reference to profile: nothing to validate "
                   "the golden set against. Enable it with [data] reference = \"<training data>\" (profiled into a suite) "
                   "or suites from `release-kit data profile`")
+    elif not suites:  # a tensor reference is no table to profile: it feeds the tensor checks
+        reason = (f"no expectation suite under {spec.suites}: GX suites validate a tensor golden set's metadata table "
+                  "([data] metadata); the tensors themselves are checked against [data] reference "
+                  + ("by tensor:layout, tensor:range and drift" if tensor_reference else "(none is set)"))
+    if not suites:
         found.append(StageCheck("suite", lambda: CheckResult(NAME, "suite", Status.SKIP, reason)))
     for dataset, source, frame in datasets:
         for suite in suites:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..report import CheckResult, MetricDiff, Status
 from . import Once, StageCheck, no_baseline
 
@@ -228,7 +228,9 @@ def _joined(first: Measurement, more: Measurement) -> Measurement:
 
 
 def _cost(gate: GateContext, models: dict, batch) -> dict:
-    """Parameter count and FLOPs per row (``torch.utils.flop_counter``) of both models."""
+    """Parameter count and FLOPs per row (``torch.utils.flop_counter``) of both models. Facts for the table,
+    not for the decision: where the counter cannot follow a model, its FLOPs are unknown (``None``, with the
+    reason), and the latency is still decided."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -236,9 +238,16 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
     for role, module in models.items():
         params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None
         own = tuple(t.clone() for t in batch)  # its own copy, as it is timed
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            module(*own)
-        facts[role] = {"parameters": params, "flops_per_row": counter.get_total_flops() / len(batch[0])}
+        facts[role] = {"parameters": params, "flops_per_row": None}
+        try:
+            # no_grad, not inference_mode: under inference mode the counter's dispatch mode fails on some
+            # models (an EmbeddingBag over token ids, TorchScript or exported) that run fine without it.
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(*own)
+        except Exception as error:  # the model runs in the timed rounds; only the count is lost
+            facts[role]["flops_unknown"] = f"{type(error).__name__}: {first_line(error)}"
+        else:
+            facts[role]["flops_per_row"] = counter.get_total_flops() / len(batch[0])
     return facts
 
 
@@ -288,7 +297,7 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
         "columns": ["model", "p50 ms", "p90 ms", "p99 ms", "rows/s", "cold start ms", "FLOPs/row", "GFLOP/s", "parameters"],
         "rows": [
             [m.label, ms(m, 50), ms(m, 90), ms(m, 99), m.throughput, m.cold_start_ns / 1e6,
-             facts[m.label]["flops_per_row"], _achieved(facts, m) / 1e9, facts[m.label]["parameters"]]
+             facts[m.label]["flops_per_row"], _giga(_achieved(facts, m)), facts[m.label]["parameters"]]
             for m in (candidate, baseline)
         ] + [["ratio", ratio.value, p90.value, ms(candidate, 99) / ms(baseline, 99), baseline.throughput / candidate.throughput,
               None, None, None, None]],
@@ -307,7 +316,8 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
         "fingerprint": fingerprint(candidate.device, spec.threads),
     }
     if spec.peak_tflops is not None:
-        details["peak_fraction"] = {m.label: _achieved(facts, m) / (spec.peak_tflops * 1e12) for m in (candidate, baseline)}
+        details["peak_fraction"] = {m.label: None if _achieved(facts, m) is None else _achieved(facts, m) / (spec.peak_tflops * 1e12)
+                                    for m in (candidate, baseline)}
     metrics = (
         MetricDiff(f"p50_latency_ratio:batch={rows}", ratio.value, 1.0, ratio.value - 1, ratio.low - 1, ratio.high - 1, False, spec.latency_budget),
         MetricDiff(f"p90_latency_ratio:batch={rows}", p90.value, 1.0, p90.value - 1, p90.low - 1, p90.high - 1, False, spec.latency_budget),
@@ -326,9 +336,14 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
     return CheckResult(NAME, name, status, f"{text}: {verdict}", metrics=metrics, details=details)
 
 
-def _achieved(facts: dict, measurement: Measurement) -> float:
-    """FLOP/s at the median latency."""
-    return facts[measurement.label]["flops_per_row"] * measurement.throughput
+def _achieved(facts: dict, measurement: Measurement) -> float | None:
+    """FLOP/s at the median latency (``None``: the FLOPs are unknown)."""
+    flops = facts[measurement.label]["flops_per_row"]
+    return None if flops is None else flops * measurement.throughput
+
+
+def _giga(value: float | None) -> float | None:
+    return None if value is None else value / 1e9
 
 
 def memory_check(gate: GateContext, measured: Once, rows: int) -> CheckResult:
