@@ -114,6 +114,11 @@ def prepare(
         if streamed is None:
             golden = load_golden(golden_source, spec, metadata=config.data.metadata, dataset=dataset, max_rows=run_spec.max_rows)
         uri = tracking_uri(config, project_dir) if config.mlflow.enabled and registry else None
+        if baseline is None and not config.baseline.path and uri is not None:
+            # No baseline named: the released version the alias points at, as a release would move it from.
+            from .registry import alias_uri
+
+            baseline_source = alias_uri(uri, spec.name, config.release.alias)
         if uri is not None and (track or any(s and s.startswith(REGISTRY_SCHEMES) for s in (candidate_source, baseline_source))):
             check_store_writable(uri)
         timeout = config.gate.model_timeout_seconds

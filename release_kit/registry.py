@@ -72,6 +72,22 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
 _DOWNLOADS: list[Path] = []
 
 
+
+def alias_uri(tracking_uri: str, name: str, alias: str) -> str | None:
+    """``models:/name@alias`` when the registry has a version of ``name`` under ``alias`` (the released
+    version a candidate is compared with when no baseline is named), else ``None``: no store yet, no such
+    model or alias."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = connect(tracking_uri)
+    try:
+        call_store(tracking_uri, client.get_model_version_by_alias, name, alias)
+    except MlflowException:
+        return None
+    return f"models:/{name}@{alias}"
+
 def _download_folder() -> Path:
     """A temporary folder for one downloaded model, removed when the process exits (the loaded model
     and its file stay usable until then: a GPU reload and the release re-read it)."""

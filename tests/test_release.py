@@ -264,6 +264,23 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
     assert repo.champion() == "1.1.0"
 
 
+
+def test_with_no_baseline_named_the_champion_is_the_baseline(tmp_path, power, monkeypatch, cli):
+    """A config without [baseline] compares with the released version the alias points at: before, each
+    check called itself a first release (1.0.0, a taken version) and only the release step refused it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    repo = Repo(tmp_path, power)
+    assert cli("release", "--candidate", repo.models["v1"], "--baseline", "none").exit_code == 0
+    config = repo.root / "release-kit.toml"
+    config.write_text(config.read_text().replace('[baseline]\npath = "models:/power-forecast@champion"\n', ""))
+    assert "[baseline]" not in config.read_text()
+    report = json.loads(cli("check", "--candidate", repo.models["better"], "--format", "json").stdout)
+    assert report["baseline"]["source"] == "models:/power-forecast@champion" and report["baseline"]["version"] == "1.0.0"
+    assert (report["bump"], report["next_version"]) == ("minor", "1.1.0"), report["bump_reason"]
+    forced = json.loads(cli("check", "--candidate", repo.models["better"], "--baseline", "none", "--format", "json").stdout)
+    assert forced["baseline"] is None and forced["first_release"]
+
 def test_pre_release_does_not_move_the_alias(repo, cli):
     result = cli("release", "--candidate", repo.models["better"], "--prerelease", "rc", "--format", "json")
     assert result.exit_code == 0, result.output
