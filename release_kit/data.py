@@ -300,6 +300,8 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         # Classes 0 and 1; a missing label (pandas' nullable booleans, or booleans with None) is NaN: an
         # excluded row, as a missing number is.
         target_column = target_column.astype("float64")
+    elif spec.task == "classification" and spec.classes and _is_text(target_column):
+        target_column = class_ids(target_column, spec.classes, f"{path}: target column '{spec.target}'")
     _require_numeric(target_column, path, f"target column '{spec.target}'")
 
     with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: excluded below
@@ -341,11 +343,35 @@ def _is_boolean(column) -> bool:
     return len(present) > 0 and all(isinstance(value, (bool, np.bool_)) for value in present)
 
 
+def _is_text(column) -> bool:
+    import pandas as pd
+
+    dtype = column.dtype
+    return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
+
+
+def class_ids(column: pd.Series, classes: list[str], where: str) -> pd.Series:
+    """Class labels as their ids, the positions of ``[model] classes`` (float64; a missing label is NaN, an
+    excluded row). A label that is not a class is an input error naming it: a typo or a class the
+    config forgot would otherwise drop rows from every metric."""
+    import pandas as pd
+
+    labels = column.astype("string")
+    ids = labels.map({name: float(i) for i, name in enumerate(classes)}, na_action="ignore").astype("float64")
+    unknown = ids.isna() & labels.notna()
+    if unknown.any():
+        label = labels[unknown].iloc[0]
+        raise InputError(f"{where} has the label {label!r} ({int(unknown.sum())} row(s)), which is not in "
+                         f"[model] classes ({', '.join(classes)})")
+    return pd.Series(ids.to_numpy(), index=column.index, name=column.name)
+
+
 def _require_numeric(column, path, what: str) -> None:
     import pandas as pd
 
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        raise InputError(f"{path}: {what} is not numeric")
+        hint = " (class labels: list them in [model] classes, in class-id order)" if what.startswith("target") else ""
+        raise InputError(f"{path}: {what} is not numeric{hint}")
 
 
 def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:

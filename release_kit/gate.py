@@ -215,7 +215,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
                     config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried)
-    source.check_numeric(plan.columns, boolean_ok=(spec.target,))
+    source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}

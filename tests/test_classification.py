@@ -120,3 +120,84 @@ def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypat
     assert "non-finite" in checks["output_contract"]["summary"]
     assert checks["roc_auc"]["status"] == "warn"  # could not decide: never a pass, never silently skipped
     assert "non-finite" in checks["roc_auc"]["summary"]
+
+
+# Class labels stored as text, named by [model] classes ----------------------------------------------------
+
+NAMES = ["low", "mid", "high"]
+
+
+def labelled(frame, names=NAMES):
+    """The frame with each class id replaced by its name (a missing label stays missing)."""
+    return frame.assign(label=frame["label"].map(dict(enumerate(names))))
+
+
+def test_text_labels_are_the_classes_named_in_the_config(tmp_path, monkeypatch, cli, datasets):
+    """A golden set whose labels are names gives the numbers of the same set with class ids, read whole (CSV)
+    and streamed (Parquet files, one of them with pandas' category dtype)."""
+    import pandas as pd
+
+    _, data = datasets
+    train, golden = data[3]
+    ids = pd.read_csv(golden)
+    ids.to_csv(tmp_path / "ids.csv", index=False)
+    names = labelled(ids)
+    names.to_csv(tmp_path / "names.csv", index=False)
+    (tmp_path / "names").mkdir()
+    names.iloc[:1000].to_parquet(tmp_path / "names" / "part-0.parquet")
+    names.iloc[1000:].assign(label=names["label"].iloc[1000:].astype("category")).to_parquet(tmp_path / "names" / "part-1.parquet")
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG.format(prediction="logits").replace('[data]\ngolden = "golden.csv"', '[data]\ngolden = "ids.csv"')
+    (tmp_path / "release-kit.toml").write_text(config.replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {NAMES}\n'))
+    weak = save_scripted(train_classifier(train, 3, epochs=2, squash="none"), tmp_path / "weak.pt")
+    strong = save_scripted(train_classifier(train, 3, epochs=150, squash="none"), tmp_path / "strong.pt")
+
+    def metrics(data: str) -> dict:
+        result = cli("check", "--candidate", strong, "--baseline", weak, "--data", data, "--format", "json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        return {m["name"]: (m["candidate"], m["baseline"], m["ci_low"], m["ci_high"]) for c in report["checks"] for m in c["metrics"]}
+
+    expected = metrics("ids.csv")
+    assert set(expected) >= {"accuracy", "f1", "log_loss"}
+    for data in ("names.csv", "names"):
+        found = metrics(data)
+        assert found.keys() == expected.keys()
+        for name, values in expected.items():
+            assert found[name] == pytest.approx(values, rel=1e-9), (data, name)
+
+
+@pytest.mark.parametrize("data", ["names.csv", "names"])
+def test_a_label_outside_the_classes_is_an_input_error(tmp_path, monkeypatch, cli, datasets, data):
+    import pandas as pd
+
+    _, sets = datasets
+    train, golden = sets[3]
+    frame = labelled(pd.read_csv(golden))
+    frame.loc[7, "label"] = "medium"
+    frame.to_csv(tmp_path / "names.csv", index=False)
+    (tmp_path / "names").mkdir()
+    frame.to_parquet(tmp_path / "names" / "part-0.parquet")
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG.format(prediction="logits").replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {NAMES}\n')
+    (tmp_path / "release-kit.toml").write_text(config)
+    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
+    result = cli("check", "--candidate", model, "--data", data, "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "'label'" in line and "'medium'" in line and "[model] classes (low, mid, high)" in line, line
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_text_labels_without_classes_say_how_to_name_them(tmp_path, monkeypatch, cli, datasets):
+    import pandas as pd
+
+    _, sets = datasets
+    train, golden = sets[3]
+    labelled(pd.read_csv(golden)).to_csv(tmp_path / "names.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", "names.csv"))
+    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
+    result = cli("check", "--candidate", model)
+    assert result.exit_code == 2 and "target column 'label' is not numeric" in result.stderr, result.output
+    assert "list them in [model] classes" in result.stderr

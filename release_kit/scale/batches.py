@@ -144,7 +144,8 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     """Read the batch's columns, count them, and exclude the rows with bad values (NaN/inf, impossible
     classes)."""
     spec = plan.spec
-    frame = {name: _numbers(table.column(name)) for name in plan.columns}
+    frame = {name: _numbers(table.column(name)) for name in plan.columns if name != spec.target}
+    frame[spec.target] = _target(table.column(spec.target), spec)
     if frame[spec.target].dtype.kind == "b":  # labels stored as booleans are classes 0 and 1, as in memory
         frame[spec.target] = frame[spec.target].astype(np.int64)
     counts = ColumnCounts()
@@ -185,6 +186,25 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     if spec.task == "classification":
         target = target.astype(np.int64)
     return PreparedBatch(rows, counts, bad, excluded_mask, frame, target, carried)
+
+
+def _target(column, spec) -> np.ndarray:
+    """The target's values; class labels stored as text are their ids in ``[model] classes`` (a null is NaN),
+    as when the set is read whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (spec.task == "classification" and spec.classes and (pa.types.is_string(kind) or pa.types.is_large_string(kind))):
+        return _numbers(column)
+    labels = column.cast(kind) if pa.types.is_dictionary(column.type) else column
+    ids = pc.index_in(labels, value_set=pa.array(spec.classes, kind))
+    unknown = pc.and_(pc.is_null(ids), pc.is_valid(labels))
+    if pc.any(unknown).as_py():
+        first = pc.filter(labels, unknown)[0].as_py()
+        raise InputError(f"golden column '{spec.target}' has the label {first!r} ({pc.sum(unknown.cast(pa.int64())).as_py()} row(s) "
+                         f"in this batch), which is not in [model] classes ({', '.join(spec.classes)})")
+    return ids.cast(pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def _numbers(column) -> np.ndarray:

@@ -300,15 +300,18 @@ class ParquetSource:
         shared = set(first).intersection(*others)
         return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
 
-    def check_numeric(self, columns, *, boolean_ok: tuple[str, ...] = ()) -> None:
+    def check_numeric(self, columns, *, target: str, labels: bool = False) -> None:
         """Every file stores these columns as numbers (footers only), so that a text column in the 40th file
-        fails before any batch is read, naming that file (``boolean_ok``: columns read as classes 0 and 1)."""
+        fails before any batch is read, naming that file. The ``target`` may be booleans (classes 0 and 1),
+        and with ``labels`` text (class labels, mapped through ``[model] classes``)."""
         self._check_columns(list(columns))
         for file, footer in zip(self.files, self.footers):
             for name in columns:
                 kind = footer.kinds[name]
-                if kind != "numbers" and not (kind == "booleans" and name in boolean_ok):
-                    raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers")
+                if kind == "numbers" or (name == target and (kind == "booleans" or (labels and kind.endswith("text")))):
+                    continue
+                hint = " (class labels: list them in [model] classes, in class-id order)" if name == target and kind.endswith("text") else ""
+                raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers{hint}")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
                 files: range | None = None) -> Generator[pa.RecordBatch, None, None]:
