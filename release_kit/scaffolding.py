@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import InputError
 
 DEFAULT_ACTION = "release-kit/release-kit@v0"
+MAX_LABELS = 1000  # more distinct text values than this: no class list to write, the target is likely not one
 GITIGNORE_LINES = (".release-kit/", "release-kit-report.json", "release-kit-junit.xml", "release-kit-comment.md", "release-note.md")
 
 
@@ -25,10 +26,11 @@ class Scaffold:
 
 def plan(directory: Path, *, name: str, task: str, target: str, features: list[str] | None, data: str | None,
          action: str = DEFAULT_ACTION, prediction: str | None = None) -> Scaffold:
+    labels = None
     if features is None:
         if data is None:
             raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
-        features = _columns(directory, data, target)
+        features, labels = _columns(directory, data, target)
     features = [f.strip() for f in features if f.strip()]
     if task == "classification" and prediction is None:
         raise InputError("--task classification needs --prediction logits or --prediction probabilities (what the model outputs)")
@@ -39,6 +41,7 @@ def plan(directory: Path, *, name: str, task: str, target: str, features: list[s
         "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
         features=json.dumps(features), data=json.dumps(data) if data else None,
         prediction=json.dumps(prediction) if prediction else None, baseline=json.dumps(f"models:/{name}@champion"),
+        classes=json.dumps(labels) if task == "classification" and labels and 2 <= len(labels) <= MAX_LABELS else None,
         action_repo=action.split("@")[0],
     )
     _validate(config_text)
@@ -84,14 +87,21 @@ def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[s
     return written
 
 
-def _columns(directory: Path, data: str, target: str) -> list[str]:
+def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[str] | None]:
+    """The file's columns but the target, and the target's labels, sorted, when it holds text (class names)."""
+    import pandas as pd
+
     from .data import read_table
 
     path = Path(data) if Path(data).is_absolute() else directory / data
-    columns = [str(c) for c in read_table(path).columns]
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
     if target not in columns:
         raise InputError(f"{data}: no column {target!r} (the --target); columns are {', '.join(columns)}")
-    return [c for c in columns if c != target]
+    values = frame[frame.columns[columns.index(target)]]
+    text = not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    labels = sorted({str(v) for v in values.dropna()}) if text else None
+    return [c for c in columns if c != target], labels
 
 
 def _render(template: str, **context) -> str:

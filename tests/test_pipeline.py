@@ -472,6 +472,22 @@ def test_init_for_classification_needs_and_writes_prediction(tmp_path, cli, monk
     assert load_config(tmp_path / "release-kit.toml").model.prediction == "logits"
 
 
+
+def test_init_writes_the_classes_of_a_text_target(tmp_path, cli, monkeypatch):
+    """init --data with class names in the target writes them, sorted, as [model] classes: a check then
+    reads the names (without, it would stop at "target column 'label' is not numeric")."""
+    import pandas as pd
+
+    from release_kit.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"a": [0.1, 0.2, 0.3], "label": ["yes", "no", None]}).to_csv(tmp_path / "data.csv", index=False)
+    result = cli("init", "--name", "m", "--task", "classification", "--prediction", "logits", "--target", "label",
+                 "--data", "data.csv")
+    assert result.exit_code == 0, result.output
+    model = load_config(tmp_path / "release-kit.toml").model
+    assert model.classes == ["no", "yes"] and model.features == ["a"]
+
 def test_terminal_output_puts_failures_first_and_names_waivers(project, power, cli):
     project.config('[[waivers]]\ncheck = "quality::output_contract"\nreason = "night offset known"\nby = "ana"\n')
     result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality")
