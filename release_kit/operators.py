@@ -9,11 +9,12 @@ TorchScript ``__setstate__`` even runs inside ``torch.jit.load``.
 
 So a model file may name only the operators of tensor computation: the namespaces in
 ``ALLOWED_NAMESPACES`` less ``REFUSED_OPERATORS``, and custom classes of ``ALLOWED_CLASS_NAMESPACES``
-(quantized and sparse packed weights). A TorchScript archive is read as text before it is loaded: every
+(packed weights, profiler ranges). A TorchScript archive is read as text before it is loaded: every
 source file under ``code/`` (each method, ``__setstate__`` included) and the class references of its
-pickled state. After loading, the graphs themselves are checked again, every method of every submodule
-with its calls inlined, and for an exported program every node of every (sub)graph. Loading a file that
-fails either check is an input error; ``--allow-pickle`` (the user trusts the file) skips them.
+pickled state. After loading, the graphs themselves are checked again: the module's methods with their
+calls inlined (all that ``forward`` reaches) and each submodule's methods, and for an exported program
+every node of every (sub)graph. Loading a file that fails either check is an input error;
+``--allow-pickle`` (the user trusts the file) skips them.
 """
 
 from __future__ import annotations
