@@ -205,10 +205,18 @@ _OBJECT_NODES = frozenset({"prim::CallMethod", "prim::CreateObject"})
 
 
 def _graph_nodes(nodes: Iterable[Any]) -> Iterator[Any]:
+    """Every node, inside blocks (if, loop) and subgraphs (``torch.jit.fork``'s, its calls inlined) too."""
+    import torch
+
     for node in nodes:
         yield node
         for block in node.blocks():
             yield from _graph_nodes(block.nodes())
+        for attribute in node.attributeNames():
+            if node.kindOf(attribute) == "g":
+                subgraph = node.g(attribute).copy()
+                torch._C._jit_pass_inline(subgraph)
+                yield from _graph_nodes(subgraph.nodes())
 
 
 def audit_exported_program(program: Any, role: str, path: Path) -> None:

@@ -381,6 +381,38 @@ def test_unreadable_torchscript_source_is_an_input_error(project, power, cli, tm
     result = cli("check", "--candidate", evil, "--baseline", power["v1"])
     assert result.exit_code == 2 and "is not TorchScript source" in result.stderr, result.output
 
+
+def writes_a_file(x: torch.Tensor, victim: str) -> torch.Tensor:
+    mapped = torch.from_file(victim, shared=True, size=5, dtype=torch.uint8)
+    mapped.fill_(68)
+    return x + mapped.float().sum() * 0
+
+
+class WritesAFileInAFork(torch.nn.Module):
+    """The write in a function run by ``torch.jit.fork``: its graph is a node's subgraph, not a block."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.jit.wait(torch.jit.fork(writes_a_file, x, self.victim)).sum(dim=1)
+
+
+@pytest.mark.parametrize("module", [WritesAFileWhenCalled, WritesAFileInAFork])
+def test_the_loaded_graph_is_checked_on_its_own(tmp_path, module):
+    """The second layer, without the first: the graphs torch.jit.load built are checked whatever the source
+    said, blocks and fork subgraphs included."""
+    from release_kit.errors import InputError
+    from release_kit.operators import audit_scripted_module
+
+    victim = victim_file(tmp_path)
+    loaded = torch.jit.load(str(scripted(module(str(victim)), tmp_path / "evil.pt")))
+    with pytest.raises(InputError, match="aten::from_file .*acts outside the model's tensors"):
+        audit_scripted_module(loaded, "candidate", tmp_path / "evil.pt")
+    assert victim.read_text() == VICTIM_TEXT
+
+
 def test_a_custom_class_in_the_pickled_state_is_refused_before_loading(power, tmp_path):
     """A TorchScript state may build objects of torch.classes, native code with its own __setstate__: only
     packed weights (quantized, sparse) are allowed. Read with pickletools, nothing is unpickled."""
