@@ -33,6 +33,7 @@ ALLOWED_NAMESPACES = frozenset({
     "quantized", "_quantized", "quantization", "quantized_decomposed", "sparse",  # quantized and sparse kernels
     "mkldnn", "mkldnn_prepacked", "onednn", "mkl", "prepacked",  # CPU back ends' kernels (prepacked: XNNPACK)
     "profiler",  # record_function's ranges: events for a profiler, when one runs
+    "torchvision",  # detection models' kernels (nms, roi_align, …), registered when torchvision is imported
 })
 # Operators of an allowed namespace that act outside the tensors: files, other processes.
 REFUSED_OPERATORS = frozenset({
