@@ -77,15 +77,26 @@ def _refused(role: str, path: Path, what: str, why: str) -> InputError:
 # -- TorchScript, before it is loaded -------------------------------------------------------------------
 
 
+# The most an archive's source or state entry may hold: a real model's are kilobytes to a few megabytes
+# (the tensors are entries of their own), and a compressed entry could unpack to any size.
+MAX_AUDITED_BYTES = 256 * 2**20
+
+
 def audit_torchscript_archive(path: Path, role: str) -> None:
     """Refuse a TorchScript archive whose code or state names an operator or class outside the allowed set."""
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
                 entry = info.filename.partition("/")[2]
-                if entry.startswith("code/") and entry.endswith(".py"):
+                source = entry.startswith("code/") and entry.endswith(".py")
+                if not (source or entry.endswith((".pkl", ".debug_pkl"))):
+                    continue
+                if info.file_size > MAX_AUDITED_BYTES:
+                    raise InputError(f"cannot read {role} TorchScript model {path}: {entry} unpacks to {info.file_size:,} bytes, "
+                                     f"more than a model's source or state holds ({MAX_AUDITED_BYTES:,})")
+                if source:
                     _audit_source(archive.read(info).decode("utf-8", errors="replace"), role, path, entry)
-                elif entry.endswith((".pkl", ".debug_pkl")):
+                else:
                     _audit_pickled_classes(archive.read(info), role, path, entry)
     except zipfile.BadZipFile as error:
         raise InputError(f"cannot read {role} TorchScript model {path}: {error}") from None

@@ -382,6 +382,29 @@ def test_unreadable_torchscript_source_is_an_input_error(project, power, cli, tm
     assert result.exit_code == 2 and "is not TorchScript source" in result.stderr, result.output
 
 
+def test_a_source_entry_that_unpacks_beyond_any_model_is_refused_unread(power, cli, project, tmp_path):
+    """A deflated entry of 300 MB of spaces is 0.3 MB in the file: the audit reads no entry larger than a
+    model's source or state could be, so the file cannot exhaust the job's memory through it."""
+    from release_kit.operators import MAX_AUDITED_BYTES
+
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(power["v1"]) as original, zipfile.ZipFile(evil, "w") as crafted:
+        bombed = next(n for n in original.namelist() if "/code/" in n and n.endswith(".py"))
+        for name in original.namelist():
+            if name != bombed:
+                crafted.writestr(name, original.read(name))
+                continue
+            packed = zipfile.ZipInfo(name)
+            packed.compress_type = zipfile.ZIP_DEFLATED
+            with crafted.open(packed, "w", force_zip64=True) as entry:
+                entry.write(original.read(name) + b"\n#")
+                for _ in range(MAX_AUDITED_BYTES // 2**20 + 1):
+                    entry.write(b" " * 2**20)
+    assert evil.stat().st_size < 8 * 2**20
+    result = cli("check", "--candidate", evil, "--baseline", power["v1"])
+    assert result.exit_code == 2 and "unpacks to" in result.stderr and "more than a model's source or state holds" in result.stderr, result.output
+
+
 def writes_a_file(x: torch.Tensor, victim: str) -> torch.Tensor:
     mapped = torch.from_file(victim, shared=True, size=5, dtype=torch.uint8)
     mapped.fill_(68)
