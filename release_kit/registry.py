@@ -72,7 +72,6 @@ def fetch_model(uri: str, *, tracking_uri: str | None) -> FetchedModel:
 _DOWNLOADS: list[Path] = []
 
 
-
 def alias_uri(tracking_uri: str, name: str, alias: str) -> str | None:
     """``models:/name@alias`` when the registry has a version of ``name`` under ``alias`` (the released
     version a candidate is compared with when no baseline is named), else ``None``: no store yet, no such
@@ -87,6 +86,7 @@ def alias_uri(tracking_uri: str, name: str, alias: str) -> str | None:
     except MlflowException:
         return None
     return f"models:/{name}@{alias}"
+
 
 def _download_folder() -> Path:
     """A temporary folder for one downloaded model, removed when the process exits (the loaded model

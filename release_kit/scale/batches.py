@@ -195,9 +195,13 @@ def _target(column, spec) -> np.ndarray:
     import pyarrow.compute as pc
 
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    if not (spec.task == "classification" and spec.classes and (pa.types.is_string(kind) or pa.types.is_large_string(kind))):
+    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow ≥ 16; the floor is 14.0.1
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_string_view(kind)
+    if not (spec.task == "classification" and spec.classes and text):
         return _numbers(column)
-    labels = column.cast(kind) if pa.types.is_dictionary(column.type) else column
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        kind = pa.string()  # categories and string views as plain text: index_in takes no string view
+    labels = column if column.type == kind else column.cast(kind)
     ids = pc.index_in(labels, value_set=pa.array(spec.classes, kind))
     unknown = pc.and_(pc.is_null(ids), pc.is_valid(labels))
     if pc.any(unknown).as_py():
