@@ -45,6 +45,10 @@ class Bounds(_Strict):
         return self
 
 
+# What an error says when class labels are stored as text and [model] classes does not name them.
+CLASS_LABELS_HINT = "class labels stored as text: list them in [model] classes, in class-id order"
+
+
 class ModelSpec(_Strict):
     """The model under gate. ``features`` and ``target`` name a table golden set's columns; a tensor golden
     set (.npz, .safetensors, a dataset factory) has neither: its arrays are the inputs and the target."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
 from .files import check_unique_columns, file_sha256
 
@@ -300,9 +301,9 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         # Classes 0 and 1; a missing label (pandas' nullable booleans, or booleans with None) is NaN: an
         # excluded row, as a missing number is.
         target_column = target_column.astype("float64")
-    elif spec.task == "classification" and spec.classes and _is_text(target_column):
+    elif spec.task == "classification" and spec.classes and is_text(target_column):
         target_column = class_ids(target_column, spec.classes, f"{path}: target column '{spec.target}'")
-    _require_numeric(target_column, path, f"target column '{spec.target}'")
+    _require_numeric(target_column, path, f"target column '{spec.target}'", hint=CLASS_LABELS_HINT if is_text(target_column) else None)
 
     with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: excluded below
         features = frame[spec.features].to_numpy(dtype=np.float32)
@@ -343,7 +344,8 @@ def _is_boolean(column) -> bool:
     return len(present) > 0 and all(isinstance(value, (bool, np.bool_)) for value in present)
 
 
-def _is_text(column) -> bool:
+def is_text(column) -> bool:
+    """Text, object or category values: what class labels stored as names are read as."""
     import pandas as pd
 
     dtype = column.dtype
@@ -366,12 +368,11 @@ def class_ids(column: pd.Series, classes: list[str], where: str) -> pd.Series:
     return pd.Series(ids.to_numpy(), index=column.index, name=column.name)
 
 
-def _require_numeric(column, path, what: str) -> None:
+def _require_numeric(column, path, what: str, hint: str | None = None) -> None:
     import pandas as pd
 
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        hint = " (class labels: list them in [model] classes, in class-id order)" if what.startswith("target") else ""
-        raise InputError(f"{path}: {what} is not numeric{hint}")
+        raise InputError(f"{path}: {what} is not numeric" + (f" ({hint})" if hint else ""))
 
 
 def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:

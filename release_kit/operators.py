@@ -125,7 +125,8 @@ def _name_chains(tree: ast.AST) -> Iterator[list[str]]:
             yield chain
 
 
-_RPC_BUILTINS = frozenset({"rpc_async", "rpc_sync", "rpc_remote"})  # names TorchScript resolves with no prefix
+# TorchScript resolves its RPC builtins (prim::rpc_async, …) by their bare names too.
+_RPC_BUILTINS = frozenset(name.partition("::")[2] for name in REFUSED_OPERATORS if name.startswith("prim::rpc_"))
 
 
 def _is_getattr(node: ast.AST) -> bool:

@@ -89,9 +89,7 @@ def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[s
 
 def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[str] | None]:
     """The file's columns but the target, and the target's labels, sorted, when it holds text (class names)."""
-    import pandas as pd
-
-    from .data import read_table
+    from .data import is_text, read_table
 
     path = Path(data) if Path(data).is_absolute() else directory / data
     frame = read_table(path)
@@ -99,8 +97,7 @@ def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[s
     if target not in columns:
         raise InputError(f"{data}: no column {target!r} (the --target); columns are {', '.join(columns)}")
     values = frame[frame.columns[columns.index(target)]]
-    text = not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    labels = sorted({str(v) for v in values.dropna()}) if text else None
+    labels = sorted({str(v) for v in values.dropna()}) if is_text(values) else None
     return [c for c in columns if c != target], labels
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import pytest
 
@@ -201,3 +202,34 @@ def test_text_labels_without_classes_say_how_to_name_them(tmp_path, monkeypatch,
     result = cli("check", "--candidate", model)
     assert result.exit_code == 2 and "target column 'label' is not numeric" in result.stderr, result.output
     assert "list them in [model] classes" in result.stderr
+
+
+def test_text_labels_through_every_stage_with_tracking(tmp_path, datasets):
+    """As users run it: the CLI in a subprocess, the default stages (the data stage profiling a reference
+    whose labels are names too), the embedded MLflow store."""
+    import pandas as pd
+
+    from conftest import QUICK, run_cli
+
+    _, sets = datasets
+    train, golden = sets[3]
+    labelled(pd.read_csv(golden)).to_csv(tmp_path / "golden.csv", index=False)
+    labelled(train).to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "release-kit.toml").write_text(churn_model("logits") + f"classes = {NAMES}\n" + textwrap.dedent("""
+        [data]
+        golden = "golden.csv"
+        reference = "train.csv"
+    """) + QUICK)
+    weak = save_scripted(train_classifier(train, 3, epochs=2, squash="none"), tmp_path / "weak.pt")
+    strong = save_scripted(train_classifier(train, 3, epochs=150, squash="none"), tmp_path / "strong.pt")
+    result = run_cli(tmp_path, "check", "--candidate", strong, "--baseline", weak, "--baseline-version", "1.0.0",
+                     "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    checks = {f"{c['stage']}::{c['name']}": c for c in report["checks"]}
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
+    assert report["verdict"] == "pass" and report["bump"] == "minor", report["bump_reason"]
+    assert checks["data::golden_rows"]["status"] == "pass"
+    classes = checks["outliers::classes"]
+    assert classes["status"] == "pass" and {row[0] for row in classes["details"]["table"]["rows"]} == {"0 (low)", "1 (mid)", "2 (high)"}
+    assert report["mlflow"]["run_id"] and (tmp_path / ".release-kit" / "mlflow.db").is_file()

@@ -488,6 +488,7 @@ def test_init_writes_the_classes_of_a_text_target(tmp_path, cli, monkeypatch):
     model = load_config(tmp_path / "release-kit.toml").model
     assert model.classes == ["no", "yes"] and model.features == ["a"]
 
+
 def test_terminal_output_puts_failures_first_and_names_waivers(project, power, cli):
     project.config('[[waivers]]\ncheck = "quality::output_contract"\nreason = "night offset known"\nby = "ana"\n')
     result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality")

@@ -23,6 +23,7 @@ from release_kit.signature import Signature
 from release_kit.tags import VERSION_TAG
 from release_kit.tracking import embedded_uri
 
+
 @pytest.fixture
 def repo(tmp_path, power, monkeypatch) -> Repo:
     monkeypatch.chdir(tmp_path)
@@ -280,6 +281,18 @@ def test_with_no_baseline_named_the_champion_is_the_baseline(tmp_path, power, mo
     assert (report["bump"], report["next_version"]) == ("minor", "1.1.0"), report["bump_reason"]
     forced = json.loads(cli("check", "--candidate", repo.models["better"], "--baseline", "none", "--format", "json").stdout)
     assert forced["baseline"] is None and forced["first_release"]
+
+
+def test_with_no_baseline_named_an_unreachable_registry_is_a_clear_error(project, power, cli, monkeypatch):
+    """Looking up the champion needs the registry: a server that does not answer is one line, exit 2, before
+    the gate runs (not a first release by default, nor a crash)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", f'tracking_uri = "http://127.0.0.1:{free_port()}"')
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 2 and result.stderr.startswith("release-kit: error: cannot reach MLflow at http://127.0.0.1:"), result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (project.root / "report.json").exists()
+
 
 def test_pre_release_does_not_move_the_alias(repo, cli):
     result = cli("release", "--candidate", repo.models["better"], "--prerelease", "rc", "--format", "json")

@@ -1389,6 +1389,7 @@ def test_a_run_that_starts_its_own_ray_leaves_the_process_environment_as_it_foun
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "rows 30000 changed []", done.stdout[-1000:]
 
+
 @pytest.mark.slow  # starts and stops a Ray of its own in a subprocess: ~30 s on two cores
 def test_a_model_that_kills_its_ray_actor_fails_the_run_instead_of_hanging(tmp_path, power):
     """A model whose forward ends its process (as a segfault would) in a Ray worker: the actor is not restarted

@@ -109,16 +109,20 @@ def test_crafted_export_archive_is_refused_without_allow_pickle(project, power, 
     assert not (project.root / "report.json").exists()
 
 
-def test_crafted_export_archive_from_the_registry_is_refused(project, power, cli, tmp_path):
+def check_from_the_registry(project, cli, tmp_path: Path, model_file: Path):
+    """``check`` of ``model_file`` published as version 1 of "evil" in a registry of its own."""
     from release_kit.registry import publish
 
-    marker = tmp_path / "pwned"
-    evil = crafted_export(power, tmp_path, "weights-use-pickle", marker)
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
-    publish(evil, "evil", "1.0.0", tracking_uri=uri)
+    publish(model_file, "evil", "1.0.0", tracking_uri=uri)
     text = (project.root / "release-kit.toml").read_text().replace("enabled = false", f'tracking_uri = "{uri}"')
     project.write("release-kit.toml", text)
-    result = cli("check", "--candidate", "models:/evil/1", "--baseline", "none", "--no-mlflow")
+    return cli("check", "--candidate", "models:/evil/1", "--baseline", "none", "--no-mlflow")
+
+
+def test_crafted_export_archive_from_the_registry_is_refused(project, power, cli, tmp_path):
+    marker = tmp_path / "pwned"
+    result = check_from_the_registry(project, cli, tmp_path, crafted_export(power, tmp_path, "weights-use-pickle", marker))
     assert result.exit_code == 2 and "holds a pickled record" in result.stderr, result.output
     assert not marker.exists()
 
@@ -231,6 +235,7 @@ class HangsWhenLoaded(torch.nn.Module):
             spins += 1
         self.offset = state[0] + spins
         self.training = state[1]
+
 
 def victim_file(tmp_path: Path) -> Path:
     victim = tmp_path / "victim.txt"
@@ -357,16 +362,10 @@ def test_a_model_file_that_hangs_while_loading_gets_the_model_deadline(project, 
     one_line_error(result, 2, f"loading the candidate model {hangs} did not return within 1 s", "model_timeout_seconds")
     assert not (project.root / "report.json").exists()
 
-def test_a_registry_model_that_writes_a_file_is_refused(project, power, cli, tmp_path):
-    from release_kit.registry import publish
 
+def test_a_registry_model_that_writes_a_file_is_refused(project, power, cli, tmp_path):
     victim = victim_file(tmp_path)
-    evil = crafted_program("torchscript-setstate", power, tmp_path, victim)
-    uri = f"sqlite:///{tmp_path / 'registry.db'}"
-    publish(evil, "evil", "1.0.0", tracking_uri=uri)
-    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", f'tracking_uri = "{uri}"')
-    project.write("release-kit.toml", text)
-    result = cli("check", "--candidate", "models:/evil/1", "--baseline", "none", "--no-mlflow")
+    result = check_from_the_registry(project, cli, tmp_path, crafted_program("torchscript-setstate", power, tmp_path, victim))
     assert result.exit_code == 2 and "torch.from_file" in result.stderr, result.output
     assert victim.read_text() == VICTIM_TEXT
 

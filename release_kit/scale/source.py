@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import CLASS_LABELS_HINT
 from ..errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class ParquetSource:
                 kind = footer.kinds[name]
                 if kind == "numbers" or (name == target and (kind == "booleans" or (labels and kind.endswith("text")))):
                     continue
-                hint = " (class labels: list them in [model] classes, in class-id order)" if name == target and kind.endswith("text") else ""
+                hint = f" ({CLASS_LABELS_HINT})" if name == target and kind.endswith("text") else ""
                 raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers{hint}")
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
