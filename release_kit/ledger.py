@@ -38,7 +38,7 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
     versions = [v for v in call_store(uri, client.search_model_versions, f"name = '{quote_filter(model)}'") if VERSION_TAG in v.tags]
     if not versions:
         raise InputError(f"no released versions of {model!r} in the registry at {uri}")
-    rollbacks = _rollbacks(client, uri, model, experiment)
+    rollbacks = rollback_events(client, uri, model, experiment)
     # Searched versions carry no aliases in every store; the registered model has them all.
     aliases: dict[str, list[str]] = {}
     for alias, number in call_store(uri, client.get_registered_model, model).aliases.items():
@@ -71,7 +71,8 @@ def _version_order(entry: LedgerEntry):
         return (0, semver.Version(0), entry.version)
 
 
-def _rollbacks(client, uri: str, model: str, experiment: str) -> list[dict[str, str]]:
+def rollback_events(client, uri: str, model: str, experiment: str) -> list[dict[str, str]]:
+    """``model``'s rollbacks, newest first: from, to, alias, reason, by, at."""
     found = call_store(uri, client.get_experiment_by_name, experiment)
     if found is None:
         return []

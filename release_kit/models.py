@@ -673,6 +673,11 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
         probabilities = raw if spec.prediction == "probabilities" else _softmax(raw)
     else:
         raise InputError(f"{role} model output shape {_shape(raw)} does not fit a classification model")
+    if spec.classes is not None and len(spec.classes) != probabilities.shape[1]:
+        raise InputError(
+            f"{role} model outputs {probabilities.shape[1]} class(es) but [model] classes names {len(spec.classes)} "
+            f"({', '.join(spec.classes)}): output i is the class classes[i]"
+        )
     if n_classes_seen is not None and n_classes_seen > probabilities.shape[1]:
         raise InputError(
             f"{role} model outputs {probabilities.shape[1]} class(es) but the target has class id "

@@ -113,7 +113,9 @@ def _model_version(client, tracking_uri: str, uri: str, name: str, alias: str | 
             return call_store(tracking_uri, client.get_model_version_by_alias, name, alias)
         return call_store(tracking_uri, client.get_model_version, name, number)
     except MlflowException as error:
-        raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {first_line(error)}") from None
+        # An alias that resolves to nothing is most often a project's first release.
+        hint = "; nothing released yet? a first release is checked with --baseline none" if alias is not None else ""
+        raise InputError(f"model {uri} not found in the registry at {tracking_uri}: {first_line(error).rstrip('.')}{hint}") from None
 
 
 def _model_file(local: Path, uri: str) -> Path:

@@ -371,6 +371,7 @@ def plan(
     alias_now = _alias_target(model, alias, uri) if alias else None
     if alias:
         _check_alias(report, model, alias, alias_now, existing)
+        _check_not_rolled_back(uri, config.mlflow.experiment, model, version, alias, alias_now, existing)
 
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     manifest = manifests.build(config, report, model_file=model_file, git=git, dirty=dirty, created_at=created_at)
@@ -563,6 +564,26 @@ def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, 
             f"@{alias} of {model} now points to version {alias_now or '(unset)'}, but the check compared against "
             f"version {checked.version}; re-run the check against the current @{alias}"
         )
+
+
+def _check_not_rolled_back(uri: str, experiment: str, model: str, version: str, alias: str, alias_now: str | None, existing: list) -> None:
+    """A version already released and then rolled back from the alias stays rolled back: re-running its
+    release (a CI job re-run, a gate run of the same file) would otherwise undo the rollback silently.
+    Putting it back is a decision, ``rollback --to``, with its reason recorded."""
+    if not existing or alias_now in {str(v.version) for v in existing}:
+        return
+    from .ledger import rollback_events
+    from .tracking import connect
+
+    for event in rollback_events(connect(uri), uri, model, experiment):  # newest first
+        if event["alias"] != alias or version not in (event["from"], event["to"]):
+            continue
+        if event["from"] == version:
+            raise ReleaseConflict(
+                f"{model} {version} was rolled back from @{alias} at {event['at']} by {event['by']} ({event['reason']}); "
+                f"a release does not undo that: to point @{alias} at it again, run release-kit rollback --to {version} --reason ..."
+            )
+        return
 
 
 def _previous_manifest(report: Report, uri: str) -> dict[str, Any] | None:

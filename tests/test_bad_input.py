@@ -318,7 +318,8 @@ def test_unknown_registry_model(project, power, cli):
     text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
     project.write("release-kit.toml", text)
     assert_input_error(
-        check(cli, "--candidate", power["better"], "--baseline", "models:/nobody@champion"), project, "models:/nobody@champion"
+        check(cli, "--candidate", power["better"], "--baseline", "models:/nobody@champion"), project, "models:/nobody@champion",
+        "a first release is checked with --baseline none",
     )
 
 

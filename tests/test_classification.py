@@ -190,6 +190,31 @@ def test_a_label_outside_the_classes_is_an_input_error(tmp_path, monkeypatch, cl
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.parametrize("names", [["low", "mid"], ["low", "mid", "high", "extra"]])
+@pytest.mark.parametrize("data", ["golden.csv", "streamed"])
+def test_classes_that_do_not_name_each_output_are_an_input_error(tmp_path, monkeypatch, cli, datasets, names, data):
+    """[model] classes names the model's outputs in order: a list of another length than the outputs is bad
+    config (exit 2), even when every label in the golden set is among the names."""
+    import pandas as pd
+
+    _, sets = datasets
+    train, golden = sets[3]
+    frame = pd.read_csv(golden)
+    frame = frame[frame["label"] < 2] if len(names) == 2 else frame
+    frame.to_csv(tmp_path / "golden.csv", index=False)
+    (tmp_path / "streamed").mkdir()
+    frame.to_parquet(tmp_path / "streamed" / "part-0.parquet")
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG.format(prediction="logits").replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {names}\n')
+    (tmp_path / "release-kit.toml").write_text(config)
+    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
+    result = cli("check", "--candidate", model, "--data", data, "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and f"model outputs 3 class(es) but [model] classes names {len(names)}" in line, line
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_text_labels_without_classes_say_how_to_name_them(tmp_path, monkeypatch, cli, datasets):
     import pandas as pd
 

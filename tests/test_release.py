@@ -219,7 +219,8 @@ def test_release_on_a_live_server_then_history_and_rollback(tmp_path, power, mlf
     repo.configure(mlflow=f'tracking_uri = "{mlflow_server}"\nexperiment = "live-release"')
     repo.git("commit", "--quiet", "-am", "experiment")
     repo.publish_v1()
-    result = cli("release", "--report", repo.report())
+    report = repo.report()
+    result = cli("release", "--report", report)
     assert result.exit_code == 0, result.output
     assert repo.champion() == "1.1.0" and not (tmp_path / ".release-kit" / "mlflow.db").exists()
 
@@ -227,6 +228,13 @@ def test_release_on_a_live_server_then_history_and_rollback(tmp_path, power, mlf
     assert rolled.exit_code == 0, rolled.output
     assert "from 1.1.0 to 1.0.0" in rolled.stdout and repo.champion() == "1.0.0"
     assert "nothing to do" in cli("rollback", "--to", "1.0.0", "--reason", "again").stdout
+    # Re-running the release (a CI re-run), from its report or a new gate run of the same file, does not undo
+    # the rollback: putting 1.1.0 back is rollback's decision.
+    for again in (report, repo.report(name="again.json")):
+        refused = cli("release", "--report", again)
+        assert refused.exit_code == 1, refused.output
+        assert "1.1.0 was rolled back from @champion" in refused.stderr and "by oncall (night forecasts drift" in refused.stderr
+        assert "rollback --to 1.1.0" in refused.stderr and repo.champion() == "1.0.0"
 
     ledger = json.loads(cli("history", "--format", "json").stdout)
     assert [entry["version"] for entry in ledger] == ["1.1.0", "1.0.0"]
