@@ -24,6 +24,13 @@ def _num(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
+def _finite(value: object, default: float | None = None) -> float | None:
+    """A chart's value when it is a finite number, else ``default``: a NaN (null in a saved report) draws no bar."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return default
+
+
 def _signed(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:+.3g}"
 
@@ -98,7 +105,7 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
     env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=escape_markdown, code=code_span, num=_num, signed=_signed, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=escape_markdown, code=code_span, num=_num, signed=_signed, finite=_finite, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
     env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env

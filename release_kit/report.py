@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict  # pydantic validates a TypedDict only from here before Python 3.12
+
 # 1.1: a blocked report's bump is null ("none" means bit-identical predictions: nothing to release);
 # golden.used_rows/excluded_rows; released (versions already in the registry).
 # 1.2: environment.golden_read (how the golden set was read: "whole", or streamed by the "local" or "ray"
@@ -51,7 +53,7 @@ class MetricDiff:
     """Candidate vs baseline on one metric, with the interval of the paired difference."""
 
     name: str
-    candidate: float
+    candidate: float | None  # None in a saved report: the value was not a finite number (JSON has no NaN)
     baseline: float | None = None
     delta: float | None = None
     ci_low: float | None = None
@@ -181,8 +183,25 @@ class Chart(Record):
 
     title: str
     labels: list[str]
-    values: list[float]
+    values: list[float | None]
     y_label: str = ""
+
+
+class Thumbnail(TypedDict):
+    """An image a check shows (the HTML note draws it): grey levels 0–255, row by row."""
+
+    title: str
+    pixels: list[list[int]]
+
+
+class Details(TypedDict, total=False):
+    """A check's details: free-form facts, but for the keys the templates render, whose types are checked
+    when a report is read back (a saved report is untrusted input)."""
+
+    table: Table
+    chart: Chart
+    images: list[Thumbnail]
+    perturbation: str
 
 
 _DETAIL_TYPES = {"table": Table, "chart": Chart}
@@ -195,8 +214,7 @@ class CheckResult:
     status: Status
     summary: str
     metrics: tuple[MetricDiff, ...] = ()
-    # Free-form facts; "table" and "chart" are the typed values templates render.
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Details = field(default_factory=dict)
     duration_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -309,7 +327,8 @@ def load_report(path: Path) -> Report:
 
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         raise InputError(f"report not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -317,7 +336,22 @@ def load_report(path: Path) -> Report:
     version = str(data.get("schema_version", "")) if isinstance(data, dict) else ""
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise InputError(f"{path}: not a release-kit report of schema {SCHEMA_VERSION} (found {version or 'none'})")
+    problem = _schema_problem(text)
+    if problem:
+        raise InputError(f"{path}: malformed report: {problem}")
+    return Report.from_dict(data)
+
+
+def _schema_problem(text: str) -> str | None:
+    """The first value of a report read back that does not have its field's type ("checks.3.metrics.0.candidate:
+    Input should be a valid number"), None when every one does. The report is then built from the JSON as
+    it is: the digest a gate run logged is of those values (an int stays an int), and validation only reads."""
+    from pydantic import TypeAdapter, ValidationError
+
     try:
-        return Report.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{path}: malformed report: {error}") from None
+        TypeAdapter(Report).validate_json(text, strict=True)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the report"
+        return f"{where}: {first['msg']}"
+    return None

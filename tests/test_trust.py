@@ -622,6 +622,58 @@ def test_the_release_candidate_must_be_a_model_inside_the_project(released_proje
     inside.unlink()
 
 
+def _first(checks: list[dict], key: str) -> int:
+    return next(i for i, check in enumerate(checks) if check.get(key) or check["details"].get(key))
+
+
+# A value of the wrong type where the renderers and the release read one, each found in the genuine report,
+# and the command that reads it (the three share one loader: each case runs one, every command runs some).
+NOTE, HTML, RELEASE = ("note",), ("note", "--format", "html"), ("release",)
+WRONG_TYPES = {
+    "a metric's interval as text": (lambda r: r["checks"][_first(r["checks"], "metrics")]["metrics"][0], "ci_low", "-0.5", RELEASE),
+    "a check's name as a number": (lambda r: r["checks"][0], "name", 7, NOTE),
+    "a check's status unknown": (lambda r: r["checks"][0], "status", "ok", RELEASE),
+    "details that are no object": (lambda r: r["checks"][0], "details", [1], HTML),
+    "a chart's values as text": (lambda r: r["checks"][_first(r["checks"], "chart")]["details"]["chart"], "values", ["1", "2"], HTML),
+    "a table's rows that are no list": (lambda r: r["checks"][_first(r["checks"], "table")]["details"]["table"], "rows", 3, NOTE),
+    "the candidate as text": (lambda r: r, "candidate", "models/v1.pt", RELEASE),
+    "the golden set's rows as text": (lambda r: r["data"]["golden"], "rows", "many", NOTE),
+    "the waivers as a number": (lambda r: r, "waivers", 1, HTML),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_TYPES)
+def test_a_report_with_a_value_of_the_wrong_type_is_an_input_error(released_project, case):
+    """A saved report is read back typed: a hand-edited value of another type is exit 2 naming where it is,
+    never a crash of a renderer (exit 4) or a release from it."""
+    data = json.loads((released_project / "out" / "pass.json").read_text())
+    section, key, value, command = WRONG_TYPES[case]
+    section(data)[key] = value
+    edited = released_project / "out" / "edited.json"
+    edited.write_text(json.dumps(data))
+    result = run_cli(released_project, *command, "--report", edited)
+    line = one_line_error(result, 2, "edited.json: malformed report: ")
+    where = line.split("malformed report: ", 1)[1].split(": ", 1)[0]
+    assert key in where.split("."), line
+    assert result.stdout == "", line
+    assert_nothing_released(released_project)
+
+
+def test_a_chart_value_that_was_no_number_draws_no_bar(released_project):
+    """A NaN in a chart (PSI undefined, say) is null in the saved report: both charts still render."""
+    data = json.loads((released_project / "out" / "pass.json").read_text())
+    chart = data["checks"][_first(data["checks"], "chart")]["details"]["chart"]
+    chart["values"][0] = None
+    (released_project / "out" / "nan.json").write_text(json.dumps(data))
+    markdown = run_cli(released_project, "note", "--report", "out/nan.json")
+    assert markdown.returncode == 0, markdown.stderr
+    bars = markdown.stdout.split("bar [", 1)[1].split("]", 1)[0].split(", ")
+    assert bars[0] == "0" and all(float(bar) >= 0 for bar in bars)
+    html = run_cli(released_project, "note", "--report", "out/nan.json", "--format", "html")
+    assert html.returncode == 0, html.stderr
+    assert "nan" not in html.stdout.lower().replace("nanos", "") and ': —</title>' in html.stdout
+
+
 def test_the_action_never_releases_from_a_report_in_the_tree():
     action = (ROOT / "action.yml").read_text()
     release_branch = action.split("\n          release)", 1)[1].split(";;", 1)[0]
