@@ -234,7 +234,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
     # the user's stderr from ~100 columns on).
     columns = {name: sample["features"][:, j] for j, name in enumerate(spec.features)}
-    columns[spec.target] = sample["target"]
+    columns[spec.target] = _target_as_stored(sample["target"], spec, source)
     columns.update({name: sample[f"column:{name}"] for name in plan.carried})
     frame = pd.DataFrame(columns)
     if plan.carried:  # the files' column order, as a golden set read whole has it
@@ -250,6 +250,19 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     if "baseline" in sample:
         predicted["baseline"] = sample["baseline"]
     return summary, golden, predicted
+
+
+def _target_as_stored(target, spec, source):
+    """A streamed sample's target (class ids) as the files store it, which the data stage's suites check,
+    as they do a golden set read whole: class labels stored as text are their names again, booleans booleans."""
+    import numpy as np
+
+    kinds = {footer.kinds[spec.target] for footer in source.footers}
+    if spec.classes and all(kind.endswith("text") for kind in kinds):
+        return np.asarray(spec.classes, dtype=object)[target.astype(np.int64)]
+    if kinds == {"booleans"}:
+        return target.astype(bool)
+    return target
 
 
 def _reference_table(config: Config):

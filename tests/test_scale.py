@@ -842,6 +842,41 @@ def test_a_boolean_target_streams_as_classes_0_and_1_as_in_memory(tmp_path, cli,
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (name, key)
 
 
+@pytest.mark.parametrize("stored", ["booleans", "text"])
+def test_the_data_stage_checks_a_streamed_target_as_its_files_store_it(tmp_path, cli, monkeypatch, stored):
+    """The suite profiled from the reference says what the target is (booleans, or class names as text), and
+    the streamed sample's target is checked as the files store it, as a golden set read whole is: it was
+    the class ids, so "is bool" or "is text" and "in {low, mid, high}" failed on every row streamed."""
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    classes = 2 if stored == "booleans" else 3
+    train, golden = make_classification(2_000, classes, seed=1), make_classification(4_000, classes, seed=2)
+    model = train_classifier(train, classes, epochs=4, squash="none")
+    save_scripted(model, tmp_path / "baseline.pt")
+    save_scripted(model, tmp_path / "candidate.pt")
+    names = ["low", "mid", "high"]
+
+    def as_stored(frame):
+        labels = frame["label"].astype(bool) if stored == "booleans" else frame["label"].map(dict(enumerate(names)))
+        return frame.assign(label=labels)
+
+    as_stored(train).to_csv("train.csv", index=False)
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        as_stored(golden).iloc[index * 2_000 : (index + 1) * 2_000].to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    config = CLASSIFIER.format(golden="golden").replace('stages = ["quality"]', 'stages = ["data"]')
+    config = config.replace('golden = "golden"', 'golden = "golden"\nreference = "train.csv"')
+    if stored == "text":
+        config = config.replace('prediction = "logits"', f'prediction = "logits"\nclasses = {names}')
+    (tmp_path / "release-kit.toml").write_text(config)
+    report = run(cli)
+    label = {c["name"]: c for c in report["checks"] if c["name"].startswith("golden/label:")}
+    assert any("type_list" in name for name in label) and any("in_set" in name for name in label), sorted(label)
+    assert all(c["status"] == "pass" for c in label.values()), [c["summary"] for c in label.values()]
+    assert report["environment"]["golden_read"] == "local"
+
+
 def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_or_streamed(tmp_path, cli, monkeypatch):
     """A label stored as pandas' nullable booleans and a feature as its nullable floats, each with missing
     values: those rows are unusable, counted and shown, as NaN would be, the same read whole or streamed (they
