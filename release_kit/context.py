@@ -49,3 +49,20 @@ class GateContext:
     # The [data] reference table when preparing already read it (a streamed set's drift bins come from it),
     # so the data stage does not read it again; None: the data stage reads it itself.
     reference: pd.DataFrame | None = None
+    # A baseline released with other input features (recorded in its signature): the positions of its
+    # features among the candidate's [model] features, in its order. None: it reads the candidate's inputs.
+    baseline_columns: tuple[int, ...] | None = None
+
+    def inputs_for(self, role: str, inputs):
+        """Inputs in the candidate's features (golden rows, a search's, a benchmark batch: a matrix or a
+        tuple of one) as ``role`` reads them: the baseline's own columns of the same rows."""
+        return baseline_inputs(inputs, self.baseline_columns) if role == "baseline" else inputs
+
+
+def baseline_inputs(inputs, columns: tuple[int, ...] | None):
+    """``inputs`` (a feature matrix, or a tuple holding one) with only ``columns``, in their order."""
+    if columns is None:
+        return inputs
+    if isinstance(inputs, tuple):
+        return (inputs[0][:, list(columns)],)
+    return inputs[:, list(columns)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, find_config, load_config, parse_tolerance
-from .context import GateContext, Predictions
+from .context import GateContext, Predictions, baseline_inputs
 from .errors import InputError
 from .models import REGISTRY_SCHEMES
 from .report import Report
@@ -136,6 +136,7 @@ def prepare(
         # A baseline released with other input features gets its own columns of the same golden rows.
         recorded = baseline_model.signature.features if baseline_model is not None and baseline_model.signature else None
         baseline_features = list(recorded) if spec.tabular and recorded and list(recorded) != spec.features else None
+        baseline_columns = _baseline_columns(config, baseline_features)
 
         device = inference_device(config.inference.device)
         tabular = golden.tabular if golden is not None else True
@@ -159,7 +160,7 @@ def prepare(
                 raw = model.raw_outputs(inputs[model.role])
                 predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
         if "performance" in config.gate.stages and baseline_model is not None:
-            _check_batch_sizes(config, golden, (candidate_model, baseline_model))
+            _check_batch_sizes(config, golden, (candidate_model, baseline_model), baseline_columns)
         shapes = {role: values.shape for role, values in predicted.items()}
         if baseline_model is not None and shapes["candidate"] != shapes["baseline"]:
             raise InputError(
@@ -176,6 +177,7 @@ def prepare(
             released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
             scan=scan,
             reference=reference,
+            baseline_columns=baseline_columns,
         )
 
 
@@ -318,7 +320,25 @@ def _with_slices(config: Config, source, plan, models):
     return dataclasses.replace(plan, slice_bins=bins, slice_pairs=pairs)
 
 
-def _check_batch_sizes(config: Config, golden, models) -> None:
+def _baseline_columns(config: Config, baseline_features: list[str] | None) -> tuple[int, ...] | None:
+    """Where a baseline released with other features finds its own among the candidate's: the stages that run
+    both models on new inputs (the benchmark batches, the searches) give it those columns of the same rows.
+    A feature the candidate no longer reads has no value in such inputs: bad input while those stages run."""
+    if baseline_features is None:
+        return None
+    features = config.model.features
+    gone = [f for f in baseline_features if f not in features]
+    running = [stage for stage in ("performance", "outliers") if stage in config.gate.stages]
+    if gone and running:
+        raise InputError(
+            f"the baseline was released reading feature(s) {', '.join(gone)}, which [model] features no longer "
+            f"lists: the {' and '.join(running)} stage(s) run both models on the same new inputs, which have no "
+            "such column; gate this change with --stage quality --stage data"
+        )
+    return None if gone else tuple(features.index(f) for f in baseline_features)
+
+
+def _check_batch_sizes(config: Config, golden, models, baseline_columns: tuple[int, ...] | None) -> None:
     """The performance stage times both models at each ``[performance] batch_sizes``: a model that cannot
     take one of them is bad input, found here with the other input checks (a stage's planning runs no model)."""
     import numpy as np
@@ -333,7 +353,7 @@ def _check_batch_sizes(config: Config, golden, models) -> None:
                              f"for its inputs alone, more than half the memory available ({available / 2**30:.1f} GiB)")
         batch = golden.take(np.arange(rows) % len(golden))
         for model in models:
-            model.check_batch(batch, "benchmark batch")
+            model.check_batch(baseline_inputs(batch, baseline_columns) if model.role == "baseline" else batch, "benchmark batch")
 
 
 def registry_allowed(mode: str) -> bool:

@@ -112,6 +112,52 @@ def test_an_added_input_feature_is_a_major_release(project, power, registry_base
     assert report.metric("mae").delta == 0.0
 
 
+class DropsFirst(torch.nn.Module):
+    """Takes a new first input and ignores it: the baseline's five features are the candidate's last five."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x[:, 1:])
+
+
+EVERY_STAGE = '[gate]\nstages = ["quality", "outliers", "performance", "data"]\n'
+
+
+def test_an_added_input_feature_through_every_stage_with_tracking(project, power, registry_baseline):
+    """As users run it (the CLI in a subprocess, every stage, the embedded store): the stages that run both
+    models on new inputs (benchmark batches, the searches) give the baseline its own recorded columns of the
+    same rows. They gave it the candidate's six columns, and the gate ended in exit 2."""
+    from conftest import QUICK, run_cli
+
+    frame = pd.read_csv(power["golden"])
+    frame.insert(0, "wind", np.random.default_rng(0).uniform(0, 10, len(frame)))
+    frame.to_csv(project.root / "golden.csv", index=False)
+    registry_baseline(EVERY_STAGE + QUICK, features=("wind",) + FEATURES, golden=project.root / "golden.csv")
+    path = project.root / "with-wind.pt"
+    torch.jit.save(torch.jit.script(DropsFirst(torch.jit.load(str(power["v1"])))), str(path))
+    result = run_cli(project.root, "check", "--candidate", path, "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((project.root / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
+    assert (report["bump"], report["next_version"]) == ("major", "2.0.0")
+    assert report["contract"]["breaking"] == ["required input feature(s) added: wind"]
+    statuses = {f"{c['stage']}::{c['name']}": c["status"] for c in report["checks"]}
+    assert statuses["performance::latency:batch=1"] == "pass" and statuses["outliers::search:contract"] == "pass", statuses
+    assert report["mlflow"]["run_id"]
+
+
+def test_a_removed_input_feature_with_stages_that_need_it_is_an_input_error(project, power, registry_baseline, cli):
+    registry_baseline(EVERY_STAGE, features=FEATURES[1:])
+    result = cli("check", "--candidate", power["v1"], "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "reading feature(s) hour, which [model] features no longer lists" in line, line
+    assert "--stage quality --stage data" in line and not (project.root / "report.json").exists()
+
+
 def test_widened_bounds_with_identical_predictions_is_minor(project, power, registry_baseline):
     registry_baseline()
     text = (project.root / "release-kit.toml").read_text().replace("max = 6.0", "max = 8.0")

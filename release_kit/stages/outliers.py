@@ -442,7 +442,8 @@ def _outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
     from ..models import to_predictions
 
     model = getattr(gate, role)
-    return to_predictions(model.raw_outputs(rows.astype(np.float32)), gate.config.model, role, outputs=gate.golden.outputs)
+    inputs = gate.inputs_for(role, rows.astype(np.float32))
+    return to_predictions(model.raw_outputs(inputs), gate.config.model, role, outputs=gate.golden.outputs)
 
 
 def _scalar_outputs(gate: GateContext, role: str, rows: np.ndarray) -> np.ndarray:
@@ -569,7 +570,7 @@ def _decisions(gate: GateContext, role: str, inputs: tuple[np.ndarray, ...]) -> 
     from ..models import to_predictions
 
     model = getattr(gate, role)
-    outputs = to_predictions(model.raw_outputs(inputs), gate.config.model, role, outputs=gate.golden.outputs)
+    outputs = to_predictions(model.raw_outputs(gate.inputs_for(role, inputs)), gate.config.model, role, outputs=gate.golden.outputs)
     broken = np.zeros(len(outputs), dtype=bool)
     for mask in contract.violations(outputs, gate.config.model).values():
         broken |= mask

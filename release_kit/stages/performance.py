@@ -105,7 +105,7 @@ def _check_writable(path: str) -> None:
 STORED_SCHEMA = "release-kit-performance/1"
 
 
-def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: str, stored: dict, budget: float):
+def _against_stored(gate: GateContext, models: dict, batch: dict, rows: int, device: str, stored: dict, budget: float):
     """The candidate timed live against the stored baseline numbers, after checking they are comparable."""
     from ..timing import Measurement, Timer, measure, ratio_interval
 
@@ -126,7 +126,7 @@ def _against_stored(gate: GateContext, models: dict, batch, rows: int, device: s
     started = time.monotonic()
     # The stored file says how many rounds it holds (a file a pull request may carry): the budget ends them
     # all the same, and the stored rounds are paired with the candidate's first ones.
-    candidate = measure(Timer(models["candidate"], batch, "candidate"), rounds=len(baseline.rounds), round_seconds=spec.round_seconds,
+    candidate = measure(Timer(models["candidate"], batch["candidate"], "candidate"), rounds=len(baseline.rounds), round_seconds=spec.round_seconds,
                         warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
     from dataclasses import replace
 
@@ -179,15 +179,17 @@ def _on_device(gate: GateContext, model: LoadedModel, device: str):
     return fresh.module.to(device) if hasattr(fresh.module, "to") else fresh.module
 
 
-def _inputs(gate: GateContext, rows: int, device: str):
+def _inputs(gate: GateContext, rows: int, device: str) -> dict:
+    """Role → its batch of the same golden rows (a baseline released with other features reads its own)."""
     import torch
 
     rng = np.random.default_rng(gate.config.performance.seed)
     picked = gate.golden.take(rng.integers(0, len(gate.golden), rows))
-    return tuple(torch.from_numpy(np.ascontiguousarray(array)).to(device) for array in picked)
+    return {role: tuple(torch.from_numpy(np.ascontiguousarray(array)).to(device) for array in gate.inputs_for(role, picked))
+            for role in ("candidate", "baseline")}
 
 
-def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, budget: float):
+def _measure(gate: GateContext, models: dict, batch: dict, rows: int, device: str, budget: float):
     """Interleaved rounds; rerun with more rounds while the machine is too noisy and time remains."""
     import torch
 
@@ -200,7 +202,7 @@ def _measure(gate: GateContext, models: dict, batch, rows: int, device: str, bud
     try:
         started = time.monotonic()
         # Each model times its own copy of the batch: one that writes into its input cannot change the other's.
-        timers = [Timer(models[role], tuple(t.clone() for t in batch), role) for role in ("candidate", "baseline")]
+        timers = [Timer(models[role], tuple(t.clone() for t in batch[role]), role) for role in ("candidate", "baseline")]
         # The budget bounds the first rounds too: however many [performance] rounds ask for, the stage ends.
         candidate, baseline = compare(*timers, rounds=spec.rounds, round_seconds=spec.round_seconds,
                                       warmup_seconds=spec.warmup_seconds, batch_size=rows, device=device, deadline=started + budget)
@@ -227,7 +229,7 @@ def _joined(first: Measurement, more: Measurement) -> Measurement:
     return replace(first, rounds=first.rounds + more.rounds)
 
 
-def _cost(gate: GateContext, models: dict, batch) -> dict:
+def _cost(gate: GateContext, models: dict, batch: dict) -> dict:
     """Parameter count and FLOPs per row (``torch.utils.flop_counter``) of both models. Facts for the table,
     not for the decision: where the counter cannot follow a model, its FLOPs are unknown (``None``, with the
     reason), and the latency is still decided."""
@@ -237,7 +239,7 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
     facts = {}
     for role, module in models.items():
         params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None
-        own = tuple(t.clone() for t in batch)  # its own copy, as it is timed
+        own = tuple(t.clone() for t in batch[role])  # its own copy, as it is timed
         facts[role] = {"parameters": params, "flops_per_row": None}
         try:
             # no_grad, not inference_mode: under inference mode the counter's dispatch mode fails on some
@@ -247,7 +249,7 @@ def _cost(gate: GateContext, models: dict, batch) -> dict:
         except Exception as error:  # the model runs in the timed rounds; only the count is lost
             facts[role]["flops_unknown"] = f"{type(error).__name__}: {first_line(error)}"
         else:
-            facts[role]["flops_per_row"] = counter.get_total_flops() / len(batch[0])
+            facts[role]["flops_per_row"] = counter.get_total_flops() / len(own[0])
     return facts
 
 
