@@ -295,7 +295,7 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
     for column in spec.features:
-        _require_numeric(frame[column], path, f"feature column '{column}'")
+        _require_numeric(_as_number(frame[column]), path, f"feature column '{column}'")
     target_column = frame[spec.target]
     if _is_boolean(target_column):
         # Classes 0 and 1; a missing label (pandas' nullable booleans, or booleans with None) is NaN: an
@@ -306,7 +306,7 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
     _require_numeric(target_column, path, f"target column '{spec.target}'", hint=CLASS_LABELS_HINT if is_text(target_column) else None)
 
     with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: excluded below
-        features = frame[spec.features].to_numpy(dtype=np.float32)
+        features = _numbers_of(frame, spec.features)
     target = target_column.to_numpy(dtype=np.float64)
     bad = {column: ~np.isfinite(features[:, i]) for i, column in enumerate(spec.features)}
     bad_target = ~np.isfinite(target)
@@ -329,6 +329,27 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         sha256=fingerprint(path, frame), all_rows=frame if excluded_mask.any() else None, excluded=excluded,
         feature_names=tuple(spec.features),
     )
+
+
+def is_feature_column(column) -> bool:
+    """Numbers, or booleans (0 and 1): what a feature column may hold, the golden set's and the reference's."""
+    import pandas as pd
+
+    return _is_boolean(column) or (pd.api.types.is_numeric_dtype(column) and not is_text(column))
+
+
+def _as_number(column):
+    """A feature column as the models read it: booleans are 0 and 1 (a missing one NaN, an excluded row),
+    as a boolean target's classes are; other columns as they are."""
+    return column.astype("float64") if _is_boolean(column) else column
+
+
+def _numbers_of(frame, columns: list[str]):
+    """The columns as one float32 (rows, columns) matrix, booleans as 0 and 1; the frame keeps them as stored."""
+    import numpy as np
+
+    booleans = {c: _as_number(frame[c]) for c in columns if _is_boolean(frame[c])}
+    return (frame[columns].assign(**booleans) if booleans else frame[columns]).to_numpy(dtype=np.float32)
 
 
 def _is_boolean(column) -> bool:
@@ -383,9 +404,9 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
     for column in columns:
-        _require_numeric(frame[column], path, f"feature column '{column}'")
+        _require_numeric(_as_number(frame[column]), path, f"feature column '{column}'")
     with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: refused below
-        features = frame[columns].to_numpy(dtype=np.float32)
+        features = _numbers_of(frame, columns)
     bad_rows = ~np.isfinite(features).all(axis=1)
     if bad_rows.any():
         column = columns[int(np.argmax(~np.isfinite(features[bad_rows][0])))]

@@ -235,8 +235,10 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     sample = summary.sample.ordered()
     # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
     # the user's stderr from ~100 columns on).
-    columns = {name: sample["features"][:, j] for j, name in enumerate(spec.features)}
-    columns[spec.target] = _target_as_stored(sample["target"], spec, source)
+    stored = {name: {footer.kinds[name] for footer in source.footers} for name in plan.columns}
+    columns = {name: sample["features"][:, j].astype(bool) if stored[name] == {"booleans"} else sample["features"][:, j]
+               for j, name in enumerate(spec.features)}
+    columns[spec.target] = _target_as_stored(sample["target"], spec, stored[spec.target])
     columns.update({name: sample[f"column:{name}"] for name in plan.carried})
     frame = pd.DataFrame(columns)
     if plan.carried:  # the files' column order, as a golden set read whole has it
@@ -254,12 +256,12 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     return summary, golden, predicted
 
 
-def _target_as_stored(target, spec, source):
-    """A streamed sample's target (class ids) as the files store it, which the data stage's suites check,
-    as they do a golden set read whole: class labels stored as text are their names again, booleans booleans."""
+def _target_as_stored(target, spec, kinds: set[str]):
+    """A streamed sample's target (class ids) as the files store it (``kinds``: its kind in each file), which
+    the data stage's suites check, as they do a golden set read whole: class labels stored as text are their
+    names again, booleans booleans. (So are boolean features, the models' 0 and 1.)"""
     import numpy as np
 
-    kinds = {footer.kinds[spec.target] for footer in source.footers}
     if spec.classes and all(kind.endswith("text") for kind in kinds):
         return np.asarray(spec.classes, dtype=object)[target.astype(np.int64)]
     if kinds == {"booleans"}:
@@ -282,12 +284,11 @@ def _drift_bins(config: Config, reference) -> dict:
     """The drift check's bins per feature, fixed by the reference table, so a streamed golden set is counted
     into them on the way through (PSI over every row). Empty when there is none or the drift check cannot
     use it (the data stage reports why)."""
-    import numpy as np
-
+    from .data import is_feature_column
     from .drift import Bins
 
     features = config.model.features
-    if reference is None or any(f not in reference.columns or not np.issubdtype(reference[f].dtype, np.number) for f in features):
+    if reference is None or any(f not in reference.columns or not is_feature_column(reference[f]) for f in features):
         return {}
     return {f: Bins.of(reference[f].dropna().to_numpy(dtype=float), config.data.drift.bins) for f in features}
 

@@ -877,6 +877,41 @@ def test_the_data_stage_checks_a_streamed_target_as_its_files_store_it(tmp_path,
     assert report["environment"]["golden_read"] == "local"
 
 
+def test_a_boolean_feature_is_the_models_0_and_1_read_whole_or_streamed(tmp_path, cli, monkeypatch):
+    """A feature stored as booleans (pandas' and Arrow's; a reference's too) is read by the models as 0 and 1,
+    as a boolean target's classes are: the same numbers read whole (CSV) or streamed (Parquet files), and the
+    data stage checks it as stored ("is bool", "in {False, True}") and bins it for drift. It was bad input,
+    "not numeric", on both paths."""
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    train, golden = make_classification(2_000, 2, seed=1), make_classification(6_000, 2, seed=2)
+    train["c"], golden["c"] = train["c"] > 0, golden["c"] > 0
+    save_scripted(train_classifier(train, 2, epochs=4, squash="none"), tmp_path / "baseline.pt")
+    save_scripted(train_classifier(train, 2, epochs=40, squash="none"), tmp_path / "candidate.pt")
+    train.to_csv("train.csv", index=False)
+    golden.to_csv("golden.csv", index=False)
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        golden.iloc[index * 3_000 : (index + 1) * 3_000].to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    reports = {}
+    for source in ("golden", "golden.csv"):
+        config = CLASSIFIER.format(golden=source).replace('stages = ["quality"]', 'stages = ["quality", "outliers", "data"]')
+        (tmp_path / "release-kit.toml").write_text(config.replace(f'golden = "{source}"', f'golden = "{source}"\nreference = "train.csv"'))
+        reports[source] = run(cli)
+    streamed, whole = reports["golden"], reports["golden.csv"]
+    assert (streamed["environment"]["golden_read"], whole["environment"]["golden_read"]) == ("local", "whole")
+    for name in ("accuracy", "log_loss", "f1"):
+        assert metric(streamed, name)["delta"] == pytest.approx(metric(whole, name)["delta"], rel=1e-9, abs=1e-12), name
+    for report in (streamed, whole):
+        checks = {c["name"]: c for c in report["checks"]}
+        stored = [c for name, c in checks.items() if name.startswith("golden/c:")]
+        assert stored and all(c["status"] == "pass" for c in stored), [c["summary"] for c in stored]
+        assert any(c["summary"].startswith("c is bool") for c in stored)
+        assert checks["drift"]["status"] == "pass" and "c" in [row[0] for row in checks["drift"]["details"]["table"]["rows"]]
+        assert checks["slices"]["status"] != "error", checks["slices"]["summary"]
+
+
 def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_or_streamed(tmp_path, cli, monkeypatch):
     """A label stored as pandas' nullable booleans and a feature as its nullable floats, each with missing
     values: those rows are unusable, counted and shown, as NaN would be, the same read whole or streamed (they

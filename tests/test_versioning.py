@@ -144,8 +144,11 @@ def test_an_added_input_feature_through_every_stage_with_tracking(project, power
     assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
     assert (report["bump"], report["next_version"]) == ("major", "2.0.0")
     assert report["contract"]["breaking"] == ["required input feature(s) added: wind"]
-    statuses = {f"{c['stage']}::{c['name']}": c["status"] for c in report["checks"]}
-    assert statuses["performance::latency:batch=1"] == "pass" and statuses["outliers::search:contract"] == "pass", statuses
+    checks = {f"{c['stage']}::{c['name']}": c for c in report["checks"]}
+    # Both models timed, each on its own columns (a noisy machine may leave the ratio undecided: warn).
+    latency = checks["performance::latency:batch=1"]
+    assert latency["status"] in ("pass", "warn") and latency["summary"].startswith("p50 "), latency["summary"]
+    assert checks["outliers::search:contract"]["status"] == "pass", checks["outliers::search:contract"]["summary"]
     assert report["mlflow"]["run_id"]
 
 

@@ -212,11 +212,11 @@ def _target(column, spec) -> np.ndarray:
 
 
 def _numbers(column) -> np.ndarray:
-    """A numeric column's values; a null is NaN (an excluded row, as in memory), booleans with nulls included."""
+    """A numeric column's values; a null is NaN (an excluded row, as in memory); booleans are 0 and 1."""
     import pyarrow as pa
 
-    if pa.types.is_boolean(column.type) and column.null_count:
-        column = column.cast(pa.float64())
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.float64() if column.null_count else pa.float32())
     return column.to_numpy(zero_copy_only=False)
 
 

@@ -302,14 +302,14 @@ class ParquetSource:
         return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
 
     def check_numeric(self, columns, *, target: str, labels: bool = False) -> None:
-        """Every file stores these columns as numbers (footers only), so that a text column in the 40th file
-        fails before any batch is read, naming that file. The ``target`` may be booleans (classes 0 and 1),
-        and with ``labels`` text (class labels, mapped through ``[model] classes``)."""
+        """Every file stores these columns as numbers or booleans (0 and 1), from the footers only, so that a
+        text column in the 40th file fails before any batch is read, naming that file. With ``labels`` the
+        ``target`` may be text too (class labels, mapped through ``[model] classes``)."""
         self._check_columns(list(columns))
         for file, footer in zip(self.files, self.footers):
             for name in columns:
                 kind = footer.kinds[name]
-                if kind == "numbers" or (name == target and (kind == "booleans" or (labels and kind.endswith("text")))):
+                if kind in ("numbers", "booleans") or (name == target and labels and kind.endswith("text")):
                     continue
                 hint = f" ({CLASS_LABELS_HINT})" if name == target and kind.endswith("text") else ""
                 raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers{hint}")

@@ -372,13 +372,13 @@ def _num(value, unbounded: str = "−∞") -> str:
 
 
 def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
-    import numpy as np
+    from ..data import is_feature_column
 
     features = gate.config.model.features
     missing = [f for f in features if f not in reference.columns]
     if missing:
         return CheckResult(NAME, "drift", Status.ERROR, f"the reference lacks feature column(s) {', '.join(missing)}")
-    numeric = [f for f in features if np.issubdtype(reference[f].dtype, np.number)]
+    numeric = [f for f in features if is_feature_column(reference[f])]
     if len(numeric) < len(features):
         skipped = sorted(set(features) - set(numeric))
         return CheckResult(NAME, "drift", Status.ERROR, f"reference feature column(s) {', '.join(skipped)} are not numeric")
