@@ -26,11 +26,11 @@ class Scaffold:
 
 def plan(directory: Path, *, name: str, task: str, target: str, features: list[str] | None, data: str | None,
          action: str = DEFAULT_ACTION, prediction: str | None = None) -> Scaffold:
-    labels = None
+    labels, others = None, []
     if features is None:
         if data is None:
             raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
-        features, labels = _columns(directory, data, target)
+        features, others, labels = _columns(directory, data, target)
     features = [f.strip() for f in features if f.strip()]
     if task == "classification" and prediction is None:
         raise InputError("--task classification needs --prediction logits or --prediction probabilities (what the model outputs)")
@@ -39,7 +39,7 @@ def plan(directory: Path, *, name: str, task: str, target: str, features: list[s
     # JSON strings are TOML basic strings: any name or path is quoted safely.
     config_text = _render(
         "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
-        features=json.dumps(features), data=json.dumps(data) if data else None,
+        features=json.dumps(features), others=", ".join(others), data=json.dumps(data) if data else None,
         prediction=json.dumps(prediction) if prediction else None, baseline=json.dumps(f"models:/{name}@champion"),
         classes=json.dumps(labels) if task == "classification" and labels and 2 <= len(labels) <= MAX_LABELS else None,
         action_repo=action.split("@")[0],
@@ -87,9 +87,10 @@ def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[s
     return written
 
 
-def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[str] | None]:
-    """The file's columns but the target, and the target's labels, sorted, when it holds text (class names)."""
-    from .data import is_text, read_table
+def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[str], list[str] | None]:
+    """The file's columns but the target that a model can read (numbers, booleans), its other columns, and the
+    target's labels, sorted, when it holds text (class names)."""
+    from .data import is_feature_column, is_text, read_table
 
     path = Path(data) if Path(data).is_absolute() else directory / data
     frame = read_table(path)
@@ -98,7 +99,12 @@ def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[s
         raise InputError(f"{data}: no column {target!r} (the --target); columns are {', '.join(columns)}")
     values = frame[frame.columns[columns.index(target)]]
     labels = sorted({str(v) for v in values.dropna()}) if is_text(values) else None
-    return [c for c in columns if c != target], labels
+    readable = {c: is_feature_column(frame[frame.columns[i]]) for i, c in enumerate(columns) if c != target}
+    features = [c for c, ok in readable.items() if ok]
+    if not features:
+        raise InputError(f"{data}: no column besides the target {target!r} holds numbers or booleans a model can read; "
+                         "name the features with --features")
+    return features, [c for c, ok in readable.items() if not ok], labels
 
 
 def _render(template: str, **context) -> str:

@@ -489,6 +489,26 @@ def test_init_writes_the_classes_of_a_text_target(tmp_path, cli, monkeypatch):
     assert model.classes == ["no", "yes"] and model.features == ["a"]
 
 
+def test_init_takes_the_columns_a_model_can_read_as_features(tmp_path, cli, monkeypatch):
+    """init --data: numbers and booleans are the features; a text column is named in a comment, not made a
+    feature that the first check would refuse ("not numeric"). A file with no such column is bad input."""
+    import pandas as pd
+
+    from release_kit.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"a": [0.1, 0.2], "city": ["x", "y"], "flag": [True, False], "y": [1.0, 2.0]}).to_csv("data.csv", index=False)
+    result = cli("init", "--name", "m", "--task", "regression", "--target", "y", "--data", "data.csv")
+    assert result.exit_code == 0, result.output
+    assert load_config(tmp_path / "release-kit.toml").model.features == ["a", "flag"]
+    assert "still validated by the data stage: city" in (tmp_path / "release-kit.toml").read_text()
+    (tmp_path / "only-text").mkdir()
+    pd.DataFrame({"city": ["x", "y"], "y": [1.0, 2.0]}).to_csv(tmp_path / "only-text" / "data.csv", index=False)
+    refused = cli("init", "--name", "m", "--task", "regression", "--target", "y", "--data", "data.csv", "--directory", "only-text")
+    assert refused.exit_code == 2 and "no column besides the target 'y' holds numbers or booleans" in refused.stderr
+    assert not (tmp_path / "only-text" / "release-kit.toml").exists()
+
+
 def test_terminal_output_puts_failures_first_and_names_waivers(project, power, cli):
     project.config('[[waivers]]\ncheck = "quality::output_contract"\nreason = "night offset known"\nby = "ana"\n')
     result = cli("check", "--candidate", power["night"], "--baseline", power["v1"], "--stage", "quality")
