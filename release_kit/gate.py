@@ -235,6 +235,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     sample = summary.sample.ordered()
     # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
     # the user's stderr from ~100 columns on).
+    # The suites check each column as the files store it: a boolean feature (the models' 0 and 1) as booleans.
     stored = {name: {footer.kinds[name] for footer in source.footers} for name in plan.columns}
     columns = {name: sample["features"][:, j].astype(bool) if stored[name] == {"booleans"} else sample["features"][:, j]
                for j, name in enumerate(spec.features)}
@@ -259,7 +260,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
 def _target_as_stored(target, spec, kinds: set[str]):
     """A streamed sample's target (class ids) as the files store it (``kinds``: its kind in each file), which
     the data stage's suites check, as they do a golden set read whole: class labels stored as text are their
-    names again, booleans booleans. (So are boolean features, the models' 0 and 1.)"""
+    names again, booleans booleans."""
     import numpy as np
 
     if spec.classes and all(kind.endswith("text") for kind in kinds):
