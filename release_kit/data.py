@@ -335,7 +335,7 @@ def is_feature_column(column) -> bool:
     """Numbers, or booleans (0 and 1): what a feature column may hold, the golden set's and the reference's."""
     import pandas as pd
 
-    return _is_boolean(column) or (pd.api.types.is_numeric_dtype(column) and not is_text(column))
+    return _is_boolean(column) or pd.api.types.is_numeric_dtype(column)
 
 
 def _as_number(column):
@@ -392,7 +392,7 @@ def class_ids(column: pd.Series, classes: list[str], where: str) -> pd.Series:
 def _require_numeric(column, path, what: str, hint: str | None = None) -> None:
     import pandas as pd
 
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+    if not pd.api.types.is_numeric_dtype(column):  # booleans were made 0 and 1 (features) or classes (target)
         raise InputError(f"{path}: {what} is not numeric" + (f" ({hint})" if hint else ""))
 
 

@@ -168,7 +168,24 @@ def test_text_labels_are_the_classes_named_in_the_config(tmp_path, monkeypatch, 
             assert found[name] == pytest.approx(values, rel=1e-9), (data, name)
 
 
-@pytest.mark.parametrize("data", ["names.csv", "names"])
+def refused_check(tmp_path, monkeypatch, cli, train, frame, classes: list[str], data: str) -> str:
+    """A check of ``frame``, written as table.csv and as a Parquet directory table/ (``data`` picks one), with
+    ``[model] classes``: asserts exit 2 with nothing written, and returns the one line it printed."""
+    frame.to_csv(tmp_path / "table.csv", index=False)
+    (tmp_path / "table").mkdir()
+    frame.to_parquet(tmp_path / "table" / "part-0.parquet")
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG.format(prediction="logits").replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {classes}\n')
+    (tmp_path / "release-kit.toml").write_text(config)
+    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
+    result = cli("check", "--candidate", model, "--data", data, "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and not (tmp_path / "report.json").exists(), line
+    return line
+
+
+@pytest.mark.parametrize("data", ["table.csv", "table"])
 def test_a_label_outside_the_classes_is_an_input_error(tmp_path, monkeypatch, cli, datasets, data):
     import pandas as pd
 
@@ -176,22 +193,12 @@ def test_a_label_outside_the_classes_is_an_input_error(tmp_path, monkeypatch, cl
     train, golden = sets[3]
     frame = labelled(pd.read_csv(golden))
     frame.loc[7, "label"] = "medium"
-    frame.to_csv(tmp_path / "names.csv", index=False)
-    (tmp_path / "names").mkdir()
-    frame.to_parquet(tmp_path / "names" / "part-0.parquet")
-    monkeypatch.chdir(tmp_path)
-    config = CONFIG.format(prediction="logits").replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {NAMES}\n')
-    (tmp_path / "release-kit.toml").write_text(config)
-    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
-    result = cli("check", "--candidate", model, "--data", data, "--report", "report.json")
-    assert result.exit_code == 2, result.output
-    line = result.stderr.strip()
-    assert "\n" not in line and "'label'" in line and "'medium'" in line and "[model] classes (low, mid, high)" in line, line
-    assert not (tmp_path / "report.json").exists()
+    line = refused_check(tmp_path, monkeypatch, cli, train, frame, NAMES, data)
+    assert "'label'" in line and "'medium'" in line and "[model] classes (low, mid, high)" in line, line
 
 
 @pytest.mark.parametrize("names", [["low", "mid"], ["low", "mid", "high", "extra"]])
-@pytest.mark.parametrize("data", ["golden.csv", "streamed"])
+@pytest.mark.parametrize("data", ["table.csv", "table"])
 def test_classes_that_do_not_name_each_output_are_an_input_error(tmp_path, monkeypatch, cli, datasets, names, data):
     """[model] classes names the model's outputs in order: a list of another length than the outputs is bad
     config (exit 2), even when every label in the golden set is among the names."""
@@ -201,18 +208,8 @@ def test_classes_that_do_not_name_each_output_are_an_input_error(tmp_path, monke
     train, golden = sets[3]
     frame = pd.read_csv(golden)
     frame = frame[frame["label"] < 2] if len(names) == 2 else frame
-    frame.to_csv(tmp_path / "golden.csv", index=False)
-    (tmp_path / "streamed").mkdir()
-    frame.to_parquet(tmp_path / "streamed" / "part-0.parquet")
-    monkeypatch.chdir(tmp_path)
-    config = CONFIG.format(prediction="logits").replace('prediction = "logits"\n', f'prediction = "logits"\nclasses = {names}\n')
-    (tmp_path / "release-kit.toml").write_text(config)
-    model = save_scripted(train_classifier(train, 3, epochs=5, squash="none"), tmp_path / "m.pt")
-    result = cli("check", "--candidate", model, "--data", data, "--report", "report.json")
-    assert result.exit_code == 2, result.output
-    line = result.stderr.strip()
-    assert "\n" not in line and f"model outputs 3 class(es) but [model] classes names {len(names)}" in line, line
-    assert not (tmp_path / "report.json").exists()
+    line = refused_check(tmp_path, monkeypatch, cli, train, frame, names, data)
+    assert f"model outputs 3 class(es) but [model] classes names {len(names)}" in line, line
 
 
 def test_text_labels_without_classes_say_how_to_name_them(tmp_path, monkeypatch, cli, datasets):

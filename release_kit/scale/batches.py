@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
+from .source import arrow_kind
 from .stats import (
     KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, ContractCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram, WorstRows,
     key_threshold, row_keys, streamed_moments,
@@ -194,13 +195,10 @@ def _target(column, spec) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow ≥ 16; the floor is 14.0.1
-    text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_string_view(kind)
-    if not (spec.task == "classification" and spec.classes and text):
+    if not (spec.task == "classification" and spec.classes and arrow_kind(column.type).endswith("text")):
         return _numbers(column)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        kind = pa.string()  # categories and string views as plain text: index_in takes no string view
+    # Categories and string views as plain text: index_in takes no string view.
+    kind = column.type if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else pa.string()
     labels = column if column.type == kind else column.cast(kind)
     ids = pc.index_in(labels, value_set=pa.array(spec.classes, kind))
     unknown = pc.and_(pc.is_null(ids), pc.is_valid(labels))

@@ -62,7 +62,7 @@ def is_streamable(source: str) -> bool:
     return is_parquet_set(source) or ("://" not in source and Path(source).suffix.lower() in PARQUET_SUFFIXES)
 
 
-def _kind(arrow_type) -> str:
+def arrow_kind(arrow_type) -> str:
     """A column's kind as the checks and their messages name it."""
     import pyarrow as pa
 
@@ -74,7 +74,7 @@ def _kind(arrow_type) -> str:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or (is_string_view and is_string_view(arrow_type)):
         return "text"
     if pa.types.is_dictionary(arrow_type):  # pandas' category dtype, when its categories are text
-        return f"categories of {_kind(arrow_type.value_type)}"
+        return f"categories of {arrow_kind(arrow_type.value_type)}"
     return str(arrow_type)
 
 
@@ -248,7 +248,7 @@ class ParquetSource:
             if both is not None:  # Ray Data would take the file's, pyarrow's datasets the path's: neither is sure
                 raise InputError(f"{file}: column '{both}' is stored in the file and is a partition of its path "
                                  f"({both}={partition[both]}): which is the golden value is ambiguous")
-            kinds = {field.name: _kind(field.type) for field in schema}
+            kinds = {field.name: arrow_kind(field.type) for field in schema}
             kinds.update({key: f"text in its path ({key}={value})" if types[key] == "string" else "numbers"
                           for key, value in partition.items()})
             footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds))
