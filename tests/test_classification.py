@@ -226,20 +226,27 @@ def test_text_labels_without_classes_say_how_to_name_them(tmp_path, monkeypatch,
     assert "list them in [model] classes" in result.stderr
 
 
-def test_text_labels_through_every_stage_with_tracking(tmp_path, datasets):
+@pytest.mark.parametrize("golden_set", ["golden.csv", "golden"])  # read whole, and streamed (Parquet files)
+def test_text_labels_through_every_stage_with_tracking(tmp_path, datasets, golden_set):
     """As users run it: the CLI in a subprocess, the default stages (the data stage profiling a reference
-    whose labels are names too), the embedded MLflow store."""
+    whose labels are names too, and whose feature c is booleans, as the golden set's), the embedded MLflow
+    store; the data stage checks the labels and c as stored, read whole or streamed."""
     import pandas as pd
 
     from conftest import QUICK, run_cli
 
     _, sets = datasets
     train, golden = sets[3]
-    labelled(pd.read_csv(golden)).to_csv(tmp_path / "golden.csv", index=False)
+    train = train.assign(c=train["c"] > 0)
+    golden = labelled(pd.read_csv(golden)).assign(c=lambda frame: frame["c"] > 0)
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    (tmp_path / "golden").mkdir()
+    for index, part in enumerate((golden.iloc[:1000], golden.iloc[1000:])):
+        part.to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
     labelled(train).to_csv(tmp_path / "train.csv", index=False)
-    (tmp_path / "release-kit.toml").write_text(churn_model("logits") + f"classes = {NAMES}\n" + textwrap.dedent("""
+    (tmp_path / "release-kit.toml").write_text(churn_model("logits") + f"classes = {NAMES}\n" + textwrap.dedent(f"""
         [data]
-        golden = "golden.csv"
+        golden = "{golden_set}"
         reference = "train.csv"
     """) + QUICK)
     weak = save_scripted(train_classifier(train, 3, epochs=2, squash="none"), tmp_path / "weak.pt")
@@ -252,6 +259,10 @@ def test_text_labels_through_every_stage_with_tracking(tmp_path, datasets):
     assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
     assert report["verdict"] == "pass" and report["bump"] == "minor", report["bump_reason"]
     assert checks["data::golden_rows"]["status"] == "pass"
+    assert report["environment"]["golden_read"] == ("whole" if golden_set == "golden.csv" else "local")
+    stored = {name: c for name, c in checks.items() if name.startswith(("data::golden/label:", "data::golden/c:"))}
+    assert len(stored) >= 4 and all(c["status"] == "pass" for c in stored.values()), {n: c["summary"] for n, c in stored.items()}
+    assert checks["data::drift"]["status"] in ("pass", "warn"), checks["data::drift"]["summary"]
     classes = checks["outliers::classes"]
     assert classes["status"] == "pass" and {row[0] for row in classes["details"]["table"]["rows"]} == {"0 (low)", "1 (mid)", "2 (high)"}
     assert report["mlflow"]["run_id"] and (tmp_path / ".release-kit" / "mlflow.db").is_file()
