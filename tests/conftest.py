@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -14,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+
+# pytest-xdist's workers share the machine's cores, so each worker's torch, and the CLI processes it starts,
+# get their share of intra-op threads (a user's OMP_NUM_THREADS is kept). Two workers each running two
+# OpenMP threads on two cores made the suite's torch work several times slower: the example's models, 5 s to
+# train alone, took 18 s beside the other worker's training (measured). Read by torch when it is imported.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+import torch  # noqa: E402  (after the thread count above)
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +84,6 @@ def run_cli(cwd: Path, *args, env: dict | None = None, timeout: float = 300) -> 
     """The CLI in a subprocess, as users run it: without an inherited MLFLOW_TRACKING_URI, nor what a Ray
     started in the test process set in its environment (``ray.init`` sets RAY_AUTH_MODE=token there, and a
     CLI inheriting it would join a cluster as one with token authentication)."""
-    import os
-
     environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "PYTHONBREAKPOINT")}
     return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, env={**environment, **(env or {})}, timeout=timeout)
@@ -221,7 +228,6 @@ def postgres(tmp_path_factory):
     """A PostgreSQL server of its own, in a temporary directory on 127.0.0.1, started with initdb and pg_ctl
     (as the ``postgres`` user when the tests run as root: PostgreSQL refuses to run as root). Yields a
     function that creates a fresh database and returns its URL."""
-    import os
     import pwd
     import shutil
 
@@ -271,7 +277,12 @@ def postgres(tmp_path_factory):
 
 @contextlib.contextmanager
 def _mlflow_server(root: Path, backend: str):
-    """Run `mlflow server` on 127.0.0.1 with ``backend`` as its store and proxied artifacts; yield its URL."""
+    """Run `mlflow server` on 127.0.0.1 with ``backend`` as its store and proxied artifacts; yield its URL.
+
+    Without the server's job execution: it runs GenAI jobs (scorers, trace roll-ups) release-kit never asks
+    for, in seven consumer processes that each import MLflow (~14 s of CPU per server on two cores, measured),
+    and that outlived a terminated server. The server has a session of its own, so that stopping it stops
+    every process it started."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -279,8 +290,21 @@ def _mlflow_server(root: Path, backend: str):
             "--backend-store-uri", backend,
             "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
         ],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, cwd=root,
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
+
+    def stop() -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -293,16 +317,15 @@ def _mlflow_server(root: Path, backend: str):
         except OSError:
             time.sleep(0.5)
     else:
-        process.terminate()
+        stop()
         pytest.fail("mlflow server did not become healthy in 90 s")
     try:
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop()
 
 
-# A server takes 6-9 s to start (its store's migrations), so each one below is started once per session, on
+# A server takes ~6 s to start (its store's migrations), so each one below is started once per session, on
 # first use, and shared by the modules that ask for it. The tests that share one use model names and
 # experiments of their own, or the same ones idempotently (the release tests each publish 1.0.0 first).
 @pytest.fixture(scope="session")

@@ -1873,10 +1873,18 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     from release_kit.scale.engines import SCAN_SWITCH_INTERVAL, run_local
 
     source, plan, models = _every_stage_scan(power, golden_directory)
+    worker_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the scan spares the helper a core: one thread fewer, whatever this worker has
     threads, interval = torch.get_num_threads(), sys.getswitchinterval()
     during = []
-    overlapped = run_local(source, plan, models, chunk_rows=4_000, progress=lambda *_: during.append(sys.getswitchinterval()))
-    assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
+    try:
+        overlapped = run_local(source, plan, models, chunk_rows=4_000,
+                               progress=lambda *_: during.append((torch.get_num_threads(), sys.getswitchinterval())))
+    finally:
+        torch.set_num_threads(worker_threads)
+    assert threads == 2 and worker_threads == torch.get_num_threads() and sys.getswitchinterval() == interval
+    assert during and {t for t, _ in during} == {1}
+    during = [i for _, i in during]
     assert during and during == pytest.approx([min(interval, SCAN_SWITCH_INTERVAL)] * len(during))  # kept in µs
     one_by_one = None
     for batch in source.batches(plan.columns, 4_000):
@@ -1902,9 +1910,13 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
             raise RuntimeError("broke on batch 3")
         return module(x)
 
-    with pytest.raises(InputError, match="candidate model .* failed on input of shape .*: broke on batch 3"):
-        run_local(source, plan, {**models, "candidate": dataclasses.replace(models["candidate"], module=failing)}, chunk_rows=4_000)
-    assert torch.get_num_threads() == threads and sys.getswitchinterval() == interval
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(InputError, match="candidate model .* failed on input of shape .*: broke on batch 3"):
+            run_local(source, plan, {**models, "candidate": dataclasses.replace(models["candidate"], module=failing)}, chunk_rows=4_000)
+        assert torch.get_num_threads() == 2 and sys.getswitchinterval() == interval
+    finally:
+        torch.set_num_threads(worker_threads)
 
 
 @pytest.mark.parametrize("slower", ["models", "statistics"])
