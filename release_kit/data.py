@@ -232,13 +232,17 @@ def _numpy_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     """pandas' nullable numbers (Int64, Float64, pyarrow-backed numbers: what pandas writes into a Parquet
     file's metadata and reads back) as numpy numbers, as pandas reads the same columns from a file without that
     metadata: integers with no missing value as integers, else float64 with NaN for a missing value, which
-    the checks count as they count any NaN. Booleans and text are left as they are."""
+    the checks count as they count any NaN. Decimals (pandas reads a Parquet decimal column as Python
+    ``Decimal`` objects) are float64 too, as a streamed set's are. Booleans and text are left as they are."""
     import numpy as np
     import pandas as pd
 
     for name in frame.columns:
         column = frame[name]
         dtype = column.dtype
+        if dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "decimal":
+            frame[name] = column.astype(np.float64)
+            continue
         if not isinstance(dtype, pd.api.extensions.ExtensionDtype) or not pd.api.types.is_numeric_dtype(dtype) \
                 or pd.api.types.is_bool_dtype(dtype):
             continue

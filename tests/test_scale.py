@@ -912,6 +912,52 @@ def test_a_boolean_feature_is_the_models_0_and_1_read_whole_or_streamed(tmp_path
         assert checks["slices"]["status"] != "error", checks["slices"]["summary"]
 
 
+def test_a_decimal_feature_is_read_as_numbers_whole_or_streamed(tmp_path, power, cli, monkeypatch):
+    """A feature stored as decimals (a warehouse's NUMERIC, Spark's DecimalType) is float64 to the models, the
+    statistics and the suites: in a streamed directory of Parquet files, in one file read whole, and in a
+    reference, the numbers are those of the same rows as CSV floats. Streamed, it was bad input ("stored as
+    decimal128(9, 3), not as numbers"); read whole, Python Decimal objects."""
+    import decimal
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    golden, train = (pd.read_csv(power[name]).round({"temperature": 3}) for name in ("golden", "train"))
+    golden.to_csv("golden.csv", index=False)
+
+    def with_decimals(frame: pd.DataFrame) -> pa.Table:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        stored = pa.array([decimal.Decimal(f"{value:.3f}") for value in frame["temperature"]], pa.decimal128(9, 3))
+        return table.set_column(table.schema.get_field_index("temperature"), "temperature", stored)
+
+    table = with_decimals(golden)
+    (tmp_path / "golden").mkdir()
+    pq.write_table(table.slice(0, 1_000), "golden/part-0.parquet")
+    pq.write_table(table.slice(1_000), "golden/part-1.parquet")
+    pq.write_table(table, "golden.parquet")
+    pq.write_table(with_decimals(train), "train.parquet")
+    reports = {}
+    for source in ("golden", "golden.parquet", "golden.csv"):
+        configure(tmp_path, power, source, '[gate]\nstages = ["quality", "outliers", "data"]\n')
+        config = tmp_path / "release-kit.toml"
+        config.write_text(config.read_text().replace(f'reference = "{power["train"]}"', 'reference = "train.parquet"'))
+        reports[source] = run(cli)
+    assert {source: r["environment"]["golden_read"] for source, r in reports.items()} == \
+        {"golden": "local", "golden.parquet": "whole", "golden.csv": "whole"}
+    for source in ("golden", "golden.parquet"):
+        for name in ("mae", "rmse", "r2"):
+            assert metric(reports[source], name)["delta"] == pytest.approx(metric(reports["golden.csv"], name)["delta"], rel=1e-9), (source, name)
+    for source, report in reports.items():
+        checks = {c["name"]: c for c in report["checks"]}
+        stored = [c for name, c in checks.items() if name.startswith("golden/temperature:")]
+        assert len(stored) == 3 and all(c["status"] == "pass" for c in stored), (source, [c["summary"] for c in stored])
+        assert checks["drift"]["status"] == "pass" and "temperature" in [row[0] for row in checks["drift"]["details"]["table"]["rows"]]
+        assert not [c["name"] for c in report["checks"] if c["status"] in ("fail", "error")], source
+
+
 def test_missing_values_in_pandas_nullable_columns_are_unusable_rows_read_whole_or_streamed(tmp_path, cli, monkeypatch):
     """A label stored as pandas' nullable booleans and a feature as its nullable floats, each with missing
     values: those rows are unusable, counted and shown, as NaN would be, the same read whole or streamed (they

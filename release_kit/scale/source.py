@@ -66,8 +66,8 @@ def arrow_kind(arrow_type) -> str:
     """A column's kind as the checks and their messages name it."""
     import pyarrow as pa
 
-    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        return "numbers"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "numbers"  # decimals (a warehouse's NUMERIC, Spark's DecimalType) are read as float64
     if pa.types.is_boolean(arrow_type):
         return "booleans"
     is_string_view = getattr(pa.types, "is_string_view", None)  # pyarrow ≥ 16; the floor is 14
@@ -130,6 +130,17 @@ def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordB
         column = batch.column(index)
         column = pc.if_else(pc.equal(column, HIVE_NULL), pa.scalar(None, pa.string()), column)
         batch = batch.set_column(index, name, column.cast(types[name]))
+    return batch
+
+
+def decimals_as_floats(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch whose decimal columns are float64, as the models, statistics and suites take numbers (a
+    decimal's 16-digit rounding is below what any of them resolves)."""
+    import pyarrow as pa
+
+    for index, field in enumerate(batch.schema):
+        if pa.types.is_decimal(field.type):
+            batch = batch.set_column(index, field.name, batch.column(index).cast(pa.float64()))
     return batch
 
 
@@ -378,6 +389,7 @@ class ParquetSource:
             # pyarrow's dataset scanner (Ray Data's Parquet reader) holds a row group whole however it is told
             # to buffer: the Ray engine's read tasks read with this method too.
             with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as reader:
+                decimals = any(pa.types.is_decimal(reader.schema_arrow.field(name).type) for name in stored)
                 group, position = 0, 0  # the first row group to read, and the file's row it starts at
                 while group < reader.metadata.num_row_groups and position + reader.metadata.row_group(group).num_rows <= first:
                     position += reader.metadata.row_group(group).num_rows
@@ -394,7 +406,7 @@ class ParquetSource:
                                            for key in columns if key in partition})
                             batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns),
                                                      self.partition_types)
-                        yield batch
+                        yield decimals_as_floats(batch) if decimals else batch
                     position = end
                     if position >= stop:
                         return
