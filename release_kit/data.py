@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .report import DatasetRef
 
 SUFFIXES = (".csv", ".parquet", ".pq")
+# A CSV file compressed as a pipeline exports it (golden.csv.gz): pandas infers the codec from the suffix.
+CSV_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 TENSOR_SUFFIXES = (".npz", ".safetensors")
 
 
@@ -190,6 +192,9 @@ def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
+    import lzma
+    import zipfile
+
     import pandas as pd
 
     if is_sql(path):
@@ -202,10 +207,12 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv, .parquet, or a directory or glob of Parquet files)")
+    csv = suffix == ".csv" or (suffix in CSV_COMPRESSIONS and path.with_suffix("").suffix.lower() == ".csv")
+    if not csv and suffix not in SUFFIXES:
+        raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv (or .csv.gz, .bz2, .xz, "
+                         ".zst, .zip), .parquet, or a directory or glob of Parquet files)")
     try:
-        if suffix == ".csv":
+        if csv:
             frame = pd.read_csv(path)
             # pandas renames a repeated header (a, a → a, a.1): the header as written is checked.
             header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
@@ -214,7 +221,9 @@ def read_table(path: Path | str) -> pd.DataFrame:
         return _numpy_numbers(_unique_columns(pd.read_parquet(path), str(path)))
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the data file is empty") from None
-    except (OSError, ValueError, pd.errors.ParserError) as error:
+    except ImportError as error:  # a codec pandas reads through an optional package (.zst: zstandard)
+        raise InputError(f"{path}: cannot read data: {first_line(error)}") from None
+    except (OSError, ValueError, EOFError, lzma.LZMAError, zipfile.BadZipFile, pd.errors.ParserError) as error:
         raise InputError(f"{path}: cannot read data: {first_line(error)}") from None
     except Exception as error:  # pyarrow raises its own hierarchy for corrupt Parquet files
         if type(error).__module__.startswith("pyarrow"):

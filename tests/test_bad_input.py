@@ -293,6 +293,23 @@ def test_golden_set_without_a_usable_row(project, power, cli):
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "no usable golden row", "temperature")
 
 
+@pytest.mark.parametrize("name, content", [
+    ("golden.csv.gz", b"not gzip"),
+    ("golden.csv.xz", b"not xz"),
+    ("golden.csv.zip", b"not a zip"),
+    ("golden.csv.gz", "truncated"),
+], ids=["gz", "xz", "zip", "truncated-gz"])
+def test_a_corrupt_compressed_csv_is_one_line(project, power, cli, name, content):
+    import gzip
+
+    if content == "truncated":
+        whole = gzip.compress(power["golden"].read_bytes())
+        content = whole[: len(whole) // 2]
+    golden = project.root / name
+    golden.write_bytes(content)
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"{name}: cannot read data")
+
+
 def test_corrupt_parquet(project, power, cli):
     golden = project.write("golden.parquet", "PAR1 this is not parquet")
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.parquet")

@@ -43,6 +43,29 @@ def test_clean_golden_passes_against_a_profile_of_the_training_data(with_referen
     assert "no feature drifted" in checks["drift"].summary
 
 
+def test_compressed_csv_files_read_as_the_plain_ones(project, with_reference, power, cli):
+    """A golden set, reference and training data exported compressed (golden.csv.gz, train.csv.xz,
+    train.csv.zip) gate with the plain files' numbers and checks; they were "unsupported data format"."""
+    frames = {name: pd.read_csv(power[name]) for name in ("golden", "train")}
+    frames["golden"].to_csv(project.root / "golden.csv.gz", index=False)
+    frames["train"].to_csv(project.root / "train.csv.xz", index=False)
+    frames["train"].to_csv(project.root / "train.csv.zip", index=False)
+    reports = {}
+    for golden, reference, training in ((power["golden"], power["train"], power["train"]),
+                                         ("golden.csv.gz", "train.csv.xz", "train.csv.zip")):
+        with_reference(f'training = "{training}"\n', golden=golden, reference=reference)
+        project.write("release-kit.toml", (project.root / "release-kit.toml").read_text()
+                      .replace('stages = ["data"]', 'stages = ["quality", "data"]'))
+        result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--format", "json")
+        assert result.exit_code == 0, result.output
+        reports[golden] = json.loads(result.stdout)
+    plain, compressed = reports[power["golden"]], reports["golden.csv.gz"]
+    assert compressed["data"]["golden"]["rows"] == len(frames["golden"])
+    assert [(c["name"], c["status"], c["summary"]) for c in compressed["checks"]] == \
+        [(c["name"], c["status"], c["summary"]) for c in plain["checks"]]
+    assert any(c["name"].startswith("training/") for c in compressed["checks"])
+
+
 def test_injected_nulls_and_impossible_values_block_the_gate(project, with_reference, power):
     """The issue's 'done when': training data with nulls and impossible values, against the clean profile."""
     train = pd.read_csv(power["train"])

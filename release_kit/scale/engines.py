@@ -323,6 +323,11 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             else:
+                # With RAY_AUTH_MODE unset, Ray starts a local Ray with token authentication and says so on
+                # stderr, with how to turn it off. That is what a local run wants (only this user's processes
+                # join it): the note is not shown. Set, Ray does as it says without a word.
+                if os.environ.get("RAY_AUTH_MODE") is None:
+                    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 # One logical CPU beyond the actors' for the read tasks, which need a whole one (logical
                 # CPUs are scheduling tokens: the actors still share the cores).
                 ray.init(num_cpus=(workers or os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False,
