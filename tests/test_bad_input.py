@@ -229,6 +229,17 @@ def test_missing_column(project, power, cli, column):
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"missing column(s): {column}")
 
 
+@pytest.mark.parametrize("separator, named", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_separated_otherwise_says_so(project, power, cli, separator, named):
+    """A European spreadsheet's export (``;`` and decimal commas) or a TSV: its header is one column."""
+    import pandas as pd
+
+    golden = project.root / "golden.csv"
+    pd.read_csv(power["golden"]).to_csv(golden, index=False, sep=separator, decimal=",")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project,
+                       "golden.csv: missing column(s): hour", f"not by {named}")
+
+
 def test_repeated_column_name_in_a_csv_header(project, power, cli):
     """pandas reads ``a,a`` as columns a and a.1: which one is the target would be a guess."""
     lines = power["golden"].read_text().splitlines()
