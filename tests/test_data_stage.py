@@ -79,9 +79,9 @@ def test_injected_nulls_and_impossible_values_block_the_gate(project, with_refer
     assert report.verdict.value == "block"
     checks = data_checks(report)
     nulls = checks["training/cloud_cover:column_values_to_not_be_null"]
-    assert nulls.status is Status.FAIL and "41 of 8000 values are null" in nulls.summary
+    assert nulls.status is Status.FAIL and "41 of 8,000 values are null" in nulls.summary
     temperature = checks["training/temperature:column_values_to_be_between"]
-    assert temperature.status is Status.FAIL and "5 of 8000 values unexpected" in temperature.summary
+    assert temperature.status is Status.FAIL and "5 of 8,000 values unexpected" in temperature.summary
     assert "999.0" in temperature.summary
     cloud_range = checks["training/cloud_cover:column_values_to_be_between"]
     assert cloud_range.status is Status.PASS  # nulls are missing, not unexpected

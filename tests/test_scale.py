@@ -118,7 +118,7 @@ def test_a_directory_streams_and_matches_the_in_memory_numbers(streamed_project,
     a, low_a, b, low_b, n = re.search(r"largest change (\w+) ≤ ([\d.]+) and (\w+) ≤ ([\d.]+) \(n=(\d+)\)", slices).groups()
     golden = pd.read_csv(golden_directory / "golden.csv")
     assert int(n) == int(((golden[a].astype(np.float32) <= float(low_a)) & (golden[b].astype(np.float32) <= float(low_b))).sum())
-    assert checks["data::golden_rows"]["summary"].startswith("all 30000 golden rows")
+    assert checks["data::golden_rows"]["summary"].startswith("all 30,000 golden rows")
     # The set's digest (hashed beside the models' loading): every file's name and content hash, in order.
     expected = hashlib.sha256()
     for file in sorted((golden_directory / "golden").glob("*.parquet")):

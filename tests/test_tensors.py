@@ -118,7 +118,7 @@ def test_gx_suites_validate_the_metadata_table(tmp_path, shape_example, cli, mon
     checks = checks_by_name(json.loads(result.stdout))
     assert checks["data::golden/noise:column_values_to_be_between"]["status"] == "pass"
     brightness = checks["data::golden/brightness:column_values_to_be_between"]
-    assert brightness["status"] == "fail" and "of 1500 values unexpected" in brightness["summary"]
+    assert brightness["status"] == "fail" and "of 1,500 values unexpected" in brightness["summary"]
     assert result.exit_code == 1
 
 

@@ -242,7 +242,7 @@ def golden_rows(gate: GateContext) -> CheckResult:
     total = gate.golden.rows_read
     if excluded is None or not len(excluded):
         what = "features" if gate.golden.tabular else "inputs"
-        return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total} golden rows have finite {what} and a valid target")
+        return CheckResult(NAME, "golden_rows", Status.PASS, f"all {total:,} golden rows have finite {what} and a valid target")
     columns = ", ".join(f"{column} ({count})" for column, count in sorted(excluded.columns.items(), key=lambda item: -item[1]))
     shown = ", ".join(str(int(row)) for row in excluded.rows[:GOLDEN_ROW_EXAMPLES])
     more = f" and {len(excluded) - GOLDEN_ROW_EXAMPLES} more" if len(excluded) > GOLDEN_ROW_EXAMPLES else ""
@@ -273,8 +273,8 @@ def golden_rows(gate: GateContext) -> CheckResult:
         }
     return CheckResult(
         NAME, "golden_rows", Status.FAIL,
-        f"{len(excluded)} of {total} golden rows have NaN/inf or impossible values (by column: {columns}); "
-        f"rows {shown}{more}. The other stages ran on the remaining {len(gate.golden)} rows",
+        f"{len(excluded):,} of {total:,} golden rows have NaN/inf or impossible values (by column: {columns}); "
+        f"rows {shown}{more}. The other stages ran on the remaining {len(gate.golden):,} rows",
         details={"rows": [int(r) for r in excluded.rows], "columns": excluded.columns, "table": table},
     )
 
@@ -351,11 +351,11 @@ def _failure(outcome: ExpectationOutcome) -> str:
         unexpected, total = result.get("unexpected_count") or 0, result.get("element_count") or 0
         missing = result.get("missing_count")
         if outcome.type == "expect_column_values_to_not_be_null":
-            return f"{unexpected} of {total} values are null ({unexpected / max(total, 1):.2%})"
+            return f"{unexpected:,} of {total:,} values are null ({unexpected / max(total, 1):.2%})"
         examples = ", ".join(map(str, result.get("partial_unexpected_list", [])[:5]))
         if "element_count" not in result:  # counted over the column's distinct values, not its rows
             return f"{unexpected} unexpected distinct value(s)" + (f": {examples}" if examples else "")
-        text = f"{unexpected} of {total} values unexpected ({(result.get('unexpected_percent') or 0):.2f}% of non-null)"
+        text = f"{unexpected:,} of {total:,} values unexpected ({(result.get('unexpected_percent') or 0):.2f}% of non-null)"
         text += f", e.g. {examples}" if examples else ""
         return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
     return f"observed {result.get('observed_value')!r}"

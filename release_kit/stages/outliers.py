@@ -234,15 +234,15 @@ def moved_region(gate: GateContext) -> CheckResult:
     columns = gate.golden.slice_columns()
     if not columns:
         return CheckResult(NAME, "moved_region", Status.SKIP,
-                           f"{count} of {n} samples' {what}s changed; no metadata columns to say where (set [data] metadata)")
+                           f"{count:,} of {n:,} samples' {what}s changed; no metadata columns to say where (set [data] metadata)")
     region = confined_region(columns, moved)
     if region is None or count == n:
         return CheckResult(NAME, "moved_region", Status.PASS,
-                           f"{count} of {n} rows' {what}s changed, spread over the golden set (no single region holds them)")
+                           f"{count:,} of {n:,} rows' {what}s changed, spread over the golden set (no single region holds them)")
     rows = np.flatnonzero(moved)[: gate.config.outliers.top_n]
     return CheckResult(
         NAME, "moved_region", Status.WARN,
-        f"all {count} row(s) whose {what} changed have {region.words()} ({region.inside} of {n} rows have it; "
+        f"all {count:,} row(s) whose {what} changed have {region.words()} ({region.inside:,} of {n:,} rows have it; "
         f"{region.share_moved:.0%} of those changed): a behaviour change confined to this region",
         details={"region": region.words(), "moved": count, "inside": region.inside,
                  "table": example_rows(gate, rows, f"first {len(rows)} rows whose {what} changed")},
@@ -486,7 +486,7 @@ def monotonic(gate: GateContext, constraint: MonotonicSpec, domain: Domain) -> C
     if broken.any():
         details["table"] = example_rows(gate, np.flatnonzero(broken)[: gate.config.outliers.top_n], "golden rows that break it")
     if introduced:
-        return CheckResult(NAME, name, Status.FAIL, f"{introduced} of {len(rows)} golden rows break '{phrase}' (the baseline did not)", details=details)
+        return CheckResult(NAME, name, Status.FAIL, f"{introduced:,} of {len(rows):,} golden rows break '{phrase}' (the baseline did not)", details=details)
     if found.example is not None:
         baseline_too = gate.baseline is not None and bool(_monotonic_breaks(gate, "baseline", found.example[None], constraint)[0])
         status = Status.WARN if baseline_too else Status.FAIL

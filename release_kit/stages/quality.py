@@ -177,9 +177,9 @@ def output_contract(gate: GateContext) -> CheckResult:
     introduced = int((bad & ~baseline_bad).sum())
     counts = {kind: int(mask.sum()) for kind, mask in candidate.items()}
     summary = (
-        f"{int(bad.sum())} of {rows} candidate predictions break the contract "
-        f"({', '.join(f'{count} {kind}' for kind, count in counts.items())}); "
-        f"{introduced} introduced by the candidate, {int(bad.sum()) - introduced} the baseline already had"
+        f"{int(bad.sum()):,} of {rows:,} candidate predictions break the contract "
+        f"({', '.join(f'{count:,} {kind}' for kind, count in counts.items())}); "
+        f"{introduced:,} introduced by the candidate, {int(bad.sum()) - introduced:,} the baseline already had"
         f"{gate.golden.note}"
     )
     return CheckResult(
