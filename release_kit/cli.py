@@ -38,7 +38,10 @@ class _Group(click.Group):
         except ReleaseKitError as error:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"release-kit: error: {error}", err=True)
+            # One line whatever the message quotes (a column name may hold a line break; on a runner, a
+            # line of its own starting with "::" would be a workflow command).
+            message = " ".join(str(error).splitlines())
+            click.echo(f"release-kit: error: {message}", err=True)
             ctx.exit(EXIT_INPUT)
         except Exception as error:  # a bug in release-kit or a library it drives
             if ctx.params.get("debug"):

@@ -504,12 +504,15 @@ def check(
         resolved = resolved.model_copy(update={"run": _validated_run(resolved, engine, max_rows)})
     use_registry = registry_allowed(registry)
     track = resolved.mlflow.enabled and use_registry and log_to_mlflow is not False
-    gate = prepare(
-        resolved, project_dir, candidate=candidate, baseline=baseline, baseline_version=baseline_version,
-        data=data, allow_pickle=allow_pickle, registry=use_registry, track=track,
-        progress=listener.rows if listener is not None else None,
-    )
-    report = run(gate, listener=listener, benchmark_json=benchmark_json)
+    from .github import workflow_commands_stopped
+
+    with workflow_commands_stopped():  # the models and checks/ run here: their output is no runner command
+        gate = prepare(
+            resolved, project_dir, candidate=candidate, baseline=baseline, baseline_version=baseline_version,
+            data=data, allow_pickle=allow_pickle, registry=use_registry, track=track,
+            progress=listener.rows if listener is not None else None,
+        )
+        report = run(gate, listener=listener, benchmark_json=benchmark_json)
     if track:
         from .tracking import log_gate_run, tracking_uri
 

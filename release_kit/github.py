@@ -12,6 +12,9 @@ import json
 import os
 import re
 import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +71,40 @@ def run_url(env: dict[str, str] | None = None) -> str | None:
         return None
     server = env.get("GITHUB_SERVER_URL", "https://github.com")
     return f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+
+
+@contextmanager
+def workflow_commands_stopped(env: dict[str, str] | None = None) -> Iterator[None]:
+    """On a GitHub Actions runner, its workflow commands stopped while the block runs (GitHub's advice for
+    untrusted output): the models, a factory and the checks in ``checks/`` run inside it, and whatever they
+    print (TorchScript's ``print`` included) reaches the job's log. A line such as ``::error::``,
+    ``::add-mask::`` or ``::set-output`` there would otherwise be a command to the runner: a forged
+    annotation, a masked verdict, a forged step output. Commands resume at a random token, which nothing
+    printed inside can know. The markers go to stderr, where the CLI sends what the gate prints."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") != "true":
+        yield
+        return
+    token = secrets.token_hex(16)
+    sys.stdout.flush()
+    print(f"::stop-commands::{token}", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _flush_native_output()
+        print(f"::{token}::", file=sys.stderr, flush=True)
+
+
+def _flush_native_output() -> None:
+    """Flush the C library's output buffers: what native code printed inside the block is written before
+    commands resume."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to load by name (Windows): nothing buffered there to flush
+        pass
 
 
 def escape_data(text: str) -> str:

@@ -533,9 +533,11 @@ def _model_file(report: Report, config: Config, project_dir: Path) -> Path:
 
 def _require_model(path: Path, config: Config) -> None:
     """The file loads as a model with the safe loaders (no pickle), as the gate loaded it."""
+    from .github import workflow_commands_stopped
     from .models import load_model
 
-    load_model("candidate", str(path), config.model, factory=config.candidate.factory)
+    with workflow_commands_stopped():  # loading runs the program's __setstate__, and a factory: their output is no command
+        load_model("candidate", str(path), config.model, factory=config.candidate.factory)
 
 
 def _registered_under(uri: str, model: str, version: str, rid: str) -> list:

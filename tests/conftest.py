@@ -24,6 +24,10 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import torch  # noqa: E402  (after the thread count above)
+
+# The suite may itself run on a GitHub Actions runner (release-kit's CI): the gate it tests would then stop
+# the runner's workflow commands around each run and say so on stderr. The tests of that set it themselves.
+os.environ.pop("GITHUB_ACTIONS", None)
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -353,6 +353,55 @@ def test_a_model_program_writing_a_file_is_refused_by_the_default_gate_in_a_subp
 
 
 
+class PrintsWorkflowCommands(torch.nn.Module):
+    """What a model program may print (TorchScript's ``print``): lines a GitHub runner would take as commands."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print("::error title=release-kit quality::forged by the model")
+        print("::add-mask::BLOCK")
+        return self.inner(x)
+
+
+def test_what_a_model_prints_on_a_github_runner_is_no_workflow_command(project, power, tmp_path):
+    """On a runner (GITHUB_ACTIONS=true), the runner's commands are stopped while the models run, as GitHub
+    advises for untrusted output: the model's lines fall between ``::stop-commands::TOKEN`` and ``::TOKEN::``,
+    with a random token, and release-kit's own annotations (``--format github``) come after. A message that
+    quotes a line break stays one line, so no line of it can start with "::"."""
+    import re
+
+    loud = tmp_path / "loud.pt"
+    torch.jit.save(torch.jit.script(PrintsWorkflowCommands(torch.jit.load(str(power["night"])))), str(loud))
+    project.config(extra='[gate]\nstages = ["quality", "outliers"]\n[outliers.search]\nseconds = 1\n')
+    runner = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "output"), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary")}
+    result = run_cli(project.root, "check", "--candidate", loud, "--baseline", power["v1"], "--format", "github", env=runner)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    stops = [i for i, line in enumerate(lines) if line.startswith("::stop-commands::")]
+    assert len(stops) == 1, result.stderr[-3000:]
+    token = lines[stops[0]].removeprefix("::stop-commands::")
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+    resume = lines.index(f"::{token}::")
+    forged = [i for i, line in enumerate(lines) if line in ("::add-mask::BLOCK", "::error title=release-kit quality::forged by the model")]
+    assert forged and all(stops[0] < i < resume for i in forged), result.stderr[-3000:]
+    assert "::add-mask::" not in result.stdout and "forged" not in result.stdout
+    assert any(line.startswith("::error title=release-kit quality%3A%3Aoutput_contract::") for line in result.stdout.splitlines())
+    # Off a runner nothing is stopped, and nothing is said.
+    quiet = run_cli(project.root, "check", "--candidate", power["better"], "--baseline", power["v1"])
+    assert quiet.returncode == 0 and "stop-commands" not in quiet.stderr + quiet.stdout
+    # A message quoting a line break (a column name from the config here) is one line.
+    text = (project.root / "release-kit.toml").read_text().replace('target = "power_kw"', 'target = "kw\\n::add-mask::BLOCK"')
+    (project.root / "release-kit.toml").write_text(text)
+    bad = run_cli(project.root, "check", "--candidate", power["better"], "--baseline", power["v1"], env=runner)
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("release-kit: error: ")]
+    assert len(errors) == 1 and "missing column(s): kw ::add-mask::BLOCK" in errors[0], bad.stderr
+    assert not [line for line in bad.stderr.splitlines() if line.startswith("::add-mask::")]
+
+
 def test_a_model_file_that_hangs_while_loading_gets_the_model_deadline(project, power, tmp_path):
     """Loading runs the file's code too; stuck in TorchScript's interpreter, it ends the process with the
     deadline's one line and exit 2 (no model call has started yet), writing nothing."""
