@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import POWER_MODEL
+from conftest import POWER_MODEL, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,11 +66,6 @@ def crafted_export(power, tmp_path: Path, shape: str, marker: Path) -> Path:
     if shape == "sample-inputs":
         return rewrite_archive(source, tmp_path / "evil.pt2", {"data/sample_inputs/model.pt": pickled_payload(marker)})
     raise ValueError(shape)
-
-
-def run_cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "release_kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
