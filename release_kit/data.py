@@ -293,7 +293,7 @@ def load_golden(
     return _load_table_golden(source, spec, max_rows)
 
 
-def missing_columns(path, missing: list[str], present) -> InputError:
+def _missing_columns(path, missing: list[str], present) -> InputError:
     """The error for columns a table lacks; when its header read as one column holding another separator
     (an export with ``;`` or tabs), it says so."""
     text = f"{path}: missing column(s): {', '.join(missing)}"
@@ -317,7 +317,7 @@ def _load_table_golden(path: Path | str, spec: ModelSpec, max_rows: int | None =
         raise InputError(f"{path}: the golden set has no rows")
     missing = [column for column in [*spec.features, spec.target] if column not in frame.columns]
     if missing:
-        raise missing_columns(path, missing, frame.columns)
+        raise _missing_columns(path, missing, frame.columns)
     for column in spec.features:
         _require_numeric(_as_number(frame[column]), path, f"feature column '{column}'")
     target_column = frame[spec.target]
@@ -426,7 +426,7 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
 
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise missing_columns(path, missing, frame.columns)
+        raise _missing_columns(path, missing, frame.columns)
     for column in columns:
         _require_numeric(_as_number(frame[column]), path, f"feature column '{column}'")
     with np.errstate(over="ignore"):  # a value beyond float32's range is infinite as the models read it: refused below

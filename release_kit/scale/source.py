@@ -133,7 +133,7 @@ def typed_partitions(batch: pa.RecordBatch, types: dict[str, str]) -> pa.RecordB
     return batch
 
 
-def decimals_as_floats(batch: pa.RecordBatch) -> pa.RecordBatch:
+def _decimals_as_floats(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A batch whose decimal columns are float64, as the models, statistics and suites take numbers (a
     decimal's 16-digit rounding is below what any of them resolves)."""
     import pyarrow as pa
@@ -406,7 +406,7 @@ class ParquetSource:
                                            for key in columns if key in partition})
                             batch = typed_partitions(pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=columns),
                                                      self.partition_types)
-                        yield decimals_as_floats(batch) if decimals else batch
+                        yield _decimals_as_floats(batch) if decimals else batch
                     position = end
                     if position >= stop:
                         return
