@@ -637,6 +637,17 @@ def test_a_forged_report_releases_nothing(released_project, source, changes, nee
     assert_nothing_released(released_project)
 
 
+def test_release_loads_the_candidate_with_the_runners_commands_stopped(released_project):
+    """``release --report`` loads the candidate again (its program's ``__setstate__``, a factory): on a
+    runner, with workflow commands stopped around it, as the gate does."""
+    result = run_cli(released_project, "release", "--report", "out/pass.json", "--dry-run", env={"GITHUB_ACTIONS": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    stop = next(i for i, line in enumerate(lines) if line.startswith("::stop-commands::"))
+    assert lines.index(f"::{lines[stop].removeprefix('::stop-commands::')}::") > stop
+    assert_nothing_released(released_project)
+
+
 def test_a_blocked_report_is_refused_by_its_own_checks(released_project):
     result = run_cli(released_project, "release", "--report", "out/block.json")
     assert result.returncode == 1 and "the gate blocked this candidate" in result.stderr, result.stderr
