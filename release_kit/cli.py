@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import (
     EXIT_BLOCK, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_SKIPPED, InputError, RegistryUnavailable,
-    ReleaseKitError, first_line,
+    ReleaseKitError, first_line, one_line,
 )
 
 
@@ -28,7 +28,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as error:  # a bad option or value: one line, like every other bad input
-            click.echo(f"release-kit: error: {error.format_message()} (see --help)", err=True)
+            click.echo(f"release-kit: error: {one_line(error.format_message())} (see --help)", err=True)
             ctx.exit(EXIT_INPUT)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
@@ -38,10 +38,7 @@ class _Group(click.Group):
         except ReleaseKitError as error:
             if ctx.params.get("debug"):
                 raise
-            # One line whatever the message quotes (a column name may hold a line break; on a runner, a
-            # line of its own starting with "::" would be a workflow command).
-            message = " ".join(str(error).splitlines())
-            click.echo(f"release-kit: error: {message}", err=True)
+            click.echo(f"release-kit: error: {one_line(error)}", err=True)
             ctx.exit(EXIT_INPUT)
         except Exception as error:  # a bug in release-kit or a library it drives
             if ctx.params.get("debug"):
@@ -108,7 +105,7 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
     finally:
         listener.close()
     if (inputs["engine"] or config.run.engine) == "ray" and report.environment.get("golden_read") == "whole":
-        click.echo(f"release-kit: note: the golden set {report.data['golden'].path} was read whole, not on Ray "
+        click.echo(f"release-kit: note: the golden set {one_line(report.data['golden'].path)} was read whole, not on Ray "
                    "(the Ray engine streams Parquet golden sets)", err=True)
     return config, project_dir, report
 
@@ -183,7 +180,7 @@ def _skipped(reason: str, *, github: bool) -> None:
         from . import github as gh
 
         gh.publish_skipped(reason, echo=click.echo)
-    click.echo(f"release-kit: skipped, not passed: {reason}", err=True)
+    click.echo(f"release-kit: skipped, not passed: {one_line(reason)}", err=True)
     sys.exit(EXIT_SKIPPED)
 
 
@@ -259,12 +256,12 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     try:
         plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty, from_file=report_path is not None)
     except releases.NothingToRelease as reason:
-        click.echo(f"release-kit: {reason}", err=True)
+        click.echo(f"release-kit: {one_line(reason)}", err=True)
         if github:
             gh.write_outputs({"version": "", "tag": "", "note": ""})
         sys.exit(EXIT_PASS)
     except releases.ReleaseConflict as conflict:
-        click.echo(f"release-kit: not released: {conflict}", err=True)
+        click.echo(f"release-kit: not released: {one_line(conflict)}", err=True)
         sys.exit(EXIT_BLOCK)
     marks = {"done": "[green]✓[/]", "already": "[dim]= done before:[/]", "skipped": "[dim]- skipped[/]", "planned": "[cyan]→ would[/]"}
     err.print(f"[bold]{'Plan' if dry_run else 'Releasing'} {plan.model} {plan.version}[/] (release id {plan.release_id})")
@@ -273,7 +270,7 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
             plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {escape(o.detail)}", soft_wrap=True)
         )
     except releases.ReleaseConflict as conflict:
-        click.echo(f"release-kit: stopped: {conflict}", err=True)
+        click.echo(f"release-kit: stopped: {one_line(conflict)}", err=True)
         sys.exit(EXIT_BLOCK)
     if not dry_run:
         outputs.add(note_out, plan.note)

@@ -32,6 +32,12 @@ _TORCHSCRIPT_WRAPPER = "The following operation failed in the TorchScript interp
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
+def one_line(error: BaseException | str) -> str:
+    """An error or reason release-kit prints, as one line: it may quote a column name or a check's name that
+    holds a line break, and on a runner a line of its own starting with "::" would be a workflow command."""
+    return " ".join(str(error).splitlines())
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The one line of an exception a user should read: its first line, or for TorchScript's interpreter
     errors the underlying cause; the exception's type when it has no message."""

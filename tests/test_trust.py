@@ -397,6 +397,30 @@ def test_what_a_model_prints_on_a_github_runner_is_no_workflow_command(project, 
     assert not [line for line in bad.stderr.splitlines() if line.startswith("::add-mask::")]
 
 
+def test_a_check_name_holding_a_line_break_is_one_line_when_release_refuses_it(power, tmp_path, cli, monkeypatch):
+    """A column name is data: one holding a line break reaches a check's name, and so the reason a release
+    of a blocked report is refused. That reason is printed as one line, as every error is: no line of its own
+    starting with "::" (a workflow command on a runner)."""
+    import pandas as pd
+
+    column = "temp\n::add-mask::BLOCK"
+    for name in ("golden", "train"):
+        frame = pd.read_csv(power[name]).rename(columns={"temperature": column})
+        frame[column] += 100 if name == "golden" else 0  # beyond the reference's range: the check fails
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    features = ["hour", "day_of_year", "cloud_cover", column, "irradiance"]
+    (tmp_path / "release-kit.toml").write_text(
+        f'[model]\nname = "p"\ntask = "regression"\ntarget = "power_kw"\nfeatures = {json.dumps(features)}\n'
+        f'[baseline]\npath = "{power["v1"]}"\nversion = "1.0.0"\n'
+        '[data]\ngolden = "golden.csv"\nreference = "train.csv"\n[gate]\nstages = ["data"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert cli("check", "--candidate", power["better"], "--report", "report.json").exit_code == 1
+    result = cli("release", "--report", "report.json")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "not released: the gate blocked this candidate" in result.stderr, result.stderr
+    assert "golden/temp ::add-mask::BLOCK:column_values_to_be_between" in result.stderr
+
+
 def test_a_model_file_that_hangs_while_loading_gets_the_model_deadline(project, power, tmp_path):
     """Loading runs the file's code too; stuck in TorchScript's interpreter, it ends the process with the
     deadline's one line and exit 2 (no model call has started yet), writing nothing."""
