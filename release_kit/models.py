@@ -28,6 +28,7 @@ from .signature import Signature
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from .config import ModelSpec
     from .report import ModelRef, RegistryRef
@@ -128,15 +129,17 @@ class LoadedModel:
     def _batch(self, arrays: tuple[np.ndarray, ...], shared: bool = True) -> tuple:
         """Tensors on the model's device: on CUDA through pinned memory, copied without blocking. On the CPU
         a ``shared`` array (read again after the call) is copied: torch would hand the model its memory,
-        and a model may write into its input (a candidate could so change what the baseline reads)."""
+        and a model may write into its input (a candidate could so change what the baseline reads). A CPU
+        tensor is passed as it is: its owner decides what the model may write into."""
         import numpy as np
         import torch
 
         contiguous = _private_copy if shared and self.device == "cpu" else np.ascontiguousarray
         if len(arrays) == 1:  # the common case, without a generator's cost (a served call counts microseconds)
-            tensors = (torch.from_numpy(contiguous(arrays[0])),)
+            array = arrays[0]
+            tensors = (array if type(array) is torch.Tensor else torch.from_numpy(contiguous(array)),)
         else:
-            tensors = tuple(torch.from_numpy(contiguous(array)) for array in arrays)
+            tensors = tuple(array if type(array) is torch.Tensor else torch.from_numpy(contiguous(array)) for array in arrays)
         if self.device == "cpu":
             return tensors
         return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
@@ -207,9 +210,10 @@ class ModelOutputs:
         self._deadline = model.deadline(timeout)
         self._dtype = None  # the dtype of the outputs that passed every check
 
-    def add(self, inputs: np.ndarray | tuple[np.ndarray, ...], *, shared: bool = True) -> None:
-        """Call the model on the next samples (one array, or a tuple of arrays passed positionally);
-        ``shared``: as :meth:`LoadedModel.raw_outputs`'s (False: nothing reads them after this call)."""
+    def add(self, inputs: np.ndarray | torch.Tensor | tuple[np.ndarray, ...], *, shared: bool = True) -> None:
+        """Call the model on the next samples (one array, or a tuple of arrays passed positionally; a CPU
+        tensor as it is); ``shared``: as :meth:`LoadedModel.raw_outputs`'s (False: nothing reads them after
+        this call)."""
         import numpy as np
         import torch
 

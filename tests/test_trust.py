@@ -895,24 +895,28 @@ class WritesIntoItsInput(torch.nn.Module):
         return y
 
 
+@pytest.mark.parametrize("writer", ["candidate", "baseline"])
 @pytest.mark.parametrize("golden", ["golden.csv", "golden"])  # read whole, and streamed in batches
-def test_a_candidate_that_writes_into_its_input_cannot_change_what_the_baseline_reads(project, power, cli, golden):
+def test_a_model_that_writes_into_its_input_cannot_change_what_the_other_reads(project, power, cli, golden, writer):
     """torch hands a model the memory of the numpy array it is called on. A candidate that is the baseline
     plus ``x.mul_(0)`` after its prediction zeroed the golden features the baseline then read (read whole:
     the golden set itself, for every later stage; streamed: the input both models shared): the baseline's
-    MAE went from 0.047 to 1.1 and the quality stage passed the candidate as much better. Each model now
-    reads its own copy: the same predictions, no change."""
+    MAE went from 0.047 to 1.1 and the quality stage passed the candidate as much better. Read whole, each
+    model reads its own copy; streamed, the candidate reads the shared input last, after the baseline, whose
+    own writes (an in-place op of a benign model) have the input stacked again: the same predictions."""
     import pandas as pd
 
-    candidate = project.root / "candidate.pt"
-    torch.jit.save(torch.jit.script(WritesIntoItsInput(torch.jit.load(str(power["v1"])))), str(candidate))
+    models = {"candidate": project.root / "candidate.pt", "baseline": project.root / "baseline.pt"}
+    for role, path in models.items():
+        module = torch.jit.load(str(power["v1"]))
+        torch.jit.save(torch.jit.script(WritesIntoItsInput(module)) if role == writer else module, str(path))
     frame = pd.read_csv(power["golden"])
     (project.root / "golden").mkdir()
     for index in range(2):
         frame.iloc[index * 1_500 : (index + 1) * 1_500].to_parquet(project.root / "golden" / f"part-{index}.parquet")
     frame.to_csv(project.root / "golden.csv", index=False)
     project.config(golden=project.root / golden)
-    result = cli("check", "--candidate", candidate, "--baseline", power["v1"], "--format", "json")
+    result = cli("check", "--candidate", models["candidate"], "--baseline", models["baseline"], "--format", "json")
     report = json.loads(result.stdout)
     assert report["environment"]["golden_read"] == ("whole" if golden == "golden.csv" else "local")
     mae = next(m for c in report["checks"] for m in c["metrics"] if m["name"] == "mae")
