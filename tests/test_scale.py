@@ -1910,9 +1910,9 @@ def test_a_batch_summarized_in_parts_gives_the_whole_batch_numbers(power, golden
 
 def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, golden_directory):
     """run_local summarizes a batch while the models score the next: its numbers (every default stage's
-    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count and
-    Python's GIL switch interval (both changed during the scan) are restored after, and an error in a batch
-    still ends the scan with that error."""
+    statistics) are exactly those of each batch reduced alone and merged in order; torch's thread count,
+    Python's GIL switch interval and the frozen objects (all changed during the scan) are restored after, and
+    an error in a batch still ends the scan with that error."""
     import sys
 
     import torch
@@ -1925,13 +1925,16 @@ def test_the_overlapped_local_scan_equals_its_batches_reduced_one_by_one(power, 
     worker_threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the scan spares the helper a core: one thread fewer, whatever this worker has
     threads, interval = torch.get_num_threads(), sys.getswitchinterval()
-    during = []
+    assert gc.get_freeze_count() == 0
+    during, frozen = [], []
     try:
         overlapped = run_local(source, plan, models, chunk_rows=4_000,
-                               progress=lambda *_: during.append((torch.get_num_threads(), sys.getswitchinterval())))
+                               progress=lambda *_: (during.append((torch.get_num_threads(), sys.getswitchinterval())),
+                                                    frozen.append(gc.get_freeze_count())))
     finally:
         torch.set_num_threads(worker_threads)
     assert threads == 2 and worker_threads == torch.get_num_threads() and sys.getswitchinterval() == interval
+    assert min(frozen) > 10_000 and gc.get_freeze_count() == 0  # torch's objects and the rest, thawed after
     assert during and {t for t, _ in during} == {1}
     during = [i for _, i in during]
     assert during and during == pytest.approx([min(interval, SCAN_SWITCH_INTERVAL)] * len(during))  # kept in µs
