@@ -506,8 +506,11 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
         raise InputError(f"cannot load {role} torch.export program {path}: {first_line(error)}") from None
     if not allow_pickle:
         audit_exported_program(program, role, path)
+    from .fixed_batch import FixedBatch, traced_batch
+
     # Exported modules refuse .eval(); they were traced in the mode they were exported in.
-    return program.module()
+    size = traced_batch(program)
+    return program.module() if size is None else FixedBatch(program.module(), size)
 
 
 def _refuse_pickled(role: str, path: Path, entry: str, why: str) -> InputError:

@@ -141,3 +141,41 @@ def test_a_model_whose_later_call_returns_another_shape_is_an_input_error(tmp_pa
     with pytest.raises(InputError, match=rf"candidate model misshapen.pt returned outputs of shape {re.escape(shape)} for input of shape "
                                          r"\(4, 5\), not one row per sample of shape \(\)"):
         model.raw_outputs(np.ones((10, 5), dtype=np.float32))
+
+
+class TwoHeads(torch.nn.Module):
+    """Two inputs; a dict of a per-sample tensor, a tuple holding another and a constant that is not per sample."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor):
+        y = (x * scale[:, None]).sum(1)
+        return {"y": y, "rest": (x[:, :2] - 1.0, torch.arange(3.0))}
+
+
+def test_a_program_traced_with_a_fixed_batch_predicts_any_batch_size(power, tmp_path):
+    """torch.export without dynamic_shapes fixes the batch too: the program refuses any other number of
+    rows. Loaded, it is called in batches of exactly its size (the last padded, the padding's outputs
+    dropped): the same predictions as the program exported with a dynamic batch, for any number of rows."""
+    from release_kit.fixed_batch import FixedBatch, fixed_batch_of
+
+    dynamic = load_model("baseline", str(power["better_export"]), SPEC)
+    static = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(torch.export.load(str(power["better_export"])).module(), (torch.zeros(16, 5),)), str(static))
+    with pytest.raises(Exception, match="16"):  # the program itself takes 16 rows and nothing else
+        torch.export.load(str(static)).module()(torch.zeros(17, 5))
+    model = load_model("candidate", str(static), SPEC)
+    assert isinstance(model.module, FixedBatch) and fixed_batch_of(model.module) == 16
+    assert fixed_batch_of(dynamic.module) is None
+    features = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32) * 10
+    for rows in (0, 1, 15, 16, 17, 40):
+        np.testing.assert_allclose(model.raw_outputs(features[:rows]), dynamic.raw_outputs(features[:rows]), rtol=1e-6, atol=1e-9)
+
+    program = torch.export.export(TwoHeads(), (torch.zeros(4, 3), torch.ones(4)))
+    wrapped = FixedBatch(program.module(), 4)
+    x, scale = torch.randn(10, 3), torch.rand(10)
+    out = wrapped(x, scale)
+    expected = TwoHeads()(x, scale)
+    torch.testing.assert_close(out["y"], expected["y"])
+    torch.testing.assert_close(out["rest"][0], expected["rest"][0])
+    torch.testing.assert_close(out["rest"][1], torch.arange(3.0))  # not per sample: as the program returns it
+    empty = wrapped(x[:0], scale[:0])
+    assert empty["y"].shape == (0,) and empty["rest"][0].shape == (0, 2)

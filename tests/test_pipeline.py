@@ -65,6 +65,27 @@ def test_default_check_runs_every_stage_with_embedded_tracking(tmp_path, power):
     assert "passing or skipped check(s) not shown" in result.stdout
 
 
+def test_a_program_exported_with_a_fixed_batch_runs_every_stage(tmp_path, power):
+    """``torch.export.export(model, (example,))`` fixes the batch to the example's: the program refuses any
+    other number of rows, and every stage ended in exit 2 ("Guard failed: x.size()[0] == 16"). Gated against
+    its own weights exported with a dynamic batch, every stage, tracking on: the same predictions (3,000
+    golden rows, not a multiple of 16, the search's single rows, batch 1's timing), and the latency check
+    says the candidate's batches are padded."""
+    root = write_project(tmp_path / "p", power)
+    program = torch.export.export(torch.export.load(str(power["better_export"])).module(), (torch.zeros(16, 5),))
+    torch.export.save(program, str(root / "models" / "static.pt2"))
+    result = run_cli(root, "check", "--candidate", "models/static.pt2", "--baseline", "models/candidate-better.pt2", "--report", "report.json")
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((root / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} >= STAGES and not [c for c in report["checks"] if c["status"] == "error"]
+    for metric in (m for c in report["checks"] if c["stage"] == "quality" for m in c["metrics"]):
+        assert metric["candidate"] == pytest.approx(metric["baseline"], rel=1e-6, abs=1e-9), metric
+    outliers = {c["name"]: c for c in report["checks"] if c["stage"] == "outliers"}
+    assert outliers["newly_broken"]["status"] == "pass" and outliers["prediction_shift"]["status"] == "pass", outliers
+    latency = next(c for c in report["checks"] if c["name"] == "latency:batch=1")
+    assert "the candidate runs batches of exactly 16: padded or split" in latency["summary"]
+
+
 def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_backends):
     mlflow_server = mlflow_backends
     root = write_project(tmp_path / "p", power, tracking_uri=mlflow_server)

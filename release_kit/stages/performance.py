@@ -283,6 +283,8 @@ def _driver_version() -> str | None:
 
 
 def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> CheckResult:
+    from ..fixed_batch import fixed_batch_of
+
     spec = gate.config.performance
     try:
         result: ABResult = measured()
@@ -327,6 +329,10 @@ def latency_check(gate: GateContext, measured: Once, cost: Once, rows: int) -> C
     )
     text = (f"p50 {ms(baseline, 50):.3g} → {ms(candidate, 50):.3g} ms, ratio {ratio.value:.3f} "
             f"[{ratio.low:.3f}, {ratio.high:.3f}], p90 ratio {p90.value:.3f}")
+    fixed = [f"the {model.role} runs batches of exactly {size}" for model in (gate.candidate, gate.baseline)
+             if (size := fixed_batch_of(model.module)) is not None and size != rows]
+    if fixed:  # a program traced with a fixed batch: timed as it serves this batch, padded or split
+        text += f" ({'; '.join(fixed)}: padded or split)"
     if ratio.low > limit:
         status, verdict = Status.FAIL, f"slower beyond the budget of +{spec.latency_budget:.0%}"
     elif ratio.spread > spec.max_spread:
