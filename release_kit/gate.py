@@ -147,7 +147,7 @@ def prepare(
         scan = reference = None
         if streamed is not None:
             reference = _reference_table(config)
-            scan, golden, predicted = _scan(config, streamed, digest, models, baseline_features, progress, reference)
+            scan, golden, predicted, inputs = _scan(config, streamed, digest, models, baseline_features, progress, reference)
         else:
             if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
                 raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
@@ -159,6 +159,8 @@ def prepare(
             for model in models:
                 raw = model.raw_outputs(inputs[model.role])
                 predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
+        for model in models:
+            _require_repeatable(model, inputs[model.role], tabular)
         if "performance" in config.gate.stages and baseline_model is not None:
             _check_batch_sizes(config, golden, (candidate_model, baseline_model), baseline_columns)
         shapes = {role: values.shape for role, values in predicted.items()}
@@ -252,9 +254,11 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
         sampled_from=summary.used_rows, total_rows=summary.rows, streamed_by=run_spec.engine,
     )
     predicted = {"candidate": sample["candidate"]}
+    inputs = {"candidate": golden.inputs}
     if "baseline" in sample:
         predicted["baseline"] = sample["baseline"]
-    return summary, golden, predicted
+        inputs["baseline"] = (sample["baseline_features"],) if "baseline_features" in sample else golden.inputs
+    return summary, golden, predicted, inputs
 
 
 def _target_as_stored(target, spec, kinds: set[str]):
@@ -338,6 +342,40 @@ def _baseline_columns(config: Config, baseline_features: list[str] | None) -> tu
             "such column; gate this change with --stage quality --stage data"
         )
     return None if gone else tuple(features.index(f) for f in baseline_features)
+
+
+# Golden rows (table) or samples (tensor set) each model is called on twice, spread over the set: enough to
+# meet a random layer's effect on some rows that reach it (a night hour's power is 0 with or without dropout),
+# few enough to cost nothing beside the gate (a tensor model's sample can cost milliseconds on a CPU).
+REPEAT_ROWS = 256
+REPEAT_SAMPLES = 16
+
+
+def _require_repeatable(model, inputs: tuple, tabular: bool) -> None:
+    """The model's outputs for the same golden rows on two calls must agree: a model whose predictions are
+    random (a dropout left in training mode: ``torch.export`` keeps the mode the model was exported in)
+    gives paired differences and timings no gate can decide on, and would be released as it is.
+
+    The tolerance (1e-4 relative, 1e-6 absolute) admits a GPU kernel's order of additions, not a random
+    layer, which moves outputs by its own scale."""
+    import numpy as np
+
+    samples = len(inputs[0])
+    if not samples:
+        return
+    rows = np.unique(np.linspace(0, samples - 1, min(samples, REPEAT_ROWS if tabular else REPEAT_SAMPLES)).astype(np.int64))
+    picked = tuple(array[rows] for array in inputs)
+    first, second = model.raw_outputs(picked), model.raw_outputs(picked)
+    if first.shape == second.shape and np.allclose(first, second, rtol=1e-4, atol=1e-6, equal_nan=True):
+        return
+    change = np.abs(first - second) if first.shape == second.shape else np.full(1, np.inf)
+    largest = float(np.nanmax(change)) if not np.isnan(change).all() else float("nan")
+    raise InputError(
+        f"{model.role} model {model.source} gave other outputs for the same {len(rows)} golden {'rows' if tabular else 'samples'} "
+        f"on a second call (largest change {largest:.3g}): its predictions are random, and no gate can decide on them "
+        "(a dropout or another random layer left in training mode? torch.export keeps the mode the model was in: call "
+        "model.eval() before exporting)"
+    )
 
 
 def _check_batch_sizes(config: Config, golden, models, baseline_columns: tuple[int, ...] | None) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import POWER_MODEL, QUICK, churn_model, run_cli, save_scripted
+from conftest import POWER_MODEL, QUICK, churn_model, pf, run_cli, save_scripted
 
 STAGES = {"quality", "outliers", "performance", "data"}
 
@@ -84,6 +84,48 @@ def test_a_program_exported_with_a_fixed_batch_runs_every_stage(tmp_path, power)
     assert outliers["newly_broken"]["status"] == "pass" and outliers["prediction_shift"]["status"] == "pass", outliers
     latency = next(c for c in report["checks"] if c["name"] == "latency:batch=1")
     assert "the candidate runs batches of exactly 16: padded or split" in latency["summary"]
+
+
+class LeftInTraining(torch.nn.Module):
+    """A network with a dropout after it, exported in training mode (a forgotten ``model.eval()``)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.dropout = inner, torch.nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.inner(x))
+
+
+@pytest.mark.parametrize("golden", ["golden.csv", "golden"])  # read whole, and streamed in batches
+@pytest.mark.parametrize("role", ["candidate", "baseline"])
+def test_a_model_whose_predictions_are_random_is_refused(project, power, cli, golden, role):
+    """torch.export keeps the mode the model was exported in: a dropout left in training mode made every
+    prediction random. The gate ran on the noise (the example's better candidate with it: 9 checks blocked,
+    quality among them, and a smaller dropout could as well pass by luck) and a release would have shipped
+    it. Each model is now called twice on the same golden rows: outputs that differ are bad input, exit 2,
+    one line naming the model and what to do, and no report."""
+    network = pf.baseline_factory()
+    network.load_state_dict(torch.jit.load(str(power["v1"])).state_dict())
+    program = torch.export.export(LeftInTraining(network).train(), (torch.zeros(8, 5),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    random = project.root / "random.pt2"
+    torch.export.save(program, str(random))
+    frame = pd.read_csv(power["golden"])
+    frame.to_csv(project.root / "golden.csv", index=False)
+    (project.root / "golden").mkdir()
+    for index in range(2):
+        frame.iloc[index * 1_500 : (index + 1) * 1_500].to_parquet(project.root / "golden" / f"part-{index}.parquet")
+    project.config(golden=project.root / golden)
+    models = {"candidate": power["better"], "baseline": power["v1"], role: random}
+    result = cli("check", "--candidate", models["candidate"], "--baseline", models["baseline"], "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.count("\n") == 0 and f"{role} model {random} gave other outputs for the same 256 golden rows" in message, message
+    assert "call model.eval() before exporting" in message and not (project.root / "report.json").exists()
+    # The same network exported in eval mode gates as it is.
+    program = torch.export.export(LeftInTraining(network).eval(), (torch.zeros(8, 5),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(random))
+    assert cli("check", "--candidate", models["candidate"], "--baseline", models["baseline"]).exit_code in (0, 1)
 
 
 def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_backends):
