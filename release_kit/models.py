@@ -427,7 +427,11 @@ def load_model(
             "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
         )
     factory = factory or (spec.factory if spec is not None else None)
-    # Loading runs code of the file too (a TorchScript __setstate__), so it gets a model call's deadline.
+    # Loading runs code: a factory's, an exported program's, a TorchScript __setstate__ trusted with
+    # --allow-pickle (which torch.jit.load runs holding the GIL: the deadline cannot end that one). So it gets
+    # a model call's deadline, from after torch's import: the deadline is the file's, not the process's.
+    import torch  # noqa: F401
+
     with call_deadline(timeout, f"loading the {role} model {source}"):
         module = _LOADERS[kind](path, role, factory, allow_pickle)
     return LoadedModel(

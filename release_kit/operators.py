@@ -5,7 +5,9 @@ every one registered in the process. Nearly all compute on tensors, but a few re
 writes any file, ``aten::from_file`` maps one (``shared=True``: writes into it, so a model can rewrite a
 Python source in the job's environment and run code in the next process), RPC and c10d operators talk to
 other processes, and custom classes (``torch.classes``) run whatever their library registered. A
-TorchScript ``__setstate__`` even runs inside ``torch.jit.load``.
+TorchScript ``__setstate__`` even runs inside ``torch.jit.load``, holding the GIL throughout, where no
+deadline can stop it: an archive whose source defines one is refused (torch's own packed weights restore
+their state natively, through custom classes, with no ``__setstate__`` in the archive's source).
 
 So a model file may name only the operators of tensor computation: the namespaces in
 ``ALLOWED_NAMESPACES`` less ``REFUSED_OPERATORS``, and custom classes of ``ALLOWED_CLASS_NAMESPACES``
@@ -112,6 +114,11 @@ def _audit_source(source: str, role: str, path: Path, entry: str) -> None:
         why = _chain_refusal(chain)
         if why is not None:
             raise _refused(role, path, f"{'.'.join(chain)} ({entry})", why)
+    if any(isinstance(node, ast.FunctionDef) and node.name == "__setstate__" for node in ast.walk(tree)):
+        # torch.jit.load runs it holding the GIL throughout: no other thread runs, so no deadline can end a
+        # __setstate__ that never returns, and the gate's job would hang until the CI runner kills it.
+        raise InputError(f"{role} model {path} runs code of its own while it is loaded (a TorchScript __setstate__, {entry}), "
+                         "which torch.jit.load runs where no deadline can stop it, so it is refused (pass --allow-pickle to trust this file)")
 
 
 def _name_chains(tree: ast.AST) -> Iterator[list[str]]:

@@ -421,13 +421,45 @@ def test_a_check_name_holding_a_line_break_is_one_line_when_release_refuses_it(p
     assert "golden/temp ::add-mask::BLOCK:column_values_to_be_between" in result.stderr
 
 
-def test_a_model_file_that_hangs_while_loading_gets_the_model_deadline(project, power, tmp_path):
-    """Loading runs the file's code too; stuck in TorchScript's interpreter, it ends the process with the
-    deadline's one line and exit 2 (no model call has started yet), writing nothing."""
+def test_a_model_file_that_would_hang_while_loading_is_refused_before_it_loads(project, power, tmp_path):
+    """Loading runs the file's code too: torch.jit.load runs a TorchScript ``__setstate__``, and holds the GIL
+    while it runs, so the deadline's watchdog thread never ran and a ``__setstate__`` that never returns hung
+    the gate's job (the test passed only when importing torch outlasted the 1 s deadline: the interrupt
+    landed in the import). An archive whose source defines one is refused before it loads: exit 2, one line,
+    nothing written."""
     hangs = scripted(HangsWhenLoaded(), tmp_path / "hangs.pt")
     project.config(extra='[gate]\nstages = ["quality"]\nmodel_timeout_seconds = 1\n')
-    result = run_cli(project.root, "check", "--candidate", hangs, "--baseline", power["v1"], "--report", "report.json")
-    one_line_error(result, 2, f"loading the candidate model {hangs} did not return within 1 s", "model_timeout_seconds")
+    result = run_cli(project.root, "check", "--candidate", hangs, "--baseline", power["v1"], "--report", "report.json", timeout=60)
+    one_line_error(result, 2, f"candidate model {hangs} runs code of its own while it is loaded (a TorchScript __setstate__",
+                   "pass --allow-pickle to trust this file")
+    assert not (project.root / "report.json").exists()
+
+
+def test_plain_torch_runs_a_scripted_setstate_holding_the_gil(tmp_path):
+    """Control: while torch.jit.load runs that ``__setstate__``, no other Python thread runs (a thread that
+    prints every 10 ms prints nothing more), which is why no deadline could end it."""
+    hangs = scripted(HangsWhenLoaded(), tmp_path / "hangs.pt")
+    script = ("import sys, threading, time, torch\n"
+              "def tick():\n    while True:\n        print('tick', flush=True)\n        time.sleep(0.01)\n"
+              "threading.Thread(target=tick, daemon=True).start()\ntime.sleep(0.5)\nprint('load', flush=True)\n"
+              f"torch.jit.load({str(hangs)!r})\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    process.kill()
+    printed = process.communicate()[0].split()
+    assert "load" in printed and printed[printed.index("load") + 1 :].count("tick") <= 2, printed  # 450 ticks if it ran
+
+
+def test_loading_a_model_has_the_model_deadline(project, power, tmp_path):
+    """A factory (the project's own code) that never returns ends the run with the deadline's one line, exit
+    2, nothing written: the deadline counts from after torch's import, the file's and factory's time only."""
+    project.write("slow_factory.py", "import time\n\ndef build():\n    time.sleep(3600)\n")
+    config = project.config(extra='[gate]\nstages = ["quality"]\nmodel_timeout_seconds = 1\n')
+    config.write_text(config.read_text().replace("[baseline]", '[candidate]\nfactory = "slow_factory:build"\n\n[baseline]'))
+    result = run_cli(project.root, "check", "--candidate", power["v1_safetensors"], "--baseline", power["v1"], "--report", "report.json",
+                     timeout=60)
+    one_line_error(result, 2, f"loading the candidate model {power['v1_safetensors']} did not return within 1 s", "model_timeout_seconds")
     assert not (project.root / "report.json").exists()
 
 
