@@ -463,6 +463,58 @@ def test_loading_a_model_has_the_model_deadline(project, power, tmp_path):
     assert not (project.root / "report.json").exists()
 
 
+class ZerosHeavy(torch.nn.Module):
+    """The example's network beside a 200 MB buffer of zeros: deflated, its archive entry is ~200 KB."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("padding", torch.zeros(50_000_000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.padding[0]
+
+
+def test_a_model_archive_that_unpacks_beyond_the_memory_available_is_refused(project, power, cli, tmp_path, monkeypatch):
+    """torch writes an archive's tensors stored, but reads deflated ones too: a file of a few hundred KB
+    unpacked to 200 MB here (to any size: the job killed by the kernel, no exit code of ours). An archive
+    whose entries unpack to more than the memory available is refused before it loads: exit 2, one line
+    with both sizes, no report. (The memory available is set low here: this machine's is what it is.)"""
+    import release_kit.environment
+
+    plain = scripted(ZerosHeavy(torch.jit.load(str(power["v1"]))), tmp_path / "plain.pt")
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info), zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED)
+    plain.unlink()
+    assert bomb.stat().st_size < 2**20 and torch.jit.load(str(bomb)).padding.numel() == 50_000_000  # torch unpacks it
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 100 * 2**20)
+        result = cli("check", "--candidate", bomb, "--baseline", power["v1"], "--report", "report.json")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"candidate model {bomb} unpacks to 0.2 GiB (0." in result.stderr and "more than the memory available (0.1 GiB)" in result.stderr
+    assert not (project.root / "report.json").exists()
+    fits = cli("check", "--candidate", bomb, "--baseline", power["v1"])
+    assert fits.exit_code in (0, 1), fits.output  # where it fits, it gates
+
+
+@pytest.mark.parametrize(("limit", "usage", "room"), [("max", "5", None), ("1000", "400", 600), ("300", "400", 0),
+                                                     (str(2**63 - 4096), "400", None)])
+def test_the_memory_available_is_the_least_of_the_machine_and_the_container(tmp_path, monkeypatch, limit, usage, room):
+    """A container is killed at its cgroup's limit while MemAvailable is the host's: the room under the limit
+    counts too (cgroup v2's "max" and v1's near-2**63 are no limit)."""
+    from release_kit import environment
+
+    (tmp_path / "limit").write_text(limit + "\n")
+    (tmp_path / "usage").write_text(usage + "\n")
+    monkeypatch.setattr(environment, "_CGROUP_MEMORY", ((str(tmp_path / "absent"), str(tmp_path / "absent")),
+                                                        (str(tmp_path / "limit"), str(tmp_path / "usage"))))
+    assert environment._cgroup_room() == room
+    machine = environment._meminfo_available()
+    assert environment.available_memory_bytes() == (machine if room is None else min(machine, room))
+
+
 def test_a_registry_model_that_writes_a_file_is_refused(project, power, cli, tmp_path):
     victim = victim_file(tmp_path)
     result = check_from_the_registry(project, cli, tmp_path, crafted_program("torchscript-setstate", power, tmp_path, victim))
