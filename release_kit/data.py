@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
-from .files import check_unique_columns, file_sha256
+from .files import check_unique_columns, file_sha256, require_room_to_unpack
 
 if TYPE_CHECKING:
     import numpy as np
@@ -451,6 +451,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise InputError(f"data file not found: {path}")
     if path.suffix.lower() == ".npz":
+        require_room_to_unpack(path, "data file")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {}

@@ -31,6 +31,26 @@ class HashStopped(Exception):
     """A hash abandoned half-way: its run ended first."""
 
 
+def require_room_to_unpack(path: Path, what: str) -> None:
+    """A zip archive (a TorchScript or torch.export model, a ``.npz`` data set) may hold compressed entries,
+    which torch and numpy read too: a 585 KiB file unpacked to 600 MB of weights, and to any size a job the
+    kernel kills (no exit code of ours). One whose entries unpack to more than the memory available is
+    refused before it is read; ``what`` names the file in the error ("candidate model", "data file")."""
+    import zipfile
+
+    from .environment import available_memory_bytes
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # its reader says what is wrong with it
+    available = available_memory_bytes()
+    if available is not None and unpacked > available:
+        raise InputError(f"{what} {path} unpacks to {unpacked / 2**30:.1f} GiB ({path.stat().st_size / 2**20:.1f} MiB on disk), "
+                         f"more than the memory available ({available / 2**30:.1f} GiB)")
+
+
 def check_unique_columns(names, source: str) -> None:
     """InputError naming ``source`` if a column name is repeated: which one is meant would be a guess."""
     seen: set = set()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .files import file_sha256
+from .files import file_sha256, require_room_to_unpack
 from .operators import audit_exported_program, audit_scripted_module, audit_torchscript_archive
 from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
@@ -427,7 +427,7 @@ def load_model(
             "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
         )
     if kind in ("torchscript", "torch.export"):
-        _require_room_to_unpack(path, role)
+        require_room_to_unpack(path, f"{role} model")
     factory = factory or (spec.factory if spec is not None else None)
     # Loading runs code: a factory's, an exported program's, a TorchScript __setstate__ trusted with
     # --allow-pickle (which torch.jit.load runs holding the GIL: the deadline cannot end that one). So it gets
@@ -484,24 +484,6 @@ def detect_kind(path: Path) -> ModelKind:
     if "data.pkl" in parts:
         return "pickle"
     raise InputError(f"cannot read model {path}: unrecognised archive (no TorchScript code, no export program)")
-
-
-def _require_room_to_unpack(path: Path, role: str) -> None:
-    """A TorchScript or torch.export file is a zip archive whose entries, the tensors' bytes too, may be
-    compressed (torch writes them stored, other tools need not): a 585 KiB file unpacked to 600 MB of
-    weights. One that unpacks to more than the memory available would have the job killed (the kernel's
-    out-of-memory killer: no exit code of ours), so it is refused first."""
-    from .environment import available_memory_bytes
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError):
-        return  # the loader says what is wrong with it
-    available = available_memory_bytes()
-    if available is not None and unpacked > available:
-        raise InputError(f"{role} model {path} unpacks to {unpacked / 2**30:.1f} GiB ({path.stat().st_size / 2**20:.1f} MiB on disk), "
-                         f"more than the memory available ({available / 2**30:.1f} GiB)")
 
 
 def _load_torchscript(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:

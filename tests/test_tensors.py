@@ -334,6 +334,27 @@ def test_several_inputs_from_an_npz_with_cli_data_override(tmp_path, two_inputs,
     assert json.loads(result.stdout)["data"]["golden"]["rows"] == 300
 
 
+def test_an_npz_that_unpacks_beyond_the_memory_available_is_refused(tmp_path, two_inputs, cli, monkeypatch):
+    """``np.savez_compressed`` deflates each array, and numpy reads it whole: a golden set of a few hundred
+    KB can unpack to any size (a 200 MB array of zeros here). One whose arrays unpack to more than the memory
+    available is refused before it is read: exit 2, one line, no report. (The memory available is set low
+    here: this machine's is what it is.)"""
+    import release_kit.environment
+
+    monkeypatch.chdir(tmp_path)
+    two_input_config(tmp_path, two_inputs, '[gate]\nstages = ["quality"]\n')
+    grid, vector, target = two_input_data(300, seed=3)
+    np.savez_compressed(tmp_path / "bomb.npz", **{"inputs.0": grid, "inputs.1": vector, "target": target,
+                                                 "padding": np.zeros(50_000_000, dtype=np.float32)})
+    assert (tmp_path / "bomb.npz").stat().st_size < 2**20
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 100 * 2**20)
+        result = cli("check", "--candidate", two_inputs / "better.pt", "--data", "bomb.npz", "--report", "report.json")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "data file bomb.npz unpacks to 0.2 GiB" in result.stderr and "more than the memory available (0.1 GiB)" in result.stderr
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_a_changed_input_shape_is_a_breaking_contract_change():
     from release_kit.signature import InputSpec, Signature, compare
 
