@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
-from .files import check_unique_columns, file_sha256, require_room_to_unpack
+from .files import check_unique_columns, file_sha256, require_room_to_read, require_room_to_unpack
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,6 +211,8 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if not csv and suffix not in SUFFIXES:
         raise InputError(f"{path}: unsupported data format {suffix or '(no suffix)'!r} (use .csv (or .csv.gz, .bz2, .xz, "
                          ".zst, .zip), .parquet, or a directory or glob of Parquet files)")
+    if csv:
+        require_room_to_read(path, "data file")
     try:
         if csv:
             frame = pd.read_csv(path)

@@ -1,4 +1,5 @@
-"""Files the gate reads and does not trust: their content hashes, read in blocks, and their column names.
+"""Files the gate reads and does not trust: their content hashes, read in blocks, whether they fit in the
+memory available once unpacked, and their column names.
 
 Below every reader (the tables, the streamed Parquet sets, the models, the registry's downloads), which
 import it and nothing else of each other for it."""
@@ -47,8 +48,54 @@ def require_room_to_unpack(path: Path, what: str) -> None:
         return  # its reader says what is wrong with it
     available = available_memory_bytes()
     if available is not None and unpacked > available:
-        raise InputError(f"{what} {path} unpacks to {unpacked / 2**30:.1f} GiB ({path.stat().st_size / 2**20:.1f} MiB on disk), "
-                         f"more than the memory available ({available / 2**30:.1f} GiB)")
+        raise InputError(f"{what} {path} unpacks to {_size(unpacked)} ({_size(path.stat().st_size)} on disk), "
+                         f"more than the memory available ({_size(available)})")
+
+
+# A compressed CSV's decoder by suffix (zstandard is optional: without it such a file is not read at all).
+_STREAM_DECODERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
+
+
+def require_room_to_read(path: Path, what: str) -> None:
+    """A file read whole (a CSV, compressed or not) must fit in the memory available once unpacked: a
+    compressed one is decompressed in blocks and counted, stopping past the limit (its header's size can
+    lie, or wrap at 4 GiB), a zip by its entries' sizes; one that would not fit is refused before it is
+    read, instead of the job being killed by the kernel (no exit code of ours)."""
+    import importlib
+
+    from .environment import available_memory_bytes
+
+    available = available_memory_bytes()
+    if available is None:
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        require_room_to_unpack(path, what)
+        return
+    decoder = _STREAM_DECODERS.get(suffix)
+    on_disk = path.stat().st_size
+    if decoder is None:
+        if on_disk > available:
+            raise InputError(f"{what} {path} holds {_size(on_disk)}, more than the memory available ({_size(available)})")
+        return
+    try:
+        module = importlib.import_module(decoder)
+    except ImportError:
+        return  # the reader says what is missing
+    unpacked = 0
+    try:
+        opened = module.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True) if decoder == "zstandard" else module.open(path, "rb")
+        with opened as stream:
+            while unpacked <= available and (block := stream.read(1 << 20)):
+                unpacked += len(block)
+    except Exception:  # noqa: BLE001  a corrupt or truncated file, in each decoder's own error: the reader says what is wrong
+        return
+    if unpacked > available:
+        raise InputError(f"{what} {path} unpacks to more than the memory available ({_size(available)}; {_size(on_disk)} on disk)")
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def check_unique_columns(names, source: str) -> None:

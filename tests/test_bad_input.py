@@ -321,6 +321,28 @@ def test_a_corrupt_compressed_csv_is_one_line(project, power, cli, name, content
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, f"{name}: cannot read data")
 
 
+@pytest.mark.parametrize("name", ["golden.csv", "golden.csv.gz", "golden.csv.bz2", "golden.csv.xz", "golden.csv.zip"])
+def test_a_csv_beyond_the_memory_available_is_refused_before_it_is_read(project, power, cli, monkeypatch, name):
+    """A CSV is read whole: one whose text is larger than the memory available (a compressed one counted as
+    it unpacks: its header's size can lie) is refused before pandas reads it, not read until the kernel
+    kills the job. Here 12 MB of text, 200 KB compressed, with the memory available set to 5 MiB (this
+    machine's is what it is); with the machine's own, it reads."""
+    import pandas as pd
+
+    import release_kit.environment
+
+    frame = pd.read_csv(power["golden"])
+    big = pd.concat([frame] * 60, ignore_index=True)
+    golden = project.root / name
+    big.to_csv(golden, index=False)
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 5 * 2**20)
+        result = check(cli, "--candidate", power["better"], "--data", golden)
+    needle = "holds" if name == "golden.csv" else "unpacks to"
+    assert_input_error(result, project, f"data file {golden} {needle}", "the memory available (5.0 MiB")
+    assert check(cli, "--candidate", power["better"], "--data", golden).exit_code in (0, 1)
+
+
 def test_corrupt_parquet(project, power, cli):
     golden = project.write("golden.parquet", "PAR1 this is not parquet")
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.parquet")

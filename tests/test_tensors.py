@@ -351,7 +351,7 @@ def test_an_npz_that_unpacks_beyond_the_memory_available_is_refused(tmp_path, tw
         low.setattr(release_kit.environment, "available_memory_bytes", lambda: 100 * 2**20)
         result = cli("check", "--candidate", two_inputs / "better.pt", "--data", "bomb.npz", "--report", "report.json")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
-    assert "data file bomb.npz unpacks to 0.2 GiB" in result.stderr and "more than the memory available (0.1 GiB)" in result.stderr
+    assert "data file bomb.npz unpacks to 190." in result.stderr and "MiB on disk), more than the memory available (100.0 MiB)" in result.stderr
     assert not (tmp_path / "report.json").exists()
 
 

@@ -493,7 +493,7 @@ def test_a_model_archive_that_unpacks_beyond_the_memory_available_is_refused(pro
         low.setattr(release_kit.environment, "available_memory_bytes", lambda: 100 * 2**20)
         result = cli("check", "--candidate", bomb, "--baseline", power["v1"], "--report", "report.json")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
-    assert f"candidate model {bomb} unpacks to 0.2 GiB (0." in result.stderr and "more than the memory available (0.1 GiB)" in result.stderr
+    assert f"candidate model {bomb} unpacks to 190." in result.stderr and "MiB on disk), more than the memory available (100.0 MiB)" in result.stderr
     assert not (project.root / "report.json").exists()
     fits = cli("check", "--candidate", bomb, "--baseline", power["v1"])
     assert fits.exit_code in (0, 1), fits.output  # where it fits, it gates
