@@ -29,6 +29,20 @@ def traced_batch(program: torch.export.ExportedProgram) -> int | None:
     return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
 
 
+def traced_input_bytes(program: torch.export.ExportedProgram) -> int | None:
+    """Bytes of one call's inputs as the program was traced (every dimension static), None when any is
+    dynamic: what each padded batch of a :class:`FixedBatch` allocates."""
+    names = set(program.graph_signature.user_inputs)
+    total = 0
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            value = node.meta.get("val")
+            if not isinstance(value, torch.Tensor) or any(type(d) is not int for d in value.shape):
+                return None
+            total += value.numel() * value.element_size()
+    return total
+
+
 class FixedBatch(torch.nn.Module):
     """The program's module, called on any number of samples in batches of exactly ``size``."""
 

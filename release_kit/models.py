@@ -512,11 +512,19 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
         raise InputError(f"cannot load {role} torch.export program {path}: {first_line(error)}") from None
     if not allow_pickle:
         audit_exported_program(program, role, path)
-    from .fixed_batch import FixedBatch, traced_batch
+    from .environment import available_memory_bytes
+    from .fixed_batch import FixedBatch, traced_batch, traced_input_bytes
 
     # Exported modules refuse .eval(); they were traced in the mode they were exported in.
     size = traced_batch(program)
-    return program.module() if size is None else FixedBatch(program.module(), size)
+    if size is None:
+        return program.module()
+    # Every call is padded to the traced batch: a file's claim of a billion rows would take the job's memory.
+    per_call, available = traced_input_bytes(program), available_memory_bytes()
+    if per_call is not None and available is not None and per_call > available // 4:
+        raise InputError(f"{role} model {path} was traced with a fixed batch of {size:,} samples, {per_call / 2**20:,.1f} MiB of inputs per "
+                         f"call, more than a quarter of the memory available ({available / 2**20:,.1f} MiB): export it with a dynamic batch")
+    return FixedBatch(program.module(), size)
 
 
 def _refuse_pickled(role: str, path: Path, entry: str, why: str) -> InputError:

@@ -179,3 +179,22 @@ def test_a_program_traced_with_a_fixed_batch_predicts_any_batch_size(power, tmp_
     torch.testing.assert_close(out["rest"][1], torch.arange(3.0))  # not per sample: as the program returns it
     empty = wrapped(x[:0], scale[:0])
     assert empty["y"].shape == (0,) and empty["rest"][0].shape == (0, 2)
+
+
+def test_a_fixed_batch_beyond_the_memory_available_is_refused(project, power, cli, tmp_path, monkeypatch):
+    """Each call of a program traced with a fixed batch is padded to that batch, so a file that claims a
+    huge one (its graph's input shape is the file's word) would take the job's memory at the first call.
+    One whose call needs more than a quarter of the memory available for its inputs is refused as it loads:
+    exit 2, one line, no report. (Here 1,048,576 rows of 5 float32 features, 20 MiB, with the memory
+    available set to 40 MiB; this machine's is what it is.)"""
+    import release_kit.environment
+
+    wide = tmp_path / "wide.pt2"
+    torch.export.save(torch.export.export(torch.export.load(str(power["better_export"])).module(), (torch.zeros(2**20, 5),)), str(wide))
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 40 * 2**20)
+        result = cli("check", "--candidate", wide, "--baseline", power["v1"], "--report", "report.json")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert (f"candidate model {wide} was traced with a fixed batch of 1,048,576 samples, 20.0 MiB of inputs per call, more than a "
+            "quarter of the memory available (40.0 MiB): export it with a dynamic batch") in result.stderr
+    assert not (project.root / "report.json").exists()
