@@ -343,6 +343,37 @@ def test_a_csv_beyond_the_memory_available_is_refused_before_it_is_read(project,
     assert check(cli, "--candidate", power["better"], "--data", golden).exit_code in (0, 1)
 
 
+@pytest.mark.parametrize("layout", ["file", "directory"])
+def test_a_parquet_table_beyond_the_memory_available_is_refused_before_it_is_read(project, power, cli, monkeypatch, layout):
+    """A Parquet golden file of fewer rows than [run] chunk_rows, or a reference directory, is read whole:
+    ~8 bytes a value in pandas, whatever the files' compression (a repeated value is a few bytes on disk).
+    One that would take more than the memory available is refused before it is read (its footers give the
+    rows): exit 2, one line, no report. Here 180,000 rows of 6 columns, ~8 MiB, with the memory available
+    set to 5 MiB (this machine's is what it is); with the machine's own, it reads."""
+    import pandas as pd
+
+    import release_kit.environment
+
+    big = pd.concat([pd.read_csv(power["golden"])] * 60, ignore_index=True)
+    if layout == "file":
+        table = project.root / "golden.parquet"
+        big.to_parquet(table)
+        args = ("--data", table)
+    else:
+        table = project.root / "reference"
+        table.mkdir()
+        big.to_parquet(table / "part-0.parquet")
+        project.config(extra='[gate]\nstages = ["data"]\n')
+        (project.root / "release-kit.toml").write_text((project.root / "release-kit.toml").read_text().replace(
+            "[data]\n", f'[data]\nreference = "{table}"\n', 1))
+        args = ()
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 5 * 2**20)
+        result = check(cli, "--candidate", power["better"], *args)
+    assert_input_error(result, project, f"{table}: 180,000 rows of 6 columns take ~8 MiB read whole", "the memory available (5 MiB)")
+    assert check(cli, "--candidate", power["better"], *args).exit_code in (0, 1)
+
+
 def test_corrupt_parquet(project, power, cli):
     golden = project.write("golden.parquet", "PAR1 this is not parquet")
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.parquet")
