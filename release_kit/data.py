@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
-from .files import check_unique_columns, file_sha256, require_room_to_read, require_room_to_unpack
+from .files import check_unique_columns, file_sha256, require_room_for_rows, require_room_to_read, require_room_to_unpack
 
 if TYPE_CHECKING:
     import numpy as np
@@ -191,16 +191,15 @@ def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def _require_room_to_read_rows(rows: int, columns: int, name: str) -> None:
-    """A Parquet table read whole takes ~8 bytes a value in pandas whatever its files' compression (a column
-    of one repeated value is a few bytes on disk): refused before it is read when that is more than the
-    memory available, where the kernel would kill the job (no exit code of ours)."""
-    from .environment import available_memory_bytes
+def _require_room_for_parquet(path: Path) -> None:
+    """A Parquet file read whole: its footer's rows must fit (see :func:`files.require_room_for_rows`)."""
+    import pyarrow.parquet as pq
 
-    needed, available = rows * columns * 8, available_memory_bytes()
-    if available is not None and needed > available:
-        raise InputError(f"{name}: {rows:,} rows of {columns} columns take ~{needed / 2**20:,.0f} MiB read whole, more than the "
-                         f"memory available ({available / 2**20:,.0f} MiB)")
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception:  # noqa: BLE001  not Parquet after all: pandas' reader says so
+        return
+    require_room_for_rows(metadata.num_rows, metadata.num_columns, str(path))
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
@@ -215,20 +214,11 @@ def read_table(path: Path | str) -> pd.DataFrame:
 
     if is_parquet_set(path):  # a reference or training set kept as a job wrote it: read whole, as the golden set's files are
         source = ParquetSource.resolve(str(path))
-        _require_room_to_read_rows(source.rows(), len(source.footers[0].names), str(path))
+        require_room_for_rows(source.rows(), len(source.footers[0].names), str(path))
         return _numpy_numbers(source.read_whole())
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            metadata = pq.read_metadata(path)
-        except Exception:  # noqa: BLE001  not Parquet after all: pandas' reader below says so
-            metadata = None
-        if metadata is not None:
-            _require_room_to_read_rows(metadata.num_rows, metadata.num_columns, str(path))
     suffix = path.suffix.lower()
     csv = suffix == ".csv" or (suffix in CSV_COMPRESSIONS and path.with_suffix("").suffix.lower() == ".csv")
     if not csv and suffix not in SUFFIXES:
@@ -236,6 +226,8 @@ def read_table(path: Path | str) -> pd.DataFrame:
                          ".zst, .zip), .parquet, or a directory or glob of Parquet files)")
     if csv:
         require_room_to_read(path, "data file")
+    else:
+        _require_room_for_parquet(path)
     try:
         if csv:
             frame = pd.read_csv(path)

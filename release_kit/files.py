@@ -48,8 +48,8 @@ def require_room_to_unpack(path: Path, what: str) -> None:
         return  # its reader says what is wrong with it
     available = available_memory_bytes()
     if available is not None and unpacked > available:
-        raise InputError(f"{what} {path} unpacks to {_size(unpacked)} ({_size(path.stat().st_size)} on disk), "
-                         f"more than the memory available ({_size(available)})")
+        raise InputError(f"{what} {path} unpacks to {byte_size(unpacked)} ({byte_size(path.stat().st_size)} on disk), "
+                         f"more than the memory available ({byte_size(available)})")
 
 
 # A compressed CSV's decoder by suffix (zstandard is optional: without it such a file is not read at all).
@@ -76,7 +76,7 @@ def require_room_to_read(path: Path, what: str) -> None:
     on_disk = path.stat().st_size
     if decoder is None:
         if on_disk > available:
-            raise InputError(f"{what} {path} holds {_size(on_disk)}, more than the memory available ({_size(available)})")
+            raise InputError(f"{what} {path} holds {byte_size(on_disk)}, more than the memory available ({byte_size(available)})")
         return
     try:
         module = importlib.import_module(decoder)
@@ -91,11 +91,24 @@ def require_room_to_read(path: Path, what: str) -> None:
     except Exception:  # noqa: BLE001  a corrupt or truncated file, in each decoder's own error: the reader says what is wrong
         return
     if unpacked > available:
-        raise InputError(f"{what} {path} unpacks to more than the memory available ({_size(available)}; {_size(on_disk)} on disk)")
+        raise InputError(f"{what} {path} unpacks to more than the memory available ({byte_size(available)}; {byte_size(on_disk)} on disk)")
 
 
-def _size(size: int) -> str:
+def byte_size(size: int) -> str:
+    """A size in the errors that name one: GiB from 1 GiB up, else MiB."""
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def require_room_for_rows(rows: int, columns: int, name: str) -> None:
+    """A Parquet table read whole takes ~8 bytes a value in pandas whatever its files' compression (a column
+    of one repeated value is a few bytes on disk): refused before it is read when that is more than the
+    memory available, where the kernel would kill the job (no exit code of ours)."""
+    from .environment import available_memory_bytes
+
+    needed, available = rows * columns * 8, available_memory_bytes()
+    if available is not None and needed > available:
+        raise InputError(f"{name}: {rows:,} rows of {columns} columns take ~{byte_size(needed)} read whole, more than the "
+                         f"memory available ({byte_size(available)})")
 
 
 def check_unique_columns(names, source: str) -> None:

@@ -15,32 +15,31 @@ from typing import Any
 import torch
 
 
+def _traced_inputs(program: torch.export.ExportedProgram) -> list[torch.Tensor] | None:
+    """The user inputs as the program was traced (fake tensors with its shapes); None when one is no tensor."""
+    names = set(program.graph_signature.user_inputs)
+    values = [node.meta.get("val") for node in program.graph.nodes if node.op == "placeholder" and node.name in names]
+    return values if all(isinstance(value, torch.Tensor) for value in values) else None
+
+
 def traced_batch(program: torch.export.ExportedProgram) -> int | None:
     """The batch size the program is fixed to: the leading dimension of its every tensor input, when that
-    is one static size; None when any input's is dynamic (or the inputs disagree, or one has no dimension)."""
-    names = set(program.graph_signature.user_inputs)
-    sizes = set()
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            value = node.meta.get("val")
-            if not isinstance(value, torch.Tensor) or value.ndim == 0 or type(value.shape[0]) is not int:
-                return None  # a dynamic dimension is a SymInt
-            sizes.add(value.shape[0])
+    is one static size; None when any input's is dynamic (a SymInt), the inputs disagree, or one has no
+    dimension."""
+    values = _traced_inputs(program)
+    if not values or any(value.ndim == 0 or type(value.shape[0]) is not int for value in values):
+        return None
+    sizes = {value.shape[0] for value in values}
     return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
 
 
 def traced_input_bytes(program: torch.export.ExportedProgram) -> int | None:
     """Bytes of one call's inputs as the program was traced (every dimension static), None when any is
     dynamic: what each padded batch of a :class:`FixedBatch` allocates."""
-    names = set(program.graph_signature.user_inputs)
-    total = 0
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            value = node.meta.get("val")
-            if not isinstance(value, torch.Tensor) or any(type(d) is not int for d in value.shape):
-                return None
-            total += value.numel() * value.element_size()
-    return total
+    values = _traced_inputs(program)
+    if values is None or any(type(d) is not int for value in values for d in value.shape):
+        return None
+    return sum(value.numel() * value.element_size() for value in values)
 
 
 class FixedBatch(torch.nn.Module):

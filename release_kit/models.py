@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .files import file_sha256, require_room_to_unpack
+from .files import byte_size, file_sha256, require_room_to_unpack
 from .operators import audit_exported_program, audit_scripted_module, audit_torchscript_archive
 from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
@@ -522,8 +522,8 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
     # Every call is padded to the traced batch: a file's claim of a billion rows would take the job's memory.
     per_call, available = traced_input_bytes(program), available_memory_bytes()
     if per_call is not None and available is not None and per_call > available // 4:
-        raise InputError(f"{role} model {path} was traced with a fixed batch of {size:,} samples, {per_call / 2**20:,.1f} MiB of inputs per "
-                         f"call, more than a quarter of the memory available ({available / 2**20:,.1f} MiB): export it with a dynamic batch")
+        raise InputError(f"{role} model {path} was traced with a fixed batch of {size:,} samples, {byte_size(per_call)} of inputs per "
+                         f"call, more than a quarter of the memory available ({byte_size(available)}): export it with a dynamic batch")
     return FixedBatch(program.module(), size)
 
 

@@ -343,7 +343,7 @@ def test_a_csv_beyond_the_memory_available_is_refused_before_it_is_read(project,
     assert check(cli, "--candidate", power["better"], "--data", golden).exit_code in (0, 1)
 
 
-@pytest.mark.parametrize("layout", ["file", "directory"])
+@pytest.mark.parametrize("layout", ["golden.parquet", "golden.pq", "directory"])
 def test_a_parquet_table_beyond_the_memory_available_is_refused_before_it_is_read(project, power, cli, monkeypatch, layout):
     """A Parquet golden file of fewer rows than [run] chunk_rows, or a reference directory, is read whole:
     ~8 bytes a value in pandas, whatever the files' compression (a repeated value is a few bytes on disk).
@@ -355,8 +355,8 @@ def test_a_parquet_table_beyond_the_memory_available_is_refused_before_it_is_rea
     import release_kit.environment
 
     big = pd.concat([pd.read_csv(power["golden"])] * 60, ignore_index=True)
-    if layout == "file":
-        table = project.root / "golden.parquet"
+    if layout != "directory":
+        table = project.root / layout
         big.to_parquet(table)
         args = ("--data", table)
     else:
@@ -370,7 +370,7 @@ def test_a_parquet_table_beyond_the_memory_available_is_refused_before_it_is_rea
     with monkeypatch.context() as low:
         low.setattr(release_kit.environment, "available_memory_bytes", lambda: 5 * 2**20)
         result = check(cli, "--candidate", power["better"], *args)
-    assert_input_error(result, project, f"{table}: 180,000 rows of 6 columns take ~8 MiB read whole", "the memory available (5 MiB)")
+    assert_input_error(result, project, f"{table}: 180,000 rows of 6 columns take ~8.2 MiB read whole", "the memory available (5.0 MiB)")
     assert check(cli, "--candidate", power["better"], *args).exit_code in (0, 1)
 
 
