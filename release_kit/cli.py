@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from .errors import (
     EXIT_BLOCK, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_SKIPPED, InputError, RegistryUnavailable,
     ReleaseKitError, first_line, one_line,
 )
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class _Group(click.Group):
@@ -81,13 +85,24 @@ def _gate_options(command):
     return command
 
 
-def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
-    """The library's gate with a progress bar on stderr; → (config, project dir, report)."""
+def _gate_files(inputs: dict) -> tuple[Config, Path, dict[Path, str]]:
+    """The run's config, its project dir, and the files the gate run reads (file → what it is): what no
+    output of the command may name."""
+    from . import gate
+    from .config import find_config
+
+    config, project_dir = gate.resolve_config(inputs["config_path"])
+    config_file = inputs["config_path"] or find_config(Path.cwd())
+    reads = gate.files_read(config, config_file, candidate=inputs["candidate"], baseline=inputs["baseline"], data=inputs["data"])
+    return config, project_dir, reads
+
+
+def _run_gate(inputs: dict, config: Config, project_dir: Path, *, benchmark_json: Path | None = None):
+    """The library's gate with a progress bar on stderr; → the report."""
     from rich.console import Console
 
     from . import gate, render
 
-    config, project_dir = gate.resolve_config(inputs["config_path"])
     listener = render.ProgressListener(Console(stderr=True))
     # stdout is the command's output alone (a --format json consumer parses it): what the libraries and a
     # model factory print while the gate runs goes to stderr (Ray's driver prints its raylet's warnings, such
@@ -107,7 +122,7 @@ def _run_gate(inputs: dict, *, benchmark_json: Path | None = None):
     if (inputs["engine"] or config.run.engine) == "ray" and report.environment.get("golden_read") == "whole":
         click.echo(f"release-kit: note: the golden set {one_line(report.data['golden'].path)} was read whole, not on Ray "
                    "(the Ray engine streams Parquet golden sets)", err=True)
-    return config, project_dir, report
+    return report
 
 
 @main.command()
@@ -142,9 +157,10 @@ def check(report_path: Path | None, output_format: str, junit_path: Path | None,
 
         outputs.declare(comment_out, "--comment-out")
         gh.check_runner_files()
-    outputs.check()
+    config, project_dir, reads = _gate_files(inputs)
+    outputs.check(reads)
     try:
-        config, _, report = _run_gate(inputs, benchmark_json=benchmark_json)
+        report = _run_gate(inputs, config, project_dir, benchmark_json=benchmark_json)
     except RegistryUnavailable as reason:
         _skipped(str(reason), github=github)
     templates = config.release.templates
@@ -197,7 +213,7 @@ def note(report_path: Path, templates: Path | None, output_format: str, out_path
 
     outputs = Outputs()
     outputs.declare(out_path, "--out")
-    outputs.check()
+    outputs.check({report_path: "the report it renders"})
     report = load_report(report_path)
     text = (render.render_html if output_format == "html" else render.render_markdown)(report, templates_dir=templates)
     if out_path is None:
@@ -230,7 +246,7 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     from rich.console import Console
     from rich.markup import escape
 
-    from . import gate, release as releases
+    from . import release as releases
     from .outputs import Outputs
 
     github = output_format == "github"
@@ -240,18 +256,23 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
         from . import github as gh
 
         gh.check_runner_files()
-    outputs.check()
     if report_path is not None:
-        from .report import load_report
-
         ignored = [f"--{name.replace('_', '-')}" for name, value in inputs.items()
                    if name not in ("config_path", "registry_mode") and value not in (None, False, ())]
         if ignored:
             raise InputError(f"{', '.join(ignored)} shape(s) a gate run; with --report the saved report decides (drop one or the other)")
-        config, project_dir = gate.resolve_config(inputs["config_path"])
+    config, project_dir, reads = _gate_files(inputs)
+    if config.release.changelog:
+        reads[project_dir / config.release.changelog] = "the CHANGELOG the release writes"
+    if report_path is not None:
+        reads[report_path] = "the report to release"
+    outputs.check(reads)
+    if report_path is not None:
+        from .report import load_report
+
         report = load_report(report_path)
     else:
-        config, project_dir, report = _run_gate(inputs)
+        report = _run_gate(inputs, config, project_dir)
     err = Console(stderr=True, highlight=False)
     try:
         plan = releases.plan(config, project_dir, report, allow_dirty=allow_dirty, from_file=report_path is not None)
@@ -406,8 +427,8 @@ def profile(reference: str, out_path: Path, config_path: Path | None, name: str 
 
     outputs = Outputs()
     outputs.declare(out_path, "--out")
-    outputs.check()
     found = config_path if config_path is not None else find_config(Path.cwd())
+    outputs.check({Path(reference): "the reference it profiles", **({found: "the config it reads"} if found is not None else {})})
     spec = load_config(found).data.profile if found is not None else ProfileSpec()
     frame = read_table(reference)
     suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference)

@@ -38,6 +38,31 @@ def resolve_config(config: Config | str | Path | None, directory: Path | None = 
     return load_config(path), path.resolve().parent
 
 
+def files_read(config: Config, config_file: Path | None = None, *, candidate: str | None = None, baseline: str | None = None,
+               data: str | None = None) -> dict[Path, str]:
+    """The files a gate run with these arguments reads, or writes besides its outputs, each with what it is
+    (the config, both models, the golden set, the reference, …): what no output of the run may name. The
+    arguments are :func:`check`'s; registry models and SQL sources are not files."""
+    named = [
+        (config_file, "the config the gate reads"),
+        (candidate or config.candidate.path, "the candidate model the gate reads"),
+        (None if baseline == "none" else baseline or config.baseline.path, "the baseline model the gate reads"),
+        (config.baseline.fallback, "the fallback baseline the gate reads"),
+        (data or config.data.golden, "the golden set the gate reads"),
+        (config.data.metadata, "the golden set's metadata the gate reads"),
+        (config.data.reference, "the reference data the gate reads"),
+        (config.data.training, "the training data the gate reads"),
+        (config.data.suites, "the expectation suites the gate reads"),
+        (config.performance.stored_baseline, "the stored performance baseline the gate reads"),
+        (config.performance.save_candidate, "the file the performance stage saves the candidate's measurements in"),
+    ]
+    files: dict[Path, str] = {}
+    for source, role in named:
+        if source and "://" not in str(source) and not str(source).startswith(REGISTRY_SCHEMES):
+            files.setdefault(Path(source), role)
+    return files
+
+
 def with_overrides(
     config: Config,
     *,

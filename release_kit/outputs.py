@@ -1,8 +1,10 @@
 """Files a command writes: checked before any work starts, written only at the end, atomically.
 
 A command names its outputs up front (:class:`Outputs`); :meth:`Outputs.check` refuses, as an input error,
-any path that could not be written (a missing or read-only folder, a directory in the way), so a gate never
-runs for minutes and then fails to save its result, and nothing is written half-way. :func:`write_atomic`
+any path that could not be written (a missing or read-only folder, a directory in the way), two outputs
+that name one file, and an output that names a file the command reads (a typo that would replace the
+golden set with a report), so a gate never runs for minutes and then fails to save its result, and nothing
+is written half-way. :func:`write_atomic`
 replaces a file in one rename and keeps an existing file's mode (a new one gets the umask's).
 """
 
@@ -61,6 +63,15 @@ def check_writable(path: Path, what: str) -> None:
         raise InputError(f"cannot write {path} ({what}): permission denied in {folder}")
 
 
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same file on disk (through links too), or, for a file not
+    written yet, the same absolute path."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return os.path.abspath(first) == os.path.abspath(second)
+
+
 class Outputs:
     """The files one command will write: declared first, checked together, written together at the end."""
 
@@ -69,12 +80,22 @@ class Outputs:
         self._pending: list[tuple[Path, str, str]] = []
 
     def declare(self, path: Path | None, what: str) -> None:
-        """A file this command will write (None: an option not given)."""
-        if path is not None:
-            self._declared[Path(path)] = what
+        """A file this command will write (None: an option not given). Two outputs that name one file are
+        an input error: one would overwrite the other."""
+        if path is None:
+            return
+        for declared, other in self._declared.items():
+            if same_file(declared, Path(path)):
+                raise InputError(f"{other} and {what} both name {path}: one would overwrite the other")
+        self._declared[Path(path)] = what
 
-    def check(self) -> None:
+    def check(self, reads: dict[Path, str] | None = None) -> None:
+        """Every output writable, and none of them one of the files the command ``reads`` (file → what it
+        is, as the error names it)."""
         for path, what in self._declared.items():
+            for read, role in (reads or {}).items():
+                if same_file(path, read):
+                    raise InputError(f"{what} names {path}, {role}: it would be overwritten")
             check_writable(path, what)
 
     def add(self, path: Path | None, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -482,3 +483,40 @@ def test_a_bad_reference_set_is_one_line(project, power, cli, setup, needle):
     text = (project.root / "release-kit.toml").read_text()
     project.write("release-kit.toml", text.replace("[data]\n", f'[data]\nreference = "{reference}"\n', 1))
     assert_input_error(check(cli, "--candidate", power["better"]), project, needle)
+
+
+def test_an_output_that_names_a_file_the_command_reads_is_refused(project, power, cli):
+    """A typo that would replace the golden set, a model or the config with a report, or two outputs in one
+    file: exit 2 naming both, before the gate runs, with every file as it was."""
+    import shutil
+
+    golden = Path(shutil.copy(power["golden"], project.root / "golden.csv"))
+    baseline = Path(shutil.copy(power["v1"], project.root / "v1.pt"))
+    config = project.config(golden=golden)
+    (project.root / "alias.csv").symlink_to(golden)
+    before = {path: path.read_bytes() for path in (golden, baseline, config)}
+    cases = [
+        (["--report", "r.json", "--junit", "./r.json"], "--report and --junit both name r.json: one would overwrite the other"),
+        (["--report", "golden.csv"], "--report names golden.csv, the golden set the gate reads: it would be overwritten"),
+        (["--report", "alias.csv"], "--report names alias.csv, the golden set the gate reads"),  # a link to it
+        (["--junit", "release-kit.toml"], "--junit names release-kit.toml, the config the gate reads"),
+        (["--baseline", "v1.pt", "--benchmark-json", "v1.pt"], "--benchmark-json names v1.pt, the baseline model the gate reads"),
+        (["--data", str(golden), "--format", "github", "--comment-out", "golden.csv"], "--comment-out names golden.csv, the golden set"),
+    ]
+    for args, needle in cases:
+        result = cli("check", "--candidate", power["better"], *args)
+        assert_input_error(result, project, needle)
+        assert not (project.root / "r.json").exists()
+    assert {path: path.read_bytes() for path in before} == before
+
+    assert cli("check", "--candidate", power["better"], "--report", "r.json").exit_code == 0
+    report = (project.root / "r.json").read_bytes()
+    assert_input_error(cli("note", "--report", "r.json", "--out", "r.json"), project, "--out names r.json, the report it renders")
+    assert_input_error(cli("data", "profile", "--reference", "golden.csv", "--out", "golden.csv"), project,
+                       "--out names golden.csv, the reference it profiles")
+    project.write("CHANGELOG.md", "# Changelog\n")
+    assert_input_error(cli("release", "--candidate", power["better"], "--note-out", "CHANGELOG.md", "--dry-run"), project,
+                       "--note-out names CHANGELOG.md, the CHANGELOG the release writes")
+    assert_input_error(cli("release", "--report", "r.json", "--note-out", "r.json"), project, "--note-out names r.json, the report to release")
+    assert (project.root / "r.json").read_bytes() == report and (project.root / "CHANGELOG.md").read_text() == "# Changelog\n"
+    assert {path: path.read_bytes() for path in before} == before
