@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
-from .files import check_unique_columns, file_sha256, require_room_for_rows, require_room_to_read, require_room_to_unpack
+from .files import (
+    check_unique_columns, file_sha256, require_room_for_items, require_room_for_rows, require_room_to_read, require_room_to_unpack,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -169,11 +171,25 @@ def _read_sql(source: str) -> pd.DataFrame:
     try:
         engine = sqlalchemy.create_engine(url)
         with engine.connect() as connection:
+            _require_room_for_table(connection, table, source)
             return pd.read_sql_table(table, connection)
     except ValueError as error:  # pandas: table not found
         raise InputError(f"{source}: {error}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
         raise InputError(f"{source}: cannot read SQL table: {first_line(error)}") from None
+
+
+def _require_room_for_table(connection, table: str, source: str) -> None:
+    """A SQL table is read whole: its rows (``COUNT(*)``) and columns must fit in the memory available, at
+    ~8 bytes a value (see :func:`files.require_room_for_rows`), checked before pandas reads it."""
+    import sqlalchemy
+
+    try:
+        columns = sqlalchemy.inspect(connection).get_columns(table)
+    except sqlalchemy.exc.NoSuchTableError:
+        return  # pandas' reader names the table
+    rows = connection.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(sqlalchemy.table(table))).scalar_one()
+    require_room_for_rows(int(rows), len(columns), source)
 
 
 def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
@@ -591,6 +607,9 @@ def _metadata(source: str, n: int, max_rows: int | None = None) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+DATASET_BATCH_ITEMS = 1024  # items a dataset factory's DataLoader collates at a time
+
+
 def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None, max_rows: int | None = None) -> GoldenSet:
     """A golden set from the user's ``torch.utils.data.Dataset`` of (inputs, target[, meta])."""
     import numpy as np
@@ -601,7 +620,13 @@ def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None, 
     dataset = call_factory(reference, "[data] dataset")
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise InputError(f"[data] dataset {reference} returned {type(dataset).__name__}, not a map-style torch Dataset")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1024, shuffle=False)
+    try:
+        items = len(dataset)
+    except Exception as error:  # the user's __len__ failed
+        raise InputError(f"[data] dataset {reference}: len() failed: {type(error).__name__}: {first_line(error)}") from None
+    if max_rows is not None and max_rows < items:  # only the items gated on are read
+        dataset, items = torch.utils.data.Subset(dataset, range(max_rows)), max_rows
+    loader = torch.utils.data.DataLoader(dataset, batch_size=DATASET_BATCH_ITEMS, shuffle=False)
     inputs: list[list[np.ndarray]] = []
     targets, metas = [], []
     try:
@@ -613,6 +638,11 @@ def _load_dataset_golden(reference: str, spec: ModelSpec, metadata: str | None, 
             targets.append(torch.as_tensor(batch[1]).numpy())
             if len(batch) == 3:
                 metas.append({key: np.asarray(value) for key, value in dict(batch[2]).items()})
+            if len(targets) == 1:  # the first batch tells what an item takes: the whole set must fit
+                rows = len(targets[0])
+                taken = sum(a.nbytes for a in inputs[0]) + targets[0].nbytes + sum(a.nbytes for a in (metas[0] if metas else {}).values())
+                # Twice: the batches are held while they are joined into one array per input.
+                require_room_for_items(items, 2 * taken / max(rows, 1), f"[data] dataset {reference}")
     except InputError:
         raise
     except Exception as error:  # the user's dataset code failed

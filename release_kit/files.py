@@ -100,15 +100,27 @@ def byte_size(size: int) -> str:
 
 
 def require_room_for_rows(rows: int, columns: int, name: str) -> None:
-    """A Parquet table read whole takes ~8 bytes a value in pandas whatever its files' compression (a column
-    of one repeated value is a few bytes on disk): refused before it is read when that is more than the
-    memory available, where the kernel would kill the job (no exit code of ours)."""
+    """A table read whole (Parquet, from its footers; SQL, from ``COUNT(*)``) takes ~8 bytes a value in
+    pandas, whatever a Parquet file's compression (a column of one repeated value is a few bytes on disk):
+    refused before it is read when that is more than the memory available, where the kernel would kill the
+    job (no exit code of ours)."""
     from .environment import available_memory_bytes
 
     needed, available = rows * columns * 8, available_memory_bytes()
     if available is not None and needed > available:
         raise InputError(f"{name}: {rows:,} rows of {columns} columns take ~{byte_size(needed)} read whole, more than the "
                          f"memory available ({byte_size(available)})")
+
+
+def require_room_for_items(items: int, item_bytes: float, name: str) -> None:
+    """A data set read item by item (a dataset factory's) whose items, at what its first items take, would
+    need more than the memory available: refused before the rest are read."""
+    from .environment import available_memory_bytes
+
+    needed, available = int(items * item_bytes), available_memory_bytes()
+    if available is not None and needed > available:
+        raise InputError(f"{name}: {items:,} items take ~{byte_size(needed)} read whole, more than the memory available "
+                         f"({byte_size(available)})")
 
 
 def check_unique_columns(names, source: str) -> None:

@@ -375,6 +375,26 @@ def test_a_parquet_table_beyond_the_memory_available_is_refused_before_it_is_rea
     assert check(cli, "--candidate", power["better"], *args).exit_code in (0, 1)
 
 
+def test_a_sql_table_beyond_the_memory_available_is_refused_before_it_is_read(project, power, cli, monkeypatch):
+    """A SQL golden table is read whole: its COUNT(*) and columns, at ~8 bytes a value, are checked before
+    pandas reads it, as a Parquet file's footers are. Its name may need quoting. With the machine's own
+    memory, it reads."""
+    import sqlite3
+
+    import pandas as pd
+
+    import release_kit.environment
+
+    with sqlite3.connect(project.root / "golden.db") as connection:
+        pd.concat([pd.read_csv(power["golden"])] * 60, ignore_index=True).to_sql("golden set", connection, index=False)
+    source = "sqlite:///golden.db#golden set"
+    with monkeypatch.context() as low:
+        low.setattr(release_kit.environment, "available_memory_bytes", lambda: 5 * 2**20)
+        result = check(cli, "--candidate", power["better"], "--data", source)
+    assert_input_error(result, project, f"{source}: 180,000 rows of 6 columns take ~8.2 MiB read whole", "the memory available (5.0 MiB)")
+    assert check(cli, "--candidate", power["better"], "--data", source).exit_code in (0, 1)
+
+
 def test_corrupt_parquet(project, power, cli):
     golden = project.write("golden.parquet", "PAR1 this is not parquet")
     assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "golden.parquet")

@@ -324,6 +324,49 @@ def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch)
     assert slices["status"] == "pass" and slices["details"]["searched"] >= 2  # site = north, site = south
 
 
+def test_a_dataset_factory_is_size_checked_from_its_first_items_and_read_only_as_far_as_max_rows(tmp_path, two_inputs, cli, monkeypatch):
+    """A dataset factory's items are read in batches and joined: one whose length, at what its first batch
+    takes, would need more than the memory available is refused before the rest are read (exit 2, one
+    line). With --max-rows only that prefix is read. This dataset claims 10,000,000 items and fails past
+    item 2,047, which the refusal and the prefix never reach. (The memory available is set to 64 MiB.)"""
+    import release_kit.environment
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "claimed_data.py").write_text(textwrap.dedent(f"""
+        import torch
+        from safetensors.numpy import load_file
+
+        class Golden(torch.utils.data.Dataset):
+            def __init__(self):
+                self.arrays = load_file("{two_inputs / 'golden.safetensors'}")
+
+            def __len__(self):
+                return 10_000_000
+
+            def __getitem__(self, i):
+                if i >= 2048:
+                    raise IndexError(f"item {{i}} was read")
+                i %= len(self.arrays["target"])
+                return (torch.from_numpy(self.arrays["inputs.0"][i]), torch.from_numpy(self.arrays["inputs.1"][i])), torch.from_numpy(self.arrays["target"][i])
+
+        def golden():
+            return Golden()
+        """))
+    two_input_config(tmp_path, two_inputs, '[gate]\nstages = ["quality"]\n')
+    text = (tmp_path / "release-kit.toml").read_text().replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'dataset = "claimed_data:golden"')
+    (tmp_path / "release-kit.toml").write_text(text)
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: 64 * 2**20)
+    refused = cli("check", "--candidate", two_inputs / "better.pt", "--report", "report.json")
+    assert refused.exit_code == 2, refused.output[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        "release-kit: error: [data] dataset claimed_data:golden: 10,000,000 items take ~1.1 GiB read whole, more than the memory "
+        "available (64.0 MiB)"]
+    assert not (tmp_path / "report.json").exists()
+    prefix = cli("check", "--candidate", two_inputs / "better.pt", "--max-rows", "600", "--format", "json")
+    assert prefix.exit_code == 0, prefix.output[-2000:]
+    assert json.loads(prefix.stdout)["data"]["golden"]["rows"] == 600
+
+
 def test_several_inputs_from_an_npz_with_cli_data_override(tmp_path, two_inputs, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     two_input_config(tmp_path, two_inputs, '[gate]\nstages = ["quality"]\n')
