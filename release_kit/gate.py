@@ -13,6 +13,7 @@ only parsing and rendering.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from .report import Report
 
 if TYPE_CHECKING:
     from .engine import Listener
+    from .scale.sizing import ScanRowBytes
 
 
 def resolve_config(config: Config | str | Path | None, directory: Path | None = None) -> tuple[Config, Path]:
@@ -218,8 +220,14 @@ def _streamed_source(config: Config, source: str | None, dataset: str | None):
         return None
     path = Path(source)
     if path.is_file() and config.run.engine == "local":
+        from .environment import available_memory_bytes
+
         parquet = ParquetSource.resolve(source)
-        return parquet if parquet.rows() > config.run.chunk_rows else None
+        if parquet.rows() > config.run.chunk_rows:
+            return parquet
+        # One batch's rows are read whole, unless that would not fit (a wide table, ~8 bytes a value): streamed.
+        available = available_memory_bytes()
+        return parquet if available is not None and parquet.rows() * len(parquet.footers[0].names) * 8 > available else None
     return ParquetSource.resolve(source)
 
 
@@ -230,8 +238,10 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     import pandas as pd
 
     from .data import ExcludedRows, GoldenSet
+    from .environment import available_memory_bytes
     from .scale.batches import ScanPlan
     from .scale.engines import run_local, run_ray
+    from .scale.sizing import chunk_rows_that_fit
 
     spec, run_spec = config.model, config.run
     roles = {m.role: m for m in models}
@@ -247,7 +257,12 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
-    options = {"chunk_rows": run_spec.chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
+    chunk_rows = chunk_rows_that_fit(
+        source.name, chunk_rows=run_spec.chunk_rows, chunk_rows_set="chunk_rows" in run_spec.model_fields_set,
+        sample_rows=run_spec.sample_rows, total_rows=plan.total_rows, row_bytes=_scan_row_bytes(spec, source, plan),
+        available=available_memory_bytes(), holds_batches=run_spec.engine == "local" or not run_spec.ray_address,
+    )
+    options = {"chunk_rows": chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     digest.pause()  # the scan takes every core; the hashing goes on after it
     if run_spec.engine == "ray":
         summary = run_ray(source, plan, roles, address=run_spec.ray_address, workers=run_spec.ray_workers,
@@ -284,6 +299,18 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
         predicted["baseline"] = sample["baseline"]
         inputs["baseline"] = (sample["baseline_features"],) if "baseline_features" in sample else golden.inputs
     return summary, golden, predicted, inputs
+
+
+def _scan_row_bytes(spec, source, plan) -> ScanRowBytes:
+    """What a golden row takes in a scan's batch and in its sample (see :mod:`.scale.sizing`)."""
+    from .scale.sizing import ScanRowBytes
+
+    stored = source.value_bytes(plan.read_columns)
+    outputs = 2 * 8 * (len(spec.classes) if spec.classes else 2 if spec.task == "classification" else 1)  # both models', float64
+    features = plan.features["candidate"]
+    sampled = len(features) + (len(plan.features["baseline"]) if plan.features.get("baseline", features) != features else 0)
+    return ScanRowBytes(batch=math.ceil(sum(stored.values()) + 8 + outputs),  # the target as float64 too
+                        sample=math.ceil(4 * sampled + 8 + outputs + 8 + sum(stored[c] for c in plan.carried)))  # float32 features, target, key
 
 
 def _target_as_stored(target, spec, kinds: set[str]):

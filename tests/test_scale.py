@@ -2190,3 +2190,111 @@ def test_a_streamed_scan_shows_its_rows_of_the_total_as_a_bar_or_as_log_lines():
     task = listener.progress.tasks[0]
     assert (task.completed, task.total, task.description) == (2_000_000, 50_000_000, "golden rows: 2,000,000 of 50,000,000 (190,476 rows/s)")
     listener.close()
+
+
+def test_scan_sizes_fit_the_memory_available():
+    """The batch size a scan takes: [run] chunk_rows when the scan fits; its default lowered to fit (not below
+    the floor); an explicit value, or a sample that does not fit, refused naming the key and a value that fits.
+    The sample's size is never changed (the checks on it would decide differently on another machine)."""
+    from release_kit.errors import InputError
+    from release_kit.scale.sizing import BATCH_COPIES, HEADROOM_BYTES, MIN_CHUNK_ROWS, SAMPLE_COPIES, ScanRowBytes, chunk_rows_that_fit
+
+    row = ScanRowBytes(batch=1000, sample=500)
+    sample = 100_000 * 500 * SAMPLE_COPIES
+
+    def fit(available, chunk_rows=1_000_000, chunk_rows_set=False, sample_rows=100_000, total_rows=10**8, holds_batches=True):
+        return chunk_rows_that_fit("golden", chunk_rows=chunk_rows, chunk_rows_set=chunk_rows_set, sample_rows=sample_rows,
+                                   total_rows=total_rows, row_bytes=row, available=available, holds_batches=holds_batches)
+
+    assert fit(None) == 1_000_000  # no figure for the memory: as configured
+    plenty = HEADROOM_BYTES + sample + 1_000_000 * 1000 * BATCH_COPIES
+    assert fit(plenty) == 1_000_000
+    assert fit(plenty - 1) == 999_999  # the largest that fits
+    assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES) == 300_000
+    assert fit(HEADROOM_BYTES + sample + 1, holds_batches=False) == 1_000_000  # a cluster's workers hold the batches
+    # A set smaller than a batch (and than the sample) is held whole: only its rows count.
+    assert fit(HEADROOM_BYTES + 50_000 * (500 * SAMPLE_COPIES + 1000 * BATCH_COPIES), total_rows=50_000, chunk_rows_set=True) == 1_000_000
+    with pytest.raises(InputError) as explicit:
+        fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES, chunk_rows_set=True)
+    assert str(explicit.value).endswith("set [run] chunk_rows = 300000 or fewer")
+    floor = HEADROOM_BYTES + sample + (MIN_CHUNK_ROWS - 1) * 1000 * BATCH_COPIES
+    with pytest.raises(InputError) as small:
+        fit(floor)
+    fewer = math.floor((floor - HEADROOM_BYTES - MIN_CHUNK_ROWS * 1000 * BATCH_COPIES) / (500 * SAMPLE_COPIES))
+    assert str(small.value).startswith(f"golden: streaming it in batches of {MIN_CHUNK_ROWS:,} rows (~1,000 bytes each) with a sample of 100,000 rows")
+    assert str(small.value).endswith(f"set [run] sample_rows = {fewer} or fewer") and 0 < fewer < 100_000
+    assert fit(floor, sample_rows=fewer) == MIN_CHUNK_ROWS  # the advice fits
+    with pytest.raises(InputError, match="run it on a machine with more memory, or with fewer columns"):
+        fit(HEADROOM_BYTES)
+
+
+def test_a_wide_golden_set_scans_in_batches_that_fit_or_is_refused_naming_the_key(streamed_project, power, golden_directory, cli, monkeypatch):
+    """Through check, with the memory available set low (this machine's is what it is; the golden rows are
+    few): the default batch size is lowered to fit and gives the same numbers; a sample that does not fit is
+    refused (exit 2, one line) with a sample_rows that fits, and with that value the run goes through; so is
+    an explicit chunk_rows that does not fit."""
+    import release_kit.environment
+    from release_kit.scale import engines, sizing
+
+    generous = run(cli)
+    monkeypatch.setattr(sizing, "MIN_CHUNK_ROWS", 1000)  # the golden set has 30,000 rows, not millions
+    scanned = []
+    local = engines.run_local
+    monkeypatch.setattr(engines, "run_local", lambda *args, **kwargs: scanned.append(kwargs["chunk_rows"]) or local(*args, **kwargs))
+
+    def configured(run_section: str) -> None:
+        text = (streamed_project / "release-kit.toml").read_text()
+        start = text.index("[run]")
+        end = text.index("[mlflow]")
+        (streamed_project / "release-kit.toml").write_text(text[:start] + "[run]\n" + run_section + "\n\n" + text[end:])
+
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: sizing.HEADROOM_BYTES + 3 * 2**20)
+    configured("sample_rows = 5000")  # chunk_rows left at its default
+    lowered = run(cli)
+    assert 1000 <= scanned[-1] < 30_000
+    assert lowered["verdict"] == generous["verdict"]
+    for name in ("mae", "rmse", "r2"):
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert metric(lowered, name)[key] == pytest.approx(metric(generous, name)[key], rel=1e-9, abs=1e-12), (name, key)
+
+    configured("chunk_rows = 20000\nsample_rows = 5000")
+    refused = cli("check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.output[-2000:]
+    assert "more than the memory available (259.0 MiB): set [run] chunk_rows = " in refused.stderr
+    assert not (streamed_project / "report.json").exists()
+    configured(f"chunk_rows = {refused.stderr.split('chunk_rows = ')[1].split()[0]}\nsample_rows = 5000")
+    run(cli)
+
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: sizing.HEADROOM_BYTES + 2**20)
+    configured("")  # every default: a sample of up to 1,000,000 rows, here all 30,000
+    refused = cli("check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert refused.exit_code == 2, refused.output[-2000:]
+    line = refused.stderr.strip()
+    assert line.startswith(f"release-kit: error: {golden_directory / 'golden'}: streaming it in batches of 1,000 rows") and "\n" not in line
+    assert "with a sample of 30,000 rows needs" in line and "set [run] sample_rows = " in line
+    configured(f"sample_rows = {line.split('sample_rows = ')[1].split()[0]}")
+    assert run(cli)["verdict"] in ("pass", "block")
+
+
+def test_one_parquet_file_within_a_batch_that_would_not_fit_read_whole_is_streamed(streamed_project, power, golden_directory, cli, monkeypatch):
+    """A Parquet file of fewer rows than chunk_rows is read whole, unless that would not fit (a wide table):
+    then it is streamed, with the same numbers, instead of being refused. (The memory available is set below
+    the file's ~1.7 MB read whole; the scan's headroom is set to none, its floor to 1,000-row batches.)"""
+    import release_kit.environment
+    from release_kit.scale import sizing
+
+    single = streamed_project / "golden.parquet"
+    pd.concat([pd.read_parquet(file) for file in sorted((golden_directory / "golden").glob("*.parquet"))]).to_parquet(single)
+    configure(streamed_project, power, single, "")
+    text = (streamed_project / "release-kit.toml").read_text().replace("chunk_rows = 4000\nsample_rows = 5000", "sample_rows = 2000")
+    (streamed_project / "release-kit.toml").write_text(text)
+    whole = run(cli)
+    assert whole["environment"]["golden_read"] == "whole"
+    monkeypatch.setattr(sizing, "HEADROOM_BYTES", 0)
+    monkeypatch.setattr(sizing, "MIN_CHUNK_ROWS", 1000)
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: 1_600_000)
+    streamed = run(cli)
+    assert streamed["environment"]["golden_read"] == "local" and streamed["data"]["golden"]["rows"] == 30_000
+    for name in ("mae", "rmse", "r2"):
+        for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+            assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9, abs=1e-12), (name, key)

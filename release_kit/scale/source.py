@@ -312,6 +312,32 @@ class ParquetSource:
         shared = set(first).intersection(*others)
         return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
 
+    def value_bytes(self, columns) -> dict[str, float]:
+        """Bytes a value of each column takes once read, from the first file's footer: a fixed-width type's
+        width, a text column's stored bytes per row plus its offset (a partition column's value: 8)."""
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_metadata(self.files[0])
+        schema = metadata.schema.to_arrow_schema()
+        stored: dict[str, float] = {}
+        if metadata.num_row_groups and metadata.num_rows:
+            group = metadata.row_group(0)
+            for index in range(group.num_columns):
+                chunk = group.column(index)
+                name = chunk.path_in_schema.split(".")[0]
+                stored[name] = stored.get(name, 0.0) + chunk.total_uncompressed_size / max(group.num_rows, 1)
+        sizes = {}
+        for name in columns:
+            if name not in schema.names:
+                sizes[name] = 8.0
+                continue
+            try:
+                width = schema.field(name).type.bit_width
+            except ValueError:  # text, lists: no fixed width
+                width = 0
+            sizes[name] = max(width, 8) / 8 if width else stored.get(name, 0.0) + 8.0
+        return sizes
+
     def check_numeric(self, columns, *, target: str, labels: bool = False) -> None:
         """Every file stores these columns as numbers or booleans (0 and 1), from the footers only, so that a
         text column in the 40th file fails before any batch is read, naming that file. With ``labels`` the

@@ -1,0 +1,71 @@
+"""How many rows a streamed scan holds at once, its batches' and its sample's, against the memory available:
+decided before the scan starts, so that a wide golden set (hundreds of feature columns) scans in smaller
+batches, or is refused naming the key to lower, instead of the kernel killing the job (no exit code of ours).
+
+The sample's size is never changed here: the checks that run on it (drift tests, expectation suites, the
+slices' discovery) would then decide differently on another machine. The batches' size changes nothing but
+floating-point rounding, and is lowered when ``[run] chunk_rows`` was left at its default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..files import byte_size
+
+# Measured: the peak RSS of `release-kit check` (every default stage, tracking on) over batch and sample sizes,
+# per row of each, against the row's bytes as estimated here (ScanRowBytes). A batch's rows took 2.4× their
+# bytes (float32 columns) to 4.2× (float64): read ahead, prepared, scored, summarized. A sample's rows took
+# 4.6× to 5.3×: its parts before a compaction, the compaction, the golden set and the frames built from it.
+BATCH_COPIES = 4.5
+SAMPLE_COPIES = 5.5
+HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)
+MIN_CHUNK_ROWS = 65_536  # the smallest batch a default is lowered to: numpy's passes still pay off there
+
+
+@dataclass(frozen=True)
+class ScanRowBytes:
+    """Bytes one row takes in a batch (its columns as stored, the target as float64, both models' outputs)
+    and in the sample (the features as float32, the target, the outputs, its key, the carried columns)."""
+
+    batch: int
+    sample: int
+
+
+def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sample_rows: int, total_rows: int,
+                        row_bytes: ScanRowBytes, available: int | None, holds_batches: bool = True) -> int:
+    """The batch size to scan ``name`` with: ``chunk_rows``, or, when it was left at its default and the scan
+    would not fit in ``available`` bytes, the largest that fits (not below ``MIN_CHUNK_ROWS``). An
+    :class:`InputError` naming the key to lower when nothing does. ``holds_batches``: the batches are read in
+    this process (the local engine, a local Ray), not only on a cluster's workers."""
+    if available is None:
+        return chunk_rows
+    sample = min(sample_rows, total_rows) * row_bytes.sample * SAMPLE_COPIES
+
+    def needed(rows: int) -> float:
+        return HEADROOM_BYTES + sample + (min(rows, total_rows) * row_bytes.batch * BATCH_COPIES if holds_batches else 0)
+
+    if needed(chunk_rows) <= available:
+        return chunk_rows
+    smallest = chunk_rows if chunk_rows_set else min(chunk_rows, MIN_CHUNK_ROWS)
+    if not chunk_rows_set:
+        room = (available - needed(0)) / (row_bytes.batch * BATCH_COPIES)
+        fitting = max(smallest, min(chunk_rows, math.floor(room)))
+        if needed(fitting) <= available:
+            return fitting
+    batches = needed(smallest) - needed(0)
+    fewer_samples = math.floor((available - HEADROOM_BYTES - batches) / (row_bytes.sample * SAMPLE_COPIES))
+    if chunk_rows_set and needed(0) <= available:
+        rows = math.floor((available - needed(0)) / (row_bytes.batch * BATCH_COPIES))
+        advice = f"set [run] chunk_rows = {rows} or fewer" if rows >= 1 else "lower [run] sample_rows"
+    elif fewer_samples >= 1:
+        advice = f"set [run] sample_rows = {fewer_samples} or fewer"
+    else:
+        advice = "run it on a machine with more memory, or with fewer columns"
+    raise InputError(
+        f"{name}: streaming it in batches of {min(smallest, total_rows):,} rows (~{row_bytes.batch:,} bytes each) with a "
+        f"sample of {min(sample_rows, total_rows):,} rows needs ~{byte_size(int(needed(smallest)))}, more than the memory "
+        f"available ({byte_size(available)}): {advice}"
+    )
