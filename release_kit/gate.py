@@ -259,7 +259,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
         plan = _with_slices(config, source, plan, roles)
     chunk_rows = chunk_rows_that_fit(
         source.name, chunk_rows=run_spec.chunk_rows, chunk_rows_set="chunk_rows" in run_spec.model_fields_set,
-        sample_rows=run_spec.sample_rows, total_rows=plan.total_rows, row_bytes=_scan_row_bytes(spec, source, plan),
+        sample_rows=run_spec.sample_rows, total_rows=plan.total_rows, row_bytes=_scan_row_bytes(spec, source, plan, roles),
         available=available_memory_bytes(), holds_batches=run_spec.engine == "local" or not run_spec.ray_address,
     )
     options = {"chunk_rows": chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
@@ -301,16 +301,25 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     return summary, golden, predicted, inputs
 
 
-def _scan_row_bytes(spec, source, plan) -> ScanRowBytes:
-    """What a golden row takes in a scan's batch and in its sample (see :mod:`.scale.sizing`)."""
+def _scan_row_bytes(spec, source, plan, models) -> ScanRowBytes:
+    """What a golden row takes in a scan's batch and in its sample (see :mod:`.scale.sizing`). The models'
+    outputs per row are counted from a call on the set's first rows: a classifier of 1,000 classes adds 16 KB
+    a row, more than its features."""
+    from .scale.batches import prepare_batch, run_models
     from .scale.sizing import ScanRowBytes
 
+    first = next(iter(source.batches(plan.read_columns, 64, 64)), None)
+    prepared = prepare_batch(plan, first) if first is not None else None
+    width = len(spec.classes) if spec.classes else 2 if spec.task == "classification" else 1
+    if prepared is not None and len(prepared.target):
+        outputs = run_models(plan, models, prepared.frame, prepared.target)
+        width = max(output.shape[1] if output.ndim == 2 else 1 for output in outputs.values())
     stored = source.value_bytes(plan.read_columns)
-    outputs = 2 * 8 * (len(spec.classes) if spec.classes else 2 if spec.task == "classification" else 1)  # both models', float64
+    output_bytes = len(models) * 8 * width  # float64, each model's
     features = plan.features["candidate"]
     sampled = len(features) + (len(plan.features["baseline"]) if plan.features.get("baseline", features) != features else 0)
-    return ScanRowBytes(batch=math.ceil(sum(stored.values()) + 8 + outputs),  # the target as float64 too
-                        sample=math.ceil(4 * sampled + 8 + outputs + 8 + sum(stored[c] for c in plan.carried)))  # float32 features, target, key
+    return ScanRowBytes(batch=math.ceil(sum(stored.values()) + 8 + output_bytes),  # the target as float64 too
+                        sample=math.ceil(4 * sampled + 8 + output_bytes + 8 + sum(stored[c] for c in plan.carried)))  # float32 features, target, key
 
 
 def _target_as_stored(target, spec, kinds: set[str]):

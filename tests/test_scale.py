@@ -2298,3 +2298,37 @@ def test_one_parquet_file_within_a_batch_that_would_not_fit_read_whole_is_stream
     for name in ("mae", "rmse", "r2"):
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
             assert metric(streamed, name)[key] == pytest.approx(metric(whole, name)[key], rel=1e-9, abs=1e-12), (name, key)
+
+
+def test_a_classifier_of_many_classes_is_sized_by_its_outputs(tmp_path, cli, monkeypatch):
+    """Each model's outputs are held per row in a batch and in the sample, as float64: 400 classes are 6.4 KB
+    a row for the two models, far more than three features. They are counted from a call on the set's first
+    rows (no [model] classes names them here), so a sample that would not fit is refused with a sample_rows
+    that fits, and with that value the run goes through. (The memory available is set low.)"""
+    import release_kit.environment
+    from conftest import TinyClassifier, save_scripted
+    from release_kit.scale import sizing
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    for name in ("baseline.pt", "candidate.pt"):
+        save_scripted(TinyClassifier(3, 400, "none"), tmp_path / name)
+    rng = np.random.default_rng(0)
+    (tmp_path / "golden").mkdir()
+    for index in range(2):
+        frame = pd.DataFrame({"a": rng.normal(size=2_000), "b": rng.normal(size=2_000), "c": rng.normal(size=2_000),
+                              "label": rng.integers(0, 400, 2_000)})
+        frame.to_parquet(tmp_path / "golden" / f"part-{index}.parquet")
+    (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden="golden").replace("sample_rows = 6000\n", ""))
+    monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: sizing.HEADROOM_BYTES + 20 * 2**20)
+    refused = cli("check", "--candidate", "candidate.pt", "--report", "report.json")
+    assert refused.exit_code == 2, refused.output[-2000:]
+    line = refused.stderr.strip()
+    assert "\n" not in line and "with a sample of 4,000 rows needs" in line, line
+    # Here neither the explicit batches (5,000 rows) nor the sample fits beside the other: both are named.
+    advice = line.partition("set [run] ")[2].removesuffix(" or fewer")
+    values = dict(part.split(" = ") for part in advice.split(" and "))
+    assert set(values) == {"chunk_rows", "sample_rows"} and 100 <= int(values["sample_rows"]) < 4_000, line
+    text = (tmp_path / "release-kit.toml").read_text().replace("chunk_rows = 5000\n", "".join(f"{k} = {v}\n" for k, v in values.items()))
+    (tmp_path / "release-kit.toml").write_text(text)
+    assert run(cli)["data"]["golden"]["rows"] == 4_000

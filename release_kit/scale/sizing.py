@@ -23,6 +23,7 @@ BATCH_COPIES = 4.5
 SAMPLE_COPIES = 5.5
 HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)
 MIN_CHUNK_ROWS = 65_536  # the smallest batch a default is lowered to: numpy's passes still pay off there
+MIN_SAMPLE_ROWS = 100  # the least [run] sample_rows takes
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,27 @@ def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sam
         fitting = max(smallest, min(chunk_rows, math.floor(room)))
         if needed(fitting) <= available:
             return fitting
-    batches = needed(smallest) - needed(0)
-    fewer_samples = math.floor((available - HEADROOM_BYTES - batches) / (row_bytes.sample * SAMPLE_COPIES))
-    if chunk_rows_set and needed(0) <= available:
-        rows = math.floor((available - needed(0)) / (row_bytes.batch * BATCH_COPIES))
-        advice = f"set [run] chunk_rows = {rows} or fewer" if rows >= 1 else "lower [run] sample_rows"
-    elif fewer_samples >= 1:
-        advice = f"set [run] sample_rows = {fewer_samples} or fewer"
-    else:
-        advice = "run it on a machine with more memory, or with fewer columns"
+    advice = _advice(available - HEADROOM_BYTES, sample, chunk_rows, chunk_rows_set, total_rows, row_bytes, holds_batches)
     raise InputError(
         f"{name}: streaming it in batches of {min(smallest, total_rows):,} rows (~{row_bytes.batch:,} bytes each) with a "
         f"sample of {min(sample_rows, total_rows):,} rows needs ~{byte_size(int(needed(smallest)))}, more than the memory "
         f"available ({byte_size(available)}): {advice}"
     )
+
+
+def _advice(room: float, sample: float, chunk_rows: int, chunk_rows_set: bool, total_rows: int, row_bytes: ScanRowBytes,
+            holds_batches: bool) -> str:
+    """What to set so that a scan fits in ``room`` bytes (``sample``: the configured sample's bytes): a smaller
+    explicit chunk_rows when the sample fits; else a smaller sample beside batches at the floor; else both."""
+    per_batch_row, per_sample_row = row_bytes.batch * BATCH_COPIES, row_bytes.sample * SAMPLE_COPIES
+    if chunk_rows_set and holds_batches and (rows := math.floor((room - sample) / per_batch_row)) >= 1:
+        return f"set [run] chunk_rows = {rows} or fewer"
+    batch_rows = min(chunk_rows, MIN_CHUNK_ROWS, total_rows) if holds_batches else 0
+    fewer = math.floor((room - batch_rows * per_batch_row) / per_sample_row)
+    if fewer >= MIN_SAMPLE_ROWS:
+        both = f" and chunk_rows = {batch_rows}" if chunk_rows_set and chunk_rows > batch_rows else ""
+        return f"set [run] sample_rows = {fewer}{both} or fewer"
+    rows, fewer = math.floor(room / 2 / per_batch_row), math.floor(room / 2 / per_sample_row)
+    if holds_batches and rows >= 1 and fewer >= MIN_SAMPLE_ROWS:
+        return f"set [run] chunk_rows = {rows} and sample_rows = {fewer} or fewer"
+    return "run it on a machine with more memory, or with fewer columns"
