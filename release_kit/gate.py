@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -308,7 +308,8 @@ def _scan_row_bytes(spec, source, plan, models) -> ScanRowBytes:
     from .scale.batches import prepare_batch, run_models
     from .scale.sizing import ScanRowBytes
 
-    first = next(iter(source.batches(plan.read_columns, 64, 64)), None)
+    with closing(source.batches(plan.read_columns, 64, 64)) as batches:  # its file closed now, not when collected
+        first = next(batches, None)
     prepared = prepare_batch(plan, first) if first is not None else None
     width = len(spec.classes) if spec.classes else 2 if spec.task == "classification" else 1
     if prepared is not None and len(prepared.target):
