@@ -308,7 +308,7 @@ def _scan_row_bytes(spec, source, plan, models) -> ScanRowBytes:
     from .scale.batches import prepare_batch, run_models
     from .scale.sizing import ScanRowBytes
 
-    with closing(source.batches(plan.read_columns, 64, 64)) as batches:  # its file closed now, not when collected
+    with closing(source.batches(plan.read_columns, 64, min(64, plan.total_rows))) as batches:  # closed now, not when collected
         first = next(batches, None)
     prepared = prepare_batch(plan, first) if first is not None else None
     width = len(spec.classes) if spec.classes else 2 if spec.task == "classification" else 1
