@@ -2332,3 +2332,57 @@ def test_a_classifier_of_many_classes_is_sized_by_its_outputs(tmp_path, cli, mon
     text = (tmp_path / "release-kit.toml").read_text().replace("chunk_rows = 5000\n", "".join(f"{k} = {v}\n" for k, v in values.items()))
     (tmp_path / "release-kit.toml").write_text(text)
     assert run(cli)["data"]["golden"]["rows"] == 4_000
+
+
+def _claim_rows(path: Path, actual: int, claimed: int, *, row_group_too: bool) -> None:
+    """Rewrite a one-row-group Parquet file's footer to count ``claimed`` rows (its data holding ``actual``):
+    the file's count, and with ``row_group_too`` its row group's. Thrift's compact encoding: field 3, an
+    i64 after field 2, is the byte 0x16 then the zigzag varint; the count's width must not change."""
+    import pyarrow.parquet as pq
+
+    def varint(value: int) -> bytes:
+        value, out = value << 1, bytearray()
+        while value >= 0x80:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        return bytes([*out, value])
+
+    old, new = b"\x16" + varint(actual), b"\x16" + varint(claimed)
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    length = int.from_bytes(data[-8:-4], "little")
+    footer = bytearray(data[-8 - length : -8])
+    places = [i for i in range(len(footer)) if footer[i : i + len(old)] == old]
+    for place in places[:1] + (places[-1:] if row_group_too else []):  # the file's count first, the row group's last
+        footer[place : place + len(new)] = new
+    path.write_bytes(data[: -8 - length] + bytes(footer) + data[-8:])
+    metadata = pq.read_metadata(path)
+    assert (metadata.num_rows, metadata.row_group(0).num_rows) == (claimed, claimed if row_group_too else actual)
+
+
+@pytest.mark.parametrize("row_group_too", [False, True])
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_parquet_footer_that_miscounts_its_rows_is_bad_input(tmp_path, power, cli, monkeypatch, engine, row_group_too, request):
+    """Every engine checks the rows it scanned against the files' footers, and a difference is an internal
+    error (exit 4): a row left out or read twice is the engine's fault. A footer that counts rows its data
+    does not hold is the file's: exit 2, one line naming it. With the row groups' counts summing to another
+    number than the file's, before any batch is read; with a row group that counts more rows than its pages
+    hold, when its pages end."""
+    import shutil
+
+    if engine == "ray":
+        request.getfixturevalue("shared_ray")
+    (tmp_path / "golden").mkdir()
+    pf.make_dataset(1_000, seed=5).to_parquet(tmp_path / "golden" / "part-0.parquet")
+    pf.make_dataset(1_000, seed=6).to_parquet(tmp_path / "golden" / "part-1.parquet")
+    _claim_rows(tmp_path / "golden" / "part-1.parquet", 1_000, 1_001, row_group_too=row_group_too)
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["quality"]\n')
+    monkeypatch.chdir(tmp_path)
+    result = cli("check", "--candidate", "candidate.pt", "--engine", engine, "--report", "report.json")
+    assert result.exit_code == 2, result.output[-3000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("release-kit:")]
+    expected = ("its footer counts 1,001 rows but its data ends at row 1,000" if row_group_too
+                else "its footer says 1,001 rows but its row groups hold 1,000")
+    assert len(lines) == 1 and f"golden/part-1.parquet: {expected}: a corrupt or tampered Parquet file" in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "report.json").exists()

@@ -255,6 +255,10 @@ class ParquetSource:
             except Exception as error:  # pyarrow's own hierarchy and OSError: an unreadable or corrupt file
                 raise InputError(f"{file}: cannot read Parquet data: {first_line(error)}") from None
             check_unique_columns(schema.names, str(file))
+            grouped = sum(metadata.row_group(index).num_rows for index in range(metadata.num_row_groups))
+            if grouped != metadata.num_rows:  # the scan reads the row groups, the row count is the footer's word
+                raise InputError(f"{file}: its footer says {metadata.num_rows:,} rows but its row groups hold {grouped:,}: "
+                                 "a corrupt or tampered Parquet file")
             both = next((key for key in partition if key in schema.names), None)
             if both is not None:  # Ray Data would take the file's, pyarrow's datasets the path's: neither is sure
                 raise InputError(f"{file}: column '{both}' is stored in the file and is a partition of its path "
@@ -436,6 +440,10 @@ class ParquetSource:
                     position = end
                     if position >= stop:
                         return
+            # The pages ended before the rows the footer counts (the row counts every engine checks its scan
+            # against): the file's fault, not the engine's.
+            raise InputError(f"{file}: its footer counts {self.footers[index].rows:,} rows but its data ends at row {position:,}: "
+                             "a corrupt or tampered Parquet file")
         except (OSError, pa.ArrowException) as error:  # an unreadable file, corrupt pages
             if isinstance(error, MemoryError):
                 raise
