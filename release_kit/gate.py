@@ -260,7 +260,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     chunk_rows = chunk_rows_that_fit(
         source.name, chunk_rows=run_spec.chunk_rows, chunk_rows_set="chunk_rows" in run_spec.model_fields_set,
         sample_rows=run_spec.sample_rows, total_rows=plan.total_rows, row_bytes=_scan_row_bytes(spec, source, plan, roles),
-        available=available_memory_bytes(), holds_batches=run_spec.engine == "local" or not run_spec.ray_address,
+        available=available_memory_bytes(), batch_holders=_batch_holders(run_spec),
     )
     options = {"chunk_rows": chunk_rows, "max_rows": run_spec.max_rows, "progress": progress}
     digest.pause()  # the scan takes every core; the hashing goes on after it
@@ -299,6 +299,16 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
         predicted["baseline"] = sample["baseline"]
         inputs["baseline"] = (sample["baseline_features"],) if "baseline_features" in sample else golden.inputs
     return summary, golden, predicted, inputs
+
+
+def _batch_holders(run_spec) -> int:
+    """The processes on this machine that hold a scan's batches at once: this one (the local engine), a local
+    Ray's actors (one per core unless ``ray_workers``), or none (a cluster's workers hold them)."""
+    import os
+
+    if run_spec.engine == "local":
+        return 1
+    return 0 if run_spec.ray_address else run_spec.ray_workers or os.cpu_count() or 1
 
 
 def _scan_row_bytes(spec, source, plan, models) -> ScanRowBytes:

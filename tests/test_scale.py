@@ -2202,16 +2202,17 @@ def test_scan_sizes_fit_the_memory_available():
     row = ScanRowBytes(batch=1000, sample=500)
     sample = 100_000 * 500 * SAMPLE_COPIES
 
-    def fit(available, chunk_rows=1_000_000, chunk_rows_set=False, sample_rows=100_000, total_rows=10**8, holds_batches=True):
+    def fit(available, chunk_rows=1_000_000, chunk_rows_set=False, sample_rows=100_000, total_rows=10**8, batch_holders=1):
         return chunk_rows_that_fit("golden", chunk_rows=chunk_rows, chunk_rows_set=chunk_rows_set, sample_rows=sample_rows,
-                                   total_rows=total_rows, row_bytes=row, available=available, holds_batches=holds_batches)
+                                   total_rows=total_rows, row_bytes=row, available=available, batch_holders=batch_holders)
 
     assert fit(None) == 1_000_000  # no figure for the memory: as configured
     plenty = HEADROOM_BYTES + sample + 1_000_000 * 1000 * BATCH_COPIES
     assert fit(plenty) == 1_000_000
     assert fit(plenty - 1) == 999_999  # the largest that fits
     assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES) == 300_000
-    assert fit(HEADROOM_BYTES + sample + 1, holds_batches=False) == 1_000_000  # a cluster's workers hold the batches
+    assert fit(HEADROOM_BYTES + sample + 1, batch_holders=0) == 1_000_000  # a cluster's workers hold the batches
+    assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES, batch_holders=2) == 150_000  # two local Ray actors
     # A set smaller than a batch (and than the sample) is held whole: only its rows count.
     assert fit(HEADROOM_BYTES + 50_000 * (500 * SAMPLE_COPIES + 1000 * BATCH_COPIES), total_rows=50_000, chunk_rows_set=True) == 1_000_000
     with pytest.raises(InputError) as explicit:

@@ -36,27 +36,29 @@ class ScanRowBytes:
 
 
 def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sample_rows: int, total_rows: int,
-                        row_bytes: ScanRowBytes, available: int | None, holds_batches: bool = True) -> int:
+                        row_bytes: ScanRowBytes, available: int | None, batch_holders: int = 1) -> int:
     """The batch size to scan ``name`` with: ``chunk_rows``, or, when it was left at its default and the scan
     would not fit in ``available`` bytes, the largest that fits (not below ``MIN_CHUNK_ROWS``). An
-    :class:`InputError` naming the key to lower when nothing does. ``holds_batches``: the batches are read in
-    this process (the local engine, a local Ray), not only on a cluster's workers."""
+    :class:`InputError` naming the key to lower when nothing does. ``batch_holders``: the processes on this
+    machine that hold batches at once: 1 for the local engine, a local Ray's actors, none for a cluster's."""
     if available is None:
         return chunk_rows
     sample = min(sample_rows, total_rows) * row_bytes.sample * SAMPLE_COPIES
+    per_batch_row = row_bytes.batch * BATCH_COPIES * batch_holders
 
     def needed(rows: int) -> float:
-        return HEADROOM_BYTES + sample + (min(rows, total_rows) * row_bytes.batch * BATCH_COPIES if holds_batches else 0)
+        return HEADROOM_BYTES + sample + min(rows, total_rows) * per_batch_row
 
     if needed(chunk_rows) <= available:
         return chunk_rows
     smallest = chunk_rows if chunk_rows_set else min(chunk_rows, MIN_CHUNK_ROWS)
     if not chunk_rows_set:
-        room = (available - needed(0)) / (row_bytes.batch * BATCH_COPIES)
+        room = (available - needed(0)) / per_batch_row if per_batch_row else chunk_rows
         fitting = max(smallest, min(chunk_rows, math.floor(room)))
         if needed(fitting) <= available:
             return fitting
-    advice = _advice(available - HEADROOM_BYTES, sample, chunk_rows, chunk_rows_set, total_rows, row_bytes, holds_batches)
+    advice = _advice(available - HEADROOM_BYTES, sample, chunk_rows, chunk_rows_set, total_rows, per_batch_row,
+                     row_bytes.sample * SAMPLE_COPIES)
     raise InputError(
         f"{name}: streaming it in batches of {min(smallest, total_rows):,} rows (~{row_bytes.batch:,} bytes each) with a "
         f"sample of {min(sample_rows, total_rows):,} rows needs ~{byte_size(int(needed(smallest)))}, more than the memory "
@@ -64,11 +66,12 @@ def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sam
     )
 
 
-def _advice(room: float, sample: float, chunk_rows: int, chunk_rows_set: bool, total_rows: int, row_bytes: ScanRowBytes,
-            holds_batches: bool) -> str:
-    """What to set so that a scan fits in ``room`` bytes (``sample``: the configured sample's bytes): a smaller
-    explicit chunk_rows when the sample fits; else a smaller sample beside batches at the floor; else both."""
-    per_batch_row, per_sample_row = row_bytes.batch * BATCH_COPIES, row_bytes.sample * SAMPLE_COPIES
+def _advice(room: float, sample: float, chunk_rows: int, chunk_rows_set: bool, total_rows: int, per_batch_row: float,
+            per_sample_row: float) -> str:
+    """What to set so that a scan fits in ``room`` bytes (``sample``: the configured sample's bytes; the bytes a
+    row takes in this machine's batches, and in the sample): a smaller explicit chunk_rows when the sample
+    fits; else a smaller sample beside batches at the floor; else both."""
+    holds_batches = per_batch_row > 0
     if chunk_rows_set and holds_batches and (rows := math.floor((room - sample) / per_batch_row)) >= 1:
         return f"set [run] chunk_rows = {rows} or fewer"
     batch_rows = min(chunk_rows, MIN_CHUNK_ROWS, total_rows) if holds_batches else 0
