@@ -91,11 +91,14 @@ class Outputs:
 
     def check(self, reads: dict[Path, str] | None = None) -> None:
         """Every output writable, and none of them one of the files the command ``reads`` (file → what it
-        is, as the error names it)."""
+        is, as the error names it) nor inside one of its directories."""
         for path, what in self._declared.items():
             for read, role in (reads or {}).items():
                 if same_file(path, read):
                     raise InputError(f"{what} names {path}, {role}: it would be overwritten")
+                if Path(read).is_dir() and Path(os.path.realpath(path)).is_relative_to(os.path.realpath(read)):
+                    # A file in a directory of golden Parquet files or of suites is read as one by the next run.
+                    raise InputError(f"{what} names {path}, inside {role}: the next run would read it as one of them")
             check_writable(path, what)
 
     def add(self, path: Path | None, text: str) -> None:

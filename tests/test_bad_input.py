@@ -518,6 +518,8 @@ def test_an_output_that_names_a_file_the_command_reads_is_refused(project, power
     baseline = Path(shutil.copy(power["v1"], project.root / "v1.pt"))
     config = project.config(golden=golden)
     (project.root / "alias.csv").symlink_to(golden)
+    (project.root / "checks" / "expectations").mkdir(parents=True)
+    (project.root / "parts").mkdir()
     before = {path: path.read_bytes() for path in (golden, baseline, config)}
     cases = [
         (["--report", "r.json", "--junit", "./r.json"], "--report and --junit both name r.json: one would overwrite the other"),
@@ -526,6 +528,10 @@ def test_an_output_that_names_a_file_the_command_reads_is_refused(project, power
         (["--junit", "release-kit.toml"], "--junit names release-kit.toml, the config the gate reads"),
         (["--baseline", "v1.pt", "--benchmark-json", "v1.pt"], "--benchmark-json names v1.pt, the baseline model the gate reads"),
         (["--data", str(golden), "--format", "github", "--comment-out", "golden.csv"], "--comment-out names golden.csv, the golden set"),
+        # A file in a directory the gate reads as a whole: the next run would take it for one of its files.
+        (["--junit", "checks/expectations/junit.xml"],
+         "--junit names checks/expectations/junit.xml, inside the expectation suites the gate reads: the next run would read it"),
+        (["--data", "parts", "--report", "parts/r.json"], "--report names parts/r.json, inside the golden set the gate reads"),
     ]
     for args, needle in cases:
         result = cli("check", "--candidate", power["better"], *args)
