@@ -2222,7 +2222,7 @@ def test_scan_sizes_fit_the_memory_available():
     with pytest.raises(InputError) as small:
         fit(floor)
     fewer = math.floor((floor - HEADROOM_BYTES - MIN_CHUNK_ROWS * 1000 * BATCH_COPIES) / (500 * SAMPLE_COPIES))
-    assert str(small.value).startswith(f"golden: streaming it in batches of {MIN_CHUNK_ROWS:,} rows (~1,000 bytes each) with a sample of 100,000 rows")
+    assert str(small.value).startswith(f"golden: streaming it in batches of {MIN_CHUNK_ROWS:,} rows of ~1,000 bytes with a sample of 100,000 rows")
     assert str(small.value).endswith(f"set [run] sample_rows = {fewer} or fewer") and 0 < fewer < 100_000
     assert fit(floor, sample_rows=fewer) == MIN_CHUNK_ROWS  # the advice fits
     with pytest.raises(InputError, match="run it on a machine with more memory, or with fewer columns"):

@@ -19,6 +19,7 @@ from ..files import byte_size
 # per row of each, against the row's bytes as estimated here (ScanRowBytes). A batch's rows took 2.4× their
 # bytes (float32 columns) to 4.2× (float64): read ahead, prepared, scored, summarized. A sample's rows took
 # 4.6× to 5.3×: its parts before a compaction, the compaction, the golden set and the frames built from it.
+# A local Ray of two actors took ~5.6× per batch row (float64), ~2.8× an actor: each actor counts as a holder.
 BATCH_COPIES = 4.5
 SAMPLE_COPIES = 5.5
 HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)
@@ -60,7 +61,7 @@ def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sam
     advice = _advice(available - HEADROOM_BYTES, sample, chunk_rows, chunk_rows_set, total_rows, per_batch_row,
                      row_bytes.sample * SAMPLE_COPIES)
     raise InputError(
-        f"{name}: streaming it in batches of {min(smallest, total_rows):,} rows (~{row_bytes.batch:,} bytes each) with a "
+        f"{name}: streaming it in batches of {min(smallest, total_rows):,} rows of ~{row_bytes.batch:,} bytes with a "
         f"sample of {min(sample_rows, total_rows):,} rows needs ~{byte_size(int(needed(smallest)))}, more than the memory "
         f"available ({byte_size(available)}): {advice}"
     )
