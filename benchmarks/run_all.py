@@ -6,7 +6,7 @@ import runpy
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["cli_startup.py", "quality_stage.py", "outlier_stage.py", "data_stage.py", "tensor_stages.py", "scale.py", "serving.py", "end_to_end.py", "gpu.py"]
+SCRIPTS = ["cli_startup.py", "quality_stage.py", "outlier_stage.py", "data_stage.py", "tensor_stages.py", "scale.py", "scan_memory.py", "serving.py", "end_to_end.py", "gpu.py"]
 
 if __name__ == "__main__":
     import sys

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..files import byte_size
 
-# Measured: the peak RSS of `release-kit check` (every default stage, tracking on) over batch and sample sizes,
-# per row of each, against the row's bytes as estimated here (ScanRowBytes). A batch's rows took 2.4× their
-# bytes (float32 columns) to 4.2× (float64): read ahead, prepared, scored, summarized. A sample's rows took
-# 4.6× to 5.3×: its parts before a compaction, the compaction, the golden set and the frames built from it.
-# A local Ray of two actors took ~5.6× per batch row (float64), ~2.8× an actor: each actor counts as a holder.
+# Measured (benchmarks/scan_memory.py, RESULTS.md): the peak RSS of `release-kit check` (every default stage,
+# tracking on) over batch and sample sizes, per row of each, against the row's bytes as estimated here
+# (ScanRowBytes). A batch's rows took up to 2.7× their bytes (read ahead, prepared, scored, summarized, and
+# each one's share of the sample), up to 4.2× on a set of 6,000,000 float64 rows; a sample's rows up to 4.4×,
+# 5.3× on that set (its parts before a compaction, the compaction, the golden set and the frames built from
+# it). A local Ray of two actors took ~5.6× per batch row (float64), ~2.8× an actor: each actor is a holder.
 BATCH_COPIES = 4.5
 SAMPLE_COPIES = 5.5
 HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)
