@@ -3,8 +3,8 @@
 A command names its outputs up front (:class:`Outputs`); :meth:`Outputs.check` refuses, as an input error,
 any path that could not be written (a missing or read-only folder, a directory in the way), two outputs
 that name one file, and an output that names a file the command reads (a typo that would replace the
-golden set with a report), so a gate never runs for minutes and then fails to save its result, and nothing
-is written half-way. :func:`write_atomic`
+golden set with a report) or lies in a directory it reads whole, so a gate never runs for minutes and then
+fails to save its result, and nothing is written half-way. :func:`write_atomic`
 replaces a file in one rename and keeps an existing file's mode (a new one gets the umask's).
 """
 
