@@ -181,7 +181,7 @@ def _read_sql(source: str) -> pd.DataFrame:
 
 def _require_room_for_table(connection, table: str, source: str) -> None:
     """A SQL table is read whole: its rows (``COUNT(*)``) and columns must fit in the memory available, at
-    ~8 bytes a value (see :func:`files.require_room_for_rows`), checked before pandas reads it."""
+    ~8 bytes a value (:func:`files.table_bytes`), checked before pandas reads it."""
     import sqlalchemy
 
     try:

@@ -99,28 +99,31 @@ def byte_size(size: int) -> str:
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
-def require_room_for_rows(rows: int, columns: int, name: str) -> None:
-    """A table read whole (Parquet, from its footers; SQL, from ``COUNT(*)``) takes ~8 bytes a value in
-    pandas, whatever a Parquet file's compression (a column of one repeated value is a few bytes on disk):
-    refused before it is read when that is more than the memory available, where the kernel would kill the
-    job (no exit code of ours)."""
-    from .environment import available_memory_bytes
+def table_bytes(rows: int, columns: int) -> int:
+    """What a table takes read whole into pandas: ~8 bytes a value, whatever a Parquet file's compression (a
+    column of one repeated value is a few bytes on disk)."""
+    return rows * columns * 8
 
-    needed, available = rows * columns * 8, available_memory_bytes()
-    if available is not None and needed > available:
-        raise InputError(f"{name}: {rows:,} rows of {columns} columns take ~{byte_size(needed)} read whole, more than the "
-                         f"memory available ({byte_size(available)})")
+
+def require_room_for_rows(rows: int, columns: int, name: str) -> None:
+    """A table read whole (Parquet, from its footers; SQL, from ``COUNT(*)``): refused before it is read when
+    it would take more than the memory available (:func:`table_bytes`), where the kernel would kill the job
+    (no exit code of ours)."""
+    _require_room(table_bytes(rows, columns), f"{name}: {rows:,} rows of {columns} columns")
 
 
 def require_room_for_items(items: int, item_bytes: float, name: str) -> None:
     """A data set read item by item (a dataset factory's) whose items, at what its first items take, would
     need more than the memory available: refused before the rest are read."""
+    _require_room(int(items * item_bytes), f"{name}: {items:,} items")
+
+
+def _require_room(needed: int, what: str) -> None:
     from .environment import available_memory_bytes
 
-    needed, available = int(items * item_bytes), available_memory_bytes()
+    available = available_memory_bytes()
     if available is not None and needed > available:
-        raise InputError(f"{name}: {items:,} items take ~{byte_size(needed)} read whole, more than the memory available "
-                         f"({byte_size(available)})")
+        raise InputError(f"{what} take ~{byte_size(needed)} read whole, more than the memory available ({byte_size(available)})")
 
 
 def check_unique_columns(names, source: str) -> None:

@@ -221,13 +221,14 @@ def _streamed_source(config: Config, source: str | None, dataset: str | None):
     path = Path(source)
     if path.is_file() and config.run.engine == "local":
         from .environment import available_memory_bytes
+        from .files import table_bytes
 
         parquet = ParquetSource.resolve(source)
         if parquet.rows() > config.run.chunk_rows:
             return parquet
-        # One batch's rows are read whole, unless that would not fit (a wide table, ~8 bytes a value): streamed.
+        # One batch's rows are read whole, unless that would not fit (a wide table): streamed.
         available = available_memory_bytes()
-        return parquet if available is not None and parquet.rows() * len(parquet.footers[0].names) * 8 > available else None
+        return parquet if available is not None and table_bytes(parquet.rows(), len(parquet.footers[0].names)) > available else None
     return ParquetSource.resolve(source)
 
 

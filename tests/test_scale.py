@@ -2246,13 +2246,17 @@ def test_a_wide_golden_set_scans_in_batches_that_fit_or_is_refused_naming_the_ke
     def configured(run_section: str) -> None:
         text = (streamed_project / "release-kit.toml").read_text()
         start = text.index("[run]")
-        end = text.index("[mlflow]")
+        end = text.index("\n[", start) + 1  # the next table
         (streamed_project / "release-kit.toml").write_text(text[:start] + "[run]\n" + run_section + "\n\n" + text[end:])
 
     monkeypatch.setattr(release_kit.environment, "available_memory_bytes", lambda: sizing.HEADROOM_BYTES + 3 * 2**20)
     configured("sample_rows = 5000")  # chunk_rows left at its default
+    # As users run it: every stage, MLflow tracking on (the embedded store under the project).
+    config = streamed_project / "release-kit.toml"
+    config.write_text(config.read_text().replace("[mlflow]\nenabled = false\n", ""))
     lowered = run(cli)
     assert 1000 <= scanned[-1] < 30_000
+    assert lowered["mlflow"]["run_id"] and {c["stage"] for c in lowered["checks"]} >= {"quality", "outliers", "performance", "data"}
     assert lowered["verdict"] == generous["verdict"]
     for name in ("mae", "rmse", "r2"):
         for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):

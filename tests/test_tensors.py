@@ -328,7 +328,8 @@ def test_a_dataset_factory_is_size_checked_from_its_first_items_and_read_only_as
     """A dataset factory's items are read in batches and joined: one whose length, at what its first batch
     takes, would need more than the memory available is refused before the rest are read (exit 2, one
     line). With --max-rows only that prefix is read. This dataset claims 10,000,000 items and fails past
-    item 2,047, which the refusal and the prefix never reach. (The memory available is set to 64 MiB.)"""
+    item 2,047, which the refusal and the prefix never reach. A __len__ that fails is bad input too. (The
+    memory available is set to 64 MiB.)"""
     import release_kit.environment
 
     monkeypatch.chdir(tmp_path)
@@ -365,6 +366,16 @@ def test_a_dataset_factory_is_size_checked_from_its_first_items_and_read_only_as
     prefix = cli("check", "--candidate", two_inputs / "better.pt", "--max-rows", "600", "--format", "json")
     assert prefix.exit_code == 0, prefix.output[-2000:]
     assert json.loads(prefix.stdout)["data"]["golden"]["rows"] == 600
+
+    # A dataset whose __len__ fails: its error, one line, exit 2 (not an internal error).
+    (tmp_path / "claimed_data.py").write_text((tmp_path / "claimed_data.py").read_text().replace(
+        "return 10_000_000", "raise RuntimeError('no length here')"))
+    sys.modules.pop("claimed_data", None)
+    broken = cli("check", "--candidate", two_inputs / "better.pt", "--report", "report.json")
+    assert broken.exit_code == 2, broken.output[-2000:]
+    assert broken.stderr.strip().splitlines() == [
+        "release-kit: error: [data] dataset claimed_data:golden: len() failed: RuntimeError: no length here"]
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_several_inputs_from_an_npz_with_cli_data_override(tmp_path, two_inputs, cli, monkeypatch):

@@ -87,6 +87,27 @@ class Footer:
     rows: int
     names: tuple[str, ...]
     kinds: dict[str, str]
+    value_bytes: dict[str, float]  # each stored column's bytes a value once read (see _value_bytes)
+
+
+def _value_bytes(metadata, schema) -> dict[str, float]:
+    """Bytes a value of each stored column takes once read: a fixed-width type's width, a text column's
+    stored bytes per row in the first row group plus its offset."""
+    stored: dict[str, float] = {}
+    if metadata.num_row_groups and metadata.num_rows:
+        group = metadata.row_group(0)
+        for index in range(group.num_columns):
+            chunk = group.column(index)
+            name = chunk.path_in_schema.split(".")[0]
+            stored[name] = stored.get(name, 0.0) + chunk.total_uncompressed_size / max(group.num_rows, 1)
+    sizes = {}
+    for field in schema:
+        try:
+            width = field.type.bit_width
+        except ValueError:  # text, lists: no fixed width
+            width = 0
+        sizes[field.name] = max(width, 8) / 8 if width else stored.get(field.name, 0.0) + 8.0
+    return sizes
 
 
 def hive_partition(directories: tuple[str, ...]) -> dict[str, str]:
@@ -266,7 +287,7 @@ class ParquetSource:
             kinds = {field.name: arrow_kind(field.type) for field in schema}
             kinds.update({key: f"text in its path ({key}={value})" if types[key] == "string" else "numbers"
                           for key, value in partition.items()})
-            footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds))
+            footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds, _value_bytes(metadata, schema)))
         return tuple(footers)
 
     @cached_property
@@ -317,30 +338,8 @@ class ParquetSource:
         return tuple(name for name in first if name in shared and not name.startswith("__index_level_"))
 
     def value_bytes(self, columns) -> dict[str, float]:
-        """Bytes a value of each column takes once read, from the first file's footer: a fixed-width type's
-        width, a text column's stored bytes per row plus its offset (a partition column's value: 8)."""
-        import pyarrow.parquet as pq
-
-        metadata = pq.read_metadata(self.files[0])
-        schema = metadata.schema.to_arrow_schema()
-        stored: dict[str, float] = {}
-        if metadata.num_row_groups and metadata.num_rows:
-            group = metadata.row_group(0)
-            for index in range(group.num_columns):
-                chunk = group.column(index)
-                name = chunk.path_in_schema.split(".")[0]
-                stored[name] = stored.get(name, 0.0) + chunk.total_uncompressed_size / max(group.num_rows, 1)
-        sizes = {}
-        for name in columns:
-            if name not in schema.names:
-                sizes[name] = 8.0
-                continue
-            try:
-                width = schema.field(name).type.bit_width
-            except ValueError:  # text, lists: no fixed width
-                width = 0
-            sizes[name] = max(width, 8) / 8 if width else stored.get(name, 0.0) + 8.0
-        return sizes
+        """Bytes a value of each column takes once read, from the first file's footer (a partition column's: 8)."""
+        return {name: self.footers[0].value_bytes.get(name, 8.0) for name in columns}
 
     def check_numeric(self, columns, *, target: str, labels: bool = False) -> None:
         """Every file stores these columns as numbers or booleans (0 and 1), from the footers only, so that a
