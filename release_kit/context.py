@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .data import GoldenSet
     from .models import LoadedModel
     from .scale.stats import ScanSummary
+    from .validation import Suite
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class GateContext:
     # The [data] reference table when preparing already read it (a streamed set's drift bins come from it),
     # so the data stage does not read it again; None: the data stage reads it itself.
     reference: pd.DataFrame | None = None
+    # The data stage's suites when preparing already loaded them (a streamed set counts the values outside
+    # their ranges over every row), so the stage validates against the very suites counted; None: it loads them.
+    suites: tuple[Suite, ...] | None = None
     # A baseline released with other input features (recorded in its signature): the positions of its
     # features among the candidate's [model] features, in its order. None: it reads the candidate's inputs.
     baseline_columns: tuple[int, ...] | None = None

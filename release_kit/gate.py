@@ -171,10 +171,14 @@ def prepare(
         for model in models:
             model.batch_size = batch_size
             model.to_device(device)
-        scan = reference = None
+        scan = reference = suites = None
         if streamed is not None:
             reference = _reference_table(config)
-            scan, golden, predicted, inputs = _scan(config, streamed, digest, models, baseline_features, progress, reference)
+            if "data" in config.gate.stages:
+                from .validation import golden_suites
+
+                suites = tuple(golden_suites(config.data, reference))
+            scan, golden, predicted, inputs = _scan(config, streamed, digest, models, baseline_features, progress, reference, suites)
         else:
             if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
                 raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
@@ -206,6 +210,7 @@ def prepare(
             released=released_versions(uri, spec.name, except_file=candidate_model.sha256) if uri is not None else (),
             scan=scan,
             reference=reference,
+            suites=suites,
             baseline_columns=baseline_columns,
         )
 
@@ -232,9 +237,10 @@ def _streamed_source(config: Config, source: str | None, dataset: str | None):
     return ParquetSource.resolve(source)
 
 
-def _scan(config: Config, source, digest, models, baseline_features, progress, reference):
+def _scan(config: Config, source, digest, models, baseline_features, progress, reference, suites):
     """Stream the golden set through both models on the configured engine; the sample stands in for the
-    golden set in the stages that need rows, the scan's sums decide the quality metrics over every row."""
+    golden set in the stages that need rows, the scan's sums decide the quality metrics over every row, and
+    its counts the data stage's ranges (of ``suites``) over every row."""
     import numpy as np
     import pandas as pd
 
@@ -243,6 +249,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     from .scale.batches import ScanPlan
     from .scale.engines import run_local, run_ray
     from .scale.sizing import chunk_rows_that_fit
+    from .validation import counted_ranges
 
     spec, run_spec = config.model, config.run
     roles = {m.role: m for m in models}
@@ -252,9 +259,13 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     # the columns the models do not read too.
     used = {*features["candidate"], *features["baseline"], spec.target}
     carried = tuple(c for c in source.common_columns() if c not in used) if "data" in config.gate.stages else ()
+    value_ranges = counted_ranges(list(suites or ()))
+    if any(footer.kinds.get(spec.target, "").endswith("text") for footer in source.footers):
+        value_ranges.pop(spec.target, None)  # class names are counted as their ids: GX compares the names, on the sample
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
-                    config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried)
+                    config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried,
+                    value_ranges=value_ranges)
     source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)

@@ -18,7 +18,8 @@ from .expressions import check_row_expression
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .config import ProfileSpec
+    from .config import DataSpec, ProfileSpec
+    from .scale.stats import ValueRange
 
 UNEXPECTED_EXAMPLES = 5
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64",
@@ -79,6 +80,56 @@ def _import_gx():
     import great_expectations
 
     return great_expectations
+
+
+def golden_suites(spec: DataSpec, reference: pd.DataFrame | None) -> list[Suite]:
+    """The suites the golden set is validated against: every suite under ``[data] suites``, else a profile of
+    the ``[data] reference`` table (none without one)."""
+    suites = load_suites(Path(spec.suites))
+    if not suites and reference is not None:
+        suites = [profile(reference, spec.profile, name=f"profile of {source_name(spec.reference)}", source=spec.reference)]
+    return suites
+
+
+def source_name(source: str) -> str:
+    """A data source as a suite's name shows it: a SQL source's table, a file's name."""
+    return source.rpartition("#")[2] if "://" in source else Path(source).name
+
+
+def on_every_row(expectation: dict[str, Any]) -> bool:
+    """An expectation on every row: one with a ``row_condition`` holds on some rows, which counts over every
+    row cannot tell apart."""
+    return expectation.get("kwargs", {}).get("row_condition") in (None, "")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def counted_range(expectation: dict[str, Any]) -> ValueRange | None:
+    """The range whose exceptions a streamed golden set counts over every row for this expectation: an
+    ``expect_column_values_to_be_between`` on every row, with bounds that are numbers; None for any other
+    (GX decides it on the sample)."""
+    kwargs = expectation.get("kwargs", {})
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if (expectation.get("type") != "expect_column_values_to_be_between" or not on_every_row(expectation)
+            or not isinstance(kwargs.get("column"), str) or (low is None and high is None)
+            or not all(is_number(bound) for bound in (low, high) if bound is not None)):
+        return None
+    from .scale.stats import ValueRange
+
+    return ValueRange(low, high, bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max")))
+
+
+def counted_ranges(suites: list[Suite]) -> dict[str, tuple[ValueRange, ...]]:
+    """Column → the distinct ranges of :func:`counted_range` over every suite."""
+    ranges: dict[str, dict[ValueRange, None]] = {}
+    for suite in suites:
+        for expectation in suite.expectations:
+            value_range = counted_range(expectation)
+            if value_range is not None:
+                ranges.setdefault(expectation["kwargs"]["column"], {})[value_range] = None
+    return {column: tuple(found) for column, found in ranges.items()}
 
 
 def load_suites(location: Path) -> list[Suite]:

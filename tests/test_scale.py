@@ -511,6 +511,12 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, pow
     written[0].rename(written[0].with_suffix(".pq"))
     written[-1].rename(written[-1].with_name("000000_0"))
     configure(streamed_project, power, partitioned)
+    # A suite on a column no model reads (the null partition's) and on the partitioned feature.
+    (streamed_project / "checks" / "expectations").mkdir(parents=True)
+    (streamed_project / "checks" / "expectations" / "rows.json").write_text(json.dumps({"name": "rows", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "site", "mostly": 0.7}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "hour", "min_value": 1, "max_value": 22, "mostly": 0.8}},
+    ]}))
     # Not the performance stage: it times the models on the machine's clock, whichever engine read the data.
     stages = ("--stage", "quality", "--stage", "outliers", "--stage", "data")
     # The searches bounded by their examples, not by a second of a busy machine's time: each then tries the
@@ -534,10 +540,14 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, pow
     for a, b in zip(local["checks"], distributed["checks"], strict=True):
         assert (a["stage"], a["name"], a["status"], a["summary"]) == (b["stage"], b["name"], b["status"], b["summary"])
     # The null partition's rows are nulls of ``site`` over every row (counted alike in both engines, above);
-    # the partitioned feature ``hour`` has the range of the rows'.
-    counted = {row[0]: row[1:] for row in next(c for c in local["checks"] if c["name"] == "whole_set")["details"]["table"]["rows"]}
-    assert counted["site"] == [None, None, int(rows["site"].isna().sum())] and counted["site"][2] == 5_000
-    assert counted["hour"] == [float(rows["hour"].min()), float(rows["hour"].max()), 0]
+    # the partitioned feature ``hour`` has the range of the rows', and the values outside [1, 22] theirs.
+    for report in (local, distributed):
+        counted = {c["name"]: c for c in report["checks"] if c["stage"] == "data"}
+        site, hour = counted["golden/site:column_values_to_not_be_null"], counted["golden/hour:column_values_to_be_between"]
+        assert site["status"] == "pass" and site["details"]["unexpected_count"] == int(rows["site"].isna().sum()) == 5_000
+        assert "over all 20,000 rows, streamed" in site["summary"]
+        assert hour["details"]["observed_value"] == {"min": float(rows["hour"].min()), "max": float(rows["hour"].max())}
+        assert hour["details"]["unexpected_count"] == int(((rows["hour"] < 1) | (rows["hour"] > 22)).sum()) > 0
 
 
 def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read_whole(streamed_project, power, golden_directory, cli):
@@ -1045,7 +1055,7 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     assert "on a uniform sample of 500 of 30,000 rows" in streamed["golden/site:column_values_to_be_in_set"]["summary"]
 
     # The columns no model reads are counted over every row too: one null text value and one float out of
-    # range, in rows the sample does not hold, fail data::whole_set.
+    # range, in rows the sample does not hold, fail their expectations.
     frame.loc[9, "humidity"], frame.loc[11, "site"] = 5.0, None
     for index in range(3):
         frame.iloc[index * 10_000 : (index + 1) * 10_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
@@ -1057,9 +1067,10 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     config = tmp_path / "release-kit.toml"
     config.write_text(config.read_text().replace("sample_rows = 5000", "sample_rows = 500"))
     checks = {c["name"]: c for c in run(cli)["checks"]}
-    assert checks["golden/humidity:column_values_to_be_between"]["status"] == "pass"  # the sample misses row 9
-    assert checks["whole_set"]["status"] == "fail", checks["whole_set"]
-    assert "humidity maximum 5 > 1" in checks["whole_set"]["summary"] and "site has 1 null/NaN of 30,000 rows" in checks["whole_set"]["summary"]
+    humidity, site = checks["golden/humidity:column_values_to_be_between"], checks["golden/site:column_values_to_not_be_null"]
+    assert humidity["status"] == "fail" and "1 of 30,000 values unexpected" in humidity["summary"], humidity
+    assert humidity["details"]["observed_value"]["max"] == 5.0 and "over all 30,000 rows, streamed" in humidity["summary"]
+    assert site["status"] == "fail" and "1 of 30,000 values are null" in site["summary"], site
     # A bound the counts cannot compare with (a suite parameter) is an error that says so, not a crash.
     (tmp_path / "checks" / "expectations" / "golden.json").write_text(json.dumps({"name": "golden", "expectations": [
         {"type": "expect_column_max_to_be_between", "kwargs": {"column": "temperature", "min_value": {"$PARAMETER": "t"}}},
@@ -1088,27 +1099,58 @@ def test_a_wide_streamed_golden_set_builds_its_sample_without_pandas_warnings(tm
     assert not [w for w in caught if issubclass(w.category, pd.errors.PerformanceWarning)], [str(w.message) for w in caught]
 
 
-def test_whole_set_counts_catch_what_the_sample_misses(tmp_path, power, cli, monkeypatch):
+def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decides_them(tmp_path, power, cli, monkeypatch):
+    """A streamed set's range and not-null expectations are decided from counts over every row, with GX's
+    rules: ``mostly`` (of the non-null values, for a range), ``strict_min``/``strict_max``, NaN missing and
+    ±inf a value. The same file read whole (GX on every row) gives the same statuses and counts. The
+    minimum and maximum alone once failed a range that ``mostly`` lets a few values leave."""
     import shutil
 
     frame = pf.make_dataset(9_000, seed=22)
-    frame.loc[7, "temperature"] = 80.0  # one row out of range: the 500-row sample will not hold it
+    frame.loc[frame.index[100:130], "temperature"] = 80.0  # 30 of 9,000 rows (0.33 %) above 50
+    humidity = np.random.default_rng(22).uniform(0.05, 0.95, len(frame))
+    humidity[[10, 20, 4_000]] = 1.0  # on the bound: outside when it is strict
+    humidity[[30, 40]] = [-np.inf, np.inf]
+    humidity[[50, 60, 70]] = np.nan  # missing: never outside a range
+    frame["humidity"] = humidity
     (tmp_path / "golden").mkdir()
     frame.to_parquet(tmp_path / "golden" / "all.parquet")
+    between = "expect_column_values_to_be_between"
     (tmp_path / "checks" / "expectations").mkdir(parents=True)
     (tmp_path / "checks" / "expectations" / "weather.json").write_text(json.dumps({"name": "weather", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "temperature", "min_value": -30, "max_value": 50}},
+        {"type": between, "kwargs": {"column": "temperature", "min_value": -30, "max_value": 50, "mostly": 0.99}},
+        {"type": between, "kwargs": {"column": "temperature", "min_value": -30, "max_value": 50, "mostly": 0.999}},
+        {"type": between, "kwargs": {"column": "humidity", "min_value": 0, "max_value": 1}},
+        {"type": between, "kwargs": {"column": "humidity", "min_value": 0, "max_value": 1, "strict_max": True}},
+        {"type": between, "kwargs": {"column": "humidity", "max_value": 1, "mostly": 0.999}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "humidity", "mostly": 0.999}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "humidity"}},
     ]}))
     shutil.copy(power["better"], tmp_path / "candidate.pt")
-    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["data"]\n')
-    text = (tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500")
-    (tmp_path / "release-kit.toml").write_text(text)
     monkeypatch.chdir(tmp_path)
-    report = run(cli)
-    checks = {c["name"]: c for c in report["checks"]}
-    sampled = checks["golden/temperature:column_values_to_be_between"]
-    assert "on a uniform sample of 500 of 9,000 rows" in sampled["summary"]
-    assert checks["whole_set"]["status"] == "fail" and "temperature maximum 80 > 50" in checks["whole_set"]["summary"]
+    reports = {}
+    for chunk_rows in (2_000, 10_000):  # the one file streamed in batches, then read whole (more rows a batch than it has)
+        configure(tmp_path, power, tmp_path / "golden" / "all.parquet", '[gate]\nstages = ["data"]\n')
+        text = (tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500")
+        (tmp_path / "release-kit.toml").write_text(text.replace("chunk_rows = 4000", f"chunk_rows = {chunk_rows}"))
+        reports[chunk_rows] = {c["name"]: c for c in run(cli)["checks"] if c["name"].startswith("golden/")}
+    streamed, whole = reports[2_000], reports[10_000]
+    assert set(streamed) == set(whole) and len(streamed) == 7
+    for name, check in streamed.items():
+        assert "over all 9,000 rows, streamed" in check["summary"] and "streamed" not in whole[name]["summary"], check
+        assert check["status"] == whole[name]["status"], (check, whole[name])
+        assert check["details"]["unexpected_count"] == whole[name]["details"]["unexpected_count"], (check, whole[name])
+    statuses = {name.removeprefix("golden/"): (c["status"], c["details"]["unexpected_count"]) for name, c in streamed.items()}
+    assert statuses == {
+        "temperature:column_values_to_be_between": ("pass", 30),  # 99.67 % inside, mostly 99 %
+        "temperature:column_values_to_be_between#2": ("fail", 30),  # not 99.9 %
+        "humidity:column_values_to_be_between": ("fail", 2),  # ±inf
+        "humidity:column_values_to_be_between#2": ("fail", 5),  # and the three on the strict bound
+        "humidity:column_values_to_be_between#3": ("pass", 1),  # +inf alone, within mostly
+        "humidity:column_values_to_not_be_null": ("pass", 3),
+        "humidity:column_values_to_not_be_null#2": ("fail", 3),
+    }, statuses
+    assert "30 of 9,000 values unexpected" in streamed["golden/temperature:column_values_to_be_between#2"]["summary"]
 
 
 def test_expectations_on_some_rows_or_with_bounds_that_are_no_numbers_are_left_to_gx_on_the_sample(tmp_path, power, cli, monkeypatch):
@@ -1138,7 +1180,7 @@ def test_expectations_on_some_rows_or_with_bounds_that_are_no_numbers_are_left_t
     maximum = checks[f"golden/{pf.TARGET}:column_max_to_be_between"]
     assert maximum["status"] == "pass" and "streamed" not in maximum["summary"], maximum["summary"]  # GX's, on the sample
     assert checks["golden/temperature:column_values_to_be_between"]["status"] == "error"
-    assert checks["whole_set"]["status"] == "skip", checks["whole_set"]["summary"]
+    assert "whole_set" not in checks
 
 
 def test_peak_memory_does_not_grow_with_the_golden_set(tmp_path, power):
@@ -1716,6 +1758,36 @@ def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, c
     for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
         assert metric(fits, "roc_auc")[key] == pytest.approx(b[key], rel=1e-9), key
     assert "binned" not in next(c for c in fits["checks"] if c["name"] == "roc_auc")["summary"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(width=32), st.sampled_from([0.0, 1.0, -1.0])), min_size=0, max_size=40),
+       dtype=st.sampled_from(["float32", "float64", "int64"]),
+       low=st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 0.5])), high=st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 2.5])),
+       strict_low=st.booleans(), strict_high=st.booleans(), cut=st.integers(0, 40))
+def test_values_outside_a_range_counted_in_batches_are_pandas_count_over_the_column(values, dtype, low, high, strict_low, strict_high, cut):
+    """The values outside a range (the count a streamed set decides ``mostly`` from), summed over two batches
+    that skip the counting pass when their minimum and maximum lie inside, are the count pandas gives over
+    the whole column, as GX compares it: NaN never outside, ±inf outside a bound on its side."""
+    from release_kit.scale.stats import ColumnCounts, ValueRange
+
+    column = np.array(values, dtype=np.float64)
+    if dtype == "int64":
+        column = np.nan_to_num(column, nan=0.0, posinf=3.0, neginf=-3.0).clip(-9, 9).round()
+    column = column.astype(dtype)
+    value_range = ValueRange(low, high, strict_low, strict_high)
+    first, second = ColumnCounts(), ColumnCounts()
+    first.add("x", column[:cut], ranges=(value_range,))
+    second.add("x", column[cut:], ranges=(value_range,))
+    merged = first.merge(second)
+    series = pd.Series(column)
+    outside = pd.Series(False, index=series.index)
+    if low is not None:
+        outside |= series <= low if strict_low else series < low
+    if high is not None:
+        outside |= series >= high if strict_high else series > high
+    assert merged.outside[("x", value_range)] == int(outside.sum())
+    assert merged.nulls["x"] == int(series.isna().sum())
 
 
 @settings(max_examples=300, deadline=None)

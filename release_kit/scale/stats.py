@@ -424,22 +424,49 @@ class ContractCounts:
                               self.bad + other.bad, self.introduced + other.introduced, self.examples.merge(other.examples))
 
 
-def _summed(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
-    return {kind: first.get(kind, 0) + second.get(kind, 0) for kind in {**first, **second}}
+def _summed(first: dict, second: dict) -> dict:
+    return {key: first.get(key, 0) + second.get(key, 0) for key in {**first, **second}}
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """A range expectation's bounds (GX's ``expect_column_values_to_be_between``), whose exceptions a streamed
+    golden set counts over every row: with GX's ``mostly``, a range may hold with a few values outside, and
+    the column's minimum and maximum alone cannot tell how many."""
+
+    low: float | None
+    high: float | None
+    strict_low: bool = False
+    strict_high: bool = False
+
+    def outside(self, values: np.ndarray) -> int:
+        """The values outside, as GX counts them: NaN is missing (never outside), ±inf is a value."""
+        # Compared as pandas compares a column with a Python number (numpy's rules): GX's own comparison.
+        below = None if self.low is None else (values <= self.low if self.strict_low else values < self.low)
+        above = None if self.high is None else (values >= self.high if self.strict_high else values > self.high)
+        if below is None or above is None:
+            return int(np.count_nonzero(above if below is None else below))
+        return int(np.count_nonzero(below | above))
 
 
 @dataclass
 class ColumnCounts:
-    """Per column over every row: values that are NaN/inf (or null), and the finite minimum and maximum."""
+    """Per column over every row: values that are NaN/inf (or null), the nulls (NaN or null) among them, the
+    finite minimum and maximum, and the values outside each counted :class:`ValueRange`."""
 
     bad: dict[str, int] = field(default_factory=dict)
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)
+    outside: dict[tuple[str, ValueRange], int] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray, limit: float | None = None) -> np.ndarray | None:
+    def add(self, name: str, values: np.ndarray, limit: float | None = None, ranges: tuple[ValueRange, ...] = ()) -> np.ndarray | None:
         """Count one column's values; returns its mask of bad (NaN/inf) values, None when there are none.
         ``limit``: finite values beyond ±limit are bad too (in the mask, counted in the range, not as NaN/inf):
         a float64 feature beyond float32's range is infinite as the models read it."""
+        for value_range in ranges:
+            self.outside.setdefault((name, value_range), 0)
+        self.nulls.setdefault(name, 0)
         if not len(values):
             return None
         low, high = _range(values)
@@ -449,9 +476,15 @@ class ColumnCounts:
             bad = ~np.isfinite(values)
             kept = values[~bad]
             low, high = (kept.min(), kept.max()) if len(kept) else (math.inf, -math.inf)
+            self.nulls[name] += int(np.count_nonzero(np.isnan(values)))
         self.bad[name] = self.bad.get(name, 0) + (int(bad.sum()) if bad is not None else 0)
         self.low[name] = min(self.low.get(name, math.inf), float(low))
         self.high[name] = max(self.high.get(name, -math.inf), float(high))
+        # The batch's range tells when none of its values can be outside: most batches skip the counting pass.
+        extremes = np.array([low, high], dtype=values.dtype) if bad is None else None
+        for value_range in ranges:
+            if extremes is None or value_range.outside(extremes):
+                self.outside[(name, value_range)] += value_range.outside(values)
         if limit is not None and (low < -limit or high > limit):  # the range tells: most batches skip this pass
             beyond = np.abs(values) > limit
             bad = beyond if bad is None else bad | beyond
@@ -460,11 +493,11 @@ class ColumnCounts:
     def add_nulls(self, name: str, nulls: int) -> None:
         """Count a non-numeric column's nulls (it has no range)."""
         self.bad[name] = self.bad.get(name, 0) + nulls
+        self.nulls[name] = self.nulls.get(name, 0) + nulls
 
     def merge(self, other: ColumnCounts) -> ColumnCounts:
-        merged = ColumnCounts(dict(self.bad), dict(self.low), dict(self.high))
-        for name, count in other.bad.items():
-            merged.bad[name] = merged.bad.get(name, 0) + count
+        merged = ColumnCounts(_summed(self.bad, other.bad), dict(self.low), dict(self.high),
+                              _summed(self.nulls, other.nulls), _summed(self.outside, other.outside))
         for name, value in other.low.items():
             merged.low[name] = min(merged.low.get(name, math.inf), value)
         for name, value in other.high.items():

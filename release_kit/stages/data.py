@@ -23,15 +23,17 @@ if TYPE_CHECKING:
 
 NAME = "data"
 # Expectations a streamed golden set answers from its counts over every row (the row count, a counted
-# column's finite minimum and maximum) rather than from its sample, where they would be wrong.
+# column's finite minimum and maximum, its nulls, its values outside a range) rather than from its sample,
+# where they would miss rows.
 WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
-                   "expect_column_min_to_be_between", "expect_column_max_to_be_between")
+                   "expect_column_min_to_be_between", "expect_column_max_to_be_between",
+                   "expect_column_values_to_not_be_null", "expect_column_values_to_be_between")
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
     from ..data import is_tensor_source, read_table
     from ..errors import InputError
-    from ..validation import load_suites, profile, validate
+    from ..validation import golden_suites, validate
 
     spec = gate.config.data
     golden = gate.golden
@@ -42,9 +44,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     reference = None
     if spec.reference and not tensor_reference:  # prepare may have read it already (a streamed set's drift bins)
         reference = gate.reference if gate.reference is not None else read_table(spec.reference)
-    suites = load_suites(Path(spec.suites))
-    if not suites and reference is not None:
-        suites = [profile(reference, spec.profile, name=f"profile of {_source_name(spec.reference)}", source=spec.reference)]
+    suites = list(gate.suites) if gate.suites is not None else golden_suites(spec, reference)
     for suite in suites:
         suite.gx_suite()  # a configuration GX refuses is bad input: exit 2 before anything runs
 
@@ -72,8 +72,6 @@ def checks(gate: GateContext) -> list[StageCheck]:
                     found.append(StageCheck(name, partial(whole_set_expectation, gate, expectation, name)))
                 else:
                     found.append(StageCheck(name, partial(expectation_check, run, index, name, note)))
-    if gate.scan is not None and suites:
-        found.append(StageCheck("whole_set", partial(whole_set, gate, suites)))
     if reference is not None:
         found.append(StageCheck("drift", partial(drift_check, gate, reference)))
     if tensor_reference:
@@ -81,71 +79,32 @@ def checks(gate: GateContext) -> list[StageCheck]:
     return found
 
 
-def whole_set(gate: GateContext, suites: list[Suite]) -> CheckResult:
-    """A streamed golden set: GX validates its uniform sample; this holds the suites' range and not-null
-    expectations against counts over every row (the finite minimum and maximum, NaN/null per column), so
-    a value outside a range that the sample missed still fails."""
-    counts = gate.scan.counts
-    rows = gate.scan.rows
-    broken, checked = [], 0
-    for suite in suites:
-        for expectation in suite.expectations:
-            kwargs = expectation.get("kwargs", {})
-            column = kwargs.get("column")
-            if column not in counts.bad or not _over_every_row(kwargs):
-                continue
-            kind = expectation["type"]
-            if kind == "expect_column_values_to_be_between":
-                low, high = kwargs.get("min_value"), kwargs.get("max_value")
-                if not all(_is_number(bound) for bound in (low, high) if bound is not None):
-                    continue  # GX reports it on the sample: it cannot compare numbers with that bound either
-                checked += 1
-                if low is not None and counts.low.get(column, low) < low:
-                    broken.append(f"{column} minimum {counts.low[column]:.4g} < {low:.4g}")
-                if high is not None and counts.high.get(column, high) > high:
-                    broken.append(f"{column} maximum {counts.high[column]:.4g} > {high:.4g}")
-            elif kind == "expect_column_values_to_not_be_null":
-                checked += 1
-                allowed = (1.0 - float(kwargs.get("mostly", 1.0))) * rows
-                if counts.bad[column] > allowed:
-                    broken.append(f"{column} has {counts.bad[column]:,} null/NaN of {rows:,} rows")
-    table = {"title": "every row, streamed", "columns": ["column", "min", "max", "null/NaN/inf"],
-             "rows": [[c, counts.low.get(c), counts.high.get(c), counts.bad[c]] for c in counts.bad]}
-    if not checked:
-        return CheckResult(NAME, "whole_set", Status.SKIP, "no range or not-null expectation on the golden columns to hold against every row",
-                           details={"table": table})
-    if broken:
-        return CheckResult(NAME, "whole_set", Status.FAIL, f"over all {rows:,} rows: {'; '.join(broken[:5])}", details={"table": table})
-    return CheckResult(NAME, "whole_set", Status.PASS,
-                       f"{checked} range and not-null expectation(s) hold over all {rows:,} rows (the other expectations ran on the sample)",
-                       details={"table": table})
-
-
 def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
-    kwargs = expectation.get("kwargs", {})
-    if expectation["type"] not in WHOLE_SET_TYPES or not _over_every_row(kwargs):
+    from ..validation import counted_range, on_every_row
+
+    kind, column = expectation["type"], expectation.get("kwargs", {}).get("column")
+    counts = gate.scan.counts
+    if kind not in WHOLE_SET_TYPES or not on_every_row(expectation):
         return False
-    column = kwargs.get("column")
-    return column is None or column in gate.scan.counts.low
-
-
-def _over_every_row(kwargs: dict) -> bool:
-    """An expectation on every row: one with a ``row_condition`` holds on some rows, which the counts over
-    every row cannot tell apart; GX decides it on the sample."""
-    return kwargs.get("row_condition") in (None, "")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "expect_column_values_to_be_between":  # counted when the scan was planned with its range
+        return (column, counted_range(expectation)) in counts.outside
+    if kind == "expect_column_values_to_not_be_null":
+        return column in counts.nulls
+    return column is None or column in counts.low
 
 
 def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> CheckResult:
     """A row-count, column-minimum or column-maximum expectation on a streamed golden set, decided over every
-    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``)."""
+    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``); a range or
+    not-null one by :func:`counted_values`."""
+    from ..validation import is_number
+
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
+    if kind in ("expect_column_values_to_be_between", "expect_column_values_to_not_be_null"):
+        return counted_values(gate, expectation, name)
     counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs.get("column")
     bounds = [kwargs.get(key) for key in ("value", "min_value", "max_value")]
-    unusable = next((b for b in bounds if b is not None and not _is_number(b)), None)
+    unusable = next((b for b in bounds if b is not None and not is_number(b)), None)
     if unusable is not None:  # e.g. a suite parameter ({"$PARAMETER": ...}): GX would not evaluate it either
         return CheckResult(NAME, name, Status.ERROR, f"{column or 'table'}: {kind.removeprefix('expect_')}: cannot evaluate: "
                            f"bound {unusable!r} is not a number")
@@ -163,6 +122,30 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
           (high is None or (observed < high if strict_high else observed <= high))
     summary = f"{described} (over all {rows:,} rows, streamed): {'met' if met else 'not met'}, observed {observed:.6g}"
     return CheckResult(NAME, name, Status.PASS if met else Status.FAIL, summary, details={"observed_value": observed})
+
+
+def counted_values(gate: GateContext, expectation: dict, name: str) -> CheckResult:
+    """A range or not-null expectation on a streamed golden set, decided over every row from the scan's
+    counts with GX's rule: it holds when the share of rows (for a range, of non-null values) that meet it is
+    at least ``mostly`` (1 by default), and vacuously when there are none."""
+    from ..validation import ExpectationOutcome, counted_range
+
+    kind, kwargs = expectation["type"], expectation.get("kwargs", {})
+    counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs["column"]
+    nulls = counts.nulls[column]
+    result: dict[str, Any] = {"element_count": rows}
+    if kind == "expect_column_values_to_be_between":
+        unexpected, considered = counts.outside[(column, counted_range(expectation))], rows - nulls
+        result["missing_count"] = nulls
+        if considered:
+            result["observed_value"] = {"min": counts.low[column], "max": counts.high[column]}
+    else:
+        unexpected, considered = nulls, rows
+    result["unexpected_count"] = unexpected
+    result["unexpected_percent"] = 100.0 * unexpected / considered if considered else None
+    met = considered == 0 or (considered - unexpected) / considered >= float(kwargs.get("mostly", 1.0))
+    outcome = ExpectationOutcome(kind, kwargs, met, result, None)
+    return outcome_check(outcome, name, f" (over all {rows:,} rows, streamed)")
 
 
 def _tensor_checks(gate: GateContext, source: str) -> list[StageCheck]:
@@ -294,10 +277,6 @@ def _plain_cell(value):
     return str(value)
 
 
-def _source_name(source: str) -> str:
-    return source.rpartition("#")[2] if "://" in source else Path(source).name
-
-
 def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
     prefix = f"{dataset}:{suite.name}" if several else dataset
     names, seen = [], {}
@@ -311,13 +290,19 @@ def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
 
 def expectation_check(run: Once, index: int, name: str, note: str = "") -> CheckResult:
     """One expectation's outcome; ``note`` says when it ran on a streamed golden set's sample."""
-    outcome = run()[index]
+    return outcome_check(run()[index], name, note)
+
+
+def outcome_check(outcome: ExpectationOutcome, name: str, note: str = "") -> CheckResult:
+    """An expectation's outcome as a check; ``note`` says which rows it was decided on."""
     described = describe(outcome) + note
     if outcome.error:
         return CheckResult(NAME, name, Status.ERROR, f"{described}: cannot evaluate: {outcome.error.splitlines()[0]}")
     details = {k: outcome.result[k] for k in ("element_count", "unexpected_count", "unexpected_percent", "missing_count", "observed_value") if k in outcome.result}
     if outcome.success:
-        return CheckResult(NAME, name, Status.PASS, f"{described}: met", details=details)
+        unexpected = outcome.result.get("unexpected_count") or 0
+        allowed = f"; {_failure(outcome)}, as mostly = {outcome.kwargs['mostly']:g} allows" if unexpected and "mostly" in outcome.kwargs else ""
+        return CheckResult(NAME, name, Status.PASS, f"{described}: met{allowed}", details=details)
     details["examples"] = [_plain_cell(value) for value in outcome.result.get("partial_unexpected_list", [])]
     return CheckResult(NAME, name, Status.FAIL, f"{described}: {_failure(outcome)}", details=details)
 
@@ -330,7 +315,7 @@ def describe(outcome: ExpectationOutcome) -> str:
     if short == "table_columns_to_match_ordered_list":
         return f"columns are {', '.join(kwargs.get('column_list', []))} in this order"
     if short == "column_values_to_be_between":
-        return f"{column} within [{_num(kwargs.get('min_value'))}, {_num(kwargs.get('max_value'))}]"
+        return f"{column} within [{_num(kwargs.get('min_value'))}, {_num(kwargs.get('max_value'), '+∞')}]"
     if short == "column_values_to_not_be_null":
         mostly = kwargs.get("mostly")
         return f"{column} not null" + (f" in at least {mostly:.2%} of rows" if mostly is not None else "")
@@ -351,11 +336,11 @@ def _failure(outcome: ExpectationOutcome) -> str:
         unexpected, total = result.get("unexpected_count") or 0, result.get("element_count") or 0
         missing = result.get("missing_count")
         if outcome.type == "expect_column_values_to_not_be_null":
-            return f"{unexpected:,} of {total:,} values are null ({unexpected / max(total, 1):.2%})"
+            return f"{unexpected:,} of {total:,} values are null ({100 * unexpected / max(total, 1):.3g}%)"
         examples = ", ".join(map(str, result.get("partial_unexpected_list", [])[:5]))
         if "element_count" not in result:  # counted over the column's distinct values, not its rows
             return f"{unexpected} unexpected distinct value(s)" + (f": {examples}" if examples else "")
-        text = f"{unexpected:,} of {total:,} values unexpected ({(result.get('unexpected_percent') or 0):.2f}% of non-null)"
+        text = f"{unexpected:,} of {total:,} values unexpected ({(result.get('unexpected_percent') or 0):.3g}% of non-null)"
         text += f", e.g. {examples}" if examples else ""
         return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
     return f"observed {result.get('observed_value')!r}"
@@ -364,9 +349,11 @@ def _failure(outcome: ExpectationOutcome) -> str:
 def _num(value, unbounded: str = "−∞") -> str:
     """A bound as people read it: whole numbers with thousands separators, others to 4 digits, a bound that
     is no number (a date, in a user's suite) as written."""
+    from ..validation import is_number
+
     if value is None:
         return unbounded
-    if not _is_number(value):
+    if not is_number(value):
         return str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
