@@ -11,7 +11,8 @@ and each batch's share of the sample) and the stages' after it (the sample's cop
     rate = (peak at 1,000,000 rows − peak at 250,000) / 750,000 rows / a (batch or sample) row's bytes
 
 A row's bytes are the gate's estimate: in a batch, its columns as stored, the target as float64 and both
-models' outputs (float64); in the sample, the features as float32, the target, the outputs and its key.
+models' outputs (float64); in the sample, its columns as stored, the target as float64, the outputs and
+its key.
 
     python benchmarks/scan_memory.py     # ~4 minutes on two cores; data kept under benchmarks/.data/
 """
@@ -69,7 +70,8 @@ def row_bytes(dtype: str) -> tuple[int, int]:
     """(a batch row's, a sample row's) bytes, as the gate estimates them for this set and a regressor pair."""
     width = np.dtype(dtype).itemsize
     outputs = 2 * 8
-    return len(FEATURES) * width + 8 + 8 + outputs, 4 * len(FEATURES) + 8 + outputs + 8
+    stored = len(FEATURES) * width + 8  # every column as stored (the target y is float64)
+    return stored + 8 + outputs, stored + 8 + outputs + 8
 
 
 def peak_gib(folder: Path, chunk_rows: int, sample_rows: int) -> float:

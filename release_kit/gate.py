@@ -246,7 +246,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
 
     from .data import ExcludedRows, GoldenSet
     from .environment import available_memory_bytes
-    from .scale.batches import ScanPlan
+    from .scale.batches import FeatureColumns, ScanPlan
     from .scale.engines import run_local, run_ray
     from .scale.sizing import chunk_rows_that_fit
     from .validation import counted_ranges
@@ -289,19 +289,20 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     sample = summary.sample.ordered()
     # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
     # the user's stderr from ~100 columns on).
-    # The suites check each column as the files store it: a boolean feature (the models' 0 and 1) as booleans.
+    # The suites check each column as the files store it: an int64 feature as int64, a boolean one (the
+    # models' 0 and 1) as booleans. The models' float32 matrix is stacked from those columns, as each batch's.
     stored = {name: {footer.kinds[name] for footer in source.footers} for name in plan.columns}
-    columns = {name: sample["features"][:, j].astype(bool) if stored[name] == {"booleans"} else sample["features"][:, j]
-               for j, name in enumerate(spec.features)}
-    columns[spec.target] = _target_as_stored(sample["target"], spec, stored[spec.target])
+    features_matrix = FeatureColumns(tuple(sample[f"column:{name}"] for name in spec.features)).stacked()
+    columns = {name: sample[f"column:{name}"].astype(bool) if stored[name] == {"booleans"} else sample[f"column:{name}"]
+               for name in plan.columns if name != spec.target}
+    columns[spec.target] = _target_as_stored(sample[f"column:{spec.target}"], spec, stored[spec.target])
     columns.update({name: sample[f"column:{name}"] for name in plan.carried})
     frame = pd.DataFrame(columns)
-    if plan.carried:  # the files' column order, as a golden set read whole has it
-        order = source.common_columns()
-        frame = frame[[c for c in order if c in frame.columns] + [c for c in frame.columns if c not in order]]
+    order = source.common_columns()  # the files' column order, as a golden set read whole has it
+    frame = frame[[c for c in order if c in frame.columns] + [c for c in frame.columns if c not in order]]
     excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
     golden = GoldenSet(
-        path=source.name, frame=frame, inputs=(np.ascontiguousarray(sample["features"]),), target=sample["target"],
+        path=source.name, frame=frame, inputs=(features_matrix,), target=sample["target"],
         sha256=digest.result(), excluded=excluded, feature_names=tuple(spec.features),
         sampled_from=summary.used_rows, total_rows=summary.rows, streamed_by=run_spec.engine,
     )
@@ -340,9 +341,11 @@ def _scan_row_bytes(spec, source, plan, models) -> ScanRowBytes:
     stored = source.value_bytes(plan.read_columns)
     output_bytes = len(models) * 8 * width  # float64, each model's
     features = plan.features["candidate"]
-    sampled = len(features) + (len(plan.features["baseline"]) if plan.features.get("baseline", features) != features else 0)
+    # The sample keeps every column as stored, the target as float64 too, a baseline reading other features
+    # its float32 matrix, and each row's key.
+    baseline_matrix = 4 * len(plan.features["baseline"]) if plan.features.get("baseline", features) != features else 0
     return ScanRowBytes(batch=math.ceil(sum(stored.values()) + 8 + output_bytes),  # the target as float64 too
-                        sample=math.ceil(4 * sampled + 8 + output_bytes + 8 + sum(stored[c] for c in plan.carried)))  # float32 features, target, key
+                        sample=math.ceil(sum(stored.values()) + 8 + baseline_matrix + output_bytes + 8))
 
 
 def _target_as_stored(target, spec, kinds: set[str]):

@@ -1079,6 +1079,43 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     assert unusable["status"] == "error" and "bound {'$PARAMETER': 't'} is not a number" in unusable["summary"]
 
 
+def test_a_streamed_sample_holds_each_column_as_its_files_store_it(tmp_path, power, cli, monkeypatch):
+    """The data stage's suites see a streamed sample's columns with the files' types and order, the model
+    columns too, as the same rows read whole: the sample once held the features as the models' float32 and
+    the target as float64, so a suite typing a feature int64 failed streamed and passed read whole."""
+    import shutil
+
+    frame = pf.make_dataset(12_000, seed=27).astype({"day_of_year": "int32", "cloud_cover": "float32", pf.TARGET: "float32"})
+    frame = frame[[pf.TARGET, *[c for c in frame.columns if c != pf.TARGET]]]  # the target first
+    (tmp_path / "golden").mkdir()
+    for index in range(3):
+        frame.iloc[index * 4_000 : (index + 1) * 4_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
+    frame.to_parquet(tmp_path / "all.parquet", index=False)
+    typed = {"hour": "int64", "day_of_year": "int32", "cloud_cover": "float32", "temperature": "float64", pf.TARGET: "float32"}
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    (tmp_path / "checks" / "expectations" / "types.json").write_text(json.dumps({"name": "types", "expectations": [
+        {"type": "expect_table_columns_to_match_ordered_list", "kwargs": {"column_list": list(frame.columns)}},
+        *({"type": "expect_column_values_to_be_of_type", "kwargs": {"column": c, "type_": t}} for c, t in typed.items()),
+    ]}))
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for golden in ("golden", "all.parquet"):  # a directory streams; one file of fewer rows than a batch is read whole
+        configure(tmp_path, power, tmp_path / golden, '[gate]\nstages = ["quality", "data"]\n')
+        text = (tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500")
+        (tmp_path / "release-kit.toml").write_text(text.replace("chunk_rows = 4000", "chunk_rows = 20000" if golden == "all.parquet" else "chunk_rows = 4000"))
+        reports[golden] = run(cli)
+    streamed, whole = ({c["name"]: c for c in reports[g]["checks"] if c["name"].startswith("golden/")} for g in ("golden", "all.parquet"))
+    assert len(streamed) == 6 and all(c["status"] == "pass" for c in whole.values()), whole
+    for name, check in streamed.items():
+        assert check["status"] == "pass", check
+        assert "on a uniform sample of 500 of 12,000 rows" in check["summary"] and "sample" not in whole[name]["summary"]
+    for name in ("mae", "rmse"):  # the models read the float32 matrix stacked from those columns, as in memory
+        a, b = metric(reports["golden"], name), metric(reports["all.parquet"], name)
+        for key in ("candidate", "baseline", "delta"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9), (name, key)
+
+
 def test_a_wide_streamed_golden_set_builds_its_sample_without_pandas_warnings(tmp_path, power, cli, monkeypatch):
     """150 columns no model reads, carried in the sample for the data stage: the sample's frame is built at
     once, where adding them one by one fragmented it and pandas warned on the user's stderr."""

@@ -311,7 +311,12 @@ def _summarize_rows(plan: ScanPlan, kept: KeptRows) -> ScanSummary:
     drift = {name: bins.counts(values[name]) for name, bins in plan.drift_bins.items()}
     below = key_threshold(plan.sample_rows, plan.total_rows) if plan.total_rows else None
     keys = row_keys([frame[c] for c in plan.features["candidate"][:KEY_COLUMNS]], target)
-    sample = BottomK.of(plan.sample_rows, keys, {**arrays, **{f"column:{n}": v for n, v in kept.carried.items()}}, below)
+    # The sample keeps every column as the files store it (the data stage validates it so: an int64 feature
+    # is no float32 there), the model columns included; their float32 matrix is stacked from them at the end.
+    sampled = {name: values for name, values in arrays.items() if name != "features"}
+    sampled.update({f"column:{name}": kept.frame[name] for name in plan.columns})
+    sampled.update({f"column:{name}": values for name, values in kept.carried.items()})
+    sample = BottomK.of(plan.sample_rows, keys, sampled, below)
     contract = ContractCounts.of(spec, keys, arrays) if len(target) else None
     changes, slices, pairs = None, {}, {}
     if baseline is not None and (plan.worst_rows or plan.slice_bins) and len(target):

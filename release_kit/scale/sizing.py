@@ -31,7 +31,7 @@ MIN_SAMPLE_ROWS = 100  # the least [run] sample_rows takes
 @dataclass(frozen=True)
 class ScanRowBytes:
     """Bytes one row takes in a batch (its columns as stored, the target as float64, both models' outputs)
-    and in the sample (the features as float32, the target, the outputs, its key, the carried columns)."""
+    and in the sample (its columns as stored, the target as float64, the outputs, its key)."""
 
     batch: int
     sample: int
