@@ -177,7 +177,7 @@ def prepare(
             if "data" in config.gate.stages:
                 from .validation import golden_suites
 
-                suites = tuple(golden_suites(config.data, reference))
+                suites = tuple(golden_suites(config.data, reference, min(streamed.rows(), run_spec.max_rows or streamed.rows())))
             scan, golden, predicted, inputs = _scan(config, streamed, digest, models, baseline_features, progress, reference, suites)
         else:
             if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:

@@ -165,6 +165,58 @@ def test_time_columns_are_held_to_their_type_not_to_the_references_times(project
     assert typed["status"] == "fail" and "seen is datetime64[" in typed["summary"], typed["summary"]
 
 
+@pytest.mark.parametrize("layout", ["file", "streamed"])
+def test_a_profile_passes_data_drawn_as_its_reference_was_and_fails_more_nulls(project, with_reference, power, cli, layout):
+    """Golden rows drawn as the reference's were pass its profile: a text category column (a Parquet
+    dictionary, pandas' ``category``: GX typed it "CategoricalDtypeType", which no type list names) and a
+    column a third null, whose golden share is above the reference's by sampling alone (the profile allowed
+    the reference's share exactly: data drawn alike failed about half the time). Twice the nulls fail;
+    so does one null in a column the reference has none in. Read whole and streamed alike."""
+    rng = np.random.default_rng(5)
+    reference, golden = pd.read_csv(power["train"]), pd.concat([pd.read_csv(power["golden"])] * 4, ignore_index=True)
+    for frame in (reference, golden):
+        frame["site"] = pd.Categorical(rng.choice(["north", "south", "east"], len(frame)))
+        frame["note"] = pd.Series(rng.choice(["a", "b"], len(frame)), dtype=object)
+    reference.loc[rng.random(len(reference)) < 1 / 3, "note"] = None
+    golden.loc[rng.random(len(golden)) < 0.345, "note"] = None  # above the reference's share, within its noise
+    assert golden["note"].isna().mean() > reference["note"].isna().mean() + 0.005
+    reference.to_parquet(project.root / "reference.parquet", index=False)
+
+    def note_and_site(frame: pd.DataFrame) -> dict:
+        target = project.root / ("golden" if layout == "streamed" else "golden.parquet")
+        if layout == "streamed":
+            target.mkdir(exist_ok=True)
+            frame.to_parquet(target / "part-0.parquet", index=False)
+        else:
+            frame.to_parquet(target, index=False)
+        with_reference(golden=target, reference=project.root / "reference.parquet")
+        result = cli("check", "--candidate", str(power["better"]), "--report", "report.json")
+        assert result.exit_code in (0, 1), result.output[-2000:]
+        checks = {c["name"]: c for c in json.loads((project.root / "report.json").read_text())["checks"] if c["stage"] == "data"}
+        assert ("streamed" in checks["golden/note:column_values_to_not_be_null"]["summary"]) == (layout == "streamed")
+        return {name: c for name, c in checks.items() if name.startswith(("golden/site:", "golden/note:"))}
+
+    drawn_alike = note_and_site(golden)
+    assert len(drawn_alike) == 6 and all(c["status"] == "pass" for c in drawn_alike.values()), drawn_alike
+    doubled = golden.copy()
+    doubled.loc[rng.random(len(doubled)) < 0.35, "note"] = None
+    assert note_and_site(doubled)["golden/note:column_values_to_not_be_null"]["status"] == "fail"
+    golden.loc[3, "site"] = None
+    assert note_and_site(golden)["golden/site:column_values_to_not_be_null"]["status"] == "fail"
+
+
+def test_the_null_allowance_is_two_samples_noise_and_none_for_a_column_without_nulls():
+    from release_kit.validation import NULL_SHARE_Z, null_sampling_margin
+
+    assert null_sampling_margin(0.0, 1_000, 1_000) == null_sampling_margin(1.0, 1_000, 1_000) == 0.0
+    assert null_sampling_margin(0.25, 1_000, 3_000) == pytest.approx(NULL_SHARE_Z * math.sqrt(0.25 * 0.75 * (1 / 1_000 + 1 / 3_000)))
+    # Drawn alike, a golden share beyond the allowance is as rare as NULL_SHARE_Z says (one-sided ~0.05 %).
+    rng = np.random.default_rng(0)
+    p, n, m = 0.2, 2_000, 500
+    exceeded = [rng.binomial(m, p) / m > (r := rng.binomial(n, p) / n) + null_sampling_margin(r, n, m) for _ in range(20_000)]
+    assert np.mean(exceeded) < 0.003
+
+
 def test_user_suites_in_checks_expectations(project, power, cli):
     project.config(DATA)
     project.write("checks/expectations/physics.json", json.dumps({

@@ -44,7 +44,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
     reference = None
     if spec.reference and not tensor_reference:  # prepare may have read it already (a streamed set's drift bins)
         reference = gate.reference if gate.reference is not None else read_table(spec.reference)
-    suites = list(gate.suites) if gate.suites is not None else golden_suites(spec, reference)
+    suites = list(gate.suites) if gate.suites is not None else golden_suites(spec, reference, len(golden.read))
     for suite in suites:
         suite.gx_suite()  # a configuration GX refuses is bad input: exit 2 before anything runs
 
