@@ -241,12 +241,15 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     """Stream the golden set through both models on the configured engine; the sample stands in for the
     golden set in the stages that need rows, the scan's sums decide the quality metrics over every row, and
     its counts the data stage's ranges (of ``suites``) over every row."""
+    import dataclasses
+
     import numpy as np
     import pandas as pd
 
     from .data import ExcludedRows, GoldenSet
     from .environment import available_memory_bytes
     from .scale.batches import FeatureColumns, ScanPlan
+    from .scale.stats import BottomK
     from .scale.engines import run_local, run_ray
     from .scale.sizing import chunk_rows_that_fit
     from .validation import counted_ranges
@@ -287,6 +290,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     if summary.used_rows == 0:
         raise InputError(f"{source.name}: no usable golden row: every row has NaN/inf or impossible values")
     sample = summary.sample.ordered()
+    summary = dataclasses.replace(summary, sample=BottomK(summary.sample.k, [], 0))  # its parts let go: the stages read ``sample``
     # Every column at once: one per carried column, added one by one, fragments the frame (pandas warns on
     # the user's stderr from ~100 columns on).
     # The suites check each column as the files store it: an int64 feature as int64, a boolean one (the
@@ -297,9 +301,9 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
                for name in plan.columns if name != spec.target}
     columns[spec.target] = _target_as_stored(sample[f"column:{spec.target}"], spec, stored[spec.target])
     columns.update({name: sample[f"column:{name}"] for name in plan.carried})
-    frame = pd.DataFrame(columns)
     order = source.common_columns()  # the files' column order, as a golden set read whole has it
-    frame = frame[[c for c in order if c in frame.columns] + [c for c in frame.columns if c not in order]]
+    names = [c for c in order if c in columns] + [c for c in columns if c not in order]
+    frame = pd.DataFrame({name: columns[name] for name in names}, copy=False)  # the sample's arrays, not a copy
     excluded = ExcludedRows(np.zeros(0, dtype=np.int64), summary.excluded, count=summary.excluded_rows)
     golden = GoldenSet(
         path=source.name, frame=frame, inputs=(features_matrix,), target=sample["target"],

@@ -1797,6 +1797,28 @@ def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, c
     assert "binned" not in next(c for c in fits["checks"] if c["name"] == "roc_auc")["summary"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(0, 2**64 - 1), unique=True, max_size=80), k=st.integers(1, 30),
+       cuts=st.lists(st.integers(0, 80), max_size=6), order=st.permutations(range(7)))
+def test_a_sample_merged_in_any_grouping_is_the_k_smallest_keys_rows_in_key_order(keys, k, cuts, order):
+    """The bottom-k sample of batches merged in any order (compacting as it goes) holds the rows of the k
+    smallest keys, in key order, each column with its own rows."""
+    from release_kit.scale.stats import BottomK
+
+    keys = np.array(keys, dtype=np.uint64)
+    values = np.arange(len(keys), dtype=np.float64) * 1.5
+    bounds = sorted({0, len(keys), *(min(c, len(keys)) for c in cuts)})
+    parts = [BottomK.of(k, keys[a:b], {"x": values[a:b], "y": values[a:b].astype(np.int64)}) for a, b in zip(bounds, bounds[1:])]
+    parts = [parts[i] for i in order if i < len(parts)]
+    merged = parts[0] if parts else BottomK(k, [], 0)
+    for part in parts[1:]:
+        merged = merged.merge(part)
+    sample = merged.ordered()
+    expected = np.argsort(keys, kind="stable")[:k]
+    assert np.array_equal(sample.get("x", np.zeros(0)), values[expected])
+    assert np.array_equal(sample.get("y", np.zeros(0, np.int64)), values[expected].astype(np.int64))
+
+
 @settings(max_examples=300, deadline=None)
 @given(values=st.lists(st.one_of(st.floats(width=32), st.sampled_from([0.0, 1.0, -1.0])), min_size=0, max_size=40),
        dtype=st.sampled_from(["float32", "float64", "int64"]),

@@ -20,7 +20,7 @@ from ..files import byte_size
 # (ScanRowBytes). A batch's rows took up to 2.7× their bytes (read ahead, prepared, scored, summarized, and
 # each one's share of the sample), up to 4.2× on a set of 6,000,000 float64 rows; a sample's rows up to 4.4×,
 # 5.3× on that set (its parts before a compaction, the compaction, the golden set and the frames built from
-# it). A local Ray of two actors took ~5.6× per batch row (float64), ~2.8× an actor: each actor is a holder.
+# it), 3.4× since its compaction takes a column at a time (2026-12-06, 50 columns). A local Ray of two actors took ~5.6× per batch row (float64), ~2.8× an actor: each actor is a holder.
 BATCH_COPIES = 4.5
 SAMPLE_COPIES = 5.5
 HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)

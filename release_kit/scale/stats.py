@@ -577,16 +577,26 @@ class BottomK:
 
     def compacted(self) -> BottomK:
         """One part of at most k rows."""
-        keys = np.concatenate([keys for keys, _ in self.parts])
-        names = self.parts[0][1].keys()
-        arrays = {name: np.concatenate([part[name] for _, part in self.parts]) for name in names}
-        return BottomK.of(self.k, keys, arrays)
+        keys, kept = self._kept()
+        return BottomK(self.k, [(keys[kept], self._taken(kept))], len(kept))
 
     def ordered(self) -> dict[str, np.ndarray]:
         """The sample's rows by key: a deterministic order whatever the merge order."""
-        keys, arrays = self.compacted().parts[0]
-        order = np.argsort(keys, kind="stable")
-        return {name: a[order] for name, a in arrays.items()}
+        if not self.parts:
+            return {}
+        keys, kept = self._kept()
+        return self._taken(kept[np.argsort(keys[kept], kind="stable")])
+
+    def _kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every part's keys, joined, and the positions of the k smallest among them."""
+        keys = np.concatenate([keys for keys, _ in self.parts])
+        return keys, np.argpartition(keys, self.k - 1)[: self.k] if len(keys) > self.k else np.arange(len(keys))
+
+    def _taken(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The parts' ``rows`` (positions in their joined rows), a column at a time: the rows kept are held once
+        beside the parts, where joining every column first held them twice more (a sample of 1,000,000 wide
+        rows is gigabytes: its compaction was a scan's peak)."""
+        return {name: np.concatenate([arrays[name] for _, arrays in self.parts])[rows] for name in self.parts[0][1]}
 
 
 @dataclass
