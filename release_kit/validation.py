@@ -147,8 +147,13 @@ def load_suites(location: Path) -> list[Suite]:
 
 
 def _load_suite(path: Path) -> Suite:
+    def no_constant(name: str):
+        # Python's json reads NaN and Infinity, which JSON has not: a NaN bound compares false with every
+        # value, so GX fails every row read whole while counts over a streamed set's rows found none outside.
+        raise InputError(f"{path}: cannot read expectation suite: {name} is no JSON number (write a finite bound, or none)")
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read expectation suite: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
@@ -201,6 +206,7 @@ def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str, c
     column's null share may exceed the reference's by its sampling noise against data of ``compared_rows``
     rows (as many as the reference's when not given) and by ``null_margin``.
     """
+    import numpy as np
     import pandas as pd
 
     tolerated = {"mostly": spec.mostly} if spec.mostly < 1 else {}
@@ -237,7 +243,12 @@ def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str, c
             value_set = sorted(_plain(v) for v in distinct)
             expectations.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": value_set, **tolerated}})
         elif numeric:
-            low, high = float(present.min()), float(present.max())
+            # Over the finite values: an infinity would make the range's margin NaN, a bound every value
+            # fails (and ±inf is never within a range: GX counts it outside, as a NaN/inf golden row fails).
+            finite = present[np.isfinite(present.to_numpy(dtype=float))]
+            if finite.empty:
+                continue
+            low, high = float(finite.min()), float(finite.max())
             margin = spec.range_margin * (high - low)
             expectations.append({
                 "type": "expect_column_values_to_be_between",

@@ -205,6 +205,21 @@ def test_a_profile_passes_data_drawn_as_its_reference_was_and_fails_more_nulls(p
     assert note_and_site(golden)["golden/site:column_values_to_not_be_null"]["status"] == "fail"
 
 
+def test_a_reference_with_infinities_is_profiled_into_finite_ranges_a_suite_file_holds(project, cli):
+    """An infinity in a reference column made its range's margin NaN: a bound every value fails read whole
+    (and none streamed), which ``data profile`` wrote as JSON's non-number NaN. The range is the finite
+    values'; a column of infinities gets none."""
+    frame = pd.DataFrame({"a": [1.0, 2.0, np.inf, -np.inf, 3.0], "b": [np.inf] * 5})
+    frame.to_csv(project.root / "reference.csv", index=False)
+    result = cli("data", "profile", "--reference", "reference.csv", "--out", "suite.json")
+    assert result.exit_code == 0, result.output
+    from release_kit.validation import load_suites
+
+    (suite,) = load_suites(project.root / "suite.json")  # standard JSON: NaN and Infinity are refused
+    ranges = {e["kwargs"]["column"]: e["kwargs"] for e in suite.expectations if e["type"] == "expect_column_values_to_be_between"}
+    assert set(ranges) == {"a"} and (ranges["a"]["min_value"], ranges["a"]["max_value"]) == pytest.approx((0.8, 3.2))
+
+
 def test_the_null_allowance_is_two_samples_noise_and_none_for_a_column_without_nulls():
     from release_kit.validation import NULL_SHARE_Z, null_sampling_margin
 
@@ -257,6 +272,11 @@ def test_user_suites_in_checks_expectations(project, power, cli):
          '"row_condition": "@pd.read_pickle(\'x.pkl\')", "condition_parser": "pandas"}}]}', "is not an expression"),
         ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", "row_condition": '
          '{"type": "pass_through", "pass_through_filter": "hour.to_csv(\'written.csv\') == 0"}}}]}', "must be a pandas expression"),
+        # A NaN bound (Python's json reads it) failed every row read whole and none streamed.
+        ('{"expectations": [{"type": "expect_column_values_to_be_between", "kwargs": {"column": "hour", "min_value": NaN}}]}',
+         "NaN is no JSON number"),
+        ('{"expectations": [{"type": "expect_column_max_to_be_between", "kwargs": {"column": "hour", "max_value": -Infinity}}]}',
+         "-Infinity is no JSON number"),
         # pandas folds a condition's constants in Python: a tower of powers never ended.
         ('{"expectations": [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "hour", '
          '"row_condition": "hour > 10 ** 10 ** 10", "condition_parser": "pandas"}}]}', "a power's exponent must be a number"),
