@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .config import DataSpec, ProfileSpec
-    from .scale.stats import ValueRange
+    from .scale.stats import ValueCondition
 
 UNEXPECTED_EXAMPLES = 5
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64",
@@ -114,30 +114,38 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def counted_range(expectation: dict[str, Any]) -> ValueRange | None:
-    """The range whose exceptions a streamed golden set counts over every row for this expectation: an
-    ``expect_column_values_to_be_between`` on every row, with bounds that are numbers; None for any other
-    (GX decides it on the sample)."""
+def counted_condition(expectation: dict[str, Any]) -> ValueCondition | None:
+    """The range or set whose exceptions a streamed golden set counts over every row for this expectation:
+    an ``expect_column_values_to_be_between`` with bounds that are numbers, or an
+    ``expect_column_values_to_be_in_set`` of plain values (text, numbers, booleans), on every row; None for
+    any other (GX decides it on the sample)."""
+    from .scale.stats import ValueRange, ValueSet
+
     kwargs = expectation.get("kwargs", {})
-    low, high = kwargs.get("min_value"), kwargs.get("max_value")
-    if (expectation.get("type") != "expect_column_values_to_be_between" or not on_every_row(expectation)
-            or not isinstance(kwargs.get("column"), str) or (low is None and high is None)
-            or not all(is_number(bound) for bound in (low, high) if bound is not None)):
+    if not on_every_row(expectation) or not isinstance(kwargs.get("column"), str):
         return None
-    from .scale.stats import ValueRange
+    if expectation.get("type") == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        if (low is None and high is None) or not all(is_number(bound) for bound in (low, high) if bound is not None):
+            return None
+        return ValueRange(low, high, bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max")))
+    if expectation.get("type") == "expect_column_values_to_be_in_set":
+        values = kwargs.get("value_set")
+        if not isinstance(values, list) or not all(isinstance(v, (str, int, float, bool)) for v in values):
+            return None
+        return ValueSet(tuple(values))
+    return None
 
-    return ValueRange(low, high, bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max")))
 
-
-def counted_ranges(suites: list[Suite]) -> dict[str, tuple[ValueRange, ...]]:
-    """Column → the distinct ranges of :func:`counted_range` over every suite."""
-    ranges: dict[str, dict[ValueRange, None]] = {}
+def counted_conditions(suites: list[Suite]) -> dict[str, tuple[ValueCondition, ...]]:
+    """Column → the distinct conditions of :func:`counted_condition` over every suite."""
+    found: dict[str, dict[ValueCondition, None]] = {}
     for suite in suites:
         for expectation in suite.expectations:
-            value_range = counted_range(expectation)
-            if value_range is not None:
-                ranges.setdefault(expectation["kwargs"]["column"], {})[value_range] = None
-    return {column: tuple(found) for column, found in ranges.items()}
+            condition = counted_condition(expectation)
+            if condition is not None:
+                found.setdefault(expectation["kwargs"]["column"], {})[condition] = None
+    return {column: tuple(conditions) for column, conditions in found.items()}
 
 
 def load_suites(location: Path) -> list[Suite]:

@@ -1052,7 +1052,8 @@ def test_the_data_stage_validates_every_column_and_decides_counts_over_every_row
     minimum = streamed["golden/temperature:column_min_to_be_between"]
     assert minimum["details"]["observed_value"] == -60.0 and "over all 30,000 rows, streamed" in minimum["summary"]
     assert "over all 30,000 rows" in streamed["golden/table:table_row_count_to_be_between"]["summary"]
-    assert "on a uniform sample of 500 of 30,000 rows" in streamed["golden/site:column_values_to_be_in_set"]["summary"]
+    assert "over all 30,000 rows, streamed" in streamed["golden/site:column_values_to_be_in_set"]["summary"]
+    assert "on a uniform sample of 500 of 30,000 rows" in streamed["golden/table:table_columns_to_match_ordered_list"]["summary"]
 
     # The columns no model reads are counted over every row too: one null text value and one float out of
     # range, in rows the sample does not hold, fail their expectations.
@@ -1136,11 +1137,12 @@ def test_a_wide_streamed_golden_set_builds_its_sample_without_pandas_warnings(tm
     assert not [w for w in caught if issubclass(w.category, pd.errors.PerformanceWarning)], [str(w.message) for w in caught]
 
 
-def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decides_them(tmp_path, power, cli, monkeypatch):
-    """A streamed set's range and not-null expectations are decided from counts over every row, with GX's
-    rules: ``mostly`` (of the non-null values, for a range), ``strict_min``/``strict_max``, NaN missing and
-    ±inf a value. The same file read whole (GX on every row) gives the same statuses and counts. The
-    minimum and maximum alone once failed a range that ``mostly`` lets a few values leave."""
+def test_range_set_and_not_null_expectations_are_decided_over_every_row_as_gx_decides_them(tmp_path, power, cli, monkeypatch):
+    """A streamed set's range, set and not-null expectations are decided from counts over every row, with
+    GX's rules: ``mostly`` (of the non-null values, for a range or set), ``strict_min``/``strict_max``, NaN
+    and null missing, ±inf a value. The same file read whole (GX on every row) gives the same statuses and
+    counts. The minimum and maximum alone once failed a range that ``mostly`` lets a few values leave, and
+    a value outside a set in rows the sample missed passed."""
     import shutil
 
     frame = pf.make_dataset(9_000, seed=22)
@@ -1150,6 +1152,9 @@ def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decide
     humidity[[30, 40]] = [-np.inf, np.inf]
     humidity[[50, 60, 70]] = np.nan  # missing: never outside a range
     frame["humidity"] = humidity
+    site = np.where(np.arange(len(frame)) % 2 == 0, "north", "south").astype(object)
+    site[[5, 6_000]], site[[7, 8]] = "west", None  # a text column no model reads: 2 outside, 2 missing
+    frame["site"] = site
     (tmp_path / "golden").mkdir()
     frame.to_parquet(tmp_path / "golden" / "all.parquet")
     between = "expect_column_values_to_be_between"
@@ -1162,6 +1167,9 @@ def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decide
         {"type": between, "kwargs": {"column": "humidity", "max_value": 1, "mostly": 0.999}},
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "humidity", "mostly": 0.999}},
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "humidity"}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "site", "value_set": ["north", "south"]}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "site", "value_set": ["north", "south"], "mostly": 0.999}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "hour", "value_set": list(range(23))}},
     ]}))
     shutil.copy(power["better"], tmp_path / "candidate.pt")
     monkeypatch.chdir(tmp_path)
@@ -1172,7 +1180,7 @@ def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decide
         (tmp_path / "release-kit.toml").write_text(text.replace("chunk_rows = 4000", f"chunk_rows = {chunk_rows}"))
         reports[chunk_rows] = {c["name"]: c for c in run(cli)["checks"] if c["name"].startswith("golden/")}
     streamed, whole = reports[2_000], reports[10_000]
-    assert set(streamed) == set(whole) and len(streamed) == 7
+    assert set(streamed) == set(whole) and len(streamed) == 10
     for name, check in streamed.items():
         assert "over all 9,000 rows, streamed" in check["summary"] and "streamed" not in whole[name]["summary"], check
         assert check["status"] == whole[name]["status"], (check, whole[name])
@@ -1186,6 +1194,9 @@ def test_range_and_not_null_expectations_are_decided_over_every_row_as_gx_decide
         "humidity:column_values_to_be_between#3": ("pass", 1),  # +inf alone, within mostly
         "humidity:column_values_to_not_be_null": ("pass", 3),
         "humidity:column_values_to_not_be_null#2": ("fail", 3),
+        "site:column_values_to_be_in_set": ("fail", 2),
+        "site:column_values_to_be_in_set#2": ("pass", 2),
+        "hour:column_values_to_be_in_set": ("fail", int((frame["hour"] == 23).sum())),
     }, statuses
     assert "30 of 9,000 values unexpected" in streamed["golden/temperature:column_values_to_be_between#2"]["summary"]
 
@@ -1836,8 +1847,8 @@ def test_values_outside_a_range_counted_in_batches_are_pandas_count_over_the_col
     column = column.astype(dtype)
     value_range = ValueRange(low, high, strict_low, strict_high)
     first, second = ColumnCounts(), ColumnCounts()
-    first.add("x", column[:cut], ranges=(value_range,))
-    second.add("x", column[cut:], ranges=(value_range,))
+    first.add("x", column[:cut], conditions=(value_range,))
+    second.add("x", column[cut:], conditions=(value_range,))
     merged = first.merge(second)
     series = pd.Series(column)
     outside = pd.Series(False, index=series.index)

@@ -13,7 +13,7 @@ from ..errors import InputError
 from .source import arrow_kind
 from .stats import (
     KEY_COLUMNS, BottomK, ChangeSketch, ColumnCounts, ContractCounts, Moments, PairedChanges, RowVectors, ScanSummary, ScoreHistogram,
-    ValueRange, WorstRows, key_threshold, row_keys, streamed_moments,
+    ValueCondition, ValueSet, WorstRows, key_threshold, row_keys, streamed_moments,
 )
 
 if TYPE_CHECKING:
@@ -44,9 +44,9 @@ class ScanPlan:
     # does a golden set read whole: kept in the sample and counted (nulls, a numeric column's range), never
     # checked, and no row is excluded for them.
     carried: tuple[str, ...] = ()
-    # Column → the data stage's ranges whose exceptions are counted over every row (GX's ``mostly`` needs the
-    # count, not only the column's minimum and maximum).
-    value_ranges: dict[str, tuple[ValueRange, ...]] = field(default_factory=dict)
+    # Column → the data stage's ranges and sets whose exceptions are counted over every row (GX's ``mostly``
+    # needs the count, not only the column's minimum and maximum).
+    value_conditions: dict[str, tuple[ValueCondition, ...]] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -161,7 +161,7 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
             raise InputError(f"golden column '{name}' is not numeric")
         # A feature the models read as float32: a float64 value beyond its range is excluded, as in memory.
         limit = float32_max if name in read_as_float32 and values.dtype.kind == "f" and values.dtype.itemsize > 4 else None
-        mask = counts.add(name, values, limit, plan.value_ranges.get(name, ()))
+        mask = counts.add(name, values, limit, plan.value_conditions.get(name, ()))
         if mask is not None:
             masks[name] = mask
     target = frame[spec.target].astype(np.float64)
@@ -177,10 +177,13 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     rows = len(target)
     carried = {name: table.column(name).to_numpy(zero_copy_only=False) for name in plan.carried if name not in frame}
     for name, values in carried.items():  # counted over every row too (nulls, a numeric column's range); no row excluded
+        conditions = plan.value_conditions.get(name, ())
         if values.dtype.kind in "fiu":
-            counts.add(name, values, ranges=plan.value_ranges.get(name, ()))
+            counts.add(name, values, conditions=conditions)
+        elif values.dtype.kind in "Mm":  # times: GX parses a set's text as times, on the sample
+            counts.add_other(name, values, table.column(name).null_count)
         else:
-            counts.add_nulls(name, table.column(name).null_count)
+            counts.add_other(name, values, table.column(name).null_count, tuple(c for c in conditions if isinstance(c, ValueSet)))
     excluded_mask = np.logical_or.reduce(list(bad.values())) if bad else None
     if excluded_mask is not None:
         keep = ~excluded_mask

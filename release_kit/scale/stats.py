@@ -449,23 +449,41 @@ class ValueRange:
         return int(np.count_nonzero(below | above))
 
 
+@dataclass(frozen=True)
+class ValueSet:
+    """A set expectation's values (GX's ``expect_column_values_to_be_in_set``), whose exceptions a streamed
+    golden set counts over every row, as :class:`ValueRange`'s."""
+
+    values: tuple
+
+    def outside(self, values: np.ndarray) -> int:
+        """The values not in the set, as GX counts them (pandas' ``isin``): a null or NaN is missing."""
+        import pandas as pd
+
+        column = pd.Series(values, copy=False)
+        return int((~column.isin(self.values) & column.notna()).sum())
+
+
+ValueCondition = ValueRange | ValueSet
+
+
 @dataclass
 class ColumnCounts:
     """Per column over every row: values that are NaN/inf (or null), the nulls (NaN or null) among them, the
-    finite minimum and maximum, and the values outside each counted :class:`ValueRange`."""
+    finite minimum and maximum, and the values outside each counted :data:`ValueCondition`."""
 
     bad: dict[str, int] = field(default_factory=dict)
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
     nulls: dict[str, int] = field(default_factory=dict)
-    outside: dict[tuple[str, ValueRange], int] = field(default_factory=dict)
+    outside: dict[tuple[str, ValueCondition], int] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray, limit: float | None = None, ranges: tuple[ValueRange, ...] = ()) -> np.ndarray | None:
-        """Count one column's values; returns its mask of bad (NaN/inf) values, None when there are none.
-        ``limit``: finite values beyond ±limit are bad too (in the mask, counted in the range, not as NaN/inf):
-        a float64 feature beyond float32's range is infinite as the models read it."""
-        for value_range in ranges:
-            self.outside.setdefault((name, value_range), 0)
+    def add(self, name: str, values: np.ndarray, limit: float | None = None, conditions: tuple[ValueCondition, ...] = ()) -> np.ndarray | None:
+        """Count one numeric column's values; returns its mask of bad (NaN/inf) values, None when there are
+        none. ``limit``: finite values beyond ±limit are bad too (in the mask, counted in the range, not as
+        NaN/inf): a float64 feature beyond float32's range is infinite as the models read it."""
+        for condition in conditions:
+            self.outside.setdefault((name, condition), 0)
         self.nulls.setdefault(name, 0)
         if not len(values):
             return None
@@ -480,20 +498,23 @@ class ColumnCounts:
         self.bad[name] = self.bad.get(name, 0) + (int(bad.sum()) if bad is not None else 0)
         self.low[name] = min(self.low.get(name, math.inf), float(low))
         self.high[name] = max(self.high.get(name, -math.inf), float(high))
-        # The batch's range tells when none of its values can be outside: most batches skip the counting pass.
+        # The batch's range tells when none of its values can be outside a range: most batches skip its pass.
         extremes = np.array([low, high], dtype=values.dtype) if bad is None else None
-        for value_range in ranges:
-            if extremes is None or value_range.outside(extremes):
-                self.outside[(name, value_range)] += value_range.outside(values)
+        for condition in conditions:
+            if extremes is None or not isinstance(condition, ValueRange) or condition.outside(extremes):
+                self.outside[(name, condition)] += condition.outside(values)
         if limit is not None and (low < -limit or high > limit):  # the range tells: most batches skip this pass
             beyond = np.abs(values) > limit
             bad = beyond if bad is None else bad | beyond
         return bad
 
-    def add_nulls(self, name: str, nulls: int) -> None:
-        """Count a non-numeric column's nulls (it has no range)."""
+    def add_other(self, name: str, values: np.ndarray, nulls: int, sets: tuple[ValueSet, ...] = ()) -> None:
+        """Count a non-numeric column: its ``nulls`` (it has no range) and its values outside each set."""
         self.bad[name] = self.bad.get(name, 0) + nulls
         self.nulls[name] = self.nulls.get(name, 0) + nulls
+        for value_set in sets:
+            key = (name, value_set)
+            self.outside[key] = self.outside.get(key, 0) + (value_set.outside(values) if len(values) else 0)
 
     def merge(self, other: ColumnCounts) -> ColumnCounts:
         merged = ColumnCounts(_summed(self.bad, other.bad), dict(self.low), dict(self.high),

@@ -27,7 +27,10 @@ NAME = "data"
 # where they would miss rows.
 WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
                    "expect_column_min_to_be_between", "expect_column_max_to_be_between",
-                   "expect_column_values_to_not_be_null", "expect_column_values_to_be_between")
+                   "expect_column_values_to_not_be_null", "expect_column_values_to_be_between",
+                   "expect_column_values_to_be_in_set")
+# Those decided from a column's values outside a range or set (counted when the scan was planned with it).
+COUNTED_TYPES = ("expect_column_values_to_be_between", "expect_column_values_to_be_in_set")
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
@@ -80,14 +83,14 @@ def checks(gate: GateContext) -> list[StageCheck]:
 
 
 def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
-    from ..validation import counted_range, on_every_row
+    from ..validation import counted_condition, on_every_row
 
     kind, column = expectation["type"], expectation.get("kwargs", {}).get("column")
     counts = gate.scan.counts
     if kind not in WHOLE_SET_TYPES or not on_every_row(expectation):
         return False
-    if kind == "expect_column_values_to_be_between":  # counted when the scan was planned with its range
-        return (column, counted_range(expectation)) in counts.outside
+    if kind in COUNTED_TYPES:
+        return (column, counted_condition(expectation)) in counts.outside
     if kind == "expect_column_values_to_not_be_null":
         return column in counts.nulls
     return column is None or column in counts.low
@@ -100,7 +103,7 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
     from ..validation import is_number
 
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
-    if kind in ("expect_column_values_to_be_between", "expect_column_values_to_not_be_null"):
+    if kind in (*COUNTED_TYPES, "expect_column_values_to_not_be_null"):
         return counted_values(gate, expectation, name)
     counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs.get("column")
     bounds = [kwargs.get(key) for key in ("value", "min_value", "max_value")]
@@ -125,19 +128,19 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
 
 
 def counted_values(gate: GateContext, expectation: dict, name: str) -> CheckResult:
-    """A range or not-null expectation on a streamed golden set, decided over every row from the scan's
-    counts with GX's rule: it holds when the share of rows (for a range, of non-null values) that meet it is
-    at least ``mostly`` (1 by default), and vacuously when there are none."""
-    from ..validation import ExpectationOutcome, counted_range
+    """A range, set or not-null expectation on a streamed golden set, decided over every row from the scan's
+    counts with GX's rule: it holds when the share of rows (for a range or set, of non-null values) that
+    meet it is at least ``mostly`` (1 by default), and vacuously when there are none."""
+    from ..validation import ExpectationOutcome, counted_condition
 
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
     counts, rows, column = gate.scan.counts, gate.scan.rows, kwargs["column"]
     nulls = counts.nulls[column]
     result: dict[str, Any] = {"element_count": rows}
-    if kind == "expect_column_values_to_be_between":
-        unexpected, considered = counts.outside[(column, counted_range(expectation))], rows - nulls
+    if kind in COUNTED_TYPES:
+        unexpected, considered = counts.outside[(column, counted_condition(expectation))], rows - nulls
         result["missing_count"] = nulls
-        if considered:
+        if considered and column in counts.low:
             result["observed_value"] = {"min": counts.low[column], "max": counts.high[column]}
     else:
         unexpected, considered = nulls, rows
