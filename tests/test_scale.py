@@ -1154,7 +1154,7 @@ def test_range_set_and_not_null_expectations_are_decided_over_every_row_as_gx_de
     frame["humidity"] = humidity
     site = np.where(np.arange(len(frame)) % 2 == 0, "north", "south").astype(object)
     site[[5, 6_000]], site[[7, 8]] = "west", None  # a text column no model reads: 2 outside, 2 missing
-    frame["site"] = site
+    frame["site"] = pd.Categorical(site)  # stored as a Parquet dictionary column
     (tmp_path / "golden").mkdir()
     frame.to_parquet(tmp_path / "golden" / "all.parquet")
     between = "expect_column_values_to_be_between"

@@ -181,9 +181,9 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
         if values.dtype.kind in "fiu":
             counts.add(name, values, conditions=conditions)
         elif values.dtype.kind in "Mm":  # times: GX parses a set's text as times, on the sample
-            counts.add_other(name, values, table.column(name).null_count)
+            counts.add_other(name, table.column(name))
         else:
-            counts.add_other(name, values, table.column(name).null_count, tuple(c for c in conditions if isinstance(c, ValueSet)))
+            counts.add_other(name, table.column(name), tuple(c for c in conditions if isinstance(c, ValueSet)))
     excluded_mask = np.logical_or.reduce(list(bad.values())) if bad else None
     if excluded_mask is not None:
         keep = ~excluded_mask
