@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 NAME = "data"
 # Expectations a streamed golden set answers from its counts over every row (the row count, a counted
-# column's finite minimum and maximum, its nulls, its values outside a range) rather than from its sample,
+# column's finite minimum and maximum, its nulls, its values outside a range or set) rather than from its sample,
 # where they would miss rows.
 WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
                    "expect_column_min_to_be_between", "expect_column_max_to_be_between",
@@ -98,8 +98,8 @@ def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
 
 def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> CheckResult:
     """A row-count, column-minimum or column-maximum expectation on a streamed golden set, decided over every
-    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``); a range or
-    not-null one by :func:`counted_values`."""
+    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``); a range, set
+    or not-null one by :func:`counted_values`."""
     from ..validation import is_number
 
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
