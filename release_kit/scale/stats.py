@@ -522,12 +522,11 @@ class ColumnCounts:
     def add_other(self, name: str, column, sets: tuple[ValueSet, ...] = ()) -> None:
         """Count a non-numeric column (Arrow's): its nulls (it has no range) and its values outside each set
         (a text column's in Arrow, any other's as pandas compares them)."""
-        import pyarrow as pa
+        from .source import arrow_kind
 
         self.bad[name] = self.bad.get(name, 0) + column.null_count
         self.nulls[name] = self.nulls.get(name, 0) + column.null_count
-        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-        text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or getattr(pa.types, "is_string_view", lambda _: False)(kind)
+        text = arrow_kind(column.type) in ("text", "categories of text")
         for value_set in sets:
             key = (name, value_set)
             counted = 0 if not len(column) else value_set.outside_text(column) if text else value_set.outside(column.to_numpy(zero_copy_only=False))
