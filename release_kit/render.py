@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,24 @@ STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "
 
 def _num(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _interval(diff: MetricDiff) -> str:
+    """A metric's interval as ``[low, high]``; a dash for a figure measured without one (a latency in ms)."""
+    if _finite(diff.ci_low) is None and _finite(diff.ci_high) is None:
+        return "—"
+    return f"[{_signed(diff.ci_low)}, {_signed(diff.ci_high)}]"
+
+
+def _short(value: float | None) -> str:
+    """A number in at most about seven characters, for a chart's ticks and bar values: 3 significant
+    digits, thousands and millions as k and M."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def _finite(value: object, default: float | None = None) -> float | None:
@@ -46,6 +65,16 @@ def escape_markdown(text: object) -> str:
     """
     value = _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
     for raw, escaped in (("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("\r", " "), ("\n", " ")):
+        value = value.replace(raw, escaped)
+    return value
+
+
+def escape_html_text(text: object) -> str:
+    """Escape untrusted text inside the templates' raw HTML (a ``<summary>``): GitHub and CommonMark take an
+    HTML block as it is, so a markdown escape there would show its backslash; HTML's escapes, @ defused,
+    one line."""
+    value = html.escape(str(text), quote=True)
+    for raw, escaped in (("@", "@\u200b"), ("\r", " "), ("\n", " ")):
         value = value.replace(raw, escaped)
     return value
 
@@ -105,7 +134,7 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
     env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=escape_markdown, code=code_span, num=_num, signed=_signed, finite=_finite, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=escape_markdown, html=escape_html_text, code=code_span, num=_num, short=_short, interval=_interval, signed=_signed, finite=_finite, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
     )
     env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env
@@ -141,7 +170,7 @@ def markdown_to_html(markdown: str) -> str:
     """GitHub-flavoured enough for our templates: tables, raw HTML blocks (details, figures) passed through.
 
     Raw HTML is safe here because every user-supplied string in the templates goes through the ``md``
-    filter, which escapes ``<`` and ``>``.
+    filter, or inside the templates' own HTML the ``html`` filter: both escape ``<`` and ``>``.
     """
     from markdown_it import MarkdownIt
 

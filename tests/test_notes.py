@@ -84,6 +84,22 @@ def test_note_escapes_untrusted_text():
     assert "\\| &lt;b&gt;" in note  # a pipe cannot end the table cell
 
 
+def test_summaries_of_charts_and_tables_are_escaped_as_html_not_markdown():
+    """A ``<summary>`` is raw HTML, which GitHub and CommonMark show as it is: a markdown escape there showed
+    its backslash (``outliers::newly\\_broken``), in the PR comment and the HTML page alike."""
+    report = pinned_report()
+    title = "rows_changed <i>x</i> @team"
+    report.checks.append(CheckResult("outliers", "newly_broken", Status.WARN, "3 rows newly broken",
+                                     details={"chart": {"title": title, "labels": ["a"], "values": [1], "y_label": "rows"},
+                                              "table": {"title": "worst_rows", "columns": ["row"], "rows": [[1]]}}))
+    markdown = render.render_markdown(report)
+    assert "<summary>outliers::newly_broken: rows_changed &lt;i&gt;x&lt;/i&gt; @\u200bteam</summary>" in markdown
+    assert "<summary>outliers::newly_broken: worst_rows</summary>" in markdown
+    page = render.render_html(report)
+    assert "<summary>outliers::newly_broken: rows_changed &lt;i&gt;x&lt;/i&gt; @\u200bteam</summary>" in page
+    assert "<i>x</i>" not in page and "newly\\_broken" not in page
+
+
 def test_a_user_template_overrides_the_shipped_one(tmp_path):
     (tmp_path / "changelog-entry.md.j2").write_text("## [{{ release.version }}] - {{ release.date }}\n\n- {{ report.bump }}\n")
     assert render.render_changelog_entry(pinned_report(), RELEASE, templates_dir=tmp_path) == "## [1.1.0] - 2026-11-21\n\n- minor\n"
@@ -170,6 +186,28 @@ def test_html_note_is_one_self_contained_page():
     assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", html)  # nothing loaded from elsewhere
     assert "<table>" in html and "<svg" in html and "```" not in html  # tables and charts rendered, no raw markdown
     assert "&lt;b&gt;dusk" in html and "<b>dusk" not in html
+    # The chart has a y axis with its unit and ticks, and each bar its value above it.
+    ticks = re.findall(r'<text x="\d+" y="[\d.]+" class="label" text-anchor="end">([^<]*)</text>', html)
+    assert ticks == ["0", "20", "40"]
+    assert re.findall(r'class="value" text-anchor="middle">([^<]*)</text>', html) == ["3", "40", "2"]
+
+
+def test_a_figure_measured_without_an_interval_shows_a_dash_not_an_empty_one():
+    report = pinned_report()
+    report.checks.append(CheckResult("performance", "latency:batch=1", Status.PASS, "p50 0.0106 → 0.0107 ms",
+                                     (MetricDiff("p50_latency_ms", 0.0107, 0.0106, 0.0001, float("nan"), None, False, None),)))
+    markdown = render.render_markdown(report)
+    assert re.search(r"\| p50\\_latency\\_ms +\| 0.0106 \| 0.0107 \| \+0.0001 \| — \| — \|", markdown)
+    assert "| [-0.0294, -0.0248] |" in markdown  # an interval is shown as one
+
+
+def test_large_and_small_chart_numbers_fit_their_bars():
+    report = pinned_report()
+    report.checks[2] = CheckResult("outliers", "slices", Status.WARN, "regressed", details={
+        "chart": {"title": "rows", "labels": ["a", "b", "c", "d"], "values": [1387, 25_300, 4_200_000, 2.5e-7], "y_label": "rows"}})
+    html = render.render_html(report)
+    assert re.findall(r'class="value" text-anchor="middle">([^<]*)</text>', html) == ["1.39k", "25.3k", "4.2M", "2.5e-07"]
+    assert re.findall(r'class="label" text-anchor="end">([^<]*)</text>', html) == ["0", "2.1M", "4.2M"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium); .ci/run installs it")
