@@ -418,7 +418,10 @@ def data() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Take [data.profile] (margins, categorical columns, mostly) from this config (default: the one found here, if any).")
 @click.option("--name", help="Suite name (default: the reference's file name).")
-def profile(reference: str, out_path: Path, config_path: Path | None, name: str | None) -> None:
+@click.option("--golden-rows", type=click.IntRange(min=1),
+              help="Rows of the golden sets the suite will validate (default: the reference's): the null allowances and "
+                   "how far the ranges reach into the reference's tails are sized for them.")
+def profile(reference: str, out_path: Path, config_path: Path | None, name: str | None, golden_rows: int | None) -> None:
     """Profile a reference dataset into a GX expectation suite to review and commit."""
     from .config import ProfileSpec, find_config, load_config
     from .data import read_table
@@ -431,7 +434,8 @@ def profile(reference: str, out_path: Path, config_path: Path | None, name: str 
     outputs.check({Path(reference): "the reference it profiles", **({found: "the config it reads"} if found is not None else {})})
     spec = load_config(found).data.profile if found is not None else ProfileSpec()
     frame = read_table(reference)
-    suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference)
+    suite = profile_frame(frame, spec, name=name or Path(reference.rpartition("#")[2]).stem, source=reference,
+                          compared_rows=golden_rows)
     suite.gx_suite()  # the profile must be a suite GX accepts
     outputs.add(out_path, suite.to_json())
     outputs.write()

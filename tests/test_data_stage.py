@@ -232,6 +232,56 @@ def test_the_null_allowance_is_two_samples_noise_and_none_for_a_column_without_n
     assert np.mean(exceeded) < 0.003
 
 
+def profiled_range(reference: np.ndarray, compared_rows: int | None = None) -> tuple[float, float]:
+    from release_kit.config import ProfileSpec
+    from release_kit.validation import profile
+
+    suite = profile(pd.DataFrame({"x": reference}), ProfileSpec(), name="t", source="t", compared_rows=compared_rows)
+    (kwargs,) = [e["kwargs"] for e in suite.expectations if e["type"] == "expect_column_values_to_be_between"]
+    return kwargs["min_value"], kwargs["max_value"]
+
+
+@pytest.mark.parametrize("draw", ["normal", "exponential", "lognormal"])
+def test_a_profiled_range_fails_data_drawn_as_the_reference_was_rarely(draw):
+    """The reference's extremes plus the 10 % margin alone failed data drawn alike one time in 7 (normal), 4
+    (exponential) or 2 (log-normal) at the reference's size, and nearly always at 100 times its size. The range
+    now reaches as far as the reference's tail says the compared rows would: for a light tail fewer than 0.001
+    values beyond each bound expected by chance. A heavy tail reaches further than an exponential one: its
+    range fails far less often than before at the reference's size, but not rarely (the README says so)."""
+    rng = np.random.default_rng(0)
+    sample = {"normal": rng.normal, "exponential": rng.exponential, "lognormal": rng.lognormal}[draw]
+    for rows in (2_000,) if draw == "lognormal" else (2_000, 200_000):
+        failed = failed_before = 0
+        for _ in range(100 if rows == 2_000 else 40):
+            reference, data = sample(size=2_000), sample(size=rows)
+            low, high = profiled_range(reference, rows)
+            failed += bool(((data < low) | (data > high)).any())
+            margin = 0.1 * (reference.max() - reference.min())
+            failed_before += bool(((data < reference.min() - margin) | (data > reference.max() + margin)).any())
+        assert failed_before >= (5 if rows == 2_000 else 35), (draw, rows, failed_before)  # the premise
+        assert failed <= (2 if draw != "lognormal" else failed_before // 3), (draw, rows, failed, failed_before)
+
+
+def test_a_profiled_range_still_fails_impossible_values():
+    """The reach grows with the compared rows as a tail does (slowly for a light one), and a bounded or
+    discrete column's range stays its extremes plus the margin: a value no draw would reach still fails."""
+    rng = np.random.default_rng(1)
+    reference = rng.normal(20.0, 5.0, 5_000)
+    low, high = profiled_range(reference)
+    alike_low, alike_high = profiled_range(reference, 5_000)
+    assert (low, high) == (alike_low, alike_high)  # by default the compared rows are the reference's
+    far_low, far_high = profiled_range(reference, 100_000_000)
+    assert far_low < low and far_high > high
+    assert 20 - 12 * 5 < far_low and far_high < 20 + 12 * 5  # a normal tail reaches ~6 sd in 10⁸ rows, not 999
+    hours = rng.integers(0, 24, 5_000).astype(float)
+    assert profiled_range(hours, 100_000_000) == pytest.approx((-2.3, 25.3))  # ties at the top: no tail
+    uniform = rng.random(5_000)
+    assert profiled_range(uniform, 100_000_000)[1] < 1.15  # a bounded tail stays near its bound
+    few = reference[:50]  # too few values to extrapolate from: the margin alone
+    margin = 0.1 * (few.max() - few.min())
+    assert profiled_range(few, 100_000_000) == pytest.approx((few.min() - margin, few.max() + margin))
+
+
 def test_user_suites_in_checks_expectations(project, power, cli):
     project.config(DATA)
     project.write("checks/expectations/physics.json", json.dumps({

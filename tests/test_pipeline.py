@@ -490,6 +490,25 @@ def test_data_profile_reads_the_config_found_here(project, power, cli):
     assert any(e["kwargs"].get("column") == "hour" and e["type"].endswith("in_set") for e in suite["expectations"])
 
 
+def test_data_profile_sizes_the_suite_for_the_golden_rows_given(project, power, cli):
+    """``--golden-rows``: a range reaches further into the reference's tail for a larger golden set (the
+    temperature's), and a bad count is one line, exit 2, nothing written."""
+    def temperature_range(*args) -> tuple[float, float]:
+        result = cli("data", "profile", "--reference", power["train"], "--out", "suite.json", *args)
+        assert result.exit_code == 0, result.output
+        suite = json.loads((project.root / "suite.json").read_text())
+        (kwargs,) = [e["kwargs"] for e in suite["expectations"]
+                     if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "temperature"]
+        return kwargs["min_value"], kwargs["max_value"]
+
+    low, high = temperature_range()
+    far_low, far_high = temperature_range("--golden-rows", "100000000")
+    assert far_low < low and far_high > high
+    (project.root / "suite.json").unlink()
+    result = cli("data", "profile", "--reference", power["train"], "--out", "suite.json", "--golden-rows", "0")
+    assert result.exit_code == 2 and "--golden-rows" in result.output and not (project.root / "suite.json").exists()
+
+
 def test_cpu_memory_counts_what_the_model_holds(project, power):
     from release_kit.timing import Timer
 
