@@ -216,29 +216,50 @@ RANGE_TAIL_ALPHA = 0.001
 TAIL_MIN_ROWS = 100  # fewer finite values than this: no extrapolation, the margin alone
 
 
-def tail_reach(values: np.ndarray, compared_rows: int) -> float | None:
-    """How far up data of ``compared_rows`` rows drawn as ``values`` reaches: the level it exceeds less than
-    ``RANGE_TAIL_ALPHA`` times in expectation (the lower tail's is the reach of ``-values``). None for too
-    few values, or no tail (ties at the top: a bounded or discrete column).
+def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> float | None:
+    """How far data of ``compared`` values drawn as ``values`` (any shape) reaches, up (``upper``) or down:
+    the level it passes less than ``RANGE_TAIL_ALPHA`` times in expectation. None for too few values, or no
+    tail (ties at the extreme: a bounded or discrete column).
 
     Peaks over threshold with an exponential tail, the light tails' model (normal, exponential, gamma): the
-    top k = √n values' mean excess β over the next one u; then P(X > u + t) = (k/n)·e^(−t/β), so the level
-    is u + β·ln(compared_rows·k / (n·RANGE_TAIL_ALPHA)). A heavy tail (log-normal, Student's t) reaches
-    further than this says; a generalized Pareto fit (Pickands' shape) was tried, and its shape from a
-    few thousand rows was too noisy: now and then it allowed a light column values 1,000 times its range."""
+    k = √n most extreme values' mean excess β over the next one u; then P(X > u + t) = (k/n)·e^(−t/β), so the
+    level is u + β·ln(compared·k / (n·RANGE_TAIL_ALPHA)). A heavy tail (log-normal, Student's t) reaches
+    further than this says; a generalized Pareto fit (Pickands' shape) was tried, and its shape from a few
+    thousand values was too noisy: now and then it allowed a light column values 1,000 times its range."""
     import numpy as np
 
-    n = len(values)
+    n = values.size
     if n < TAIL_MIN_ROWS:
         return None
     k = int(min(max(10, round(math.sqrt(n))), 1000))
-    descending = -np.sort(-np.partition(values, n - k - 1)[n - k - 1 :])
-    threshold = float(descending[k])
-    excess = float(np.mean(descending[:k] - threshold))
+    extreme = _extremes(values, k + 1, upper)
+    beyond = extreme if upper else -extreme  # distances into the tail grow along it
+    threshold = float(beyond[k])
+    excess = float(np.mean(beyond[:k] - threshold))
     if not excess > 0:
         return None
-    reach = threshold + excess * math.log(compared_rows * k / (n * RANGE_TAIL_ALPHA))
-    return reach if math.isfinite(reach) else None
+    reach = threshold + excess * math.log(compared * k / (n * RANGE_TAIL_ALPHA))
+    return (reach if upper else -reach) if math.isfinite(reach) else None
+
+
+EXTREMES_CHUNK = 1 << 22  # values partitioned at a time (np.partition copies what it is given)
+
+
+def _extremes(values: np.ndarray, count: int, upper: bool) -> np.ndarray:
+    """The ``count`` largest (``upper``) or smallest of the values as float64, the most extreme first, found
+    a chunk at a time: a tensor reference may be gigabytes."""
+    import numpy as np
+
+    flat = values.reshape(-1)
+    best = None
+    for start in range(0, flat.size, EXTREMES_CHUNK):
+        chunk = flat[start : start + EXTREMES_CHUNK]
+        candidates = chunk if best is None else np.concatenate([best, chunk])
+        if len(candidates) > count:
+            candidates = np.partition(candidates, len(candidates) - count)[-count:] if upper else np.partition(candidates, count - 1)[:count]
+        best = candidates.copy() if candidates.base is not None else candidates
+    ordered = np.sort(best.astype(np.float64))
+    return ordered[::-1] if upper else ordered
 
 
 def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str, compared_rows: int | None = None) -> Suite:
@@ -294,11 +315,11 @@ def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str, c
             low, high = float(finite.min()), float(finite.max())
             margin = spec.range_margin * (high - low)
             numbers = finite.to_numpy(dtype=float)
-            above, below = (tail_reach(v, compared_rows or len(frame)) for v in (numbers, -numbers))
+            reach_low, reach_high = (tail_reach(numbers, compared_rows or len(frame), upper=upper) for upper in (False, True))
             expectations.append({
                 "type": "expect_column_values_to_be_between",
-                "kwargs": {"column": column, "min_value": min(low - margin, -below if below is not None else math.inf),
-                           "max_value": max(high + margin, above if above is not None else -math.inf), **tolerated},
+                "kwargs": {"column": column, "min_value": min(low - margin, math.inf if reach_low is None else reach_low),
+                           "max_value": max(high + margin, -math.inf if reach_high is None else reach_high), **tolerated},
             })
     return Suite(name, expectations, source, {"profiled_from": source, "rows": len(frame)})
 

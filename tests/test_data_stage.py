@@ -282,6 +282,17 @@ def test_a_profiled_range_still_fails_impossible_values():
     assert profiled_range(few, 100_000_000) == pytest.approx((few.min() - margin, few.max() + margin))
 
 
+def test_a_tail_is_read_a_chunk_at_a_time_with_the_same_reach(monkeypatch):
+    """A tensor reference may be gigabytes: its extremes are found a chunk at a time, with the same result."""
+    from release_kit import validation
+
+    values = np.random.default_rng(2).standard_t(8, size=(50, 40, 9)).astype(np.float32)
+    whole = [validation.tail_reach(values, 10**7, upper=upper) for upper in (False, True)]
+    monkeypatch.setattr(validation, "EXTREMES_CHUNK", 777)
+    assert [validation.tail_reach(values, 10**7, upper=upper) for upper in (False, True)] == whole
+    assert whole[0] < values.min() and whole[1] > values.max()
+
+
 def test_user_suites_in_checks_expectations(project, power, cli):
     project.config(DATA)
     project.write("checks/expectations/physics.json", json.dumps({

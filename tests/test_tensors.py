@@ -292,6 +292,35 @@ def test_per_output_bounds_break_the_contract(tmp_path, two_inputs, cli, monkeyp
     assert not any(kind.startswith("output 0") for kind in contract["details"]["violations"])
 
 
+def test_tensor_range_of_inputs_drawn_as_the_reference_passes_and_an_impossible_value_fails(tmp_path, two_inputs, cli, monkeypatch):
+    """Normal inputs: a golden set 50 times the reference's size reaches beyond the reference's extremes plus
+    the 10 % margin (the range's bound before), not beyond its tails' reach; one value of 40 sd does."""
+    monkeypatch.chdir(tmp_path)
+    reference = two_input_data(400, seed=3)
+    golden = two_input_data(20_000, seed=4)
+    np.savez(tmp_path / "reference.npz", **{"inputs.0": reference[0], "inputs.1": reference[1], "target": reference[2]})
+    two_input_config(tmp_path, two_inputs, '[gate]\nstages = ["data"]\n')
+    config = (tmp_path / "release-kit.toml").read_text()
+    config = config.replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'golden = "golden.npz"\nreference = "reference.npz"')
+    (tmp_path / "release-kit.toml").write_text(config)
+
+    def tensor_range(grid: np.ndarray) -> dict:
+        np.savez(tmp_path / "golden.npz", **{"inputs.0": grid, "inputs.1": golden[1], "target": golden[2]})
+        result = cli("check", "--candidate", two_inputs / "better.pt", "--format", "json")
+        assert result.exit_code in (0, 1), result.output[-3000:]
+        return checks_by_name(json.loads(result.stdout))["data::tensor:range"]
+
+    for values, alike in ((reference[0], golden[0]), (reference[1], golden[1])):  # the premise
+        margin = 0.1 * (values.max() - values.min())
+        assert ((alike < values.min() - margin) | (alike > values.max() + margin)).any()
+    drawn_alike = tensor_range(golden[0])
+    assert drawn_alike["status"] == "pass", drawn_alike["summary"]
+    impossible = golden[0].copy()
+    impossible[123, 1, 2] = 40.0
+    failed = tensor_range(impossible)
+    assert failed["status"] == "fail" and failed["summary"].startswith("inputs.0: 1 of 160,000 values (0.000625%) outside"), failed["summary"]
+
+
 def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "golden_data.py").write_text(textwrap.dedent(f"""

@@ -8,6 +8,7 @@ examples), not evaluable (a missing column) → error. Never a silent pass.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,23 +181,31 @@ def tensor_layout(gate: GateContext, names: tuple[str, ...], reference: tuple) -
 
 
 def tensor_range(gate: GateContext, names: tuple[str, ...], reference: tuple) -> CheckResult:
-    """Each golden input's values within the reference's range, widened by [data.profile] range_margin."""
+    """Each golden input's values within the reference's range, widened by [data.profile] range_margin, or
+    as far as the reference's tails say the golden values would reach (as a profiled column's range)."""
+    import numpy as np
+
+    from ..validation import tail_reach
 
     profile = gate.config.data.profile
     rows, outside = [], []
     for name, golden, ref in zip(gate.golden.input_names, gate.golden.inputs, reference):
         low, high = float(ref.min()), float(ref.max())
         margin = profile.range_margin * ((high - low) or 1.0)
-        allowed = (low - margin, high + margin)
-        share = float(((golden < allowed[0]) | (golden > allowed[1])).mean())
+        reach_low, reach_high = (tail_reach(ref, golden.size, upper=upper) for upper in (False, True))
+        allowed = (min(low - margin, math.inf if reach_low is None else reach_low),
+                   max(high + margin, -math.inf if reach_high is None else reach_high))
+        count = int(np.count_nonzero((golden < allowed[0]) | (golden > allowed[1])))
+        share = count / golden.size if golden.size else 0.0
         rows.append([name, float(golden.min()), float(golden.max()), f"[{allowed[0]:.4g}, {allowed[1]:.4g}]", share])
         if share > 1.0 - profile.mostly + 1e-12:
-            outside.append(f"{name}: {share:.2%} of values outside [{allowed[0]:.4g}, {allowed[1]:.4g}]")
+            outside.append(f"{name}: {count:,} of {golden.size:,} values ({share * 100:.3g}%) outside [{allowed[0]:.4g}, {allowed[1]:.4g}]")
     table = {"title": "golden value range vs reference", "columns": ["input", "min", "max", "allowed", "share outside"], "rows": rows}
     if outside:
         return CheckResult(NAME, "tensor:range", Status.FAIL, "; ".join(outside), details={"table": table})
     return CheckResult(NAME, "tensor:range", Status.PASS,
-                       f"every golden input value lies in the reference's range (± {profile.range_margin:g} of it)", details={"table": table})
+                       f"every golden input value lies in the reference's range (± {profile.range_margin:g} of it, or as far as its tails "
+                       "reach)", details={"table": table})
 
 
 def tensor_drift(gate: GateContext, names: tuple[str, ...], reference: tuple) -> CheckResult:
