@@ -21,8 +21,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from collections.abc import Callable
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import InputError
 from ..report import CheckResult, Status, Table
@@ -56,8 +55,9 @@ class Once:
         return self._value
 
 
+@runtime_checkable
 class Stage(Protocol):
-    """The shape of a stage module (see the module docstring)."""
+    """The shape of a stage module (see the module docstring): :func:`load_stage` holds each to it."""
 
     NAME: str
 
@@ -126,7 +126,10 @@ def _cell(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def load_stage(name: str) -> ModuleType:
+def load_stage(name: str) -> Stage:
     if name not in BUILTIN:
         raise InputError(f"unknown stage {name!r} (known: {', '.join(BUILTIN)})")
-    return importlib.import_module(BUILTIN[name])
+    module = importlib.import_module(BUILTIN[name])
+    if not isinstance(module, Stage):  # a module that lacks NAME or checks is a bug here, not the user's input
+        raise TypeError(f"{module.__name__} does not follow the stage protocol (NAME, checks)")
+    return module
