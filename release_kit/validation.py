@@ -210,7 +210,7 @@ def null_sampling_margin(share: float, rows: int, compared_rows: int) -> float:
 # A profiled range reaches as far as data drawn like the reference would reach by chance: a bound beyond
 # which fewer than RANGE_TAIL_ALPHA values are expected in the compared rows, extrapolated from the
 # reference's tail (see ``tail_reach``). The reference's extremes plus a 10 % margin alone failed data drawn
-# alike (simulated, 2,000 rows against 2,000: a normal column one time in 7, an exponential one in 4; in 100
+# alike (simulated, 2,000 rows against 2,000: a normal column about one time in 10, an exponential one in 3; in 100
 # times as many rows nearly always), and more so the larger the golden set.
 RANGE_TAIL_ALPHA = 0.001
 TAIL_MIN_ROWS = 100  # fewer finite values than this: no extrapolation, the margin alone

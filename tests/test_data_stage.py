@@ -243,8 +243,8 @@ def profiled_range(reference: np.ndarray, compared_rows: int | None = None) -> t
 
 @pytest.mark.parametrize("draw", ["normal", "exponential", "lognormal"])
 def test_a_profiled_range_fails_data_drawn_as_the_reference_was_rarely(draw):
-    """The reference's extremes plus the 10 % margin alone failed data drawn alike one time in 7 (normal), 4
-    (exponential) or 2 (log-normal) at the reference's size, and nearly always at 100 times its size. The range
+    """The reference's extremes plus the 10 % margin alone failed data drawn alike about one time in 10 (normal),
+    3 (exponential) or 2 to 3 (log-normal) at the reference's size, and nearly always at 100 times its size. The range
     now reaches as far as the reference's tail says the compared rows would: for a light tail fewer than 0.001
     values beyond each bound expected by chance. A heavy tail reaches further than an exponential one: its
     range fails far less often than before at the reference's size, but not rarely (the README says so)."""
