@@ -229,7 +229,7 @@ def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> floa
     import numpy as np
 
     n = values.size
-    if n < TAIL_MIN_ROWS:
+    if n < TAIL_MIN_ROWS or compared < 1:
         return None
     k = int(min(max(10, round(math.sqrt(n))), 1000))
     extreme = _extremes(values, k + 1, upper)

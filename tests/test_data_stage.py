@@ -291,6 +291,7 @@ def test_a_tail_is_read_a_chunk_at_a_time_with_the_same_reach(monkeypatch):
     monkeypatch.setattr(validation, "EXTREMES_CHUNK", 777)
     assert [validation.tail_reach(values, 10**7, upper=upper) for upper in (False, True)] == whole
     assert whole[0] < values.min() and whole[1] > values.max()
+    assert validation.tail_reach(values, 0) is None  # nothing compared: nothing to reach
 
 
 def test_user_suites_in_checks_expectations(project, power, cli):
