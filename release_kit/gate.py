@@ -252,7 +252,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     from .scale.stats import BottomK
     from .scale.engines import run_local, run_ray
     from .scale.sizing import chunk_rows_that_fit
-    from .validation import counted_conditions
+    from .validation import counted_conditions, moment_columns
 
     spec, run_spec = config.model, config.run
     roles = {m.role: m for m in models}
@@ -262,13 +262,14 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     # the columns the models do not read too.
     used = {*features["candidate"], *features["baseline"], spec.target}
     carried = tuple(c for c in source.common_columns() if c not in used) if "data" in config.gate.stages else ()
-    value_conditions = counted_conditions(list(suites or ()))
+    value_conditions, moments = counted_conditions(list(suites or ())), moment_columns(list(suites or ()))
     if any(footer.kinds.get(spec.target, "").endswith("text") for footer in source.footers):
         value_conditions.pop(spec.target, None)  # class names are counted as their ids: GX compares the names, on the sample
+        moments -= {spec.target}
     plan = ScanPlan(spec, {role: features[role] for role in roles}, run_spec.sample_rows,
                     min(total, run_spec.max_rows) if run_spec.max_rows else total, _drift_bins(config, reference),
                     config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried,
-                    value_conditions=value_conditions)
+                    value_conditions=value_conditions, moment_columns=moments)
     source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)

@@ -138,6 +138,18 @@ def counted_condition(expectation: dict[str, Any]) -> ValueCondition | None:
     return None
 
 
+# Expectations a streamed golden set decides from a column's ValueMoments over every row, and what each observes.
+MOMENT_TYPES = {"expect_column_mean_to_be_between": "mean", "expect_column_stdev_to_be_between": "stdev",
+                "expect_column_sum_to_be_between": "sum"}
+
+
+def moment_columns(suites: list[Suite]) -> frozenset[str]:
+    """The columns with an expectation of :data:`MOMENT_TYPES` on every row, over every suite."""
+    return frozenset(expectation["kwargs"]["column"] for suite in suites for expectation in suite.expectations
+                     if expectation.get("type") in MOMENT_TYPES and on_every_row(expectation)
+                     and isinstance(expectation.get("kwargs", {}).get("column"), str))
+
+
 def counted_conditions(suites: list[Suite]) -> dict[str, tuple[ValueCondition, ...]]:
     """Column → the distinct conditions of :func:`counted_condition` over every suite."""
     found: dict[str, dict[ValueCondition, None]] = {}

@@ -519,6 +519,7 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, pow
     (streamed_project / "checks" / "expectations" / "rows.json").write_text(json.dumps({"name": "rows", "expectations": [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "site", "mostly": 0.7}},
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "hour", "min_value": 1, "max_value": 22, "mostly": 0.8}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "temperature", "min_value": -40, "max_value": 60}},
     ]}))
     # Not the performance stage: it times the models on the machine's clock, whichever engine read the data.
     stages = ("--stage", "quality", "--stage", "outliers", "--stage", "data")
@@ -551,6 +552,9 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, pow
         assert "over all 20,000 rows, streamed" in site["summary"]
         assert hour["details"]["observed_value"] == {"min": float(rows["hour"].min()), "max": float(rows["hour"].max())}
         assert hour["details"]["unexpected_count"] == int(((rows["hour"] < 1) | (rows["hour"] > 22)).sum()) > 0
+        mean = counted["golden/temperature:column_mean_to_be_between"]  # merged from each worker's batches
+        assert mean["status"] == "pass" and "over all 20,000 rows, streamed" in mean["summary"]
+        assert mean["details"]["observed_value"] == pytest.approx(rows["temperature"].mean(), rel=1e-12)
 
 
 def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read_whole(streamed_project, power, golden_directory, cli):
@@ -1260,6 +1264,61 @@ def test_range_set_and_not_null_expectations_are_decided_over_every_row_as_gx_de
     assert "30 of 9,000 values unexpected" in streamed["golden/temperature:column_values_to_be_between#2"]["summary"]
 
 
+def test_mean_stdev_and_sum_expectations_are_decided_over_every_row_as_gx_decides_them(tmp_path, power, cli, monkeypatch):
+    """A streamed set's column mean, standard deviation and sum expectations are decided from sums over every
+    row (merged batch by batch), where they were GX's on the sample: the same statuses and observed values
+    as GX gives the file read whole, NaN skipped, an infinity's mean infinite and its deviation none, an
+    integer column's sum exact."""
+    import shutil
+
+    frame = pf.make_dataset(9_000, seed=23)
+    frame.loc[frame.index[:4_500], "temperature"] += 6.0  # the first half warmer: a sample's mean would stray
+    humidity = np.random.default_rng(23).uniform(0.05, 0.95, len(frame))
+    humidity[[50, 60, 70]] = np.nan
+    frame["humidity"] = humidity
+    spikes = np.ones(len(frame))
+    spikes[8_999] = np.inf
+    frame["spikes"] = spikes
+    (tmp_path / "golden").mkdir()
+    frame.to_parquet(tmp_path / "golden" / "all.parquet")
+    temperature = frame["temperature"]
+    expectations = [
+        ("mean", "temperature", temperature.mean() - 0.01, temperature.mean() + 0.01),  # met by the whole set only
+        ("mean", "temperature", None, temperature.mean() - 0.05),
+        ("stdev", "temperature", temperature.std() - 0.01, None),
+        ("sum", "hour", int(frame["hour"].sum()), int(frame["hour"].sum())),  # an integer column's exact sum
+        ("mean", "humidity", 0.4, 0.6),
+        ("stdev", "humidity", 0.2, 0.3),
+        ("sum", "humidity", None, 1_000.0),
+        ("mean", "spikes", 0, None),  # infinite: met, as GX's inf is
+        ("stdev", "spikes", 0, None),  # none: not met
+    ]
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    (tmp_path / "checks" / "expectations" / "moments.json").write_text(json.dumps({"name": "moments", "expectations": [
+        {"type": f"expect_column_{what}_to_be_between", "kwargs": {"column": column, "min_value": low, "max_value": high}}
+        for what, column, low, high in expectations]}))
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for chunk_rows in (2_000, 10_000):  # the one file streamed in batches, then read whole
+        configure(tmp_path, power, tmp_path / "golden" / "all.parquet", '[gate]\nstages = ["data"]\n')
+        text = (tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500")
+        (tmp_path / "release-kit.toml").write_text(text.replace("chunk_rows = 4000", f"chunk_rows = {chunk_rows}"))
+        reports[chunk_rows] = {c["name"]: c for c in run(cli)["checks"] if c["name"].startswith("golden/")
+                               and any(f"_{what}_" in c["name"] for what in ("mean", "stdev", "sum"))}
+    streamed, whole = reports[2_000], reports[10_000]
+    assert set(streamed) == set(whole) and len(streamed) == len(expectations)
+    for name, check in streamed.items():
+        assert "over all 9,000 rows, streamed" in check["summary"] and "streamed" not in whole[name]["summary"], check
+        assert check["status"] == whole[name]["status"], (check, whole[name])
+        observed = whole[name]["details"]["observed_value"]
+        assert check["details"]["observed_value"] == (None if observed is None else pytest.approx(observed, rel=1e-12)), (check, whole[name])
+    statuses = [c["status"] for c in streamed.values()]
+    assert statuses == ["pass", "fail", "pass", "pass", "pass", "pass", "fail", "pass", "fail"], statuses
+    assert streamed["golden/hour:column_sum_to_be_between"]["details"]["observed_value"] == int(frame["hour"].sum())
+    assert "observed none" in streamed["golden/spikes:column_stdev_to_be_between"]["summary"]
+
+
 def test_expectations_on_some_rows_or_with_bounds_that_are_no_numbers_are_left_to_gx_on_the_sample(tmp_path, power, cli, monkeypatch):
     """A streamed set's counts cover every row: an expectation with a row_condition holds on some rows only, and
     a bound that is no number cannot be compared with them. Both are GX's, on the sample; they once made the
@@ -1917,6 +1976,32 @@ def test_values_outside_a_range_counted_in_batches_are_pandas_count_over_the_col
         outside |= series >= high if strict_high else series > high
     assert merged.outside[("x", value_range)] == int(outside.sum())
     assert merged.nulls["x"] == int(series.isna().sum())
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([np.nan, 0.5])), min_size=0, max_size=40),
+       cuts=st.lists(st.integers(0, 40), max_size=3), infinite=st.booleans())
+def test_a_columns_moments_merged_over_batches_are_pandas_mean_stdev_and_sum(values, cuts, infinite):
+    """The mean, standard deviation (n − 1) and sum a streamed set decides GX's expectations from, merged
+    batch by batch in any split, are pandas' over the whole column, as GX computes them: NaN skipped, a
+    column with an infinity has an infinite mean and sum and no deviation, an empty one no mean."""
+    from release_kit.scale.stats import ColumnCounts
+
+    column = np.array(values + ([np.inf] if infinite else []), dtype=np.float64)
+    edges = [0, *sorted(min(c, len(column)) for c in cuts), len(column)]
+    merged = ColumnCounts()
+    for start, stop in zip(edges, edges[1:]):
+        part = ColumnCounts()
+        part.add("x", column[start:stop], moments=True)
+        merged = merged.merge(part)
+    moments, series = merged.moments.get("x"), pd.Series(column)
+    if moments is None:  # no batch had a row
+        assert len(column) == 0
+        return
+    with np.errstate(invalid="ignore"):  # pandas' deviation of an infinity: NaN, and numpy's warning
+        deviation = series.std()
+    for observed, expected in ((moments.mean, series.mean()), (moments.stdev, deviation), (moments.total, series.sum())):
+        assert (math.isnan(observed) and math.isnan(expected)) or observed == pytest.approx(expected, rel=1e-9, abs=1e-6), (observed, expected)
 
 
 @settings(max_examples=300, deadline=None)

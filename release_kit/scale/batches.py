@@ -47,6 +47,9 @@ class ScanPlan:
     # Column → the data stage's ranges and sets whose exceptions are counted over every row (GX's ``mostly``
     # needs the count, not only the column's minimum and maximum).
     value_conditions: dict[str, tuple[ValueCondition, ...]] = field(default_factory=dict)
+    # The numeric columns whose mean, standard deviation or sum the data stage's suites expect: their
+    # ValueMoments are summed over every row.
+    moment_columns: frozenset[str] = frozenset()
 
     @property
     def columns(self) -> list[str]:
@@ -161,7 +164,7 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
             raise InputError(f"golden column '{name}' is not numeric")
         # A feature the models read as float32: a float64 value beyond its range is excluded, as in memory.
         limit = float32_max if name in read_as_float32 and values.dtype.kind == "f" and values.dtype.itemsize > 4 else None
-        mask = counts.add(name, values, limit, plan.value_conditions.get(name, ()))
+        mask = counts.add(name, values, limit, plan.value_conditions.get(name, ()), name in plan.moment_columns)
         if mask is not None:
             masks[name] = mask
     target = frame[spec.target].astype(np.float64)
@@ -179,7 +182,7 @@ def prepare_batch(plan: ScanPlan, table) -> PreparedBatch:
     for name, values in carried.items():  # counted over every row too (nulls, a numeric column's range); no row excluded
         conditions = plan.value_conditions.get(name, ())
         if values.dtype.kind in "fiu":
-            counts.add(name, values, conditions=conditions)
+            counts.add(name, values, conditions=conditions, moments=name in plan.moment_columns)
         elif values.dtype.kind in "Mm":  # times: GX parses a set's text as times, on the sample
             counts.add_other(name, table.column(name))
         else:

@@ -479,21 +479,61 @@ class ValueSet:
 ValueCondition = ValueRange | ValueSet
 
 
+@dataclass(frozen=True)
+class ValueMoments:
+    """A numeric column's non-null values (NaN is null, ±inf a value, as pandas counts them): how many, their
+    sum, and their squared deviations from their mean, merged by Chan's rule. What GX's column mean, standard
+    deviation (n − 1) and sum expectations observe, over every row of a streamed set."""
+
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0  # Σ (x − mean)²
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ValueMoments:
+        if not len(values):
+            return cls()
+        total = float(values.sum(dtype=np.float64))
+        if not math.isfinite(total):  # an infinite value has no deviation: GX's stdev is none then
+            return cls(len(values), total, math.nan)
+        deviations = values.astype(np.float64, copy=False) - total / len(values)
+        return cls(len(values), total, float(np.einsum("i,i->", deviations, deviations)))  # einsum: see Moments.of
+
+    def merge(self, other: ValueMoments) -> ValueMoments:
+        if not other.count or not self.count:
+            return other if not self.count else self
+        count = self.count + other.count
+        shift = other.total / other.count - self.total / self.count
+        return ValueMoments(count, self.total + other.total, self.squares + other.squares + shift * shift * self.count * other.count / count)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    @property
+    def stdev(self) -> float:
+        return math.sqrt(self.squares / (self.count - 1)) if self.count > 1 and self.squares >= 0 else math.nan
+
+
 @dataclass
 class ColumnCounts:
     """Per column over every row: values that are NaN/inf (or null), the nulls (NaN or null) among them, the
-    finite minimum and maximum, and the values outside each counted :data:`ValueCondition`."""
+    finite minimum and maximum, the values outside each counted :data:`ValueCondition`, and for the columns
+    asked for, the :class:`ValueMoments` of their non-null values."""
 
     bad: dict[str, int] = field(default_factory=dict)
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
     nulls: dict[str, int] = field(default_factory=dict)
     outside: dict[tuple[str, ValueCondition], int] = field(default_factory=dict)
+    moments: dict[str, ValueMoments] = field(default_factory=dict)
 
-    def add(self, name: str, values: np.ndarray, limit: float | None = None, conditions: tuple[ValueCondition, ...] = ()) -> np.ndarray | None:
+    def add(self, name: str, values: np.ndarray, limit: float | None = None, conditions: tuple[ValueCondition, ...] = (),
+            moments: bool = False) -> np.ndarray | None:
         """Count one numeric column's values; returns its mask of bad (NaN/inf) values, None when there are
         none. ``limit``: finite values beyond ±limit are bad too (in the mask, counted in the range, not as
-        NaN/inf): a float64 feature beyond float32's range is infinite as the models read it."""
+        NaN/inf): a float64 feature beyond float32's range is infinite as the models read it. ``moments``:
+        sum the column's :class:`ValueMoments` too."""
         for condition in conditions:
             self.outside.setdefault((name, condition), 0)
         self.nulls.setdefault(name, 0)
@@ -515,6 +555,9 @@ class ColumnCounts:
         for condition in conditions:
             if extremes is None or not isinstance(condition, ValueRange) or condition.outside(extremes):
                 self.outside[(name, condition)] += condition.outside(values)
+        if moments:
+            present = values if bad is None else values[~np.isnan(values)]
+            self.moments[name] = self.moments.get(name, ValueMoments()).merge(ValueMoments.of(present))
         if limit is not None and (low < -limit or high > limit):  # the range tells: most batches skip this pass
             beyond = np.abs(values) > limit
             bad = beyond if bad is None else bad | beyond
@@ -534,8 +577,10 @@ class ColumnCounts:
             self.outside[key] = self.outside.get(key, 0) + counted
 
     def merge(self, other: ColumnCounts) -> ColumnCounts:
+        moments = {name: self.moments.get(name, ValueMoments()).merge(other.moments.get(name, ValueMoments()))
+                   for name in {**self.moments, **other.moments}}
         merged = ColumnCounts(_summed(self.bad, other.bad), dict(self.low), dict(self.high),
-                              _summed(self.nulls, other.nulls), _summed(self.outside, other.outside))
+                              _summed(self.nulls, other.nulls), _summed(self.outside, other.outside), moments)
         for name, value in other.low.items():
             merged.low[name] = min(merged.low.get(name, math.inf), value)
         for name, value in other.high.items():

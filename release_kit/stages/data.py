@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 
 NAME = "data"
 # Expectations a streamed golden set answers from its counts over every row (the row count, a counted
-# column's finite minimum and maximum, its nulls, its values outside a range or set) rather than from its sample,
-# where they would miss rows.
+# column's finite minimum and maximum, its nulls, its values outside a range or set, its mean, standard
+# deviation and sum) rather than from its sample, where they would miss rows.
 WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
                    "expect_column_min_to_be_between", "expect_column_max_to_be_between",
                    "expect_column_values_to_not_be_null", "expect_column_values_to_be_between",
-                   "expect_column_values_to_be_in_set")
+                   "expect_column_values_to_be_in_set", "expect_column_mean_to_be_between",
+                   "expect_column_stdev_to_be_between", "expect_column_sum_to_be_between")
 # Those decided from a column's values outside a range or set (counted when the scan was planned with it).
 COUNTED_TYPES = ("expect_column_values_to_be_between", "expect_column_values_to_be_in_set")
 
@@ -84,7 +85,7 @@ def checks(gate: GateContext) -> list[StageCheck]:
 
 
 def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
-    from ..validation import counted_condition, on_every_row
+    from ..validation import MOMENT_TYPES, counted_condition, on_every_row
 
     kind, column = expectation["type"], expectation.get("kwargs", {}).get("column")
     counts = gate.scan.counts
@@ -94,14 +95,17 @@ def _answered_by_counts(gate: GateContext, expectation: dict) -> bool:
         return (column, counted_condition(expectation)) in counts.outside
     if kind == "expect_column_values_to_not_be_null":
         return column in counts.nulls
+    if kind in MOMENT_TYPES:
+        return column in counts.moments
     return column is None or column in counts.low
 
 
 def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> CheckResult:
-    """A row-count, column-minimum or column-maximum expectation on a streamed golden set, decided over every
-    row from the scan's counts, with GX's meaning of its bounds (``strict_min``/``strict_max``); a range, set
-    or not-null one by :func:`counted_values`."""
-    from ..validation import is_number
+    """A row-count, column-minimum, -maximum, -mean, -standard deviation or -sum expectation on a streamed
+    golden set, decided over every row from the scan's counts, with GX's meaning of its bounds
+    (``strict_min``/``strict_max``; a mean or deviation that is none, of a column with no value or an
+    infinite one, meets no bound); a range, set or not-null one by :func:`counted_values`."""
+    from ..validation import MOMENT_TYPES, is_number
 
     kind, kwargs = expectation["type"], expectation.get("kwargs", {})
     if kind in (*COUNTED_TYPES, "expect_column_values_to_not_be_null"):
@@ -116,16 +120,23 @@ def whole_set_expectation(gate: GateContext, expectation: dict, name: str) -> Ch
         observed: float = rows
         low = high = kwargs.get("value")
         described = f"rows = {low}"
+    elif kind in MOMENT_TYPES:
+        moments, what = counts.moments[column], MOMENT_TYPES[kind]
+        observed = {"mean": moments.mean, "stdev": moments.stdev, "sum": moments.total}[what]
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        described = f"{column} {'standard deviation' if what == 'stdev' else what} within [{_num(low)}, {_num(high, '+∞')}]"
     else:
         observed = rows if column is None else counts.low[column] if kind == "expect_column_min_to_be_between" else counts.high[column]
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         what = "rows" if column is None else f"{column} {'minimum' if kind == 'expect_column_min_to_be_between' else 'maximum'}"
         described = f"{what} within [{_num(low)}, {_num(high, '+∞')}]"
     strict_low, strict_high = bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max"))
-    met = (low is None or (observed > low if strict_low else observed >= low)) and \
+    met = not math.isnan(observed) and (low is None or (observed > low if strict_low else observed >= low)) and \
           (high is None or (observed < high if strict_high else observed <= high))
-    summary = f"{described} (over all {rows:,} rows, streamed): {'met' if met else 'not met'}, observed {observed:.6g}"
-    return CheckResult(NAME, name, Status.PASS if met else Status.FAIL, summary, details={"observed_value": observed})
+    seen = "none (no value, or an infinite one)" if math.isnan(observed) else f"{observed:.6g}"
+    summary = f"{described} (over all {rows:,} rows, streamed): {'met' if met else 'not met'}, observed {seen}"
+    return CheckResult(NAME, name, Status.PASS if met else Status.FAIL, summary,
+                       details={"observed_value": None if math.isnan(observed) else observed})
 
 
 def counted_values(gate: GateContext, expectation: dict, name: str) -> CheckResult:
