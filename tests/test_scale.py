@@ -1319,6 +1319,44 @@ def test_mean_stdev_and_sum_expectations_are_decided_over_every_row_as_gx_decide
     assert "observed none" in streamed["golden/spikes:column_stdev_to_be_between"]["summary"]
 
 
+def test_uniqueness_a_sample_cannot_show_is_a_warn_and_a_repeat_it_finds_a_fail(tmp_path, power, cli, monkeypatch):
+    """On a streamed set's sample GX finds no repeat of a value repeated once in 9,000 rows (both copies are
+    rarely drawn): that pass was silent. It is a warn saying why; a repeat the sample holds is a fail, as it
+    is in the set; a count of distinct values decides where the sample's count (the set's at least) can."""
+    import shutil
+
+    frame = pf.make_dataset(9_000, seed=24)
+    frame["id"] = np.arange(len(frame))
+    frame["order"] = np.arange(len(frame))
+    frame.loc[frame.index[8_000], "order"] = 17  # one repeat in 9,000 rows
+    frame["code"] = np.arange(len(frame)) % 10
+    (tmp_path / "golden").mkdir()
+    for index in range(3):
+        frame.iloc[index * 3_000 : (index + 1) * 3_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
+    expectations = [
+        ("expect_column_values_to_be_unique", "id", {}),
+        ("expect_column_values_to_be_unique", "order", {}),
+        ("expect_column_values_to_be_unique", "code", {}),
+        ("expect_column_unique_value_count_to_be_between", "code", {"min_value": 5, "max_value": 8}),
+        ("expect_column_unique_value_count_to_be_between", "code", {"min_value": 5}),
+        ("expect_column_unique_value_count_to_be_between", "code", {"min_value": 5, "max_value": 20}),
+        ("expect_column_proportion_of_unique_values_to_be_between", "id", {"min_value": 0.99}),
+    ]
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    (tmp_path / "checks" / "expectations" / "unique.json").write_text(json.dumps({"name": "unique", "expectations": [
+        {"type": kind, "kwargs": {"column": column, **bounds}} for kind, column, bounds in expectations]}))
+    shutil.copy(power["better"], tmp_path / "candidate.pt")
+    monkeypatch.chdir(tmp_path)
+    configure(tmp_path, power, tmp_path / "golden", '[gate]\nstages = ["data"]\n')
+    (tmp_path / "release-kit.toml").write_text((tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500"))
+    report = run(cli)
+    checks = [c for c in report["checks"] if c["name"].startswith(("golden/id:", "golden/order:", "golden/code:"))]
+    assert [c["status"] for c in checks] == ["warn", "warn", "fail", "fail", "pass", "warn", "warn"], [(c["name"], c["summary"]) for c in checks]
+    assert all("on a uniform sample of 500 of 9,000 rows" in c["summary"] for c in checks)
+    assert "cannot show every row's unique" in checks[1]["summary"]
+    assert report["verdict"] == "block"  # the repeats the sample holds
+
+
 def test_expectations_on_some_rows_or_with_bounds_that_are_no_numbers_are_left_to_gx_on_the_sample(tmp_path, power, cli, monkeypatch):
     """A streamed set's counts cover every row: an expectation with a row_condition holds on some rows only, and
     a bound that is no number cannot be compared with them. Both are GX's, on the sample; they once made the

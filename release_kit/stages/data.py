@@ -33,6 +33,10 @@ WHOLE_SET_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_cou
                    "expect_column_stdev_to_be_between", "expect_column_sum_to_be_between")
 # Those decided from a column's values outside a range or set (counted when the scan was planned with it).
 COUNTED_TYPES = ("expect_column_values_to_be_between", "expect_column_values_to_be_in_set")
+# Uniqueness a streamed set's sample cannot show: a value repeated in the set is repeated in the sample only
+# when every copy of it is drawn (a pair (k/N)² of the time). A repeat found in the sample is one in the set.
+UNIQUE_TYPES = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique",
+                "expect_multicolumn_values_to_be_unique")
 
 
 def checks(gate: GateContext) -> list[StageCheck]:
@@ -76,7 +80,8 @@ def checks(gate: GateContext) -> list[StageCheck]:
                 if dataset == "golden" and gate.scan is not None and _answered_by_counts(gate, expectation):
                     found.append(StageCheck(name, partial(whole_set_expectation, gate, expectation, name)))
                 else:
-                    found.append(StageCheck(name, partial(expectation_check, run, index, name, note)))
+                    sampled = dataset == "golden" and golden.sampled_from is not None and golden.sampled_from > len(golden)
+                    found.append(StageCheck(name, partial(expectation_check, run, index, name, note, sampled)))
     if reference is not None:
         found.append(StageCheck("drift", partial(drift_check, gate, reference)))
     if tensor_reference:
@@ -311,9 +316,37 @@ def _check_names(dataset: str, suite: Suite, several: bool) -> list[str]:
     return names
 
 
-def expectation_check(run: Once, index: int, name: str, note: str = "") -> CheckResult:
-    """One expectation's outcome; ``note`` says when it ran on a streamed golden set's sample."""
-    return outcome_check(run()[index], name, note)
+def expectation_check(run: Once, index: int, name: str, note: str = "", sampled: bool = False) -> CheckResult:
+    """One expectation's outcome; ``note`` says when it ran on a streamed golden set's sample (``sampled``),
+    where :func:`on_a_sample` reads it."""
+    outcome = run()[index]
+    check = outcome_check(outcome, name, note)
+    return on_a_sample(outcome, check) if sampled and not outcome.error else check
+
+
+def on_a_sample(outcome: ExpectationOutcome, check: CheckResult) -> CheckResult:
+    """A check GX decided on a streamed set's sample, as far as the sample can decide it for every row. A
+    uniqueness met on the sample is a warn (it cannot show the set's values unique), a repeat found there a
+    fail. A count of distinct values is the set's at least: above its maximum, a fail; at or above its minimum
+    with no maximum, a pass; else a warn. A share of distinct values is the sample's, not the set's: a warn."""
+    from dataclasses import replace
+
+    kind, kwargs = outcome.type, outcome.kwargs
+    if kind in UNIQUE_TYPES and check.status is Status.PASS:
+        return replace(check, status=Status.WARN, summary=f"{check.summary}, which cannot show every row's unique: a value "
+                       "repeated in the set shows twice in the sample only when both copies are drawn")
+    if kind == "expect_column_unique_value_count_to_be_between":
+        observed, high = outcome.result.get("observed_value"), kwargs.get("max_value")
+        if check.status is Status.FAIL and high is not None and observed is not None and observed > high:
+            return check  # the set holds at least the sample's distinct values
+        if check.status is Status.PASS and high is None:
+            return check
+        return replace(check, status=Status.WARN, summary=f"{check.summary}, not decided for every row: the set holds at "
+                       "least the sample's distinct values, and perhaps more")
+    if kind == "expect_column_proportion_of_unique_values_to_be_between":
+        return replace(check, status=Status.WARN, summary=f"{check.summary}, not decided for every row: a sample's share of "
+                       "distinct values is not the set's")
+    return check
 
 
 def outcome_check(outcome: ExpectationOutcome, name: str, note: str = "") -> CheckResult:
