@@ -1322,7 +1322,9 @@ def test_mean_stdev_and_sum_expectations_are_decided_over_every_row_as_gx_decide
 def test_uniqueness_a_sample_cannot_show_is_a_warn_and_a_repeat_it_finds_a_fail(tmp_path, power, cli, monkeypatch):
     """On a streamed set's sample GX finds no repeat of a value repeated once in 9,000 rows (both copies are
     rarely drawn): that pass was silent. It is a warn saying why; a repeat the sample holds is a fail, as it
-    is in the set; a count of distinct values decides where the sample's count (the set's at least) can."""
+    is in the set; a count of distinct values decides where the sample's count (the set's at least) can. A
+    distinct value the sample lacks (a rare one) blocked the gate: a warn, where a value beyond a set the
+    values must equal is a fail."""
     import shutil
 
     frame = pf.make_dataset(9_000, seed=24)
@@ -1330,6 +1332,7 @@ def test_uniqueness_a_sample_cannot_show_is_a_warn_and_a_repeat_it_finds_a_fail(
     frame["order"] = np.arange(len(frame))
     frame.loc[frame.index[8_000], "order"] = 17  # one repeat in 9,000 rows
     frame["code"] = np.arange(len(frame)) % 10
+    frame.loc[frame.index[4_321], "code"] = 99  # one rare value, which 500 sampled rows hardly hold
     (tmp_path / "golden").mkdir()
     for index in range(3):
         frame.iloc[index * 3_000 : (index + 1) * 3_000].to_parquet(tmp_path / "golden" / f"p{index}.parquet", index=False)
@@ -1341,6 +1344,10 @@ def test_uniqueness_a_sample_cannot_show_is_a_warn_and_a_repeat_it_finds_a_fail(
         ("expect_column_unique_value_count_to_be_between", "code", {"min_value": 5}),
         ("expect_column_unique_value_count_to_be_between", "code", {"min_value": 5, "max_value": 20}),
         ("expect_column_proportion_of_unique_values_to_be_between", "id", {"min_value": 0.99}),
+        ("expect_column_distinct_values_to_contain_set", "code", {"value_set": [0, 9, 99]}),
+        ("expect_column_distinct_values_to_contain_set", "code", {"value_set": [0, 9]}),
+        ("expect_column_distinct_values_to_equal_set", "code", {"value_set": list(range(9))}),
+        ("expect_column_distinct_values_to_equal_set", "code", {"value_set": [*range(10), 99, 100]}),
     ]
     (tmp_path / "checks" / "expectations").mkdir(parents=True)
     (tmp_path / "checks" / "expectations" / "unique.json").write_text(json.dumps({"name": "unique", "expectations": [
@@ -1351,7 +1358,8 @@ def test_uniqueness_a_sample_cannot_show_is_a_warn_and_a_repeat_it_finds_a_fail(
     (tmp_path / "release-kit.toml").write_text((tmp_path / "release-kit.toml").read_text().replace("sample_rows = 5000", "sample_rows = 500"))
     report = run(cli)
     checks = [c for c in report["checks"] if c["name"].startswith(("golden/id:", "golden/order:", "golden/code:"))]
-    assert [c["status"] for c in checks] == ["warn", "warn", "fail", "fail", "pass", "warn", "warn"], [(c["name"], c["summary"]) for c in checks]
+    assert [c["status"] for c in checks] == ["warn", "warn", "fail", "fail", "pass", "warn", "warn", "warn", "pass", "fail", "warn"], \
+        [(c["name"], c["summary"]) for c in checks]
     assert all("on a uniform sample of 500 of 9,000 rows" in c["summary"] for c in checks)
     assert "cannot show every row's unique" in checks[1]["summary"]
     assert report["verdict"] == "block"  # the repeats the sample holds
