@@ -226,6 +226,8 @@ def null_sampling_margin(share: float, rows: int, compared_rows: int) -> float:
 # times as many rows nearly always), and more so the larger the golden set.
 RANGE_TAIL_ALPHA = 0.001
 TAIL_MIN_ROWS = 100  # fewer finite values than this: no extrapolation, the margin alone
+# A tail whose top k values' mean excess is below this share of the top 4k's ends (see ``tail_reach``).
+BOUNDED_TAIL_RATIO = 0.55
 
 
 def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> float | None:
@@ -237,19 +239,30 @@ def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> floa
     k = √n most extreme values' mean excess β over the next one u; then P(X > u + t) = (k/n)·e^(−t/β), so the
     level is u + β·ln(compared·k / (n·RANGE_TAIL_ALPHA)). A heavy tail (log-normal, Student's t) reaches
     further than this says; a generalized Pareto fit (Pickands' shape) was tried, and its shape from a few
-    thousand values was too noisy: now and then it allowed a light column values 1,000 times its range."""
+    thousand values was too noisy: now and then it allowed a light column values 1,000 times its range.
+
+    A tail that ends (a share, a bounded reading: uniform-like, or a density that falls to its endpoint) has
+    no reach beyond the margin: for a generalized Pareto tail of shape ξ the top k values' mean excess is
+    4^ξ times the top 4k's (1 for an exponential tail, about 0.85 for a normal one, 0.5 for ξ = −½, 0.25 for
+    a uniform one), so a ratio below ``BOUNDED_TAIL_RATIO`` means an endpoint, which an exponential fit would
+    overshoot (a cloud cover in [0, 1] allowed 1.27)."""
     import numpy as np
 
     n = values.size
     if n < TAIL_MIN_ROWS or compared < 1:
         return None
     k = int(min(max(10, round(math.sqrt(n))), 1000))
-    extreme = _extremes(values, k + 1, upper)
+    wide = 4 * k < n  # room for the top 4k's mean excess too
+    extreme = _extremes(values, 4 * k + 1 if wide else k + 1, upper)
     beyond = extreme if upper else -extreme  # distances into the tail grow along it
     threshold = float(beyond[k])
     excess = float(np.mean(beyond[:k] - threshold))
     if not excess > 0:
         return None
+    if wide:
+        deeper = float(np.mean(beyond[: 4 * k] - beyond[4 * k]))
+        if excess < BOUNDED_TAIL_RATIO * deeper:
+            return None
     reach = threshold + excess * math.log(compared * k / (n * RANGE_TAIL_ALPHA))
     return (reach if upper else -reach) if math.isfinite(reach) else None
 

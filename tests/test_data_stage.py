@@ -263,8 +263,9 @@ def test_a_profiled_range_fails_data_drawn_as_the_reference_was_rarely(draw):
 
 
 def test_a_profiled_range_still_fails_impossible_values():
-    """The reach grows with the compared rows as a tail does (slowly for a light one), and a bounded or
-    discrete column's range stays its extremes plus the margin: a value no draw would reach still fails."""
+    """The reach grows with the compared rows as a tail does (slowly for a light one), and a discrete column's
+    range, or one whose tail ends (a share in [0, 1]: an exponential fit allowed a cloud cover of 1.27), stays
+    its extremes plus the margin: a value no draw would reach still fails."""
     rng = np.random.default_rng(1)
     reference = rng.normal(20.0, 5.0, 5_000)
     low, high = profiled_range(reference)
@@ -275,8 +276,9 @@ def test_a_profiled_range_still_fails_impossible_values():
     assert 20 - 12 * 5 < far_low and far_high < 20 + 12 * 5  # a normal tail reaches ~6 sd in 10⁸ rows, not 999
     hours = rng.integers(0, 24, 5_000).astype(float)
     assert profiled_range(hours, 100_000_000) == pytest.approx((-2.3, 25.3))  # ties at the top: no tail
-    uniform = rng.random(5_000)
-    assert profiled_range(uniform, 100_000_000)[1] < 1.15  # a bounded tail stays near its bound
+    for share in (rng.random(5_000), rng.beta(2, 2, 5_000)):  # tails that end: the margin alone, at any size
+        margin = 0.1 * (share.max() - share.min())
+        assert profiled_range(share, 100_000_000) == pytest.approx((share.min() - margin, share.max() + margin))
     few = reference[:50]  # too few values to extrapolate from: the margin alone
     margin = 0.1 * (few.max() - few.min())
     assert profiled_range(few, 100_000_000) == pytest.approx((few.min() - margin, few.max() + margin))
