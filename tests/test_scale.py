@@ -160,6 +160,22 @@ def test_a_streamed_check_as_users_run_it_every_stage_with_tracking_on(streamed_
     # The profile's range and not-null expectations were decided over every row, not on the sample.
     counted = [c for c in report["checks"] if c["stage"] == "data" and c["name"].endswith(("to_be_between", "to_not_be_null"))]
     assert len(counted) >= 10 and all(c["status"] == "pass" and "over all 30,000 rows, streamed" in c["summary"] for c in counted), counted
+    # The profile was sized for the 30,000 golden rows: temperature's range reaches into the reference's tails,
+    # beyond its extremes plus the margin; a share in [0, 1] (cloud cover), whose tail ends, keeps the margin.
+    import re
+    import tomllib
+
+    train = pd.read_csv(tomllib.loads(config.read_text())["data"]["reference"])
+    bounds = {}
+    for c in counted:
+        found = re.match(r"(\w+) within \[([-\d.e+]+), ([-\d.e+]+)\]", c["summary"])
+        if found:
+            bounds[found[1]] = (float(found[2]), float(found[3]))
+    for column in ("temperature", "cloud_cover"):
+        low, high = train[column].min(), train[column].max()
+        margin = 0.1 * (high - low)
+        extended = bounds[column][1] > high + margin * 1.05
+        assert extended == (column == "temperature"), (column, bounds[column], high + margin)
     run = MlflowClient(tracking_uri=f"sqlite:///{streamed_project / '.release-kit' / 'mlflow.db'}").get_run(report["mlflow"]["run_id"])
     assert run.data.metrics["quality.mae.candidate"] == pytest.approx(metric(report, "mae")["candidate"], rel=1e-6)
 
