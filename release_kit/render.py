@@ -216,6 +216,18 @@ def status_counts(report: Report) -> str:
     return " · ".join(f"{counts[s]} {s}" for s in sorted(counts, key=STATUS_ORDER.get))
 
 
+def check_name_lines(name: str, width: int) -> list[str]:
+    """A check's name in lines of at most ``width`` characters, broken after its ':' separators; a part
+    longer than a line is folded."""
+    parts = re.findall(r"[^:]+:*|:+", name)
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return [line[k:k + width] for line in lines for k in range(0, len(line), width)]
+
+
 def print_report(report: Report, console: Console, *, verbose: bool = False) -> None:
     """The terminal report: a summary line, then failures, errors and warnings (passing and skipped checks
     collapsed into a count unless ``verbose``), then the verdict naming the waivers it relied on."""
@@ -230,12 +242,15 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
     if shown:
         table = Table(expand=True, show_lines=False)
         table.add_column("status", no_wrap=True)
-        # Check names are identifiers: never broken mid-word (the summary column takes the rest).
-        table.add_column("check", style="cyan", no_wrap=True, overflow="ellipsis", max_width=max(24, console.width // 3))
+        # Check names are identifiers: a long one is broken after its ':' separators, never cut short (two
+        # "performance::latency:batc…" rows could not be told apart); the summary column takes the rest.
+        name_width = max(24, console.width // 3)
+        table.add_column("check", style="cyan", overflow="fold", max_width=name_width)
         table.add_column("summary", overflow="fold", ratio=1)
         for check in shown:
             status = check.status.value
-            table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", escape(f"{check.stage}::{check.name}"), escape(check.summary))
+            name = "\n".join(check_name_lines(f"{check.stage}::{check.name}", name_width))
+            table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", escape(name), escape(check.summary))
         console.print(table)
     hidden = len(report.checks) - len(shown)
     if hidden:

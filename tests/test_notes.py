@@ -232,3 +232,23 @@ def test_html_note_renders_in_headless_chromium(tmp_path, cli, monkeypatch):
     done = subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and shot.stat().st_size > 10_000  # a real, non-blank picture
+
+
+def test_terminal_table_shows_every_check_name_whole_broken_after_its_separators():
+    import io
+
+    from rich.console import Console
+
+    report = pinned_report()
+    for rows in (1, 64):
+        report.checks.append(CheckResult("performance", f"latency:batch={rows}", Status.FAIL, "slower beyond the budget"))
+    out = io.StringIO()
+    render.print_report(report, Console(file=out, width=80, force_terminal=False))
+    lines = out.getvalue().splitlines()
+    assert "…" not in out.getvalue()  # two "performance::latency:batc…" rows could not be told apart
+    names = [(line, after) for line, after in zip(lines, lines[1:]) if "performance::latency:" in line]
+    assert len(names) == 2
+    assert [re.search(r"batch=\d+", after)[0] for _, after in names] == ["batch=1", "batch=64"]
+    assert render.check_name_lines("outliers::search:robustness", 24) == ["outliers::search:", "robustness"]
+    assert render.check_name_lines("data::" + "a" * 30, 24) == ["data::", "a" * 24, "a" * 6]
+    assert render.check_name_lines("quality::mae", 24) == ["quality::mae"]
