@@ -107,6 +107,22 @@ def test_the_live_ratio_pairs_each_rounds_blocks_so_load_changing_between_rounds
     assert blocked[1.3, False] <= 2, blocked
 
 
+def test_a_measurements_percentile_is_a_typical_rounds_so_it_agrees_with_the_ratio():
+    """A burst of load that slowed one round, in which the timer fitted many more (here cheaper-looking) calls,
+    must not move the shown p50: it is the median of the rounds' p50s, the figure the ratio compares."""
+    import numpy as np
+
+    from release_kit.timing import Measurement, ratio_interval
+
+    steady = [np.full(100, 10_000 + k, dtype=np.int64) for k in range(5)]
+    burst = [np.full(1_000, 30_000, dtype=np.int64), *steady[:-1]]
+    candidate, baseline = (Measurement(label, 64, "cpu", rounds, 0, 0, None) for label, rounds in (("candidate", steady),
+                                                                                                    ("baseline", burst)))
+    assert baseline.percentile(50) == candidate.percentile(50) == 10_002  # pooled: 30,000 against 10,002
+    ratio = ratio_interval(candidate, baseline, 50, paired=True, confidence=0.95, resamples=200, seed=0)
+    assert abs(candidate.percentile(50) / baseline.percentile(50) - ratio.value) < 0.01
+
+
 def test_peak_fraction_when_the_device_peak_is_given(project, power):
     project.config(FAST + "peak_tflops = 0.001\n")
     latency = by_name(gate.check(candidate=str(power["v1"]), baseline=str(power["v1"])))["latency:batch=32"]
