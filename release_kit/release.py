@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -615,6 +616,8 @@ def _version_tags(report: Report, manifest: dict[str, Any], rid: str, commit: st
         bump_reason=report.bump_reason, signature=signature,
         waivers=json.dumps([asdict(w) for w in report.waivers]) if report.waivers else None,
         data={role: data["sha256"] for role, data in manifest["data"].items()},
+        # Every figure measured of the candidate, a first release's too (its quality has no baseline, and the
+        # ledger showed none for it); a figure JSON could not hold (None) is left out.
         metrics={f"{check.stage}.{diff.name}": f"{diff.candidate:.6g}" for check in report.checks for diff in check.metrics
-                 if diff.baseline is not None},
+                 if diff.candidate is not None and math.isfinite(diff.candidate)},
     )

@@ -260,6 +260,13 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
     first = cli("release", "--candidate", repo.models["v1"], "--baseline", "none", "--format", "json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["version"] == "1.0.0" and repo.champion() == "1.0.0"
+    # The first release's quality is measured with no baseline to compare: the ledger records it all the same.
+    ledger = cli("history", "--format", "json")
+    assert ledger.exit_code == 0, ledger.output
+    first_metrics = json.loads(ledger.stdout)[0]["metrics"]
+    assert {"quality.mae", "quality.rmse", "quality.r2"} <= first_metrics.keys()
+    assert 0 < float(first_metrics["quality.mae"]) < 1
+    assert "mae" in cli("history").stdout  # the table's quality column: "—" before
 
     repo.configure(release='tag_format = "release/{model}/{version}"')
     repo.git("commit", "--quiet", "-am", "tag format")
