@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import InputError
 from .expressions import check_row_expression
+from .files import parse_document, read_document
 
 Task = Literal["regression", "classification"]
 MAX_BATCH = (1 << 31) - 1  # samples per model call or batch: numpy, torch and pyarrow take sizes as C integers
@@ -593,11 +594,9 @@ def load_config(path: Path) -> Config:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return parse_document(tomllib.loads, read_document(path, "config file"), f"config file {path}")
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read config file {path}: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"{path}: invalid TOML: {error}") from None
 

@@ -1,5 +1,5 @@
 """Files the gate reads and does not trust: their content hashes, read in blocks, whether they fit in the
-memory available once unpacked, and their column names.
+memory available once unpacked, their column names, and documents (JSON, TOML) read whole and parsed.
 
 Below every reader (the tables, the streamed Parquet sets, the models, the registry's downloads), which
 import it and nothing else of each other for it."""
@@ -7,13 +7,57 @@ import it and nothing else of each other for it."""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+# A JSON or TOML document read whole (a report, an expectation suite, a config, stored timings) is parsed into
+# Python objects several times its text's size; one larger than this is no document release-kit wrote or a
+# person edits, and is refused before it is read, where reading it could take the job's memory.
+DOCUMENT_MAX_BYTES = 256 << 20
+
+
+def read_document(path: Path, what: str) -> str:
+    """A document's text, UTF-8. Only a regular file of at most :data:`DOCUMENT_MAX_BYTES` is read: a FIFO or
+    a device (``--report /dev/zero``) would be read forever. A missing file raises ``FileNotFoundError`` (each
+    caller names what is missing); anything else wrong is an InputError naming ``what`` and the path."""
+    try:
+        # Opened without blocking: opening a FIFO blocks until something writes to it.
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise InputError(f"cannot read {what} {path}: not a regular file")
+    with os.fdopen(handle, "rb") as stream:
+        try:
+            data = stream.read(DOCUMENT_MAX_BYTES + 1)
+        except OSError as error:
+            raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if len(data) > DOCUMENT_MAX_BYTES:
+        raise InputError(f"cannot read {what} {path}: it holds more than {byte_size(DOCUMENT_MAX_BYTES)}, which no {what} needs")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"cannot read {what} {path}: {error}") from None
+
+
+def parse_document(parse: Callable[[str], Any], text: str | bytes, what: str) -> Any:
+    """``parse(text)`` (``json.loads``, ``tomllib.loads``), where a document nested deeper than Python's
+    recursion limit (``[[[[…]]]]``, a few hundred KB) is an InputError naming ``what``, not a crash: both
+    parsers recurse per level. The parser's own errors propagate for the caller to word."""
+    try:
+        return parse(text)
+    except RecursionError:
+        raise InputError(f"cannot read {what}: it is nested too deeply") from None
 
 
 def file_sha256(path: Path, between_blocks: Callable[[], bool] | None = None, block_bytes: int = 1 << 20) -> str:

@@ -506,10 +506,12 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
     if not allow_pickle:
         inspect_export_archive(path, role)
     try:
-        with contextlib.nullcontext() if allow_pickle else _weights_only_torch_load():
+        with contextlib.nullcontext() if allow_pickle else _weights_only_torch_load(), _deserializing_errors() as cause:
             program = torch.export.load(str(path))
     except Exception as error:
-        raise InputError(f"cannot load {role} torch.export program {path}: {first_line(error)}") from None
+        # torch logs why it could not deserialize (a traceback on stderr) and raises "check the warnings above".
+        reason = first_line(cause[0]) if cause else first_line(error)
+        raise InputError(f"cannot load {role} torch.export program {path}: {reason}") from None
     if not allow_pickle:
         audit_exported_program(program, role, path)
     from .environment import available_memory_bytes
@@ -525,6 +527,30 @@ def _load_export(path: Path, role: str, factory: str | None, allow_pickle: bool)
         raise InputError(f"{role} model {path} was traced with a fixed batch of {size:,} samples, {byte_size(per_call)} of inputs per "
                          f"call, more than a quarter of the memory available ({byte_size(available)}): export it with a dynamic batch")
     return FixedBatch(program.module(), size)
+
+
+@contextlib.contextmanager
+def _deserializing_errors():
+    """While ``torch.export.load`` runs: the error it logs with its traceback (a multi-line warning on stderr
+    where errors are one line) kept out of the log and handed to the caller instead, as a list of at most
+    one exception."""
+    import logging
+
+    caught: list[BaseException] = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and record.exc_info[1] is not None:
+                caught[:] = [record.exc_info[1]]
+                return False
+            return True
+
+    logger, keep = logging.getLogger("torch.export"), Keep()
+    logger.addFilter(keep)
+    try:
+        yield caught
+    finally:
+        logger.removeFilter(keep)
 
 
 def _refuse_pickled(role: str, path: Path, entry: str, why: str) -> InputError:
@@ -583,7 +609,7 @@ def _inspect_payload_config(raw: bytes, role: str, path: Path, entry: str) -> No
         config = json.loads(raw)
         payloads = config.get("config", {})
         items = payloads.items()
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise InputError(f"cannot read {role} torch.export program {path}: {entry} is not a payload config") from None
     for fqn, meta in items:
         if not isinstance(meta, dict):

@@ -324,14 +324,15 @@ def _finite_or_none(value: Any) -> Any:
 def load_report(path: Path) -> Report:
     """Read a report written by ``check --report``; a missing, unreadable or foreign file is an InputError."""
     from .errors import InputError
+    from .files import parse_document, read_document
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        text = read_document(path, "report")
+        data = parse_document(json.loads, text, f"report {path}")
     except FileNotFoundError:
         raise InputError(f"report not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except json.JSONDecodeError as error:
         raise InputError(f"cannot read report {path}: {error}") from None
     version = str(data.get("schema_version", "")) if isinstance(data, dict) else ""
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:

@@ -10,11 +10,13 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, first_line
 from .expressions import check_row_expression
+from .files import parse_document, read_document
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,8 +176,9 @@ def _load_suite(path: Path) -> Suite:
         raise InputError(f"{path}: cannot read expectation suite: {name} is no JSON number (write a finite bound, or none)")
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = parse_document(partial(json.loads, parse_constant=no_constant), read_document(path, "expectation suite"),
+                              f"expectation suite {path}")
+    except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read expectation suite: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
         raise InputError(f"{path}: not a GX expectation suite (needs an 'expectations' list)")

@@ -550,3 +550,45 @@ def test_an_output_that_names_a_file_the_command_reads_is_refused(project, power
     assert_input_error(cli("release", "--report", "r.json", "--note-out", "r.json"), project, "--note-out names r.json, the report to release")
     assert (project.root / "r.json").read_bytes() == report and (project.root / "CHANGELOG.md").read_text() == "# Changelog\n"
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_documents_nested_too_deeply_or_not_files_are_one_line(project, power):
+    """A report, a config or an expectation suite is parsed by a parser that recurses per level: a few hundred
+    KB of ``[[[[…]]]]`` crashed it (exit 4, "internal error: RecursionError"). And a report that is no regular
+    file (``/dev/zero``, a FIFO) was read forever. Each is bad input naming the file, in a subprocess as users
+    run it."""
+    from conftest import run_cli
+
+    deep = "[" * 100_000 + "]" * 100_000
+    project.write("deep-report.json", '{"schema_version": ' + deep + "}")
+    project.write("deep.toml", "x = " + deep + "\n")
+    os.mkfifo(project.root / "fifo.json")
+    cases = [
+        (("note", "--report", "deep-report.json"), "cannot read report deep-report.json: it is nested too deeply"),
+        (("release", "--report", "deep-report.json", "--dry-run"), "cannot read report deep-report.json: it is nested too deeply"),
+        (("note", "--report", "/dev/zero"), "cannot read report /dev/zero: not a regular file"),
+        (("note", "--report", "fifo.json"), "cannot read report fifo.json: not a regular file"),
+        (("note", "--report", "."), "cannot read report .: not a regular file"),
+        (("check", "--config", "deep.toml", "--candidate", power["better"]), "cannot read config file deep.toml: it is nested too deeply"),
+    ]
+    for args, line in cases:
+        result = run_cli(project.root, *args, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [f"release-kit: error: {line}"], (args, result.stderr)
+
+    project.config('[gate]\nstages = ["data"]\n')
+    suite = project.write("checks/expectations/golden.json", '{"name": "golden", "expectations": ' + deep + "}")
+    result = run_cli(project.root, "check", "--candidate", power["better"], "--report", "report.json")
+    assert result.returncode == 2 and not (project.root / "report.json").exists()
+    assert result.stderr.strip().splitlines() == [f"release-kit: error: cannot read expectation suite {suite}: it is nested too deeply"]
+
+
+def test_a_document_larger_than_any_release_kit_reads_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from release_kit import files
+    from release_kit.errors import InputError
+    from release_kit.report import load_report
+
+    (tmp_path / "big.json").write_text(" " * 2048 + "{}")
+    monkeypatch.setattr(files, "DOCUMENT_MAX_BYTES", 1024)
+    with pytest.raises(InputError, match="it holds more than .* which no report needs"):
+        load_report(tmp_path / "big.json")

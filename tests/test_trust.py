@@ -104,6 +104,21 @@ def test_crafted_export_archive_is_refused_without_allow_pickle(project, power, 
     assert not (project.root / "report.json").exists()
 
 
+@pytest.mark.parametrize("entry", ["_weights_config.json", "model.json"])
+def test_an_export_archive_whose_json_is_nested_too_deeply_is_bad_input(project, power, tmp_path, entry):
+    """A crafted .pt2 whose payload config (read by the inspection) or program (read by torch) nests deeper than
+    the JSON parser recurses: bad input naming the file, not "internal error: RecursionError"."""
+    from conftest import run_cli
+
+    with zipfile.ZipFile(power["better_export"]) as archive:
+        assert any(name.endswith(entry) for name in archive.namelist())
+    deep = ('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+    evil = rewrite_archive(power["better_export"], tmp_path / "deep.pt2", {entry: deep})
+    result = run_cli(project.root, "check", "--candidate", evil, "--baseline", power["v1"], "--report", "report.json")
+    one_line_error(result, 2, "candidate", "deep.pt2")
+    assert not (project.root / "report.json").exists()
+
+
 def check_from_the_registry(project, cli, tmp_path: Path, model_file: Path):
     """``check`` of ``model_file`` published as version 1 of "evil" in a registry of its own."""
     from release_kit.registry import publish

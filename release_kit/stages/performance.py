@@ -83,11 +83,13 @@ class StoredMismatch(Exception):
 def _read_stored(path: str) -> dict:
     import json
 
+    from ..files import parse_document, read_document
+
     try:
-        data = json.loads(open(path, encoding="utf-8").read())
+        data = parse_document(json.loads, read_document(path, "[performance] stored_baseline"), f"[performance] stored_baseline {path}")
     except FileNotFoundError:
         raise InputError(f"[performance] stored_baseline not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except json.JSONDecodeError as error:
         raise InputError(f"[performance] stored_baseline {path}: cannot read: {error}") from None
     if not isinstance(data, dict) or data.get("schema") != STORED_SCHEMA:
         raise InputError(f"[performance] stored_baseline {path}: not a release-kit performance file ({STORED_SCHEMA})")
