@@ -141,7 +141,42 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
 
 
 def _render(name: str, templates_dir: str | Path | None, *, charts: str = "mermaid", **context) -> str:
-    """Render a template; a template error (an unknown variable, a syntax error) is the user's input error."""
+    """Render a template; a template error (an unknown variable, a syntax error) is the user's input error.
+    With a repository's templates, in a child process whose memory and CPU time are bounded
+    (:mod:`release_kit.template_worker`): the sandbox keeps a template from Python's internals, not from
+    asking for gigabytes or hours."""
+    if templates_dir is not None:
+        from .template_worker import render_isolated
+
+        if not Path(templates_dir).is_dir():
+            raise InputError(f"templates directory not found: {templates_dir} ([release] templates or --templates)")
+        return render_isolated(name, str(templates_dir), charts, {key: _as_json(value) for key, value in context.items()})
+    return _render_here(name, None, charts, context)
+
+
+def render_from_json(name: str, templates_dir: str, charts: str, context: dict[str, Any]) -> str:
+    """The child's side of :func:`_render`: the context from its JSON form, rendered in this process."""
+    from .report import Report
+
+    typed = dict(context)
+    if typed.get("report") is not None:
+        typed["report"] = Report.from_dict(typed["report"])
+    if typed.get("release") is not None:
+        typed["release"] = ReleaseContext.from_dict(typed["release"])
+    return _render_here(name, templates_dir, charts, typed)
+
+
+def _as_json(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    from .report import Report
+
+    if isinstance(value, Report):
+        return value.to_dict()
+    return asdict(value) if is_dataclass(value) else value
+
+
+def _render_here(name: str, templates_dir: str | None, charts: str, context: dict[str, Any]) -> str:
     from jinja2 import TemplateError
     from jinja2.exceptions import SecurityError
 

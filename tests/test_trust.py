@@ -886,6 +886,67 @@ def test_a_template_cannot_escape_the_sandbox(project, power, cli, tmp_path, com
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(("template", "needle"), [
+    ('{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}', "it recursed too deeply"),  # was exit 4: RecursionError
+    ('{{ "a" * 10 ** 10 }}', "it asked for more than 1024 MiB of memory"),  # was a 10 GB string
+    ('{{ "x"|center(4 * 10 ** 9) }}', "it asked for more than 1024 MiB of memory"),
+    ('{% for i in range(9999) %}{{ "x"|center(9999) }}{% endfor %}', "its text is longer than 16 Mi characters"),
+    ('{{ report.model + 1 }}', "TypeError: can only concatenate str"),  # was exit 4
+    ('{{ 1 / 0 }}', "ZeroDivisionError"),
+])
+def test_a_template_cannot_take_the_jobs_memory_or_crash_it(project, power, cli, tmp_path, template, needle):
+    """The sandbox keeps a template from Python's internals, not from the job's memory and time: a repository's
+    templates render in a child process under RLIMIT_AS and RLIMIT_CPU, and whatever stops one is one line
+    naming the template (exit 2), in a subprocess as users run it."""
+    from conftest import run_cli
+
+    report = tmp_path / "r.json"
+    assert cli("check", "--candidate", power["better"], "--stage", "quality", "--report", report).exit_code == 0
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "report.md.j2").write_text(template)
+    result = run_cli(project.root, "note", "--report", report, "--templates", templates, "--out", "note.md", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("release-kit: error: cannot render template report.md.j2: "), result.stderr
+    assert needle in lines[0]
+    assert not (project.root / "note.md").exists()
+
+
+@pytest.mark.slow
+def test_a_template_that_loops_for_hours_is_stopped_by_its_cpu_limit(project, power, cli, tmp_path):
+    from conftest import run_cli
+
+    from release_kit.template_worker import CPU_SECONDS
+
+    report = tmp_path / "r.json"
+    assert cli("check", "--candidate", power["better"], "--stage", "quality", "--report", report).exit_code == 0
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "report.md.j2").write_text("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}")
+    result = run_cli(project.root, "note", "--report", report, "--templates", templates, timeout=CPU_SECONDS * 4)
+    assert result.returncode == 2 and f"it took more than {CPU_SECONDS} s of CPU" in result.stderr, result.stderr
+
+
+def test_a_repositorys_templates_render_the_same_note_in_their_child_process(project, power, cli, tmp_path):
+    """Copies of the shipped templates (what `release-kit init` writes) render, in the child, the note the
+    shipped ones render in process."""
+    import shutil
+
+    import release_templates
+
+    from release_kit import render
+    from release_kit.report import load_report
+
+    report_path = tmp_path / "r.json"
+    assert cli("check", "--candidate", power["better"], "--report", report_path).exit_code == 0
+    report = load_report(report_path)
+    copies = tmp_path / "templates"
+    shutil.copytree(Path(release_templates.__file__).parent, copies, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for kind in (render.render_markdown, render.render_html):
+        assert kind(report, templates_dir=copies) == kind(report)
+
+
 def test_a_missing_templates_directory_is_an_error(project, power, cli):
     project.config('[release]\ntemplates = "no-such-dir"\n')
     result = cli("check", "--candidate", power["better"], "--stage", "quality", "--format", "markdown", "--report", "report.json")
