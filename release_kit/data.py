@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from .config import CLASS_LABELS_HINT
 from .errors import InputError, first_line
 from .files import (
-    check_unique_columns, file_sha256, require_room_for_items, require_room_for_rows, require_room_to_read, require_room_to_unpack,
+    check_unique_columns, file_sha256, require_regular_file, require_room_for_items, require_room_for_rows, require_room_to_read,
+    require_room_to_unpack,
 )
 
 if TYPE_CHECKING:
@@ -235,6 +236,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"data file not found: {path}")
+    require_regular_file(path, "data file")
     suffix = path.suffix.lower()
     csv = suffix == ".csv" or (suffix in CSV_COMPRESSIONS and path.with_suffix("").suffix.lower() == ".csv")
     if not csv and suffix not in SUFFIXES:
@@ -483,6 +485,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 
     if not path.exists():
         raise InputError(f"data file not found: {path}")
+    require_regular_file(path, "data file")
     if path.suffix.lower() == ".npz":
         require_room_to_unpack(path, "data file")
         try:

@@ -50,6 +50,13 @@ def read_document(path: Path, what: str) -> str:
         raise InputError(f"cannot read {what} {path}: {error}") from None
 
 
+def require_regular_file(path: Path, what: str) -> None:
+    """``path`` (links followed) must be a regular file: a device (a model committed as a link to
+    ``/dev/zero``) or a FIFO is read forever, where the gate would hold its job until the job's timeout."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputError(f"{what} {path} is not a regular file (a device, FIFO or socket is never read to its end)")
+
+
 def parse_document(parse: Callable[[str], Any], text: str | bytes, what: str) -> Any:
     """``parse(text)`` (``json.loads``, ``tomllib.loads``), where a document nested deeper than Python's
     recursion limit (``[[[[…]]]]``, a few hundred KB) is an InputError naming ``what``, not a crash: both

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .files import byte_size, file_sha256, require_room_to_unpack
+from .files import byte_size, file_sha256, require_regular_file, require_room_to_unpack
 from .operators import audit_exported_program, audit_scripted_module, audit_torchscript_archive
 from .factories import resolve_factory
 from .errors import EXIT_INPUT, InputError, first_line
@@ -419,6 +419,7 @@ def load_model(
             raise InputError(f"{role} model file not found: {path}")
         if path.is_dir():
             raise InputError(f"{role} model path is a directory, not a model file: {path}")
+        require_regular_file(path, f"{role} model")
 
     kind = detect_kind(path)
     if kind == "pickle" and not allow_pickle:

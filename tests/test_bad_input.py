@@ -592,3 +592,24 @@ def test_a_document_larger_than_any_release_kit_reads_is_refused_before_it_is_re
     monkeypatch.setattr(files, "DOCUMENT_MAX_BYTES", 1024)
     with pytest.raises(InputError, match="it holds more than .* which no report needs"):
         load_report(tmp_path / "big.json")
+
+
+def test_a_model_or_data_file_that_is_no_regular_file_is_refused_not_read_forever(project, power):
+    """A model committed as a link to /dev/zero, or a golden set that is a FIFO, held the gate until its job's
+    timeout (hashing or reading a file without end): bad input naming it, exit 2."""
+    from conftest import run_cli
+
+    (project.root / "models").mkdir()
+    (project.root / "models" / "candidate.pt").symlink_to("/dev/zero")
+    os.mkfifo(project.root / "golden.csv")
+    cases = [
+        (("--candidate", "models/candidate.pt"), "candidate model models/candidate.pt is not a regular file"),
+        (("--candidate", power["better"], "--baseline", "/dev/zero"), "baseline model /dev/zero is not a regular file"),
+        (("--candidate", power["better"], "--data", "golden.csv"), "data file golden.csv is not a regular file"),
+    ]
+    for args, needle in cases:
+        result = run_cli(project.root, "check", *args, "--report", "report.json", timeout=120)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
+        assert not (project.root / "report.json").exists()
