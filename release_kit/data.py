@@ -479,6 +479,39 @@ def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:
 # -- tensor golden sets --------------------------------------------------------------------------------
 
 
+def _check_npz_headers(path: Path) -> None:
+    """Each array's header against the bytes its entry holds, before numpy reads one: numpy allocates the
+    shape a header declares first, so a 200-byte entry declaring (3000, 10⁹) int64 asked for 21.8 TiB
+    (exit 4), and one declaring less than gigabytes got them. An object array is named as refused (it would
+    be unpickled), a truncated one as truncated."""
+    import zipfile
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as entry:
+                    version = npy.read_magic(entry)
+                    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read_header(entry, max_header_size=10_000)
+                    header_bytes = entry.tell()
+                if dtype.hasobject:
+                    raise InputError(f"{path}: array {name!r} is a pickled object array, which is refused (unpickling can run "
+                                     "code); store numbers")
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                held = info.file_size - header_bytes
+                if declared != held:
+                    raise InputError(f"{path}: array {name!r} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but "
+                                     f"holds {held:,} bytes: a truncated or crafted file")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise InputError(f"{path}: cannot read .npz file: {first_line(error)}") from None
+
+
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a ``.npz`` (never unpickled) or ``.safetensors`` file, by name."""
     import numpy as np
@@ -488,6 +521,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     require_regular_file(path, "data file")
     if path.suffix.lower() == ".npz":
         require_room_to_unpack(path, "data file")
+        _check_npz_headers(path)
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {}

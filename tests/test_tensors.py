@@ -577,6 +577,33 @@ def test_a_pickled_npz_is_refused_and_never_unpickled(tmp_path, shape_example):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(("declared", "payload", "needle"), [
+    ((1500, 10 ** 9), 0, "declares shape (1500, 1000000000) of float32 (6,000,000,000,000 bytes) but holds 0 bytes"),  # was exit 4
+    ((1500, 1, 32, 32), 100, "declares shape (1500, 1, 32, 32) of float32 (6,144,000 bytes) but holds 100 bytes"),
+])
+def test_an_npz_array_whose_header_claims_more_than_it_holds_is_refused_before_numpy_allocates_it(tmp_path, shape_example, declared,
+                                                                                                  payload, needle):
+    """numpy allocates the shape an .npy header declares before reading it: a 200-byte entry asked for terabytes
+    (MemoryError, exit 4), and a truncated one was called a pickled object array."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
+    golden = dict(np.load(root / "data" / "golden.npz"))
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": declared})
+    with zipfile.ZipFile(root / "data" / "golden.npz", "w") as archive:
+        archive.writestr("inputs.npy", header.getvalue() + golden["inputs"].tobytes()[:payload])
+        target = io.BytesIO()
+        np.save(target, golden["target"])
+        archive.writestr("target.npy", target.getvalue())
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--report", "report.json")
+    assert_one_line_error(result, "golden.npz", f"array 'inputs' {needle}: a truncated or crafted file")
+    assert not (root / "report.json").exists()
+
+
 def test_metadata_with_another_row_count(tmp_path, shape_example):
     root = shape_project(tmp_path / "p", shape_example, '[gate]\nstages = ["quality"]\n')
     meta = pd.read_csv(root / "data" / "golden-meta.csv")
