@@ -143,15 +143,53 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
 def _render(name: str, templates_dir: str | Path | None, *, charts: str = "mermaid", **context) -> str:
     """Render a template; a template error (an unknown variable, a syntax error) is the user's input error.
     With a repository's templates, in a child process whose memory and CPU time are bounded
-    (:mod:`release_kit.template_worker`): the sandbox keeps a template from Python's internals, not from
-    asking for gigabytes or hours."""
+    (:func:`render_isolated`): the sandbox keeps a template from Python's internals, not from asking for
+    gigabytes or hours."""
     if templates_dir is not None:
-        from .template_worker import render_isolated
-
         if not Path(templates_dir).is_dir():
             raise InputError(f"templates directory not found: {templates_dir} ([release] templates or --templates)")
         return render_isolated(name, str(templates_dir), charts, {key: _as_json(value) for key, value in context.items()})
     return _render_here(name, None, charts, context)
+
+
+# A repository's templates render in release_kit.template_worker, a child process under these limits.
+# Its address space: the interpreter, jinja2 and markdown-it take ~100 MB of it; a release note is kilobytes.
+MEMORY_LIMIT_BYTES = 1 << 30
+# CPU seconds, and the parent's wall-clock wait (the shipped templates render in milliseconds).
+CPU_SECONDS = 30
+WAIT_SECONDS = 60
+# The rendered text, at most: a note or a changelog entry is kilobytes, GitHub's comments stop at 64 KiB.
+OUTPUT_LIMIT_CHARS = 16 << 20
+# The child's exit when the template is at fault; anything else is a failure of the child itself.
+TEMPLATE_FAULT = 2
+
+
+def render_isolated(name: str, templates_dir: str, charts: str, context: dict[str, Any]) -> str:
+    """``name`` rendered from ``templates_dir`` in the child, which gets no environment variable of this job
+    (no token a template could print); an InputError naming the template when it cannot be (its own error,
+    or the time or memory it asked for)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .errors import one_line
+
+    request = json.dumps({"name": name, "templates": templates_dir, "charts": charts, "context": context}, allow_nan=False)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": package_root, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "release_kit.template_worker"], input=request, capture_output=True,
+                              text=True, encoding="utf-8", env=environment, timeout=WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"cannot render template {name}: it took longer than {WAIT_SECONDS} s (a release note takes milliseconds)") from None
+    if done.returncode == 0:
+        return done.stdout
+    if done.returncode == TEMPLATE_FAULT:  # its last line: a library's warning may come first
+        raise InputError(one_line(done.stderr.strip().splitlines()[-1]))
+    if done.returncode in (-9, -24):  # SIGKILL, SIGXCPU: past RLIMIT_CPU
+        raise InputError(f"cannot render template {name}: it took more than {CPU_SECONDS} s of CPU (a release note takes milliseconds)")
+    raise RuntimeError(f"the template renderer failed (exit {done.returncode}): {one_line(done.stderr.strip()[-500:])}")
 
 
 def render_from_json(name: str, templates_dir: str, charts: str, context: dict[str, Any]) -> str:

@@ -917,7 +917,7 @@ def test_a_template_cannot_take_the_jobs_memory_or_crash_it(project, power, cli,
 def test_a_template_that_loops_for_hours_is_stopped_by_its_cpu_limit(project, power, cli, tmp_path):
     from conftest import run_cli
 
-    from release_kit.template_worker import CPU_SECONDS
+    from release_kit.render import CPU_SECONDS
 
     report = tmp_path / "r.json"
     assert cli("check", "--candidate", power["better"], "--stage", "quality", "--report", report).exit_code == 0
