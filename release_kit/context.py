@@ -34,6 +34,26 @@ class Predictions:
 
 
 @dataclass(frozen=True)
+class BatchProbe:
+    """The candidate's outputs for some golden rows called in one batch against the same rows called in parts
+    of ``part``: a row's prediction must not depend on the rows that share its batch (a BatchNorm left in
+    training mode normalizes by its batch's statistics, and repeats itself on the same batch)."""
+
+    rows: int
+    part: int
+    largest_change: float  # the largest absolute difference of an output between the two ways
+    scale: float  # the largest absolute output: what the tolerance is relative to
+    error: str | None = None  # the model failed on the parts: nothing decided
+
+    # Another kernel for another batch size (a GPU's TF32 convolution among them) moves outputs by far less.
+    TOLERANCE = 1e-3
+
+    @property
+    def independent(self) -> bool:
+        return self.error is None and self.largest_change <= self.TOLERANCE * max(self.scale, 1e-6)
+
+
+@dataclass(frozen=True)
 class GateContext:
     config: Config
     project_dir: Path
@@ -56,6 +76,9 @@ class GateContext:
     # A baseline released with other input features (recorded in its signature): the positions of its
     # features among the candidate's [model] features, in its order. None: it reads the candidate's inputs.
     baseline_columns: tuple[int, ...] | None = None
+    # The candidate's outputs called in one batch and in small parts (quality::batch_independence); None
+    # where the golden set has too few rows to tell.
+    batch_probe: BatchProbe | None = None
 
     def inputs_for(self, role: str, inputs):
         """Inputs in the candidate's features (golden rows, a search's, a benchmark batch: a matrix or a

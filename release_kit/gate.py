@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, find_config, load_config, parse_tolerance
-from .context import GateContext, Predictions, baseline_inputs
+from .context import BatchProbe, GateContext, Predictions, baseline_inputs
 from .errors import InputError
 from .models import REGISTRY_SCHEMES
 from .report import Report
@@ -192,6 +192,7 @@ def prepare(
                 predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
         for model in models:
             _require_repeatable(model, inputs[model.role], tabular)
+        batch_probe = probe_batches(candidate_model, inputs["candidate"], tabular)
         if "performance" in config.gate.stages and baseline_model is not None:
             _check_batch_sizes(config, golden, (candidate_model, baseline_model), baseline_columns)
         shapes = {role: values.shape for role, values in predicted.items()}
@@ -212,6 +213,7 @@ def prepare(
             reference=reference,
             suites=suites,
             baseline_columns=baseline_columns,
+            batch_probe=batch_probe,
         )
 
 
@@ -468,6 +470,42 @@ def _require_repeatable(model, inputs: tuple, tabular: bool) -> None:
         "(a dropout or another random layer left in training mode? torch.export keeps the mode the model was in: call "
         "model.eval() before exporting)"
     )
+
+
+# Golden rows (samples) the candidate is called on in one batch and again in parts of BATCH_PART_ROWS: over 2
+# rows a batch's statistics are far from those over 32, so a layer that uses them moves its outputs by their
+# own scale, where another kernel for another batch size moves them by rounding.
+ALONE_ROWS = 32
+BATCH_PART_ROWS = 2
+
+
+def probe_batches(model, inputs: tuple, tabular: bool) -> BatchProbe | None:
+    """The model's outputs for up to ALONE_ROWS golden rows (spread over the set) in one call against the same
+    rows in parts of BATCH_PART_ROWS; a program traced with a fixed batch pads every call to it, so it is
+    called in two halves. The model's failure on the parts is recorded, not raised: the quality stage says
+    what could not be decided, and the performance stage names a batch size the model refuses."""
+    import numpy as np
+
+    from .fixed_batch import fixed_batch_of
+
+    samples = len(inputs[0])
+    rows = np.unique(np.linspace(0, samples - 1, min(samples, ALONE_ROWS)).astype(np.int64)) if samples else np.zeros(0, np.int64)
+    if len(rows) < 2 * BATCH_PART_ROWS:
+        return None
+    picked = tuple(array[rows] for array in inputs)
+    part = len(rows) // 2 if fixed_batch_of(model.module) is not None else BATCH_PART_ROWS
+    try:
+        together = model.raw_outputs(picked)
+        apart = np.concatenate([model.raw_outputs(tuple(a[start:start + part] for a in picked)) for start in range(0, len(rows), part)])
+    except InputError as error:  # the model's own failure on a small batch (or its deadline)
+        return BatchProbe(len(rows), part, float("nan"), float("nan"), error=str(error))
+    finite = np.isfinite(together)
+    scale = float(np.abs(together[finite]).max()) if finite.any() else 0.0
+    if apart.shape != together.shape:
+        return BatchProbe(len(rows), part, float("inf"), scale)
+    # NaN in both ways is the same output; NaN in one only is a change beyond any tolerance.
+    change = np.where(np.isnan(together) & np.isnan(apart), 0.0, np.nan_to_num(np.abs(together - apart), nan=np.inf))
+    return BatchProbe(len(rows), part, float(change.max()) if change.size else 0.0, scale)
 
 
 def _check_batch_sizes(config: Config, golden, models, baseline_columns: tuple[int, ...] | None) -> None:

@@ -58,7 +58,7 @@ def test_better_trained_classifier_passes_and_undertrained_is_blocked(tmp_path, 
     assert passed.exit_code == 0, passed.output
     report = json.loads(passed.stdout)
     names = {c["name"]: c for c in report["checks"]}
-    assert set(names) == {"output_contract", "accuracy", "f1", "roc_auc", "log_loss"}
+    assert set(names) == {"output_contract", "batch_independence", "accuracy", "f1", "roc_auc", "log_loss"}
     assert all(c["status"] == "pass" for c in report["checks"]), [c["summary"] for c in report["checks"]]
     log_loss = names["log_loss"]["metrics"][0]
     assert log_loss["ci_high"] < 0  # significantly better

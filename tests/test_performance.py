@@ -204,6 +204,27 @@ def test_model_failing_on_the_benchmark_batch_is_an_input_error(project, power, 
     assert "fails on the benchmark batch of shape (1, 5)" in result.stderr
 
 
+def test_a_model_that_fails_on_small_batches_leaves_batch_independence_undecided(project, power):
+    """Without the performance stage nothing else names the batch it refuses: quality::batch_independence is an
+    error (undecided, and the gate blocks), never a pass."""
+    class NeedsBig(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] < 100:
+                raise RuntimeError("batches below 100 rows are not supported")
+            return self.inner(x)
+
+    path = wrap(power, project, NeedsBig, "needs-big.pt")
+    report = gate.check(candidate=str(path), baseline=str(power["v1"]))
+    probe = next(c for c in report.checks if c.name == "batch_independence")
+    assert probe.status is Status.ERROR and "batches below 100 rows are not supported" in probe.summary
+    assert probe.summary.startswith("32 golden rows called in one batch and in batches of 2: cannot decide")
+    assert report.verdict.value == "block"
+
+
 def test_user_benchmark_checks_land_in_the_report(project, power, cli, monkeypatch):
     project.config(FAST)
     # As in a pytest-xdist worker (a team's parallel test of its gate): the check session is still the gate's

@@ -128,6 +128,55 @@ def test_a_model_whose_predictions_are_random_is_refused(project, power, cli, go
     assert cli("check", "--candidate", models["candidate"], "--baseline", models["baseline"]).exit_code in (0, 1)
 
 
+class NormalizedInTraining(torch.nn.Module):
+    """A BatchNorm before the network, exported in training mode: it normalizes by its batch's statistics, so
+    a row's prediction depends on the rows that share its batch (and two calls on one batch agree)."""
+
+    def __init__(self, inner: torch.nn.Module, features: int) -> None:
+        super().__init__()
+        self.norm, self.inner = torch.nn.BatchNorm1d(features), inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.norm(x))
+
+
+@pytest.mark.parametrize("golden", ["golden.csv", "golden"])  # read whole, and streamed in batches
+def test_a_model_whose_predictions_depend_on_the_rest_of_its_batch_is_blocked(project, power, golden):
+    """A BatchNorm left in training mode repeats its outputs on the same batch, so it passed the second-call
+    check, and the gate passed predictions normalized by 8,192-row batches that no served request of a few
+    rows gets. The candidate's outputs for 32 golden rows are now also compared with those in batches of 2:
+    quality::batch_independence blocks it (exit 1, with a report); the network exported in eval mode passes
+    that check."""
+    from conftest import run_cli
+
+    network = pf.baseline_factory()
+    network.load_state_dict(torch.jit.load(str(power["v1"])).state_dict())
+    model = NormalizedInTraining(network, 5)
+    frame = pd.read_csv(power["golden"])
+    with torch.no_grad():  # running statistics, as training would leave them
+        model.train()(torch.tensor(frame[pf.FEATURES].to_numpy(), dtype=torch.float32))
+    (project.root / "golden").mkdir()
+    for index in range(2):
+        frame.iloc[index * 1_500 : (index + 1) * 1_500].to_parquet(project.root / "golden" / f"part-{index}.parquet")
+    project.config(golden=project.root / "golden" if golden == "golden" else power["golden"])
+    batch = ({0: torch.export.Dim("batch", min=2)},)
+    for mode in ("train", "eval"):
+        program = torch.export.export(getattr(model, mode)(), (torch.zeros(8, 5),), dynamic_shapes=batch)
+        path = project.root / f"{mode}.pt2"
+        torch.export.save(program, str(path))
+        result = run_cli(project.root, "check", "--candidate", path, "--baseline", power["v1"], "--report", "report.json")
+        assert result.returncode in (0, 1), result.stderr[-2000:]
+        report = json.loads((project.root / "report.json").read_text())
+        probe = next(c for c in report["checks"] if c["name"] == "batch_independence")
+        assert probe["summary"].startswith("32 golden rows called in one batch and in batches of 2: "), probe["summary"]
+        if mode == "eval":
+            assert probe["status"] == "pass" and "the same outputs" in probe["summary"]
+            continue
+        assert result.returncode == 1 and report["verdict"] == "block" and "quality::batch_independence" in report["bump_reason"]
+        assert probe["status"] == "fail" and "BatchNorm left in training mode" in probe["summary"]
+        assert probe["details"]["largest_change"] > probe["details"]["tolerance"] * 100
+
+
 def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_backends):
     mlflow_server = mlflow_backends
     root = write_project(tmp_path / "p", power, tracking_uri=mlflow_server)

@@ -34,7 +34,34 @@ def checks(gate: GateContext) -> list[StageCheck]:
         metric_checks += [
             StageCheck(f"{primary}:output_{k}", partial(metric_check, gate, primary, output=k)) for k in range(target.shape[1])
         ]
-    return [StageCheck("output_contract", partial(output_contract, gate)), *metric_checks]
+    return [StageCheck("output_contract", partial(output_contract, gate)), StageCheck("batch_independence", partial(batch_independence, gate)),
+            *metric_checks]
+
+
+def batch_independence(gate: GateContext) -> CheckResult:
+    """The candidate's prediction for a row must not depend on the rows that share its batch: the gate
+    measures it in batches of thousands, a served request holds a few. A BatchNorm left in training mode
+    (``torch.export`` keeps the mode a model was exported in) repeats itself on the same batch, so only
+    another batch shows it. A failure blocks whether or not the baseline had it too."""
+    probe = gate.batch_probe
+    name = "batch_independence"
+    if probe is None:
+        return CheckResult(NAME, name, Status.SKIP, "fewer than 4 golden rows: no smaller batch to compare")
+    unit = "rows" if gate.golden.tabular else "samples"
+    how = f"{probe.rows} golden {unit} called in one batch and in batches of {probe.part}"
+    if probe.error is not None:
+        return CheckResult(NAME, name, Status.ERROR, f"{how}: cannot decide, the candidate failed on the smaller batches: {probe.error}")
+    # Details, not a metric: the change is rounding for a sound model, no figure to compare or record.
+    details = {"rows": probe.rows, "part": probe.part, "largest_change": probe.largest_change, "output_scale": probe.scale,
+               "tolerance": probe.TOLERANCE * max(probe.scale, 1e-6)}
+    if probe.independent:
+        return CheckResult(NAME, name, Status.PASS, f"{how}: the same outputs (largest change {probe.largest_change:.3g}, "
+                           f"outputs up to {probe.scale:.3g})", details=details)
+    return CheckResult(NAME, name, Status.FAIL,
+                       f"{how}: other outputs (largest change {probe.largest_change:.3g}, outputs up to {probe.scale:.3g}): a "
+                       f"{unit[:-1]}'s prediction depends on the other {unit} in its batch, so the gate's numbers are not what it "
+                       "serves (a BatchNorm left in training mode? torch.export keeps the mode the model was in: call model.eval() "
+                       "before exporting)", details=details)
 
 
 def metric_check(gate: GateContext, metric_name: str, output: int | None = None) -> CheckResult:
