@@ -114,6 +114,12 @@ def _arrow(diff: MetricDiff) -> str:
     return "≈"
 
 
+def failures_first(checks) -> list[CheckResult]:
+    """Checks ordered by what a reader must act on: failures, errors, warnings, skips, passes; in their
+    order within each."""
+    return sorted(checks, key=lambda check: STATUS_ORDER[str(check.status)])
+
+
 def metric_rows(report: Report) -> list[MetricDiff]:
     return [diff for check in report.checks for diff in check.metrics if diff.baseline is not None]
 
@@ -134,7 +140,8 @@ def _environment(templates_dir: str | Path | None, charts: str = "mermaid"):
         loaders.insert(0, FileSystemLoader(str(templates_dir)))
     env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(
-        md=escape_markdown, html=escape_html_text, code=code_span, num=_num, short=_short, interval=_interval, signed=_signed, finite=_finite, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)]
+        md=escape_markdown, html=escape_html_text, code=code_span, num=_num, short=_short, interval=_interval, signed=_signed, finite=_finite, arrow=_arrow, cell=_cell, mermaid=_mermaid, status_icon=lambda status: STATUS_ICON[str(status)],
+        failures_first=failures_first
     )
     env.globals.update(metric_rows=metric_rows, chart_template=CHART_TEMPLATES[charts])
     return env
@@ -308,10 +315,7 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
     from rich.table import Table
 
     console.print(f"[bold]release-kit · {escape(report.model)}[/]: {len(report.checks)} checks: {status_counts(report)}")
-    shown = sorted(
-        (c for c in report.checks if verbose or c.status.value in ("fail", "error", "warn")),
-        key=lambda c: STATUS_ORDER[c.status.value],
-    )
+    shown = failures_first(c for c in report.checks if verbose or c.status.value in ("fail", "error", "warn"))
     if shown:
         table = Table(expand=True, show_lines=False)
         table.add_column("status", no_wrap=True)

@@ -125,7 +125,7 @@ def test_markdown_output_and_note_from_saved_report(project, power, cli):
                  "--report", "r.json")
     assert result.exit_code == 1
     assert "⛔ release-kit: `power-forecast` — BLOCK" in result.stdout
-    assert "| ❌ | `quality::output_contract` |" in result.stdout
+    assert "| ❌ fail | `quality::output_contract` |" in result.stdout
     note = cli("note", "--report", "r.json")
     assert note.exit_code == 0
     assert note.stdout == result.stdout

@@ -252,3 +252,32 @@ def test_terminal_table_shows_every_check_name_whole_broken_after_its_separators
     assert render.check_name_lines("outliers::search:robustness", 24) == ["outliers::search:", "robustness"]
     assert render.check_name_lines("data::" + "a" * 30, 24) == ["data::", "a" * 24, "a" * 6]
     assert render.check_name_lines("quality::mae", 24) == ["quality::mae"]
+
+
+def test_a_chart_of_long_labels_is_drawn_horizontally_with_every_label_whole():
+    """Feature names under vertical bars were cut to the bar's width ("inputs.0…" forty times over): labels
+    longer than 9 characters go beside horizontal bars, with a value axis of three ticks; short ones (a
+    histogram's bins) stay under vertical bars."""
+    report = pinned_report()
+    labels = [f"channel_statistic[{k}] mean" for k in range(12)]
+    report.checks[2] = CheckResult("data", "drift", Status.WARN, "drifted", details={
+        "chart": {"title": "PSI per feature", "labels": labels, "values": [0.5 - 0.04 * k for k in range(12)], "y_label": "PSI"}})
+    html = render.render_html(report)
+    row_labels = re.findall(r'class="label" text-anchor="end">([^<]*)</text>', html)
+    assert row_labels == labels  # whole, in order, none cut
+    assert re.findall(r'class="label" text-anchor="middle">([^<]*)</text>', html) == ["0", "0.25", "0.5"]  # the value axis
+
+
+def test_a_drift_chart_draws_the_largest_psis_of_many_and_says_so():
+    from release_kit.drift import FeatureDrift
+    from release_kit.stages.data import DRIFT_CHART_BARS, drift_chart
+
+    results = [FeatureDrift(f"inputs.0[{k}]", "ks", psi, 0.1, 0.5) for k, psi in enumerate([0.01 * (k % 7) for k in range(40)])]
+    results[3] = FeatureDrift("inputs.0[3]", "ks", float("nan"), float("nan"), float("nan"), undecided=True)
+    results[5] = FeatureDrift("inputs.0[5]", "ks", 0.9, 0.5, 0.001, drifted=True)
+    chart = drift_chart(results, "channel statistics")
+    assert len(chart["labels"]) == DRIFT_CHART_BARS and chart["labels"][0] == "inputs.0[5]" and "inputs.0[3]" not in chart["labels"]
+    assert chart["values"] == sorted(chart["values"], reverse=True)
+    assert chart["title"] == f"PSI per channel statistic (golden vs reference, the {DRIFT_CHART_BARS} largest of 40)"
+    few = drift_chart(results[:5], "features")
+    assert few["labels"] == [r.feature for r in results[:5]] and few["title"] == "PSI per feature (golden vs reference)"

@@ -399,13 +399,20 @@ def _failure(outcome: ExpectationOutcome) -> str:
         missing = result.get("missing_count")
         if outcome.type == "expect_column_values_to_not_be_null":
             return f"{unexpected:,} of {total:,} values are null ({100 * unexpected / max(total, 1):.3g}%)"
-        examples = ", ".join(map(str, result.get("partial_unexpected_list", [])[:5]))
+        examples = ", ".join(map(_example, result.get("partial_unexpected_list", [])[:5]))
         if "element_count" not in result:  # counted over the column's distinct values, not its rows
             return f"{unexpected} unexpected distinct value(s)" + (f": {examples}" if examples else "")
         text = f"{unexpected:,} of {total:,} values unexpected ({(result.get('unexpected_percent') or 0):.3g}% of non-null)"
         text += f", e.g. {examples}" if examples else ""
         return text + (f"; {missing} missing (not counted as unexpected)" if missing else "")
-    return f"observed {result.get('observed_value')!r}"
+    observed = result.get("observed_value")
+    return f"observed {_example(observed) if isinstance(observed, float) else repr(observed)}"
+
+
+def _example(value) -> str:
+    """A value as a reader takes it in: a float to 10 significant digits (1847.82, where its binary value
+    prints 1847.8200000000002), anything else as it prints."""
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
 def _num(value, unbounded: str = "−∞") -> str:
@@ -441,6 +448,22 @@ def drift_check(gate: GateContext, reference: pd.DataFrame) -> CheckResult:
     )
 
 
+# A chart of every channel statistic of a vector input (two per position) is a row of unreadable bars: the
+# largest PSIs are drawn, and the table lists them all.
+DRIFT_CHART_BARS = 16
+
+
+def drift_chart(results, what: str) -> dict:
+    """The PSI chart of a drift check: every feature's, or the DRIFT_CHART_BARS largest (an undecided, NaN,
+    PSI last), its title saying so."""
+    charted = list(results)
+    if len(charted) > DRIFT_CHART_BARS:
+        charted = sorted(charted, key=lambda r: r.psi if r.psi == r.psi else -1.0, reverse=True)[:DRIFT_CHART_BARS]
+    which = f", the {DRIFT_CHART_BARS} largest of {len(results)}" if len(charted) < len(results) else ""
+    return {"title": f"PSI per {'feature' if what == 'features' else 'channel statistic'} (golden vs reference{which})",
+            "labels": [r.feature for r in charted], "values": [round(r.psi, 4) for r in charted], "y_label": "PSI"}
+
+
 def _drift_result(gate: GateContext, before: dict, current: dict, what: str, current_counts: dict | None = None) -> CheckResult:
     """``current_counts``: a streamed golden set's counts in the reference's bins (PSI over every row); the
     KS tests then compare the uniform sample in ``current``."""
@@ -461,9 +484,7 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str, cur
         "columns": ["feature" if what == "features" else "statistic", "test", "PSI", "statistic", "p (Holm)", "drifted"],
         "rows": [[r.feature, r.test, r.psi, r.statistic, r.p_adjusted, "yes" if r.drifted else "undecided" if r.undecided else "no"] for r in results],
     }
-    chart = {"title": f"PSI per {'feature' if what == 'features' else 'channel statistic'} (golden vs reference)", "labels": [r.feature for r in results],
-             "values": [round(r.psi, 4) for r in results], "y_label": "PSI"}
-    details = {"table": table, "chart": chart, "drifted": [r.feature for r in drifted]}
+    details = {"table": table, "chart": drift_chart(results, what), "drifted": [r.feature for r in drifted]}
     if drifted:
         names = ", ".join(f"{r.feature} (PSI {r.psi:.2f})" for r in drifted)
         status = Status.FAIL if spec.action == "fail" else Status.WARN
