@@ -183,8 +183,9 @@ def render_isolated(name: str, templates_dir: str, charts: str, context: dict[st
     from .errors import one_line
 
     request = json.dumps({"name": name, "templates": templates_dir, "charts": charts, "context": context}, allow_nan=False)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": package_root, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"}
+    # The child finds release-kit and jinja2 where this process did (an install may live on PYTHONPATH alone).
+    search_path = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)])
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": search_path, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"}
     try:
         done = subprocess.run([sys.executable, "-m", "release_kit.template_worker"], input=request, capture_output=True,
                               text=True, encoding="utf-8", env=environment, timeout=WAIT_SECONDS)

@@ -17,10 +17,18 @@ from .render import CPU_SECONDS, MEMORY_LIMIT_BYTES, OUTPUT_LIMIT_CHARS, TEMPLAT
 
 
 def _limit_resources() -> None:
+    """Each limit the system allows: macOS refuses an RLIMIT_AS below what the process has mapped (a laptop
+    then renders with the CPU and output limits and the parent's wall-clock wait), and a limit is never
+    raised above one already set."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 5))
+    for kind, wanted in ((resource.RLIMIT_AS, MEMORY_LIMIT_BYTES), (resource.RLIMIT_CPU, CPU_SECONDS)):
+        _, hard = resource.getrlimit(kind)
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(kind, (limit, hard))
+        except (ValueError, OSError):
+            continue
 
 
 def main() -> int:

@@ -1085,3 +1085,23 @@ def test_a_model_that_writes_into_its_input_cannot_change_what_the_other_reads(p
     mae = next(m for c in report["checks"] for m in c["metrics"] if m["name"] == "mae")
     assert mae["delta"] == 0.0 and mae["candidate"] == mae["baseline"] < 0.1, mae
     assert report["bump"] != "minor", report["bump_reason"]
+
+
+def test_a_system_that_refuses_a_limit_still_renders(monkeypatch):
+    """macOS refuses an RLIMIT_AS below what the process has mapped: the child must render under the limits it
+    gets, not crash (every note of a repository's templates would have been an internal error on a laptop)."""
+    import resource
+
+    from release_kit import template_worker
+
+    applied = []
+
+    def refuse_memory(kind, limits):
+        if kind == resource.RLIMIT_AS:
+            raise ValueError("current limit exceeds maximum limit")
+        applied.append((kind, limits))
+
+    monkeypatch.setattr(resource, "setrlimit", refuse_memory)
+    template_worker._limit_resources()
+    assert [kind for kind, _ in applied] == [resource.RLIMIT_CPU]
+    assert applied[0][1][0] == template_worker.CPU_SECONDS
