@@ -192,7 +192,8 @@ def prepare(
                 predicted[model.role] = to_predictions(raw, spec, model.role, n_classes, outputs=golden.outputs)
         for model in models:
             _require_repeatable(model, inputs[model.role], tabular)
-        batch_probe = probe_batches(candidate_model, inputs["candidate"], tabular)
+        # Only the quality stage reads it: a run of other stages calls no model for it.
+        batch_probe = probe_batches(candidate_model, inputs["candidate"], tabular) if "quality" in config.gate.stages else None
         if "performance" in config.gate.stages and baseline_model is not None:
             _check_batch_sizes(config, golden, (candidate_model, baseline_model), baseline_columns)
         shapes = {role: values.shape for role, values in predicted.items()}
@@ -445,6 +446,13 @@ REPEAT_ROWS = 256
 REPEAT_SAMPLES = 16
 
 
+def spread_rows(samples: int, count: int):
+    """Up to ``count`` row indices spread evenly over ``samples`` rows, first and last included."""
+    import numpy as np
+
+    return np.unique(np.linspace(0, samples - 1, min(samples, count)).astype(np.int64)) if samples else np.zeros(0, np.int64)
+
+
 def _require_repeatable(model, inputs: tuple, tabular: bool) -> None:
     """The model's outputs for the same golden rows on two calls must agree: a model whose predictions are
     random (a dropout left in training mode: ``torch.export`` keeps the mode the model was exported in)
@@ -457,7 +465,7 @@ def _require_repeatable(model, inputs: tuple, tabular: bool) -> None:
     samples = len(inputs[0])
     if not samples:
         return
-    rows = np.unique(np.linspace(0, samples - 1, min(samples, REPEAT_ROWS if tabular else REPEAT_SAMPLES)).astype(np.int64))
+    rows = spread_rows(samples, REPEAT_ROWS if tabular else REPEAT_SAMPLES)
     picked = tuple(array[rows] for array in inputs)
     first, second = model.raw_outputs(picked), model.raw_outputs(picked)
     if first.shape == second.shape and np.allclose(first, second, rtol=1e-4, atol=1e-6, equal_nan=True):
@@ -488,8 +496,7 @@ def probe_batches(model, inputs: tuple, tabular: bool) -> BatchProbe | None:
 
     from .fixed_batch import fixed_batch_of
 
-    samples = len(inputs[0])
-    rows = np.unique(np.linspace(0, samples - 1, min(samples, ALONE_ROWS)).astype(np.int64)) if samples else np.zeros(0, np.int64)
+    rows = spread_rows(len(inputs[0]), ALONE_ROWS)
     if len(rows) < 2 * BATCH_PART_ROWS:
         return None
     picked = tuple(array[rows] for array in inputs)

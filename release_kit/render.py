@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, first_line
-from .report import Record
+from .report import Record, Report
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .report import CheckResult, MetricDiff, Report
+    from .report import CheckResult, MetricDiff
 
 STATUS_ICON = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "⏭️", "error": "💥"}
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim", "error": "bold magenta"}
@@ -152,9 +152,7 @@ def _render(name: str, templates_dir: str | Path | None, *, charts: str = "merma
     With a repository's templates, in a child process whose memory and CPU time are bounded
     (:func:`render_isolated`): the sandbox keeps a template from Python's internals, not from asking for
     gigabytes or hours."""
-    if templates_dir is not None:
-        if not Path(templates_dir).is_dir():
-            raise InputError(f"templates directory not found: {templates_dir} ([release] templates or --templates)")
+    if templates_dir is not None:  # a missing directory is the child's input error, as it is in process
         return render_isolated(name, str(templates_dir), charts, {key: _as_json(value) for key, value in context.items()})
     return _render_here(name, None, charts, context)
 
@@ -202,8 +200,6 @@ def render_isolated(name: str, templates_dir: str, charts: str, context: dict[st
 
 def render_from_json(name: str, templates_dir: str, charts: str, context: dict[str, Any]) -> str:
     """The child's side of :func:`_render`: the context from its JSON form, rendered in this process."""
-    from .report import Report
-
     typed = dict(context)
     if typed.get("report") is not None:
         typed["report"] = Report.from_dict(typed["report"])
@@ -214,8 +210,6 @@ def render_from_json(name: str, templates_dir: str, charts: str, context: dict[s
 
 def _as_json(value: Any) -> Any:
     from dataclasses import asdict, is_dataclass
-
-    from .report import Report
 
     if isinstance(value, Report):
         return value.to_dict()

@@ -487,9 +487,11 @@ def test_init_scaffolds_a_repository_where_check_passes(tmp_path, power, cli, mo
     assert ".release-kit/" in (tmp_path / ".gitignore").read_text().splitlines()
 
     publish(power["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(tmp_path), alias="champion")
-    check = cli("check", "--candidate", power["better"], "--format", "json")
+    # The markdown from the scaffold's own templates (release_templates/), rendered in their bounded child.
+    check = cli("check", "--candidate", power["better"], "--format", "markdown", "--report", "report.json")
     assert check.exit_code == 0, check.output
-    report = json.loads(check.stdout)
+    assert "## ✅ release-kit: `power-forecast` — PASS" in check.stdout and "`quality::batch_independence`" in check.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["verdict"] == "pass" and report["next_version"] == "1.1.0"
     assert {c["name"] for c in report["checks"] if c["stage"] == "checks"} == {
         "test_model_basics.py::test_predictions_are_finite", "test_model_basics.py::test_predictions_are_deterministic"}

@@ -186,17 +186,20 @@ def test_cuda_requested_without_cuda_is_an_input_error(project, power, cli):
     assert result.exit_code == 2 and "no CUDA device is available" in result.stderr
 
 
+class NeedsBig(torch.nn.Module):
+    """A model that refuses batches of fewer than 100 rows."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 100:
+            raise RuntimeError("batches below 100 rows are not supported")
+        return self.inner(x)
+
+
 def test_model_failing_on_the_benchmark_batch_is_an_input_error(project, power, cli):
-    class NeedsBig(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] < 100:
-                raise RuntimeError("batches below 100 rows are not supported")
-            return self.inner(x)
-
     path = wrap(power, project, NeedsBig, "needs-big.pt")
     project.config(FAST.replace("batch_sizes = [32]", "batch_sizes = [1]"))
     result = cli("check", "--candidate", path, "--baseline", power["v1"])
@@ -207,16 +210,6 @@ def test_model_failing_on_the_benchmark_batch_is_an_input_error(project, power, 
 def test_a_model_that_fails_on_small_batches_leaves_batch_independence_undecided(project, power):
     """Without the performance stage nothing else names the batch it refuses: quality::batch_independence is an
     error (undecided, and the gate blocks), never a pass."""
-    class NeedsBig(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] < 100:
-                raise RuntimeError("batches below 100 rows are not supported")
-            return self.inner(x)
-
     path = wrap(power, project, NeedsBig, "needs-big.pt")
     report = gate.check(candidate=str(path), baseline=str(power["v1"]))
     probe = next(c for c in report.checks if c.name == "batch_independence")

@@ -955,6 +955,13 @@ def test_a_missing_templates_directory_is_an_error(project, power, cli):
     result = cli("check", "--candidate", power["better"], "--stage", "quality", "--format", "markdown", "--report", "report.json")
     assert result.exit_code == 2 and "templates directory not found" in result.stderr
     assert not (project.root / "report.json").exists()
+    # note --templates: the directory is the bounded child's to read, and it says so the same way.
+    project.config()
+    assert cli("check", "--candidate", power["better"], "--stage", "quality", "--report", "report.json").exit_code == 0
+    note = cli("note", "--report", "report.json", "--templates", "no-such-dir", "--out", "note.md")
+    assert note.exit_code == 2 and note.stderr.strip() == ("release-kit: error: templates directory not found: no-such-dir "
+                                                           "([release] templates or --templates)")
+    assert not (project.root / "note.md").exists()
 
 
 # 5. Workflows: pinned actions, no persisted credentials, the write token only where no untrusted code runs --
