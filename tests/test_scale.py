@@ -2545,7 +2545,7 @@ def test_scan_sizes_fit_the_memory_available():
     the floor); an explicit value, or a sample that does not fit, refused naming the key and a value that fits.
     The sample's size is never changed (the checks on it would decide differently on another machine)."""
     from release_kit.errors import InputError
-    from release_kit.scale.sizing import BATCH_COPIES, HEADROOM_BYTES, MIN_CHUNK_ROWS, SAMPLE_COPIES, ScanRowBytes, chunk_rows_that_fit
+    from release_kit.scale.sizing import BATCH_ALIGNMENT_ROWS, BATCH_COPIES, HEADROOM_BYTES, MIN_CHUNK_ROWS, SAMPLE_COPIES, ScanRowBytes, chunk_rows_that_fit
 
     row = ScanRowBytes(batch=1000, sample=500)
     sample = 100_000 * 500 * SAMPLE_COPIES
@@ -2557,10 +2557,11 @@ def test_scan_sizes_fit_the_memory_available():
     assert fit(None) == 1_000_000  # no figure for the memory: as configured
     plenty = HEADROOM_BYTES + sample + 1_000_000 * 1000 * BATCH_COPIES
     assert fit(plenty) == 1_000_000
-    assert fit(plenty - 1) == 999_999  # the largest that fits
-    assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES) == 300_000
+    # The largest multiple of 64 rows that fits (a lowered batch scores each row as the default's does).
+    assert fit(plenty - 1) == 999_936 and 999_936 % BATCH_ALIGNMENT_ROWS == 0
+    assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES) == 299_968
     assert fit(HEADROOM_BYTES + sample + 1, batch_holders=0) == 1_000_000  # a cluster's workers hold the batches
-    assert fit(HEADROOM_BYTES + sample + 300_000 * 1000 * BATCH_COPIES, batch_holders=2) == 150_000  # two local Ray actors
+    assert fit(HEADROOM_BYTES + sample + 300_032 * 1000 * BATCH_COPIES, batch_holders=2) == 150_016  # two local Ray actors
     # A set smaller than a batch (and than the sample) is held whole: only its rows count.
     assert fit(HEADROOM_BYTES + 50_000 * (500 * SAMPLE_COPIES + 1000 * BATCH_COPIES), total_rows=50_000, chunk_rows_set=True) == 1_000_000
     with pytest.raises(InputError) as explicit:

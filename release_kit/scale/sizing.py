@@ -3,8 +3,8 @@ decided before the scan starts, so that a wide golden set (hundreds of feature c
 batches, or is refused naming the key to lower, instead of the kernel killing the job (no exit code of ours).
 
 The sample's size is never changed here: the checks that run on it (drift tests, expectation suites, the
-slices' discovery) would then decide differently on another machine. The batches' size changes nothing but
-floating-point rounding, and is lowered when ``[run] chunk_rows`` was left at its default.
+slices' discovery) would then decide differently on another machine. The batches' size is lowered when
+``[run] chunk_rows`` was left at its default, to a multiple of ``BATCH_ALIGNMENT_ROWS``, which changes no number.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ SAMPLE_COPIES = 5.5
 HEADROOM_BYTES = 256 << 20  # for what runs after the scan besides the sample's copies (GX, pytest, MLflow)
 MIN_CHUNK_ROWS = 65_536  # the smallest batch a default is lowered to: numpy's passes still pay off there
 MIN_SAMPLE_ROWS = 100  # the least [run] sample_rows takes
+# A matrix product computes its rows in blocks (8 to 64 rows, by kernel; a batch split among threads, a block
+# each), the rows of a tail with other arithmetic: a model's output for a row changed in its last bits (~1e-7,
+# measured) in a batch of 1,234 rows against one of 30,000, and a 30,000-row set's MAE by 1.2e-9 relative in
+# batches of 2,918. A lowered batch of a multiple of 64 rows, like the default (1,000,000), starts every block
+# where the default's do, so every row is scored as at the default size and the numbers do not change.
+BATCH_ALIGNMENT_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ def chunk_rows_that_fit(name: str, *, chunk_rows: int, chunk_rows_set: bool, sam
     smallest = chunk_rows if chunk_rows_set else min(chunk_rows, MIN_CHUNK_ROWS)
     if not chunk_rows_set:
         room = (available - needed(0)) / per_batch_row if per_batch_row else chunk_rows
-        fitting = max(smallest, min(chunk_rows, math.floor(room)))
+        aligned = math.floor(room) // BATCH_ALIGNMENT_ROWS * BATCH_ALIGNMENT_ROWS
+        fitting = max(smallest, min(chunk_rows, aligned))
         if needed(fitting) <= available:
             return fitting
     advice = _advice(available - HEADROOM_BYTES, sample, chunk_rows, chunk_rows_set, total_rows, per_batch_row,
