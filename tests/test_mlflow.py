@@ -69,9 +69,10 @@ def test_unreachable_tracking_server_is_a_clear_error(project, power, cli, monke
 
 def test_registry_baseline_on_a_live_mlflow_server(project, power, cli, mlflow_server, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert publish(power["v1"], "power-forecast", "1.0.0", tracking_uri=mlflow_server, alias="champion") == "1"
+    # A registered model of this test's own: the server is shared with other modules' tests.
+    assert publish(power["v1"], "live-baseline", "1.0.0", tracking_uri=mlflow_server, alias="champion") == "1"
     enable_mlflow(project, mlflow_server)
-    result = cli("check", "--candidate", power["night"], "--baseline", "models:/power-forecast@champion", "--report", "r.json")
+    result = cli("check", "--candidate", power["night"], "--baseline", "models:/live-baseline@champion", "--report", "r.json")
     assert result.exit_code == 1, result.output
     report = json.loads((project.root / "r.json").read_text())
     assert report["baseline"]["version"] == "1.0.0"
