@@ -341,17 +341,23 @@ def print_history(model: str, entries: list, console: Console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"release-kit · {model} releases", title_justify="left", expand=True)
-    for column in ("version", "released", "bump", "quality", "data", "git", "alias"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("version", "released", "bump"))
+    # A metric, a commit or data digest and an alias a line each, wrapped at their spaces: joined by commas
+    # in narrow columns, "mae_output_1 0.03179" was folded mid-name ("mae_outpu", "t_1") and "@champion"
+    # into "@champ", "ion". The commit and the data's digests share a column, so that on an 80-column
+    # terminal the metrics keep room for their names.
+    rows = []
     for entry in entries:
-        quality = ", ".join(f"{name.rpartition('.')[2]} {_num(float(value))}" for name, value in entry.metrics.items() if name.startswith("quality."))
-        rolled = "".join(f"\n↩ {event['at'][:10]} from {escape(event['from'])}: {escape(event['reason'])}" for event in entry.rollbacks)
-        table.add_row(
-            f"[bold]{escape(entry.version)}[/] #{entry.registry_version}", entry.released_at[:10], entry.bump or "—",
-            escape(quality) or "—", ", ".join(f"{role} {sha[:8]}" for role, sha in entry.data.items()) or "—",
-            (entry.git_sha or "—")[:8], " ".join(f"@{escape(alias)}" for alias in entry.aliases) + rolled,
-        )
+        quality = "\n".join(f"{name.rpartition('.')[2]} {_num(float(value))}" for name, value in entry.metrics.items() if name.startswith("quality."))
+        commit = [f"git {entry.git_sha[:8]}"] if entry.git_sha else []
+        provenance = "\n".join(commit + [f"{role} {sha[:8]}" for role, sha in entry.data.items()])
+        rolled = "".join(f"\n↩ {event['at'][:10]} from {event['from']}: {event['reason']}" for event in entry.rollbacks)
+        rows.append((entry.version, f"#{entry.registry_version}", entry.released_at[:10], entry.bump or "—", quality or "—",
+                     provenance or "—", "\n".join(f"@{alias}" for alias in entry.aliases) + rolled))
+    table = Table(title=f"release-kit · {model} releases", title_justify="left", expand=True)
+    for column in ("version", "released", "bump", "quality", "provenance", "alias"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("version", "released", "bump"))
+    for version, number, *rest in rows:
+        table.add_row(f"[bold]{escape(version)}[/] {number}", *map(escape, rest))
     console.print(table)
 
 

@@ -254,6 +254,34 @@ def test_terminal_table_shows_every_check_name_whole_broken_after_its_separators
     assert render.check_name_lines("quality::mae", 24) == ["quality::mae"]
 
 
+def test_the_history_table_on_an_80_column_terminal_folds_no_word():
+    """A two-output model's metrics, its data's digests and its alias, each a line, wrapped at their spaces
+    only: "mae_output_1" had been folded into "mae_outpu" and "t_1", "@champion" into "@champ" and "ion"."""
+    import io
+
+    from rich.console import Console
+
+    from release_kit.ledger import LedgerEntry
+
+    entry = LedgerEntry(
+        version="1.1.0", registry_version="2", released_at="2026-12-07T01:00:00", bump="minor", git_sha="e770bdf32fcf" + "0" * 28,
+        metrics={"quality.mae": "0.02312", "quality.mae:output_0": "0.01445", "quality.mae:output_1": "0.03179", "quality.rmse": "0.02885"},
+        data={"golden": "b9c6930c" + "0" * 56, "reference": "712c7758" + "0" * 56}, aliases=["champion"], release_id="r",
+        rollbacks=[{"at": "2026-12-08T00:00:00", "from": "1.2.0", "reason": "night forecasts drift", "to": "1.1.0", "alias": "champion", "by": "x"}],
+    )
+    # A version registered before release-kit: no commit, data, metrics or alias recorded.
+    bare = LedgerEntry(version="1.0.0", registry_version="1", released_at="2026-11-01T00:00:00", bump=None, git_sha=None,
+                       metrics={}, data={}, aliases=[], release_id=None)
+    out = io.StringIO()
+    render.print_history("seq-reg", [entry, bare], Console(file=out, width=80, force_terminal=False))
+    text = out.getvalue()
+    assert re.search(r"1\.0\.0 #1 +│ 2026-11-01 │ — +│ — +│ — +│", text), text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    words = set(re.findall(r"[^\s│┃]+", text))
+    assert {"mae:output_0", "mae:output_1", "0.01445", "@champion", "git", "e770bdf3", "golden", "b9c6930c", "reference", "712c7758"} <= words
+    assert {"↩", "2026-12-08", "1.2.0:", "night", "forecasts", "drift"} <= words, text  # the rollback's line
+
+
 def test_a_chart_of_long_labels_is_drawn_horizontally_with_every_label_whole():
     """Feature names under vertical bars were cut to the bar's width ("inputs.0…" forty times over): labels
     longer than 9 characters go beside horizontal bars, with a value axis of three ticks; short ones (a

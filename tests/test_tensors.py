@@ -277,6 +277,10 @@ def test_several_inputs_and_multi_output_regression(tmp_path, two_inputs, cli, m
     assert report["contract"]["candidate"]["inputs"] == [{"shape": [None, 2, 4], "dtype": "float32"}, {"shape": [None, 3], "dtype": "float32"}]
     assert report["contract"]["candidate"]["outputs"] == 2
     assert report["verdict"] == "pass" and report["bump"] == "minor"
+    # A regressor's "flip" is a prediction moved beyond regression_change target deviations, named as such.
+    robustness = checks["outliers::search:robustness"]
+    moved = f"rate of predictions moved > {0.5 * np.std(two_input_data(600, seed=2)[2]):.3g} (0.5 target std)"
+    assert robustness["summary"].startswith(moved) and "flip" not in robustness["summary"], robustness["summary"]
 
 
 def test_per_output_bounds_break_the_contract(tmp_path, two_inputs, cli, monkeypatch):

@@ -644,14 +644,17 @@ def search_robustness(gate: GateContext) -> CheckResult:
     breaks = {role: flips[role][1] for role in roles}
     details = {"budget": budget.words(), "samples": len(rows), "draws": spec.draws,
                "flip_rate_candidate": float(rate["candidate"].mean())}
-    rates = f"flip rate {rate['candidate'].mean():.1%}"
+    # For regression a "flip" is a prediction moved by more than regression_change target deviations: say so.
+    classifying = gate.config.model.task == "classification"
+    label = "flip rate" if classifying else f"rate of predictions moved > {regression_change:.3g} ({spec.regression_change:g} target std)"
+    rates = f"{label} {rate['candidate'].mean():.1%}"
     failing, text = False, ""
     if gate.baseline is not None:
         d = rate["candidate"] - rate["baseline"]
         half = float(t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
         low, high = float(d.mean()) - half, float(d.mean()) + half
         details.update({"flip_rate_baseline": float(rate["baseline"].mean()), "flip_rate_increase": [low, high]})
-        rates = (f"flip rate {rate['baseline'].mean():.1%} → {rate['candidate'].mean():.1%} "
+        rates = (f"{label} {rate['baseline'].mean():.1%} → {rate['candidate'].mean():.1%} "
                  f"(Δ {d.mean():+.1%} [{low:+.1%}, {high:+.1%}])")
         failing = low > spec.max_flip_increase
         new_breaks = int((breaks["candidate"] & ~breaks["baseline"]).sum())
@@ -704,7 +707,9 @@ def search_robustness(gate: GateContext) -> CheckResult:
         return CheckResult(NAME, name, Status.WARN, f"{rates}; the search tried no perturbation ({drawn})", details=details)
     if found.example is not None and rate["candidate"].mean() > rate["baseline"].mean():
         return CheckResult(NAME, name, Status.WARN, f"{rates}: not significantly less robust ({drawn}){text}", details=details)
-    verdict = "as robust as the baseline or more" if found.example is not None else "no perturbation flips the candidate and not the baseline"
+    unmatched = ("flips the candidate and not the baseline" if classifying
+                 else "moves the candidate's prediction that far and not the baseline's")
+    verdict = "as robust as the baseline or more" if found.example is not None else f"no perturbation {unmatched}"
     return CheckResult(NAME, name, Status.PASS, f"{rates}: {verdict} ({drawn}, {found.tried} searched){text}", details=details)
 
 
