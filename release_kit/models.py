@@ -667,7 +667,11 @@ def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: 
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise InputError(f"{role} weights {path} do not fit factory {factory}: {first_line(error)}") from None
+        # torch says which keys are missing, unexpected or of another size on the lines after its first
+        # ("Error(s) in loading state_dict for SeqReg:"): those are what the user needs, on one line.
+        reasons = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        reason = "; ".join(reasons)[:500] if reasons else first_line(error)
+        raise InputError(f"{role} weights {path} do not fit factory {factory}: {reason}") from None
     return module.eval()
 
 

@@ -145,6 +145,21 @@ def test_safetensors_with_wrong_factory(project, power, cli):
     assert_input_error(check(cli, "--candidate", power["v1_safetensors"]), project, "power_forecast:nope")
 
 
+def test_safetensors_that_do_not_fit_the_factory_name_the_keys(project, power, cli):
+    """torch's reasons (which keys are missing, unexpected or of another size) come on the lines after its
+    first; the one line said only "Error(s) in loading state_dict for PowerMLP:"."""
+    from safetensors.torch import load_file, save_file
+
+    project.config('[candidate]\nfactory = "power_forecast:baseline_factory"\n')
+    weights = load_file(str(power["v1_safetensors"]))
+    missing, other = sorted(weights)[0], sorted(weights)[-1]
+    save_file({k: v for k, v in weights.items() if k != missing}, str(project.root / "missing.safetensors"))
+    assert_input_error(check(cli, "--candidate", "missing.safetensors"), project, "do not fit factory power_forecast:baseline_factory",
+                       f'Missing key(s) in state_dict: "{missing}"')
+    save_file({**weights, other: torch.zeros(7, 3)}, str(project.root / "resized.safetensors"))
+    assert_input_error(check(cli, "--candidate", "resized.safetensors"), project, f"size mismatch for {other}: copying a param with shape torch.Size([7, 3])")
+
+
 def test_model_input_width_differs_from_features(project, power, cli):
     narrow = torch.nn.Sequential(torch.nn.Linear(4, 1))
     path = project.root / "narrow.pt"

@@ -283,6 +283,43 @@ def test_several_inputs_and_multi_output_regression(tmp_path, two_inputs, cli, m
     assert robustness["summary"].startswith(moved) and "flip" not in robustness["summary"], robustness["summary"]
 
 
+class NaNOnSentinel(torch.nn.Module):
+    """A regressor whose outputs are NaN where the vector's last value is exactly 7 (marked golden rows):
+    a perturbation moves the value off it, so no perturbed sample newly breaks the contract."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, grid: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        out = self.inner(grid, vector)
+        return torch.where(vector[:, 2:] == 7.0, torch.full_like(out, float("nan")), out)
+
+
+def test_golden_outputs_that_break_the_contract_are_the_contracts_to_report_not_the_searchs(tmp_path, two_inputs, cli, monkeypatch):
+    """NaN on golden samples is output_contract's failure. The robustness search perturbs samples whose
+    outputs both models keep within the contract: it had drawn the NaN ones and reported "golden sample
+    147 under no change: the candidate's prediction moves from [nan, nan] to [nan, nan]"."""
+    from safetensors.numpy import save_file
+
+    monkeypatch.chdir(tmp_path)
+    grid, vector, target = two_input_data(600, seed=2)
+    vector[::10, 2] = 7.0  # 60 marked samples
+    save_file({"inputs.0": grid, "inputs.1": vector, "target": target}, str(tmp_path / "golden.safetensors"))
+    two_input_config(tmp_path, two_inputs)
+    config = tmp_path / "release-kit.toml"
+    config.write_text(config.read_text().replace(str(two_inputs / "golden.safetensors"), "golden.safetensors"))
+    save_scripted(NaNOnSentinel(fit(TwoInputRegressor(), *two_input_data(2_000, seed=1), 300)), tmp_path / "nan.pt")
+    result = cli("check", "--candidate", "nan.pt", "--stage", "quality", "--stage", "outliers", "--format", "json")
+    assert result.exit_code == 1, result.output[-3000:]
+    checks = checks_by_name(json.loads(result.stdout))
+    assert checks["quality::output_contract"]["status"] == "fail"
+    assert "60 of 600 candidate predictions break the contract (60 non-finite)" in checks["quality::output_contract"]["summary"]
+    robustness = checks["outliers::search:robustness"]
+    assert robustness["details"]["contract_breaks"] == 0 and "[nan" not in robustness["summary"], robustness["summary"]
+    assert robustness["status"] == "pass", robustness["summary"]
+
+
 def test_per_output_bounds_break_the_contract(tmp_path, two_inputs, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     two_input_config(tmp_path, two_inputs)

@@ -579,15 +579,25 @@ def _decisions(gate: GateContext, role: str, inputs: tuple[np.ndarray, ...]) -> 
 
 
 def _search_samples(gate: GateContext, count: int) -> np.ndarray:
-    """Golden samples to perturb, drawn at random (seeded): for classification among those both models
-    get right, so that a flip is a new mistake, not a changed one."""
+    """Golden samples to perturb, drawn at random (seeded) among those whose outputs keep the contract for
+    both models, and for classification that both models get right: a flip is then a new mistake, not a
+    changed one, and a broken output one the perturbation caused (a sample already NaN was "broken under
+    no change", and its prediction "moved from [nan, nan] to [nan, nan]"). Golden outputs that break the
+    contract are output_contract's to report."""
+    from .. import contract
+
     n = len(gate.golden)
     pool = np.arange(n)
+    kept = np.ones(n, dtype=bool)
+    for predictions in (gate.predictions.candidate, gate.predictions.baseline):
+        if predictions is not None:
+            for mask in contract.violations(predictions, gate.config.model).values():
+                kept &= ~mask
     if gate.config.model.task == "classification":
-        right = gate.predictions.candidate.argmax(axis=1) == gate.golden.target
+        kept &= gate.predictions.candidate.argmax(axis=1) == gate.golden.target
         if gate.predictions.baseline is not None:
-            right &= gate.predictions.baseline.argmax(axis=1) == gate.golden.target
-        pool = np.flatnonzero(right) if right.sum() >= 2 else pool
+            kept &= gate.predictions.baseline.argmax(axis=1) == gate.golden.target
+    pool = np.flatnonzero(kept) if kept.sum() >= 2 else pool
     rng = np.random.default_rng(gate.config.quality.seed)
     return np.sort(rng.choice(pool, min(count, len(pool)), replace=False))
 
@@ -681,14 +691,15 @@ def search_robustness(gate: GateContext) -> CheckResult:
         row = int(rows[int(vector[0])])
         perturbed = _perturbed_batch(golden, rows, vector[None], scales)
         before = originals["candidate"][int(vector[0])]
-        after = _decisions(gate, "candidate", perturbed)[0][0]
+        decided, broke = _decisions(gate, "candidate", perturbed)
+        after = decided[0]
         model = gate.config.model
-        if model.task == "classification" and before != after:
-            what = f"the candidate's decision flips from {model.class_name(int(before))} to {model.class_name(int(after))}"
-        elif model.task == "regression" and before is not None:
-            what = f"the candidate's prediction moves from {np.round(before, 4).tolist()} to {np.round(after, 4).tolist()}"
-        else:
+        if broke[0]:
             what = "the candidate's output breaks the contract"
+        elif model.task == "classification":
+            what = f"the candidate's decision flips from {model.class_name(int(before))} to {model.class_name(int(after))}"
+        else:
+            what = f"the candidate's prediction moves from {np.round(before, 4).tolist()} to {np.round(after, 4).tolist()}"
         whose = "" if gate.baseline is None else "; the baseline's does not"
         text = f"; e.g. golden sample {row} under {perturbations.words(vector, budget)}: {what}{whose}"
         details.update({"sample": row, "perturbation": perturbations.words(vector, budget), "metadata": _metadata_row(gate, row)})
