@@ -237,6 +237,51 @@ def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
     assert checks["outliers::slices"].status is Status.PASS
 
 
+class FlippedWhere(torch.nn.Module):
+    """A binary classifier (one logit) whose decision is reversed where ``|logit| < margin`` (rows near its
+    boundary: about as often right as wrong) or where ``a > cut`` (a region it mostly got right)."""
+
+    def __init__(self, inner: torch.nn.Module, margin: float, cut: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.margin = margin
+        self.cut = cut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = self.inner(x)
+        flip = (logit.abs() < self.margin) | (x[:, 0] > self.cut)
+        return torch.where(flip, -logit, logit)
+
+
+@pytest.mark.parametrize(("margin", "cut", "status"), [(0.25, 99.0, Status.WARN), (0.0, 1.5, Status.FAIL)])
+def test_newly_broken_fails_only_when_significantly_more_rows_broke_than_were_fixed(tmp_path, monkeypatch, margin, cut, status):
+    """Flipping the rows nearest the boundary breaks about as many as it fixes: above max_newly_broken, yet
+    churn, a warning (it had blocked a retrained model as good as the one before). Flipping a region the
+    model mostly got right breaks far more than it fixes: a failure, with the sign test's p."""
+    from conftest import make_classification, save_scripted, train_classifier
+
+    train, golden = make_classification(2000, 2, seed=2), make_classification(3000, 2, seed=12)
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    (tmp_path / "release-kit.toml").write_text(
+        '[model]\nname = "c"\ntask = "classification"\ntarget = "label"\nfeatures = ["a", "b", "c"]\n'
+        'prediction = "logits"\n[data]\ngolden = "golden.csv"\n[mlflow]\nenabled = false\n' + STAGES
+    )
+    monkeypatch.chdir(tmp_path)
+    model = train_classifier(train, 2, epochs=150, squash="squeeze")
+    baseline = save_scripted(model, tmp_path / "baseline.pt")
+    candidate = save_scripted(FlippedWhere(model, margin, cut), tmp_path / "candidate.pt")
+    check = by_name(gate.check(candidate=str(candidate), baseline=str(baseline)))["outliers::newly_broken"]
+    broke, fixed = check.details["broke"], check.details["fixed"]
+    assert broke > 0.01 * len(golden), check.summary  # above the default max_newly_broken either way
+    assert check.status is status, check.summary
+    if status is Status.WARN:
+        assert abs(broke - fixed) < 0.25 * (broke + fixed) and check.details["sign_test_p"] >= 0.05
+        assert "not significantly more than were fixed" in check.summary and "churn rather than a regression" in check.summary
+    else:
+        assert broke > 3 * fixed and check.details["sign_test_p"] < 1e-6
+        assert "significantly more than were fixed (sign test p=" in check.summary
+
+
 # -- bad input: exit 2 with the key named, nothing written ------------------------------------------------
 
 
