@@ -293,8 +293,11 @@ def status_counts(report: Report) -> str:
 
 def check_name_lines(name: str, width: int) -> list[str]:
     """A check's name in lines of at most ``width`` characters, broken after its ':' separators; a part
-    longer than a line is folded."""
-    parts = re.findall(r"[^:]+:*|:+", name)
+    longer than a line after its '_' and '/' too ("column_values_to_be_" and "between", not "…betwee" and
+    "n"), and a word longer than a line is folded."""
+    parts = []
+    for part in re.findall(r"[^:]+:*|:+", name):
+        parts.extend(re.findall(r"[^_/]+[_/]*|[_/]+", part) if len(part) > width else [part])
     lines = [""]
     for part in parts:
         if lines[-1] and len(lines[-1]) + len(part) > width:

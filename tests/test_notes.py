@@ -252,6 +252,8 @@ def test_terminal_table_shows_every_check_name_whole_broken_after_its_separators
     assert render.check_name_lines("outliers::search:robustness", 24) == ["outliers::search:", "robustness"]
     assert render.check_name_lines("data::" + "a" * 30, 24) == ["data::", "a" * 24, "a" * 6]
     assert render.check_name_lines("quality::mae", 24) == ["quality::mae"]
+    assert render.check_name_lines("data::golden/debt_ratio:column_values_to_be_between", 26) == [
+        "data::golden/debt_ratio:", "column_values_to_be_", "between"]
 
 
 def test_the_history_table_on_an_80_column_terminal_folds_no_word():
