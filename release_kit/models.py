@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .config import ModelSpec
     from .report import ModelRef, RegistryRef
 
-ModelKind = Literal["torchscript", "torch.export", "safetensors", "pickle"]
+# "state_dict": a torch.save'd state dict (a pickle) with a factory, read by torch's weights-only unpickler.
+ModelKind = Literal["torchscript", "torch.export", "safetensors", "state_dict", "pickle"]
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 # A table's rows per model call: enough to amortise the call, few enough that the activations stay in the
 # core's cache (a 10 → 32 → 1 MLP holds 8,192 × 32 float32 = 1 MiB). Measured per row on this 2-core
@@ -422,14 +423,20 @@ def load_model(
         require_regular_file(path, f"{role} model")
 
     kind = detect_kind(path)
+    factory = factory or (spec.factory if spec is not None else None)
+    if kind == "pickle" and factory and not allow_pickle:
+        # The most common checkpoint, torch.save(model.state_dict()), beside the code that builds the model:
+        # torch's weights-only unpickler reads tensors and containers and refuses any other global, so it runs
+        # no code from the file and needs no --allow-pickle. (With it, the file is unpickled as trusted.)
+        kind = "state_dict"
     if kind == "pickle" and not allow_pickle:
         raise InputError(
             f"{role} model {path} is a pickled model; unpickling can run arbitrary code, so it is refused "
-            "(save it with torch.jit.save, torch.export.save or safetensors, or pass --allow-pickle)"
+            "(save it with torch.jit.save, torch.export.save or safetensors; for a state dict name its factory in "
+            f"[model] factory or [{role}] factory; or pass --allow-pickle)"
         )
-    if kind in ("torchscript", "torch.export"):
+    if kind in ("torchscript", "torch.export", "state_dict", "pickle"):
         require_room_to_unpack(path, f"{role} model")
-    factory = factory or (spec.factory if spec is not None else None)
     # Loading runs code: a factory's, an exported program's, a TorchScript __setstate__ trusted with
     # --allow-pickle (which torch.jit.load runs holding the GIL: the deadline cannot end that one). So it gets
     # a model call's deadline, from after torch's import: the deadline is the file's, not the process's.
@@ -650,6 +657,35 @@ def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: 
             f"{role} model {path} is a safetensors state dict: name a factory "
             "('package.module:function') in [model] factory or [" + role + "] factory"
         )
+    module = _factory_module(factory, role, path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"cannot load {role} safetensors file {path}: {first_line(error)}") from None
+    return _with_weights(module, state, role, path, factory)
+
+
+def _load_state_dict(path: Path, role: str, factory: str | None, allow_pickle: bool) -> Callable:
+    import torch
+
+    module = _factory_module(factory, role, path)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for a global outside torch's allowlist, RuntimeError for a bad archive
+        # torch's first paragraph offers to load the file anyway; the one after it says why ("Trying to load
+        # unsupported GLOBAL posix.system whose module posix is blocked.", or "WeightsUnpickler error: …").
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        why = lines[1] if len(lines) > 1 and lines[0].startswith("Weights only load failed") else first_line(error)
+        raise InputError(f"cannot load {role} state dict {path} with torch's weights-only loader: {why[:300]}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        held = f"a dict of {', '.join(map(repr, list(state)[:6]))}" if isinstance(state, Mapping) else f"a {type(state).__name__}"
+        raise InputError(f"{role} model {path} holds {held}, not a state dict of tensors: save model.state_dict() itself "
+                         "(or safetensors) for factory " + str(factory))
+    return _with_weights(module, state, role, path, factory)
+
+
+def _factory_module(factory: str, role: str, path: Path):
+    """A fresh module from the project's ``factory``, to take a state dict's weights."""
     import torch
 
     try:
@@ -660,10 +696,10 @@ def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: 
         raise InputError(f"factory {factory} for {role} model {path} failed: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"factory {factory} for {role} model {path} returned {type(module).__name__}, not a torch.nn.Module")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise InputError(f"cannot load {role} safetensors file {path}: {first_line(error)}") from None
+    return module
+
+
+def _with_weights(module, state: Mapping, role: str, path: Path, factory: str):
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
@@ -682,6 +718,8 @@ def _load_pickle(path: Path, role: str, factory: str | None, allow_pickle: bool)
         module = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as error:
         raise InputError(f"cannot load pickled {role} model {path}: {first_line(error)}") from None
+    if isinstance(module, Mapping) and factory:  # a state dict, trusted
+        return _with_weights(_factory_module(factory, role, path), module, role, path, factory)
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"{role} model {path} unpickled to {type(module).__name__}, not a torch.nn.Module")
     return module.eval()
@@ -691,6 +729,7 @@ _LOADERS: dict[ModelKind, Callable[[Path, str, str | None, bool], Callable]] = {
     "torchscript": _load_torchscript,
     "torch.export": _load_export,
     "safetensors": _load_safetensors,
+    "state_dict": _load_state_dict,
     "pickle": _load_pickle,
 }
 

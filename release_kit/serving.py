@@ -23,6 +23,7 @@ import functools
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ class ModelPool:
         allow_pickle: bool = False,
         allow_blocked: bool = False,
         directory: str | Path | None = None,
+        factories: Mapping[str, str] | None = None,
     ) -> None:
         from .models import inference_device
         from .tracking import embedded_uri
@@ -132,6 +134,9 @@ class ModelPool:
         self.refresh_seconds = refresh_seconds
         self.allow_pickle = allow_pickle
         self.allow_blocked = allow_blocked
+        # Registered model name → the factory ("package.module:function") that builds the module a released
+        # state dict (safetensors, torch.save) is loaded into, as [model] factory does for the gate.
+        self.factories = dict(factories or {})
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ServedModel] = {}  # (name, number) → model
         # Reference text → its model, read without the lock (a served call counts microseconds). Cleared
@@ -271,7 +276,7 @@ class ModelPool:
 
     def _load(self, name: str, number: str, *, warm: bool) -> ServedModel:
         from .files import file_sha256
-        from .models import load_model
+        from .models import detect_kind, load_model
         from .registry import fetch_model
         from .tags import MODEL_SHA256_TAG
         from .timing import weight_bytes
@@ -295,7 +300,13 @@ class ModelPool:
         if actual != expected:
             raise ModelRefused(f"model {name} version {number}: the file's sha256 {actual[:12]}… differs from the release's {expected[:12]}…: refused")
         # No per-call deadline: a server bounds its requests itself, and the watchdog costs microseconds a call.
-        loaded = load_model(f"{name}/{number}", str(fetched.path), allow_pickle=self.allow_pickle, version=fetched.semver, timeout=None)
+        factory = self.factories.get(name)
+        kind = detect_kind(fetched.path)
+        if factory is None and (kind == "safetensors" or (kind == "pickle" and not self.allow_pickle)):
+            raise ModelRefused(f"model {name} version {number} is a state dict ({kind}): give the pool the factory that builds "
+                               f"its module, ModelPool(factories={{{name!r}: 'package.module:function'}})")
+        loaded = load_model(f"{name}/{number}", str(fetched.path), factory=factory, allow_pickle=self.allow_pickle,
+                            version=fetched.semver, timeout=None)
         loaded.to_device(self.device)
         model = ServedModel(name, number, fetched.semver, actual, weight_bytes(loaded.module) or fetched.path.stat().st_size, loaded)
         if warm:

@@ -148,6 +148,31 @@ def test_a_blocked_version_is_refused_unless_asked_for(registry):
     assert ModelPool(registry, refresh_seconds=0, allow_blocked=True).get(f"{NAME}/1.1.0").semver == "1.1.0"
 
 
+def test_released_state_dicts_are_served_through_the_factory_the_pool_is_given(registry, power, tmp_path):
+    """A release of safetensors weights, or of a torch.save'd state dict, is a module's weights: the pool
+    loads it into the module its factory builds (the state dict with torch's weights-only unpickler), and
+    without one refuses it naming the argument, rather than an error about a config the server has none of."""
+    import torch
+    from safetensors.torch import load_file
+
+    from release_kit.registry import publish
+    from release_kit.serving import ModelPool, ModelRefused
+
+    torch.save(load_file(str(power["v1_safetensors"])), tmp_path / "v1.pth")
+    publish(power["v1_safetensors"], NAME, "1.2.0", tracking_uri=registry)
+    publish(tmp_path / "v1.pth", NAME, "1.3.0", tracking_uri=registry)
+    with pytest.raises(ModelRefused, match=r"is a state dict \(safetensors\): give the pool the factory .*ModelPool\(factories="):
+        ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.2.0")
+    with pytest.raises(ModelRefused, match=r"is a state dict \(pickle\)"):
+        ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.3.0")
+    pool = ModelPool(registry, refresh_seconds=0, factories={NAME: "power_forecast:baseline_factory"})
+    expected = pool.get(f"{NAME}/1.0.0").predict(ROWS)  # the same weights, scripted
+    for version, kind in (("1.2.0", "safetensors"), ("1.3.0", "state_dict")):
+        served = pool.get(f"{NAME}/{version}")
+        assert served.loaded.kind == kind
+        np.testing.assert_allclose(served.predict(ROWS), expected, rtol=1e-5)
+
+
 def test_a_pool_on_a_live_mlflow_server(power, mlflow_server):
     from release_kit.registry import publish
     from release_kit.serving import ModelPool

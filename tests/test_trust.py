@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import POWER_MODEL, run_cli
+from conftest import POWER_MODEL, QUICK, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +145,47 @@ def test_a_pickle_renamed_to_pt2_is_never_unpickled(project, power, cli, tmp_pat
     result = cli("check", "--candidate", evil, "--report", "report.json")
     assert result.exit_code == 2 and "is a pickled model" in result.stderr, result.output
     assert not marker.exists()
+
+
+def test_a_state_dict_with_a_factory_loads_weights_only_and_a_crafted_one_runs_nothing(project, power, tmp_path):
+    """torch.save(model.state_dict()) beside a factory, the most common checkpoint, is read by torch's
+    weights-only unpickler without --allow-pickle: as users run it (the CLI in a subprocess, every default
+    stage, the embedded MLflow store), it gates like the same weights in safetensors. A state dict whose
+    pickle names another global (os.system here) is refused, one line naming it, and nothing runs; so is a
+    training checkpoint that is no state dict, and a legacy (non-zip) torch.save of the same weights loads."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(power["v1_safetensors"]))
+    torch.save(weights, project.root / "v1.pth")
+    torch.save(weights, project.root / "v1-legacy.pth", _use_new_zipfile_serialization=False)
+    marker = tmp_path / "pwned"
+    torch.save({**weights, "scale": Payload(marker)}, project.root / "crafted.pth")
+    torch.save({"model": weights, "epoch": 3}, project.root / "checkpoint.pth")
+    from conftest import EXAMPLE
+
+    project.write("power_factory.py", f"import sys\nsys.path.insert(0, {str(EXAMPLE)!r})\nfrom power_forecast import baseline_factory\n")
+    config = project.config(f"[gate]\n{QUICK}")  # the default stages, quicker
+    config.write_text(config.read_text().replace("[mlflow]\nenabled = false\n", "").replace(
+        "[baseline]", '[candidate]\nfactory = "power_factory:baseline_factory"\n\n[baseline]\nfactory = "power_factory:baseline_factory"'))
+    # The same weights on both sides, each a module of the factory's (eager: as fast as each other).
+    result = run_cli(project.root, "check", "--candidate", "v1.pth", "--baseline", "v1-legacy.pth", "--report", "report.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((project.root / "report.json").read_text())
+    assert report["candidate"]["kind"] == report["baseline"]["kind"] == "state_dict" and report["mlflow"]["run_id"]
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"}
+    assert report["verdict"] == "pass" and report["bump"] == "none"  # the same weights: nothing to release
+    crafted = run_cli(project.root, "check", "--candidate", "crafted.pth", "--baseline", power["v1"], "--report", "crafted.json")
+    one_line_error(crafted, 2, "cannot load candidate state dict crafted.pth with torch's weights-only loader: ",
+                   "unsupported GLOBAL")
+    assert not marker.exists() and not (project.root / "crafted.json").exists()
+
+    from release_kit.errors import InputError
+    from release_kit.models import load_model
+
+    with pytest.raises(InputError, match="holds a dict of 'model', 'epoch', not a state dict of tensors: save model.state_dict"):
+        load_model("candidate", str(project.root / "checkpoint.pth"), factory="power_forecast:baseline_factory")
+    with pytest.raises(InputError, match=r"is a pickled model; .*for a state dict name its factory in \[model\] factory"):
+        load_model("candidate", str(project.root / "v1.pth"))  # no factory: a pickle of anything, refused
 
 
 def test_allow_pickle_is_the_explicit_opt_in(project, power, cli, tmp_path):
