@@ -251,11 +251,15 @@ def test_the_example_server_evicts_under_a_small_max_bytes_and_refuses_a_tampere
     from release_kit.registry import publish
     from release_kit.serving import ModelPool
 
+    from conftest import EXAMPLE
+
     publish(power["v1"], NAME, "1.2.0", tracking_uri=registry)  # version 3, its file tampered below
     _tamper(registry, "3")
+    publish(power["v1_safetensors"], NAME, "1.3.0", tracking_uri=registry)  # weights: served through FACTORIES
     one_model = ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.0.0").bytes
     body = {"inputs": ROWS.tolist()}
-    with serving(tmp_path, registry, MAX_BYTES=str(one_model)) as url:
+    with serving(tmp_path, registry, MAX_BYTES=str(one_model), FACTORIES=f"{NAME}=power_forecast:baseline_factory",
+                 PYTHONPATH=str(EXAMPLE)) as url:
         predict = f"{url}/v1/models/{NAME}/predict"
 
         def loaded() -> list[str]:
@@ -270,6 +274,9 @@ def test_the_example_server_evicts_under_a_small_max_bytes_and_refuses_a_tampere
         assert status == 403 and "differs from the release's" in answer["detail"], answer
         assert _post(predict, body, "9.9.9")[0] == 404 and _post(predict, body, "nope")[0] == 404
         assert loaded() == ["1.0.0"]  # the refused file never entered the pool
+        status, answer = _post(predict, body, "1.3.0")  # 1.0.0's weights, in the factory's module
+        scripted = _post(predict, body, "1.0.0")[1]["outputs"]
+        assert (status, answer["version"]) == (200, "1.3.0") and np.allclose(answer["outputs"], scripted, rtol=1e-5), answer
 
 
 def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, power, monkeypatch):

@@ -8,7 +8,8 @@ aliases through releases and rollbacks without a restart.
     GET  /health
 
 Each response names the version that produced it. Settings (environment): MLFLOW_TRACKING_URI (default:
-the embedded store under the working directory), REFRESH_SECONDS (30), MAX_MODELS (8), MAX_BYTES (4GiB).
+the embedded store under the working directory), REFRESH_SECONDS (30), MAX_MODELS (8), MAX_BYTES (4GiB),
+FACTORIES (for released weights, safetensors or state dicts: "name=package.module:function", comma-separated).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ pool = ModelPool(
     refresh_seconds=float(os.environ.get("REFRESH_SECONDS", "30")),
     max_models=int(os.environ.get("MAX_MODELS", "8")),
     max_bytes=os.environ.get("MAX_BYTES", "4GiB"),
+    factories=dict(item.strip().split("=", 1) for item in os.environ.get("FACTORIES", "").split(",") if "=" in item),
 )
 app = FastAPI(title="release-kit serving example")
 
