@@ -65,6 +65,9 @@ class ModelSpec(_Strict):
     classes: list[str] | None = Field(default=None, min_length=2)
     # "package.module:function" returning an nn.Module; needed for safetensors state dicts.
     factory: str | None = None
+    # The prediction among the outputs of a model that returns several: a tuple's index, or a dict's key
+    # ("logits" of a Hugging Face-style output). Unset, a model returns one tensor (or a tuple or dict of one).
+    output: int | str | None = None
 
     @field_validator("target")
     @classmethod
@@ -72,6 +75,13 @@ class ModelSpec(_Strict):
         if target is None and info.data.get("features") is not None:
             raise PydanticCustomError("missing", "Field required")  # reported as a missing config key
         return target
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_index_or_key(cls, output: object) -> object:
+        if output is None or (type(output) is int and output >= 0) or (type(output) is str and output):
+            return output
+        raise ValueError(f"must be a tuple's index (0, 1, …) or a dict's key (\"logits\"), not {output!r}")
 
     @field_validator("features")
     @classmethod

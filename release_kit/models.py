@@ -79,6 +79,7 @@ class LoadedModel:
     batch_size: int = PREDICT_BATCH_ROWS  # samples per model call ([inference] batch_size)
     factory: str | None = None  # a safetensors model's factory, to load it again elsewhere (a Ray actor)
     device: str = "cpu"  # where golden-set inference runs ([inference] device)
+    output: int | str | None = None  # [model] output: the prediction among several outputs
 
     def describe(self) -> ModelRef:
         from .report import ModelRef
@@ -181,8 +182,7 @@ class LoadedModel:
         import torch
 
         if not isinstance(result, torch.Tensor):
-            if isinstance(result, (tuple, list)) and len(result) == 1:
-                result = result[0]
+            result = self._prediction_among(result)
             if not isinstance(result, torch.Tensor):
                 raise InputError(f"{self.role} model {self.source} returned {type(result).__name__}, not a tensor")
         numpy_holds_it = (_PREDICTION_DTYPES or _prediction_dtypes()).get(result.dtype)
@@ -192,6 +192,33 @@ class LoadedModel:
         if result.ndim == 0:
             raise InputError(f"{self.role} model {self.source} returned a single number (a 0-d tensor), not one prediction per row")
         return result, numpy_holds_it
+
+
+    def _prediction_among(self, result: Any) -> Any:
+        """The prediction among a model's several outputs: ``[model] output``'s index in a tuple or list, or
+        its key in a dict (a Hugging Face ``ModelOutput`` is one); the only one where there is one. Anything
+        else is bad input naming what the model returned and the key to set."""
+        chosen = self.output
+        if isinstance(result, Mapping):
+            keys = list(result)
+            if isinstance(chosen, str) and chosen in result:
+                return result[chosen]
+            if chosen is None and len(keys) == 1:
+                return result[keys[0]]
+            named = ", ".join(repr(str(key)) for key in keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            wrong = "" if chosen is None else f" ({chosen!r} is not one of them)"
+            example = "logits" if "logits" in result else str(keys[0])
+            raise InputError(f"{self.role} model {self.source} returned a dict of {named}{wrong}: name the prediction's key "
+                             f"in [model] output, e.g. output = {example!r} (served: ModelPool(outputs=...))")
+        if isinstance(result, (tuple, list)):
+            if isinstance(chosen, int) and chosen < len(result):
+                return result[chosen]
+            if chosen is None and len(result) == 1:
+                return result[0]
+            wrong = "" if chosen is None else f" ({chosen!r} is no index of it)"
+            raise InputError(f"{self.role} model {self.source} returned a {type(result).__name__} of {len(result)} outputs{wrong}: "
+                             f"name the prediction's index in [model] output (0 to {len(result) - 1}; served: ModelPool(outputs=...))")
+        return result
 
 
 class ModelOutputs:
@@ -446,6 +473,7 @@ def load_model(
         module = _LOADERS[kind](path, role, factory, allow_pickle)
     return LoadedModel(
         factory=factory,
+        output=spec.output if spec is not None else None,
         role=role,
         source=source,
         kind=kind,

@@ -121,6 +121,7 @@ class ModelPool:
         allow_blocked: bool = False,
         directory: str | Path | None = None,
         factories: Mapping[str, str] | None = None,
+        outputs: Mapping[str, int | str] | None = None,
     ) -> None:
         from .models import inference_device
         from .tracking import embedded_uri
@@ -137,6 +138,9 @@ class ModelPool:
         # Registered model name → the factory ("package.module:function") that builds the module a released
         # state dict (safetensors, torch.save) is loaded into, as [model] factory does for the gate.
         self.factories = dict(factories or {})
+        # Registered model name → the prediction among its several outputs (a dict's key, a tuple's index),
+        # as [model] output names it for the gate.
+        self.outputs = dict(outputs or {})
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ServedModel] = {}  # (name, number) → model
         # Reference text → its model, read without the lock (a served call counts microseconds). Cleared
@@ -307,6 +311,7 @@ class ModelPool:
                                f"its module, ModelPool(factories={{{name!r}: 'package.module:function'}})")
         loaded = load_model(f"{name}/{number}", str(fetched.path), factory=factory, allow_pickle=self.allow_pickle,
                             version=fetched.semver, timeout=None)
+        loaded.output = self.outputs.get(name)
         loaded.to_device(self.device)
         model = ServedModel(name, number, fetched.semver, actual, weight_bytes(loaded.module) or fetched.path.stat().st_size, loaded)
         if warm:

@@ -217,6 +217,18 @@ def train_classifier(frame: pd.DataFrame, classes: int, *, epochs: int, squash: 
     return model.eval()
 
 
+class DictOutput(torch.nn.Module):
+    """A Hugging Face-style output: the prediction beside other tensors, in a dict."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        prediction = self.inner(x)
+        return {"hidden": x, "prediction": prediction}
+
+
 def save_scripted(model: torch.nn.Module, path: Path) -> Path:
     torch.jit.save(torch.jit.script(model), str(path))
     return path

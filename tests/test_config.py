@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from release_kit.config import Config, load_config, parse_tolerance
@@ -49,12 +51,15 @@ def test_bad_tolerances(value):
         ({**MINIMAL, "quality": {"primary": "roc_auc"}}, "do not apply"),
         ({**MINIMAL, "baseline": {"version": "one"}}, "semantic version"),
         ({**MINIMAL, "quality": {"confidence": 1.5}}, "quality.confidence"),
+        (with_model(output=-1), "config key 'model.output': must be a tuple's index (0, 1, …) or a dict's key"),
+        (with_model(output=True), "config key 'model.output': must be"),
+        (with_model(output=""), "config key 'model.output': must be"),
     ],
 )
 def test_invalid_configs_name_the_key(tmp_path, data, message):
     path = tmp_path / "release-kit.toml"
     path.write_text(_to_toml(data))
-    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+    with pytest.raises(InputError, match=re.escape(message)):
         load_config(path)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import POWER_MODEL, QUICK, churn_model, pf, run_cli, save_scripted
+from conftest import POWER_MODEL, QUICK, DictOutput, churn_model, pf, run_cli, save_scripted
 
 STAGES = {"quality", "outliers", "performance", "data"}
 
@@ -723,3 +723,46 @@ def test_slices_whose_statistics_are_nan_do_not_pass():
     assert only_nan.status.value == "warn" and "undefined" in only_nan.summary
     mixed = _slice_verdict(gate, "slices", [undefined, fine], searched="2 slices")
     assert mixed.status.value == "warn" and "could not be tested" in mixed.summary
+
+
+class TupleOutput(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(dim=1), self.inner(x)
+
+
+def test_a_model_returning_several_outputs_is_gated_on_the_one_model_output_names(project, power, cli):
+    """As users run it (the CLI in a subprocess, every default stage, the embedded MLflow store): a model
+    returning a dict is gated on [model] output's key, with the numbers of the same network returning the
+    prediction alone. Unset, or naming no output, it is bad input naming what the model returned; a tuple's
+    output is named by its index."""
+    better = torch.jit.load(str(power["better"]))
+    save_scripted(DictOutput(better), project.root / "dict.pt")
+    save_scripted(TupleOutput(better), project.root / "tuple.pt")
+    config = project.root / "release-kit.toml"
+    plain = config.read_text()
+
+    unset = cli("check", "--candidate", "dict.pt", "--baseline", power["v1"], "--report", "report.json")
+    assert unset.exit_code == 2 and unset.stderr.count("\n") == 1, unset.output
+    assert "candidate model dict.pt returned a dict of 'hidden', 'prediction': name the prediction's key in [model] output" in unset.stderr
+    assert not (project.root / "report.json").exists()
+    config.write_text(plain.replace('task = "regression"', 'task = "regression"\noutput = 1'))
+    tuple_plain = cli("check", "--candidate", "tuple.pt", "--baseline", power["v1"], "--stage", "quality", "--format", "json")
+    assert tuple_plain.exit_code == 0, tuple_plain.output
+    wrong = cli("check", "--candidate", "dict.pt", "--baseline", power["v1"])
+    assert wrong.exit_code == 2 and "returned a dict of 'hidden', 'prediction' (1 is not one of them)" in wrong.stderr, wrong.output
+
+    every_stage = project.config(f"[gate]\n{QUICK}").read_text()  # the default stages, quicker
+    config.write_text(every_stage.replace('task = "regression"', 'task = "regression"\noutput = "prediction"').replace("[mlflow]\nenabled = false\n", ""))
+    result = run_cli(project.root, "check", "--candidate", "dict.pt", "--baseline", power["v1"], "--report", "report.json")
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((project.root / "report.json").read_text())
+    assert {c["stage"] for c in report["checks"]} == {"quality", "outliers", "performance", "data"} and report["mlflow"]["run_id"]
+    alone = {m["name"]: m for c in json.loads(tuple_plain.stdout)["checks"] for m in c.get("metrics", [])}
+    selected = {m["name"]: m for c in report["checks"] if c["stage"] == "quality" for m in c.get("metrics", [])}
+    for name in ("mae", "rmse", "r2"):
+        assert selected[name]["candidate"] == pytest.approx(alone[name]["candidate"], rel=1e-12), name
+    assert not [c["name"] for c in report["checks"] if c["stage"] in ("quality", "outliers", "data") and c["status"] in ("fail", "error")]

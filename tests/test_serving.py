@@ -173,6 +173,21 @@ def test_released_state_dicts_are_served_through_the_factory_the_pool_is_given(r
         np.testing.assert_allclose(served.predict(ROWS), expected, rtol=1e-5)
 
 
+def test_a_released_model_returning_a_dict_is_served_on_the_output_the_pool_names(registry, power, tmp_path):
+    import torch
+
+    from conftest import DictOutput, save_scripted
+    from release_kit.errors import InputError
+    from release_kit.registry import publish
+    from release_kit.serving import ModelPool
+
+    publish(save_scripted(DictOutput(torch.jit.load(str(power["v1"]))), tmp_path / "dict.pt"), NAME, "1.2.0", tracking_uri=registry)
+    with pytest.raises(InputError, match=r"returned a dict of 'hidden', 'prediction': .*\(served: ModelPool\(outputs=\.\.\.\)\)"):
+        ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.2.0").predict(ROWS)
+    pool = ModelPool(registry, refresh_seconds=0, outputs={NAME: "prediction"})
+    np.testing.assert_array_equal(pool.get(f"{NAME}/1.2.0").predict(ROWS), pool.get(f"{NAME}/1.0.0").predict(ROWS))
+
+
 def test_a_pool_on_a_live_mlflow_server(power, mlflow_server):
     from release_kit.registry import publish
     from release_kit.serving import ModelPool
