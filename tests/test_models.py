@@ -56,15 +56,31 @@ def test_pickle_with_a_torchscript_suffix_is_detected(tmp_path):
 
 
 def test_model_returning_a_non_tensor_is_an_input_error(tmp_path):
+    """A dict or tuple of one tensor is that tensor; of several, bad input naming them unless [model] output
+    names one; anything else that is no tensor, bad input naming its type."""
+
     class ReturnsDict(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"y": x.sum(1), "z": x.mean(1)}
+
+    class ReturnsOne(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"y": x.sum(1)}
 
-    path = tmp_path / "dict.pt"
-    torch.jit.save(torch.jit.script(ReturnsDict()), str(path))
-    model = load_model("candidate", str(path), SPEC)
-    with pytest.raises(InputError, match="returned dict, not a tensor"):
-        model.raw_outputs(np.zeros((3, 5), dtype=np.float32))
+    class ReturnsText(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> str:
+            return "y"
+
+    rows = np.ones((3, 5), dtype=np.float32)
+    for module, name in ((ReturnsDict(), "dict.pt"), (ReturnsOne(), "one.pt"), (ReturnsText(), "text.pt")):
+        torch.jit.save(torch.jit.script(module), str(tmp_path / name))
+    with pytest.raises(InputError, match=r"returned a dict of 'y', 'z': name the prediction's key in \[model\] output"):
+        load_model("candidate", str(tmp_path / "dict.pt"), SPEC).raw_outputs(rows)
+    named = load_model("candidate", str(tmp_path / "dict.pt"), SPEC.model_copy(update={"output": "z"}))
+    np.testing.assert_array_equal(named.raw_outputs(rows), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(load_model("candidate", str(tmp_path / "one.pt"), SPEC).raw_outputs(rows), [5.0, 5.0, 5.0])
+    with pytest.raises(InputError, match="returned str, not a tensor"):
+        load_model("candidate", str(tmp_path / "text.pt"), SPEC).raw_outputs(rows)
 
 
 class ReturnsAs(torch.nn.Module):
