@@ -494,13 +494,14 @@ def test_a_model_file_that_would_hang_while_loading_is_refused_before_it_loads(p
 
 def test_plain_torch_runs_a_scripted_setstate_holding_the_gil(tmp_path):
     """Control: while torch.jit.load runs that ``__setstate__``, no other Python thread runs (a thread that
-    prints every 10 ms prints nothing more), which is why no deadline could end it. The 3 s watched count
-    from the line said just before the load, not from the start: importing torch on a busy CI machine took
-    most of a fixed 5 s once, and the load had not begun when the watch ended."""
+    prints every 10 ms prints nothing more), which is why no deadline could end it. Each line is one write
+    (``print`` writes the text and its newline apart, and the two threads' lines had interleaved into
+    "tickload", never read as the load's mark: the test failed on CI twice), and the 3 s watched count from
+    the line said just before the load."""
     hangs = scripted(HangsWhenLoaded(), tmp_path / "hangs.pt")
-    script = ("import sys, threading, time, torch\n"
-              "def tick():\n    while True:\n        print('tick', flush=True)\n        time.sleep(0.01)\n"
-              "threading.Thread(target=tick, daemon=True).start()\ntime.sleep(0.5)\nprint('load', flush=True)\n"
+    script = ("import os, threading, time, torch\n"
+              "def tick():\n    while True:\n        os.write(1, b'tick\\n')\n        time.sleep(0.01)\n"
+              "threading.Thread(target=tick, daemon=True).start()\ntime.sleep(0.5)\nos.write(1, b'load\\n')\n"
               f"torch.jit.load({str(hangs)!r})\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     printed: list[str] = []
@@ -515,14 +516,14 @@ def test_plain_torch_runs_a_scripted_setstate_holding_the_gil(tmp_path):
     reader = threading.Thread(target=read_lines, daemon=True)
     reader.start()
     try:
-        assert loading.wait(timeout=120), printed
+        assert loading.wait(timeout=120), printed[-20:]  # the lines around where the mark should be
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(timeout=3)
     finally:
         process.kill()
         process.wait()
         reader.join(timeout=10)
-    assert printed[printed.index("load") + 1 :].count("tick") <= 2, printed  # 300 ticks if it ran
+    assert printed[printed.index("load") + 1 :].count("tick") <= 2, printed[-20:]  # 300 ticks if it ran
 
 
 def test_loading_a_model_has_the_model_deadline(project, power, tmp_path):
