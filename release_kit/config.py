@@ -50,6 +50,11 @@ class Bounds(_Strict):
 CLASS_LABELS_HINT = "class labels stored as text: list them in [model] classes, in class-id order"
 
 
+def names_an_output(value: object) -> bool:
+    """Whether ``value`` names one of a model's several outputs: a tuple's index, or a dict's key."""
+    return (type(value) is int and value >= 0) or (type(value) is str and value != "")
+
+
 class ModelSpec(_Strict):
     """The model under gate. ``features`` and ``target`` name a table golden set's columns; a tensor golden
     set (.npz, .safetensors, a dataset factory) has neither: its arrays are the inputs and the target."""
@@ -79,7 +84,7 @@ class ModelSpec(_Strict):
     @field_validator("output", mode="before")
     @classmethod
     def _output_index_or_key(cls, output: object) -> object:
-        if output is None or (type(output) is int and output >= 0) or (type(output) is str and output):
+        if output is None or names_an_output(output):
             return output
         raise ValueError(f"must be a tuple's index (0, 1, …) or a dict's key (\"logits\"), not {output!r}")
 

@@ -34,6 +34,11 @@ def violations(predictions: np.ndarray, spec: ModelSpec) -> dict[str, np.ndarray
     return {kind: mask for kind, mask in kinds.items() if mask.any()}
 
 
+def broken_rows(predictions: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """A boolean mask over rows: the predictions that break the contract in any way."""
+    return np.logical_or.reduce([np.zeros(len(predictions), dtype=bool), *violations(predictions, spec).values()])
+
+
 def _merge(kinds: dict[str, np.ndarray], kind: str, mask: np.ndarray) -> None:
     kinds[kind] = kinds[kind] | mask if kind in kinds else mask
 

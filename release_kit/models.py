@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from .config import ModelSpec
     from .report import ModelRef, RegistryRef
 
+class FactoryNeeded(InputError):
+    """A model file of weights (safetensors, or a pickle that may be a state dict) with no factory named to
+    build the module they go into. ``kind``: the file's."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 # "state_dict": a torch.save'd state dict (a pickle) with a factory, read by torch's weights-only unpickler.
 ModelKind = Literal["torchscript", "torch.export", "safetensors", "state_dict", "pickle"]
 REGISTRY_SCHEMES = ("models:/", "runs:/")
@@ -457,10 +466,10 @@ def load_model(
         # no code from the file and needs no --allow-pickle. (With it, the file is unpickled as trusted.)
         kind = "state_dict"
     if kind == "pickle" and not allow_pickle:
-        raise InputError(
+        raise FactoryNeeded(
             f"{role} model {path} is a pickled model; unpickling can run arbitrary code, so it is refused "
             "(save it with torch.jit.save, torch.export.save or safetensors; for a state dict name its factory in "
-            f"[model] factory or [{role}] factory; or pass --allow-pickle)"
+            f"[model] factory or [{role}] factory; or pass --allow-pickle)", kind
         )
     if kind in ("torchscript", "torch.export", "state_dict", "pickle"):
         require_room_to_unpack(path, f"{role} model")
@@ -681,9 +690,9 @@ def _load_safetensors(path: Path, role: str, factory: str | None, allow_pickle: 
     from safetensors.torch import load_file
 
     if not factory:
-        raise InputError(
+        raise FactoryNeeded(
             f"{role} model {path} is a safetensors state dict: name a factory "
-            "('package.module:function') in [model] factory or [" + role + "] factory"
+            "('package.module:function') in [model] factory or [" + role + "] factory", "safetensors"
         )
     module = _factory_module(factory, role, path)
     try:

@@ -123,6 +123,7 @@ class ModelPool:
         factories: Mapping[str, str] | None = None,
         outputs: Mapping[str, int | str] | None = None,
     ) -> None:
+        from .config import names_an_output
         from .models import inference_device
         from .tracking import embedded_uri
 
@@ -141,6 +142,9 @@ class ModelPool:
         # Registered model name → the prediction among its several outputs (a dict's key, a tuple's index),
         # as [model] output names it for the gate.
         self.outputs = dict(outputs or {})
+        for model_name, output in self.outputs.items():
+            if not names_an_output(output):
+                raise InputError(f"outputs[{model_name!r}] must be a tuple's index (0, 1, …) or a dict's key, not {output!r}")
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ServedModel] = {}  # (name, number) → model
         # Reference text → its model, read without the lock (a served call counts microseconds). Cleared
@@ -280,7 +284,7 @@ class ModelPool:
 
     def _load(self, name: str, number: str, *, warm: bool) -> ServedModel:
         from .files import file_sha256
-        from .models import detect_kind, load_model
+        from .models import FactoryNeeded, load_model
         from .registry import fetch_model
         from .tags import MODEL_SHA256_TAG
         from .timing import weight_bytes
@@ -304,13 +308,15 @@ class ModelPool:
         if actual != expected:
             raise ModelRefused(f"model {name} version {number}: the file's sha256 {actual[:12]}… differs from the release's {expected[:12]}…: refused")
         # No per-call deadline: a server bounds its requests itself, and the watchdog costs microseconds a call.
-        factory = self.factories.get(name)
-        kind = detect_kind(fetched.path)
-        if factory is None and (kind == "safetensors" or (kind == "pickle" and not self.allow_pickle)):
-            raise ModelRefused(f"model {name} version {number} is a state dict ({kind}): give the pool the factory that builds "
-                               f"its module, ModelPool(factories={{{name!r}: 'package.module:function'}})")
-        loaded = load_model(f"{name}/{number}", str(fetched.path), factory=factory, allow_pickle=self.allow_pickle,
-                            version=fetched.semver, timeout=None)
+        try:
+            loaded = load_model(f"{name}/{number}", str(fetched.path), factory=self.factories.get(name), allow_pickle=self.allow_pickle,
+                                version=fetched.semver, timeout=None)
+        except FactoryNeeded as needed:  # named for the pool, which has no config to set it in
+            factory = f"ModelPool(factories={{{name!r}: 'package.module:function'}})"
+            raise ModelRefused(f"model {name} version {number} is a state dict (safetensors): give the pool the factory that builds its module, {factory}"
+                               if needed.kind == "safetensors" else
+                               f"model {name} version {number} is a pickle: a state dict needs the factory that builds its module, {factory}; "
+                               "a whole pickled model runs code from the file as it loads, allow_pickle=True trusts it") from None
         loaded.output = self.outputs.get(name)
         loaded.to_device(self.device)
         model = ServedModel(name, number, fetched.semver, actual, weight_bytes(loaded.module) or fetched.path.stat().st_size, loaded)

@@ -218,16 +218,25 @@ def test_user_property_test_with_release_kit_strategies(project, power):
     assert night.status is Status.FAIL
 
 
-def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
-    from conftest import make_classification, save_scripted, train_classifier
+def binary_project(tmp_path, monkeypatch, golden_rows: int):
+    """A binary classification project in ``tmp_path`` (the cwd): its golden CSV of ``golden_rows`` and
+    config written; returns the training rows and the golden rows."""
+    from conftest import make_classification
 
-    train, golden = make_classification(2000, 2, seed=2), make_classification(1500, 2, seed=12)
+    train, golden = make_classification(2000, 2, seed=2), make_classification(golden_rows, 2, seed=12)
     golden.to_csv(tmp_path / "golden.csv", index=False)
     (tmp_path / "release-kit.toml").write_text(
         '[model]\nname = "c"\ntask = "classification"\ntarget = "label"\nfeatures = ["a", "b", "c"]\n'
         'prediction = "logits"\n[data]\ngolden = "golden.csv"\n[mlflow]\nenabled = false\n' + STAGES
     )
     monkeypatch.chdir(tmp_path)
+    return train, golden
+
+
+def test_classification_flips_are_newly_broken(tmp_path, monkeypatch):
+    from conftest import save_scripted, train_classifier
+
+    train, _ = binary_project(tmp_path, monkeypatch, 1500)
     weak = save_scripted(train_classifier(train, 2, epochs=3, squash="squeeze"), tmp_path / "weak.pt")
     strong = save_scripted(train_classifier(train, 2, epochs=150, squash="squeeze"), tmp_path / "strong.pt")
     checks = by_name(gate.check(candidate=str(strong), baseline=str(weak)))
@@ -258,15 +267,9 @@ def test_newly_broken_fails_only_when_significantly_more_rows_broke_than_were_fi
     """Flipping the rows nearest the boundary breaks about as many as it fixes: above max_newly_broken, yet
     churn, a warning (it had blocked a retrained model as good as the one before). Flipping a region the
     model mostly got right breaks far more than it fixes: a failure, with the sign test's p."""
-    from conftest import make_classification, save_scripted, train_classifier
+    from conftest import save_scripted, train_classifier
 
-    train, golden = make_classification(2000, 2, seed=2), make_classification(3000, 2, seed=12)
-    golden.to_csv(tmp_path / "golden.csv", index=False)
-    (tmp_path / "release-kit.toml").write_text(
-        '[model]\nname = "c"\ntask = "classification"\ntarget = "label"\nfeatures = ["a", "b", "c"]\n'
-        'prediction = "logits"\n[data]\ngolden = "golden.csv"\n[mlflow]\nenabled = false\n' + STAGES
-    )
-    monkeypatch.chdir(tmp_path)
+    train, golden = binary_project(tmp_path, monkeypatch, 3000)
     model = train_classifier(train, 2, epochs=150, squash="squeeze")
     baseline = save_scripted(model, tmp_path / "baseline.pt")
     candidate = save_scripted(FlippedWhere(model, margin, cut), tmp_path / "candidate.pt")

@@ -163,7 +163,7 @@ def test_released_state_dicts_are_served_through_the_factory_the_pool_is_given(r
     publish(tmp_path / "v1.pth", NAME, "1.3.0", tracking_uri=registry)
     with pytest.raises(ModelRefused, match=r"is a state dict \(safetensors\): give the pool the factory .*ModelPool\(factories="):
         ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.2.0")
-    with pytest.raises(ModelRefused, match=r"is a state dict \(pickle\)"):
+    with pytest.raises(ModelRefused, match=r"is a pickle: a state dict needs the factory that builds its module, ModelPool\(factories="):
         ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.3.0")
     pool = ModelPool(registry, refresh_seconds=0, factories={NAME: "power_forecast:baseline_factory"})
     expected = pool.get(f"{NAME}/1.0.0").predict(ROWS)  # the same weights, scripted
@@ -184,6 +184,9 @@ def test_a_released_model_returning_a_dict_is_served_on_the_output_the_pool_name
     publish(save_scripted(DictOutput(torch.jit.load(str(power["v1"]))), tmp_path / "dict.pt"), NAME, "1.2.0", tracking_uri=registry)
     with pytest.raises(InputError, match=r"returned a dict of 'hidden', 'prediction': .*\(served: ModelPool\(outputs=\.\.\.\)\)"):
         ModelPool(registry, refresh_seconds=0).get(f"{NAME}/1.2.0").predict(ROWS)
+    for wrong in (-1, "", True):  # -1 would have read the last output
+        with pytest.raises(InputError, match=rf"outputs\['{NAME}'\] must be a tuple's index \(0, 1, …\) or a dict's key, not "):
+            ModelPool(registry, refresh_seconds=0, outputs={NAME: wrong})
     pool = ModelPool(registry, refresh_seconds=0, outputs={NAME: "prediction"})
     np.testing.assert_array_equal(pool.get(f"{NAME}/1.2.0").predict(ROWS), pool.get(f"{NAME}/1.0.0").predict(ROWS))
 
@@ -292,6 +295,15 @@ def test_the_example_server_evicts_under_a_small_max_bytes_and_refuses_a_tampere
         status, answer = _post(predict, body, "1.3.0")  # 1.0.0's weights, in the factory's module
         scripted = _post(predict, body, "1.0.0")[1]["outputs"]
         assert (status, answer["version"]) == (200, "1.3.0") and np.allclose(answer["outputs"], scripted, rtol=1e-5), answer
+
+
+def test_the_example_server_refuses_a_malformed_factories_setting_as_it_starts(tmp_path):
+    """A FACTORIES item that is not name=package.module:function stops the server at its start, naming the
+    item, rather than being dropped and every release of that model refused later for want of a factory."""
+    result = subprocess.run([sys.executable, "-c", "import server"], cwd=ROOT / "examples" / "serving", capture_output=True, text=True,
+                            env={**os.environ, "FACTORIES": "power=power_forecast:build, shapes", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"},
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "FACTORIES: 'shapes' is not name=package.module:function", result.stderr
 
 
 def test_the_example_server_follows_a_release_and_a_rollback_under_load(tmp_path, power, monkeypatch):

@@ -15,6 +15,8 @@ FACTORIES (for released weights, safetensors or state dicts: "name=package.modul
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 import numpy as np
 import semver
@@ -24,12 +26,23 @@ from pydantic import BaseModel
 from release_kit.errors import InputError
 from release_kit.serving import ModelNotFound, ModelPool, ModelRefused
 
+
+def factories(setting: str) -> dict[str, str]:
+    """FACTORIES ("name=package.module:function", comma-separated) as the pool takes them."""
+    pairs = [item.strip() for item in setting.split(",") if item.strip()]
+    malformed = [item for item in pairs if not re.fullmatch(r"[^=\s]+=[\w.]+:\w+", item)]
+    if malformed:
+        print(f"FACTORIES: {malformed[0]!r} is not name=package.module:function", file=sys.stderr)
+        raise SystemExit(2)  # bad input, as release-kit's commands say it
+    return dict(item.split("=", 1) for item in pairs)
+
+
 pool = ModelPool(
     os.environ.get("MLFLOW_TRACKING_URI") or None,
     refresh_seconds=float(os.environ.get("REFRESH_SECONDS", "30")),
     max_models=int(os.environ.get("MAX_MODELS", "8")),
     max_bytes=os.environ.get("MAX_BYTES", "4GiB"),
-    factories=dict(item.strip().split("=", 1) for item in os.environ.get("FACTORIES", "").split(",") if "=" in item),
+    factories=factories(os.environ.get("FACTORIES", "")),
 )
 app = FastAPI(title="release-kit serving example")
 

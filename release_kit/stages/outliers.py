@@ -592,9 +592,7 @@ def _decisions(gate: GateContext, role: str, inputs: tuple[np.ndarray, ...]) -> 
 
     model = getattr(gate, role)
     outputs = to_predictions(model.raw_outputs(gate.inputs_for(role, inputs)), gate.config.model, role, outputs=gate.golden.outputs)
-    broken = np.zeros(len(outputs), dtype=bool)
-    for mask in contract.violations(outputs, gate.config.model).values():
-        broken |= mask
+    broken = contract.broken_rows(outputs, gate.config.model)
     decision = outputs.argmax(axis=1) if gate.config.model.task == "classification" else outputs
     return decision, broken
 
@@ -612,8 +610,7 @@ def _search_samples(gate: GateContext, count: int) -> np.ndarray:
     kept = np.ones(n, dtype=bool)
     for predictions in (gate.predictions.candidate, gate.predictions.baseline):
         if predictions is not None:
-            for mask in contract.violations(predictions, gate.config.model).values():
-                kept &= ~mask
+            kept &= ~contract.broken_rows(predictions, gate.config.model)
     if gate.config.model.task == "classification":
         kept &= gate.predictions.candidate.argmax(axis=1) == gate.golden.target
         if gate.predictions.baseline is not None:
