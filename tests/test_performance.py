@@ -47,6 +47,18 @@ class Hungry(torch.nn.Module):
         return self.inner(x) + 0.0 * scratch[-1]
 
 
+class Heavier(torch.nn.Module):
+    """The wrapped model plus 256 KiB of weights it never reads: grown several times over, less than the slack."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("unused", torch.zeros(64 * 1024))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 def by_name(report) -> dict:
     return {c.name: c for c in report.checks if c.stage == "performance"}
 
@@ -147,6 +159,19 @@ def test_memory_hungry_candidate_is_blocked_on_memory(project, power):
     memory = by_name(gate.check(candidate=str(hungry), baseline=str(power["v1"])))["memory:batch=32"]
     assert memory.status is Status.FAIL, memory.summary
     assert memory.metrics[0].candidate > 32  # MiB
+
+
+def test_growth_within_the_slack_alone_says_so(project, power):
+    """A small model's memory growth beyond the budget that the page slack admits passes, and the summary says
+    the slack admitted it, with the figures in significant digits (not 0.00 → 0.00 MiB)."""
+    project.config(FAST + 'device = "cpu"\n')
+    heavier = wrap(power, project, Heavier, "heavier.pt")
+    memory = by_name(gate.check(candidate=str(heavier), baseline=str(power["v1"])))["memory:batch=32"]
+    assert memory.status is Status.PASS, memory.summary
+    growth = memory.metrics[0]
+    assert growth.candidate - growth.baseline >= 0.25 and growth.candidate > 1.1 * growth.baseline  # MiB
+    assert "beyond the budget of +10%, within its 1 MiB of slack" in memory.summary
+    assert " 0.00 " not in memory.summary
 
 
 def test_first_release_skips(project, power):
