@@ -333,8 +333,9 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
     waived = [w.check for w in report.waivers if w.applied]
     waiver_note = f" [yellow](waived: {escape(', '.join(waived))})[/]" if waived else ""
     if report.verdict.value == "pass":
-        version = f" → {report.next_version}" if report.next_version else ""
         bump = report.bump.value if report.bump else "none"
+        # bump none keeps the version: "→ 2.4.0" would announce a release that `release` declines
+        version = "" if not report.next_version else f" (stays {report.next_version})" if bump == "none" else f" → {report.next_version}"
         console.print(f"[bold green]PASS[/] bump [bold]{bump}[/]{escape(version)}: {escape(report.bump_reason)}{waiver_note}")
     else:
         console.print(f"[bold red]BLOCK[/]: {escape(report.bump_reason)}{waiver_note}")

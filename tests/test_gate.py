@@ -56,6 +56,15 @@ def test_same_model_as_baseline_is_bump_none(project, power):
     assert "bit-identical" in report.bump_reason
 
 
+def test_bump_none_says_the_version_stays(project, power, cli):
+    """A bump of none keeps the baseline's version: neither the terminal nor the markdown announces one."""
+    text = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--stage", "quality", "--no-mlflow")
+    assert text.exit_code == 0 and "bump none (stays 1.0.0)" in text.stdout and "→ 1.0.0" not in text.stdout
+    markdown = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--stage", "quality", "--no-mlflow",
+                   "--format", "markdown")
+    assert "**Version:** stays **1.0.0** (bump none: nothing to release)" in markdown.stdout
+
+
 def test_neutral_change_is_a_patch(project, power):
     """v1 with its output bias nudged by 1e-4 kW: not identical, no significant change → patch."""
     import power_forecast as pf
