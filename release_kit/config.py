@@ -450,10 +450,17 @@ class ReleaseSpec(_Strict):
     @field_validator("tag_format")
     @classmethod
     def _tag_fields(cls, template: str) -> str:
+        import string
+
         try:
-            template.format(model="m", version="1.0.0")
-        except (KeyError, IndexError, ValueError) as error:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        except ValueError as error:
             raise ValueError(f"{template!r} may use only {{model}} and {{version}} ({error})") from None
+        # Plain fields only: "{model.upper}" or "{version:>9}" is a format string's reach, not a tag's name.
+        if any(name not in ("model", "version") or spec or conversion for name, spec, conversion in fields):
+            raise ValueError(f"{template!r} may use only {{model}} and {{version}}, as they are")
+        if "version" not in (name for name, _, _ in fields):  # without it, every release would want one tag
+            raise ValueError(f"{template!r} has no {{version}}: every release would be given the same tag")
         return template
 
 

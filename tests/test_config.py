@@ -54,6 +54,10 @@ def test_bad_tolerances(value):
         (with_model(output=-1), "config key 'model.output': must be a tuple's index (0, 1, …) or a dict's key"),
         (with_model(output=True), "config key 'model.output': must be"),
         (with_model(output=""), "config key 'model.output': must be"),
+        ({**MINIMAL, "release": {"tag_format": "release-{model}"}}, "has no {version}: every release would be given the same tag"),
+        ({**MINIMAL, "release": {"tag_format": "{model.__class__}-{version}"}}, "may use only {model} and {version}, as they are"),
+        ({**MINIMAL, "release": {"tag_format": "v{version:>9}"}}, "may use only {model} and {version}, as they are"),
+        ({**MINIMAL, "release": {"tag_format": "v{version"}}, "config key 'release.tag_format'"),
     ],
 )
 def test_invalid_configs_name_the_key(tmp_path, data, message):
