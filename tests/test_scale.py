@@ -660,6 +660,13 @@ def test_newly_broken_counts_every_streamed_row_and_keeps_the_worst(streamed_pro
     shown = [row[-1] for row in details["table"]["rows"]]
     np.testing.assert_allclose(shown, np.sort(delta)[::-1][: len(shown)], rtol=1e-5)
 
+    # A sample that holds every row is not called one.
+    config = streamed_project / "release-kit.toml"
+    config.write_text(config.read_text().replace("sample_rows = 5000", "sample_rows = 30000"))
+    whole = {c["name"]: c["summary"] for c in run(cli, "--stage", "outliers", "--stage", "data")["checks"]}
+    assert "chart of every row" in whole["newly_broken"] and "sample" not in whole["newly_broken"], whole["newly_broken"]
+    assert "streamed; KS over every row too" in whole["drift"] and "sample" not in whole["drift"], whole["drift"]
+
 
 def test_slices_are_summed_over_every_streamed_row(streamed_project, power, golden_directory, cli):
     """A bug confined to the cloudiest rows: a 300-row sample holds too few of them to test, the per-bin

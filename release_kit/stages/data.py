@@ -476,8 +476,9 @@ def _drift_result(gate: GateContext, before: dict, current: dict, what: str, cur
     # The golden rows PSI covers: every row of a streamed set, else the rows (tensor samples) compared.
     rows = int(next(iter(current_counts.values())).sum()) if current_counts is not None else len(next(iter(current.values())))
     if current_counts is not None:
-        note = (f" (PSI and chi-square over all {rows:,} golden rows, streamed; KS on a uniform sample of "
-                f"{len(next(iter(current.values()))):,} rows)")
+        sampled = len(next(iter(current.values())))
+        note = (f" (PSI and chi-square over all {rows:,} golden rows, streamed; "
+                + ("KS over every row too)" if sampled >= rows else f"KS on a uniform sample of {sampled:,} rows)"))
     drifted = [r for r in results if r.drifted]
     table = {
         "title": f"drift per {'feature' if what == 'features' else 'channel statistic'}",

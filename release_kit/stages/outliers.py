@@ -135,7 +135,7 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
         counted = (" over every row" if n_broke[0] == n_broke[1] and n_fixed[0] == n_fixed[1] else
                    " over every row, from a sketch of the changes under 1% wide (the range is the rows of the bucket "
                    "the threshold falls in)")
-        counted += f"; chart from a uniform sample of {len(delta):,} rows"
+        counted += "; chart of every row" if len(delta) >= n else f"; chart from a uniform sample of {len(delta):,} rows"
     details |= {"broke": n_broke[0] if n_broke[0] == n_broke[1] else list(n_broke),
                 "fixed": n_fixed[0] if n_fixed[0] == n_fixed[1] else list(n_fixed)}
     if table is not None:
