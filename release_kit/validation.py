@@ -238,17 +238,22 @@ def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> floa
     the level it passes less than ``RANGE_TAIL_ALPHA`` times in expectation. None for too few values, or no
     tail (ties at the extreme: a bounded or discrete column).
 
-    Peaks over threshold with an exponential tail, the light tails' model (normal, exponential, gamma): the
-    k = √n most extreme values' mean excess β over the next one u; then P(X > u + t) = (k/n)·e^(−t/β), so the
-    level is u + β·ln(compared·k / (n·RANGE_TAIL_ALPHA)). A heavy tail (log-normal, Student's t) reaches
-    further than this says; a generalized Pareto fit (Pickands' shape) was tried, and its shape from a few
-    thousand values was too noisy: now and then it allowed a light column values 1,000 times its range.
+    Peaks over threshold. For a generalized Pareto tail of shape ξ the top k = √n values' mean excess over
+    the next one is 4^ξ times the top 4k's over theirs (1 for an exponential tail, about 0.85 for a normal
+    one, 0.5 for ξ = −½, 0.25 for a uniform one), and that ratio picks the tail's model:
 
-    A tail that ends (a share, a bounded reading: uniform-like, or a density that falls to its endpoint) has
-    no reach beyond the margin: for a generalized Pareto tail of shape ξ the top k values' mean excess is
-    4^ξ times the top 4k's (1 for an exponential tail, about 0.85 for a normal one, 0.5 for ξ = −½, 0.25 for
-    a uniform one), so a ratio below ``BOUNDED_TAIL_RATIO`` means an endpoint, which an exponential fit would
-    overshoot (a cloud cover in [0, 1] allowed 1.27)."""
+    - below ``BOUNDED_TAIL_RATIO``: a tail that ends (a share, a bounded reading: uniform-like, or a density
+      that falls to its endpoint), with no reach beyond the margin; an exponential fit would overshoot it (a
+      cloud cover in [0, 1] allowed 1.27);
+    - above :func:`heavy_tail_ratio`: a heavy tail (log-normal, Student's t, Pareto), which an exponential fit
+      cuts short (simulated, a 2,000-row reference against 200,000 rows drawn alike: a log-normal of σ 1.5
+      failed 97 % of such sets, a t of 2 degrees 99 %, a Pareto of index 1.5 99 %). Its level is Weissman's
+      estimator on the distances d from the median: d₍ₖ₊₁₎·(compared·k / (n·RANGE_TAIL_ALPHA))^ξ, ξ Hill's
+      mean of ln(d₍ᵢ₎ / d₍ₖ₊₁₎) over the top k. The ratio must clear its sampling noise first: a generalized
+      Pareto shape fitted to every column (Pickands') now and then allowed a light one 1,000 times its range;
+    - else an exponential tail, the light tails' model (normal, exponential, gamma): P(X > u + t) =
+      (k/n)·e^(−t/β) with β the top k's mean excess over u, the next value; the level is
+      u + β·ln(compared·k / (n·RANGE_TAIL_ALPHA))."""
     import numpy as np
 
     n = values.size
@@ -262,12 +267,46 @@ def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> floa
     excess = float(np.mean(beyond[:k] - threshold))
     if not excess > 0:
         return None
+    expected_beyond = compared * k / (n * RANGE_TAIL_ALPHA)  # the tail's share at u over the share allowed
+    reach = None
     if wide:
         deeper = float(np.mean(beyond[: 4 * k] - beyond[4 * k]))
         if excess < BOUNDED_TAIL_RATIO * deeper:
             return None
-    reach = threshold + excess * math.log(compared * k / (n * RANGE_TAIL_ALPHA))
+        if excess > heavy_tail_ratio(k) * deeper:
+            centre = _median(values) * (1.0 if upper else -1.0)
+            distances = beyond[: k + 1] - centre
+            if distances[k] > 0:
+                shape = float(np.mean(np.log(distances[:k] / distances[k])))  # Hill's estimator
+                reach = centre + float(distances[k]) * expected_beyond**shape
+    if reach is None:
+        reach = threshold + excess * math.log(expected_beyond)
     return (reach if upper else -reach) if math.isfinite(reach) else None
+
+
+# How far the mean-excess ratio of a tail must exceed an exponential tail's 1 to be read as heavy: 1.3 (a
+# shape of about 0.19), and at least two standard errors of its logarithm, √(1/k + 1/4k), where k is small.
+# Simulated (400 draws each), exponential, gamma and χ² columns passed it in at most 0.3 % of 2,000-row
+# references and none of 20,000-row ones; log-normal (σ 1) ones in about half and 80 %, Pareto ones (index
+# 3) in 78 % and 99 %.
+HEAVY_TAIL_MIN_RATIO = 1.3
+HEAVY_TAIL_NOISE_Z = 2.0
+
+
+def heavy_tail_ratio(k: int) -> float:
+    """The mean-excess ratio (top k over top 4k) above which ``tail_reach`` reads a tail as heavy."""
+    return max(HEAVY_TAIL_MIN_RATIO, math.exp(HEAVY_TAIL_NOISE_Z * math.sqrt(1.25 / k)))
+
+
+MEDIAN_SAMPLE = 1_000_000  # values a median is taken from at most: evenly spaced, so a tensor is not copied
+
+
+def _median(values: np.ndarray) -> float:
+    import numpy as np
+
+    flat = values.reshape(-1)
+    step = max(1, flat.size // MEDIAN_SAMPLE)
+    return float(np.median(flat[::step].astype(np.float64)))
 
 
 EXTREMES_CHUNK = 1 << 22  # values partitioned at a time (np.partition copies what it is given)
