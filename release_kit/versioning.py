@@ -87,8 +87,11 @@ def decide(
         return decision(Bump.MINOR, "new capability: " + "; ".join(contract.additive), baseline_version)
 
     primary = _find_metric(checks, config.primary_metric)
+    if primary is None:  # e.g. `--stage data`: no evidence of an improvement, so a patch at most, and said so
+        return decision(Bump.PATCH, f"passes; {config.primary_metric}, the primary metric, was not measured "
+                                    "(the quality stage did not run): a patch at most", baseline_version)
     bump, reason = Bump.PATCH, "passes with no significant improvement of the primary metric"
-    if primary is not None and primary.improvement_interval is not None and primary.baseline is not None:
+    if primary.improvement_interval is not None and primary.baseline is not None:
         min_effect = parse_tolerance(config.quality.min_effect).of(primary.baseline)
         low = primary.improvement_interval[0]
         if low >= min_effect and low > 0:

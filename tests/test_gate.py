@@ -65,6 +65,13 @@ def test_bump_none_says_the_version_stays(project, power, cli):
     assert "**Version:** stays **1.0.0** (bump none: nothing to release)" in markdown.stdout
 
 
+def test_a_gate_without_the_quality_stage_says_the_primary_metric_was_not_measured(project, power, cli):
+    """--stage outliers passes with a patch at most, and says why: no improvement was measured, not 'none found'."""
+    result = cli("check", "--candidate", power["better"], "--baseline", power["v1"], "--stage", "outliers", "--no-mlflow")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "bump patch → 1.0.1: passes; mae, the primary metric, was not measured (the quality stage did not run)" in " ".join(result.stdout.split())
+
+
 def test_neutral_change_is_a_patch(project, power):
     """v1 with its output bias nudged by 1e-4 kW: not identical, no significant change → patch."""
     import power_forecast as pf
