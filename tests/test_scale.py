@@ -931,6 +931,8 @@ def test_a_golden_set_far_larger_than_the_reference_passes_its_profiled_ranges_a
     golden = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
                            "label": (x.sum(axis=1) + rng.logistic(size=rows) > 0).astype(np.int64)})
     train["amount"], golden["amount"] = np.random.default_rng(3).exponential(20.0, len(train)), rng.exponential(20.0, rows)
+    # A heavy tail (an income): an exponential fit's reach failed such golden sets drawn alike nearly always.
+    train["income"], golden["income"] = np.random.default_rng(4).lognormal(10.0, 1.5, len(train)), rng.lognormal(10.0, 1.5, rows)
     model = train_classifier(train, 2, epochs=4, squash="none")
     save_scripted(model, tmp_path / "baseline.pt")
     save_scripted(model, tmp_path / "candidate.pt")
@@ -952,7 +954,7 @@ def test_a_golden_set_far_larger_than_the_reference_passes_its_profiled_ranges_a
     done = run_cli(tmp_path, "check", "--candidate", "candidate.pt", "--format", "json")  # as users run it
     assert done.returncode in (0, 1), done.stderr[-3000:]
     code, drawn_alike = done.returncode, ranges(json.loads(done.stdout))
-    assert sorted(drawn_alike) == [f"golden/{c}:column_values_to_be_between" for c in ("a", "amount", "b", "c", "label")]
+    assert sorted(drawn_alike) == [f"golden/{c}:column_values_to_be_between" for c in ("a", "amount", "b", "c", "income", "label")]
     assert all(c["status"] == "pass" and "over all 150,000 rows" in c["summary"] for c in drawn_alike.values()), \
         [c["summary"] for c in drawn_alike.values()]
     assert code == 0
@@ -963,6 +965,11 @@ def test_a_golden_set_far_larger_than_the_reference_passes_its_profiled_ranges_a
         margin = 0.1 * (high - low)
         beyond += bool(((golden[column] < low - margin) | (golden[column] > high + margin)).any())
     assert beyond >= 3
+    from release_kit.validation import RANGE_TAIL_ALPHA
+
+    top = np.sort(train["income"].to_numpy())[::-1][:46]  # the exponential fit's reach, from the top √n
+    exponential_reach = top[45] + np.mean(top[:45] - top[45]) * math.log(rows * 45 / (len(train) * RANGE_TAIL_ALPHA))
+    assert golden["income"].max() > exponential_reach  # which this income's golden set passed
 
     golden.loc[123_456, "amount"] = 5_000.0  # 250 times the mean: no draw of 150,000 reaches it
     write_golden()
