@@ -88,8 +88,10 @@ def decide(
 
     primary = _find_metric(checks, config.primary_metric)
     if primary is None:  # e.g. `--stage data`: no evidence of an improvement, so a patch at most, and said so
-        return decision(Bump.PATCH, f"passes; {config.primary_metric}, the primary metric, was not measured "
-                                    "(the quality stage did not run): a patch at most", baseline_version)
+        ran = any(c.stage == "quality" for c in checks)
+        why = "no quality check compared it" if ran else "the quality stage did not run"
+        return decision(Bump.PATCH, f"passes; {config.primary_metric}, the primary metric, was not measured ({why}): "
+                                    "a patch at most", baseline_version)
     bump, reason = Bump.PATCH, "passes with no significant improvement of the primary metric"
     if primary.improvement_interval is not None and primary.baseline is not None:
         min_effect = parse_tolerance(config.quality.min_effect).of(primary.baseline)
