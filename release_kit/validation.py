@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -236,7 +237,8 @@ BOUNDED_TAIL_RATIO = 0.55
 def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> float | None:
     """How far data of ``compared`` values drawn as ``values`` (any shape) reaches, up (``upper``) or down:
     the level it passes less than ``RANGE_TAIL_ALPHA`` times in expectation. None for too few values, or no
-    tail (ties at the extreme: a bounded or discrete column).
+    tail (ties at the extreme: a bounded or discrete column); ±inf for a heavy tail that reaches past float64's
+    range, where data drawn alike has no bound on that side.
 
     Peaks over threshold. For a generalized Pareto tail of shape ξ the top k = √n values' mean excess over
     the next one is 4^ξ times the top 4k's over theirs (1 for an exponential tail, about 0.85 for a normal
@@ -278,7 +280,12 @@ def tail_reach(values: np.ndarray, compared: int, *, upper: bool = True) -> floa
             distances = beyond[: k + 1] - centre
             if distances[k] > 0:
                 shape = float(np.mean(np.log(distances[:k] / distances[k])))  # Hill's estimator
-                reach = centre + float(distances[k]) * expected_beyond**shape
+                # In logarithms: a tail of values spread over hundreds of decades reaches past float64,
+                # which has no bound to give on this side (``**`` raised OverflowError there).
+                log_reach = math.log(float(distances[k])) + shape * math.log(expected_beyond)
+                if log_reach >= math.log(sys.float_info.max / 2):
+                    return math.inf if upper else -math.inf
+                reach = centre + math.exp(log_reach)
     if reach is None:
         reach = threshold + excess * math.log(expected_beyond)
     return (reach if upper else -reach) if math.isfinite(reach) else None
@@ -383,11 +390,14 @@ def profile(frame: pd.DataFrame, spec: ProfileSpec, *, name: str, source: str, c
             margin = spec.range_margin * (high - low)
             numbers = finite.to_numpy(dtype=float)
             reach_low, reach_high = (tail_reach(numbers, compared_rows or len(frame), upper=upper) for upper in (False, True))
-            expectations.append({
-                "type": "expect_column_values_to_be_between",
-                "kwargs": {"column": column, "min_value": min(low - margin, math.inf if reach_low is None else reach_low),
-                           "max_value": max(high + margin, -math.inf if reach_high is None else reach_high), **tolerated},
-            })
+            bounds = (min(low - margin, math.inf if reach_low is None else reach_low),
+                      max(high + margin, -math.inf if reach_high is None else reach_high))
+            min_value, max_value = (bound if math.isfinite(bound) else None for bound in bounds)  # None: no bound that side
+            if min_value is not None or max_value is not None:
+                expectations.append({
+                    "type": "expect_column_values_to_be_between",
+                    "kwargs": {"column": column, "min_value": min_value, "max_value": max_value, **tolerated},
+                })
     return Suite(name, expectations, source, {"profiled_from": source, "rows": len(frame)})
 
 

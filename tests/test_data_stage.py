@@ -220,6 +220,49 @@ def test_a_reference_with_infinities_is_profiled_into_finite_ranges_a_suite_file
     assert set(ranges) == {"a"} and (ranges["a"]["min_value"], ranges["a"]["max_value"]) == pytest.approx((0.8, 3.2))
 
 
+@pytest.mark.parametrize("layout", ["file", "streamed"])
+def test_a_tail_that_reaches_past_float64_leaves_its_range_open_on_that_side(project, power, cli, layout):
+    """A column of values spread over hundreds of decades (a Pareto of index 0.01), profiled for a billion
+    golden rows: its heavy tail's reach passes float64's range, and the range is open on that side (GX's
+    max_value None), where the power that computed the reach raised OverflowError (exit 4). The gate reads
+    the open range, read whole or streamed, and its lower bound still fails a value far below."""
+    rng = np.random.default_rng(5)
+    reference, golden = pd.read_csv(power["train"]), pd.read_csv(power["golden"])
+    reference["spread"], golden["spread"] = rng.pareto(0.01, len(reference)), rng.pareto(0.01, len(golden))
+    reference.to_csv(project.root / "reference.csv", index=False)
+    profiled = cli("data", "profile", "--reference", "reference.csv", "--golden-rows", "1000000000", "--out",
+                   "checks/expectations/reference.json")
+    assert profiled.exit_code == 0, profiled.output
+    suite = json.loads((project.root / "checks" / "expectations" / "reference.json").read_text())
+    (spread,) = [e["kwargs"] for e in suite["expectations"] if e["kwargs"].get("column") == "spread" and "min_value" in e["kwargs"]]
+    assert spread["max_value"] is None and spread["min_value"] < 0
+
+    source = project.root / ("golden.csv" if layout == "file" else "golden")
+
+    def write_golden() -> None:
+        if layout == "file":
+            golden.to_csv(source, index=False)
+            return
+        source.mkdir(exist_ok=True)
+        for index in range(2):
+            golden.iloc[index::2].to_parquet(source / f"part-{index}.parquet")
+
+    def spread_range() -> dict:
+        result = cli("check", "--candidate", str(power["better"]), "--report", "report.json")
+        assert result.exit_code in (0, 1), result.output[-2000:]
+        checks = json.loads((project.root / "report.json").read_text())["checks"]
+        return next(c for c in checks if c["name"] == "golden/spread:column_values_to_be_between")
+
+    write_golden()
+    project.config(DATA + ("[run]\nchunk_rows = 1024\n" if layout == "streamed" else ""), golden=source)
+    alike = spread_range()
+    assert alike["status"] == "pass" and "+∞" in alike["summary"], alike["summary"]
+    golden.loc[7, "spread"] = -1.7e308
+    write_golden()
+    below = spread_range()
+    assert below["status"] == "fail" and "1 of" in below["summary"], below["summary"]
+
+
 def test_the_null_allowance_is_two_samples_noise_and_none_for_a_column_without_nulls():
     from release_kit.validation import NULL_SHARE_Z, null_sampling_margin
 
