@@ -793,14 +793,15 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
                 "(expected (N,) or (N, 1))"
             )
         return raw
-    if raw.ndim == 1:
-        scores = raw
-        positive = scores if spec.prediction == "probabilities" else _sigmoid(scores)
-        probabilities = np.stack([1.0 - positive, positive], axis=1)
-    elif raw.ndim == 2:
-        probabilities = raw if spec.prediction == "probabilities" else _softmax(raw)
-    else:
+    if raw.ndim not in (1, 2):
         raise InputError(f"{role} model output shape {_shape(raw)} does not fit a classification model")
+    if spec.prediction == "probabilities":
+        _require_probabilities(raw, role)
+    if raw.ndim == 1:
+        positive = raw if spec.prediction == "probabilities" else _sigmoid(raw)
+        probabilities = np.stack([1.0 - positive, positive], axis=1)
+    else:
+        probabilities = raw if spec.prediction == "probabilities" else _softmax(raw)
     if spec.classes is not None and len(spec.classes) != probabilities.shape[1]:
         raise InputError(
             f"{role} model outputs {probabilities.shape[1]} class(es) but [model] classes names {len(spec.classes)} "
@@ -812,6 +813,35 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
             f"{n_classes_seen - 1}"
         )
     return probabilities
+
+
+# How far a probability may pass 0 or 1, and a row's probabilities their sum of 1, by float32 rounding (a
+# softmax over thousands of classes sums within ~1e-5 of 1): beyond that the outputs are not probabilities.
+PROBABILITY_SLACK = 1e-6
+PROBABILITY_SUM_SLACK = 1e-3
+
+
+def _require_probabilities(raw: np.ndarray, role: str) -> None:
+    """Outputs declared ``prediction = "probabilities"`` must be: in [0, 1], and a (N, C) row summing to 1.
+    A model that outputs logits under that setting had its scores read as probabilities: metrics of
+    nonsense, and a crash where they were binned. Non-finite rows are the output contract's to report."""
+    import numpy as np
+
+    rows = raw[:, None] if raw.ndim == 1 else raw
+    finite = rows[np.isfinite(rows).all(axis=1)]
+    with np.errstate(invalid="ignore"):
+        outside = ((finite < -PROBABILITY_SLACK) | (finite > 1 + PROBABILITY_SLACK)).any(axis=1)
+        unsummed = np.abs(finite.sum(axis=1) - 1) > PROBABILITY_SUM_SLACK if raw.ndim == 2 else np.zeros(len(finite), bool)
+    bad = outside | unsummed
+    if not bad.any():
+        return
+    what = " and ".join(text for text, mask in (("values outside [0, 1]", outside), ("a sum other than 1", unsummed)) if mask.any())
+    example = ", ".join(f"{value:.3g}" for value in finite[np.flatnonzero(bad)[0]][:6]) + (", …" if rows.shape[1] > 6 else "")
+    raise InputError(
+        f"{role} model outputs are not class probabilities, as [model] prediction = \"probabilities\" says: "
+        f"{int(bad.sum()):,} of {len(rows):,} rows have {what} (e.g. [{example}]); a model that outputs scores "
+        'before a sigmoid or softmax (logits) needs prediction = "logits"'
+    )
 
 
 def _shape(array: np.ndarray) -> str:

@@ -101,6 +101,39 @@ def test_non_integer_labels_are_golden_rows_that_block(tmp_path, monkeypatch, cl
     assert checks["data::golden_rows"]["details"]["columns"] == {"label": 1}
 
 
+@pytest.mark.parametrize(("classes", "squash", "needle"), [
+    (3, "none", "have values outside [0, 1] and a sum other than 1"),  # logits under "probabilities"
+    (3, "sigmoid", "have a sum other than 1"),  # one sigmoid per class: each in [0, 1], rows not summing to 1
+    (2, "squeeze", "have values outside [0, 1]"),  # a binary model's logit
+])
+@pytest.mark.parametrize("layout", ["csv", "streamed"])
+def test_scores_declared_as_probabilities_are_bad_input_naming_the_setting(tmp_path, monkeypatch, cli, datasets, classes, squash,
+                                                                          needle, layout):
+    """prediction = "probabilities" with a model whose outputs are not (the most common slip: logits) read the
+    scores as probabilities: log loss of nonsense read whole, and exit 4 streamed, where the scores were binned
+    (bincount of negative bins). It is bad input, naming the model and the setting; the baseline too."""
+    _, data = datasets
+    train, golden = data[classes]
+    monkeypatch.chdir(tmp_path)
+    if layout == "streamed":
+        import pandas as pd
+
+        (tmp_path / "golden").mkdir()
+        pd.read_csv(golden).to_parquet(tmp_path / "golden" / "part-0.parquet")
+        golden = tmp_path / "golden"
+    config = CONFIG.format(prediction="probabilities").replace("golden.csv", str(golden))
+    (tmp_path / "release-kit.toml").write_text(config + ("\n[run]\nchunk_rows = 512\n" if layout == "streamed" else ""))
+    scores = save_scripted(train_classifier(train, classes, epochs=20, squash=squash), tmp_path / "scores.pt")
+    fitting = save_scripted(train_classifier(train, classes, epochs=20, squash="softmax" if classes > 2 else "sigmoid"), tmp_path / "p.pt")
+    for candidate, baseline, role in ((scores, fitting, "candidate"), (fitting, scores, "baseline")):
+        result = cli("check", "--candidate", candidate, "--baseline", baseline)
+        assert result.exit_code == 2, result.output[-2000:]
+        assert f'{role} model outputs are not class probabilities, as [model] prediction = "probabilities" says' in result.stderr
+        assert needle in result.stderr and 'needs prediction = "logits"' in result.stderr and len(result.stderr.splitlines()) == 1
+        assert not (tmp_path / ".release-kit").exists()
+    assert cli("check", "--candidate", fitting, "--baseline", fitting).exit_code == 0
+
+
 def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypatch, cli, datasets):
     import torch
 
