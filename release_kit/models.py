@@ -797,6 +797,8 @@ def to_predictions(raw: np.ndarray, spec: ModelSpec, role: str, n_classes_seen: 
         raise InputError(f"{role} model output shape {_shape(raw)} does not fit a classification model")
     if spec.prediction == "probabilities":
         _require_probabilities(raw, role)
+    elif raw.ndim == 2 and raw.shape[1] > 1:
+        _refuse_probabilities_as_logits(raw, role)
     if raw.ndim == 1:
         positive = raw if spec.prediction == "probabilities" else _sigmoid(raw)
         probabilities = np.stack([1.0 - positive, positive], axis=1)
@@ -841,6 +843,30 @@ def _require_probabilities(raw: np.ndarray, role: str) -> None:
         f"{role} model outputs are not class probabilities, as [model] prediction = \"probabilities\" says: "
         f"{int(bad.sum()):,} of {len(rows):,} rows have {what} (e.g. [{example}]); a model that outputs scores "
         'before a sigmoid or softmax (logits) needs prediction = "logits"'
+    )
+
+
+# Rows a (N, C) output must hold, every one a probability distribution, to be read as probabilities under
+# prediction = "logits": logits fall there by chance far less often than once in this many rows.
+PROBABILITY_ROWS_EVIDENCE = 8
+
+
+def _refuse_probabilities_as_logits(raw: np.ndarray, role: str) -> None:
+    """(N, C) outputs every row of which is in [0, 1] and sums to 1 are probabilities: a softmax on top of them
+    (``prediction = "logits"``) flattens every row toward 1/C and misstates log loss and AUC, silently."""
+    import numpy as np
+
+    finite = raw[np.isfinite(raw).all(axis=1)]
+    if len(finite) < PROBABILITY_ROWS_EVIDENCE:
+        return
+    with np.errstate(invalid="ignore"):
+        if ((finite < -PROBABILITY_SLACK) | (finite > 1 + PROBABILITY_SLACK)).any():
+            return
+        if (np.abs(finite.sum(axis=1) - 1) > PROBABILITY_SUM_SLACK).any():
+            return
+    raise InputError(
+        f"{role} model outputs are class probabilities (every one of {len(finite):,} rows in [0, 1], summing to 1), "
+        'but [model] prediction = "logits" would put them through a softmax again: set prediction = "probabilities"'
     )
 
 

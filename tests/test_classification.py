@@ -134,6 +134,20 @@ def test_scores_declared_as_probabilities_are_bad_input_naming_the_setting(tmp_p
     assert cli("check", "--candidate", fitting, "--baseline", fitting).exit_code == 0
 
 
+def test_probabilities_declared_as_logits_are_bad_input_naming_the_setting(tmp_path, monkeypatch, cli, datasets):
+    """A multiclass model that ends in a softmax, under prediction = "logits": a second softmax flattened every
+    row toward 1/C and misstated log loss, silently. Every row a distribution is no chance of logits: exit 2."""
+    _, data = datasets
+    train, golden = data[3]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release-kit.toml").write_text(CONFIG.format(prediction="logits").replace("golden.csv", str(golden)))
+    softmax = save_scripted(train_classifier(train, 3, epochs=20, squash="softmax"), tmp_path / "softmax.pt")
+    logits = save_scripted(train_classifier(train, 3, epochs=20, squash="none"), tmp_path / "logits.pt")
+    result = cli("check", "--candidate", softmax, "--baseline", logits)
+    assert result.exit_code == 2, result.output[-2000:]
+    assert 'candidate model outputs are class probabilities' in result.stderr and 'set prediction = "probabilities"' in result.stderr
+
+
 def test_nan_probabilities_fail_the_contract_not_the_metrics(tmp_path, monkeypatch, cli, datasets):
     import torch
 
