@@ -432,6 +432,17 @@ def is_text(column) -> bool:
     return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
 
 
+UNKNOWN_LABELS_SHOWN = 3
+
+
+def unknown_labels(counts: dict[str, int]) -> str:
+    """Labels that are no class, the most frequent first: "the labels 'eel' (4 rows), 'Ant' (1 row)"."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{label!r} ({count:,} row{'s' if count != 1 else ''})" for label, count in ordered[:UNKNOWN_LABELS_SHOWN])
+    more = f" and {len(ordered) - UNKNOWN_LABELS_SHOWN} more" if len(ordered) > UNKNOWN_LABELS_SHOWN else ""
+    return f"the label{'s' if len(ordered) > 1 else ''} {shown}{more}"
+
+
 def class_ids(column: pd.Series, classes: list[str], where: str) -> pd.Series:
     """Class labels as their ids, the positions of ``[model] classes`` (float64; a missing label is NaN, an
     excluded row). A label that is not a class is an input error naming it: a typo or a class the
@@ -442,9 +453,9 @@ def class_ids(column: pd.Series, classes: list[str], where: str) -> pd.Series:
     ids = labels.map({name: float(i) for i, name in enumerate(classes)}, na_action="ignore").astype("float64")
     unknown = ids.isna() & labels.notna()
     if unknown.any():
-        label = labels[unknown].iloc[0]
-        raise InputError(f"{where} has the label {label!r} ({int(unknown.sum())} row(s)), which is not in "
-                         f"[model] classes ({', '.join(classes)})")
+        counts = labels[unknown].value_counts()
+        raise InputError(f"{where} has {unknown_labels(dict(zip(counts.index, counts.tolist())))}, not in [model] classes "
+                         f"({', '.join(classes)})")
     return pd.Series(ids.to_numpy(), index=column.index, name=column.name)
 
 

@@ -239,9 +239,11 @@ def test_a_label_outside_the_classes_is_an_input_error(tmp_path, monkeypatch, cl
     _, sets = datasets
     train, golden = sets[3]
     frame = labelled(pd.read_csv(golden))
-    frame.loc[7, "label"] = "medium"
+    frame.loc[[7, 8], "label"] = "medium"
+    frame.loc[9, "label"] = "Low"  # every label that is no class is named, with its rows: not only the first
     line = refused_check(tmp_path, monkeypatch, cli, train, frame, NAMES, data)
-    assert "'label'" in line and "'medium'" in line and "[model] classes (low, mid, high)" in line, line
+    assert "'label'" in line and "the labels 'medium' (2 rows), 'Low' (1 row)" in line, line
+    assert "not in [model] classes (low, mid, high)" in line, line
 
 
 @pytest.mark.parametrize("names", [["low", "mid"], ["low", "mid", "high", "extra"]])

@@ -212,9 +212,12 @@ def _target(column, spec) -> np.ndarray:
     ids = pc.index_in(labels, value_set=pa.array(spec.classes, kind))
     unknown = pc.and_(pc.is_null(ids), pc.is_valid(labels))
     if pc.any(unknown).as_py():
-        first = pc.filter(labels, unknown)[0].as_py()
-        raise InputError(f"golden column '{spec.target}' has the label {first!r} ({pc.sum(unknown.cast(pa.int64())).as_py()} row(s) "
-                         f"in this batch), which is not in [model] classes ({', '.join(spec.classes)})")
+        from ..data import unknown_labels
+
+        counted = pc.value_counts(pc.filter(labels, unknown))
+        counts = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+        raise InputError(f"golden column '{spec.target}' has {unknown_labels(counts)} in this batch, not in [model] classes "
+                         f"({', '.join(spec.classes)})")
     return ids.cast(pa.float64()).to_numpy(zero_copy_only=False)
 
 
