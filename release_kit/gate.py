@@ -128,8 +128,10 @@ def prepare(
     if baseline_version is not None and not _is_semver(baseline_version):
         raise InputError(f"--baseline-version {baseline_version!r} is not a semantic version like 1.2.3")
     if not registry:
+        # No baseline named: the released one is the registry's (the alias), which this run may not read.
+        implicit = baseline is None and not config.baseline.path and config.mlflow.enabled and bool(config.release.alias)
         candidate_source, baseline_source, baseline_version = _without_registry(
-            config, candidate_source, baseline_source, baseline_version
+            config, candidate_source, baseline_source, baseline_version, implicit_baseline=implicit
         )
 
     run_spec = config.run
@@ -545,14 +547,20 @@ def registry_allowed(mode: str) -> bool:
     return mode == "required"
 
 
-def _without_registry(config: Config, candidate: str, baseline: str | None, baseline_version: str | None):
+def _without_registry(config: Config, candidate: str, baseline: str | None, baseline_version: str | None, *,
+                      implicit_baseline: bool = False):
+    """The models a run that may not use the registry compares. An implicit baseline (none named, so the
+    version under the alias) is the registry's too: without the registry the run cannot tell a first release
+    from a model with a released version, and calling it a first release would pass anything."""
     from .errors import RegistryUnavailable
     if candidate.startswith(REGISTRY_SCHEMES):
         raise RegistryUnavailable(f"the candidate {candidate} is in the registry, which this run may not use")
-    if baseline is not None and baseline.startswith(REGISTRY_SCHEMES):
+    if implicit_baseline or (baseline is not None and baseline.startswith(REGISTRY_SCHEMES)):
+        what = (f"no baseline is named, so it is the version under @{config.release.alias} in the registry"
+                if implicit_baseline else f"the baseline {baseline} is in the registry")
         if not config.baseline.fallback:
             raise RegistryUnavailable(
-                f"the baseline {baseline} is in the registry, which this run may not use, and [baseline] has no fallback"
+                f"{what}, which this run may not use, and [baseline] has no fallback (--baseline none gates a first release)"
             )
         return candidate, config.baseline.fallback, baseline_version or config.baseline.fallback_version
     return candidate, baseline, baseline_version

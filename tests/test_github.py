@@ -446,6 +446,27 @@ def test_fork_pr_without_fallback_is_skipped_never_passed(project, power, cli, r
     assert not (project.root / "r.json").exists()
 
 
+def test_fork_pr_with_no_baseline_named_is_skipped_not_a_first_release(project, power, cli, runner):
+    """No baseline named (the scaffolded config): the baseline is the version under @champion, which a fork's
+    run cannot read. It was taken for a first release: major 1.0.0, exit 0, for any model. Now the run is
+    skipped (exit 3) unless a fallback is set; `--baseline none` still gates a first release on purpose."""
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
+    project.write("release-kit.toml", text.replace('version = "1.0.0"\n', "", 1).replace("[baseline]\n", "", 1))
+    publish(power["v1"], "power-forecast", "1.0.0", tracking_uri=embedded_uri(project.root), alias="champion")
+    fork_event(runner)
+    result = cli("check", "--candidate", power["better"], "--format", "github", "--report", "r.json")
+    assert result.exit_code == 3, result.output
+    assert "no baseline is named, so it is the version under @champion in the registry, which this run may not use" in result.stderr
+    assert read_outputs(runner["output"])["verdict"] == "skipped" and not (project.root / "r.json").exists()
+    first = cli("check", "--candidate", power["better"], "--baseline", "none", "--report", "r.json")
+    assert first.exit_code == 0 and json.loads((project.root / "r.json").read_text())["first_release"] is True
+    fallback = f'\n[baseline]\nfallback = "{power["v1"]}"\nfallback_version = "1.0.0"\n'
+    project.write("release-kit.toml", (project.root / "release-kit.toml").read_text() + fallback)
+    gated = cli("check", "--candidate", power["better"], "--report", "r.json")
+    assert gated.exit_code == 0, gated.output
+    assert json.loads((project.root / "r.json").read_text())["baseline"]["source"] == str(power["v1"])
+
+
 def test_fork_pr_with_a_fallback_baseline_is_gated_against_it(project, power, cli, runner):
     registry_project(project, power, f'fallback = "{power["v1"]}"\nfallback_version = "1.0.0"')
     fork_event(runner)
