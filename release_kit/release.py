@@ -329,6 +329,7 @@ def plan(
         raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
     uri = tracking_uri(config, project_dir)
     rederived = verify_report(config, report, uri) if from_file else None
+    _require_whole_gate(config, report)
     if report.verdict is not Verdict.PASS:
         raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
     if report.bump is None or report.bump.value == "none" or not report.next_version:
@@ -435,6 +436,18 @@ def _exclusive(directory: Path, *, enabled: bool):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _require_whole_gate(config: Config, report: Report) -> None:
+    """A release follows from every stage of ``[gate] stages``: a gate narrowed with ``--stage`` passed what it
+    ran (a candidate the whole gate blocks passed ``--stage performance``), and is no decision to release."""
+    ran = {check.stage for check in report.checks}
+    missing = [stage for stage in config.gate.stages if stage not in ran]
+    if missing:
+        raise InputError(
+            f"the report's gate did not run the {', '.join(missing)} stage{'s' if len(missing) > 1 else ''} of [gate] stages "
+            f"({', '.join(config.gate.stages)}): a release needs the whole gate; run it without --stage"
+        )
 
 
 def verify_report(config: Config, report: Report, uri: str):

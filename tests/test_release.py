@@ -309,6 +309,19 @@ def test_with_no_baseline_named_an_unreachable_registry_is_a_clear_error(project
     assert len(result.stderr.strip().splitlines()) == 1 and not (project.root / "report.json").exists()
 
 
+def test_a_gate_narrowed_with_stage_releases_nothing(repo, cli):
+    """A gate narrowed with --stage passes what it ran: a candidate that [gate] stages block passed `--stage
+    performance` alone. Such a report, or `release --stage`, is refused before anything is written."""
+    narrowed = cli("check", "--candidate", repo.models["better"], "--stage", "quality", "--report", "narrowed.json")
+    assert narrowed.exit_code == 0, narrowed.output
+    for args in (("--report", "narrowed.json"), ("--candidate", repo.models["better"], "--stage", "quality")):
+        refused = cli("release", *args)
+        assert refused.exit_code == 2, refused.output
+        assert "the report's gate did not run the outliers stage of [gate] stages (quality, outliers): a release needs the whole gate" \
+            in refused.stderr
+    assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
+
+
 def test_pre_release_does_not_move_the_alias(repo, cli):
     result = cli("release", "--candidate", repo.models["better"], "--prerelease", "rc", "--format", "json")
     assert result.exit_code == 0, result.output
