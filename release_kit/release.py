@@ -439,14 +439,23 @@ def _exclusive(directory: Path, *, enabled: bool):
 
 
 def _require_whole_gate(config: Config, report: Report) -> None:
-    """A release follows from every stage of ``[gate] stages``: a gate narrowed with ``--stage`` passed what it
-    ran (a candidate the whole gate blocks passed ``--stage performance``), and is no decision to release."""
+    """A release follows from the gate the config sets: every stage of ``[gate] stages`` over the rows ``[run]``
+    reads. A gate narrowed with ``--stage`` or ``--max-rows`` passed what it saw (a candidate the whole gate
+    blocks passed ``--stage performance``), and is no decision to release."""
     ran = {check.stage for check in report.checks}
     missing = [stage for stage in config.gate.stages if stage not in ran]
     if missing:
         raise InputError(
             f"the report's gate did not run the {', '.join(missing)} stage{'s' if len(missing) > 1 else ''} of [gate] stages "
             f"({', '.join(config.gate.stages)}): a release needs the whole gate; run it without --stage"
+        )
+    golden = report.data.get("golden")
+    read = golden.max_rows if golden is not None else None
+    if read != config.run.max_rows:  # a prefix's pass says nothing of the rows after it
+        configured = f"[run] max_rows is {config.run.max_rows:,}" if config.run.max_rows else "[run] reads every row"
+        raise InputError(
+            f"the report's gate read {'the first ' + format(read, ',') + ' golden rows' if read else 'every golden row'}, where "
+            f"{configured}: a release needs the gate [run] configures; run it without --max-rows"
         )
 
 

@@ -20,7 +20,8 @@ from typing_extensions import TypedDict  # pydantic validates a TypedDict only f
 # golden.used_rows/excluded_rows; released (versions already in the registry).
 # 1.2: environment.golden_read (how the golden set was read: "whole", or streamed by the "local" or "ray"
 # engine; in the environment, not in data.golden, so that both engines' data sections stay equal).
-SCHEMA_VERSION = "1.2"
+# 1.3: data.golden.max_rows (the gate read only that prefix of the golden set: --max-rows or [run] max_rows).
+SCHEMA_VERSION = "1.3"
 
 
 class Status(StrEnum):
@@ -140,6 +141,7 @@ class DatasetRef(Record):
     sha256: str
     used_rows: int | None = None  # rows the stages used (the others had NaN/inf or impossible values)
     excluded_rows: int = 0
+    max_rows: int | None = None  # the prefix the gate read (--max-rows, [run] max_rows); None: every row
 
 
 @dataclass(frozen=True)

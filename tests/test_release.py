@@ -309,15 +309,24 @@ def test_with_no_baseline_named_an_unreachable_registry_is_a_clear_error(project
     assert len(result.stderr.strip().splitlines()) == 1 and not (project.root / "report.json").exists()
 
 
-def test_a_gate_narrowed_with_stage_releases_nothing(repo, cli):
-    """A gate narrowed with --stage passes what it ran: a candidate that [gate] stages block passed `--stage
-    performance` alone. Such a report, or `release --stage`, is refused before anything is written."""
+def test_a_gate_narrowed_with_stage_or_max_rows_releases_nothing(repo, cli):
+    """A gate narrowed with --stage or --max-rows passes what it saw: a candidate that [gate] stages block passed
+    `--stage performance` alone. Such a report, or `release --stage`/`--max-rows`, is refused before anything
+    is written."""
     narrowed = cli("check", "--candidate", repo.models["better"], "--stage", "quality", "--report", "narrowed.json")
     assert narrowed.exit_code == 0, narrowed.output
     for args in (("--report", "narrowed.json"), ("--candidate", repo.models["better"], "--stage", "quality")):
         refused = cli("release", *args)
         assert refused.exit_code == 2, refused.output
         assert "the report's gate did not run the outliers stage of [gate] stages (quality, outliers): a release needs the whole gate" \
+            in refused.stderr
+    prefix = cli("check", "--candidate", repo.models["better"], "--max-rows", "300", "--report", "prefix.json")
+    assert prefix.exit_code == 0, prefix.output
+    assert json.loads((repo.root / "prefix.json").read_text())["data"]["golden"]["max_rows"] == 300
+    for args in (("--report", "prefix.json"), ("--candidate", repo.models["better"], "--max-rows", "300")):
+        refused = cli("release", *args)
+        assert refused.exit_code == 2, refused.output
+        assert "the report's gate read the first 300 golden rows, where [run] reads every row: a release needs the gate [run]" \
             in refused.stderr
     assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
 
