@@ -372,7 +372,7 @@ def plan(
         alias, alias_skipped = None, f"pre-release {version} does not move @{spec.alias}"
     alias_now = _alias_target(model, alias, uri) if alias else None
     if alias:
-        _check_alias(report, model, alias, alias_now, existing)
+        _check_alias(report, model, alias, alias_now, existing, uri)
         _check_not_rolled_back(uri, config.mlflow.experiment, model, version, alias, alias_now, existing)
 
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -580,14 +580,34 @@ def _registered_under(uri: str, model: str, version: str, rid: str) -> list:
     return same_version
 
 
-def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, existing: list) -> None:
-    """The alias must still point at the baseline the check compared against."""
+def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, existing: list, uri: str) -> None:
+    """The alias must still point at the baseline the check compared against. A baseline from a file (or none,
+    a first release) must be the file the alias's version holds: compared with an older or weaker model, a
+    candidate the released one would block passed, and the release moved the alias to it."""
     checked = report.baseline.registry if report.baseline else None
     ours = {str(v.version) for v in existing}
-    if checked and checked.name == model and checked.version and alias_now not in ours and alias_now != checked.version:
-        raise ReleaseConflict(
-            f"@{alias} of {model} now points to version {alias_now or '(unset)'}, but the check compared against "
-            f"version {checked.version}; re-run the check against the current @{alias}"
+    if alias_now in ours:
+        return  # this release's own version: a re-run after the alias step
+    if checked and checked.name == model and checked.version:
+        if alias_now != checked.version:
+            raise ReleaseConflict(
+                f"@{alias} of {model} now points to version {alias_now or '(unset)'}, but the check compared against "
+                f"version {checked.version}; re-run the check against the current @{alias}"
+            )
+        return
+    if alias_now is None:
+        return
+    from .tags import MODEL_SHA256_TAG
+    from .tracking import call_store, connect
+
+    released = call_store(uri, connect(uri).get_model_version, model, alias_now).tags.get(MODEL_SHA256_TAG)
+    compared = report.baseline.sha256 if report.baseline else None
+    if compared is None or compared != released:
+        what = "no baseline (a first release)" if report.baseline is None else f"{report.baseline.source} (sha256 {compared[:12]}…)"
+        raise InputError(
+            f"@{alias} of {model} is version {alias_now}"
+            f"{f' (sha256 {released[:12]}…)' if released else ''}, but the check compared against {what}: a release "
+            f"replaces the version under @{alias}; re-run the check against it (no --baseline, or --baseline models:/{model}@{alias})"
         )
 
 

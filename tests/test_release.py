@@ -331,6 +331,36 @@ def test_a_gate_narrowed_with_stage_or_max_rows_releases_nothing(repo, cli):
     assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
 
 
+def test_a_check_against_another_file_than_the_released_one_releases_nothing(repo, cli):
+    """A release replaces the version under @champion: a check that compared the candidate with another file
+    (an older, weaker model, given the champion's version) or with nothing (--baseline none) let through a
+    candidate the champion would block, and the release moved the alias to it. Compared with the champion's
+    own file, it releases."""
+    import power_forecast as pf
+    import torch
+
+    older = pf.baseline_factory()  # v1 with its output shifted by 0.3 kW: a weaker model than the champion
+    older.load_state_dict(torch.jit.load(str(repo.models["v1"])).state_dict())
+    with torch.no_grad():
+        older.net[-1].bias += 0.3
+    night = repo.root / "models" / "older.pt"
+    pf.save_torchscript(older, night)
+    weak = cli("check", "--candidate", repo.models["better"], "--baseline", night, "--baseline-version", "1.0.0", "--report", "weak.json")
+    repo.configure(release='initial_version = "0.1.0"')  # a first release's version free in the registry
+    repo.git("commit", "--quiet", "-am", "first releases start at 0.1.0")
+    first = cli("check", "--candidate", repo.models["better"], "--baseline", "none", "--report", "first.json")
+    assert weak.exit_code == 0 and first.exit_code == 0, weak.output + first.output
+    for report, what in (("weak.json", f"{night} (sha256 "), ("first.json", "no baseline (a first release)")):
+        refused = cli("release", "--report", report)
+        assert refused.exit_code == 2, refused.output
+        assert f"@champion of power-forecast is version 1 (sha256 " in refused.stderr and f"but the check compared against {what}" in refused.stderr
+    assert repo.champion() == "1.0.0" and repo.versions() == {"1.0.0": "1"}
+    own = cli("check", "--candidate", repo.models["better"], "--baseline", repo.models["v1"], "--baseline-version", "1.0.0",
+              "--report", "own.json")
+    assert own.exit_code == 0, own.output
+    assert cli("release", "--report", "own.json", "--dry-run").exit_code == 0
+
+
 def test_pre_release_does_not_move_the_alias(repo, cli):
     result = cli("release", "--candidate", repo.models["better"], "--prerelease", "rc", "--format", "json")
     assert result.exit_code == 0, result.output
