@@ -7,6 +7,7 @@ tolerance that silently falls back to a default is how a gate ends up passing wh
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
@@ -506,6 +507,38 @@ class Config(_Strict):
             raise ValueError(f"{unknown[0]} is not one of [model] features")
         return self
 
+    def policy_sha256(self, project_dir: Path, golden: str | None) -> str:
+        """A digest of the settings the gate's checks decide by. A release from a saved report needs the report's
+        gate to have decided by the release's (a check run with a laxer tolerance passed what this config
+        blocks). Left out: the models and the golden set (checked on their own), how the scan ran (engine,
+        batches, Ray: the same numbers), [gate] stages and [run] max_rows (checked on their own), the waivers
+        (the report records those it applied) and what a release writes ([mlflow], [release]). ``golden`` is
+        the golden source the gate read (``--data`` overrides [data] golden): a local path relative to the
+        working directory, a SQL URL or a dataset factory as written. Paths inside ``project_dir`` count
+        relative to it: two runners' checkouts of one commit decide alike."""
+        import hashlib
+        import json
+
+        settings = self.model_dump(mode="json", exclude={
+            "candidate": True, "baseline": True, "mlflow": True, "release": True, "waivers": True,
+            "data": {"golden", "dataset"}, "gate": {"stages"},
+            "run": {"engine", "chunk_rows", "ray_address", "ray_workers", "max_rows"},
+        })
+        local = golden is not None and "://" not in golden and not _names_a_factory(golden)
+        settings["golden"] = str(Path(golden).resolve()) if local else golden
+        root = str(project_dir.resolve())
+
+        def relative(value):
+            if isinstance(value, dict):
+                return {key: relative(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [relative(item) for item in value]
+            if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+                return "." + value[len(root):]
+            return value
+
+        return hashlib.sha256(json.dumps(relative(settings), sort_keys=True).encode()).hexdigest()
+
     @property
     def primary_metric(self) -> str:
         from .metrics import PRIMARY
@@ -563,6 +596,11 @@ def _parse_version(version: str) -> None:
         semver.Version.parse(version)
     except ValueError:
         raise ValueError(f"{version!r} is not a semantic version like 1.2.3") from None
+
+
+def _names_a_factory(source: str) -> bool:
+    """``package.module:function`` (a dataset factory), not a path."""
+    return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source) is not None
 
 
 def format_validation_error(error: ValidationError, source: Path) -> str:

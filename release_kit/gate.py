@@ -612,6 +612,7 @@ def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: 
         environment={**software(), "golden_read": gate.golden.streamed_by or "whole"},
         contract=contract[0],
         waivers=decision.waivers,
+        policy_sha256=config.policy_sha256(gate.project_dir, str(gate.golden.path)),
     )
 
 

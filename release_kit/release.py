@@ -329,7 +329,7 @@ def plan(
         raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
     uri = tracking_uri(config, project_dir)
     rederived = verify_report(config, report, uri) if from_file else None
-    _require_whole_gate(config, report)
+    _require_configured_gate(config, report, project_dir)
     if report.verdict is not Verdict.PASS:
         raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
     if report.bump is None or report.bump.value == "none" or not report.next_version:
@@ -438,10 +438,11 @@ def _exclusive(directory: Path, *, enabled: bool):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _require_whole_gate(config: Config, report: Report) -> None:
-    """A release follows from the gate the config sets: every stage of ``[gate] stages`` over the rows ``[run]``
-    reads. A gate narrowed with ``--stage`` or ``--max-rows`` passed what it saw (a candidate the whole gate
-    blocks passed ``--stage performance``), and is no decision to release."""
+def _require_configured_gate(config: Config, report: Report, project_dir: Path) -> None:
+    """A release follows from the gate the config sets: every stage of ``[gate] stages``, over the golden set
+    and rows it names, deciding by its settings. A gate narrowed (``--stage``, ``--max-rows``), pointed at
+    other data (``--data``) or run with other settings (``--config``) passed what it saw, which is no
+    decision to release: a candidate the whole gate blocks passed ``--stage performance``."""
     ran = {check.stage for check in report.checks}
     missing = [stage for stage in config.gate.stages if stage not in ran]
     if missing:
@@ -456,6 +457,12 @@ def _require_whole_gate(config: Config, report: Report) -> None:
         raise InputError(
             f"the report's gate read {'the first ' + format(read, ',') + ' golden rows' if read else 'every golden row'}, where "
             f"{configured}: a release needs the gate [run] configures; run it without --max-rows"
+        )
+    if report.policy_sha256 != config.policy_sha256(project_dir, config.data.dataset or config.data.golden):
+        raise InputError(
+            "the report's gate read another golden set or decided by other settings than this config's (--data, a "
+            f"tolerance, a budget, a suite: {'the report predates schema 1.3, which records them' if report.policy_sha256 is None else 'their digests differ'}): "
+            "a release needs the gate this config sets; re-run the check with it"
         )
 
 

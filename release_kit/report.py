@@ -20,7 +20,8 @@ from typing_extensions import TypedDict  # pydantic validates a TypedDict only f
 # golden.used_rows/excluded_rows; released (versions already in the registry).
 # 1.2: environment.golden_read (how the golden set was read: "whole", or streamed by the "local" or "ray"
 # engine; in the environment, not in data.golden, so that both engines' data sections stay equal).
-# 1.3: data.golden.max_rows (the gate read only that prefix of the golden set: --max-rows or [run] max_rows).
+# 1.3: data.golden.max_rows (the gate read only that prefix of the golden set: --max-rows or [run] max_rows);
+# policy_sha256 (the digest of the settings its checks decided by: Config.policy_sha256).
 SCHEMA_VERSION = "1.3"
 
 
@@ -245,6 +246,7 @@ class Report:
     contract: ContractSection | None = None
     waivers: list[WaiverRecord] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    policy_sha256: str | None = None  # the settings its checks decided by (Config.policy_sha256); None before 1.3
     schema_version: str = SCHEMA_VERSION
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -309,10 +309,10 @@ def test_with_no_baseline_named_an_unreachable_registry_is_a_clear_error(project
     assert len(result.stderr.strip().splitlines()) == 1 and not (project.root / "report.json").exists()
 
 
-def test_a_gate_narrowed_with_stage_or_max_rows_releases_nothing(repo, cli):
-    """A gate narrowed with --stage or --max-rows passes what it saw: a candidate that [gate] stages block passed
-    `--stage performance` alone. Such a report, or `release --stage`/`--max-rows`, is refused before anything
-    is written."""
+def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
+    """A gate narrowed with --stage or --max-rows, pointed at other data (--data) or run by a laxer config
+    (--config) passed what it saw: a candidate that [gate] stages block passed `--stage performance` alone.
+    Such a report, or `release --stage`/`--max-rows`, is refused before anything is written."""
     narrowed = cli("check", "--candidate", repo.models["better"], "--stage", "quality", "--report", "narrowed.json")
     assert narrowed.exit_code == 0, narrowed.output
     for args in (("--report", "narrowed.json"), ("--candidate", repo.models["better"], "--stage", "quality")):
@@ -328,6 +328,16 @@ def test_a_gate_narrowed_with_stage_or_max_rows_releases_nothing(repo, cli):
         assert refused.exit_code == 2, refused.output
         assert "the report's gate read the first 300 golden rows, where [run] reads every row: a release needs the gate [run]" \
             in refused.stderr
+    # Another golden set (--data), or a laxer config (--config): the gate this config sets did not decide.
+    (repo.root / "out").mkdir(exist_ok=True)  # ignored by git: the tree stays clean
+    shutil.copy(repo.power["golden"], repo.root / "out" / "easier.csv")
+    (repo.root / "lax.toml").write_text((repo.root / "release-kit.toml").read_text() + "\n[quality.tolerance]\nmae = 1.0\n")
+    for args in (("--data", "out/easier.csv"), ("--config", "lax.toml")):
+        other = cli("check", "--candidate", repo.models["better"], *args, "--report", "other.json")
+        assert other.exit_code == 0, other.output
+        refused = cli("release", "--report", "other.json")
+        assert refused.exit_code == 2, refused.output
+        assert "the report's gate read another golden set or decided by other settings than this config's" in refused.stderr
     assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
 
 
@@ -353,7 +363,7 @@ def test_a_check_against_another_file_than_the_released_one_releases_nothing(rep
     for report, what in (("weak.json", f"{night} (sha256 "), ("first.json", "no baseline (a first release)")):
         refused = cli("release", "--report", report)
         assert refused.exit_code == 2, refused.output
-        assert f"@champion of power-forecast is version 1 (sha256 " in refused.stderr and f"but the check compared against {what}" in refused.stderr
+        assert "@champion of power-forecast is version 1 (sha256 " in refused.stderr and f"but the check compared against {what}" in refused.stderr
     assert repo.champion() == "1.0.0" and repo.versions() == {"1.0.0": "1"}
     own = cli("check", "--candidate", repo.models["better"], "--baseline", repo.models["v1"], "--baseline-version", "1.0.0",
               "--report", "own.json")
