@@ -56,6 +56,25 @@ def test_same_model_as_baseline_is_bump_none(project, power):
     assert "bit-identical" in report.bump_reason
 
 
+def test_a_report_written_before_schema_1_3_digests_as_it_did(project, power):
+    """The fields 1.3 added (policy_sha256, data.golden.max_rows) count in the digest only when set: a 1.2
+    report read back (without them) digests as its gate run logged it, so `release --report` says what it
+    lacks instead of calling it changed."""
+    import dataclasses
+    import hashlib
+
+    from release_kit.report import Report
+
+    report = gate.check(candidate=str(power["v1"]), baseline=str(power["v1"]))
+    assert report.policy_sha256 and report.data["golden"].max_rows is None
+    unset = dataclasses.replace(report, policy_sha256=None)
+    old = unset.to_dict()
+    del old["policy_sha256"], old["data"]["golden"]["max_rows"]
+    # What a 1.2 gate run logged: the digest of the report as it was written, without the fields.
+    logged = hashlib.sha256(json.dumps({k: v for k, v in old.items() if k != "mlflow"}, sort_keys=True).encode()).hexdigest()
+    assert Report.from_dict(old).digest() == logged == unset.digest() != report.digest()
+
+
 def test_bump_none_says_the_version_stays(project, power, cli):
     """A bump of none keeps the baseline's version: neither the terminal nor the markdown announces one."""
     text = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--stage", "quality", "--no-mlflow")
