@@ -447,7 +447,7 @@ def test_fork_pr_without_fallback_is_skipped_never_passed(project, power, cli, r
 
 
 def test_fork_pr_with_no_baseline_named_is_skipped_not_a_first_release(project, power, cli, runner):
-    """No baseline named (the scaffolded config): the baseline is the version under @champion, which a fork's
+    """No baseline named: the baseline is the version under @champion, which a fork's
     run cannot read. It was taken for a first release: major 1.0.0, exit 0, for any model. Now the run is
     skipped (exit 3) unless a fallback is set; `--baseline none` still gates a first release on purpose."""
     text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
