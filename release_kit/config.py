@@ -512,7 +512,8 @@ class Config(_Strict):
         gate to have decided by the release's (a check run with a laxer tolerance passed what this config
         blocks). Left out: the models and the golden set (checked on their own), how the scan ran (engine,
         batches, Ray: the same numbers), [gate] stages and [run] max_rows (checked on their own), the waivers
-        (the report records those it applied) and what a release writes ([mlflow], [release]). ``golden`` is
+        (the report records those it applied) and what a release writes ([mlflow], [release]). The contents of
+        the user checks (``[checks] paths``) and the suites (``[data] suites``) count. ``golden`` is
         the golden source the gate read (``--data`` overrides [data] golden): a local path relative to the
         working directory, a SQL URL or a dataset factory as written. Paths inside ``project_dir`` count
         relative to it: two runners' checkouts of one commit decide alike."""
@@ -526,6 +527,8 @@ class Config(_Strict):
         })
         local = golden is not None and "://" not in golden and not _names_a_factory(golden)
         settings["golden"] = str(Path(golden).resolve()) if local else golden
+        # The user checks and the expectation suites decide too: their files' contents, not only where they are.
+        settings["files"] = _contents([project_dir / path for path in self.checks.paths] + [Path(self.data.suites)], project_dir)
         root = str(project_dir.resolve())
 
         def relative(value):
@@ -596,6 +599,30 @@ def _parse_version(version: str) -> None:
         semver.Version.parse(version)
     except ValueError:
         raise ValueError(f"{version!r} is not a semantic version like 1.2.3") from None
+
+
+# The files whose contents the settings digest covers: user checks and their configuration, GX suites.
+POLICY_FILE_SUFFIXES = (".py", ".json", ".toml", ".ini", ".cfg", ".yml", ".yaml")
+
+
+def _contents(paths: list[Path], project_dir: Path) -> dict[str, str]:
+    """sha256 of each policy file under ``paths`` (files or directories; absent ones add nothing), keyed by its
+    path relative to ``project_dir`` where it lies inside it. Caches and hidden directories are left out."""
+    import hashlib
+
+    root = project_dir.resolve()
+    found: dict[str, str] = {}
+    for path in paths:
+        files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+        for file in files:
+            parts = file.relative_to(path).parts if file != path else ()
+            if not file.is_file() or file.suffix not in POLICY_FILE_SUFFIXES or any(
+                    part.startswith(".") or part == "__pycache__" for part in parts):
+                continue
+            resolved = file.resolve()
+            key = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+            found[key] = hashlib.sha256(resolved.read_bytes()).hexdigest()
+    return found
 
 
 def _names_a_factory(source: str) -> bool:

@@ -310,9 +310,10 @@ def test_with_no_baseline_named_an_unreachable_registry_is_a_clear_error(project
 
 
 def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
-    """A gate narrowed with --stage or --max-rows, pointed at other data (--data) or run by a laxer config
-    (--config) passed what it saw: a candidate that [gate] stages block passed `--stage performance` alone.
-    Such a report, or `release --stage`/`--max-rows`, is refused before anything is written."""
+    """A gate narrowed with --stage or --max-rows, pointed at other data (--data), run by a laxer config
+    (--config) or by user checks since changed passed what it saw: a candidate that [gate] stages block passed
+    `--stage performance` alone. Such a report, or `release --stage`/`--max-rows`, is refused before anything
+    is written."""
     narrowed = cli("check", "--candidate", repo.models["better"], "--stage", "quality", "--report", "narrowed.json")
     assert narrowed.exit_code == 0, narrowed.output
     for args in (("--report", "narrowed.json"), ("--candidate", repo.models["better"], "--stage", "quality")):
@@ -338,6 +339,17 @@ def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
         refused = cli("release", "--report", "other.json")
         assert refused.exit_code == 2, refused.output
         assert "the report's gate read another golden set or decided by other settings than this config's" in refused.stderr
+    # The user checks decide too: a report checked before a check was weakened is not this tree's gate.
+    (repo.root / "checks").mkdir(exist_ok=True)
+    (repo.root / "checks" / "test_night.py").write_text("def test_night(predictions):\n    assert predictions.candidate.min() >= 0\n")
+    repo.git("add", "checks")
+    repo.git("commit", "--quiet", "-m", "a user check")
+    checked = cli("check", "--candidate", repo.models["better"], "--report", "checked.json")
+    assert checked.exit_code == 0, checked.output
+    (repo.root / "checks" / "test_night.py").write_text("def test_night(predictions):\n    assert True\n")
+    repo.git("commit", "--quiet", "-am", "the user check, weakened")
+    refused = cli("release", "--report", "checked.json")
+    assert refused.exit_code == 2 and "decided by other settings than this config's" in refused.stderr, refused.output
     assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
 
 
