@@ -621,7 +621,10 @@ def _contents(paths: list[Path], project_dir: Path) -> dict[str, str]:
                 continue
             resolved = file.resolve()
             key = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
-            found[key] = hashlib.sha256(resolved.read_bytes()).hexdigest()
+            try:
+                found[key] = hashlib.sha256(resolved.read_bytes()).hexdigest()
+            except OSError:  # a file the run cannot read is recorded so, not a crash after the gate ran
+                found[key] = "unreadable"
     return found
 
 

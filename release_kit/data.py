@@ -134,12 +134,13 @@ class GoldenSet:
     def rows_read(self) -> int:
         return self.total_rows if self.total_rows is not None else len(self.read)
 
-    def describe(self) -> DatasetRef:
+    def describe(self, max_rows: int | None = None) -> DatasetRef:
+        """The report's record of the set; ``max_rows``: the prefix the gate read (None: every row)."""
         from .report import DatasetRef
 
         used = self.sampled_from if self.sampled_from is not None else len(self)
         return DatasetRef(path=str(self.path), rows=self.rows_read, sha256=self.sha256, used_rows=used,
-                          excluded_rows=0 if self.excluded is None else len(self.excluded))
+                          excluded_rows=0 if self.excluded is None else len(self.excluded), max_rows=max_rows)
 
 
 def is_sql(source: str | Path) -> bool:

@@ -574,8 +574,6 @@ def _is_semver(version: str) -> bool:
 
 def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: Path | None = None) -> Report:
     """Run ``[gate] stages`` and the user checks, decide the verdict and version, and build the report."""
-    import dataclasses
-
     from .engine import run_checks
     from .environment import software
     from .versioning import decide
@@ -603,7 +601,7 @@ def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: 
         checks=results,
         candidate=gate.candidate.describe(),
         baseline=gate.baseline.describe() if gate.baseline else None,
-        data={"golden": dataclasses.replace(gate.golden.describe(), max_rows=config.run.max_rows)},
+        data={"golden": gate.golden.describe(max_rows=config.run.max_rows)},
         released=list(gate.released),
         current_version=decision.current_version,
         next_version=decision.next_version,

@@ -830,10 +830,7 @@ def _require_probabilities(raw: np.ndarray, role: str) -> None:
     import numpy as np
 
     rows = raw[:, None] if raw.ndim == 1 else raw
-    finite = rows[np.isfinite(rows).all(axis=1)]
-    with np.errstate(invalid="ignore"):
-        outside = ((finite < -PROBABILITY_SLACK) | (finite > 1 + PROBABILITY_SLACK)).any(axis=1)
-        unsummed = np.abs(finite.sum(axis=1) - 1) > PROBABILITY_SUM_SLACK if raw.ndim == 2 else np.zeros(len(finite), bool)
+    finite, outside, unsummed = _off_distribution(rows, summed=raw.ndim == 2)
     bad = outside | unsummed
     if not bad.any():
         return
@@ -846,6 +843,17 @@ def _require_probabilities(raw: np.ndarray, role: str) -> None:
     )
 
 
+def _off_distribution(rows: np.ndarray, *, summed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The finite rows of a (N, C) output, and per row whether it has a value outside [0, 1] and (``summed``)
+    whether it sums to other than 1, both beyond float32 rounding."""
+    import numpy as np
+
+    finite = rows[np.isfinite(rows).all(axis=1)]
+    outside = ((finite < -PROBABILITY_SLACK) | (finite > 1 + PROBABILITY_SLACK)).any(axis=1)
+    unsummed = np.abs(finite.sum(axis=1) - 1) > PROBABILITY_SUM_SLACK if summed else np.zeros(len(finite), bool)
+    return finite, outside, unsummed
+
+
 # Rows a (N, C) output must hold, every one a probability distribution, to be read as probabilities under
 # prediction = "logits": logits fall there by chance far less often than once in this many rows.
 PROBABILITY_ROWS_EVIDENCE = 8
@@ -854,16 +862,10 @@ PROBABILITY_ROWS_EVIDENCE = 8
 def _refuse_probabilities_as_logits(raw: np.ndarray, role: str) -> None:
     """(N, C) outputs every row of which is in [0, 1] and sums to 1 are probabilities: a softmax on top of them
     (``prediction = "logits"``) flattens every row toward 1/C and misstates log loss and AUC, silently."""
-    import numpy as np
 
-    finite = raw[np.isfinite(raw).all(axis=1)]
-    if len(finite) < PROBABILITY_ROWS_EVIDENCE:
+    finite, outside, unsummed = _off_distribution(raw, summed=True)
+    if len(finite) < PROBABILITY_ROWS_EVIDENCE or outside.any() or unsummed.any():
         return
-    with np.errstate(invalid="ignore"):
-        if ((finite < -PROBABILITY_SLACK) | (finite > 1 + PROBABILITY_SLACK)).any():
-            return
-        if (np.abs(finite.sum(axis=1) - 1) > PROBABILITY_SUM_SLACK).any():
-            return
     raise InputError(
         f"{role} model outputs are class probabilities (every one of {len(finite):,} rows in [0, 1], summing to 1), "
         'but [model] prediction = "logits" would put them through a softmax again: set prediction = "probabilities"'

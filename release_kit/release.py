@@ -286,15 +286,21 @@ def _settle(write: Callable[[], None], written: Callable[[], bool], attempts: in
 STEPS: tuple[Step, ...] = (Register(), Tags(), Artifacts(), GitTag(), Changelog(), Alias())
 
 
-def _alias_target(model: str, alias: str, uri: str) -> str | None:
+def _alias_version(model: str, alias: str, uri: str):
+    """The registry version under the alias (its number and tags), or None."""
     from mlflow.exceptions import MlflowException
 
     from .tracking import call_store, connect
 
     try:
-        return str(call_store(uri, connect(uri).get_model_version_by_alias, model, alias).version)
+        return call_store(uri, connect(uri).get_model_version_by_alias, model, alias)
     except MlflowException:
         return None
+
+
+def _alias_target(model: str, alias: str, uri: str) -> str | None:
+    version = _alias_version(model, alias, uri)
+    return None if version is None else str(version.version)
 
 
 def release_id(model: str, version: str, model_sha256: str) -> str:
@@ -370,9 +376,10 @@ def plan(
         alias_skipped = '[release] alias = ""'
     elif version and "-" in version.split("+")[0]:
         alias, alias_skipped = None, f"pre-release {version} does not move @{spec.alias}"
-    alias_now = _alias_target(model, alias, uri) if alias else None
+    under_alias = _alias_version(model, alias, uri) if alias else None
+    alias_now = None if under_alias is None else str(under_alias.version)
     if alias:
-        _check_alias(report, model, alias, alias_now, existing, uri)
+        _check_alias(report, model, alias, under_alias, existing)
         _check_not_rolled_back(uri, config.mlflow.experiment, model, version, alias, alias_now, existing)
 
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -587,12 +594,13 @@ def _registered_under(uri: str, model: str, version: str, rid: str) -> list:
     return same_version
 
 
-def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, existing: list, uri: str) -> None:
+def _check_alias(report: Report, model: str, alias: str, under_alias, existing: list) -> None:
     """The alias must still point at the baseline the check compared against. A baseline from a file (or none,
     a first release) must be the file the alias's version holds: compared with an older or weaker model, a
     candidate the released one would block passed, and the release moved the alias to it."""
     checked = report.baseline.registry if report.baseline else None
     ours = {str(v.version) for v in existing}
+    alias_now = None if under_alias is None else str(under_alias.version)
     if alias_now in ours:
         return  # this release's own version: a re-run after the alias step
     if checked and checked.name == model and checked.version:
@@ -602,12 +610,12 @@ def _check_alias(report: Report, model: str, alias: str, alias_now: str | None, 
                 f"version {checked.version}; re-run the check against the current @{alias}"
             )
         return
-    if alias_now is None:
+    if under_alias is None:
         return
-    from .tags import MODEL_SHA256_TAG
-    from .tracking import call_store, connect
+    from .tags import ReleaseTags
 
-    released = call_store(uri, connect(uri).get_model_version, model, alias_now).tags.get(MODEL_SHA256_TAG)
+    record = ReleaseTags.from_tags(dict(under_alias.tags))
+    released = record.model_sha256 if record is not None else None
     compared = report.baseline.sha256 if report.baseline else None
     if compared is None or compared != released:
         what = "no baseline (a first release)" if report.baseline is None else f"{report.baseline.source} (sha256 {compared[:12]}…)"

@@ -98,3 +98,29 @@ def _value(value) -> str:
     import json
 
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def test_the_settings_digest_covers_check_and_suite_contents_and_survives_an_unreadable_file(tmp_path):
+    """policy_sha256 moves with a user check's or a suite's content, not with a cache or a hidden file, and
+    a file the run cannot read is recorded so: the digest is taken after the gate ran, where a crash is exit 4."""
+    import os
+
+    config = Config.model_validate({**MINIMAL, "data": {"suites": str(tmp_path / "checks" / "expectations")}})
+    (tmp_path / "checks" / "expectations").mkdir(parents=True)
+    check = tmp_path / "checks" / "test_a.py"
+    check.write_text("def test_a():\n    assert 1\n")
+    suite = tmp_path / "checks" / "expectations" / "s.json"
+    suite.write_text("{}")
+    first = config.policy_sha256(tmp_path, None)
+    (tmp_path / "checks" / "__pycache__").mkdir()
+    (tmp_path / "checks" / "__pycache__" / "x.py").write_text("cache")
+    (tmp_path / "checks" / ".hidden.py").write_text("hidden")
+    assert config.policy_sha256(tmp_path, None) == first
+    suite.write_text('{"expectations": []}')
+    assert config.policy_sha256(tmp_path, None) != first
+    if os.geteuid() != 0:  # root reads mode-0 files
+        check.chmod(0)
+        try:
+            assert config.policy_sha256(tmp_path, None) != first
+        finally:
+            check.chmod(0o644)
