@@ -1498,6 +1498,8 @@ def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp
         ([], "missing-column-in-a-later-file", "part-1.parquet: missing column(s): irradiance"),
         ([], "corrupt-later-file", "part-1.parquet: cannot read Parquet data"),
         ([], "text-column-in-a-later-file", "part-1.parquet: golden column 'temperature' is stored as text, not as numbers"),
+        ([], "booleans-in-a-later-file", "part-1.parquet: golden column 'hour' is stored as bool, which does not join the int64 of "
+                                         "the files before it"),
         ([], "text-categories", "part.parquet: golden column 'cloud_cover' is stored as categories of text, not as numbers"),
         ([], "not-parquet", "part.parquet: cannot read Parquet data"),
         ([], "zero-chunk-rows", "run.chunk_rows"),
@@ -1513,7 +1515,7 @@ def test_reading_a_file_holds_a_few_batches_whatever_its_size_and_row_groups(tmp
          "s3://bucket/golden/*.parquet: data sets are read from local paths, not from s3:// URLs"),
     ],
     ids=["max-rows-0", "unknown-engine", "empty-directory", "delta-table", "only-a-failed-jobs-output", "csv-in-directory", "missing-column", "missing-column-in-a-later-file",
-         "corrupt-later-file", "text-column-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
+         "corrupt-later-file", "text-column-in-a-later-file", "booleans-in-a-later-file", "text-categories", "not-parquet", "zero-chunk-rows",
          "repeated-column-in-a-later-file", "stored-and-partition-column", "partitioned-unevenly",
          "text-partition-feature", "text-file-in-directory", "broken-link", "iceberg-table", "hudi-table", "object-store-url"],
 )
@@ -1533,6 +1535,9 @@ def test_bad_streamed_input_exits_2_with_one_line(tmp_path, power, cli, monkeypa
     elif setup == "text-column-in-a-later-file":  # found from the footers, before any batch is read
         frame.to_parquet(golden / "part-0.parquet")
         frame.assign(temperature=frame["temperature"].astype(str)).to_parquet(golden / "part-1.parquet")
+    elif setup == "booleans-in-a-later-file":  # Arrow joins no booleans with numbers: found from the footers too
+        frame.to_parquet(golden / "part-0.parquet")
+        frame.assign(hour=frame["hour"] > 12).to_parquet(golden / "part-1.parquet")
     elif setup == "text-categories":  # pandas' category dtype of strings: a dictionary column in Parquet
         frame.assign(cloud_cover=frame["cloud_cover"].astype(str).astype("category")).to_parquet(golden / "part.parquet")
     elif setup == "not-parquet":

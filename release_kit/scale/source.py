@@ -88,6 +88,7 @@ class Footer:
     names: tuple[str, ...]
     kinds: dict[str, str]
     value_bytes: dict[str, float]  # each stored column's bytes a value once read (see _value_bytes)
+    types: dict[str, pa.DataType]  # each stored column's Arrow type, to join with the other files' (see _check_columns)
 
 
 def _value_bytes(metadata, schema) -> dict[str, float]:
@@ -287,7 +288,8 @@ class ParquetSource:
             kinds = {field.name: arrow_kind(field.type) for field in schema}
             kinds.update({key: f"text in its path ({key}={value})" if types[key] == "string" else "numbers"
                           for key, value in partition.items()})
-            footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds, _value_bytes(metadata, schema)))
+            footers.append(Footer(metadata.num_rows, (*schema.names, *partition), kinds, _value_bytes(metadata, schema),
+                                  {field.name: field.type for field in schema}))
         return tuple(footers)
 
     @cached_property
@@ -345,7 +347,7 @@ class ParquetSource:
         """Every file stores these columns as numbers or booleans (0 and 1), from the footers only, so that a
         text column in the 40th file fails before any batch is read, naming that file. With ``labels`` the
         ``target`` may be text too (class labels, mapped through ``[model] classes``)."""
-        self._check_columns(list(columns))
+        self._check_present(list(columns))
         for file, footer in zip(self.files, self.footers):
             for name in columns:
                 kind = footer.kinds[name]
@@ -353,6 +355,8 @@ class ParquetSource:
                     continue
                 hint = f" ({CLASS_LABELS_HINT})" if name == target and kind.endswith("text") else ""
                 raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers{hint}")
+        for name in columns:  # after the kinds: text where numbers belong is said as such
+            self._check_joins(name)
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
                 files: range | None = None) -> Generator[pa.RecordBatch, None, None]:
@@ -386,11 +390,40 @@ class ParquetSource:
         return (0, *itertools.accumulate(footer.rows for footer in self.footers))
 
     def _check_columns(self, columns: list[str]) -> None:
-        """Every file has every column (footers only): a file without one fails before any batch is read."""
+        """Every file has every column, stored as types that join (footers only): a file without one, or with
+        booleans where the first file has numbers, fails before any batch is read, naming that file."""
+        self._check_present(columns)
+        for name in columns:
+            self._check_joins(name)
+
+    def _check_present(self, columns: list[str]) -> None:
         for file, footer in zip(self.files, self.footers):
             missing = [c for c in columns if c not in footer.kinds]
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
+
+    def _check_joins(self, name: str) -> None:
+        """The types the files store column ``name`` as join into one, as :func:`joined_batches` joins them;
+        else the first file whose type does not join the files' before it is named. Each distinct type is
+        joined once, however many files store it."""
+        import pyarrow as pa
+
+        first: dict[pa.DataType, Path] = {}
+        for file, footer in zip(self.files, self.footers):
+            if name in footer.types:
+                first.setdefault(footer.types[name], file)
+        if len(first) < 2:
+            return
+        joined = None
+        for kind, file in first.items():  # in file order
+            plain = kind.value_type if pa.types.is_dictionary(kind) else kind
+            try:
+                joined = plain if joined is None else pa.unify_schemas(
+                    [pa.schema([(name, joined)]), pa.schema([(name, plain)])], promote_options="permissive").field(name).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                raise InputError(f"{file}: golden column '{name}' is stored as {kind}, which does not join the "
+                                 f"{joined} of the files before it ({self.files[0]}): store it as one type in "
+                                 "every file") from None
 
     def _rows(self, start: int, stop: int, columns: list[str], chunk_rows: int) -> Generator[pa.RecordBatch, None, None]:
         """Rows ``start:stop`` of the set in batches of at most ``chunk_rows``, decoded in this thread."""
