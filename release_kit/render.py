@@ -372,11 +372,13 @@ class ProgressListener:
     LOG_EVERY_S = 10.0
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
+        # The counts are in the description, said once: a column of them beside it was cut short first in an
+        # 80-column terminal ("50000/5…").
         self.progress = Progress(
-            TextColumn("[bold]checks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TextColumn("[bold]checks"), BarColumn(bar_width=20), TextColumn("{task.description}"),
             TimeElapsedColumn(), console=console, transient=True,
         )
         self.task = None
@@ -401,11 +403,13 @@ class ProgressListener:
         if self.rows_task is not None:
             self.progress.remove_task(self.rows_task)
         self.progress.start()
-        self.task = self.progress.add_task("", total=total)
+        self.task = self.progress.add_task(f"0 of {total}", total=total)
 
     def finished(self, result: CheckResult) -> None:
         if self.task is not None:
-            self.progress.update(self.task, advance=1, description=f"{result.stage}::{result.name}")
+            self.progress.advance(self.task)
+            task = self.progress.tasks[-1]
+            self.progress.update(self.task, description=f"{task.completed:.0f} of {task.total:.0f}: {result.stage}::{result.name}")
 
     def close(self) -> None:
         if self.task is not None or self.rows_task is not None:  # one never started prints nothing, not even a newline

@@ -2557,6 +2557,13 @@ def test_a_streamed_scan_shows_its_rows_of_the_total_as_a_bar_or_as_log_lines():
     task = listener.progress.tasks[0]
     assert (task.completed, task.total, task.description) == (2_000_000, 50_000_000, "golden rows: 2,000,000 of 50,000,000 (190,476 rows/s)")
     listener.close()
+    # In an 80-column terminal the line says its counts whole, once (a column of counts beside them was cut).
+    narrow = io.StringIO()
+    listener = ProgressListener(Console(file=narrow, force_terminal=True, width=80))
+    listener.rows(12_000_000, 100_000_000, 10.0)
+    listener.progress.refresh()
+    assert "golden rows: 12,000,000 of 100,000,000 (1,200,000 rows/s)" in narrow.getvalue() and "…" not in narrow.getvalue()
+    listener.close()
 
 
 def test_scan_sizes_fit_the_memory_available():
