@@ -72,6 +72,22 @@ def test_multiclass_macro_values():
     assert metrics.single(METRICS["roc_auc"], labels, probs) == pytest.approx(macro_auc)
 
 
+def test_multiclass_auc_averages_over_the_classes_the_rows_hold():
+    """A class the golden set lacks has no one-vs-rest AUC: the macro mean is over the others (a model of many
+    classes seldom sees each in its golden set), with its paired interval; rows of one class only: none."""
+    rng = np.random.default_rng(6)
+    labels = rng.choice([0, 2, 3], 300)  # classes 1 and 4 absent
+    logits = rng.normal(size=(300, 5)) + np.eye(5)[labels] * 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    macro = np.mean([brute_auc((labels == c).astype(int), probs[:, c]) for c in (0, 2, 3)])
+    assert metrics.auc_classes(labels, 5) == [0, 2, 3]
+    assert metrics.single(METRICS["roc_auc"], labels, probs) == pytest.approx(macro)
+    other = probs[:, ::-1].copy()
+    diff = metrics.paired_interval(METRICS["roc_auc"], labels, probs, other, 0.95)
+    assert diff.ci_low < diff.delta < diff.ci_high and math.isfinite(diff.ci_low)
+    assert math.isnan(metrics.single(METRICS["roc_auc"], np.full(300, 2), probs))
+
+
 def test_undefined_metrics_are_nan_not_numbers():
     assert math.isnan(metrics.single(METRICS["r2"], np.ones(5), np.arange(5.0)))
     probs = np.tile([0.3, 0.7], (4, 1))

@@ -1962,6 +1962,39 @@ enabled = false
 """
 
 
+def test_a_golden_set_without_some_classes_decides_the_auc_over_the_classes_it_holds(tmp_path, cli, monkeypatch):
+    """A 4-class model's golden set without rows of class 3: ROC AUC is the macro mean over the three classes it
+    holds, read whole, streamed with the scores in memory, and binned from a sample: decided (not "could not be
+    compared"), and said so. The streamed numbers equal the whole set's (binned: within the printed bound)."""
+    import re
+
+    from conftest import make_classification, save_scripted, train_classifier
+
+    monkeypatch.chdir(tmp_path)
+    train = make_classification(3_000, 4, seed=1)
+    golden = make_classification(20_000, 4, seed=2).query("label != 3").reset_index(drop=True)
+    save_scripted(train_classifier(train, 4, epochs=4, squash="none"), tmp_path / "baseline.pt")
+    save_scripted(train_classifier(train, 4, epochs=60, squash="none"), tmp_path / "candidate.pt")
+    (tmp_path / "golden").mkdir()
+    golden.iloc[:9_000].to_parquet(tmp_path / "golden" / "part-0.parquet")
+    golden.iloc[9_000:].to_parquet(tmp_path / "golden" / "part-1.parquet")
+    golden.to_csv(tmp_path / "golden.csv", index=False)
+    reports = {}
+    for name, source, sample in (("whole", "golden.csv", 6000), ("fits", "golden", 30000), ("binned", "golden", 6000)):
+        (tmp_path / "release-kit.toml").write_text(CLASSIFIER.format(golden=source).replace("sample_rows = 6000", f"sample_rows = {sample}"))
+        reports[name] = run(cli)
+        auc = next(c for c in reports[name]["checks"] if c["name"] == "roc_auc")
+        assert auc["status"] != "warn" and "macro over the 3 of 4 classes the golden set holds rows of" in auc["summary"], auc
+    whole, fits, binned = (metric(reports[name], "roc_auc") for name in ("whole", "fits", "binned"))
+    assert whole["candidate"] > whole["baseline"] > 0.5
+    for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+        assert fits[key] == pytest.approx(whole[key], rel=1e-9), key
+    summary = next(c for c in reports["binned"]["checks"] if c["name"] == "roc_auc")["summary"]
+    bound = float(re.search(r"each AUC within ±(\S+) of the exact value", summary).group(1))
+    for key in ("candidate", "baseline"):
+        assert abs(binned[key] - whole[key]) <= bound * 1.05, (key, binned[key], whole[key], bound)
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_streamed_classification_metrics_match_the_in_memory_numbers(tmp_path, cli, monkeypatch, classes):
     """Accuracy, log loss and F1 from the sums equal the in-memory numbers; ROC AUC from the binned counts is

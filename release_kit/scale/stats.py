@@ -224,18 +224,26 @@ class ScoreHistogram:
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         return ScoreHistogram(self.counts + other.counts, self.nonfinite + other.nonfinite)
 
+    def classes(self) -> int:
+        """How many classes the AUC averages over: those with positive and negative rows (the candidate's
+        counts; the baseline's count the same rows), as :func:`release_kit.metrics.auc_classes` picks them."""
+        return int(((self.counts[0, :, 0].sum(axis=1) > 0) & (self.counts[0, :, 1].sum(axis=1) > 0)).sum())
+
     def auc(self, model: int) -> tuple[float, float]:
-        """(AUC, its bound): binary, class 1's; multiclass, the macro one-vs-rest mean (and mean bound)."""
+        """(AUC, its bound): binary, class 1's; multiclass, the macro one-vs-rest mean (and mean bound) over
+        the classes with positive and negative rows, as in memory."""
         if self.nonfinite[model]:
             return math.nan, math.nan
         values, bounds = [], []
         for negatives, positives in self.counts[model].astype(np.float64):
             pairs = positives.sum() * negatives.sum()
             if pairs == 0:
-                return math.nan, math.nan
+                continue  # binary: no AUC (none is left); multiclass: a class the golden set lacks
             below = np.cumsum(negatives) - negatives
             values.append(float(positives @ (below + 0.5 * negatives)) / pairs)
             bounds.append(0.5 * float(positives @ negatives) / pairs)
+        if not values:
+            return math.nan, math.nan
         return float(np.mean(values)), float(np.mean(bounds))
 
 

@@ -126,6 +126,8 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
     else:
         diff = metrics.paired_interval(metric, target, predictions.candidate, predictions.baseline, quality.confidence)
 
+    if metric_name == "roc_auc":
+        note += _auc_classes_note(target, predictions.candidate.shape[1], histogram)
     if not (math.isfinite(diff.candidate) and math.isfinite(diff.baseline)):
         which = "candidate" if not math.isfinite(diff.candidate) else "baseline"
         reason = _undefined_reason(gate, metric_name, which)
@@ -165,6 +167,19 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
     return CheckResult(NAME, name, status, f"{change}: {verdict}{note}", metrics=(result,))
 
 
+def _auc_classes_note(target, classes: int, histogram) -> str:
+    """What a multiclass ROC AUC says when its macro mean leaves out classes the golden set lacks."""
+    from ..metrics import auc_classes
+
+    if classes <= 2:
+        return ""
+    averaged = histogram.classes() if histogram is not None else len(auc_classes(target, classes))
+    if averaged == classes:
+        return ""
+    return (f" (macro over the {averaged} of {classes} classes the golden set holds rows of; a class it lacks "
+            "has no AUC)")
+
+
 def _undefined_reason(gate: GateContext, name: str, which: str) -> str:
     import numpy as np
 
@@ -174,7 +189,7 @@ def _undefined_reason(gate: GateContext, name: str, which: str) -> str:
     if name == "r2":
         return "the target is constant on the golden set"
     if name == "roc_auc":
-        return "the golden set lacks positive or negative examples of a class"
+        return "the golden set holds rows of one class only"
     return f"the {which}'s {name} is not a finite number"
 
 
