@@ -121,12 +121,15 @@ def _binary_f1(actual, predicted):
 
 
 def _f1(y, p):
-    """Binary: F1 of class 1. Multiclass: macro average over classes."""
+    """Binary: F1 of class 1. Multiclass: macro average over the classes the rows hold or the model predicts,
+    as scikit-learn's and torchmetrics' macro F1: a class neither in the golden set nor ever predicted has no
+    F1 (0/0), and counting it as 0 pulled a model of 50 classes, 45 of them seen, from 0.98 to 0.88."""
     import numpy as np
 
     predicted = p.argmax(axis=1)
-    classes = [1] if p.shape[1] == 2 else range(p.shape[1])
-    parts = [_binary_f1(y == c, predicted == c) for c in classes]
+    if p.shape[1] == 2:
+        return _binary_f1(y == 1, predicted == 1)
+    parts = [_binary_f1(y == c, predicted == c) for c in range(p.shape[1]) if ((y == c) | (predicted == c)).any()]
     return float(np.mean([v for v, _ in parts])), np.mean([psi for _, psi in parts], axis=0)
 
 

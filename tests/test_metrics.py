@@ -88,6 +88,21 @@ def test_multiclass_auc_averages_over_the_classes_the_rows_hold():
     assert math.isnan(metrics.single(METRICS["roc_auc"], np.full(300, 2), probs))
 
 
+def test_multiclass_f1_averages_over_the_classes_held_or_predicted():
+    """Macro F1 as scikit-learn and torchmetrics take it: over the classes the rows hold or the model predicts;
+    a class that is neither has no F1 (0/0), where counting it 0 pulled the mean down for both models."""
+    rng = np.random.default_rng(7)
+    labels = rng.choice([0, 1, 3], 400)  # classes 2 and 4 absent
+    logits = rng.normal(size=(400, 5)) + np.eye(5)[labels] * 2.0
+    logits[:, 4] = -10.0  # never predicted
+    logits[:5, 2] = 10.0  # five rows predicted as class 2, which the rows never hold
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    predicted = probs.argmax(axis=1)
+    assert 2 in predicted and 4 not in predicted
+    expected = np.mean([brute_f1(labels, predicted, c) for c in (0, 1, 2, 3)])  # 2: predicted, F1 0
+    assert metrics.single(METRICS["f1"], labels, probs) == pytest.approx(expected)
+
+
 def test_undefined_metrics_are_nan_not_numbers():
     assert math.isnan(metrics.single(METRICS["r2"], np.ones(5), np.arange(5.0)))
     probs = np.tile([0.3, 0.7], (4, 1))

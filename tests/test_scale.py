@@ -1965,7 +1965,8 @@ enabled = false
 def test_a_golden_set_without_some_classes_decides_the_auc_over_the_classes_it_holds(tmp_path, cli, monkeypatch):
     """A 4-class model's golden set without rows of class 3: ROC AUC is the macro mean over the three classes it
     holds, read whole, streamed with the scores in memory, and binned from a sample: decided (not "could not be
-    compared"), and said so. The streamed numbers equal the whole set's (binned: within the printed bound)."""
+    compared"), and said so. The streamed numbers equal the whole set's (binned: within the printed bound); so
+    does macro F1, over the classes held or predicted."""
     import re
 
     from conftest import make_classification, save_scripted, train_classifier
@@ -1985,6 +1986,9 @@ def test_a_golden_set_without_some_classes_decides_the_auc_over_the_classes_it_h
         reports[name] = run(cli)
         auc = next(c for c in reports[name]["checks"] if c["name"] == "roc_auc")
         assert auc["status"] != "warn" and "macro over the 3 of 4 classes the golden set holds rows of" in auc["summary"], auc
+    # Macro F1 over the classes the rows hold or a model predicts, from the streamed sums as in memory.
+    for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):
+        assert metric(reports["binned"], "f1")[key] == pytest.approx(metric(reports["whole"], "f1")[key], rel=1e-9), key
     whole, fits, binned = (metric(reports[name], "roc_auc") for name in ("whole", "fits", "binned"))
     assert whole["candidate"] > whole["baseline"] > 0.5
     for key in ("candidate", "baseline", "delta", "ci_low", "ci_high"):

@@ -158,17 +158,19 @@ def _solve(metric: str, mean: np.ndarray) -> tuple[float, float, np.ndarray]:
             return math.nan, math.nan, np.full(2, math.nan)
         return 1 - mean[0] / v, 1 - mean[1] / v, np.array([-1 / v, 1 / v])
     if metric == "f1":
+        # Binary: class 1's F1 (0 when it is neither in the rows nor predicted). Multiclass: each model's mean
+        # over the classes the rows hold or it predicts (b > 0), as in memory.
         k = len(mean) // 4
-        values_c, values_b, w = [], [], np.zeros(len(mean))
-        for j in range(k):
-            a_c, b_c, a_b, b_b = mean[4 * j : 4 * j + 4]
-            f_c = a_c / b_c if b_c > 0 else 0.0
-            f_b = a_b / b_b if b_b > 0 else 0.0
-            values_c.append(f_c)
-            values_b.append(f_b)
-            w[4 * j : 4 * j + 4] = [1 / b_c if b_c > 0 else 0.0, -f_c / b_c if b_c > 0 else 0.0,
-                                    -1 / b_b if b_b > 0 else 0.0, f_b / b_b if b_b > 0 else 0.0]
-        return float(np.mean(values_c)), float(np.mean(values_b)), w / k
+        b_c, b_b = mean[1::4], mean[3::4]
+        used_c, used_b = (b_c > 0, b_b > 0) if k > 1 else (np.ones(1, bool), np.ones(1, bool))
+        f_c = np.divide(mean[0::4], b_c, out=np.zeros(k), where=b_c > 0)
+        f_b = np.divide(mean[2::4], b_b, out=np.zeros(k), where=b_b > 0)
+        w = np.zeros(len(mean))
+        w[0::4] = np.divide(1.0, b_c, out=np.zeros(k), where=b_c > 0) * used_c / max(used_c.sum(), 1)
+        w[1::4] = -f_c * w[0::4]
+        w[2::4] = -np.divide(1.0, b_b, out=np.zeros(k), where=b_b > 0) * used_b / max(used_b.sum(), 1)
+        w[3::4] = -f_b * w[2::4]
+        return float(f_c[used_c].mean()), float(f_b[used_b].mean()), w
     raise KeyError(metric)
 
 
