@@ -276,6 +276,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
                     config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried,
                     value_conditions=value_conditions, moment_columns=moments)
     source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
+    source.check_joins(plan.carried)  # the columns only the data stage reads: any type, one per column
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     chunk_rows = chunk_rows_that_fit(

@@ -503,6 +503,7 @@ def test_an_unknown_expectation_type_is_one_line(project, power):
     ("empty-directory", "no Parquet files (*.parquet, *.pq) there"),
     ("csv-in-a-glob", "is not a Parquet file"),
     ("file-without-a-column", "part-1.parquet: missing column(s): irradiance"),
+    ("types-that-do-not-join", "part-1.parquet: column 'hour' is stored as bool, which does not join the int64 of the files before it"),
 ])
 def test_a_bad_reference_set_is_one_line(project, power, cli, setup, needle):
     """A reference set given as a directory or glob of Parquet files: what is wrong with it is named."""
@@ -518,6 +519,9 @@ def test_a_bad_reference_set_is_one_line(project, power, cli, setup, needle):
     elif setup == "file-without-a-column":
         train.to_parquet(folder / "part-0.parquet")
         train.drop(columns=["irradiance"]).to_parquet(folder / "part-1.parquet")
+    elif setup == "types-that-do-not-join":
+        train.to_parquet(folder / "part-0.parquet")
+        train.assign(hour=train["hour"] > 12).to_parquet(folder / "part-1.parquet")
     project.config('[gate]\nstages = ["data"]\n')
     text = (project.root / "release-kit.toml").read_text()
     project.write("release-kit.toml", text.replace("[data]\n", f'[data]\nreference = "{reference}"\n', 1))

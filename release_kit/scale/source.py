@@ -324,6 +324,7 @@ class ParquetSource:
         import pyarrow as pa
 
         columns = [name for name in self.footers[0].names if not name.startswith("__index_level_")]
+        self.check_joins(columns)
         tables = [pa.Table.from_batches([batch]) for batch in self.batches(columns, 1 << 20)]
         if not tables:
             return pd.DataFrame({name: [] for name in columns})
@@ -344,10 +345,10 @@ class ParquetSource:
         return {name: self.footers[0].value_bytes.get(name, 8.0) for name in columns}
 
     def check_numeric(self, columns, *, target: str, labels: bool = False) -> None:
-        """Every file stores these columns as numbers or booleans (0 and 1), from the footers only, so that a
-        text column in the 40th file fails before any batch is read, naming that file. With ``labels`` the
-        ``target`` may be text too (class labels, mapped through ``[model] classes``)."""
-        self._check_present(list(columns))
+        """Every file stores these columns as numbers or booleans (0 and 1), as types that join, from the footers
+        only, so that a text column in the 40th file fails before any batch is read, naming that file. With
+        ``labels`` the ``target`` may be text too (class labels, mapped through ``[model] classes``)."""
+        self._check_columns(list(columns))
         for file, footer in zip(self.files, self.footers):
             for name in columns:
                 kind = footer.kinds[name]
@@ -355,8 +356,7 @@ class ParquetSource:
                     continue
                 hint = f" ({CLASS_LABELS_HINT})" if name == target and kind.endswith("text") else ""
                 raise InputError(f"{file}: golden column '{name}' is stored as {kind}, not as numbers{hint}")
-        for name in columns:  # after the kinds: text where numbers belong is said as such
-            self._check_joins(name)
+        self.check_joins(columns)  # after the kinds: text where numbers belong is said as such
 
     def batches(self, columns: list[str], chunk_rows: int, max_rows: int | None = None, *,
                 files: range | None = None) -> Generator[pa.RecordBatch, None, None]:
@@ -390,22 +390,20 @@ class ParquetSource:
         return (0, *itertools.accumulate(footer.rows for footer in self.footers))
 
     def _check_columns(self, columns: list[str]) -> None:
-        """Every file has every column, stored as types that join (footers only): a file without one, or with
-        booleans where the first file has numbers, fails before any batch is read, naming that file."""
-        self._check_present(columns)
-        for name in columns:
-            self._check_joins(name)
-
-    def _check_present(self, columns: list[str]) -> None:
+        """Every file has every column (footers only): a file without one fails before any batch is read."""
         for file, footer in zip(self.files, self.footers):
             missing = [c for c in columns if c not in footer.kinds]
             if missing:
                 raise InputError(f"{file}: missing column(s): {', '.join(missing)}")
 
+    def check_joins(self, columns) -> None:
+        """The types the files store each column as join into one, as :func:`joined_batches` joins them (footers
+        only); else the first file whose type does not join the files' before it is named, before any batch is
+        read. Each distinct type is joined once, however many files store it."""
+        for name in columns:
+            self._check_joins(name)
+
     def _check_joins(self, name: str) -> None:
-        """The types the files store column ``name`` as join into one, as :func:`joined_batches` joins them;
-        else the first file whose type does not join the files' before it is named. Each distinct type is
-        joined once, however many files store it."""
         import pyarrow as pa
 
         first: dict[pa.DataType, Path] = {}
@@ -421,7 +419,7 @@ class ParquetSource:
                 joined = plain if joined is None else pa.unify_schemas(
                     [pa.schema([(name, joined)]), pa.schema([(name, plain)])], promote_options="permissive").field(name).type
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                raise InputError(f"{file}: golden column '{name}' is stored as {kind}, which does not join the "
+                raise InputError(f"{file}: column '{name}' is stored as {kind}, which does not join the "
                                  f"{joined} of the files before it ({self.files[0]}): store it as one type in "
                                  "every file") from None
 
