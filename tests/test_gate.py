@@ -106,6 +106,16 @@ def test_neutral_change_is_a_patch(project, power):
     assert report.verdict.value == "pass", [(c.name, c.summary) for c in report.checks]
     assert report.bump.value == "patch"
     assert report.next_version == "1.0.1"
+    # Each metric's two values are shown with the digits that tell them apart (4 significant digits showed
+    # "0.1234 → 0.1234" for a change the interval beside them measured), and none as a whole number it is not.
+    import re
+
+    for check in (c for c in report.checks if c.stage == "quality" and c.metrics and c.metrics[0].delta):
+        shown = re.search(r"(\S+) → (\S+) \(", check.summary)
+        assert shown and shown.group(1) != shown.group(2), check.summary
+        metric = check.metrics[0]
+        for text, value in zip(shown.groups(), (metric.baseline, metric.candidate)):
+            assert text.lstrip("-").replace(".", "", 1).isdigit() and float(text) == pytest.approx(value, rel=1e-3), check.summary
 
 
 def test_worse_candidate_fails_the_metric_on_its_interval(project, power):

@@ -96,7 +96,7 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
         value_c, value_b = metrics.single(metric, target, predictions.candidate), metrics.single(metric, target, predictions.baseline)
         return CheckResult(
             NAME, name, Status.WARN,
-            f"{label} {_fmt(value_b)} → {_fmt(value_c)}: not decided: the golden set has {rows} usable "
+            f"{label} {_change(value_b, value_c)}: not decided: the golden set has {rows} usable "
             f"row(s), fewer than [quality] min_rows = {quality.min_rows}{gate.golden.note}",
             metrics=(MetricDiff(name, value_c, value_b, value_c - value_b, higher_is_better=metric.higher_is_better),),
         )
@@ -139,7 +139,7 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
     if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
         return CheckResult(
             NAME, name, Status.WARN,
-            f"{label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)}: no interval, so no decision: "
+            f"{label} {_change(diff.baseline, diff.candidate)}: no interval, so no decision: "
             f"the golden set ({rows} usable rows) is too small or its changes are degenerate{note}",
             metrics=(MetricDiff(name, diff.candidate, diff.baseline, diff.delta, higher_is_better=metric.higher_is_better),),
         )
@@ -151,7 +151,7 @@ def metric_check(gate: GateContext, metric_name: str, output: int | None = None)
     )
     low, high = result.worsening_interval or (math.nan, math.nan)
     change = (
-        f"{label} {_fmt(diff.baseline)} → {_fmt(diff.candidate)} "
+        f"{label} {_change(diff.baseline, diff.candidate)} "
         f"({_signed(diff.delta)} [{_signed(diff.ci_low)}, {_signed(diff.ci_high)}])"
     )
     if low > tolerance:
@@ -259,6 +259,22 @@ def _streamed_contract(gate: GateContext, counts) -> CheckResult:
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _change(before: float, after: float) -> str:
+    """"before → after" in 4 significant digits, more (up to 10) where those would show two different values
+    alike or a value as the whole number it is not: "ROC AUC 0.99996 → 0.99998", not "1 → 1"."""
+    for digits in range(4, 11):
+        shown = f"{before:.{digits}g}", f"{after:.{digits}g}"
+        alike = shown[0] == shown[1] and before != after
+        rounded_whole = any(_whole(text) and value != float(text) for text, value in zip(shown, (before, after)))
+        if not (alike or rounded_whole):
+            break
+    return f"{shown[0]} → {shown[1]}"
+
+
+def _whole(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def _signed(value: float) -> str:
