@@ -354,13 +354,14 @@ def rollback(target: str, reason: str, by: str | None, alias: str | None, config
 @click.option("--task", type=click.Choice(["regression", "classification"]), required=True)
 @click.option("--prediction", type=click.Choice(["logits", "probabilities"]),
               help="Classification: what the model outputs (required with --task classification).")
-@click.option("--target", required=True, help="The target column of the golden data.")
+@click.option("--target", help="The target column of a golden table (a tensor golden set has a 'target' array instead).")
 @click.option("--features", help="Feature columns, comma-separated, in the order the model takes them.")
-@click.option("--data", help="Golden dataset: sets [data] golden, and the features are its columns but the target (unless --features).")
+@click.option("--data", help="Golden dataset: sets [data] golden; a table's features are its columns but the target (unless "
+              "--features); a tensor set (.npz, .safetensors) names neither.")
 @click.option("--action", help="The composite action the workflows use (default: release-kit/release-kit@v0).")
 @click.option("--directory", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(name: str, task: str, prediction: str | None, target: str, features: str | None, data: str | None, action: str | None,
+def init(name: str, task: str, prediction: str | None, target: str | None, features: str | None, data: str | None, action: str | None,
          directory: Path, force: bool) -> None:
     """Scaffold a model repository: release-kit.toml, checks/, release_templates/ and the two workflows."""
     from . import scaffolding

@@ -24,22 +24,34 @@ class Scaffold:
     gitignore: str  # the .gitignore after adding release-kit's generated files
 
 
-def plan(directory: Path, *, name: str, task: str, target: str, features: list[str] | None, data: str | None,
+def plan(directory: Path, *, name: str, task: str, target: str | None, features: list[str] | None, data: str | None,
          action: str = DEFAULT_ACTION, prediction: str | None = None) -> Scaffold:
+    from .data import is_tensor_source
+
     labels, others = None, []
-    if features is None:
-        if data is None:
-            raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
-        features, others, labels = _columns(directory, data, target)
-    features = [f.strip() for f in features if f.strip()]
     if task == "classification" and prediction is None:
         raise InputError("--task classification needs --prediction logits or --prediction probabilities (what the model outputs)")
     if task == "regression" and prediction is not None:
         raise InputError("--prediction applies to --task classification only")
+    if data is not None and is_tensor_source(data):
+        if target is not None or features is not None:
+            raise InputError(f"{data}: a tensor golden set takes no --target or --features: its arrays are the model's "
+                             "inputs ('inputs', or 'inputs.0', 'inputs.1', …) and 'target'")
+        _check_tensors(directory, data, name=name, task=task, prediction=prediction)
+    else:
+        if target is None:
+            raise InputError("pass --target, the golden table's target column (a tensor golden set, --data FILE.npz or "
+                             ".safetensors, has a 'target' array instead)")
+        if features is None:
+            if data is None:
+                raise InputError("pass --features a,b,c or --data FILE to take the features from its columns")
+            features, others, labels = _columns(directory, data, target)
+        features = [f.strip() for f in features if f.strip()]
     # JSON strings are TOML basic strings: any name or path is quoted safely.
     config_text = _render(
         "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
-        features=json.dumps(features), others=", ".join(others), data=json.dumps(data) if data else None,
+        features=json.dumps(features) if features is not None else None, others=", ".join(others),
+        data=json.dumps(data) if data else None,
         prediction=json.dumps(prediction) if prediction else None, baseline=json.dumps(f"models:/{name}@champion"),
         classes=json.dumps(labels) if task == "classification" and labels and 2 <= len(labels) <= MAX_LABELS else None,
         action_repo=action.split("@")[0],
@@ -85,6 +97,15 @@ def write(directory: Path, scaffold: Scaffold, *, force: bool = False) -> list[s
     except OSError as error:
         raise InputError(f"cannot write into {directory}: {error.strerror or error}") from None
     return written
+
+
+def _check_tensors(directory: Path, data: str, **model) -> None:
+    """The tensor golden set loads as the gate loads it (its arrays, their shapes against the task): a file
+    the first check would refuse is refused here, before anything is written."""
+    from .config import ModelSpec
+    from .data import load_golden
+
+    load_golden(Path(data) if Path(data).is_absolute() else directory / data, ModelSpec(**model))
 
 
 def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[str], list[str] | None]:

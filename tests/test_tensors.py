@@ -87,6 +87,40 @@ def test_the_better_cnn_passes_every_stage_with_tracking(tmp_path, shape_example
     assert report["mlflow"]["run_id"] and (root / ".release-kit" / "mlflow.db").is_file()
 
 
+def test_init_scaffolds_a_tensor_golden_set_that_checks_as_users_run_it(tmp_path, shape_example, cli, monkeypatch):
+    """`release-kit init --data golden.npz` names no features or target (the file's arrays are the inputs and
+    the target), and the scaffold's own checks run on a tensor set: the gate passes with every stage and
+    tracking on. A tensor set with --target, or without a 'target' array, is bad input with nothing written;
+    a table without --target too."""
+    root = tmp_path / "p"
+    shutil.copytree(shape_example / "data", root / "data")
+    shutil.copytree(shape_example / "models", root / "models")
+    subprocess.run(["git", "init", "--quiet"], cwd=root, check=True)
+    monkeypatch.chdir(root)
+    before = sorted(p.name for p in root.iterdir())
+    for args, needle in (
+        (["--target", "label", "--data", "data/golden.npz"], "data/golden.npz: a tensor golden set takes no --target or --features"),
+        (["--data", "data/inputs-only.npz"], "data/inputs-only.npz: no array 'target'"),
+        (["--data", "data/golden-meta.csv"], "pass --target, the golden table's target column"),
+    ):
+        np.savez(root / "data" / "inputs-only.npz", inputs=np.zeros((4, 1, 32, 32), np.float32))
+        result = cli("init", "--name", "shapes", "--task", "classification", "--prediction", "logits", *args)
+        assert result.exit_code == 2 and needle in result.stderr, result.output
+        assert sorted(p.name for p in root.iterdir()) == before
+    result = cli("init", "--name", "shapes", "--task", "classification", "--prediction", "logits", "--data", "data/golden.npz")
+    assert result.exit_code == 0, result.output
+    config = (root / "release-kit.toml").read_text()
+    assert "features =" not in config and "target =" not in config and 'golden = "data/golden.npz"' in config
+    (root / "release-kit.toml").write_text(config + QUICK)
+    done = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--baseline", "models/v1.pt",
+                   "--baseline-version", "1.0.0", "--report", "report.json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = checks_by_name(json.loads((root / "report.json").read_text()))
+    assert {name.split("::")[0] for name in checks} == {"quality", "outliers", "performance", "data", "checks"}
+    assert checks["checks::test_model_basics.py::test_predictions_are_deterministic"]["status"] == "pass"
+    assert (root / ".release-kit" / "mlflow.db").is_file()
+
+
 def test_a_broken_class_is_named_by_the_class_slices(tmp_path, shape_example, cli, monkeypatch):
     root = shape_project(tmp_path / "p", shape_example)
     monkeypatch.chdir(root)

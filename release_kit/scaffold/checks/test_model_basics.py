@@ -14,5 +14,5 @@ def test_predictions_are_finite(predictions):
 
 def test_predictions_are_deterministic(candidate, golden):
     """Predicting the same rows twice gives the same outputs."""
-    rows = golden.features[:256]
+    rows = tuple(inputs[:256] for inputs in golden.inputs)  # a table's feature matrix, or a tensor set's arrays
     np.testing.assert_array_equal(candidate.raw_outputs(rows), candidate.raw_outputs(rows))
