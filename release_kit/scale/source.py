@@ -88,7 +88,7 @@ class Footer:
     names: tuple[str, ...]
     kinds: dict[str, str]
     value_bytes: dict[str, float]  # each stored column's bytes a value once read (see _value_bytes)
-    types: dict[str, pa.DataType]  # each stored column's Arrow type, to join with the other files' (see _check_columns)
+    types: dict[str, pa.DataType]  # each stored column's Arrow type, to join with the other files' (see check_joins)
 
 
 def _value_bytes(metadata, schema) -> dict[str, float]:
