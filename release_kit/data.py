@@ -197,16 +197,22 @@ def _require_room_for_table(connection, table: str, source: str) -> None:
 def fingerprint(source: str | Path, frame: pd.DataFrame) -> str:
     """Content hash of a file, or of a Parquet set's files (as a streamed golden set's); for a SQL table (no
     file to hash), a hash of the rows as read."""
-    from .scale.source import ParquetSource, is_parquet_set
-
-    if is_parquet_set(source):
-        with ParquetSource.resolve(str(source)).hashing() as digest:
-            return digest.result()
     if not is_sql(source):
-        return file_sha256(Path(source))
+        return file_fingerprint(source, streamed=False)
     import pandas as pd
 
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def file_fingerprint(source: str | Path, *, streamed: bool) -> str:
+    """A golden file's or Parquet set's content hash as the gate records it: a streamed source's (even one
+    Parquet file) over its files' names and hashes, else the file's sha256."""
+    from .scale.source import ParquetSource, is_parquet_set
+
+    if streamed or is_parquet_set(source):
+        with ParquetSource.resolve(str(source)).hashing() as digest:
+            return digest.result()
+    return file_sha256(Path(source))
 
 
 def _require_room_for_parquet(path: Path) -> None:

@@ -340,6 +340,8 @@ def plan(
         raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
     if report.bump is None or report.bump.value == "none" or not report.next_version:
         raise NothingToRelease(f"nothing to release: {report.bump_reason}")
+    if from_file:
+        _require_same_golden(config, report)
     version, model = report.next_version, report.model
     model_file = _model_file(report, config, project_dir)
     rid = release_id(model, version, report.candidate.sha256)
@@ -471,6 +473,22 @@ def _require_configured_gate(config: Config, report: Report, project_dir: Path) 
             f"tolerance, a budget, a suite: {'the report predates schema 1.3, which records them' if report.policy_sha256 is None else 'their digests differ'}): "
             "a release needs the gate this config sets; re-run the check with it"
         )
+
+
+def _require_same_golden(config: Config, report: Report) -> None:
+    """The golden set the config names holds what the report's gate read: a report checked on other contents
+    at the same path (a branch that dropped the rows the candidate gets wrong) is no decision about these.
+    Files and Parquet sets are hashed as the gate hashed them; a SQL table or a dataset factory is not (its
+    rows would have to be read again), which the README says."""
+    from .data import file_fingerprint, is_sql
+
+    golden, source = report.data.get("golden"), config.data.golden
+    if golden is None or source is None or config.data.dataset or is_sql(source) or not golden.sha256:
+        return
+    current = file_fingerprint(source, streamed=report.environment.get("golden_read") in ("local", "ray"))
+    if current != golden.sha256:
+        raise InputError(f"[data] golden {source} is not the golden set the report's gate read (sha256 {current[:12]}… now, "
+                         f"{golden.sha256[:12]}… then): its contents changed since the check; re-run the check on them")
 
 
 def verify_report(config: Config, report: Report, uri: str):

@@ -353,6 +353,39 @@ def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
     assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
 
 
+def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
+    """The golden set at the configured path changed after the check (a branch that dropped the rows the
+    candidate gets wrong, then restored them): the report decided about other rows, and the release is
+    refused (exit 2) before anything is written, for a file read whole and for a streamed Parquet directory.
+    The same contents again release."""
+    import pandas as pd
+
+    golden = pd.read_csv(repo.power["golden"])
+    (repo.root / "out").mkdir(exist_ok=True)  # ignored by git: the tree stays clean
+    (repo.root / "out" / "parts").mkdir()
+    golden.iloc[:1000].to_parquet(repo.root / "out" / "parts" / "part-0.parquet")
+    golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")
+    config = (repo.root / "release-kit.toml").read_text()
+    for source, change in (("out/golden.csv", lambda: golden.iloc[:-5].to_csv(repo.root / "out" / "golden.csv", index=False)),
+                           ("out/parts", lambda: golden.iloc[1000:-5].to_parquet(repo.root / "out" / "parts" / "part-1.parquet"))):
+        golden.to_csv(repo.root / "out" / "golden.csv", index=False)
+        golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")
+        (repo.root / "release-kit.toml").write_text(config.replace(f'golden = "{repo.power["golden"]}"', f'golden = "{source}"'))
+        repo.git("commit", "--quiet", "-am", f"golden set at {source}")
+        checked = cli("check", "--candidate", repo.models["better"], "--report", "checked.json")
+        assert checked.exit_code == 0, checked.output
+        streamed = json.loads((repo.root / "checked.json").read_text())["environment"]["golden_read"]
+        assert streamed == ("local" if source == "out/parts" else "whole")
+        change()
+        refused = cli("release", "--report", "checked.json")
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr.startswith(f"release-kit: error: [data] golden {repo.root / source} is not the golden set the report's gate read")
+        assert "its contents changed since the check" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
+    golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")  # the contents the check read
+    assert cli("release", "--report", "checked.json", "--dry-run").exit_code == 0
+
+
 def test_a_check_against_another_file_than_the_released_one_releases_nothing(repo, cli):
     """A release replaces the version under @champion: a check that compared the candidate with another file
     (an older, weaker model, given the champion's version) or with nothing (--baseline none) let through a
