@@ -507,16 +507,18 @@ class Config(_Strict):
             raise ValueError(f"{unknown[0]} is not one of [model] features")
         return self
 
-    def policy_sha256(self, project_dir: Path, golden: str | None) -> str:
+    def policy_sha256(self, project_dir: Path, golden: str | None, data_contents: dict[str, str]) -> str:
         """A digest of the settings the gate's checks decide by. A release from a saved report needs the report's
         gate to have decided by the release's (a check run with a laxer tolerance passed what this config
         blocks). Left out: the models and the golden set (checked on their own), how the scan ran (engine,
         batches, Ray: the same numbers), [gate] stages and [run] max_rows (checked on their own), the waivers
         (the report records those it applied) and what a release writes ([mlflow], [release]). The contents of
-        the user checks (``[checks] paths``) and the suites (``[data] suites``) count. ``golden`` is
-        the golden source the gate read (``--data`` overrides [data] golden): a local path relative to the
-        working directory, a SQL URL or a dataset factory as written. Paths inside ``project_dir`` count
-        relative to it: two runners' checkouts of one commit decide alike."""
+        the user checks (``[checks] paths``) and the suites (``[data] suites``) count, and ``data_contents``,
+        the hashes of the reference, training and metadata tables (:func:`release_kit.data.content_hashes`):
+        a reference drawn from the golden rows makes every drift check pass. ``golden`` is the golden source
+        the gate read (``--data`` overrides [data] golden): a local path relative to the working directory, a
+        SQL URL or a dataset factory as written. Paths inside ``project_dir`` count relative to it: two
+        runners' checkouts of one commit decide alike."""
         import hashlib
         import json
 
@@ -529,6 +531,8 @@ class Config(_Strict):
         settings["golden"] = str(Path(golden).resolve()) if local else golden
         # The user checks and the expectation suites decide too: their files' contents, not only where they are.
         settings["files"] = _contents([project_dir / path for path in self.checks.paths] + [Path(self.data.suites)], project_dir)
+        if data_contents:  # absent when there is none: a config without those tables digests as before
+            settings["data_contents"] = data_contents
         root = str(project_dir.resolve())
 
         def relative(value):

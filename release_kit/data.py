@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from .config import ModelSpec
+    from .config import DataSpec, ModelSpec
     from .report import DatasetRef
 
 SUFFIXES = (".csv", ".parquet", ".pq")
@@ -213,6 +213,22 @@ def file_fingerprint(source: str | Path, *, streamed: bool) -> str:
         with ParquetSource.resolve(str(source)).hashing() as digest:
             return digest.result()
     return file_sha256(Path(source))
+
+
+def content_hashes(spec: DataSpec) -> dict[str, str]:
+    """The contents of the tables beside the golden set that the checks decide by, ``[data] reference`` (the
+    profile's and drift's baseline), ``training`` and ``metadata``, by key: each file's or Parquet set's hash. A
+    SQL source is left to its URL (its rows would have to be read again). One the run cannot read (a gate
+    without the data stage reads no reference) is recorded so, not an error after the gate ran."""
+    hashes = {}
+    for key in ("reference", "training", "metadata"):
+        source = getattr(spec, key)
+        if source and not is_sql(source):
+            try:
+                hashes[key] = file_fingerprint(source, streamed=False)
+            except (InputError, OSError):
+                hashes[key] = "unreadable"
+    return hashes
 
 
 def _require_room_for_parquet(path: Path) -> None:

@@ -575,6 +575,7 @@ def _is_semver(version: str) -> bool:
 
 def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: Path | None = None) -> Report:
     """Run ``[gate] stages`` and the user checks, decide the verdict and version, and build the report."""
+    from .data import content_hashes
     from .engine import run_checks
     from .environment import software
     from .versioning import decide
@@ -611,7 +612,7 @@ def run(gate: GateContext, *, listener: Listener | None = None, benchmark_json: 
         environment={**software(), "golden_read": gate.golden.streamed_by or "whole"},
         contract=contract[0],
         waivers=decision.waivers,
-        policy_sha256=config.policy_sha256(gate.project_dir, str(gate.golden.path)),
+        policy_sha256=config.policy_sha256(gate.project_dir, str(gate.golden.path), content_hashes(config.data)),
     )
 
 

@@ -467,7 +467,9 @@ def _require_configured_gate(config: Config, report: Report, project_dir: Path) 
             f"the report's gate read {'the first ' + format(read, ',') + ' golden rows' if read else 'every golden row'}, where "
             f"{configured}: a release needs the gate [run] configures; run it without --max-rows"
         )
-    if report.policy_sha256 != config.policy_sha256(project_dir, config.data.dataset or config.data.golden):
+    from .data import content_hashes
+
+    if report.policy_sha256 != config.policy_sha256(project_dir, config.data.dataset or config.data.golden, content_hashes(config.data)):
         raise InputError(
             "the report's gate read another golden set or decided by other settings than this config's (--data, a "
             f"tolerance, a budget, a suite: {'the report predates schema 1.3, which records them' if report.policy_sha256 is None else 'their digests differ'}): "

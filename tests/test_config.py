@@ -111,16 +111,29 @@ def test_the_settings_digest_covers_check_and_suite_contents_and_survives_an_unr
     check.write_text("def test_a():\n    assert 1\n")
     suite = tmp_path / "checks" / "expectations" / "s.json"
     suite.write_text("{}")
-    first = config.policy_sha256(tmp_path, None)
+    first = config.policy_sha256(tmp_path, None, {})
     (tmp_path / "checks" / "__pycache__").mkdir()
     (tmp_path / "checks" / "__pycache__" / "x.py").write_text("cache")
     (tmp_path / "checks" / ".hidden.py").write_text("hidden")
-    assert config.policy_sha256(tmp_path, None) == first
+    assert config.policy_sha256(tmp_path, None, {}) == first
     suite.write_text('{"expectations": []}')
-    assert config.policy_sha256(tmp_path, None) != first
+    assert config.policy_sha256(tmp_path, None, {}) != first
     if os.geteuid() != 0:  # root reads mode-0 files
         check.chmod(0)
         try:
-            assert config.policy_sha256(tmp_path, None) != first
+            assert config.policy_sha256(tmp_path, None, {}) != first
         finally:
             check.chmod(0o644)
+    # The reference's, training set's and metadata's contents count, each as data.content_hashes takes them;
+    # none set, the digest is as before those counted.
+    from release_kit.data import content_hashes
+
+    reference = tmp_path / "reference.csv"
+    reference.write_text("a,b\n1,2\n")
+    with_reference = Config.model_validate({**MINIMAL, "data": {**config.data.model_dump(), "reference": str(reference)}})
+    before = with_reference.policy_sha256(tmp_path, None, content_hashes(with_reference.data))
+    assert before != with_reference.policy_sha256(tmp_path, None, {})
+    reference.write_text("a,b\n1,3\n")
+    assert with_reference.policy_sha256(tmp_path, None, content_hashes(with_reference.data)) != before
+    reference.unlink()  # a gate without the data stage need not have it: recorded, not an error
+    assert content_hashes(with_reference.data) == {"reference": "unreadable"}

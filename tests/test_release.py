@@ -356,8 +356,8 @@ def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
 def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
     """The golden set at the configured path changed after the check (a branch that dropped the rows the
     candidate gets wrong, then restored them): the report decided about other rows, and the release is
-    refused (exit 2) before anything is written, for a file read whole and for a streamed Parquet directory.
-    The same contents again release."""
+    refused (exit 2) before anything is written, for a file read whole and for a streamed Parquet directory;
+    so is one checked against another reference. The same contents again release."""
     import pandas as pd
 
     golden = pd.read_csv(repo.power["golden"])
@@ -383,6 +383,17 @@ def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
         assert "its contents changed since the check" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
         assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
     golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")  # the contents the check read
+    assert cli("release", "--report", "checked.json", "--dry-run").exit_code == 0
+    # The reference the data stage profiles and measures drift against, changed since the check: refused too.
+    shutil.copy(repo.power["train"], repo.root / "out" / "train.csv")
+    text = (repo.root / "release-kit.toml").read_text()
+    (repo.root / "release-kit.toml").write_text(text.replace(f'reference = "{repo.power["train"]}"', 'reference = "out/train.csv"'))
+    repo.git("commit", "--quiet", "-am", "the reference in the project")
+    assert cli("check", "--candidate", repo.models["better"], "--report", "checked.json").exit_code == 0
+    pd.read_csv(repo.power["train"]).iloc[:-50].to_csv(repo.root / "out" / "train.csv", index=False)
+    refused = cli("release", "--report", "checked.json")
+    assert refused.exit_code == 2 and "decided by other settings than this config's" in refused.stderr, refused.output
+    shutil.copy(repo.power["train"], repo.root / "out" / "train.csv")
     assert cli("release", "--report", "checked.json", "--dry-run").exit_code == 0
 
 
