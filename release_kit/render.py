@@ -22,7 +22,20 @@ STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "
 
 
 def _num(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+    return "—" if value is None or not math.isfinite(value) else significant(value)
+
+
+def significant(*values: float) -> str | tuple[str, ...]:
+    """``values`` in 4 significant digits, more (up to 10) where those would show two different values
+    alike, or a value as the whole number it is not: an AUC of 0.99998 is "0.99998", not "1", and a change
+    from 0.99996 to it "0.99996 → 0.99998", not "1 → 1". One value gives a string, several a tuple."""
+    for digits in range(4, 11):
+        shown = tuple(f"{value:.{digits}g}" for value in values)
+        alike = len(set(shown)) < len(shown) and len(set(values)) > 1
+        rounded_whole = any(text.lstrip("-").isdigit() and value != float(text) for text, value in zip(shown, values))
+        if not (alike or rounded_whole):
+            break
+    return shown[0] if len(shown) == 1 else shown
 
 
 def _interval(diff: MetricDiff) -> str:

@@ -77,6 +77,20 @@ def test_changelog_entry_matches_the_golden_file():
     assert_golden("changelog-entry.md", render.render_changelog_entry(pinned_report(), RELEASE))
 
 
+def test_a_metric_near_a_whole_number_is_not_shown_as_one():
+    """A near-perfect AUC is written with the digits that show it is not 1, in the note's metric table as in
+    the check's summary; an exact 1 stays "1"."""
+    from dataclasses import replace
+
+    report = pinned_report()
+    auc = CheckResult("quality", "roc_auc", Status.PASS, "ROC AUC 0.99996 → 0.99998",
+                      (MetricDiff("roc_auc", 0.99998, 0.99996, 0.00002, 0.00001, 0.00003, True, 0.01),))
+    note = render.render_release_note(replace(report, checks=[*report.checks, auc]), RELEASE)
+    row = next(line for line in note.splitlines() if "roc_auc" in line and "|" in line)
+    assert "0.99998" in row and "0.99996" in row and "| 1 |" not in row, row
+    assert render.significant(1.0) == "1" and render.significant(0.99996, 0.99998) == ("0.99996", "0.99998")
+
+
 def test_note_escapes_untrusted_text():
     note = render.render_release_note(pinned_report(), RELEASE)
     assert "<b>" not in note and "&lt;b&gt;dusk&lt;/b&gt;" in note

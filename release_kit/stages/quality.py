@@ -262,19 +262,10 @@ def _fmt(value: float) -> str:
 
 
 def _change(before: float, after: float) -> str:
-    """"before → after" in 4 significant digits, more (up to 10) where those would show two different values
-    alike or a value as the whole number it is not: "ROC AUC 0.99996 → 0.99998", not "1 → 1"."""
-    for digits in range(4, 11):
-        shown = f"{before:.{digits}g}", f"{after:.{digits}g}"
-        alike = shown[0] == shown[1] and before != after
-        rounded_whole = any(_whole(text) and value != float(text) for text, value in zip(shown, (before, after)))
-        if not (alike or rounded_whole):
-            break
-    return f"{shown[0]} → {shown[1]}"
+    """"before → after" with the digits that tell them apart (see :func:`release_kit.render.significant`)."""
+    from ..render import significant
 
-
-def _whole(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return " → ".join(significant(before, after))
 
 
 def _signed(value: float) -> str:
