@@ -486,7 +486,22 @@ def _require_numeric(column, path, what: str, hint: str | None = None) -> None:
     import pandas as pd
 
     if not pd.api.types.is_numeric_dtype(column):  # booleans were made 0 and 1 (features) or classes (target)
-        raise InputError(f"{path}: {what} is not numeric" + (f" ({hint})" if hint else ""))
+        raise InputError(f"{path}: {what} is not numeric{_first_not_number(column)}" + (f" ({hint})" if hint else ""))
+
+
+def _first_not_number(column) -> str:
+    """Where a text column first holds a value that is no number: "; data row 12 holds 'n/a'" (from 1); the
+    value says why (a decimal comma, a unit, a placeholder, class names)."""
+    import pandas as pd
+
+    present = column.dropna()
+    not_numbers = pd.to_numeric(present, errors="coerce").isna().to_numpy()
+    if not not_numbers.any():
+        return ""
+    position = int(not_numbers.argmax())
+    value = str(present.iloc[position])
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    return f"; data row {column.index.get_loc(present.index[position]) + 1:,} holds {shown!r}"
 
 
 def feature_matrix(frame: pd.DataFrame, columns: list[str], path) -> np.ndarray:

@@ -297,7 +297,22 @@ def test_non_numeric_target(project, power, cli):
     frame.loc[3, "power_kw"] = "lots"
     golden = project.root / "golden.csv"
     frame.to_csv(golden, index=False)
-    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project, "target column 'power_kw' is not numeric")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project,
+                       "target column 'power_kw' is not numeric; data row 4 holds 'lots'")
+
+
+def test_a_feature_with_decimal_commas_names_a_value(project, power, cli):
+    """A column written with decimal commas (a European locale's export) is text: the error shows its first
+    value, which says why."""
+    import pandas as pd
+
+    frame = pd.read_csv(power["golden"])
+    frame["temperature"] = frame["temperature"].map(lambda v: f"{v:.2f}".replace(".", ","))
+    golden = project.root / "golden.csv"
+    frame.to_csv(golden, index=False)
+    first = frame["temperature"].iloc[0]
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project,
+                       f"feature column 'temperature' is not numeric; data row 1 holds {first!r}")
 
 
 def test_nan_feature(project, power, cli):
