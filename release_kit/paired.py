@@ -94,16 +94,17 @@ def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolutio
     return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold, centre)
 
 
-def robust_outliers(values: np.ndarray, k_mad: float) -> np.ndarray:
-    """Rows where ``values`` (≥ 0, e.g. a shift) is extreme: beyond median + k × MAD of the non-zero values.
+def robust_threshold(values: np.ndarray, k_mad: float) -> float:
+    """The value beyond which ``values`` (≥ 0, e.g. a shift) is extreme: median + k × MAD of the non-zero
+    values (0 when none moved: any move is then extreme).
 
     Like :func:`newly_broken`, the scale comes from rows that moved at all.
     """
     finite = _moved_sample(values)
     if len(finite) == 0:
-        return values != 0
+        return 0.0
     centre, spread = _robust_scale(finite)
-    return values > centre + max(k_mad * spread, 1e-12)
+    return centre + max(k_mad * spread, 1e-12)
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,34 @@ def test_declared_slices(project, power):
     assert night.status is Status.FAIL and night.summary.startswith("irradiance == 0 (n=")
 
 
+def test_prediction_shift_says_its_threshold_and_counts_the_rows_beyond_it(project, power):
+    """The rows whose prediction moved beyond median + 5 × MAD of the rows that moved: the summary gives the
+    threshold it used and the count of the golden rows beyond it, both as computed here from the two models'
+    predictions (a threshold of 0.002 reads differently from one of 2)."""
+    import re
+
+    project.config(STAGES)
+    golden = pd.read_csv(power["golden"])
+    import power_forecast as pf
+
+    x = torch.tensor(golden[pf.FEATURES].to_numpy(np.float32))
+    with torch.inference_mode():
+        shift = np.abs(torch.jit.load(str(power["better"]))(x).numpy().astype(np.float64)
+                       - torch.jit.load(str(power["v1"]))(x).numpy().astype(np.float64)).ravel()
+    moved = shift[shift != 0]
+    centre = np.median(moved)
+    threshold = centre + 5 * 1.4826 * np.median(np.abs(moved - centre))
+    check = by_name(gate.check(candidate=str(power["better"]), baseline=str(power["v1"])))["outliers::prediction_shift"]
+    assert check.status is Status.WARN, check.summary
+    shown = re.match(r"([\d,]+) of ([\d,]+) rows' prediction shifted by more than (\S+) \(median \+ 5 × MAD of the rows "
+                     r"that moved\); largest (\S+)", check.summary)
+    assert shown, check.summary
+    assert float(shown.group(3)) == pytest.approx(threshold, rel=2e-3)
+    assert int(shown.group(1).replace(",", "")) == check.details["shifted"] == int((shift > check.details["threshold"]).sum())
+    assert int(shown.group(2).replace(",", "")) == len(golden)
+    assert float(shown.group(4)) == pytest.approx(shift.max(), rel=2e-3)
+
+
 def test_first_release_skips_what_needs_a_baseline(project, power):
     project.config(STAGES)
     checks = by_name(gate.check(candidate=str(power["better"])))

@@ -205,7 +205,7 @@ def prediction_shift(gate: GateContext) -> CheckResult:
     """Rows where the candidate moved far from the baseline relative to how far it moves elsewhere."""
     if gate.predictions.baseline is None:
         return no_baseline(NAME, "prediction_shift")
-    from ..paired import robust_outliers
+    from ..paired import robust_threshold
 
     spec = gate.config.outliers
     candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
@@ -219,15 +219,17 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         what = "prediction"
     with np.errstate(invalid="ignore"):
         shift = np.where(np.isfinite(shift), shift, np.inf)
-    outliers = robust_outliers(shift, spec.k_mad)
+    threshold = robust_threshold(shift, spec.k_mad)
+    outliers = shift > threshold
     count = int(outliers.sum())
+    rule = f"by more than {threshold:.3g} (median + {spec.k_mad:g} × MAD of the rows that moved)"
     if not count:
-        return CheckResult(NAME, "prediction_shift", Status.PASS, f"no row's {what} shifted beyond {spec.k_mad:g} × MAD")
+        return CheckResult(NAME, "prediction_shift", Status.PASS, f"no row's {what} shifted {rule}")
     top = np.flatnonzero(outliers)[np.argsort(-shift[outliers], kind="stable")][: spec.top_n]
     return CheckResult(
         NAME, "prediction_shift", Status.WARN,
-        f"{count} row(s) whose {what} shifted beyond {spec.k_mad:g} × MAD (largest {float(shift[top[0]]):.3g})",
-        details={"shifted": count, "table": example_rows(gate, top, f"top {len(top)} shifted rows")},
+        f"{count:,} of {len(shift):,} rows' {what} shifted {rule}; largest {float(shift[top[0]]):.3g}",
+        details={"shifted": count, "threshold": threshold, "table": example_rows(gate, top, f"top {len(top)} shifted rows")},
     )
 
 
