@@ -421,7 +421,7 @@ class ProgressListener:
     def finished(self, result: CheckResult) -> None:
         if self.task is not None:
             self.progress.advance(self.task)
-            task = self.progress.tasks[-1]
+            task = next(task for task in self.progress.tasks if task.id == self.task)
             self.progress.update(self.task, description=f"{task.completed:.0f} of {task.total:.0f}: {result.stage}::{result.name}")
 
     def close(self) -> None:

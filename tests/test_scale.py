@@ -2600,6 +2600,12 @@ def test_a_streamed_scan_shows_its_rows_of_the_total_as_a_bar_or_as_log_lines():
     listener.rows(12_000_000, 100_000_000, 10.0)
     listener.progress.refresh()
     assert "golden rows: 12,000,000 of 100,000,000 (1,200,000 rows/s)" in narrow.getvalue() and "…" not in narrow.getvalue()
+    # Then the checks: their line replaces the rows' and counts them the same way.
+    from release_kit.report import CheckResult, Status
+
+    listener.started(3)
+    listener.finished(CheckResult("quality", "mae", Status.PASS, "mae"))
+    assert [task.description for task in listener.progress.tasks] == ["1 of 3: quality::mae"]
     listener.close()
 
 
