@@ -7,6 +7,7 @@ A release is a registered version with release-kit's tags; a rollback is an MLfl
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ class LedgerEntry:
     released_at: str
     bump: str | None
     git_sha: str | None
-    metrics: dict[str, str]
+    metrics: dict[str, float | None]  # "stage.metric" → the candidate's value (None: not a finite number)
     data: dict[str, str]
     aliases: list[str]
     release_id: str | None
@@ -30,6 +31,16 @@ class LedgerEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _number(text: str) -> float | None:
+    """A metric as its tag stores it (text), as a number for the ledger's readers (``history --format json``
+    gives numbers, not strings); a value that is no finite number is None (JSON has no NaN)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def history(uri: str, model: str, experiment: str = "release-kit") -> list[LedgerEntry]:
@@ -52,7 +63,7 @@ def history(uri: str, model: str, experiment: str = "release-kit") -> list[Ledge
             released_at=dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC).isoformat(timespec="seconds"),
             bump=tags.bump,
             git_sha=tags.git_sha,
-            metrics=tags.metrics,
+            metrics={name: _number(value) for name, value in tags.metrics.items()},
             data=tags.data,
             aliases=sorted(aliases.get(str(version.version), [])),
             release_id=tags.release_id,

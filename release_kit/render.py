@@ -364,7 +364,7 @@ def print_history(model: str, entries: list, console: Console) -> None:
     # terminal the metrics keep room for their names.
     rows = []
     for entry in entries:
-        quality = "\n".join(f"{name.rpartition('.')[2]} {_num(float(value))}" for name, value in entry.metrics.items() if name.startswith("quality."))
+        quality = "\n".join(f"{name.rpartition('.')[2]} {_num(value)}" for name, value in entry.metrics.items() if name.startswith("quality."))
         commit = [f"git {entry.git_sha[:8]}"] if entry.git_sha else []
         provenance = "\n".join(commit + [f"{role} {sha[:8]}" for role, sha in entry.data.items()])
         rolled = "".join(f"\n↩ {event['at'][:10]} from {event['from']}: {event['reason']}" for event in entry.rollbacks)

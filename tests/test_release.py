@@ -265,7 +265,7 @@ def test_first_release_then_the_next_note_lists_what_changed(tmp_path, power, mo
     assert ledger.exit_code == 0, ledger.output
     first_metrics = json.loads(ledger.stdout)[0]["metrics"]
     assert {"quality.mae", "quality.rmse", "quality.r2"} <= first_metrics.keys()
-    assert 0 < float(first_metrics["quality.mae"]) < 1
+    assert isinstance(first_metrics["quality.mae"], float) and 0 < first_metrics["quality.mae"] < 1  # numbers, not text
     assert "mae" in cli("history").stdout  # the table's quality column: "—" before
 
     repo.configure(release='tag_format = "release/{model}/{version}"')
