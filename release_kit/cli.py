@@ -47,7 +47,7 @@ class _Group(click.Group):
         except Exception as error:  # a bug in release-kit or a library it drives
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"release-kit: internal error: {type(error).__name__}: {first_line(error, 200)} "
+            click.echo(f"release-kit: internal error: {type(error).__name__}: {one_line(first_line(error, 200))} "
                        "(rerun with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
 
@@ -244,10 +244,10 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     import json
 
     from rich.console import Console
-    from rich.markup import escape
 
     from . import release as releases
     from .outputs import Outputs
+    from .render import terminal_text
 
     github = output_format == "github"
     outputs = Outputs()
@@ -288,7 +288,7 @@ def release(report_path: Path | None, dry_run: bool, allow_dirty: bool, note_out
     err.print(f"[bold]{'Plan' if dry_run else 'Releasing'} {plan.model} {plan.version}[/] (release id {plan.release_id})")
     try:
         state = releases.execute(
-            plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {escape(o.detail)}", soft_wrap=True)
+            plan, dry_run=dry_run, on_step=lambda o: err.print(f"  {marks[o.action]} {o.step}: {terminal_text(o.detail)}", soft_wrap=True)
         )
     except releases.ReleaseConflict as conflict:
         click.echo(f"release-kit: stopped: {one_line(conflict)}", err=True)

@@ -32,10 +32,23 @@ _TORCHSCRIPT_WRAPPER = "The following operation failed in the TorchScript interp
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
+# Control characters but tab and line feed (C0, DEL, C1), and the bidirectional overrides and isolates that
+# reorder what a reader sees ("Trojan Source").
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``, ``\\u202e``): a value from a golden file,
+    a model or a report is untrusted, and an escape sequence printed raw is a command to the terminal that
+    shows it (clear the screen, retitle the window, write the clipboard) or hides text from the reader."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}" if ord(found[0]) < 0x100 else f"\\u{ord(found[0]):04x}", text)
+
+
 def one_line(error: BaseException | str) -> str:
     """An error or reason release-kit prints, as one line: it may quote a column name or a check's name that
-    holds a line break, and on a runner a line of its own starting with "::" would be a workflow command."""
-    return " ".join(str(error).splitlines())
+    holds a line break, and on a runner a line of its own starting with "::" would be a workflow command.
+    Its control characters are written out (:func:`visible_controls`)."""
+    return " ".join(visible_controls(str(error)).splitlines())
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, ReleaseKitError
+from .errors import InputError, ReleaseKitError, one_line, visible_controls
 
 if TYPE_CHECKING:
     from .report import Report
@@ -109,7 +109,7 @@ def _flush_native_output() -> None:
 
 def escape_data(text: str) -> str:
     """A workflow command's message: ``%``, CR and LF encoded so that it stays one command."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return visible_controls(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def escape_property(text: str) -> str:
@@ -220,7 +220,7 @@ def publish_check(report: Report, markdown: str, *, report_path: Path | None, co
         echo(line)
     version = f" → {report.next_version}" if report.next_version else ""
     bump = report.bump.value if report.bump else "no release"
-    echo(f"release-kit: {report.verdict.value.upper()} ({bump}{version}): {report.bump_reason}")
+    echo(f"release-kit: {report.verdict.value.upper()} ({bump}{version}): {one_line(report.bump_reason)}")
 
 
 def publish_skipped(reason: str, *, echo) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, first_line
+from .errors import InputError, first_line, visible_controls
 from .report import Record, Report
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def escape_markdown(text: object) -> str:
     No raw HTML, no links or emphasis, no @-mention pings (a zero-width space after @), no line breaks
     that would end a table row.
     """
-    value = _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    value = _MARKDOWN_SPECIAL.sub(r"\\\1", visible_controls(str(text)))
     for raw, escaped in (("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("\r", " "), ("\n", " ")):
         value = value.replace(raw, escaped)
     return value
@@ -86,7 +86,7 @@ def escape_html_text(text: object) -> str:
     """Escape untrusted text inside the templates' raw HTML (a ``<summary>``): GitHub and CommonMark take an
     HTML block as it is, so a markdown escape there would show its backslash; HTML's escapes, @ defused,
     one line."""
-    value = html.escape(str(text), quote=True)
+    value = html.escape(visible_controls(str(text)), quote=True)
     for raw, escaped in (("@", "@\u200b"), ("\r", " "), ("\n", " ")):
         value = value.replace(raw, escaped)
     return value
@@ -95,7 +95,7 @@ def escape_html_text(text: object) -> str:
 def code_span(text: object) -> str:
     """Untrusted text as an inline code span: a fence longer than any run of backticks inside, so the
     text cannot close it; pipes escaped for tables (GitHub honours ``\\|`` even in code); @ defused; one line."""
-    value = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|").replace("@", "@\u200b")
+    value = visible_controls(str(text)).replace("\r", " ").replace("\n", " ").replace("|", "\\|").replace("@", "@\u200b")
     longest = max((len(run) for run in re.findall(r"`+", value)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if value.startswith("`") or value.endswith("`") else ""
@@ -319,11 +319,19 @@ def check_name_lines(name: str, width: int) -> list[str]:
     return [line[k:k + width] for line in lines for k in range(0, len(line), width)]
 
 
+def terminal_text(text: object) -> str:
+    """Untrusted text for a rich console: its markup escaped and its control characters written out."""
+    from rich.markup import escape
+
+    return escape(visible_controls(str(text)))
+
+
 def print_report(report: Report, console: Console, *, verbose: bool = False) -> None:
     """The terminal report: a summary line, then failures, errors and warnings (passing and skipped checks
     collapsed into a count unless ``verbose``), then the verdict naming the waivers it relied on."""
-    from rich.markup import escape
     from rich.table import Table
+
+    escape = terminal_text
 
     console.print(f"[bold]release-kit · {escape(report.model)}[/]: {len(report.checks)} checks: {status_counts(report)}")
     shown = failures_first(c for c in report.checks if verbose or c.status.value in ("fail", "error", "warn"))
@@ -355,8 +363,9 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
 
 
 def print_history(model: str, entries: list, console: Console) -> None:
-    from rich.markup import escape
     from rich.table import Table
+
+    escape = terminal_text
 
     # A metric, a commit or data digest and an alias a line each, wrapped at their spaces: joined by commas
     # in narrow columns, "mae_output_1 0.03179" was folded mid-name ("mae_outpu", "t_1") and "@champion"

@@ -281,7 +281,7 @@ def test_the_history_table_on_an_80_column_terminal_folds_no_word():
 
     entry = LedgerEntry(
         version="1.1.0", registry_version="2", released_at="2026-12-07T01:00:00", bump="minor", git_sha="e770bdf32fcf" + "0" * 28,
-        metrics={"quality.mae": "0.02312", "quality.mae:output_0": "0.01445", "quality.mae:output_1": "0.03179", "quality.rmse": "0.02885"},
+        metrics={"quality.mae": 0.02312, "quality.mae:output_0": 0.01445, "quality.mae:output_1": 0.03179, "quality.rmse": 0.02885},
         data={"golden": "b9c6930c" + "0" * 56, "reference": "712c7758" + "0" * 56}, aliases=["champion"], release_id="r",
         rollbacks=[{"at": "2026-12-08T00:00:00", "from": "1.2.0", "reason": "night forecasts drift", "to": "1.1.0", "alias": "champion", "by": "x"}],
     )

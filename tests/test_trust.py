@@ -478,6 +478,46 @@ def test_a_check_name_holding_a_line_break_is_one_line_when_release_refuses_it(p
     assert "golden/temp ::add-mask::BLOCK:column_values_to_be_between" in result.stderr
 
 
+def test_escape_sequences_in_the_data_reach_no_terminal(power, tmp_path, cli, monkeypatch):
+    """A golden file's values and column names are data: an ANSI escape sequence there (clear the screen,
+    retitle the window) or a bidirectional override reached the terminal raw through the report's table, an
+    error line, the markdown note and a runner's annotations. Each is written out instead (``\\x1b``)."""
+    import pandas as pd
+
+    sequence = "\x1b[2J\x1b]0;pwned\x07\u202e"
+    column = f"site{sequence}"
+    for name in ("golden", "train"):
+        frame = pd.read_csv(power[name])
+        frame[column] = "north"
+        if name == "golden":
+            frame.loc[3, column] = f"evil{sequence}"  # a value the reference never had: the set check fails
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "release-kit.toml").write_text(
+        f'[model]\nname = "p"\ntask = "regression"\ntarget = "power_kw"\n'
+        f'features = ["hour", "day_of_year", "cloud_cover", "temperature", "irradiance"]\n'
+        f'[baseline]\npath = "{power["v1"]}"\nversion = "1.0.0"\n'
+        '[data]\ngolden = "golden.csv"\nreference = "train.csv"\n[gate]\nstages = ["data"]\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")
+    outputs = []
+    checked = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert checked.exit_code == 1, checked.output
+    outputs.append(checked.stdout)
+    outputs.append(cli("note", "--report", "report.json").stdout)
+    outputs.append(cli("check", "--candidate", power["better"], "--format", "github").stdout)
+    refused = cli("check", "--candidate", power["better"], "--data", "train.csv", "--config", "release-kit.toml",
+                  "--baseline", "none")
+    outputs.append(refused.stdout + refused.stderr)
+    for text in outputs:
+        assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text, text[-2000:]
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in outputs[0]
+    # An error line quoting a column name: the name's controls written out too.
+    (tmp_path / "release-kit.toml").write_text((tmp_path / "release-kit.toml").read_text().replace(
+        '"irradiance"]', f'"irradiance", {json.dumps(column + "x")}]'))
+    missing = cli("check", "--candidate", power["better"])
+    assert missing.exit_code == 2 and "\x1b" not in missing.stderr and "site\\x1b[2J" in missing.stderr, missing.stderr
+
+
 def test_a_model_file_that_would_hang_while_loading_is_refused_before_it_loads(project, power, tmp_path):
     """Loading runs the file's code too: torch.jit.load runs a TorchScript ``__setstate__``, and holds the GIL
     while it runs, so the deadline's watchdog thread never ran and a ``__setstate__`` that never returns hung
