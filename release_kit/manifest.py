@@ -32,21 +32,25 @@ def packages() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def data_fingerprints(config: Config, report: Report) -> dict[str, dict[str, Any]]:
-    """Content hashes of the datasets named in ``[data]``; the golden set's is the one the gate checked."""
+def data_fingerprints(config: Config, report: Report, contents: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Content hashes of the datasets named in ``[data]``; the golden set's is the one the gate checked, a
+    file's the release took already (``contents``: :func:`release_kit.data.content_hashes`)."""
     from .data import fingerprint, read_table
 
     fingerprints = {"golden": {"source": report.data["golden"].path, "sha256": report.data["golden"].sha256}}
     for role in ("reference", "training"):
         source = getattr(config.data, role)
         if source:
-            # A file is hashed as bytes; a SQL table has no file, so its rows are read and hashed.
-            frame = read_table(source) if "://" in source else None
-            fingerprints[role] = {"source": source, "sha256": fingerprint(source, frame)}
+            known = contents.get(role)
+            if known is None or known == "unreadable":
+                # A SQL table has no file, so its rows are read and hashed; an unreadable file says why here.
+                known = fingerprint(source, read_table(source) if "://" in source else None)
+            fingerprints[role] = {"source": source, "sha256": known}
     return fingerprints
 
 
-def build(config: Config, report: Report, *, model_file: Path, git: GitRepo | None, dirty: list[str], created_at: str) -> dict[str, Any]:
+def build(config: Config, report: Report, *, model_file: Path, git: GitRepo | None, dirty: list[str], created_at: str,
+          data_contents: dict[str, str]) -> dict[str, Any]:
     from .environment import software
 
     return {
@@ -69,7 +73,7 @@ def build(config: Config, report: Report, *, model_file: Path, git: GitRepo | No
                 "source": report.baseline.source, "version": report.baseline.version, "sha256": report.baseline.sha256,
             },
         },
-        "data": data_fingerprints(config, report),
+        "data": data_fingerprints(config, report, data_contents),
         "model_file": {"name": model_file.name, "sha256": report.candidate.sha256, "kind": report.candidate.kind},
         "environment": {
             **software(),

@@ -323,6 +323,7 @@ def plan(
     with what the checks it holds decide (see :func:`verify_report`).
     """
     from . import manifest as manifests
+    from .data import content_hashes
     from .outputs import check_writable
     from .git import GitRepo
     from .render import ReleaseContext, render_changelog_entry, render_release_note
@@ -335,7 +336,8 @@ def plan(
         raise InputError("a release registers the model in MLflow, which is disabled in [mlflow]")
     uri = tracking_uri(config, project_dir)
     rederived = verify_report(config, report, uri) if from_file else None
-    _require_configured_gate(config, report, project_dir)
+    contents = content_hashes(config.data)  # the reference's and training set's: the digest's and the manifest's
+    _require_configured_gate(config, report, project_dir, contents)
     if report.verdict is not Verdict.PASS:
         raise ReleaseConflict(f"the gate blocked this candidate ({report.bump_reason}); nothing to release")
     if report.bump is None or report.bump.value == "none" or not report.next_version:
@@ -385,7 +387,8 @@ def plan(
         _check_not_rolled_back(uri, config.mlflow.experiment, model, version, alias, alias_now, existing)
 
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    manifest = manifests.build(config, report, model_file=model_file, git=git, dirty=dirty, created_at=created_at)
+    manifest = manifests.build(config, report, model_file=model_file, git=git, dirty=dirty, created_at=created_at,
+                               data_contents=contents)
     previous = _previous_manifest(report, uri)
     changes = manifests.changes(previous, manifest)
     release = ReleaseContext(
@@ -447,7 +450,7 @@ def _exclusive(directory: Path, *, enabled: bool):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _require_configured_gate(config: Config, report: Report, project_dir: Path) -> None:
+def _require_configured_gate(config: Config, report: Report, project_dir: Path, data_contents: dict[str, str]) -> None:
     """A release follows from the gate the config sets: every stage of ``[gate] stages``, over the golden set
     and rows it names, deciding by its settings. A gate narrowed (``--stage``, ``--max-rows``), pointed at
     other data (``--data``) or run with other settings (``--config``) passed what it saw, which is no
@@ -467,9 +470,7 @@ def _require_configured_gate(config: Config, report: Report, project_dir: Path) 
             f"the report's gate read {'the first ' + format(read, ',') + ' golden rows' if read else 'every golden row'}, where "
             f"{configured}: a release needs the gate [run] configures; run it without --max-rows"
         )
-    from .data import content_hashes
-
-    if report.policy_sha256 != config.policy_sha256(project_dir, config.data.dataset or config.data.golden, content_hashes(config.data)):
+    if report.policy_sha256 != config.policy_sha256(project_dir, config.data.dataset or config.data.golden, data_contents):
         raise InputError(
             "the report's gate read another golden set or decided by other settings than this config's (--data, a "
             f"tolerance, a budget, a suite: {'the report predates schema 1.3, which records them' if report.policy_sha256 is None else 'their digests differ'}): "

@@ -258,7 +258,10 @@ def _streamed_contract(gate: GateContext, counts) -> CheckResult:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.4g}"
+    """4 significant digits, more where they would show a value as the whole number it is not."""
+    from ..render import significant
+
+    return significant(value)
 
 
 def _change(before: float, after: float) -> str:
