@@ -313,6 +313,17 @@ def test_newly_broken_fails_only_when_significantly_more_rows_broke_than_were_fi
         assert "significantly more than were fixed (sign test p=" in check.summary
 
 
+def test_sign_test_p_is_the_tests_own_when_fewer_rows_broke_than_were_fixed():
+    """The summary quotes the p: 33 broken against 49 fixed is p = 0.97 (one-sided), not a rounded 1."""
+    from scipy.stats import binomtest
+
+    from release_kit.stages.outliers import sign_test
+
+    assert sign_test(33, 49) == pytest.approx(binomtest(33, 82, 0.5, alternative="greater").pvalue)
+    assert 0.96 < sign_test(33, 49) < 0.98
+    assert sign_test(49, 33) < 0.05 and sign_test(0, 10) == 1.0 and sign_test(0, 0) == 1.0
+
+
 # -- bad input: exit 2 with the key named, nothing written ------------------------------------------------
 
 

@@ -146,7 +146,7 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
     limit = spec.max_newly_broken * n
     share = f"more than {spec.max_newly_broken:.1%} of rows broke"
     # Fewest broken against most fixed, then the reverse (a streamed regression's counts are ranges).
-    p_surely, p_possibly = _sign_test(n_broke[0], n_fixed[1]), _sign_test(n_broke[1], n_fixed[0])
+    p_surely, p_possibly = sign_test(n_broke[0], n_fixed[1]), sign_test(n_broke[1], n_fixed[0])
     details["sign_test_p"] = p_surely if p_surely == p_possibly else [p_surely, p_possibly]
     if n_broke[0] > limit and p_surely < spec.alpha:
         return CheckResult(NAME, "newly_broken", Status.FAIL, f"{summary}; {share}, significantly more than were fixed (sign test p={p_surely:.2g})",
@@ -160,13 +160,14 @@ def newly_broken(gate: GateContext, losses: Once) -> CheckResult:
     return CheckResult(NAME, "newly_broken", Status.WARN if n_broke[1] else Status.PASS, summary, details=details)
 
 
-def _sign_test(broke: int, fixed: int) -> float:
+def sign_test(broke: int, fixed: int) -> float:
     """One-sided exact sign test over the rows that changed: were more broken than fixed beyond chance? With
     no systematic change each such row is as likely to have broken as to have been fixed. A retrained
     classifier flips rows near its boundary both ways (43 broke and 39 were fixed of 3,000, measured): that
-    alone is churn, not a regression, and a share of broken rows above the limit blocked it."""
-    if broke <= fixed:
-        return 1.0
+    alone is churn, not a regression, and a share of broken rows above the limit blocked it. The p is the
+    test's own even when fewer broke than were fixed (33 against 49: 0.97, not 1)."""
+    if broke == 0:
+        return 1.0  # no row broke: nothing to test (binomtest also wants n ≥ 1)
     from scipy.stats import binomtest
 
     return float(binomtest(broke, broke + fixed, 0.5, alternative="greater").pvalue)
