@@ -314,4 +314,8 @@ def test_text_labels_through_every_stage_with_tracking(tmp_path, datasets, golde
     assert checks["data::drift"]["status"] in ("pass", "warn"), checks["data::drift"]["summary"]
     classes = checks["outliers::classes"]
     assert classes["status"] == "pass" and {row[0] for row in classes["details"]["table"]["rows"]} == {"0 (low)", "1 (mid)", "2 (high)"}
+    # The summary names the largest drop only where a class dropped ("recall of class 1 rose" is no drop).
+    least = min(row[5] for row in classes["details"]["table"]["rows"])
+    assert ("largest drop: " in classes["summary"]) == (least < 0), classes["summary"]
+    assert ("none dropped; the least rise: " in classes["summary"]) == (least >= 0), classes["summary"]
     assert report["mlflow"]["run_id"] and (tmp_path / ".release-kit" / "mlflow.db").is_file()

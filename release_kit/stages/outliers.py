@@ -358,7 +358,8 @@ def class_slices(gate: GateContext) -> CheckResult:
         return CheckResult(NAME, "classes", Status.FAIL, f"{words(failing[0])}, beyond the tolerance of {failing[0].tolerance:.3g}{more} ({searched})", details=details)
     if any(not math.isfinite(s.p_adjusted) for s in stats):
         return CheckResult(NAME, "classes", Status.WARN, f"some class statistics are undefined (NaN) ({searched})", details=details)
-    return CheckResult(NAME, "classes", Status.PASS, f"no class regressed beyond tolerance ({searched}); largest drop: {words(shown[0])}", details=details)
+    least = "largest drop" if shown[0].delta < 0 else "none dropped; the least rise"
+    return CheckResult(NAME, "classes", Status.PASS, f"no class regressed beyond tolerance ({searched}); {least}: {words(shown[0])}", details=details)
 
 
 def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> CheckResult:

@@ -211,7 +211,7 @@ def output_contract(gate: GateContext) -> CheckResult:
     rows = len(gate.golden)
     if not candidate:
         return CheckResult(
-            NAME, "output_contract", Status.PASS, f"all {rows} candidate predictions {contract.describe(spec)}{gate.golden.note}",
+            NAME, "output_contract", Status.PASS, f"all {rows:,} candidate predictions {contract.describe(spec)}{gate.golden.note}",
             details={"baseline_violations": baseline_counts},
         )
     bad = np.logical_or.reduce(list(candidate.values()))
