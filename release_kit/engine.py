@@ -323,7 +323,9 @@ def run_checks(
     Stages plan their checks before the session starts, so an unknown stage or a stage's bad config is an
     :class:`InputError` (exit 2) and not a failed check.
     """
-    if benchmark_json is not None and not os.access(Path(benchmark_json).parent.resolve(), os.W_OK):
+    from .outputs import is_stream
+
+    if benchmark_json is not None and not is_stream(benchmark_json) and not os.access(Path(benchmark_json).parent.resolve(), os.W_OK):
         # pytest-benchmark would only fail at the end of the session, after every check has run.
         raise InputError(f"--benchmark-json: cannot write to {Path(benchmark_json).parent}")
     modules = [load_stage(stage) for stage in stages]

@@ -5,12 +5,15 @@ any path that could not be written (a missing or read-only folder, a directory i
 that name one file, and an output that names a file the command reads (a typo that would replace the
 golden set with a report) or lies in a directory it reads whole, so a gate never runs for minutes and then
 fails to save its result, and nothing is written half-way. :func:`write_atomic`
-replaces a file in one rename and keeps an existing file's mode (a new one gets the umask's).
+replaces a file in one rename and keeps an existing file's mode (a new one gets the umask's); a device or
+a pipe (``/dev/stdout``, ``/dev/null``, a FIFO) is written through instead: a rename would put a regular
+file in the device's place (as root, ``/dev/null`` itself) or fail in ``/dev``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,9 +26,22 @@ def _umask() -> int:
     return mask
 
 
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` (links followed) is a device, a pipe or a socket: written through, not replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never half of it."""
     path = Path(path)
+    if is_stream(path):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777
@@ -50,6 +66,10 @@ def check_writable(path: Path, what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"cannot write {path} ({what}): it is a directory")
+    if is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise InputError(f"cannot write {path} ({what}): permission denied")
+        return
     if path.exists():
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
             raise InputError(f"cannot write {path} ({what}): permission denied")

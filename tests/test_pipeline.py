@@ -229,6 +229,27 @@ def test_an_unwritable_output_is_refused_before_the_gate_runs(project, power, cl
     assert not (project.root / "report.json").exists()
 
 
+@pytest.mark.parametrize("flag", ["--report", "--junit"])
+def test_an_output_to_a_pipe_is_written_through_not_replaced(tmp_path, power, flag):
+    """``--report /dev/stdout`` or a FIFO: the text goes into the pipe. The atomic rename would have put a
+    regular file in its place (as root, ``/dev/null`` itself: every later process on the machine reads it)."""
+    import stat
+    import threading
+
+    root = write_project(tmp_path / "p", power)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--stage", "quality", "--no-mlflow", flag, str(fifo))
+    reader.join(timeout=30)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and received, "the pipe was replaced by a file"
+    assert ("checks" in json.loads(received[0])) if flag == "--report" else received[0].startswith("<?xml")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_an_unwritable_embedded_store_is_refused_before_the_gate_runs(project, power, cli):
     (project.root / "blocker").write_text("a file")
     text = (project.root / "release-kit.toml").read_text().replace("enabled = false", 'tracking_uri = "sqlite:///blocker/mlflow.db"')
