@@ -94,17 +94,19 @@ def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolutio
     return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold, centre)
 
 
-def robust_threshold(values: np.ndarray, k_mad: float) -> float:
+def robust_threshold(values: np.ndarray, k_mad: float, resolution: float = 0.0) -> float:
     """The value beyond which ``values`` (≥ 0, e.g. a shift) is extreme: median + k × MAD of the non-zero
     values (0 when none moved: any move is then extreme).
 
-    Like :func:`newly_broken`, the scale comes from rows that moved at all.
+    Like :func:`newly_broken`, the scale comes from rows that moved at all, and a constant move (every row
+    of a region shifted by 1.5) is no spread: a row beyond it by the predictions' rounding (``resolution``)
+    is not extreme (see :func:`change_threshold`).
     """
     finite = _moved_sample(values)
     if len(finite) == 0:
         return 0.0
-    centre, spread = _robust_scale(finite)
-    return centre + max(k_mad * spread, 1e-12)
+    centre, threshold = change_threshold(finite, k_mad, 0.0, resolution)
+    return centre + threshold
 
 
 @dataclass(frozen=True)

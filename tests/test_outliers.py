@@ -200,6 +200,39 @@ def test_prediction_shift_says_its_threshold_and_counts_the_rows_beyond_it(proje
     assert float(shown.group(4)) == pytest.approx(shift.max(), rel=2e-3)
 
 
+class ShiftedWhere(torch.nn.Module):
+    """The inner model with a constant added to its prediction where a feature exceeds a cut."""
+
+    def __init__(self, inner: torch.nn.Module, column: int, cut: float, by: float) -> None:
+        super().__init__()
+        self.inner, self.column, self.cut, self.by = inner, column, cut, by
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return torch.where(x[:, self.column] > self.cut, out + self.by, out)
+
+
+def test_a_constant_shift_is_no_row_shifted_far_beyond_the_others(project, power, tmp_path):
+    """Every row that moved, moved by the same 1.5 (a region's offset): none moved far relative to the others,
+    so prediction_shift passes (moved_region names the region). The float32 rounding of the sums spread the
+    moves by ~1e-7 and a MAD of that made rounding noise "shifted beyond the threshold"."""
+    from conftest import save_scripted
+
+    import power_forecast as pf
+
+    project.config(STAGES)
+    golden = pd.read_csv(power["golden"])
+    column = pf.FEATURES.index("temperature")
+    cut = float(golden["temperature"].quantile(0.8))
+    candidate = save_scripted(ShiftedWhere(torch.jit.load(str(power["v1"])), column, cut, 1.5), tmp_path / "shifted.pt")
+    checks = by_name(gate.check(candidate=str(candidate), baseline=str(power["v1"])))
+    shift = checks["outliers::prediction_shift"]
+    assert shift.status is Status.PASS, shift.summary
+    assert float(shift.summary.split("by more than ")[1].split(" ")[0]) == pytest.approx(1.5, rel=1e-3), shift.summary
+    region = checks["outliers::moved_region"]
+    assert region.status is Status.WARN and "temperature" in region.summary, region.summary
+
+
 def test_first_release_skips_what_needs_a_baseline(project, power):
     project.config(STAGES)
     checks = by_name(gate.check(candidate=str(power["better"])))

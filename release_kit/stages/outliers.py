@@ -214,13 +214,17 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         rows = np.arange(len(gate.golden))
         shift = np.abs(candidate[rows, gate.golden.target] - baseline[rows, gate.golden.target])
         what = "confidence in the true class"
+        resolution = 1e-5  # of a probability
     else:
         shift = np.abs(candidate - baseline)
         shift = shift if shift.ndim == 1 else shift.mean(axis=1)
         what = "prediction"
+        # float32 rounds a prediction of 500 to ~3e-5: a shift differs from another by that much for nothing.
+        finite = np.abs(baseline[np.isfinite(baseline)])
+        resolution = 1e-5 * float(finite.max()) if finite.size else 0.0
     with np.errstate(invalid="ignore"):
         shift = np.where(np.isfinite(shift), shift, np.inf)
-    threshold = robust_threshold(shift, spec.k_mad)
+    threshold = robust_threshold(shift, spec.k_mad, resolution)
     outliers = shift > threshold
     count = int(outliers.sum())
     rule = f"by more than {threshold:.3g} (median + {spec.k_mad:g} × MAD of the rows that moved)"
