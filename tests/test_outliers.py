@@ -70,6 +70,9 @@ def test_regression_confined_to_a_fifth_blocks_though_the_overall_metric_does_no
     assert slices.status is Status.FAIL
     assert slices.summary.startswith(f"temperature > {defects['warm_threshold']:.4g}"), slices.summary
     assert "MAE +" in slices.summary and "(n=" in slices.summary
+    # The other failing slices are counted after the first's tolerance, not read as part of it.
+    failing = slices.details["failing"]
+    assert failing >= 2 and f"; and {failing - 1} more (" in slices.summary, slices.summary
     assert report.verdict.value == "block"
     assert ["outliers::slices"] == [f"{c.stage}::{c.name}" for c in report.blocking]
 

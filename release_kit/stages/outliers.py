@@ -413,7 +413,7 @@ def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckR
     }
     details = {"table": table, "searched": len(stats), "failing": len(failing)}
     if failing:
-        more = f" and {len(failing) - 1} more" if len(failing) > 1 else ""
+        more = f"; and {len(failing) - 1} more" if len(failing) > 1 else ""
         summary = f"{failing[0].words(label)}, worse than the tolerance of {failing[0].tolerance:.3g}{more} ({searched}, Holm α={alpha:g})"
         return CheckResult(NAME, name, Status.FAIL, summary, details=details)
     summary = f"no slice regressed beyond tolerance ({searched}, Holm α={alpha:g})"
