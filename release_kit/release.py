@@ -481,16 +481,20 @@ def _require_configured_gate(config: Config, report: Report, project_dir: Path, 
 def _require_same_golden(config: Config, report: Report) -> None:
     """The golden set the config names holds what the report's gate read: a report checked on other contents
     at the same path (a branch that dropped the rows the candidate gets wrong) is no decision about these.
-    Files and Parquet sets are hashed as the gate hashed them; a SQL table or a dataset factory is not (its
-    rows would have to be read again), which the README says."""
-    from .data import file_fingerprint, is_sql
+    Files and Parquet sets are hashed as the gate hashed them; a SQL table or a dataset factory has no file
+    to hash, so its rows are read again as the gate read them (the rows' hash is what the gate recorded)."""
+    from .data import file_fingerprint, is_sql, load_golden
 
-    golden, source = report.data.get("golden"), config.data.golden
-    if golden is None or source is None or config.data.dataset or is_sql(source) or not golden.sha256:
+    golden, source, dataset = report.data.get("golden"), config.data.golden, config.data.dataset
+    if golden is None or not golden.sha256 or (source is None and dataset is None):
         return
-    current = file_fingerprint(source, streamed=report.environment.get("golden_read") in ("local", "ray"))
+    if dataset is not None or is_sql(source):
+        current = load_golden(source, config.model, metadata=config.data.metadata, dataset=dataset, max_rows=config.run.max_rows).sha256
+    else:
+        current = file_fingerprint(source, streamed=report.environment.get("golden_read") in ("local", "ray"))
     if current != golden.sha256:
-        raise InputError(f"[data] golden {source} is not the golden set the report's gate read (sha256 {current[:12]}… now, "
+        what = f"[data] dataset {dataset}" if dataset is not None else f"[data] golden {source}"
+        raise InputError(f"{what} is not the golden set the report's gate read (sha256 {current[:12]}… now, "
                          f"{golden.sha256[:12]}… then): its contents changed since the check; re-run the check on them")
 
 

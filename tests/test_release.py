@@ -356,8 +356,10 @@ def test_a_gate_other_than_the_configured_one_releases_nothing(repo, cli):
 def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
     """The golden set at the configured path changed after the check (a branch that dropped the rows the
     candidate gets wrong, then restored them): the report decided about other rows, and the release is
-    refused (exit 2) before anything is written, for a file read whole and for a streamed Parquet directory;
-    so is one checked against another reference. The same contents again release."""
+    refused (exit 2) before anything is written, for a file read whole, a streamed Parquet directory and a
+    SQL table (read again); so is one checked against another reference. The same contents again release."""
+    import sqlite3
+
     import pandas as pd
 
     golden = pd.read_csv(repo.power["golden"])
@@ -366,10 +368,17 @@ def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
     golden.iloc[:1000].to_parquet(repo.root / "out" / "parts" / "part-0.parquet")
     golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")
     config = (repo.root / "release-kit.toml").read_text()
+    def to_sql(frame):
+        with sqlite3.connect(repo.root / "out" / "golden.db") as connection:
+            frame.to_sql("golden", connection, index=False, if_exists="replace")
+
+    sql = f"sqlite:///{repo.root / 'out' / 'golden.db'}#golden"
     for source, change in (("out/golden.csv", lambda: golden.iloc[:-5].to_csv(repo.root / "out" / "golden.csv", index=False)),
-                           ("out/parts", lambda: golden.iloc[1000:-5].to_parquet(repo.root / "out" / "parts" / "part-1.parquet"))):
+                           ("out/parts", lambda: golden.iloc[1000:-5].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")),
+                           (sql, lambda: to_sql(golden.iloc[:-5]))):
         golden.to_csv(repo.root / "out" / "golden.csv", index=False)
         golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")
+        to_sql(golden)
         (repo.root / "release-kit.toml").write_text(config.replace(f'golden = "{repo.power["golden"]}"', f'golden = "{source}"'))
         repo.git("commit", "--quiet", "-am", f"golden set at {source}")
         checked = cli("check", "--candidate", repo.models["better"], "--report", "checked.json")
@@ -379,10 +388,11 @@ def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
         change()
         refused = cli("release", "--report", "checked.json")
         assert refused.exit_code == 2, refused.output
-        assert refused.stderr.startswith(f"release-kit: error: [data] golden {repo.root / source} is not the golden set the report's gate read")
+        named = source if source == sql else repo.root / source
+        assert refused.stderr.startswith(f"release-kit: error: [data] golden {named} is not the golden set the report's gate read"), refused.stderr
         assert "its contents changed since the check" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
         assert repo.champion() == "1.0.0" and "1.1.0" not in repo.versions() and repo.changelog() == []
-    golden.iloc[1000:].to_parquet(repo.root / "out" / "parts" / "part-1.parquet")  # the contents the check read
+    to_sql(golden)  # the rows the check read: read again, they release
     assert cli("release", "--report", "checked.json", "--dry-run").exit_code == 0
     # The reference the data stage profiles and measures drift against, changed since the check: refused too.
     shutil.copy(repo.power["train"], repo.root / "out" / "train.csv")

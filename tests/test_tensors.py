@@ -428,6 +428,60 @@ def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch)
     assert slices["status"] == "pass" and slices["details"]["searched"] >= 2  # site = north, site = south
 
 
+def test_a_dataset_factory_whose_items_changed_since_the_check_releases_nothing(tmp_path, two_inputs, cli, monkeypatch):
+    """A dataset factory has no file to hash: the release reads its items again, as the gate read them, and
+    refuses a report whose gate read other items (exit 2, one line, nothing released); the same items again
+    release."""
+    import os
+    import shutil
+    import subprocess
+
+    from safetensors.numpy import load_file, save_file
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(two_inputs / "better.pt", tmp_path / "better.pt")
+    arrays = load_file(str(two_inputs / "golden.safetensors"))
+    (tmp_path / "data").mkdir()
+    save_file(arrays, str(tmp_path / "data" / "golden.safetensors"))
+    (tmp_path / "golden_items.py").write_text(textwrap.dedent("""
+        import torch
+        from safetensors.numpy import load_file
+
+        class Golden(torch.utils.data.Dataset):
+            def __init__(self):
+                self.arrays = load_file("data/golden.safetensors")
+
+            def __len__(self):
+                return len(self.arrays["target"])
+
+            def __getitem__(self, i):
+                inputs = (torch.from_numpy(self.arrays["inputs.0"][i]), torch.from_numpy(self.arrays["inputs.1"][i]))
+                return inputs, torch.from_numpy(self.arrays["target"][i])
+
+        def golden():
+            return Golden()
+        """))
+    two_input_config(tmp_path, two_inputs)
+    text = (tmp_path / "release-kit.toml").read_text().replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'dataset = "golden_items:golden"')
+    (tmp_path / "release-kit.toml").write_text(text.replace("[mlflow]\nenabled = false\n", "") + '[gate]\nstages = ["quality"]\n')
+    (tmp_path / ".gitignore").write_text(".release-kit/\ndata/\n*.json\n__pycache__/\n")
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    for command in (["init", "--quiet"], ["add", "."], ["commit", "--quiet", "-m", "model repo"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True, capture_output=True, env={**os.environ, **identity})
+    checked = cli("check", "--candidate", "better.pt", "--baseline", "none", "--report", "checked.json")
+    assert checked.exit_code == 0, checked.output[-3000:]
+    save_file({name: array[:-5] for name, array in arrays.items()}, str(tmp_path / "data" / "golden.safetensors"))
+    refused = cli("release", "--report", "checked.json")
+    assert refused.exit_code == 2, refused.output[-3000:]
+    assert refused.stderr.startswith("release-kit: error: [data] dataset golden_items:golden is not the golden set the report's gate read")
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "CHANGELOG.md").exists()
+    save_file(arrays, str(tmp_path / "data" / "golden.safetensors"))
+    released = cli("release", "--report", "checked.json")
+    assert released.exit_code == 0, released.output[-3000:]
+    assert "1.0.0" in (tmp_path / "CHANGELOG.md").read_text()
+
+
 def test_a_dataset_factory_is_size_checked_from_its_first_items_and_read_only_as_far_as_max_rows(tmp_path, two_inputs, cli, monkeypatch):
     """A dataset factory's items are read in batches and joined: one whose length, at what its first batch
     takes, would need more than the memory available is refused before the rest are read (exit 2, one
