@@ -262,6 +262,9 @@ def test_junit_xml_counts_every_status_and_survives_hostile_text():
     assert set(suites) == {"quality", "outliers", "checks"}
     failure = suites["quality"].find("testcase[@name='bounds']/failure")
     assert failure is not None and "<tag> & \"quotes\"" in failure.text
+    # Control characters are written out, as everywhere release-kit prints untrusted text.
+    assert "\\x1b[31m" in failure.text and "\\x1b[31m" in failure.get("message") and "\x1b" not in failure.text
+    assert root.get("name") == "release-kit m\\x00" and suites["checks"].find("testcase").get("name") == "user\\x07check"
     assert suites["outliers"].find("testcase[@name='search']/error") is not None
     assert suites["outliers"].find("testcase[@name='slices']/skipped") is not None
     assert suites["checks"].find("testcase/system-out").text == "warning: slower"
