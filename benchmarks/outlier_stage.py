@@ -37,7 +37,9 @@ def analysis(features, target, candidate, baseline):
     delta = loss_c - loss_b
     del loss_c
     change = paired.newly_broken(delta, 5.0, 0.0)
-    shifted = paired.robust_outliers(np.abs(candidate - baseline), 5.0)
+    shift = np.abs(candidate - baseline)  # prediction_shift's rule, as the stage runs it
+    shifted = shift > paired.robust_threshold(shift, 5.0, 1e-5 * paired.largest_finite(baseline))
+    del shift
     stats = paired.discover_slices([(f"x{j}", features[:, j]) for j in range(FEATURES)], delta, loss_b, tolerance=Tolerance(0.05, True))
     return change, shifted, stats
 

@@ -9,6 +9,7 @@ partial sort: a slice's mean and variance come from per-bin sums (``np.bincount`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from collections.abc import Iterator
@@ -92,6 +93,18 @@ def newly_broken(delta: np.ndarray, k_mad: float, min_increase: float, resolutio
         return RobustChange(empty, empty, math.inf, 0.0)
     centre, threshold = change_threshold(changed, k_mad, min_increase, resolution)
     return RobustChange(delta > centre + threshold, delta < centre - threshold, threshold, centre)
+
+
+def largest_finite(values: np.ndarray) -> float:
+    """The largest finite magnitude in ``values`` (0 when none is): two reductions, no copy of a large array,
+    unless an infinity makes a masked pass necessary."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every value NaN
+        largest = max(abs(float(np.nanmax(values))), abs(float(np.nanmin(values)))) if values.size else 0.0
+    if math.isfinite(largest):
+        return largest
+    finite = values[np.isfinite(values)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def robust_threshold(values: np.ndarray, k_mad: float, resolution: float = 0.0) -> float:

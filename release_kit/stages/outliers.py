@@ -9,7 +9,6 @@ or diverges from the baseline. Checks that need a baseline skip on a first relea
 from __future__ import annotations
 
 import math
-import warnings
 from functools import partial
 from typing import TYPE_CHECKING
 from collections.abc import Callable
@@ -207,7 +206,7 @@ def prediction_shift(gate: GateContext) -> CheckResult:
     """Rows where the candidate moved far from the baseline relative to how far it moves elsewhere."""
     if gate.predictions.baseline is None:
         return no_baseline(NAME, "prediction_shift")
-    from ..paired import robust_threshold
+    from ..paired import largest_finite, robust_threshold
 
     spec = gate.config.outliers
     candidate, baseline = gate.predictions.candidate, gate.predictions.baseline
@@ -221,7 +220,7 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         shift = shift if shift.ndim == 1 else shift.mean(axis=1)
         what = "prediction"
         # float32 rounds a prediction of 500 to ~3e-5: a shift differs from another by that much for nothing.
-        resolution = 1e-5 * _largest_finite(baseline)
+        resolution = 1e-5 * largest_finite(baseline)
     with np.errstate(invalid="ignore"):
         shift = np.where(np.isfinite(shift), shift, np.inf)
     threshold = robust_threshold(shift, spec.k_mad, resolution)
@@ -236,18 +235,6 @@ def prediction_shift(gate: GateContext) -> CheckResult:
         f"{count:,} of {len(shift):,} rows' {what} shifted {rule}; largest {float(shift[top[0]]):.3g}",
         details={"shifted": count, "threshold": threshold, "table": example_rows(gate, top, f"top {len(top)} shifted rows")},
     )
-
-
-def _largest_finite(values: np.ndarray) -> float:
-    """The largest finite magnitude in ``values`` (0 when none is): two reductions, no copy of a large array,
-    unless an infinity makes a masked pass necessary."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # every value NaN
-        largest = max(abs(float(np.nanmax(values))), abs(float(np.nanmin(values)))) if values.size else 0.0
-    if math.isfinite(largest):
-        return largest
-    finite = values[np.isfinite(values)]
-    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def moved_region(gate: GateContext) -> CheckResult:
