@@ -48,12 +48,12 @@ class Hungry(torch.nn.Module):
 
 
 class Heavier(torch.nn.Module):
-    """The wrapped model plus 256 KiB of weights it never reads: grown several times over, less than the slack."""
+    """The wrapped model plus 384 KiB of weights it never reads: grown several times over, less than the slack."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
-        self.register_buffer("unused", torch.zeros(64 * 1024))
+        self.register_buffer("unused", torch.zeros(96 * 1024))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
@@ -169,7 +169,7 @@ def test_growth_within_the_slack_alone_says_so(project, power):
     memory = by_name(gate.check(candidate=str(heavier), baseline=str(power["v1"])))["memory:batch=32"]
     assert memory.status is Status.PASS, memory.summary
     growth = memory.metrics[0]
-    assert growth.candidate - growth.baseline >= 0.25 and growth.candidate > 1.1 * growth.baseline  # MiB
+    assert growth.candidate - growth.baseline >= 0.25 and growth.candidate > 1.1 * growth.baseline  # MiB: the 0.375 MiB of weights, less the RSS measurement's page noise
     assert "beyond the budget of +10%, within its 1 MiB of slack" in memory.summary
     assert " 0.00 " not in memory.summary
 
