@@ -309,6 +309,31 @@ def _forget_user_modules(user_paths: list[Path]):
                 del sys.modules[name]
 
 
+def _modified(path: Path) -> int | None:
+    """A file's modification time (ns), None when there is none or it is a pipe (written whichever way)."""
+    from .outputs import is_stream
+
+    try:
+        return None if is_stream(path) else os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _write_no_benchmarks(path: Path) -> None:
+    """pytest-benchmark's JSON for a session that ran no benchmark: an empty list, where it writes nothing at
+    all, so that a file from an earlier run is not read as this one's (and a CI step that uploads it finds it)."""
+    import json
+    from datetime import UTC, datetime
+
+    import pytest_benchmark
+
+    from .outputs import write_atomic
+
+    document = {"machine_info": {}, "commit_info": {}, "benchmarks": [],
+                "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark.__version__}
+    write_atomic(path, json.dumps(document, indent=4) + "\n")
+
+
 def run_checks(
     gate: GateContext,
     stages: list[str],
@@ -356,11 +381,16 @@ def run_checks(
         # The plugins the selected stages declare; pytest-benchmark's too when its JSON is asked for.
         *[arg for plugin in plugins for arg in ("-p", plugin)],
         *([f"--benchmark-json={benchmark_json}"] if benchmark_json else []),
+        # With no benchmark run it writes nothing and warns on stderr; the file is written below instead.
+        *(["-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"] if benchmark_json else []),
         *[str(path) for path in user_paths],
     ]
+    written_before = _modified(benchmark_json) if benchmark_json else None
     output = io.StringIO()
     with contextlib.redirect_stdout(output), _forget_user_modules(user_paths), _own_session():
         exit_code = pytest.main(args, plugins=[plugin])
+    if benchmark_json and _modified(benchmark_json) == written_before:
+        _write_no_benchmarks(Path(benchmark_json))
     if exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
         lines = [line for line in output.getvalue().splitlines() if line.strip()]
         detail = lines[-1] if lines else f"pytest exit code {int(exit_code)}"

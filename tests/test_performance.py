@@ -266,6 +266,21 @@ def test_user_benchmark_checks_land_in_the_report(project, power, cli, monkeypat
     assert saved["benchmarks"][0]["name"] == "test_candidate_speed"
 
 
+def test_benchmark_json_without_benchmarks_is_an_empty_list_not_a_stale_file(project, power):
+    """No user check uses the ``benchmark`` fixture: pytest-benchmark wrote nothing and warned on stderr,
+    leaving a file from an earlier run to be read as this one's. The file now lists no benchmarks, and the
+    run prints no warning. In a subprocess, as users run it."""
+    from conftest import run_cli
+
+    project.config(FAST)
+    (project.root / "bench.json").write_text(json.dumps({"benchmarks": [{"name": "an earlier run's"}]}))
+    result = run_cli(project.root, "check", "--candidate", power["v1"], "--baseline", power["v1"], "--no-mlflow",
+                     "--benchmark-json", "bench.json")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads((project.root / "bench.json").read_text())["benchmarks"] == []
+    assert "Warning" not in result.stderr and "benchmark" not in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_timing_and_memory(project, power):
     project.config(FAST + 'device = "cuda"\n')
