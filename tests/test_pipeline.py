@@ -178,6 +178,25 @@ def test_a_model_whose_predictions_depend_on_the_rest_of_its_batch_is_blocked(pr
     assert passed.status.value == "pass" and "the same outputs" in passed.summary
 
 
+def test_a_dynamically_quantized_model_is_batch_dependent_by_design_and_can_be_waived(project, power):
+    """Dynamic quantization scales each batch's activations by that batch's range, so a row's prediction
+    depends on its batch: the check fails and its summary names that cause (not only a BatchNorm); a team
+    that ships such a model knowingly waives the check, and the gate passes it with the waiver recorded."""
+    from release_kit import gate
+
+    network = pf.baseline_factory()
+    network.load_state_dict(torch.jit.load(str(power["v1"])).state_dict())
+    quantized = torch.ao.quantization.quantize_dynamic(network.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    save_scripted(quantized, project.root / "quantized.pt")
+    project.config('[gate]\nstages = ["quality"]\n')
+    probe = next(c for c in gate.check(candidate="quantized.pt", baseline=str(power["v1"])).checks if c.name == "batch_independence")
+    assert probe.status.value == "fail" and "dynamic quantization, which scales each batch's activations" in probe.summary, probe.summary
+    waived = gate.check(candidate="quantized.pt", baseline=str(power["v1"]),
+                        waivers=(("quality::batch_independence", "dynamic quantization, shipped knowingly", "ml-team"),))
+    assert [(w.check, w.applied) for w in waived.waivers] == [("quality::batch_independence", True)]
+    assert waived.verdict.value == "pass", waived.bump_reason
+
+
 def test_every_stage_with_a_live_mlflow_server(tmp_path, power, mlflow_backends):
     mlflow_server = mlflow_backends
     root = write_project(tmp_path / "p", power, tracking_uri=mlflow_server)
