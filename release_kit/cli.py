@@ -141,6 +141,8 @@ def check(report_path: Path | None, output_format: str, junit_path: Path | None,
 
     Exit codes: 0 pass, 1 blocked, 2 input error, 3 skipped (the registry could not be used), 4 internal error.
     """
+    import tempfile
+
     from rich.console import Console
 
     from . import render
@@ -159,10 +161,16 @@ def check(report_path: Path | None, output_format: str, junit_path: Path | None,
         gh.check_runner_files()
     config, project_dir, reads = _gate_files(inputs)
     outputs.check(reads)
-    try:
-        report = _run_gate(inputs, config, project_dir, benchmark_json=benchmark_json)
-    except RegistryUnavailable as reason:
-        _skipped(str(reason), github=github)
+    with tempfile.TemporaryDirectory(prefix="release-kit-") as scratch:
+        # The gate writes pytest-benchmark's JSON when its checks end; it reaches --benchmark-json with the
+        # other outputs, once everything succeeded.
+        benchmarks = Path(scratch) / "benchmark.json" if benchmark_json is not None else None
+        try:
+            report = _run_gate(inputs, config, project_dir, benchmark_json=benchmarks)
+        except RegistryUnavailable as reason:
+            _skipped(str(reason), github=github)
+        if benchmarks is not None:
+            outputs.add(benchmark_json, benchmarks.read_text(encoding="utf-8"))
     templates = config.release.templates
     if report_path is not None:
         outputs.add(report_path, report.to_json())

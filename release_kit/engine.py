@@ -309,29 +309,20 @@ def _forget_user_modules(user_paths: list[Path]):
                 del sys.modules[name]
 
 
-def _modified(path: Path) -> int | None:
-    """A file's modification time (ns), None when there is none or it is a pipe (written whichever way)."""
-    from .outputs import is_stream
-
-    try:
-        return None if is_stream(path) else os.stat(path).st_mtime_ns
-    except OSError:
-        return None
-
-
-def _write_no_benchmarks(path: Path) -> None:
-    """pytest-benchmark's JSON for a session that ran no benchmark: an empty list, where it writes nothing at
-    all, so that a file from an earlier run is not read as this one's (and a CI step that uploads it finds it)."""
+def _benchmark_document(written: Path) -> str:
+    """pytest-benchmark's JSON as its session wrote it to ``written``; for a session that ran no benchmark
+    (it writes nothing at all) an empty list, so that a file from an earlier run is never left to be read as
+    this one's, and a CI step that uploads it finds it."""
     import json
     from datetime import UTC, datetime
 
     import pytest_benchmark
 
-    from .outputs import write_atomic
-
+    if written.is_file():
+        return written.read_text(encoding="utf-8")
     document = {"machine_info": {}, "commit_info": {}, "benchmarks": [],
                 "datetime": datetime.now(UTC).isoformat(), "version": pytest_benchmark.__version__}
-    write_atomic(path, json.dumps(document, indent=4) + "\n")
+    return json.dumps(document, indent=4) + "\n"
 
 
 def run_checks(
@@ -346,13 +337,15 @@ def run_checks(
     """Run the built-in stages and user checks through pytest in this process; return every result.
 
     Stages plan their checks before the session starts, so an unknown stage or a stage's bad config is an
-    :class:`InputError` (exit 2) and not a failed check.
+    :class:`InputError` (exit 2) and not a failed check. ``benchmark_json``: where pytest-benchmark's JSON is
+    written when the session ends, atomically, as every output (its folders created).
     """
-    from .outputs import is_stream
+    import tempfile
 
-    if benchmark_json is not None and not is_stream(benchmark_json) and not os.access(Path(benchmark_json).parent.resolve(), os.W_OK):
-        # pytest-benchmark would only fail at the end of the session, after every check has run.
-        raise InputError(f"--benchmark-json: cannot write to {Path(benchmark_json).parent}")
+    from .outputs import check_writable, write_atomic
+
+    if benchmark_json is not None:
+        check_writable(Path(benchmark_json), "benchmark_json")  # before the checks run, not after
     modules = [load_stage(stage) for stage in stages]
     planned = [(module.NAME, module.checks(gate)) for module in modules]
     if gate.golden.excluded is not None and len(gate.golden.excluded) and "data" not in stages:
@@ -380,21 +373,29 @@ def run_checks(
         *([] if user_paths else ["--noconftest"]),
         # The plugins the selected stages declare; pytest-benchmark's too when its JSON is asked for.
         *[arg for plugin in plugins for arg in ("-p", plugin)],
-        *([f"--benchmark-json={benchmark_json}"] if benchmark_json else []),
         # With no benchmark run it writes nothing and warns on stderr; the file is written below instead.
         *(["-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"] if benchmark_json else []),
         *[str(path) for path in user_paths],
     ]
-    written_before = _modified(benchmark_json) if benchmark_json else None
     output = io.StringIO()
-    with contextlib.redirect_stdout(output), _forget_user_modules(user_paths), _own_session():
-        exit_code = pytest.main(args, plugins=[plugin])
-    if benchmark_json and _modified(benchmark_json) == written_before:
-        _write_no_benchmarks(Path(benchmark_json))
+    with tempfile.TemporaryDirectory(prefix="release-kit-benchmark-") as scratch:
+        # pytest-benchmark writes its file in place (not atomically) and creates no folder: a scratch file,
+        # written to the path asked for below like any other output.
+        written = Path(scratch) / "benchmark.json"
+        if benchmark_json:
+            args.append(f"--benchmark-json={written}")
+        with contextlib.redirect_stdout(output), _forget_user_modules(user_paths), _own_session():
+            exit_code = pytest.main(args, plugins=[plugin])
+        document = _benchmark_document(written) if benchmark_json else None
     if exit_code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
         lines = [line for line in output.getvalue().splitlines() if line.strip()]
         detail = lines[-1] if lines else f"pytest exit code {int(exit_code)}"
         if exit_code is pytest.ExitCode.USAGE_ERROR:
             raise InputError(f"cannot run checks: {detail}")
         raise ReleaseKitError(f"the check session stopped: {detail}")
+    if benchmark_json is not None and document is not None:
+        try:
+            write_atomic(Path(benchmark_json), document)
+        except OSError as error:
+            raise InputError(f"cannot write {benchmark_json} (benchmark_json): {error.strerror or error}") from None
     return plugin.ordered_results()

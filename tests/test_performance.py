@@ -350,9 +350,24 @@ def test_unwritable_save_candidate_is_an_input_error(project, power, cli):
     assert not (project.root / "r.json").exists()
 
 
-def test_unwritable_benchmark_json_is_an_input_error(project, power, cli):
+def test_benchmark_json_is_an_output_like_the_others(project, power, cli, monkeypatch):
+    """--benchmark-json follows the outputs' rules: a missing folder is created (as for --report), and the
+    file is written only when the whole command succeeded (pytest-benchmark wrote it in place when its
+    session ended, before the report: a failure after that left it alone). An unwritable path is refused
+    before the gate runs (tests/test_pipeline.py)."""
+    from release_kit import render
+
     project.config(FAST)
     result = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--report", "r.json",
                  "--benchmark-json", "missing-folder/bench.json")
-    assert result.exit_code == 2 and "--benchmark-json: cannot write to missing-folder" in result.stderr
-    assert not (project.root / "r.json").exists()
+    assert result.exit_code == 0, result.output
+    assert json.loads((project.root / "missing-folder" / "bench.json").read_text())["benchmarks"] == []
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug after the checks")
+
+    monkeypatch.setattr(render, "render_markdown", broken)
+    failed = cli("check", "--candidate", power["v1"], "--baseline", power["v1"], "--format", "markdown",
+                 "--benchmark-json", "late.json")
+    assert failed.exit_code == 4 and "a bug after the checks" in failed.stderr, failed.output
+    assert not (project.root / "late.json").exists()
