@@ -6,6 +6,7 @@ With no tracking URI in config or ``$MLFLOW_TRACKING_URI``, everything goes to a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -85,9 +86,34 @@ def connect(uri: str) -> MlflowClient:
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///") or uri in _SCHEMA_READY:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _store_lock(Path(uri.removeprefix("sqlite:///"))):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # The client builds the tracking store; the first registry call builds the registry's.
+        client.search_registered_models(max_results=1)
+    _SCHEMA_READY.add(uri)
+    return client
+
+
+_SCHEMA_READY: set[str] = set()  # the SQLite stores this process has opened under the lock
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path):
+    """A lock file beside an SQLite store, held while a process opens it: MLflow creates or migrates the
+    schema then, and two processes doing it at once (three checks started together in a new project) left
+    a half-run migration behind ("table _alembic_tmp_metrics already exists"), which every later run
+    failed on."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:

@@ -248,6 +248,28 @@ def test_an_unwritable_output_is_refused_before_the_gate_runs(project, power, cl
     assert not (project.root / "report.json").exists()
 
 
+def test_checks_started_together_in_a_new_project_share_its_embedded_store(tmp_path, power):
+    """Three checks started at once in a project with no store yet: MLflow creates and migrates the SQLite
+    schema when a process first opens it, and three doing so together left a half-run migration behind
+    (exit 4 for two of them, then "table _alembic_tmp_metrics already exists" for every later run). The
+    first opening is serialised: each check logs its run, and so does one after them. Subprocesses, default
+    tracking."""
+    import subprocess
+    import sys
+
+    root = write_project(tmp_path / "p", power, extra='\n[gate]\nstages = ["quality"]\n')
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "release_kit.cli", "check", "--candidate", "models/candidate-better.pt"]
+    started = [subprocess.Popen([*command, "--report", f"r{i}.json"], cwd=root, env=environment, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for i in range(3)]
+    errors = [process.communicate(timeout=300)[1] for process in started]
+    assert [process.returncode for process in started] == [0, 0, 0], errors
+    later = run_cli(root, "check", "--candidate", "models/candidate-better.pt", "--report", "r3.json")
+    assert later.returncode == 0, later.stderr[-2000:]
+    runs = {json.loads((root / f"r{i}.json").read_text())["mlflow"]["run_id"] for i in range(4)}
+    assert len(runs) == 4 and all(runs)
+
+
 @pytest.mark.parametrize("flag", ["--report", "--junit"])
 def test_an_output_to_a_pipe_is_written_through_not_replaced(tmp_path, power, flag):
     """``--report /dev/stdout`` or a FIFO: the text goes into the pipe. The atomic rename would have put a
