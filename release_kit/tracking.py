@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReleaseKitError, first_line
+from .errors import InputError, ReleaseKitError, first_line
 from .tags import MODEL_SHA256_TAG, VERSION_TAG, GateRunTags, mlflow_key
 
 if TYPE_CHECKING:
@@ -43,11 +43,15 @@ def embedded_uri(project_dir: Path) -> str:
 
 
 def check_store_writable(uri: str) -> None:
-    """The embedded store must be creatable and writable before a gate runs for minutes and then logs."""
+    """The embedded store must be creatable and writable, and one that exists must open, before a gate runs
+    for minutes and then logs."""
     if uri.startswith("sqlite:///"):
         from .outputs import check_writable
 
-        check_writable(Path(uri.removeprefix("sqlite:///")), "the embedded MLflow store (set [mlflow] tracking_uri, or --no-mlflow)")
+        path = Path(uri.removeprefix("sqlite:///"))
+        check_writable(path, "the embedded MLflow store (set [mlflow] tracking_uri, or --no-mlflow)")
+        if path.exists():
+            connect(uri)
 
 
 def released_versions(uri: str, model: str, *, except_file: str | None = None) -> tuple[str, ...]:
@@ -88,10 +92,19 @@ def connect(uri: str) -> MlflowClient:
 
     if not uri.startswith("sqlite:///") or uri in _SCHEMA_READY:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with _store_lock(Path(uri.removeprefix("sqlite:///"))):
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        # The client builds the tracking store; the first registry call builds the registry's.
-        client.search_registered_models(max_results=1)
+    from alembic.util import CommandError
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    with _store_lock(path):
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            # The client builds the tracking store; the first registry call builds the registry's.
+            client.search_registered_models(max_results=1)
+        except (SQLAlchemyError, CommandError, MlflowException) as error:
+            # A file that is no SQLite database, or a store left half-migrated: the user's to look at.
+            raise InputError(f"the MLflow store {path} cannot be opened: {first_line(error, 200)}") from None
     _SCHEMA_READY.add(uri)
     return client
 

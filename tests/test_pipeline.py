@@ -300,6 +300,25 @@ def test_an_unwritable_embedded_store_is_refused_before_the_gate_runs(project, p
     assert not (project.root / "report.json").exists()
 
 
+def test_an_embedded_store_that_does_not_open_is_bad_input_before_the_gate_runs(project, power, cli, monkeypatch):
+    """A file at the store's path that is no SQLite database (or one left half-migrated): one line naming
+    it, exit 2, before the gate runs, where it was an internal error (exit 4) after the whole gate."""
+    from release_kit import engine
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the checks ran before the store was opened")
+
+    monkeypatch.setattr(engine, "run_checks", ran)
+    (project.root / ".release-kit").mkdir()
+    (project.root / ".release-kit" / "mlflow.db").write_text("not a database")
+    text = (project.root / "release-kit.toml").read_text().replace("enabled = false", "enabled = true")
+    project.write("release-kit.toml", text)
+    result = cli("check", "--candidate", power["better"], "--report", "report.json")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"release-kit: error: the MLflow store {project.root / '.release-kit' / 'mlflow.db'} cannot be opened: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (project.root / "report.json").exists()
+
+
 def test_github_runner_files_are_checked_before_the_gate_runs(project, power, cli, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project.root / "nope" / "x" / "summary"))
     (project.root / "nope").write_text("file")
