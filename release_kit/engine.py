@@ -378,12 +378,16 @@ def run_checks(
         *[str(path) for path in user_paths],
     ]
     output = io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="release-kit-benchmark-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="release-kit-checks-") as scratch:
         # pytest-benchmark writes its file in place (not atomically) and creates no folder: a scratch file,
         # written to the path asked for below like any other output.
         written = Path(scratch) / "benchmark.json"
         if benchmark_json:
             args.append(f"--benchmark-json={written}")
+        if "pytest_benchmark.plugin" in plugins:
+            # Its storage (for --benchmark-autosave, never used here) is made at the session's start: in the
+            # scratch folder, not as an empty .benchmarks/ in the user's project.
+            args.append(f"--benchmark-storage=file://{Path(scratch) / 'storage'}")
         with contextlib.redirect_stdout(output), _forget_user_modules(user_paths), _own_session():
             exit_code = pytest.main(args, plugins=[plugin])
         document = _benchmark_document(written) if benchmark_json else None

@@ -279,6 +279,8 @@ def test_benchmark_json_without_benchmarks_is_an_empty_list_not_a_stale_file(pro
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert json.loads((project.root / "bench.json").read_text())["benchmarks"] == []
     assert "Warning" not in result.stderr and "benchmark" not in result.stderr, result.stderr
+    # pytest-benchmark's storage lives in the session's scratch folder, not as .benchmarks/ in the project.
+    assert not (project.root / ".benchmarks").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
