@@ -396,27 +396,33 @@ def test_tensor_range_of_inputs_drawn_as_the_reference_passes_and_an_impossible_
     assert failed["status"] == "fail" and failed["summary"].startswith("inputs.0: 1 of 160,000 values (0.000625%) outside"), failed["summary"]
 
 
-def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "golden_data.py").write_text(textwrap.dedent(f"""
-        import numpy as np
+def write_dataset_factory(module: Path, arrays: Path | str, *, metadata: bool = False) -> None:
+    """A module whose ``golden()`` is a map-style Dataset of the two-input safetensors file ``arrays`` (read when
+    it is built): ``(inputs, target)`` items, with a ``site`` metadata dict when ``metadata``."""
+    meta = ', {"site": "north" if i % 2 else "south"}' if metadata else ""
+    module.write_text(textwrap.dedent(f"""
         import torch
         from safetensors.numpy import load_file
 
         class Golden(torch.utils.data.Dataset):
             def __init__(self):
-                self.arrays = load_file("{two_inputs / 'golden.safetensors'}")
+                self.arrays = load_file("{arrays}")
 
             def __len__(self):
                 return len(self.arrays["target"])
 
             def __getitem__(self, i):
                 inputs = (torch.from_numpy(self.arrays["inputs.0"][i]), torch.from_numpy(self.arrays["inputs.1"][i]))
-                return inputs, torch.from_numpy(self.arrays["target"][i]), {{"site": "north" if i % 2 else "south"}}
+                return inputs, torch.from_numpy(self.arrays["target"][i]){meta}
 
         def golden():
             return Golden()
         """))
+
+
+def test_a_dataset_factory_with_metadata(tmp_path, two_inputs, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_dataset_factory(tmp_path / "golden_data.py", two_inputs / "golden.safetensors", metadata=True)
     two_input_config(tmp_path, two_inputs)
     text = (tmp_path / "release-kit.toml").read_text().replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'dataset = "golden_data:golden"')
     (tmp_path / "release-kit.toml").write_text(text + '[gate]\nstages = ["quality", "outliers"]\n')
@@ -444,24 +450,7 @@ def test_a_dataset_factory_whose_items_changed_since_the_check_releases_nothing(
     arrays = load_file(str(two_inputs / "golden.safetensors"))
     (tmp_path / "data").mkdir()
     save_file(arrays, str(tmp_path / "data" / "golden.safetensors"))
-    (tmp_path / "golden_items.py").write_text(textwrap.dedent("""
-        import torch
-        from safetensors.numpy import load_file
-
-        class Golden(torch.utils.data.Dataset):
-            def __init__(self):
-                self.arrays = load_file("data/golden.safetensors")
-
-            def __len__(self):
-                return len(self.arrays["target"])
-
-            def __getitem__(self, i):
-                inputs = (torch.from_numpy(self.arrays["inputs.0"][i]), torch.from_numpy(self.arrays["inputs.1"][i]))
-                return inputs, torch.from_numpy(self.arrays["target"][i])
-
-        def golden():
-            return Golden()
-        """))
+    write_dataset_factory(tmp_path / "golden_items.py", "data/golden.safetensors")
     two_input_config(tmp_path, two_inputs)
     text = (tmp_path / "release-kit.toml").read_text().replace(f'golden = "{two_inputs / "golden.safetensors"}"', 'dataset = "golden_items:golden"')
     (tmp_path / "release-kit.toml").write_text(text.replace("[mlflow]\nenabled = false\n", "") + '[gate]\nstages = ["quality"]\n')
