@@ -35,7 +35,7 @@ def packages() -> dict[str, str]:
 def data_fingerprints(config: Config, report: Report, contents: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Content hashes of the datasets named in ``[data]``; the golden set's is the one the gate checked, a
     file's the release took already (``contents``: :func:`release_kit.data.content_hashes`)."""
-    from .data import fingerprint, read_table
+    from .data import fingerprint, is_sql, read_table
 
     fingerprints = {"golden": {"source": report.data["golden"].path, "sha256": report.data["golden"].sha256}}
     for role in ("reference", "training"):
@@ -44,7 +44,7 @@ def data_fingerprints(config: Config, report: Report, contents: dict[str, str]) 
             known = contents.get(role)
             if known is None or known == "unreadable":
                 # A SQL table has no file, so its rows are read and hashed; an unreadable file says why here.
-                known = fingerprint(source, read_table(source) if "://" in source else None)
+                known = fingerprint(source, read_table(source) if is_sql(source) else None)
             fingerprints[role] = {"source": source, "sha256": known}
     return fingerprints
 
