@@ -7,8 +7,10 @@ flaky and report nothing.
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,22 @@ class SearchResult:
             "stopped_by_time_budget": self.timed_out,
             "counterexample": None if self.example is None else dict(zip(self.features, map(float, self.example))),
         }
+
+
+@contextmanager
+def _scratch_storage() -> Iterator[None]:
+    """Hypothesis's storage in a temporary folder for the search's length: Hypothesis caches the constants of
+    the loaded modules under ``.hypothesis/`` in the working directory, which would leave a folder in the
+    user's project (no example database is kept: ``database=None``)."""
+    from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
+
+    previous = storage_directory(intent_to_write=False).home_directory
+    with tempfile.TemporaryDirectory(prefix="release-kit-hypothesis-") as scratch:
+        set_hypothesis_home_dir(scratch)
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(previous)
 
 
 class _OutOfTime(Exception):
@@ -70,7 +88,8 @@ def search(strategy: Any, violates: Callable[[np.ndarray], bool], *, seconds: fl
     options = settings(max_examples=max_examples, database=None, derandomize=True, deadline=None,
                        suppress_health_check=list(HealthCheck))
     try:
-        example = find(strategy, condition, settings=options)
+        with _scratch_storage():
+            example = find(strategy, condition, settings=options)
     except (NoSuchExample, _OutOfTime):
         example = None
     except InvalidArgument as error:  # a strategy built wrong: a bug to report, never "nothing found"
