@@ -217,15 +217,16 @@ def file_fingerprint(source: str | Path, *, streamed: bool) -> str:
 
 def content_hashes(spec: DataSpec) -> dict[str, str]:
     """The contents of the tables beside the golden set that the checks decide by, ``[data] reference`` (the
-    profile's and drift's baseline), ``training`` and ``metadata``, by key: each file's or Parquet set's hash. A
-    SQL source is left to its URL (its rows would have to be read again). One the run cannot read (a gate
-    without the data stage reads no reference) is recorded so, not an error after the gate ran."""
+    profile's and drift's baseline), ``training`` and ``metadata``, by key: each file's or Parquet set's hash,
+    a SQL table's rows read again (:func:`fingerprint`), so that a table changed in its database between the
+    check and the release is seen as a file changed on disk is. One the run cannot read (a gate without the
+    data stage reads no reference) is recorded so, not an error after the gate ran."""
     hashes = {}
     for key in ("reference", "training", "metadata"):
         source = getattr(spec, key)
-        if source and not is_sql(source):
+        if source:
             try:
-                hashes[key] = file_fingerprint(source, streamed=False)
+                hashes[key] = fingerprint(source, read_table(source)) if is_sql(source) else file_fingerprint(source, streamed=False)
             except (InputError, OSError):
                 hashes[key] = "unreadable"
     return hashes

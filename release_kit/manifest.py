@@ -43,7 +43,7 @@ def data_fingerprints(config: Config, report: Report, contents: dict[str, str]) 
         if source:
             known = contents.get(role)
             if known is None or known == "unreadable":
-                # A SQL table has no file, so its rows are read and hashed; an unreadable file says why here.
+                # A table the release could not read: reading it again says why, here.
                 known = fingerprint(source, read_table(source) if is_sql(source) else None)
             fingerprints[role] = {"source": source, "sha256": known}
     return fingerprints

@@ -357,7 +357,8 @@ def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
     """The golden set at the configured path changed after the check (a branch that dropped the rows the
     candidate gets wrong, then restored them): the report decided about other rows, and the release is
     refused (exit 2) before anything is written, for a file read whole, a streamed Parquet directory and a
-    SQL table (read again); so is one checked against another reference. The same contents again release."""
+    SQL table (read again); so is one checked against another reference, a file or a SQL table. The same
+    contents again release."""
     import sqlite3
 
     import pandas as pd
@@ -405,6 +406,22 @@ def test_a_report_checked_on_other_golden_contents_releases_nothing(repo, cli):
     assert refused.exit_code == 2 and "decided by other settings than this config's" in refused.stderr, refused.output
     shutil.copy(repo.power["train"], repo.root / "out" / "train.csv")
     assert cli("release", "--report", "checked.json", "--dry-run").exit_code == 0
+    # A SQL reference table has no file: its rows are read again, and rows changed in the database are seen.
+    def reference_to_sql(frame):
+        with sqlite3.connect(repo.root / "out" / "reference.db") as connection:
+            frame.to_sql("reference", connection, index=False, if_exists="replace")
+
+    train = pd.read_csv(repo.power["train"])
+    reference_to_sql(train)
+    text = (repo.root / "release-kit.toml").read_text()
+    (repo.root / "release-kit.toml").write_text(text.replace('reference = "out/train.csv"', f'reference = "sqlite:///{repo.root / "out" / "reference.db"}#reference"'))
+    repo.git("commit", "--quiet", "-am", "the reference in a database")
+    assert cli("check", "--candidate", repo.models["better"], "--report", "checked.json").exit_code == 0
+    reference_to_sql(train.iloc[:-50])
+    refused = cli("release", "--report", "checked.json")
+    assert refused.exit_code == 2 and "decided by other settings than this config's" in refused.stderr, refused.output
+    reference_to_sql(train)
+    assert cli("release", "--report", "checked.json").exit_code == 0 and repo.champion() == "1.1.0"
 
 
 def test_a_check_against_another_file_than_the_released_one_releases_nothing(repo, cli):
