@@ -263,10 +263,10 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
     roles = {m.role: m for m in models}
     features = {"candidate": tuple(spec.features), "baseline": tuple(baseline_features or spec.features)}
     total = source.rows()
-    # The data stage validates every column of the golden set, as when it is read whole: the sample carries
-    # the columns the models do not read too.
+    # The sample carries the columns the models do not read too, whatever stages run, as a golden set read
+    # whole has them: the data stage validates every column, declared slices and user checks read any.
     used = {*features["candidate"], *features["baseline"], spec.target}
-    carried = tuple(c for c in source.common_columns() if c not in used) if "data" in config.gate.stages else ()
+    carried = tuple(c for c in source.common_columns() if c not in used)
     value_conditions, moments = counted_conditions(list(suites or ())), moment_columns(list(suites or ()))
     if any(footer.kinds.get(spec.target, "").endswith("text") for footer in source.footers):
         value_conditions.pop(spec.target, None)  # class names are counted as their ids: GX compares the names, on the sample
@@ -276,7 +276,7 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
                     config.outliers.top_n if "outliers" in config.gate.stages else 0, carried=carried,
                     value_conditions=value_conditions, moment_columns=moments)
     source.check_numeric(plan.columns, target=spec.target, labels=spec.task == "classification" and bool(spec.classes))
-    source.check_joins(plan.carried)  # the columns only the data stage reads: any type, one per column
+    source.check_joins(plan.carried)  # the columns no model reads: any type, one per column
     if "outliers" in config.gate.stages and "baseline" in roles:
         plan = _with_slices(config, source, plan, roles)
     chunk_rows = chunk_rows_that_fit(

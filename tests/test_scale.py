@@ -693,6 +693,53 @@ def test_slices_are_summed_over_every_streamed_row(streamed_project, power, gold
     assert failing[0].startswith("cloud_cover >") and failing[1] > 300  # more rows than the whole sample
 
 
+def test_columns_no_model_reads_reach_declared_slices_and_user_checks_without_the_data_stage(tmp_path, power, cli, monkeypatch):
+    """A column the models do not read (a site) is in the streamed sample whatever stages run: a declared slice
+    on it (by column and by expr) and a user check reading it decide as on the same rows read whole, with only
+    the outlier stage, or only quality. Before, only a run with the data stage carried it: the slices were bad
+    input ("not in the golden set") and a user check's KeyError an error."""
+    import shutil
+
+    rows = pf.make_dataset(3_000, seed=21).assign(site=lambda f: np.where(np.arange(len(f)) % 4 == 0, "north", "south"))
+    (tmp_path / "golden").mkdir()
+    rows.iloc[:1_500].to_parquet(tmp_path / "golden" / "part-0.parquet", index=False)
+    rows.iloc[1_500:].to_parquet(tmp_path / "golden" / "part-1.parquet", index=False)
+    rows.to_csv(tmp_path / "golden.csv", index=False)
+    shutil.copy(power["night"], tmp_path / "candidate.pt")
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "test_sites.py").write_text(textwrap.dedent("""
+        def test_every_site_is_scored(golden, record_metric):
+            sites = golden.frame["site"]
+            record_metric("sites", float(sites.nunique()))
+            assert set(sites) == {"north", "south"}
+        """))
+    extra = """
+        [[outliers.slices]]
+        column = "site"
+        categories = ["north", "south"]
+        [[outliers.slices]]
+        name = "northern nights"
+        expr = "site == 'north' and irradiance == 0"
+        [checks]
+        paths = ["checks"]
+        """
+    monkeypatch.chdir(tmp_path)
+    decided = {}
+    for golden in ("golden", "golden.csv"):
+        configure(tmp_path, power, tmp_path / golden, extra)
+        for stage in ("outliers", "quality"):
+            report = run(cli, "--stage", stage)
+            checks = {c["name"]: c for c in report["checks"]}
+            user = checks["test_sites.py::test_every_site_is_scored"]
+            assert user["status"] == "pass", user["summary"]
+            if stage == "outliers":
+                assert report["environment"]["golden_read"] == ("local" if golden == "golden" else "whole")
+                site, nights = checks["slice:site"], checks["slice:northern nights"]
+                assert nights["status"] == "fail", nights["summary"]  # the night candidate forecasts negative power
+                decided[golden] = [(c["status"], c["summary"]) for c in (site, nights)]
+    assert decided["golden"] == decided["golden.csv"]
+
+
 def test_the_output_contract_holds_over_every_streamed_row(streamed_project, power, golden_directory, cli):
     """One golden row in 30,000 gets a negative forecast: a 300-row sample would likely miss it, the counts
     over every row do not."""

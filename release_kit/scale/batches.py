@@ -40,9 +40,9 @@ class ScanPlan:
     # the pairs of features whose joint tables are summed too.
     slice_bins: dict[str, SliceBins] = field(default_factory=dict)
     slice_pairs: tuple[tuple[str, str], ...] = ()
-    # The golden set's other columns, of any type, for the data stage, which validates every column as it
-    # does a golden set read whole: kept in the sample and counted (nulls, a numeric column's range), never
-    # checked, and no row is excluded for them.
+    # The golden set's other columns, of any type, as a golden set read whole has them (the data stage
+    # validates every column; declared slices and user checks read any): kept in the sample and counted
+    # (nulls, a numeric column's range), never checked, and no row is excluded for them.
     carried: tuple[str, ...] = ()
     # Column → the data stage's ranges and sets whose exceptions are counted over every row (GX's ``mostly``
     # needs the count, not only the column's minimum and maximum).
