@@ -77,6 +77,17 @@ def test_changelog_entry_matches_the_golden_file():
     assert_golden("changelog-entry.md", render.render_changelog_entry(pinned_report(), RELEASE))
 
 
+def test_a_first_releases_changelog_entry_says_so_once():
+    """The first release's reason starts "first release: …": the entry said "First release: first release: …"."""
+    import dataclasses
+
+    first = dataclasses.replace(pinned_report(), bump=Bump.MAJOR, first_release=True, baseline=None, current_version=None,
+                                next_version="1.0.0", bump_reason="first release: no baseline, version 1.0.0")
+    entry = render.render_changelog_entry(first, {**RELEASE, "version": "1.0.0", "previous": None})
+    assert entry.lower().count("first release") == 1, entry
+    assert "- First release: no earlier version to compare with\n" in entry
+
+
 def test_a_metric_near_a_whole_number_is_not_shown_as_one():
     """A near-perfect AUC is written with the digits that show it is not 1, in the note's metric table as in
     the check's summary; an exact 1 stays "1"."""
