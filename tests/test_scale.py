@@ -696,7 +696,7 @@ def test_slices_are_summed_over_every_streamed_row(streamed_project, power, gold
 def test_columns_no_model_reads_reach_declared_slices_and_user_checks_without_the_data_stage(tmp_path, power, cli, monkeypatch):
     """A column the models do not read (a site) is in the streamed sample whatever stages run: a declared slice
     on it (by column and by expr) and a user check reading it decide as on the same rows read whole, with only
-    the outlier stage, or only quality. Before, only a run with the data stage carried it: the slices were bad
+    the outlier stage. Before, only a run with the data stage carried it: the slices were bad
     input ("not in the golden set") and a user check's KeyError an error."""
     import shutil
 
@@ -727,16 +727,14 @@ def test_columns_no_model_reads_reach_declared_slices_and_user_checks_without_th
     decided = {}
     for golden in ("golden", "golden.csv"):
         configure(tmp_path, power, tmp_path / golden, extra)
-        for stage in ("outliers", "quality"):
-            report = run(cli, "--stage", stage)
-            checks = {c["name"]: c for c in report["checks"]}
-            user = checks["test_sites.py::test_every_site_is_scored"]
-            assert user["status"] == "pass", user["summary"]
-            if stage == "outliers":
-                assert report["environment"]["golden_read"] == ("local" if golden == "golden" else "whole")
-                site, nights = checks["slice:site"], checks["slice:northern nights"]
-                assert nights["status"] == "fail", nights["summary"]  # the night candidate forecasts negative power
-                decided[golden] = [(c["status"], c["summary"]) for c in (site, nights)]
+        report = run(cli, "--stage", "outliers")
+        assert report["environment"]["golden_read"] == ("local" if golden == "golden" else "whole")
+        checks = {c["name"]: c for c in report["checks"]}
+        user = checks["test_sites.py::test_every_site_is_scored"]
+        assert user["status"] == "pass", user["summary"]
+        site, nights = checks["slice:site"], checks["slice:northern nights"]
+        assert nights["status"] == "fail", nights["summary"]  # the night candidate forecasts negative power
+        decided[golden] = [(c["status"], c["summary"]) for c in (site, nights)]
     assert decided["golden"] == decided["golden.csv"]
 
 
