@@ -175,6 +175,7 @@ def prepare(
             model.to_device(device)
         scan = reference = suites = None
         if streamed is not None:
+            _require_bounds_fit(spec, 1)  # a streamed table's target is one column
             reference = _reference_table(config)
             if "data" in config.gate.stages:
                 from .validation import golden_suites
@@ -182,8 +183,7 @@ def prepare(
                 suites = tuple(golden_suites(config.data, reference, min(streamed.rows(), run_spec.max_rows or streamed.rows())))
             scan, golden, predicted, inputs = _scan(config, streamed, digest, models, baseline_features, progress, reference, suites)
         else:
-            if isinstance(spec.bounds, list) and len(spec.bounds) != golden.outputs:
-                raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {golden.outputs} output(s)")
+            _require_bounds_fit(spec, golden.outputs)
             n_classes = int(golden.target.max()) + 1 if spec.task == "classification" else None
             inputs = {"candidate": golden.inputs, "baseline": golden.inputs}
             if baseline_features is not None:
@@ -323,6 +323,12 @@ def _scan(config: Config, source, digest, models, baseline_features, progress, r
         predicted["baseline"] = sample["baseline"]
         inputs["baseline"] = (sample["baseline_features"],) if "baseline_features" in sample else golden.inputs
     return summary, golden, predicted, inputs
+
+
+def _require_bounds_fit(spec, outputs: int) -> None:
+    """A ``[[model.bounds]]`` list names one range per output of the target."""
+    if isinstance(spec.bounds, list) and len(spec.bounds) != outputs:
+        raise InputError(f"[model] bounds lists {len(spec.bounds)} ranges but the target has {outputs} output(s)")
 
 
 def _batch_holders(run_spec) -> int:

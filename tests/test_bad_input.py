@@ -216,6 +216,25 @@ def test_column_vector_output_counts_as_one_regression_output(project, power, cl
     assert result.exit_code in (0, 1)  # (N,1) and (N,) both mean one regression output
 
 
+@pytest.mark.parametrize("layout", ["golden.csv", "directory"])
+def test_bounds_listed_for_more_outputs_than_the_target_has(project, power, cli, layout):
+    """``[[model.bounds]]`` names one range per output: two ranges for a one-column target is bad input, read
+    whole or streamed. Streamed, it passed (exit 0): the contract applied the first range and its summary
+    named both."""
+    import pandas as pd
+
+    text = (project.root / "release-kit.toml").read_text()
+    bounds = next(line for line in text.splitlines() if line.startswith("bounds = "))
+    project.write("release-kit.toml", text.replace(bounds, "bounds = [{ min = 0.0, max = 6.0 }, { min = 0.0, max = 1.0 }]"))
+    golden = power["golden"]
+    if layout == "directory":
+        golden = project.root / "golden"
+        golden.mkdir()
+        pd.read_csv(power["golden"]).to_parquet(golden / "part-0.parquet")
+    assert_input_error(check(cli, "--candidate", power["better"], "--data", golden), project,
+                       "[model] bounds lists 2 ranges but the target has 1 output(s)")
+
+
 def test_empty_golden_set(project, power, cli):
     header = power["golden"].read_text().splitlines()[0]
     golden = project.write("empty.csv", header + "\n")
