@@ -12,9 +12,11 @@ file in the device's place (as root, ``/dev/null`` itself) or fail in ``/dev``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -58,6 +60,21 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """The lock file ``path`` held (``flock``, exclusive) for the block: processes on this machine that take
+    it run the block one at a time. Its folders are created."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_writable(path: Path, what: str) -> None:

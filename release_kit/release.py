@@ -327,7 +327,7 @@ def plan(
     from .outputs import check_writable
     from .git import GitRepo
     from .render import ReleaseContext, render_changelog_entry, render_release_note
-    from .tracking import tracking_uri
+    from .tracking import STATE_DIR, tracking_uri
 
     spec = config.release
     if report.model != config.model.name:
@@ -402,7 +402,7 @@ def plan(
         report=report, model=model, version=version, release_id=rid, tracking_uri=uri, experiment=config.mlflow.experiment,
         model_file=model_file, tags=_version_tags(report, manifest, rid, commit, dirty), manifest=manifest, note=note,
         changelog_entry=entry, changelog=changelog, git=git, commit=commit, tag_name=tag_name,
-        alias=alias, alias_expected=alias_now, alias_skipped=alias_skipped, lock_dir=project_dir / ".release-kit",
+        alias=alias, alias_expected=alias_now, alias_skipped=alias_skipped, lock_dir=project_dir / STATE_DIR,
     )
 
 
@@ -439,15 +439,10 @@ def _exclusive(directory: Path, *, enabled: bool):
     if not enabled:
         yield
         return
-    import fcntl
+    from .outputs import held_lock
 
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "release.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held_lock(directory / "release.lock"):
+        yield
 
 
 def _require_configured_gate(config: Config, report: Report, project_dir: Path, data_contents: dict[str, str]) -> None:

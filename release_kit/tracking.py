@@ -6,7 +6,6 @@ With no tracking URI in config or ``$MLFLOW_TRACKING_URI``, everything goes to a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -96,8 +95,13 @@ def connect(uri: str) -> MlflowClient:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .outputs import held_lock
+
     path = Path(uri.removeprefix("sqlite:///"))
-    with _store_lock(path):
+    # Held while this process opens the store: MLflow creates or migrates the schema then, and two processes
+    # doing it at once (three checks started together in a new project) left a half-run migration behind
+    # ("table _alembic_tmp_metrics already exists"), which every later run failed on.
+    with held_lock(path.with_name(path.name + ".lock")):
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             # The client builds the tracking store; the first registry call builds the registry's.
@@ -110,23 +114,6 @@ def connect(uri: str) -> MlflowClient:
 
 
 _SCHEMA_READY: set[str] = set()  # the SQLite stores this process has opened under the lock
-
-
-@contextlib.contextmanager
-def _store_lock(path: Path):
-    """A lock file beside an SQLite store, held while a process opens it: MLflow creates or migrates the
-    schema then, and two processes doing it at once (three checks started together in a new project) left
-    a half-run migration behind ("table _alembic_tmp_metrics already exists"), which every later run
-    failed on."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
