@@ -331,9 +331,7 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
     collapsed into a count unless ``verbose``), then the verdict naming the waivers it relied on."""
     from rich.table import Table
 
-    escape = terminal_text
-
-    console.print(f"[bold]release-kit · {escape(report.model)}[/]: {len(report.checks)} checks: {status_counts(report)}")
+    console.print(f"[bold]release-kit · {terminal_text(report.model)}[/]: {len(report.checks)} checks: {status_counts(report)}")
     shown = failures_first(c for c in report.checks if verbose or c.status.value in ("fail", "error", "warn"))
     if shown:
         table = Table(expand=True, show_lines=False)
@@ -346,26 +344,24 @@ def print_report(report: Report, console: Console, *, verbose: bool = False) -> 
         for check in shown:
             status = check.status.value
             name = "\n".join(check_name_lines(f"{check.stage}::{check.name}", name_width))
-            table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", escape(name), escape(check.summary))
+            table.add_row(f"[{STATUS_STYLE[status]}]{status}[/]", terminal_text(name), terminal_text(check.summary))
         console.print(table)
     hidden = len(report.checks) - len(shown)
     if hidden:
         console.print(f"[dim]{hidden} passing or skipped check(s) not shown (--verbose lists them)[/]")
     waived = [w.check for w in report.waivers if w.applied]
-    waiver_note = f" [yellow](waived: {escape(', '.join(waived))})[/]" if waived else ""
+    waiver_note = f" [yellow](waived: {terminal_text(', '.join(waived))})[/]" if waived else ""
     if report.verdict.value == "pass":
         bump = report.bump.value if report.bump else "none"
         # bump none keeps the version: "→ 2.4.0" would announce a release that `release` declines
         version = "" if not report.next_version else f" (stays {report.next_version})" if bump == "none" else f" → {report.next_version}"
-        console.print(f"[bold green]PASS[/] bump [bold]{bump}[/]{escape(version)}: {escape(report.bump_reason)}{waiver_note}")
+        console.print(f"[bold green]PASS[/] bump [bold]{bump}[/]{terminal_text(version)}: {terminal_text(report.bump_reason)}{waiver_note}")
     else:
-        console.print(f"[bold red]BLOCK[/]: {escape(report.bump_reason)}{waiver_note}")
+        console.print(f"[bold red]BLOCK[/]: {terminal_text(report.bump_reason)}{waiver_note}")
 
 
 def print_history(model: str, entries: list, console: Console) -> None:
     from rich.table import Table
-
-    escape = terminal_text
 
     # A metric, a commit or data digest and an alias a line each, wrapped at their spaces: joined by commas
     # in narrow columns, "mae_output_1 0.03179" was folded mid-name ("mae_outpu", "t_1") and "@champion"
@@ -383,7 +379,7 @@ def print_history(model: str, entries: list, console: Console) -> None:
     for column in ("version", "released", "bump", "quality", "provenance", "alias"):
         table.add_column(column, overflow="fold", no_wrap=column in ("version", "released", "bump"))
     for version, number, *rest in rows:
-        table.add_row(f"[bold]{escape(version)}[/] {number}", *map(escape, rest))
+        table.add_row(f"[bold]{terminal_text(version)}[/] {number}", *map(terminal_text, rest))
     console.print(table)
 
 
