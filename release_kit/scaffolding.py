@@ -48,7 +48,7 @@ def plan(directory: Path, *, name: str, task: str, target: str | None, features:
             features, others, labels = _columns(directory, data, target)
         features = [f.strip() for f in features if f.strip()]
     # JSON strings are TOML basic strings: any name or path is quoted safely.
-    config_text = _render(
+    config_text = render_scaffold(
         "release-kit.toml.j2", name=json.dumps(name), task=json.dumps(task), target=json.dumps(target),
         features=json.dumps(features) if features is not None else None, others=", ".join(others),
         data=json.dumps(data) if data else None,
@@ -62,7 +62,7 @@ def plan(directory: Path, *, name: str, task: str, target: str | None, features:
     scaffold = resources.files("release_kit.scaffold")
     files["checks/test_model_basics.py"] = scaffold.joinpath("checks", "test_model_basics.py").read_text(encoding="utf-8")
     for workflow in ("release-gate.yml", "release.yml"):
-        files[f".github/workflows/{workflow}"] = _render(f"workflows/{workflow}.j2", action=action)
+        files[f".github/workflows/{workflow}"] = render_scaffold(f"workflows/{workflow}.j2", action=action)
     templates = resources.files("release_templates")
     for entry in sorted(templates.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".j2"):
@@ -128,7 +128,9 @@ def _columns(directory: Path, data: str, target: str) -> tuple[list[str], list[s
     return features, [c for c, ok in readable.items() if not ok], labels
 
 
-def _render(template: str, **context) -> str:
+def render_scaffold(template: str, **context) -> str:
+    """A shipped scaffold template (the config, the workflows) rendered with ``[[ ]]`` delimiters, which leave
+    the GitHub expressions ``${{ }}`` in the workflows as they are."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(

@@ -22,7 +22,7 @@ from release_kit import github
 from release_kit.junit import to_junit
 from release_kit.registry import publish
 from release_kit.report import CheckResult, Status
-from release_kit.scaffolding import _render
+from release_kit.scaffolding import render_scaffold
 from release_kit.tracking import embedded_uri
 
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -34,7 +34,7 @@ def scaffold_workflows(tmp_path: Path) -> dict[str, Path]:
     paths = {}
     for name in ("release-gate.yml", "release.yml"):
         path = tmp_path / f"scaffold-{name}"
-        path.write_text(_render(f"workflows/{name}.j2", action="acme/release-kit@v1"))
+        path.write_text(render_scaffold(f"workflows/{name}.j2", action="acme/release-kit@v1"))
         paths[name] = path
     return paths
 

@@ -797,15 +797,15 @@ def test_slices_whose_statistics_are_nan_do_not_pass():
     from types import SimpleNamespace
 
     from release_kit.paired import SliceStat
-    from release_kit.stages.outliers import _slice_verdict
+    from release_kit.stages.outliers import slice_verdict
 
     gate = SimpleNamespace(config=SimpleNamespace(outliers=SimpleNamespace(alpha=0.05), model=SimpleNamespace(task="regression")))
     nan = float("nan")
     undefined = SliceStat("hour > 20", 40, nan, nan, nan, 0.1, 0.005, nan, nan)
     fine = SliceStat("hour ≤ 20", 400, 0.0, -0.01, 0.01, 0.1, 0.005, 0.9, 0.9)
-    only_nan = _slice_verdict(gate, "slices", [undefined], searched="1 slice")
+    only_nan = slice_verdict(gate, "slices", [undefined], searched="1 slice")
     assert only_nan.status.value == "warn" and "undefined" in only_nan.summary
-    mixed = _slice_verdict(gate, "slices", [undefined, fine], searched="2 slices")
+    mixed = slice_verdict(gate, "slices", [undefined, fine], searched="2 slices")
     assert mixed.status.value == "warn" and "could not be tested" in mixed.summary
 
 

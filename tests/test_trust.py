@@ -1070,11 +1070,11 @@ def test_a_missing_templates_directory_is_an_error(project, power, cli):
 def workflow_files(tmp_path: Path) -> dict[str, dict]:
     import yaml
 
-    from release_kit.scaffolding import _render
+    from release_kit.scaffolding import render_scaffold
 
     found = {f"repo/{p.name}": yaml.safe_load(p.read_text()) for p in (ROOT / ".github" / "workflows").glob("*.yml")}
     for name in ("release-gate.yml", "release.yml"):
-        found[f"init/{name}"] = yaml.safe_load(_render(f"workflows/{name}.j2", action="acme/release-kit@0123456789abcdef0123456789abcdef01234567"))
+        found[f"init/{name}"] = yaml.safe_load(render_scaffold(f"workflows/{name}.j2", action="acme/release-kit@0123456789abcdef0123456789abcdef01234567"))
     return found
 
 

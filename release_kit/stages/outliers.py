@@ -320,7 +320,7 @@ def discovered_slices(gate: GateContext, losses: Once) -> CheckResult:
     if fixed is not None:
         searched += (f"; each feature's slices, and the pairs of the {spec.feature_pairs} features whose slices looked worst "
                      f"in the first rows, over all {gate.scan.used_rows:,} rows, streamed, on bins fixed by the first rows")
-    return _slice_verdict(gate, "slices", stats, searched=searched)
+    return slice_verdict(gate, "slices", stats, searched=searched)
 
 
 def class_slices(gate: GateContext) -> CheckResult:
@@ -386,10 +386,12 @@ def declared_slice(gate: GateContext, losses: Once, declared: SliceSpec) -> Chec
             NAME, name, Status.SKIP,
             f"no part of the slice has the minimum {gate.config.outliers.min_slice_size} rows",
         )
-    return _slice_verdict(gate, name, holm([s for s in stats if s is not None]), searched=f"{len(stats)} part(s)")
+    return slice_verdict(gate, name, holm([s for s in stats if s is not None]), searched=f"{len(stats)} part(s)")
 
 
-def _slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckResult:
+def slice_verdict(gate: GateContext, name: str, stats, searched: str) -> CheckResult:
+    """The slices' check from their statistics: fail on a regression beyond tolerance (Holm-adjusted), warn
+    where a slice's statistics are undefined (NaN) or no slice could be tested, pass only otherwise."""
     alpha = gate.config.outliers.alpha
     label = _loss_label(gate)
     undefined = [s for s in stats if not all(map(math.isfinite, (s.delta, s.ci_low, s.ci_high, s.p_adjusted)))]
