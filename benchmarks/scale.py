@@ -41,6 +41,10 @@ DEEP_ROWS = 20_000_000
 # swinging 2× from run to run. Fixed, every part is steady, and they compare like with like.
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 FILE_ROWS = 5_000_000
+# The raw loop's rows per call: its fastest here, alone. Measured side by side on this Intel machine (100,000,000
+# rows, 3 rounds): 7.7-8.0 s in calls of 8,192 rows, 8.0-8.4 s of 32,768 (the calls release-kit makes for
+# these MLPs, see release_kit.models.table_call_rows: faster beside the statistics, slower alone).
+RAW_CALL_ROWS = 8_192
 
 
 def peak_rss_gib() -> float:
@@ -168,21 +172,19 @@ def cli(folder: Path) -> dict:
 def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = "cpu") -> None:
     """Read the batches and run both models, nothing else: the baseline the engines are measured against.
     A thread reads one batch ahead while the models run (the faster of the two ways to read here: the raw
-    loop has no other work for that core). The same calls as release-kit's: PREDICT_BATCH_ROWS rows each
-    (the activations stay in cache), each call's input stacked from the columns just before the call (on
-    CUDA through pinned memory, copied without blocking), both models on it, each call's output cast into
-    one float64 array per model."""
+    loop has no other work for that core). Calls of RAW_CALL_ROWS rows (the activations stay in cache), each
+    call's input stacked from the columns just before the call (on CUDA through pinned memory, copied without
+    blocking), both models on it, each call's output cast into one float64 array per model."""
     import torch
 
-    from release_kit.models import PREDICT_BATCH_ROWS
     from release_kit.scale.source import batches_read_ahead
 
     with torch.inference_mode():
         for batch in batches_read_ahead(source.batches(plan.columns, CHUNK, rows)):
             columns = [batch.column(c).to_numpy() for c in FEATURES]
             outputs = {role: torch.empty(batch.num_rows, dtype=torch.float64) for role in loaded}
-            for start in range(0, batch.num_rows, PREDICT_BATCH_ROWS):
-                x = torch.from_numpy(np.stack([c[start : start + PREDICT_BATCH_ROWS] for c in columns], axis=1))
+            for start in range(0, batch.num_rows, RAW_CALL_ROWS):
+                x = torch.from_numpy(np.stack([c[start : start + RAW_CALL_ROWS] for c in columns], axis=1))
                 if device != "cpu":
                     x = x.pin_memory().to(device, non_blocking=True)
                 for role, model in loaded.items():

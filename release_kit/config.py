@@ -217,7 +217,7 @@ class InferenceSpec(_Strict):
     """How golden-set inference runs (the performance stage times on its own ``[performance] device``)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Samples per model call; None: 8,192 rows for a table, 256 samples for tensor inputs.
+    # Samples per model call; None: models.default_call_rows (a table's by the model's widths, 256 for tensors).
     batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
 
 

@@ -112,7 +112,7 @@ def prepare(
     ``track``: the run will be logged to MLflow, so its store must be writable now, not after the checks.
     """
     from .data import feature_matrix, load_golden
-    from .models import PREDICT_BATCH_ROWS, TENSOR_BATCH_SAMPLES, inference_device, load_model, to_predictions
+    from .models import inference_device, load_model, table_call_rows, to_predictions
     from .tracking import check_store_writable, released_versions, tracking_uri
 
     spec = config.model
@@ -169,9 +169,11 @@ def prepare(
 
         device = inference_device(config.inference.device)
         tabular = golden.tabular if golden is not None else True
-        batch_size = config.inference.batch_size or (PREDICT_BATCH_ROWS if tabular else TENSOR_BATCH_SAMPLES)
-        for model in models:
-            model.batch_size = batch_size
+        for model in models:  # loaded with the default calls for [model] (models.default_call_rows)
+            if config.inference.batch_size:
+                model.batch_size = config.inference.batch_size
+            elif model.role == "baseline" and baseline_features:  # a table of its own width
+                model.batch_size = table_call_rows(model.module, len(baseline_features))
             model.to_device(device)
         scan = reference = suites = None
         if streamed is not None:

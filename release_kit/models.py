@@ -45,13 +45,42 @@ class FactoryNeeded(InputError):
 # "state_dict": a torch.save'd state dict (a pickle) with a factory, read by torch's weights-only unpickler.
 ModelKind = Literal["torchscript", "torch.export", "safetensors", "state_dict", "pickle"]
 REGISTRY_SCHEMES = ("models:/", "runs:/")
-# A table's rows per model call: enough to amortise the call, few enough that the activations stay in the
-# core's cache (a 10 → 32 → 1 MLP holds 8,192 × 32 float32 = 1 MiB). Measured per row on this 2-core
-# machine, 65,536 → 8,192 rows: 106 → 39 ns (that MLP), 2,971 → 1,478 ns (10 → 256 → 256 → 1), 3,204 →
-# 1,837 ns (100 features); 4,096 is a few % slower on the small MLP and up to 7 % faster on wide ones. A
-# model in cache is not slowed by another core's memory traffic either (the streamed scan's statistics).
-PREDICT_BATCH_ROWS = 8_192
+# A table's rows per model call (unless [inference] batch_size says): as many as keep the call's widest
+# activation, rows × its width in float32, within CALL_ACTIVATION_BYTES, a power of two in CALL_ROWS. Few
+# calls amortise each call's cost, above all beside the streamed scan's statistics thread, which the
+# models' thread hands the GIL to and takes it back from around every call; small activations stay in the
+# core's cache. Measured on this 2-core machine, 100,000,000 rows side by side: a 10 → 32 → 1 MLP pair
+# scanned beside the quality statistics in calls of 32,768 rows (its widest activation 4 MiB) took
+# 0.85–0.88× the time of calls of 8,192 (the models' thread's CPU per 1,000,000 rows 87–90 ms against
+# 96–98; 85–89 ms in either alone), and alone 1.01–1.06×; a 10 → 256 → 256 → 1 pair in calls of 32,768
+# took 1.2× the time of 8,192 (activations of 32 MiB against 8), and the small pair's calls of 65,536 rows
+# (8 MiB) were no faster in the scan than 8,192.
+CALL_ACTIVATION_BYTES = 4 << 20
+CALL_ROWS = (1_024, 32_768)
 TENSOR_BATCH_SAMPLES = 256  # images and sequences: activations grow with the sample, so smaller batches
+
+
+def table_call_rows(module: object, features: int) -> int:
+    """Rows per call of a model on a table of ``features`` columns (see CALL_ACTIVATION_BYTES). Its layers'
+    widths are read from its 1-D parameters (biases, norms), the input's from ``features``; a model that
+    shows none (no bias, an opaque callable) is taken as its input's width. The same model and table get the
+    same calls in every engine and path, so the numbers do not depend on where it runs."""
+    widths = [features]
+    parameters = getattr(module, "parameters", None)
+    if callable(parameters):
+        try:
+            widths += [p.numel() for p in parameters() if p.dim() == 1]
+        except Exception:  # a module whose parameters cannot be listed: its input's width alone
+            pass
+    rows = CALL_ACTIVATION_BYTES // (4 * max(widths))
+    low, high = CALL_ROWS
+    return max(low, min(high, 1 << max(rows, 1).bit_length() - 1))
+
+
+def default_call_rows(module: object, spec: ModelSpec | None) -> int:
+    """Samples per call where ``[inference] batch_size`` is unset: :func:`table_call_rows` for a table,
+    TENSOR_BATCH_SAMPLES for tensors (and where the golden set is not known)."""
+    return table_call_rows(module, len(spec.features)) if spec is not None and spec.tabular else TENSOR_BATCH_SAMPLES
 
 
 def inference_device(requested: str) -> str:
@@ -85,7 +114,7 @@ class LoadedModel:
     allow_pickle: bool = False
     # Every call through raw_outputs (the gate's, the search's, user checks') must return within this.
     timeout: float | None = None
-    batch_size: int = PREDICT_BATCH_ROWS  # samples per model call ([inference] batch_size)
+    batch_size: int = TENSOR_BATCH_SAMPLES  # samples per model call: see default_call_rows
     factory: str | None = None  # a safetensors model's factory, to load it again elsewhere (a Ray actor)
     device: str = "cpu"  # where golden-set inference runs ([inference] device)
     output: int | str | None = None  # [model] output: the prediction among several outputs
@@ -482,6 +511,7 @@ def load_model(
         module = _LOADERS[kind](path, role, factory, allow_pickle)
     return LoadedModel(
         factory=factory,
+        batch_size=default_call_rows(module, spec),
         output=spec.output if spec is not None else None,
         role=role,
         source=source,

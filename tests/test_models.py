@@ -214,3 +214,25 @@ def test_a_fixed_batch_beyond_the_memory_available_is_refused(project, power, cl
     assert (f"candidate model {wide} was traced with a fixed batch of 1,048,576 samples, 20.0 MiB of inputs per call, more than a "
             "quarter of the memory available (40.0 MiB): export it with a dynamic batch") in result.stderr
     assert not (project.root / "report.json").exists()
+
+
+def test_a_tables_calls_keep_the_models_widest_layer_within_the_activation_budget(power):
+    """Rows per call for a table: 4 MiB of float32 over the widest of the input and the layers (read from the
+    biases and norms), a power of two from 1,024 to 32,768; the power model loaded for a table gets its own."""
+    from release_kit.models import CALL_ROWS, table_call_rows
+
+    def mlp(*widths: int, bias: bool = True) -> torch.nn.Module:
+        layers = [torch.nn.Linear(a, b, bias=bias) for a, b in zip(widths, widths[1:])]
+        return torch.nn.Sequential(*layers)
+
+    assert table_call_rows(mlp(10, 32, 1), 10) == 32_768  # 32 floats a row: 4 MiB at 32,768 rows
+    assert table_call_rows(torch.jit.script(mlp(10, 256, 256, 1)), 10) == 4_096  # TorchScript's parameters too
+    assert table_call_rows(mlp(10, 48, 1), 10) == 16_384  # 21,845 rows fit: the power of two below
+    assert table_call_rows(torch.nn.Sequential(mlp(10, 600), torch.nn.LayerNorm(600)), 10) == 1_024  # 1,747 rows fit
+    assert table_call_rows(mlp(300, 1, bias=False), 300) == 2_048  # no bias: the input's width
+    assert table_call_rows(mlp(10, 100_000, 1), 10) == CALL_ROWS[0]  # at least 1,024
+    assert table_call_rows(lambda x: x, 2) == CALL_ROWS[1]  # an opaque callable: the input's width
+    loaded = load_model("candidate", str(power["v1"]), SPEC)
+    assert loaded.batch_size == table_call_rows(loaded.module, len(SPEC.features))
+    tensors = load_model("candidate", str(power["v1"]), SPEC.model_copy(update={"features": None, "target": None}))
+    assert tensors.batch_size == 256

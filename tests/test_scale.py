@@ -573,6 +573,39 @@ def test_the_ray_engine_gives_the_same_numbers_and_verdict(streamed_project, pow
         assert mean["details"]["observed_value"] == pytest.approx(rows["temperature"].mean(), rel=1e-12)
 
 
+class CallSized(torch.nn.Module):
+    """The wrapped model's prediction, plus one where a call holds exactly 1,000 rows: its numbers tell how
+    the rows were split into calls."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if x.shape[0] == 1000:
+            out = out + 1.0
+        return out
+
+
+def test_both_engines_call_the_models_on_inference_batch_size_rows(streamed_project, power, golden_directory, cli, shared_ray):
+    """``[inference] batch_size`` reaches the Ray actors: they loaded the models anew with the default calls
+    (4,000 rows here, a whole scan batch), so the same rows gave other numbers than the local engine's calls
+    of 1,000 for a model whose outputs depend on its call's size."""
+    from conftest import save_scripted
+
+    save_scripted(CallSized(torch.jit.load(str(power["better"]))), streamed_project / "candidate.pt")
+    configure(streamed_project, power, golden_directory / "golden", extra="\n[inference]\nbatch_size = 1000\n")
+    local = run(cli, "--engine", "local", "--stage", "quality")
+    distributed = run(cli, "--engine", "ray", "--stage", "quality")
+    rows = pd.read_csv(golden_directory / "golden.csv")
+    with torch.inference_mode():
+        plain = torch.jit.load(str(power["better"]))(torch.tensor(rows[pf.FEATURES].to_numpy(), dtype=torch.float32)).double().numpy()
+    called_in_thousands = float(np.abs(plain + 1.0 - rows[pf.TARGET].to_numpy()).mean())
+    for report in (local, distributed):
+        assert metric(report, "mae")["candidate"] == pytest.approx(called_in_thousands, rel=1e-6)
+
+
 def test_the_ray_engine_asked_for_a_golden_set_it_cannot_stream_says_it_was_read_whole(streamed_project, power, golden_directory, cli):
     """A CSV golden set is read whole whichever engine is asked for: the run says so, on stderr, in the report
     and in its Markdown, rather than letting the user believe Ray read it."""

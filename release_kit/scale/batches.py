@@ -245,7 +245,7 @@ def run_models(plan: ScanPlan, models: dict[str, LoadedModel], frame: dict[str, 
     rows = len(target)
     n_classes = int(target.max()) + 1 if spec.task == "classification" and rows else None
     # Each model call's input is stacked from the columns just before the call, not the batch's whole
-    # matrix first: an 8,192-row input stays in cache between its stacking and both models reading it,
+    # matrix first: a call's input (see models.table_call_rows) stays in cache between its stacking and both models reading it,
     # where a 1,000,000-row matrix is written to memory and read back (measured: scoring a 1,000,000-row
     # batch of two small MLPs ~9 % faster).
     inputs = model_inputs(plan, frame, models)
@@ -253,7 +253,7 @@ def run_models(plan: ScanPlan, models: dict[str, LoadedModel], frame: dict[str, 
     # Both models on the same columns read one input, uncopied, the candidate last: a candidate that writes
     # into its input changes what no one reads after it. The baseline reads first; an in-place op of its own
     # (a moved version counter) has the input stacked again for the candidate. A copy for the first reader
-    # (its 8,192 × features floats a call) cost ~5 % of the scoring (measured on the scale benchmark's MLPs:
+    # (its rows × features floats a call) cost ~5 % of the scoring (measured on the scale benchmark's MLPs:
     # 60 against 57 ns per row).
     order = sorted(models, key=lambda role: role == "candidate")
     size = min(model.batch_size for model in models.values())

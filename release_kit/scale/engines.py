@@ -211,13 +211,15 @@ def _scan_process_settings() -> Iterator[None]:
 
 class ShippedModel(NamedTuple):
     """A model as the driver ships it to the actors: its file's bytes in Ray's object store, and what the
-    actor checks and says of it (the sha256 the run loaded, the source the user named)."""
+    actor checks and says of it (the sha256 the run loaded, the source the user named), and the rows of its
+    calls (the driver's: the same calls give the same numbers)."""
 
     name: str
     reference: Any  # ray.ObjectRef of the file's bytes
     factory: str | None
     source: str
     sha256: str
+    batch_size: int
 
 
 class _Scorer:
@@ -248,6 +250,7 @@ class _Scorer:
                     raise InputError(f"{role} model {model.source} changed while the run read it (sha256 {loaded.sha256[:12]}…, "
                                      f"not the {model.sha256[:12]}… the run loaded first)")
                 loaded.source = model.source  # its errors name the user's file, as in the local engine
+                loaded.batch_size = model.batch_size
                 loaded.to_device(device)  # "cuda" on an actor Ray gave a GPU share
                 self.models[role] = loaded
         finally:
@@ -373,7 +376,8 @@ def run_ray(source: ParquetSource, plan: ScanPlan, models: dict[str, LoadedModel
             _restore_environment(environment)
         raise InputError(refused)
     per_actor = min(1.0, spare / pool)
-    shipped = {role: ShippedModel(model.file.name, ray.put(model.file.read_bytes()), model.factory, model.source, model.sha256)
+    shipped = {role: ShippedModel(model.file.name, ray.put(model.file.read_bytes()), model.factory, model.source, model.sha256,
+                                 model.batch_size)
                for role, model in models.items()}
     timeout = next(iter(models.values())).timeout
     # The files are read by Ray tasks with the local engine's reader (only the plan's columns,
