@@ -218,7 +218,7 @@ def part(name: str, folder: Path) -> dict:
             summary = run_ray(source, plan, loaded, chunk_rows=CHUNK, workers=2)
         # The scan alone: the probe below (bytes a batch ships) is neither timed nor counted in the peak.
         seconds, peak = time.perf_counter() - started, peak_rss_gib()
-        result = {"rows": summary.rows, "metrics": {m: list(paired_diff(m, s, 0.95).__dict__.values()) for m, s in summary.quality.items()}}
+        result = {"rows": summary.rows, "call_rows": min(m.batch_size for m in loaded.values()), "metrics": {m: list(paired_diff(m, s, 0.95).__dict__.values()) for m, s in summary.quality.items()}}
         if name == "local":
             import pickle
 
@@ -269,6 +269,7 @@ def main() -> None:
         np.allclose(local["metrics"][m][:5], ray["metrics"][m][:5], rtol=1e-9, atol=0) for m in local["metrics"]
     )
     own, full_own = ((run["seconds"] - raw_seconds) / rows * 1e9 for run in (local, full))
+    call_rows = local["call_rows"]
     mae = local["metrics"]["mae"]
     write_section(
         "scale",
@@ -276,7 +277,7 @@ def main() -> None:
         f"Generated once under benchmarks/.data/ ({generation_seconds:.0f} s this run; kept, not in git). Two MLPs (10 → 32 → 1, TorchScript), batches of {CHUNK:,} rows, "
         "each part in its own process, timed from the scan's start to its end (loading the models is not timed).\n\n"
         f"| | wall time (median of {ROUNDS} rounds) | rows/s | peak RSS |\n|---|---:|---:|---:|\n"
-        f"| raw loop: read the batches, run both models, each call's input stacked from the columns and its output cast into one array per model, as release-kit does (torch's default threads) | {default_raw['seconds']:.1f} s | {rows / default_raw['seconds']:,.0f} | {default_raw['peak_rss_gib']:.2f} GiB |\n"
+        f"| raw loop: read the batches, run both models in calls of {RAW_CALL_ROWS:,} rows, each call's input stacked from the columns and its output cast into one array per model, as release-kit does (torch's default threads) | {default_raw['seconds']:.1f} s | {rows / default_raw['seconds']:,.0f} | {default_raw['peak_rss_gib']:.2f} GiB |\n"
         f"| raw loop, torch one thread fewer (as the local engine runs the models) | {spared_raw['seconds']:.1f} s | {rows / spared_raw['seconds']:,.0f} | {spared_raw['peak_rss_gib']:.2f} GiB |\n"
         f"| local engine (`run_local`: both models, exact metric sums, whole-set counts, the output contract's counts, 1,000,000-row sample) | {local['seconds']:.1f} s | {rows / local['seconds']:,.0f} | {local['peak_rss_gib']:.2f} GiB |\n"
         f"| local engine, with every default stage's statistics over every row too (drift counts, worst rows and the changes' sketch, per-feature and pair slice sums) | {full['seconds']:.1f} s | {rows / full['seconds']:,.0f} | {full['peak_rss_gib']:.2f} GiB |\n"
@@ -296,13 +297,17 @@ def main() -> None:
         "thread to themselves while a helper thread reads and checks the next batch and summarizes the one before (a third thread "
         "takes over the reading once the helper is seen to cost more CPU than the models, as with every stage's statistics), but they "
         "share the GIL (the statistics' Python steps between numpy's loops; the scan hands it over every 0.2 ms) and the memory: measured, a thread "
-        "summarizing beside the models slows their scoring ~20 %, another process ~5 %, yet a process must copy each batch into "
+        "summarizing beside the models slowed their scoring ~12–20 % in calls of 8,192 rows (not measurably in calls of 32,768), another process ~5 %, yet a process must copy each batch into "
         "shared memory, and in a prototype that cost more than it saved (a scan 10–15 % slower); a worker process that read, "
         "checked and summarized the batches itself, the models' process only scoring from shared memory, was slower still "
         "(its own steps ran 1.5–2× slower beside the models: this machine's two cores share one memory bus, where two "
         "memory-bound loops run 1.6× slower each and two in-cache ones are unaffected). What each model call does besides "
         "the model (its deadline guard, the checks of its output) is kept to ~1 µs on the models' thread: measured side "
         "by side with the code that spent ~5 µs a call, 0.81× against 0.77× (rounds 0.78–0.90 against 0.75–0.82). "
+        f"release-kit calls these MLPs on {call_rows:,} rows at a time (as many as keep their widest layer within 4 MiB, "
+        f"`release_kit.models.table_call_rows`), the raw loop on {RAW_CALL_ROWS:,}, each the faster for it: beside the "
+        "statistics, each call's hand-over of the GIL costs both threads CPU, and calls of 8,192 rows made the local engine "
+        "1.14–1.17× slower (100,000,000 rows, 3 rounds, 2026-12-07), while alone the raw loop's 8,192-row calls are 1–6 % faster. "
         "For these two tiny MLPs the statistics' cost weighs; for a costlier pair it weighs less: "
         f"measured for two 10 → 32 → 32 → 1 MLPs on the first {DEEP_ROWS:,} rows, the faster raw loop "
         f"{deep_raw:.1f} s ({deep_raw / DEEP_ROWS * 1e9:.0f} ns per row), the local engine with the quality statistics "

@@ -79,8 +79,11 @@ def table_call_rows(module: object, features: int) -> int:
 
 def default_call_rows(module: object, spec: ModelSpec | None) -> int:
     """Samples per call where ``[inference] batch_size`` is unset: :func:`table_call_rows` for a table,
-    TENSOR_BATCH_SAMPLES for tensors (and where the golden set is not known)."""
-    return table_call_rows(module, len(spec.features)) if spec is not None and spec.tabular else TENSOR_BATCH_SAMPLES
+    TENSOR_BATCH_SAMPLES for tensors. Without a spec (a server's pool, which knows no golden set) by the
+    model's layers alone: a served request is split only when it is larger than that."""
+    if spec is None:
+        return table_call_rows(module, 1)
+    return table_call_rows(module, len(spec.features)) if spec.tabular else TENSOR_BATCH_SAMPLES
 
 
 def inference_device(requested: str) -> str:

@@ -236,3 +236,5 @@ def test_a_tables_calls_keep_the_models_widest_layer_within_the_activation_budge
     assert loaded.batch_size == table_call_rows(loaded.module, len(SPEC.features))
     tensors = load_model("candidate", str(power["v1"]), SPEC.model_copy(update={"features": None, "target": None}))
     assert tensors.batch_size == 256
+    # A server's pool knows no golden set: by the model's layers (16 wide), so a request is rarely split.
+    assert load_model("served", str(power["v1"])).batch_size == 32_768
