@@ -245,9 +245,9 @@ def run_models(plan: ScanPlan, models: dict[str, LoadedModel], frame: dict[str, 
     rows = len(target)
     n_classes = int(target.max()) + 1 if spec.task == "classification" and rows else None
     # Each model call's input is stacked from the columns just before the call, not the batch's whole
-    # matrix first: a call's input (see models.table_call_rows) stays in cache between its stacking and both models reading it,
-    # where a 1,000,000-row matrix is written to memory and read back (measured: scoring a 1,000,000-row
-    # batch of two small MLPs ~9 % faster).
+    # matrix first: a call's input (models.table_call_rows) stays in cache between its stacking and both
+    # models reading it, where a 1,000,000-row matrix is written to memory and read back (measured: scoring
+    # a 1,000,000-row batch of two small MLPs ~9 % faster).
     inputs = model_inputs(plan, frame, models)
     outputs = {role: ModelOutputs(model, rows) for role, model in models.items()}
     # Both models on the same columns read one input, uncopied, the candidate last: a candidate that writes
