@@ -169,10 +169,10 @@ def cli(folder: Path) -> dict:
             "stages": sorted({c["stage"] for c in report["checks"]}), "tracked": tracked}
 
 
-def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = "cpu") -> None:
+def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = "cpu", call_rows: int = RAW_CALL_ROWS) -> None:
     """Read the batches and run both models, nothing else: the baseline the engines are measured against.
     A thread reads one batch ahead while the models run (the faster of the two ways to read here: the raw
-    loop has no other work for that core). Calls of RAW_CALL_ROWS rows (the activations stay in cache), each
+    loop has no other work for that core). Calls of ``call_rows`` rows (on the CPU its fastest, RAW_CALL_ROWS), each
     call's input stacked from the columns just before the call (on CUDA through pinned memory, copied without
     blocking), both models on it, each call's output cast into one float64 array per model."""
     import torch
@@ -183,8 +183,8 @@ def raw_loop(source, plan, loaded: dict, rows: int | None = None, device: str = 
         for batch in batches_read_ahead(source.batches(plan.columns, CHUNK, rows)):
             columns = [batch.column(c).to_numpy() for c in FEATURES]
             outputs = {role: torch.empty(batch.num_rows, dtype=torch.float64) for role in loaded}
-            for start in range(0, batch.num_rows, RAW_CALL_ROWS):
-                x = torch.from_numpy(np.stack([c[start : start + RAW_CALL_ROWS] for c in columns], axis=1))
+            for start in range(0, batch.num_rows, call_rows):
+                x = torch.from_numpy(np.stack([c[start : start + call_rows] for c in columns], axis=1))
                 if device != "cpu":
                     x = x.pin_memory().to(device, non_blocking=True)
                 for role, model in loaded.items():
