@@ -34,8 +34,9 @@ def streamed(folder, device: str = "cuda") -> dict:
     for model in loaded.values():
         model.to_device(device)
 
-    # On the GPU the raw loop makes release-kit's calls (32,768 rows for these MLPs): there a larger call is
-    # the faster one (fewer launches and copies), so the CPU raw loop's 8,192 would flatter the engine.
+    # On the GPU the raw loop makes release-kit's calls (32,768 rows for these MLPs): a larger call should be
+    # the faster there (fewer launches and copies; not measured yet), so the CPU raw loop's 8,192 could
+    # flatter the engine.
     call_rows = min(model.batch_size for model in loaded.values())
 
     def raw() -> None:
