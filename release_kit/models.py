@@ -70,7 +70,7 @@ def table_call_rows(module: object, features: int) -> int:
     if callable(parameters):
         try:
             widths += [p.numel() for p in parameters() if p.dim() == 1]
-        except Exception:  # a module whose parameters cannot be listed: its input's width alone
+        except (AttributeError, TypeError, RuntimeError):  # a "parameters" that lists no tensors: the input's width
             pass
     rows = CALL_ACTIVATION_BYTES // (4 * max(widths))
     low, high = CALL_ROWS

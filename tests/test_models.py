@@ -232,6 +232,12 @@ def test_a_tables_calls_keep_the_models_widest_layer_within_the_activation_budge
     assert table_call_rows(mlp(300, 1, bias=False), 300) == 2_048  # no bias: the input's width
     assert table_call_rows(mlp(10, 100_000, 1), 10) == CALL_ROWS[0]  # at least 1,024
     assert table_call_rows(lambda x: x, 2) == CALL_ROWS[1]  # an opaque callable: the input's width
+
+    class ListsNoTensors:
+        def parameters(self):
+            return [3, 4]
+
+    assert table_call_rows(ListsNoTensors(), 300) == 2_048  # a "parameters" of no tensors: the input's width, as above
     assert load_model("candidate", str(power["v1"]), SPEC).batch_size == 32_768  # its layers are 16 wide
     tensors = load_model("candidate", str(power["v1"]), SPEC.model_copy(update={"features": None, "target": None}))
     assert tensors.batch_size == 256
